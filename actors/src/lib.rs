@@ -1,0 +1,9 @@
+//! The actix runtime of pua-xmpp: the actors own sockets and timers and feed the sans-IO
+//! state machines of the `pua_xmpp` core. See ARCHITECTURE.md for the message flow.
+
+pub mod component;
+pub mod config;
+pub mod gateway;
+pub mod messages;
+pub mod registry;
+pub mod transport;

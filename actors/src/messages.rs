@@ -1,0 +1,88 @@
+//! The typed messages the gateway's actors exchange. Actors share no mutable state: everything
+//! crosses an actor boundary as one of these.
+
+use actix::prelude::*;
+use pua_xmpp::sip::{OutRequest, OutResponse, SipRequest, SipResponse};
+use pua_xmpp::stanza::{InPresence, OutPresence};
+use std::net::SocketAddr;
+
+/// The transport a SIP message travelled on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// Where an inbound SIP message came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub transport: Transport,
+    pub peer: SocketAddr,
+    /// The TCP connection it arrived on, so the response can use the same one.
+    pub conn_id: Option<u64>,
+}
+
+/// Identifies a server transaction inside the SIP transport actor.
+pub type ServerTxnId = u64;
+
+/// An inbound SIP request (not a retransmission: the transport absorbs those and replays the
+/// last response). Unparseable messages never get here: the transport answers 400 or drops.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SipRequestIn {
+    pub req: SipRequest,
+    pub source: Source,
+    pub txn: ServerTxnId,
+}
+
+/// Sends the final response of server transaction `txn`.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SendResponse {
+    pub txn: ServerTxnId,
+    pub resp: OutResponse,
+}
+
+/// Starts a client transaction. Provisional responses are swallowed; the final response, a
+/// timeout (Timer F / B) or a transport error comes back to `reply_to` tagged with `key`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendRequest {
+    pub req: OutRequest,
+    pub key: u64,
+    pub reply_to: Recipient<TransactionOutcome>,
+}
+
+/// How a client transaction ended.
+#[derive(Debug)]
+pub enum TxnResult {
+    Response(SipResponse),
+    Timeout,
+    TransportError(String),
+}
+
+/// The outcome of a [`SendRequest`].
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct TransactionOutcome {
+    pub key: u64,
+    pub result: TxnResult,
+}
+
+/// A presence stanza received on the component stream, already parsed and checked to be
+/// addressed to the component domain.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct StanzaIn(pub InPresence);
+
+/// A presence stanza to send on the component stream (queued while the link is down).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SendPresence(pub OutPresence);
+
+/// The component link went up (authenticated) or down.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ComponentStatus {
+    pub online: bool,
+}
