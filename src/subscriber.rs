@@ -1,1 +1,896 @@
-//! (to be written)
+//! The gateway as SIP *subscriber*: one XMPP watcher X watching one SIP presentity S
+//! (XmppWatchesSip, §4.1–4.5, §4.8, §5.2, §6).
+//!
+//! A [`Subscription`] holds the long-lived relation (what X's roster believes) and the
+//! short-lived SIP lease that implements it. The rule that matters most (§1.2, §6.3): a SIP
+//! timeout, expiry or restart is a transport event and never becomes an XMPP roster change;
+//! only explicit decisions (`rejected`, `noresource`, 403/404/603/604) do.
+//!
+//! Sans-IO: feed [`Input`]s with [`Subscription::handle_input`], drain [`Output`]s with
+//! [`Subscription::poll_output`], and call `handle_input(Input::Timeout, now)` once
+//! [`Subscription::poll_timeout`] is reached.
+
+use crate::ids::IdGen;
+use crate::pidf;
+use crate::presence::{self, Announced, TupleView};
+use crate::sip::{
+    Destination, Method, NameAddr, OutRequest, OutResponse, SipRequest, SipResponse, SubState,
+};
+use crate::stanza::{
+    BareJid, DefinedCondition, InPresence, Jid, OutPresence, PresenceType, StanzaErrorOut,
+};
+use crate::timers::{self, Backoff};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Settings shared by every subscription of a gateway.
+#[derive(Clone, Debug)]
+pub struct SubscriberConfig {
+    /// The `Expires` we ask for (§6.2: 3600 s by default).
+    pub expires: u32,
+    /// `host:port` (and `;transport=` if needed) put in our Contact.
+    pub contact_host: String,
+    /// Host part of the Call-IDs we make.
+    pub call_id_host: String,
+    /// Largest NOTIFY body accepted (413 above).
+    pub max_body: usize,
+}
+
+impl SubscriberConfig {
+    pub fn new(expires: u32, contact_host: &str, call_id_host: &str) -> SubscriberConfig {
+        SubscriberConfig {
+            expires,
+            contact_host: contact_host.to_owned(),
+            call_id_host: call_id_host.to_owned(),
+            max_body: 65536,
+        }
+    }
+}
+
+/// The two identities of one pair, already mapped by the caller (§2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pair {
+    /// X: the XMPP watcher, `romeo@example.net`.
+    pub watcher: BareJid,
+    /// X': X as a SIP URI, `sip:romeo*example.net@xmpp.example.com`.
+    pub watcher_uri: String,
+    /// S': the SIP presentity as a JID, `juliet*example.com@sip.example.net`.
+    pub presentity: BareJid,
+    /// S: the SIP presentity, `sip:juliet@example.com` (learned spelling).
+    pub presentity_uri: String,
+}
+
+/// The persistent relation X → S (§6.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relation {
+    /// X asked; S has not approved yet.
+    Pending,
+    /// S approved (a NOTIFY said `active`).
+    Approved,
+    /// Not known: this machine only answers a probe by a fetch (§4.5 case 3).
+    Unknown,
+}
+
+/// Where the SIP lease stands (§6.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// No lease and none scheduled.
+    Idle,
+    /// SUBSCRIBE sent, no NOTIFY yet (Timer N runs). `fetch` for an `Expires: 0` poll.
+    Waiting { fetch: bool },
+    Pending,
+    Active,
+    /// `Expires: 0` sent after X's `unsubscribe`; waiting for the final NOTIFY.
+    Unsubscribing,
+    /// Waiting to retry after a failure.
+    Backoff,
+    /// Finished: the caller drops the machine.
+    Done,
+}
+
+/// The SIP dialog of the current lease (§6.4, subscriber side).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dialog {
+    pub call_id: String,
+    pub local_tag: String,
+    pub remote_tag: Option<String>,
+    /// Last CSeq we sent.
+    pub local_cseq: u32,
+    /// Last CSeq received in a NOTIFY.
+    pub remote_cseq: Option<u32>,
+    /// Contact of the last NOTIFY.
+    pub remote_target: Option<String>,
+    /// From the first NOTIFY's Record-Route, in order (UAS rule, §6.4).
+    pub route_set: Vec<String>,
+    /// Expires of the last SUBSCRIBE we sent.
+    pub requested: u32,
+}
+
+/// What is persisted about a pair: enough to resume after a restart (§6.3, issue 6).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubscriptionRecord {
+    pub pair: Pair,
+    pub relation: Relation,
+    pub dialog: Option<Dialog>,
+    /// Seconds of lease left when the record was written.
+    pub lease_left: Option<u32>,
+}
+
+/// Events fed to a [`Subscription`].
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// A presence stanza from X to S' (`subscribe`, `unsubscribe`, `probe`).
+    Stanza(&'a InPresence),
+    /// A NOTIFY whose Call-ID and To-tag are ours; `now_unix` is wall-clock time for RPID.
+    Notify {
+        req: &'a SipRequest,
+        now_unix: i64,
+    },
+    /// The final response to one of our requests.
+    Response(&'a SipResponse),
+    /// A request of ours got no final response (Timer F) or could not be sent.
+    RequestFailed { call_id: &'a str, cseq: u32 },
+    /// [`Subscription::poll_timeout`] was reached.
+    Timeout,
+}
+
+/// Actions for the runtime.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    Request(OutRequest),
+    /// The response to the request just handled.
+    Response(OutResponse),
+    Stanza(OutPresence),
+    Persist(SubscriptionRecord),
+    /// The relation is gone: delete it from the store.
+    Forget,
+}
+
+/// One XMPP watcher's subscription to one SIP presentity.
+#[derive(Debug)]
+pub struct Subscription {
+    cfg: SubscriberConfig,
+    pair: Pair,
+    relation: Relation,
+    phase: Phase,
+    dialog: Option<Dialog>,
+    announced: Announced,
+    /// Last parsed state, for answering probes without SIP traffic (case 26).
+    last_view: Option<Vec<TupleView>>,
+    /// Probes waiting for the first NOTIFY (§4.5: answered from one result).
+    probe_waiters: Vec<Jid>,
+    backoff: Backoff,
+    /// The last failure's condition, for the error after too many failures (case 32).
+    timer_n_at: Option<Instant>,
+    refresh_at: Option<Instant>,
+    expires_at: Option<Instant>,
+    retry_at: Option<Instant>,
+    give_up_at: Option<Instant>,
+    error_sent: bool,
+    rng: IdGen,
+    out: VecDeque<Output>,
+}
+
+impl Subscription {
+    /// A machine for a pair with the given relation; call [`Subscription::handle_input`] with the
+    /// stanza that created it. `seed` feeds tags, Call-IDs and jitter.
+    pub fn new(cfg: SubscriberConfig, pair: Pair, relation: Relation, seed: u64) -> Subscription {
+        Subscription {
+            cfg,
+            pair,
+            relation,
+            phase: Phase::Idle,
+            dialog: None,
+            announced: Announced::default(),
+            last_view: None,
+            probe_waiters: Vec::new(),
+            backoff: Backoff::default(),
+            timer_n_at: None,
+            refresh_at: None,
+            expires_at: None,
+            retry_at: None,
+            give_up_at: None,
+            error_sent: false,
+            rng: IdGen::new(seed),
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Resumes a persisted pair after a restart: a dialog with lease left is refreshed in-dialog
+    /// (same Call-ID), anything else subscribes anew (§6.3). The runtime staggers the calls.
+    pub fn restore(cfg: SubscriberConfig, rec: SubscriptionRecord, seed: u64, now: Instant) -> Subscription {
+        let mut s = Subscription::new(cfg, rec.pair, rec.relation, seed);
+        match (rec.dialog, rec.lease_left) {
+            (Some(d), Some(left)) if left > 0 && d.remote_tag.is_some() => {
+                s.dialog = Some(d);
+                s.phase = if rec.relation == Relation::Approved {
+                    Phase::Active
+                } else {
+                    Phase::Pending
+                };
+                s.expires_at = Some(now + Duration::from_secs(u64::from(left)));
+                let requested = s.cfg.expires;
+                s.send_in_dialog(requested);
+            }
+            _ => s.start_subscribe(now, false),
+        }
+        s
+    }
+
+    pub fn pair(&self) -> &Pair {
+        &self.pair
+    }
+    pub fn relation(&self) -> Relation {
+        self.relation
+    }
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+    pub fn dialog(&self) -> Option<&Dialog> {
+        self.dialog.as_ref()
+    }
+    /// True once the machine has finished and can be dropped.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// The record to persist now.
+    pub fn record(&self, now: Instant) -> SubscriptionRecord {
+        SubscriptionRecord {
+            pair: self.pair.clone(),
+            relation: self.relation,
+            dialog: self.dialog.clone(),
+            lease_left: self
+                .expires_at
+                .map(|t| t.saturating_duration_since(now).as_secs() as u32),
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The earliest instant at which [`Input::Timeout`] must be fed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.timer_n_at,
+            self.refresh_at,
+            self.expires_at,
+            self.retry_at,
+            self.give_up_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub fn handle_input(&mut self, input: Input<'_>, now: Instant) {
+        if self.phase == Phase::Done {
+            if let Input::Notify { req, .. } = input {
+                self.respond(req, 481, None);
+            }
+            return;
+        }
+        match input {
+            Input::Stanza(p) => self.on_stanza(p, now),
+            Input::Notify { req, now_unix } => self.on_notify(req, now_unix, now),
+            Input::Response(r) => self.on_response(r, now),
+            Input::RequestFailed { call_id, cseq } => {
+                if self.is_current(call_id, cseq) {
+                    self.on_failure(408, None, now);
+                }
+            }
+            Input::Timeout => self.on_timeout(now),
+        }
+    }
+
+    // ---- XMPP side -------------------------------------------------------------------------
+
+    fn on_stanza(&mut self, p: &InPresence, now: Instant) {
+        match p.kind {
+            Ok(PresenceType::Subscribe) => match self.phase {
+                Phase::Active if self.relation == Relation::Approved => {
+                    // Case 23: already approved; answer like RFC 6121's auto-reply.
+                    self.stanza(PresenceType::Subscribed);
+                    self.resend_cached(Jid::from(self.pair.watcher.clone()));
+                }
+                Phase::Idle => {
+                    if self.relation == Relation::Unknown {
+                        self.relation = Relation::Pending;
+                    }
+                    self.start_subscribe(now, false);
+                }
+                _ => {
+                    // Pending, waiting or backing off: do not duplicate (§4.1).
+                    if self.relation == Relation::Unknown {
+                        self.relation = Relation::Pending;
+                        self.persist(now);
+                    }
+                }
+            },
+            Ok(PresenceType::Unsubscribe) => self.unsubscribe(now),
+            Ok(PresenceType::Probe) => self.on_probe(p, now),
+            _ => {
+                tracing::debug!(watcher = %self.pair.watcher, kind = ?p.kind, "presence ignored by subscriber");
+            }
+        }
+    }
+
+    fn on_probe(&mut self, p: &InPresence, now: Instant) {
+        match self.phase {
+            Phase::Active => {
+                self.resend_cached(p.from.clone());
+            }
+            Phase::Pending => self.push_stanza_to(PresenceType::Unavailable, p.from.clone()),
+            Phase::Waiting { .. } => self.probe_waiters.push(p.from.clone()),
+            Phase::Idle | Phase::Backoff => {
+                self.probe_waiters.push(p.from.clone());
+                let fetch = self.relation == Relation::Unknown;
+                self.retry_at = None;
+                self.start_subscribe(now, fetch);
+            }
+            Phase::Unsubscribing | Phase::Done => {}
+        }
+    }
+
+    fn resend_cached(&mut self, to: Jid) {
+        match &self.last_view {
+            Some(view) => {
+                let view = view.clone();
+                let mut scratch = self.announced.clone();
+                let stanzas = presence::stanzas_for_pidf(&view, &mut scratch, &self.pair.presentity, &to, true);
+                if to == Jid::from(self.pair.watcher.clone()) {
+                    self.announced = scratch;
+                }
+                self.out.extend(stanzas.into_iter().map(Output::Stanza));
+            }
+            None => self.push_stanza_to(PresenceType::Unavailable, to),
+        }
+    }
+
+    fn unsubscribe(&mut self, now: Instant) {
+        for s in presence::unavailable_for_announced(
+            &mut self.announced,
+            &self.pair.presentity,
+            &Jid::from(self.pair.watcher.clone()),
+        ) {
+            self.out.push_back(Output::Stanza(s));
+        }
+        self.out.push_back(Output::Forget);
+        self.relation = Relation::Unknown;
+        self.last_view = None;
+        self.clear_timers();
+        match self.phase {
+            Phase::Waiting { .. } | Phase::Pending | Phase::Active if self.dialog.is_some() => {
+                self.send_in_dialog(0);
+                self.phase = Phase::Unsubscribing;
+                self.give_up_at = Some(now + timers::UNSUBSCRIBE_WAIT);
+            }
+            _ => self.phase = Phase::Done,
+        }
+    }
+
+    // ---- SIP requests we send ---------------------------------------------------------------
+
+    fn contact(&self) -> String {
+        let user = self
+            .pair
+            .watcher_uri
+            .split_once(':')
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .map(|(u, _)| u)
+            .unwrap_or("gw");
+        format!("sip:{user}@{}", self.cfg.contact_host)
+    }
+
+    /// A new subscription: new Call-ID, new From-tag, CSeq 1 (§6.4: never reuse a dialog).
+    fn start_subscribe(&mut self, now: Instant, fetch: bool) {
+        let dialog = Dialog {
+            call_id: self.rng.call_id(&self.cfg.call_id_host),
+            local_tag: self.rng.tag("gw-"),
+            remote_tag: None,
+            local_cseq: 0,
+            remote_cseq: None,
+            remote_target: None,
+            route_set: Vec::new(),
+            requested: if fetch { 0 } else { self.cfg.expires },
+        };
+        self.dialog = Some(dialog);
+        self.phase = Phase::Waiting { fetch };
+        self.refresh_at = None;
+        self.retry_at = None;
+        self.timer_n_at = Some(now + timers::TIMER_N);
+        let expires = if fetch { 0 } else { self.cfg.expires };
+        self.send_subscribe(expires, false);
+        if !fetch {
+            self.persist(now);
+        }
+    }
+
+    fn send_in_dialog(&mut self, expires: u32) {
+        self.send_subscribe(expires, true);
+    }
+
+    fn send_subscribe(&mut self, expires: u32, in_dialog: bool) {
+        let contact = self.contact();
+        let Some(d) = self.dialog.as_mut() else {
+            return;
+        };
+        d.local_cseq += 1;
+        d.requested = expires;
+        let established = in_dialog && d.remote_tag.is_some();
+        let uri = match (&d.remote_target, established) {
+            (Some(t), true) => t.clone(),
+            _ => self.pair.presentity_uri.clone(),
+        };
+        let req = OutRequest {
+            method: Method::Subscribe,
+            uri,
+            route: if established { d.route_set.clone() } else { Vec::new() },
+            from: NameAddr {
+                display: None,
+                uri: self.pair.watcher_uri.clone(),
+                tag: Some(d.local_tag.clone()),
+            },
+            to: NameAddr {
+                display: None,
+                uri: self.pair.presentity_uri.clone(),
+                tag: if established { d.remote_tag.clone() } else { None },
+            },
+            call_id: d.call_id.clone(),
+            cseq: d.local_cseq,
+            contact: Some(contact),
+            headers: vec![
+                ("Event", "presence".to_owned()),
+                ("Accept", "application/pidf+xml".to_owned()),
+                ("Allow-Events", "presence".to_owned()),
+                ("Expires", expires.to_string()),
+            ],
+            content_type: None,
+            body: Vec::new(),
+            destination: if established {
+                Destination::InDialog
+            } else {
+                Destination::OutboundProxy
+            },
+        };
+        self.out.push_back(Output::Request(req));
+    }
+
+    fn is_current(&self, call_id: &str, cseq: u32) -> bool {
+        self.dialog
+            .as_ref()
+            .is_some_and(|d| d.call_id == call_id && d.local_cseq == cseq)
+    }
+
+    // ---- responses to our SUBSCRIBEs ----------------------------------------------------------
+
+    fn on_response(&mut self, r: &SipResponse, now: Instant) {
+        if r.cseq_method != Method::Subscribe || !self.is_current(&r.call_id, r.cseq) {
+            tracing::debug!(call_id = %r.call_id, cseq = r.cseq, "stale response ignored");
+            return;
+        }
+        if self.phase == Phase::Unsubscribing {
+            if !(200..300).contains(&r.status) {
+                self.finish();
+            }
+            return;
+        }
+        match r.status {
+            200..=299 => {
+                let in_dialog = self.dialog.as_ref().is_some_and(|d| d.remote_tag.is_some());
+                if let Some(d) = self.dialog.as_mut() {
+                    if d.remote_tag.is_none() {
+                        d.remote_tag = r.to.tag.clone();
+                    }
+                }
+                let requested = self.dialog.as_ref().map_or(0, |d| d.requested);
+                // The notifier may shorten but never lengthen (§4.2).
+                let granted = r.expires.map_or(requested, |e| e.min(requested));
+                if granted > 0 {
+                    self.set_lease(granted, now);
+                }
+                if in_dialog {
+                    self.backoff.reset();
+                }
+                self.persist(now);
+            }
+            423 => {
+                let min = r.min_expires.unwrap_or(self.cfg.expires.max(60));
+                let fetch = matches!(self.phase, Phase::Waiting { fetch: true });
+                self.send_subscribe(if fetch { 0 } else { min }, true);
+            }
+            481 if matches!(self.phase, Phase::Active | Phase::Pending) => {
+                // Case 85: the dialog is gone; a new subscription, no stanza.
+                self.start_subscribe(now, false);
+            }
+            code => self.on_failure(code, r.retry_after, now),
+        }
+    }
+
+    /// A final failure of a SUBSCRIBE (or a transaction timeout as 408), per §4.8.
+    fn on_failure(&mut self, code: u16, retry_after: Option<u32>, now: Instant) {
+        if self.phase == Phase::Unsubscribing {
+            self.finish();
+            return;
+        }
+        let fetch = matches!(self.phase, Phase::Waiting { fetch: true });
+        match code {
+            403 | 603 | 404 | 604 | 410 | 484 | 485 => {
+                // Declined or no such presentity: a permanent decision (cases 29, 30).
+                self.answer_probes(PresenceType::Unsubscribed);
+                if !fetch || self.relation != Relation::Unknown || self.probe_waiters.is_empty() {
+                    self.stanza(PresenceType::Unsubscribed);
+                }
+                self.out.push_back(Output::Forget);
+                self.finish();
+            }
+            408 | 480 | 486 | 500 | 503 | 504 => {
+                if fetch {
+                    self.answer_probes(PresenceType::Unavailable);
+                    self.finish_or_idle(now);
+                    return;
+                }
+                self.schedule_retry(retry_after, code, now);
+            }
+            300..=399 => self.schedule_retry(retry_after, code, now),
+            401 | 407 => self.fatal_error(DefinedCondition::NotAuthorized, code),
+            489 => self.fatal_error(DefinedCondition::FeatureNotImplemented, code),
+            _ => {
+                let cond = crate::error_map::sip_to_condition(code).unwrap_or(DefinedCondition::UndefinedCondition);
+                self.fatal_error(cond, code);
+            }
+        }
+    }
+
+    fn fatal_error(&mut self, cond: DefinedCondition, code: u16) {
+        self.answer_probes(PresenceType::Unavailable);
+        self.error_stanza(cond, code);
+        self.out.push_back(Output::Forget);
+        self.finish();
+    }
+
+    fn schedule_retry(&mut self, retry_after: Option<u32>, code: u16, now: Instant) {
+        let wait = self.backoff.fail(retry_after, &mut self.rng);
+        if self.backoff.failures >= timers::FAILURES_BEFORE_ERROR && !self.error_sent && self.relation == Relation::Pending {
+            self.error_sent = true;
+            let cond = crate::error_map::sip_to_condition(code).unwrap_or(DefinedCondition::ServiceUnavailable);
+            self.error_stanza_typed(cond, code, crate::stanza::ErrorType::Wait);
+        }
+        // §6.3: a lapsed lease means unknown state, announced resources go unavailable.
+        if self.expires_at.is_some_and(|t| t <= now + wait) {
+            self.drop_announced();
+        }
+        self.answer_probes(PresenceType::Unavailable);
+        self.phase = Phase::Backoff;
+        self.timer_n_at = None;
+        self.refresh_at = None;
+        self.retry_at = Some(now + wait);
+    }
+
+    fn finish_or_idle(&mut self, _now: Instant) {
+        if self.relation == Relation::Unknown {
+            self.finish();
+        } else {
+            self.phase = Phase::Idle;
+            self.clear_timers();
+        }
+    }
+
+    fn finish(&mut self) {
+        self.clear_timers();
+        self.phase = Phase::Done;
+    }
+
+    fn clear_timers(&mut self) {
+        self.timer_n_at = None;
+        self.refresh_at = None;
+        self.expires_at = None;
+        self.retry_at = None;
+        self.give_up_at = None;
+    }
+
+    fn set_lease(&mut self, granted: u32, now: Instant) {
+        self.expires_at = Some(now + Duration::from_secs(u64::from(granted)));
+        self.refresh_at = Some(now + timers::refresh_after(granted, &mut self.rng));
+    }
+
+    // ---- NOTIFY -------------------------------------------------------------------------------
+
+    fn respond(&mut self, req: &SipRequest, code: u16, extra: Option<(&'static str, &str)>) {
+        let mut resp = OutResponse::to_request(req, code, None);
+        if let Some((n, v)) = extra {
+            resp.headers.push((n, v.to_owned()));
+        }
+        self.out.push_back(Output::Response(resp));
+    }
+
+    fn on_notify(&mut self, req: &SipRequest, now_unix: i64, now: Instant) {
+        // §5.2 validation, in order; the registry already matched Call-ID and To-tag.
+        let Some(event) = &req.event else {
+            return self.respond(req, 400, None);
+        };
+        if event.package != "presence" {
+            return self.respond(req, 489, Some(("Allow-Events", "presence")));
+        }
+        let state = match &req.subscription_state {
+            Some(Ok(s)) => s.clone(),
+            _ => return self.respond(req, 400, None),
+        };
+        let Some(dialog) = self.dialog.as_mut() else {
+            return self.respond(req, 481, None);
+        };
+        if req.to.tag.as_deref() != Some(dialog.local_tag.as_str()) || req.call_id != dialog.call_id {
+            return self.respond(req, 481, None);
+        }
+        if let (Some(ours), Some(theirs)) = (&dialog.remote_tag, &req.from.tag) {
+            if ours != theirs && dialog.remote_cseq.is_some() {
+                // A second fork after the dialog was set up: not supported, refuse it.
+                return self.respond(req, 481, None);
+            }
+        }
+        if dialog.remote_cseq.is_some_and(|c| req.cseq <= c) {
+            return self.respond(req, 500, None);
+        }
+        if !req.body.is_empty() {
+            let ct = req.content_type.as_deref().unwrap_or("");
+            if ct != "application/pidf+xml" {
+                return self.respond(req, 415, Some(("Accept", "application/pidf+xml")));
+            }
+            if req.body.len() > self.cfg.max_body {
+                return self.respond(req, 413, None);
+            }
+        }
+        // The NOTIFY is accepted: it creates or updates the dialog (UAS rules, §6.4).
+        let first = dialog.remote_cseq.is_none();
+        dialog.remote_cseq = Some(req.cseq);
+        dialog.remote_tag = req.from.tag.clone().or(dialog.remote_tag.take());
+        if let Some(c) = &req.contact {
+            dialog.remote_target = Some(c.uri.clone());
+        }
+        if first {
+            dialog.route_set = req.record_route.clone();
+        }
+        self.respond(req, 200, None);
+        self.timer_n_at = None;
+
+        let view = if req.body.is_empty() {
+            None
+        } else {
+            match pidf::parse(&req.body, self.cfg.max_body) {
+                Ok(doc) => Some(presence::view_pidf(&doc, now_unix)),
+                Err(e) => {
+                    // Case 68/69: keep the previous state; a non-2xx could kill the subscription.
+                    tracing::warn!(presentity = %self.pair.presentity_uri, error = %e, "NOTIFY body rejected, previous state kept");
+                    None
+                }
+            }
+        };
+
+        let was_fetch = matches!(self.phase, Phase::Waiting { fetch: true });
+        match state.state {
+            SubState::Active => {
+                if self.phase == Phase::Unsubscribing {
+                    return;
+                }
+                self.phase = Phase::Active;
+                self.backoff.reset();
+                self.error_sent = false;
+                if let Some(e) = state.expires {
+                    self.set_lease(e, now);
+                }
+                self.became_approved(now);
+                self.deliver(view);
+            }
+            SubState::Pending | SubState::Other(_) => {
+                if self.phase == Phase::Unsubscribing {
+                    return;
+                }
+                self.phase = Phase::Pending;
+                if let Some(e) = state.expires {
+                    self.set_lease(e, now);
+                }
+                self.answer_probes(PresenceType::Unavailable);
+                self.persist(now);
+            }
+            SubState::Terminated => {
+                if self.phase == Phase::Unsubscribing {
+                    return self.finish();
+                }
+                self.on_terminated(&state, view, was_fetch, now);
+            }
+        }
+    }
+
+    fn became_approved(&mut self, now: Instant) {
+        if self.relation != Relation::Approved {
+            let tell = self.relation == Relation::Pending;
+            self.relation = Relation::Approved;
+            if tell {
+                self.stanza(PresenceType::Subscribed);
+            }
+            self.persist(now);
+        }
+    }
+
+    /// Turns a parsed NOTIFY body into stanzas for X (and waiting probers).
+    fn deliver(&mut self, view: Option<Vec<TupleView>>) {
+        let waiters = std::mem::take(&mut self.probe_waiters);
+        let Some(view) = view else {
+            for w in waiters {
+                self.resend_cached(w);
+            }
+            return;
+        };
+        let watcher = Jid::from(self.pair.watcher.clone());
+        let probe = !waiters.is_empty();
+        let stanzas = presence::stanzas_for_pidf(&view, &mut self.announced, &self.pair.presentity, &watcher, probe);
+        self.out.extend(stanzas.into_iter().map(Output::Stanza));
+        self.last_view = Some(view);
+        for w in waiters {
+            if w != watcher {
+                self.resend_cached(w);
+            }
+        }
+    }
+
+    fn on_terminated(
+        &mut self,
+        state: &crate::sip::SubscriptionState,
+        view: Option<Vec<TupleView>>,
+        was_fetch: bool,
+        now: Instant,
+    ) {
+        let reason = state.reason.as_deref().unwrap_or("");
+        match reason {
+            "rejected" | "noresource" => {
+                self.answer_probes(PresenceType::Unsubscribed);
+                self.stanza(PresenceType::Unsubscribed);
+                self.out.push_back(Output::Forget);
+                self.finish();
+            }
+            _ if was_fetch => {
+                // Case 28: a fetch answered with state; record the relation and subscribe.
+                if view.is_some() {
+                    self.relation = Relation::Approved;
+                    self.deliver(view);
+                } else {
+                    self.answer_probes(PresenceType::Unavailable);
+                }
+                if self.relation == Relation::Approved {
+                    self.start_subscribe(now, false);
+                } else {
+                    self.finish();
+                }
+            }
+            "deactivated" | "timeout" => {
+                // Cases 76, 77: re-subscribe at once, new dialog, no stanza.
+                if view.is_some() {
+                    self.deliver(view);
+                }
+                self.start_subscribe(now, false);
+            }
+            "probation" => {
+                self.drop_announced();
+                self.wait_then_resubscribe(state.retry_after.map(|s| Duration::from_secs(u64::from(s))), now);
+            }
+            "giveup" => self.wait_then_resubscribe(
+                Some(state.retry_after.map_or(timers::GIVEUP_DEFAULT, |s| Duration::from_secs(u64::from(s)))),
+                now,
+            ),
+            "invariant" => {
+                // Case 81: the state is final; keep it, never retry.
+                self.phase = Phase::Idle;
+                self.clear_timers();
+                self.dialog = None;
+                self.persist(now);
+            }
+            _ => self.wait_then_resubscribe(None, now),
+        }
+    }
+
+    fn wait_then_resubscribe(&mut self, after: Option<Duration>, now: Instant) {
+        let wait = match after {
+            Some(d) => d,
+            None => self.backoff.fail(None, &mut self.rng),
+        };
+        self.phase = Phase::Backoff;
+        self.dialog = None;
+        self.timer_n_at = None;
+        self.refresh_at = None;
+        self.expires_at = None;
+        self.retry_at = Some(now + wait);
+        self.persist(now);
+    }
+
+    fn drop_announced(&mut self) {
+        let watcher = Jid::from(self.pair.watcher.clone());
+        let stanzas = presence::unavailable_for_announced(&mut self.announced, &self.pair.presentity, &watcher);
+        self.out.extend(stanzas.into_iter().map(Output::Stanza));
+    }
+
+    // ---- timers -------------------------------------------------------------------------------
+
+    fn on_timeout(&mut self, now: Instant) {
+        if self.give_up_at.is_some_and(|t| t <= now) {
+            // No final NOTIFY after our Expires: 0; we are done anyway.
+            self.finish();
+            return;
+        }
+        if self.timer_n_at.is_some_and(|t| t <= now) {
+            self.timer_n_at = None;
+            // Case 19: no NOTIFY within Timer N: failure, retry later with a new Call-ID.
+            let fetch = matches!(self.phase, Phase::Waiting { fetch: true });
+            if fetch {
+                self.answer_probes(PresenceType::Unavailable);
+                self.finish_or_idle(now);
+            } else {
+                self.schedule_retry(None, 408, now);
+            }
+            return;
+        }
+        if self.retry_at.is_some_and(|t| t <= now) {
+            self.retry_at = None;
+            let fetch = self.relation == Relation::Unknown;
+            self.start_subscribe(now, fetch);
+            return;
+        }
+        if self.expires_at.is_some_and(|t| t <= now) {
+            // §6.3: the lease lapsed without a successful refresh.
+            self.expires_at = None;
+            self.drop_announced();
+            self.start_subscribe(now, false);
+            return;
+        }
+        if self.refresh_at.is_some_and(|t| t <= now) {
+            self.refresh_at = None;
+            let expires = self.cfg.expires;
+            self.send_in_dialog(expires);
+        }
+    }
+
+    // ---- helpers ------------------------------------------------------------------------------
+
+    fn answer_probes(&mut self, kind: PresenceType) {
+        for w in std::mem::take(&mut self.probe_waiters) {
+            self.push_stanza_to(kind, w);
+        }
+    }
+
+    fn stanza(&mut self, kind: PresenceType) {
+        let to = Jid::from(self.pair.watcher.clone());
+        self.push_stanza_to(kind, to);
+    }
+
+    fn push_stanza_to(&mut self, kind: PresenceType, to: Jid) {
+        let from = Jid::from(self.pair.presentity.clone());
+        self.out.push_back(Output::Stanza(OutPresence::new(from, to, kind)));
+    }
+
+    fn error_stanza(&mut self, cond: DefinedCondition, code: u16) {
+        let kind = crate::error_map::default_error_type(&cond);
+        self.error_stanza_typed(cond, code, kind);
+    }
+
+    fn error_stanza_typed(&mut self, cond: DefinedCondition, code: u16, kind: crate::stanza::ErrorType) {
+        let mut p = OutPresence::new(
+            Jid::from(self.pair.presentity.clone()),
+            Jid::from(self.pair.watcher.clone()),
+            PresenceType::Error,
+        );
+        p.error = Some(StanzaErrorOut {
+            kind,
+            condition: cond,
+            text: Some(format!("SIP {code} {}", crate::sip::reason_phrase(code))),
+            by: Some(self.pair.presentity.domain().to_string()),
+        });
+        self.out.push_back(Output::Stanza(p));
+    }
+
+    fn persist(&mut self, now: Instant) {
+        if self.relation != Relation::Unknown {
+            let rec = self.record(now);
+            self.out.push_back(Output::Persist(rec));
+        }
+    }
+}

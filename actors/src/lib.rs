@@ -6,4 +6,5 @@ pub mod config;
 pub mod gateway;
 pub mod messages;
 pub mod registry;
+pub mod translator;
 pub mod transport;

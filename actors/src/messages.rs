@@ -86,3 +86,29 @@ pub struct SendPresence(pub OutPresence);
 pub struct ComponentStatus {
     pub online: bool,
 }
+
+// ---- between the registry and the translators -------------------------------------------------
+
+/// A stanza for the subscriber pair (X, S'); `pair` carries the mapped identities so the
+/// translator can create the pair.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ToSubscriber {
+    pub pair: pua_xmpp::subscriber::Pair,
+    pub stanza: InPresence,
+}
+
+/// An in-dialog request (NOTIFY to a subscriber, refresh SUBSCRIBE to a notifier) routed by
+/// Call-ID, or an initial SUBSCRIBE for an XMPP presentity (`watcher` = S').
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct DialogRequest {
+    pub req: SipRequest,
+    pub txn: ServerTxnId,
+    pub watcher: Option<pua_xmpp::stanza::BareJid>,
+}
+
+/// A presence stanza from the XMPP presentity X (presence or a decision about a watcher).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct FromPresentity(pub InPresence);

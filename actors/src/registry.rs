@@ -1,1 +1,300 @@
-//! (to be written)
+//! The subscription registry: routes every inbound stanza and SIP request to the translator
+//! that owns it, and answers what belongs to nobody (481, 404, `item-not-found`).
+//!
+//! It owns the address mapper (and its learned-spelling table) and two indexes: presentity →
+//! translator, and SIP Call-ID → translator. It holds no protocol state of its own.
+
+use crate::messages::*;
+use crate::translator::{Links, SipPresentityTranslator, XmppPresentityTranslator};
+use actix::prelude::*;
+use pua_xmpp::address::AddressMapper;
+use pua_xmpp::notifier::{self, NotifierConfig};
+use pua_xmpp::sip::{Method, OutResponse, SipRequest};
+use pua_xmpp::stanza::{BareJid, DefinedCondition, InPresence, OutPresence, PresenceType};
+use pua_xmpp::subscriber::{Pair, SubscriberConfig};
+use std::collections::HashMap;
+
+/// Who serves SIP watchers of XMPP users (§1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Notifier,
+    Pua,
+}
+
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    pub mode: Mode,
+    pub subscriber: SubscriberConfig,
+    pub notifier: NotifierConfig,
+    pub seed: u64,
+}
+
+enum Owner {
+    Sip(Addr<SipPresentityTranslator>),
+    Xmpp(Addr<XmppPresentityTranslator>),
+}
+
+/// Index updates sent by the translators.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum RegistryEvent {
+    DialogSip {
+        call_id: String,
+        owner: Addr<SipPresentityTranslator>,
+    },
+    DialogXmpp {
+        call_id: String,
+        owner: Addr<XmppPresentityTranslator>,
+    },
+    DialogGone {
+        call_id: String,
+    },
+}
+
+pub struct Registry {
+    cfg: RegistryConfig,
+    mapper: AddressMapper,
+    requests: Recipient<SendRequest>,
+    responses: Recipient<SendResponse>,
+    stanzas: Recipient<SendPresence>,
+    sip_presentities: HashMap<BareJid, Addr<SipPresentityTranslator>>,
+    xmpp_presentities: HashMap<BareJid, Addr<XmppPresentityTranslator>>,
+    dialogs: HashMap<String, Owner>,
+    seed: u64,
+}
+
+impl Registry {
+    pub fn new(
+        cfg: RegistryConfig,
+        mapper: AddressMapper,
+        requests: Recipient<SendRequest>,
+        responses: Recipient<SendResponse>,
+        stanzas: Recipient<SendPresence>,
+    ) -> Registry {
+        Registry {
+            seed: cfg.seed,
+            cfg,
+            mapper,
+            requests,
+            responses,
+            stanzas,
+            sip_presentities: HashMap::new(),
+            xmpp_presentities: HashMap::new(),
+            dialogs: HashMap::new(),
+        }
+    }
+
+    fn links(&self, ctx: &Context<Self>) -> Links {
+        Links {
+            requests: self.requests.clone(),
+            responses: self.responses.clone(),
+            stanzas: self.stanzas.clone(),
+            registry: ctx.address(),
+        }
+    }
+
+    fn next_seed(&mut self) -> u64 {
+        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.seed
+    }
+
+    fn respond(&self, txn: ServerTxnId, resp: OutResponse) {
+        self.responses.do_send(SendResponse { txn, resp });
+    }
+
+    fn error_reply(&self, p: &InPresence, cond: DefinedCondition, text: String) {
+        if p.kind == Ok(PresenceType::Error) {
+            return; // never answer an error with an error
+        }
+        self.stanzas
+            .do_send(SendPresence(OutPresence::error_reply(p, cond, Some(text))));
+    }
+
+    fn xmpp_translator(&mut self, x: &BareJid, ctx: &Context<Self>) -> Option<Addr<XmppPresentityTranslator>> {
+        if let Some(a) = self.xmpp_presentities.get(x) {
+            return Some(a.clone());
+        }
+        let sip_uri = match self.mapper.xmpp_to_sip(x) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(jid = %x, error = %e, "XMPP presentity cannot be mapped to SIP");
+                return None;
+            }
+        };
+        let seed = self.next_seed();
+        let t = XmppPresentityTranslator::new(x.clone(), sip_uri, self.cfg.notifier.clone(), self.links(ctx), seed);
+        let addr = t.start();
+        self.xmpp_presentities.insert(x.clone(), addr.clone());
+        Some(addr)
+    }
+
+    fn on_subscriber_stanza(&mut self, p: InPresence, ctx: &Context<Self>) {
+        let presentity = p.to.to_bare();
+        let presentity_uri = match self.mapper.jid_to_sip(&presentity) {
+            Ok(u) => u,
+            Err(e) => {
+                // Cases 11, 12: an address outside what we serve; never forwarded.
+                tracing::info!(to = %p.to, error = %e, "stanza to an unmappable address refused");
+                return self.error_reply(&p, e.xmpp_condition(), e.to_string());
+            }
+        };
+        let watcher = p.from.to_bare();
+        let watcher_uri = match self.mapper.xmpp_to_sip(&watcher) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::info!(from = %p.from, error = %e, "watcher cannot be mapped to SIP");
+                return self.error_reply(&p, e.xmpp_condition(), e.to_string());
+            }
+        };
+        let pair = Pair {
+            watcher,
+            watcher_uri,
+            presentity: presentity.clone(),
+            presentity_uri,
+        };
+        let addr = match self.sip_presentities.get(&presentity) {
+            Some(a) => a.clone(),
+            None => {
+                let seed = self.next_seed();
+                let t = SipPresentityTranslator::new(presentity.clone(), self.cfg.subscriber.clone(), self.links(ctx), seed);
+                let a = t.start();
+                self.sip_presentities.insert(presentity, a.clone());
+                a
+            }
+        };
+        addr.do_send(ToSubscriber { pair, stanza: p });
+    }
+
+    fn on_subscribe(&mut self, req: SipRequest, txn: ServerTxnId, ctx: &Context<Self>) {
+        if let Some(resp) = notifier::pre_checks(&req) {
+            return self.respond(txn, resp);
+        }
+        if req.to.tag.is_some() {
+            // Case 58: a refresh must match a dialog.
+            return match self.dialogs.get(&req.call_id) {
+                Some(Owner::Xmpp(a)) => a.do_send(DialogRequest { req, txn, watcher: None }),
+                _ => self.respond(txn, OutResponse::to_request(&req, 481, None)),
+            };
+        }
+        let presentity = match self.mapper.sip_to_xmpp(&req.uri) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::info!(uri = %req.uri, error = %e, "SUBSCRIBE for an unknown presentity");
+                let resp = OutResponse::to_request(&req, 404, None).with_reason(e.to_string());
+                return self.respond(txn, resp);
+            }
+        };
+        let watcher = match self.mapper.sip_to_jid(&req.from.uri) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::info!(from = %req.from.uri, error = %e, "SUBSCRIBE from an unmappable watcher");
+                let code = match e.sip_status() {
+                    416 => 416,
+                    _ => 400,
+                };
+                let resp = OutResponse::to_request(&req, code, None).with_reason(e.to_string());
+                return self.respond(txn, resp);
+            }
+        };
+        match self.xmpp_translator(&presentity, ctx) {
+            Some(a) => a.do_send(DialogRequest {
+                req,
+                txn,
+                watcher: Some(watcher),
+            }),
+            None => self.respond(txn, OutResponse::to_request(&req, 404, None)),
+        }
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+}
+
+impl Handler<StanzaIn> for Registry {
+    type Result = ();
+    fn handle(&mut self, StanzaIn(p): StanzaIn, ctx: &mut Context<Self>) {
+        let kind = match &p.kind {
+            Ok(k) => *k,
+            Err(t) => {
+                // Case 46.
+                tracing::info!(from = %p.from, r#type = %t, "presence with an unknown type");
+                return self.error_reply(&p, DefinedCondition::BadRequest, format!("unknown presence type '{t}'"));
+            }
+        };
+        match kind {
+            PresenceType::Subscribe | PresenceType::Unsubscribe | PresenceType::Probe => {
+                self.on_subscriber_stanza(p, ctx)
+            }
+            PresenceType::Available
+            | PresenceType::Unavailable
+            | PresenceType::Subscribed
+            | PresenceType::Unsubscribed
+            | PresenceType::Error => {
+                let x = p.from.to_bare();
+                match self.cfg.mode {
+                    Mode::Notifier => {
+                        let existing = self.xmpp_presentities.get(&x).cloned();
+                        let addr = match (existing, kind) {
+                            (Some(a), _) => Some(a),
+                            (None, PresenceType::Error) => None,
+                            (None, _) => self.xmpp_translator(&x, ctx),
+                        };
+                        if let Some(a) = addr {
+                            a.do_send(FromPresentity(p));
+                        }
+                    }
+                    Mode::Pua => {
+                        tracing::debug!(from = %p.from, ?kind, "PUA mode presence not handled yet");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler<SipRequestIn> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: SipRequestIn, ctx: &mut Context<Self>) {
+        let SipRequestIn { req, txn, .. } = msg;
+        match req.method {
+            Method::Notify => match self.dialogs.get(&req.call_id) {
+                Some(Owner::Sip(a)) => a.do_send(DialogRequest { req, txn, watcher: None }),
+                _ => {
+                    // Case 73.
+                    tracing::debug!(call_id = %req.call_id, "NOTIFY for no subscription");
+                    self.respond(txn, OutResponse::to_request(&req, 481, None));
+                }
+            },
+            Method::Subscribe => self.on_subscribe(req, txn, ctx),
+            Method::Options => {
+                let resp = OutResponse::to_request(&req, 200, None)
+                    .with_header("Allow", "SUBSCRIBE, NOTIFY, OPTIONS")
+                    .with_header("Allow-Events", "presence")
+                    .with_header("Accept", "application/pidf+xml");
+                self.respond(txn, resp);
+            }
+            _ => {
+                let resp = OutResponse::to_request(&req, 405, None).with_header("Allow", "SUBSCRIBE, NOTIFY, OPTIONS");
+                self.respond(txn, resp);
+            }
+        }
+    }
+}
+
+impl Handler<RegistryEvent> for Registry {
+    type Result = ();
+    fn handle(&mut self, ev: RegistryEvent, _ctx: &mut Context<Self>) {
+        match ev {
+            RegistryEvent::DialogSip { call_id, owner } => {
+                self.dialogs.insert(call_id, Owner::Sip(owner));
+            }
+            RegistryEvent::DialogXmpp { call_id, owner } => {
+                self.dialogs.insert(call_id, Owner::Xmpp(owner));
+            }
+            RegistryEvent::DialogGone { call_id } => {
+                self.dialogs.remove(&call_id);
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Per-presentity translator actors: thin shells around the core state machines.
+//!
+//! [`SipPresentityTranslator`]: one per SIP presentity S' in use; it holds one
+//! [`pua_xmpp::subscriber::Subscription`] per XMPP watcher, each with its own lifecycle and
+//! timers. [`XmppPresentityTranslator`]: one per XMPP presentity X in notifier mode; it holds
+//! the [`pua_xmpp::notifier::Presentity`] that fans X's presence out to its SIP watchers.
+//! The actors own the clock (`Instant::now()`, wall time for RPID) and one wake-up timer each;
+//! every protocol decision is in the core.
+
+use crate::messages::*;
+use crate::registry::{Registry, RegistryEvent};
+use actix::prelude::*;
+use pua_xmpp::notifier::{self, NotifierConfig, Presentity};
+use pua_xmpp::sip::{Method, OutRequest};
+use pua_xmpp::stanza::BareJid;
+use pua_xmpp::subscriber::{self, SubscriberConfig, Subscription};
+use std::collections::HashMap;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Where translators send what the core asks for.
+#[derive(Clone)]
+pub struct Links {
+    pub requests: Recipient<SendRequest>,
+    pub responses: Recipient<SendResponse>,
+    pub stanzas: Recipient<SendPresence>,
+    pub registry: Addr<Registry>,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Keeps a single wake-up armed at the earliest deadline of the machines.
+#[derive(Default)]
+struct Wakeup {
+    at: Option<Instant>,
+    handle: Option<SpawnHandle>,
+}
+
+impl Wakeup {
+    fn arm<A>(&mut self, next: Option<Instant>, ctx: &mut Context<A>, fire: fn(&mut A, &mut Context<A>))
+    where
+        A: Actor<Context = Context<A>>,
+    {
+        if next == self.at {
+            return;
+        }
+        if let Some(h) = self.handle.take() {
+            ctx.cancel_future(h);
+        }
+        self.at = next;
+        if let Some(t) = next {
+            let delay = t.saturating_duration_since(Instant::now());
+            self.handle = Some(ctx.run_later(delay, move |a, ctx| fire(a, ctx)));
+        }
+    }
+}
+
+// ==== SIP presentity: XMPP watchers of one SIP user ================================================
+
+pub struct SipPresentityTranslator {
+    presentity: BareJid,
+    cfg: SubscriberConfig,
+    links: Links,
+    pairs: HashMap<BareJid, Subscription>,
+    /// Call-ID of each pair's current dialog, to keep the registry's index right.
+    call_ids: HashMap<BareJid, String>,
+    /// Transaction key → (watcher, Call-ID, CSeq).
+    txns: HashMap<u64, (BareJid, String, u32)>,
+    next_key: u64,
+    seed: u64,
+    wakeup: Wakeup,
+}
+
+impl SipPresentityTranslator {
+    pub fn new(presentity: BareJid, cfg: SubscriberConfig, links: Links, seed: u64) -> Self {
+        SipPresentityTranslator {
+            presentity,
+            cfg,
+            links,
+            pairs: HashMap::new(),
+            call_ids: HashMap::new(),
+            txns: HashMap::new(),
+            next_key: 1,
+            seed,
+            wakeup: Wakeup::default(),
+        }
+    }
+
+    fn with_pair(
+        &mut self,
+        watcher: &BareJid,
+        input: subscriber::Input<'_>,
+        txn: Option<ServerTxnId>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = Instant::now();
+        let Some(sub) = self.pairs.get_mut(watcher) else {
+            return;
+        };
+        sub.handle_input(input, now);
+        self.drain(watcher, txn, ctx);
+    }
+
+    fn drain(&mut self, watcher: &BareJid, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
+        let Some(sub) = self.pairs.get_mut(watcher) else {
+            return;
+        };
+        while let Some(out) = sub.poll_output() {
+            match out {
+                subscriber::Output::Request(req) => {
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    if self.call_ids.get(watcher) != Some(&req.call_id) {
+                        if let Some(old) = self.call_ids.insert(watcher.clone(), req.call_id.clone()) {
+                            self.links.registry.do_send(RegistryEvent::DialogGone { call_id: old });
+                        }
+                        self.links.registry.do_send(RegistryEvent::DialogSip {
+                            call_id: req.call_id.clone(),
+                            owner: ctx.address(),
+                        });
+                    }
+                    self.txns.insert(key, (watcher.clone(), req.call_id.clone(), req.cseq));
+                    send_request(&self.links, req, key, ctx.address().recipient());
+                }
+                subscriber::Output::Response(resp) => {
+                    if let Some(txn) = txn {
+                        self.links.responses.do_send(SendResponse { txn, resp });
+                    }
+                }
+                subscriber::Output::Stanza(p) => self.links.stanzas.do_send(SendPresence(p)),
+                subscriber::Output::Persist(rec) => {
+                    tracing::debug!(watcher = %rec.pair.watcher, presentity = %rec.pair.presentity, relation = ?rec.relation, "persist subscription");
+                }
+                subscriber::Output::Forget => {
+                    tracing::info!(%watcher, presentity = %self.presentity, "subscription relation ended");
+                }
+            }
+        }
+        if sub.is_done() {
+            self.pairs.remove(watcher);
+            if let Some(old) = self.call_ids.remove(watcher) {
+                self.links.registry.do_send(RegistryEvent::DialogGone { call_id: old });
+            }
+        }
+        self.rearm(ctx);
+    }
+
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        let next = self.pairs.values().filter_map(Subscription::poll_timeout).min();
+        self.wakeup.arm(next, ctx, |a, ctx| {
+            a.wakeup.at = None;
+            a.wakeup.handle = None;
+            a.on_wakeup(ctx)
+        });
+    }
+
+    fn on_wakeup(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let due: Vec<BareJid> = self
+            .pairs
+            .iter()
+            .filter(|(_, s)| s.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(w, _)| w.clone())
+            .collect();
+        for w in due {
+            self.with_pair(&w, subscriber::Input::Timeout, None, ctx);
+        }
+        self.rearm(ctx);
+    }
+}
+
+fn send_request(links: &Links, req: OutRequest, key: u64, reply_to: Recipient<TransactionOutcome>) {
+    tracing::debug!(method = req.method.as_str(), uri = %req.uri, call_id = %req.call_id, cseq = req.cseq, "sending request");
+    links.requests.do_send(SendRequest { req, key, reply_to });
+}
+
+impl Actor for SipPresentityTranslator {
+    type Context = Context<Self>;
+}
+
+impl Handler<ToSubscriber> for SipPresentityTranslator {
+    type Result = ();
+    fn handle(&mut self, msg: ToSubscriber, ctx: &mut Context<Self>) {
+        let watcher = msg.pair.watcher.clone();
+        if !self.pairs.contains_key(&watcher) {
+            use pua_xmpp::stanza::PresenceType as T;
+            let relation = match msg.stanza.kind {
+                Ok(T::Subscribe) => subscriber::Relation::Pending,
+                Ok(T::Probe) => subscriber::Relation::Unknown,
+                _ => {
+                    // Case 25: unsubscribe (or anything else) with no state: no output.
+                    tracing::debug!(%watcher, presentity = %self.presentity, "stanza for unknown pair ignored");
+                    return self.rearm(ctx);
+                }
+            };
+            self.seed = self.seed.wrapping_add(0x9E37_79B9);
+            let sub = Subscription::new(self.cfg.clone(), msg.pair, relation, self.seed);
+            self.pairs.insert(watcher.clone(), sub);
+        }
+        self.with_pair(&watcher, subscriber::Input::Stanza(&msg.stanza), None, ctx);
+    }
+}
+
+impl Handler<DialogRequest> for SipPresentityTranslator {
+    type Result = ();
+    fn handle(&mut self, msg: DialogRequest, ctx: &mut Context<Self>) {
+        let watcher = self
+            .call_ids
+            .iter()
+            .find(|(_, c)| **c == msg.req.call_id)
+            .map(|(w, _)| w.clone());
+        match watcher {
+            Some(w) if msg.req.method == Method::Notify => {
+                let input = subscriber::Input::Notify {
+                    req: &msg.req,
+                    now_unix: unix_now(),
+                };
+                self.with_pair(&w, input, Some(msg.txn), ctx);
+            }
+            _ => {
+                let resp = pua_xmpp::sip::OutResponse::to_request(&msg.req, 481, None);
+                self.links.responses.do_send(SendResponse { txn: msg.txn, resp });
+            }
+        }
+    }
+}
+
+impl Handler<TransactionOutcome> for SipPresentityTranslator {
+    type Result = ();
+    fn handle(&mut self, msg: TransactionOutcome, ctx: &mut Context<Self>) {
+        let Some((watcher, call_id, cseq)) = self.txns.remove(&msg.key) else {
+            return;
+        };
+        match msg.result {
+            TxnResult::Response(r) => self.with_pair(&watcher, subscriber::Input::Response(&r), None, ctx),
+            TxnResult::Timeout | TxnResult::TransportError(_) => {
+                let input = subscriber::Input::RequestFailed {
+                    call_id: &call_id,
+                    cseq,
+                };
+                self.with_pair(&watcher, input, None, ctx)
+            }
+        }
+    }
+}
+
+// ==== XMPP presentity: SIP watchers of one XMPP user (notifier mode) ===============================
+
+pub struct XmppPresentityTranslator {
+    machine: Presentity,
+    links: Links,
+    txns: HashMap<u64, (String, u32)>,
+    next_key: u64,
+    wakeup: Wakeup,
+}
+
+impl XmppPresentityTranslator {
+    pub fn new(jid: BareJid, sip_uri: String, cfg: NotifierConfig, links: Links, seed: u64) -> Self {
+        XmppPresentityTranslator {
+            machine: Presentity::new(cfg, jid, sip_uri, seed),
+            links,
+            txns: HashMap::new(),
+            next_key: 1,
+            wakeup: Wakeup::default(),
+        }
+    }
+
+    fn input(&mut self, input: notifier::Input<'_>, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
+        self.machine.handle_input(input, Instant::now());
+        self.drain(txn, ctx);
+    }
+
+    fn drain(&mut self, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
+        while let Some(out) = self.machine.poll_output() {
+            match out {
+                notifier::Output::Request(req) => {
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    self.txns.insert(key, (req.call_id.clone(), req.cseq));
+                    send_request(&self.links, req, key, ctx.address().recipient());
+                }
+                notifier::Output::Response(resp) => {
+                    if let Some(txn) = txn {
+                        self.links.responses.do_send(SendResponse { txn, resp });
+                    }
+                }
+                notifier::Output::Stanza(p) => self.links.stanzas.do_send(SendPresence(p)),
+                notifier::Output::Persist(op) => match op {
+                    notifier::PersistOp::Dialog(d) => {
+                        self.links.registry.do_send(RegistryEvent::DialogXmpp {
+                            call_id: d.call_id.clone(),
+                            owner: ctx.address(),
+                        });
+                    }
+                    notifier::PersistOp::DialogGone { call_id } => {
+                        self.links.registry.do_send(RegistryEvent::DialogGone { call_id });
+                    }
+                    notifier::PersistOp::Relation { watcher, state } => {
+                        tracing::info!(%watcher, presentity = %self.machine.jid(), ?state, "watcher relation");
+                    }
+                },
+            }
+        }
+        let next = self.machine.poll_timeout();
+        self.wakeup.arm(next, ctx, |a, ctx| {
+            a.wakeup.at = None;
+            a.wakeup.handle = None;
+            a.input(notifier::Input::Timeout, None, ctx);
+        });
+    }
+}
+
+impl Actor for XmppPresentityTranslator {
+    type Context = Context<Self>;
+}
+
+impl Handler<DialogRequest> for XmppPresentityTranslator {
+    type Result = ();
+    fn handle(&mut self, msg: DialogRequest, ctx: &mut Context<Self>) {
+        if msg.req.method != Method::Subscribe {
+            let resp = pua_xmpp::sip::OutResponse::to_request(&msg.req, 481, None);
+            self.links.responses.do_send(SendResponse { txn: msg.txn, resp });
+            return;
+        }
+        // In-dialog refreshes carry no mapped watcher; the dialog knows it.
+        let watcher = msg.watcher.clone().unwrap_or_else(|| self.machine.jid().clone());
+        let input = notifier::Input::Subscribe {
+            req: &msg.req,
+            watcher: &watcher,
+        };
+        self.input(input, Some(msg.txn), ctx);
+    }
+}
+
+impl Handler<FromPresentity> for XmppPresentityTranslator {
+    type Result = ();
+    fn handle(&mut self, msg: FromPresentity, ctx: &mut Context<Self>) {
+        self.input(notifier::Input::Stanza(&msg.0), None, ctx);
+    }
+}
+
+impl Handler<TransactionOutcome> for XmppPresentityTranslator {
+    type Result = ();
+    fn handle(&mut self, msg: TransactionOutcome, ctx: &mut Context<Self>) {
+        let Some((call_id, cseq)) = self.txns.remove(&msg.key) else {
+            return;
+        };
+        match msg.result {
+            TxnResult::Response(r) => self.input(notifier::Input::Response(&r), None, ctx),
+            TxnResult::Timeout | TxnResult::TransportError(_) => self.input(
+                notifier::Input::RequestFailed {
+                    call_id: &call_id,
+                    cseq,
+                },
+                None,
+                ctx,
+            ),
+        }
+    }
+}
