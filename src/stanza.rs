@@ -443,7 +443,8 @@ impl InPresence {
 
     /// Parses one serialized stanza (tests and tools); the default namespace is the component's.
     pub fn from_xml(xml: &str) -> Result<InPresence, String> {
-        let wrapped = if xml.contains("xmlns=") {
+        let root = xml.split('>').next().unwrap_or("");
+        let wrapped = if root.contains("xmlns=") {
             xml.to_owned()
         } else {
             xml.replacen("<presence", "<presence xmlns='jabber:component:accept'", 1)
@@ -478,7 +479,7 @@ mod tests {
         assert_eq!(
             p.to_xml(),
             "<presence from='juliet*example.com@sip.example.net/t-desk' to='romeo@example.net'>\
-             <show>dnd</show><status xml:lang='en'>On the &lt;balcony&gt; &amp; &apos;out&apos;</status>\
+             <show>dnd</show><status xml:lang='en'>On the &lt;balcony&gt; &amp; 'out'</status>\
              <priority>80</priority></presence>"
         );
         let e = p.to_element();

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test of pua-xmpp: formatting and lint gates, the Rust unit/integration tests,
+# and the end-to-end tests against real Prosody and Kamailio on loopback.
+# One release build is shared by all of them (cargo test --release reuses its artifacts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo build --release (gateway binary)"
+cargo build --release --workspace --bins
+
+step "cargo clippy -D warnings"
+cargo clippy --release --workspace --all-targets -- -D warnings
+
+step "cargo test (unit, property, in-process integration)"
+cargo test --release --workspace
+
+if [ "${SKIP_E2E:-0}" = 1 ]; then
+	echo "SKIP_E2E=1: end-to-end tests not run"
+	exit 0
+fi
+step "end-to-end tests with real Prosody and Kamailio"
+export PUA_XMPP_BIN="$PWD/target/release/pua-xmpp"
+python3 -m pytest -q -rs tests/e2e
