@@ -61,6 +61,23 @@ impl MappingConfig {
     }
 }
 
+/// Parses Kamailio's `gwmap` parameter: `sipdomain=xmppdomain;other.sip;...`. An entry
+/// without `=xmppdomain` maps the domain to itself (Kamailio treats an empty body so).
+/// Empty entries are skipped; domains are checked later by [`AddressMapper::new`].
+pub fn parse_gwmap(s: &str) -> Vec<(String, String)> {
+    s.split(';')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| match e.split_once('=') {
+            Some((sip, xmpp)) if !xmpp.trim().is_empty() => {
+                (sip.trim().to_string(), xmpp.trim().to_string())
+            }
+            Some((sip, _)) => (sip.trim().to_string(), sip.trim().to_string()),
+            None => (e.to_string(), e.to_string()),
+        })
+        .collect()
+}
+
 /// Why an address cannot be mapped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MapError {
@@ -408,7 +425,7 @@ fn build_jid(local: &str, ascii_domain: &str) -> Result<BareJid, MapError> {
     }
     if let Some(c) = local
         .chars()
-        .find(|c| !c.is_ascii() && !(c.is_alphabetic() || c.is_numeric()))
+        .find(|c| !c.is_ascii() && !c.is_alphabetic() && !c.is_numeric())
     {
         return Err(MapError::Precis(format!(
             "character U+{:04X} is not a letter or digit",
@@ -530,7 +547,11 @@ fn parse_sip_uri(input: &str) -> Result<SipAddr, MapError> {
 /// Characters accepted literally in a received SIP user (RFC 3261 `user`, plus `%` for
 /// escapes and raw non-ASCII that some UAs send unencoded).
 fn user_char_ok(c: char) -> bool {
-    !c.is_ascii() && !c.is_control() || c.is_ascii() && (sip_user_literal(c as u8) || c == '%')
+    if c.is_ascii() {
+        sip_user_literal(c as u8) || c == '%'
+    } else {
+        !c.is_control()
+    }
 }
 
 /// RFC 3261 `unreserved` / `user-unreserved`: legal literally in a SIP user part.
@@ -869,6 +890,23 @@ mod tests {
             ))
         );
         assert_eq!(MapError::Precis(String::new()).sip_status(), 400);
+        // The XMPP library alone (RFC 6122 nodeprep) also refuses it: U+1F600 is unassigned
+        // in Unicode 3.2. But it accepts symbols assigned in 3.2, such as U+263A, which
+        // PRECIS refuses; our own rule catches those.
+        assert_eq!(
+            BareJid::new("\u{1F600}*example.com@sip.example.net"),
+            Err(JidError::NodePrep)
+        );
+        assert_eq!(
+            BareJid::new("\u{263A}*example.com@sip.example.net").map(|j| j.to_string()),
+            Ok("\u{263A}*example.com@sip.example.net".to_string())
+        );
+        assert_eq!(
+            mapper().sip_to_jid("sip:%E2%98%BA@example.com"),
+            Err(MapError::Precis(
+                "character U+263A is not a letter or digit".into()
+            ))
+        );
     }
 
     #[test]
@@ -1036,6 +1074,18 @@ mod tests {
     }
 
     #[test]
+    fn gwmap_parameter_parses_like_kamailio() {
+        assert_eq!(
+            parse_gwmap("sip.test=xmpp-sip.test; plain.example ;x.example=;"),
+            vec![
+                ("sip.test".to_string(), "xmpp-sip.test".to_string()),
+                ("plain.example".to_string(), "plain.example".to_string()),
+                ("x.example".to_string(), "x.example".to_string()),
+            ]
+        );
+    }
+
+    #[test]
     fn gwmap_keeps_unmatched_domains() {
         let mut m = gwmap_mapper();
         assert_eq!(
@@ -1134,7 +1184,7 @@ mod tests {
         }
 
         #[test]
-        fn prop_never_panics(s in "\\PC{0,80}") {
+        fn prop_never_panics(s in "(?s).{0,80}") {
             let mut m = mapper();
             let _ = m.sip_to_jid(&s);
             let _ = m.sip_to_xmpp(&s);
