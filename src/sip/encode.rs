@@ -1,1 +1,414 @@
-//! (to be written)
+//! Writing [`OutRequest`] / [`OutResponse`] as bytes, and the few URI/Via facts the transport
+//! needs (where to send, which branch). Header order is fixed so tests can assert exact bytes.
+
+use super::{NameAddr, OutRequest, OutResponse};
+
+fn line(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `"Display" <uri>;tag=t`; the display name is quoted (with `"` and `\` escaped) only when
+/// present.
+fn name_addr(out: &mut Vec<u8>, name: &str, na: &NameAddr) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    if let Some(d) = &na.display {
+        out.push(b'"');
+        for c in d.bytes() {
+            if c == b'"' || c == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(c);
+        }
+        out.extend_from_slice(b"\" ");
+    }
+    out.push(b'<');
+    out.extend_from_slice(na.uri.as_bytes());
+    out.push(b'>');
+    if let Some(t) = &na.tag {
+        out.extend_from_slice(b";tag=");
+        out.extend_from_slice(t.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn cseq(out: &mut Vec<u8>, n: u32, method: &str) {
+    out.extend_from_slice(b"CSeq: ");
+    out.extend_from_slice(n.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(method.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn tail(
+    out: &mut Vec<u8>,
+    headers: &[(&'static str, String)],
+    content_type: Option<&str>,
+    body: &[u8],
+) {
+    for (n, v) in headers {
+        line(out, n, v);
+    }
+    if let Some(ct) = content_type {
+        line(out, "Content-Type", ct);
+    }
+    line(out, "Content-Length", &body.len().to_string());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// Writes the request with `via` (a full Via header value, e.g.
+/// "SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK...;rport") as the top Via, Max-Forwards: 70,
+/// Content-Length computed in octets.
+pub fn encode_request(req: &OutRequest, via: &str, out: &mut Vec<u8>) {
+    out.reserve(400 + req.body.len());
+    let m = req.method.as_str();
+    out.extend_from_slice(m.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.uri.as_bytes());
+    out.extend_from_slice(b" SIP/2.0\r\n");
+    line(out, "Via", via);
+    for r in &req.route {
+        line(out, "Route", r);
+    }
+    line(out, "Max-Forwards", "70");
+    name_addr(out, "From", &req.from);
+    name_addr(out, "To", &req.to);
+    line(out, "Call-ID", &req.call_id);
+    cseq(out, req.cseq, m);
+    if let Some(c) = &req.contact {
+        out.extend_from_slice(b"Contact: <");
+        out.extend_from_slice(c.as_bytes());
+        out.extend_from_slice(b">\r\n");
+    }
+    tail(out, &req.headers, req.content_type, &req.body);
+}
+
+/// Writes a response. `From`/`To` with an empty URI and an empty `Call-ID` are left out: they
+/// only occur in a best-effort 400 to a request that lacked them.
+pub fn encode_response(resp: &OutResponse, out: &mut Vec<u8>) {
+    out.reserve(400 + resp.body.len());
+    out.extend_from_slice(b"SIP/2.0 ");
+    out.extend_from_slice(resp.status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for v in &resp.via {
+        line(out, "Via", v);
+    }
+    if !resp.from.uri.is_empty() {
+        name_addr(out, "From", &resp.from);
+    }
+    if !resp.to.uri.is_empty() {
+        name_addr(out, "To", &resp.to);
+    }
+    if !resp.call_id.is_empty() {
+        line(out, "Call-ID", &resp.call_id);
+    }
+    cseq(out, resp.cseq, resp.cseq_method.as_str());
+    if let Some(c) = &resp.contact {
+        out.extend_from_slice(b"Contact: <");
+        out.extend_from_slice(c.as_bytes());
+        out.extend_from_slice(b">\r\n");
+    }
+    for r in &resp.record_route {
+        line(out, "Record-Route", r);
+    }
+    tail(out, &resp.headers, resp.content_type, &resp.body);
+}
+
+/// Where a SIP URI points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: Option<u16>,
+    /// Lowercased `transport` parameter.
+    pub transport: Option<String>,
+}
+
+/// host/port/transport of a SIP URI given as `sip:u@h:p;transport=tcp`, `<sip:h;lr>`,
+/// `sips:...`; None if unparseable.
+pub fn uri_host_port(uri: &str) -> Option<HostPort> {
+    let mut s = uri.trim();
+    // A name-addr: take what is inside the brackets.
+    if let Some(open) = s.find('<') {
+        let inner = s.get(open + 1..)?;
+        s = inner.get(..inner.find('>')?)?.trim();
+    }
+    let colon = s.find(':')?;
+    let scheme = s.get(..colon)?;
+    if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
+        return None;
+    }
+    let rest = s.get(colon + 1..)?;
+    // The user part may hold `;` and `?` (RFC 3261 user-unreserved) but never a bare `@`.
+    let rest = match rest.find('@') {
+        Some(at) => rest.get(at + 1..)?,
+        None => rest,
+    };
+    let end = rest.find([';', '?']).unwrap_or(rest.len());
+    let hostport = rest.get(..end)?;
+    let params = rest.get(end..)?;
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let close = v6.find(']')?;
+        let host = hostport.get(..close + 2)?;
+        let after = v6.get(close + 1..)?;
+        (host, after)
+    } else {
+        match hostport.find(':') {
+            Some(c) => (hostport.get(..c)?, hostport.get(c..)?),
+            None => (hostport, ""),
+        }
+    };
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+    {
+        return None;
+    }
+    let port = match port {
+        "" => None,
+        p => Some(p.strip_prefix(':')?.parse::<u16>().ok()?),
+    };
+    let params = params.split('?').next().unwrap_or("");
+    let transport = params.split(';').find_map(|p| {
+        let (n, v) = p.split_once('=')?;
+        n.trim()
+            .eq_ignore_ascii_case("transport")
+            .then(|| v.trim().to_ascii_lowercase())
+    });
+    Some(HostPort {
+        host: host.to_owned(),
+        port,
+        transport,
+    })
+}
+
+/// The `branch` parameter of a Via value.
+pub fn via_branch(via: &str) -> Option<&str> {
+    via.split(';').skip(1).find_map(|p| {
+        let (n, v) = p.split_once('=')?;
+        let v = v.split(',').next().unwrap_or("").trim();
+        (n.trim().eq_ignore_ascii_case("branch") && !v.is_empty()).then_some(v)
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::sip::{Destination, Method};
+
+    /// The gateway's initial SUBSCRIBE of spec §4.2.
+    pub(crate) fn subscribe_4_2() -> OutRequest {
+        OutRequest {
+            method: Method::Subscribe,
+            uri: "sip:juliet@example.com".into(),
+            route: vec![],
+            from: NameAddr {
+                display: None,
+                uri: "sip:romeo*example.net@xmpp.example.com".into(),
+                tag: Some("gw-5d1c8a".into()),
+            },
+            to: NameAddr {
+                display: None,
+                uri: "sip:juliet@example.com".into(),
+                tag: None,
+            },
+            call_id: "8c41f0e2b7d94e1a@gw.xmpp.example.com".into(),
+            cseq: 1,
+            contact: Some("sip:romeo*example.net@gw.xmpp.example.com:5060;transport=tcp".into()),
+            headers: vec![
+                ("Event", "presence".into()),
+                ("Accept", "application/pidf+xml".into()),
+                ("Allow-Events", "presence".into()),
+                ("Expires", "3600".into()),
+            ],
+            content_type: None,
+            body: vec![],
+            destination: Destination::OutboundProxy,
+        }
+    }
+
+    #[test]
+    fn spec_4_2_subscribe_exact_bytes() {
+        let mut out = Vec::new();
+        encode_request(
+            &subscribe_4_2(),
+            "SIP/2.0/TCP gw.xmpp.example.com:5060;branch=z9hG4bK-5f2a91c3",
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "SUBSCRIBE sip:juliet@example.com SIP/2.0\r\n\
+             Via: SIP/2.0/TCP gw.xmpp.example.com:5060;branch=z9hG4bK-5f2a91c3\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:romeo*example.net@xmpp.example.com>;tag=gw-5d1c8a\r\n\
+             To: <sip:juliet@example.com>\r\n\
+             Call-ID: 8c41f0e2b7d94e1a@gw.xmpp.example.com\r\n\
+             CSeq: 1 SUBSCRIBE\r\n\
+             Contact: <sip:romeo*example.net@gw.xmpp.example.com:5060;transport=tcp>\r\n\
+             Event: presence\r\n\
+             Accept: application/pidf+xml\r\n\
+             Allow-Events: presence\r\n\
+             Expires: 3600\r\n\
+             Content-Length: 0\r\n\
+             \r\n"
+        );
+    }
+
+    /// The gateway's 200 OK of spec §5.1.
+    pub(crate) fn ok_5_1() -> OutResponse {
+        OutResponse {
+            status: 200,
+            reason: "OK".into(),
+            via: vec!["SIP/2.0/TLS ua7.example.com:5061;branch=z9hG4bK-ua-4411".into()],
+            from: NameAddr {
+                display: Some("Juliet".into()),
+                uri: "sip:juliet@example.com".into(),
+                tag: Some("ua-77aa31".into()),
+            },
+            to: NameAddr {
+                display: None,
+                uri: "sip:romeo*example.net@xmpp.example.com".into(),
+                tag: Some("gw-e01b44".into()),
+            },
+            call_id: "3f9a0c55e1@ua7.example.com".into(),
+            cseq: 20,
+            cseq_method: Method::Subscribe,
+            contact: Some("sip:romeo*example.net@gw.xmpp.example.com:5061;transport=tls".into()),
+            record_route: vec![],
+            headers: vec![
+                ("Expires", "3600".into()),
+                ("Allow-Events", "presence".into()),
+            ],
+            content_type: None,
+            body: vec![],
+        }
+    }
+
+    #[test]
+    fn spec_5_1_ok_exact_bytes() {
+        let mut out = Vec::new();
+        encode_response(&ok_5_1(), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "SIP/2.0 200 OK\r\n\
+             Via: SIP/2.0/TLS ua7.example.com:5061;branch=z9hG4bK-ua-4411\r\n\
+             From: \"Juliet\" <sip:juliet@example.com>;tag=ua-77aa31\r\n\
+             To: <sip:romeo*example.net@xmpp.example.com>;tag=gw-e01b44\r\n\
+             Call-ID: 3f9a0c55e1@ua7.example.com\r\n\
+             CSeq: 20 SUBSCRIBE\r\n\
+             Contact: <sip:romeo*example.net@gw.xmpp.example.com:5061;transport=tls>\r\n\
+             Expires: 3600\r\n\
+             Allow-Events: presence\r\n\
+             Content-Length: 0\r\n\
+             \r\n"
+        );
+    }
+
+    #[test]
+    fn request_with_routes_body_and_utf8_length() {
+        let mut req = subscribe_4_2();
+        req.method = Method::Notify;
+        req.route = vec!["<sip:127.0.0.2;lr;ftag=a>".into(), "<sip:p2;lr>".into()];
+        req.contact = None;
+        req.headers = vec![];
+        req.content_type = Some("application/pidf+xml");
+        req.body = "<n>é</n>".as_bytes().to_vec();
+        req.from.display = Some("A \"B\"".into());
+        let mut out = Vec::new();
+        encode_request(
+            &req,
+            "SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKx;rport",
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "NOTIFY sip:juliet@example.com SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKx;rport\r\n\
+             Route: <sip:127.0.0.2;lr;ftag=a>\r\n\
+             Route: <sip:p2;lr>\r\n\
+             Max-Forwards: 70\r\n\
+             From: \"A \\\"B\\\"\" <sip:romeo*example.net@xmpp.example.com>;tag=gw-5d1c8a\r\n\
+             To: <sip:juliet@example.com>\r\n\
+             Call-ID: 8c41f0e2b7d94e1a@gw.xmpp.example.com\r\n\
+             CSeq: 1 NOTIFY\r\n\
+             Content-Type: application/pidf+xml\r\n\
+             Content-Length: 9\r\n\
+             \r\n<n>é</n>"
+        );
+    }
+
+    #[test]
+    fn response_with_record_route() {
+        let mut r = ok_5_1();
+        r.record_route = vec!["<sip:127.0.0.2;lr;ftag=ua-77aa31>".into()];
+        r.headers = vec![];
+        r.contact = None;
+        let mut out = Vec::new();
+        encode_response(&r, &mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.ends_with(
+            "CSeq: 20 SUBSCRIBE\r\nRecord-Route: <sip:127.0.0.2;lr;ftag=ua-77aa31>\r\nContent-Length: 0\r\n\r\n"
+        ));
+    }
+
+    fn hp(host: &str, port: Option<u16>, t: Option<&str>) -> Option<HostPort> {
+        Some(HostPort {
+            host: host.into(),
+            port,
+            transport: t.map(str::to_owned),
+        })
+    }
+
+    #[test]
+    fn uri_host_port_forms() {
+        assert_eq!(
+            uri_host_port("sip:u@h.example:5070;transport=TCP"),
+            hp("h.example", Some(5070), Some("tcp"))
+        );
+        assert_eq!(
+            uri_host_port("<sip:127.0.0.2;lr;ftag=x>"),
+            hp("127.0.0.2", None, None)
+        );
+        assert_eq!(
+            uri_host_port("sips:ps1.example.com"),
+            hp("ps1.example.com", None, None)
+        );
+        assert_eq!(
+            uri_host_port("sip:127.0.0.2:5060"),
+            hp("127.0.0.2", Some(5060), None)
+        );
+        assert_eq!(
+            uri_host_port("sip:a;b=c@[2001:db8::1]:5061;transport=tls?x=y"),
+            hp("[2001:db8::1]", Some(5061), Some("tls"))
+        );
+        assert_eq!(
+            uri_host_port("sip:romeo*example.net@gw.xmpp.example.com:5060;transport=tcp"),
+            hp("gw.xmpp.example.com", Some(5060), Some("tcp"))
+        );
+        assert_eq!(uri_host_port("tel:+15551234567"), None);
+        assert_eq!(uri_host_port("sip:h:99999"), None);
+        assert_eq!(uri_host_port("sip:"), None);
+        assert_eq!(uri_host_port("<sip:h"), None);
+        assert_eq!(uri_host_port("sip:u@h:"), None);
+    }
+
+    #[test]
+    fn via_branch_forms() {
+        assert_eq!(
+            via_branch("SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-1;rport"),
+            Some("z9hG4bK-1")
+        );
+        assert_eq!(
+            via_branch("SIP/2.0/UDP 127.0.0.2;Branch = z9hG4bKabc"),
+            Some("z9hG4bKabc")
+        );
+        assert_eq!(via_branch("SIP/2.0/UDP 127.0.0.2;rport"), None);
+        assert_eq!(via_branch("SIP/2.0/UDP 127.0.0.2;branch="), None);
+    }
+}

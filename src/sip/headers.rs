@@ -28,3 +28,245 @@ pub struct SubscriptionState {
     pub expires: Option<u32>,
     pub retry_after: Option<u32>,
 }
+
+/// Splits `value;p1=v1;p2` into the first item and an iterator of `(name, value)` pairs, both
+/// trimmed. Values may be quoted strings; the quotes are removed.
+fn split_params(s: &str) -> (&str, impl Iterator<Item = (&str, Option<&str>)>) {
+    let mut parts = s.split(';');
+    let first = parts.next().unwrap_or("").trim();
+    let params = parts.filter_map(|p| {
+        let p = p.trim();
+        if p.is_empty() {
+            return None;
+        }
+        match p.split_once('=') {
+            Some((n, v)) => {
+                let v = v.trim();
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v);
+                Some((n.trim(), Some(v)))
+            }
+            None => Some((p, None)),
+        }
+    });
+    (first, params)
+}
+
+/// RFC 3261 `token` characters.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+}
+
+fn parse_delta(name: &str, v: Option<&str>) -> Result<u32, String> {
+    let v = v.unwrap_or("");
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("bad {name} value {v:?}"));
+    }
+    // RFC 3261 §20.19: delta-seconds above 2^32-1 are taken as 2^32-1.
+    Ok(v.parse::<u32>().unwrap_or(u32::MAX))
+}
+
+impl Event {
+    /// Parses an `Event` header value (`presence;id=7`). Unknown parameters are ignored; the
+    /// package keeps its case because packages compare case-sensitively.
+    pub fn parse(s: &str) -> Result<Event, String> {
+        let (package, params) = split_params(s);
+        if !is_token(package) {
+            return Err(format!("bad event package {package:?}"));
+        }
+        let mut id = None;
+        for (name, value) in params {
+            if name.eq_ignore_ascii_case("id") {
+                match value {
+                    Some(v) if !v.is_empty() => id = Some(v.to_owned()),
+                    _ => return Err("empty Event id".to_owned()),
+                }
+            }
+        }
+        Ok(Event {
+            package: package.to_owned(),
+            id,
+        })
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.package)?;
+        if let Some(id) = &self.id {
+            write!(f, ";id={id}")?;
+        }
+        Ok(())
+    }
+}
+
+impl SubState {
+    pub fn as_str(&self) -> &str {
+        match self {
+            SubState::Active => "active",
+            SubState::Pending => "pending",
+            SubState::Terminated => "terminated",
+            SubState::Other(s) => s,
+        }
+    }
+}
+
+impl SubscriptionState {
+    /// Parses a `Subscription-State` value. The state token and reason compare
+    /// case-insensitively (both are lowercased); unknown parameters are ignored; a malformed
+    /// `expires` or `retry-after` is an error (the NOTIFY gets a 400).
+    pub fn parse(s: &str) -> Result<SubscriptionState, String> {
+        let (state, params) = split_params(s);
+        if !is_token(state) {
+            return Err(format!("bad subscription state {state:?}"));
+        }
+        let state = match state.to_ascii_lowercase().as_str() {
+            "active" => SubState::Active,
+            "pending" => SubState::Pending,
+            "terminated" => SubState::Terminated,
+            other => SubState::Other(other.to_owned()),
+        };
+        let mut out = SubscriptionState {
+            state,
+            reason: None,
+            expires: None,
+            retry_after: None,
+        };
+        for (name, value) in params {
+            if name.eq_ignore_ascii_case("reason") {
+                match value {
+                    Some(v) if is_token(v) => out.reason = Some(v.to_ascii_lowercase()),
+                    _ => return Err(format!("bad reason {:?}", value.unwrap_or(""))),
+                }
+            } else if name.eq_ignore_ascii_case("expires") {
+                out.expires = Some(parse_delta("expires", value)?);
+            } else if name.eq_ignore_ascii_case("retry-after") {
+                out.retry_after = Some(parse_delta("retry-after", value)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Display for SubscriptionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.state.as_str())?;
+        if let Some(r) = &self.reason {
+            write!(f, ";reason={r}")?;
+        }
+        if let Some(e) = self.expires {
+            write!(f, ";expires={e}")?;
+        }
+        if let Some(r) = self.retry_after {
+            write!(f, ";retry-after={r}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_with_id_round_trips() {
+        let e = Event::parse(" presence ; id=7 ;foo=bar").unwrap();
+        assert_eq!(
+            e,
+            Event {
+                package: "presence".into(),
+                id: Some("7".into())
+            }
+        );
+        assert_eq!(e.to_string(), "presence;id=7");
+        assert_eq!(
+            Event::parse("presence.winfo").unwrap().to_string(),
+            "presence.winfo"
+        );
+    }
+
+    #[test]
+    fn event_package_keeps_case_and_rejects_garbage() {
+        assert_eq!(Event::parse("Presence").unwrap().package, "Presence");
+        assert_eq!(Event::parse(""), Err("bad event package \"\"".to_owned()));
+        assert_eq!(
+            Event::parse("pre sence"),
+            Err("bad event package \"pre sence\"".to_owned())
+        );
+        assert_eq!(
+            Event::parse("presence;id="),
+            Err("empty Event id".to_owned())
+        );
+    }
+
+    #[test]
+    fn subscription_state_active_expires() {
+        let s = SubscriptionState::parse("active;expires=600").unwrap();
+        assert_eq!(
+            s,
+            SubscriptionState {
+                state: SubState::Active,
+                reason: None,
+                expires: Some(600),
+                retry_after: None
+            }
+        );
+        assert_eq!(s.to_string(), "active;expires=600");
+    }
+
+    #[test]
+    fn case_078_probation_retry_after() {
+        let s =
+            SubscriptionState::parse("Terminated; Reason=Probation ;retry-after=120;x=y").unwrap();
+        assert_eq!(
+            s,
+            SubscriptionState {
+                state: SubState::Terminated,
+                reason: Some("probation".into()),
+                expires: None,
+                retry_after: Some(120)
+            }
+        );
+        assert_eq!(s.to_string(), "terminated;reason=probation;retry-after=120");
+        assert_eq!(
+            SubscriptionState::parse("terminated;reason=timeout")
+                .unwrap()
+                .to_string(),
+            "terminated;reason=timeout"
+        );
+    }
+
+    #[test]
+    fn subscription_state_extension_and_errors() {
+        assert_eq!(
+            SubscriptionState::parse("Waiting").unwrap().state,
+            SubState::Other("waiting".into())
+        );
+        assert_eq!(
+            SubscriptionState::parse("active;expires=abc"),
+            Err("bad expires value \"abc\"".to_owned())
+        );
+        assert_eq!(
+            SubscriptionState::parse("active;expires=-1"),
+            Err("bad expires value \"-1\"".to_owned())
+        );
+        assert_eq!(
+            SubscriptionState::parse("terminated;retry-after"),
+            Err("bad retry-after value \"\"".to_owned())
+        );
+        assert_eq!(
+            SubscriptionState::parse(""),
+            Err("bad subscription state \"\"".to_owned())
+        );
+        assert_eq!(
+            SubscriptionState::parse("active;expires=99999999999")
+                .unwrap()
+                .expires,
+            Some(u32::MAX)
+        );
+    }
+}

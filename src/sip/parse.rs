@@ -1,1 +1,1156 @@
-//! (to be written)
+//! Bytes -> [`SipMessage`]. rsip 0.4 tokenizes the start line and the header fields; this
+//! module covers its gaps in a thin layer: it first normalizes the header section (bare LF ->
+//! CRLF, folded lines joined, compact names expanded, space before the colon dropped), and
+//! afterwards turns the header values the gateway uses into typed fields. rsip's typed header
+//! conversion is not used: it rejects unknown methods and re-serializes URIs, and URIs must stay
+//! exactly as received (user-part spelling matters for address mapping).
+//!
+//! The body is everything after the blank line; framing (Content-Length) happened before, in
+//! [`super::framing`].
+
+use rsip::message::sip_message::Tokenizer as MessageTokenizer;
+
+use super::framing::header_end;
+use super::headers::{Event, SubscriptionState};
+use super::{Method, NameAddr, OutResponse, SipMessage, SipRequest, SipResponse};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParseError {
+    pub reason: String,
+    /// a ready response (400 with a reason phrase naming the problem, e.g. "Missing Call-ID")
+    /// when the bytes were a request with at least a Via, else None (caller drops + logs)
+    pub response: Option<OutResponse>,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+fn garbage(reason: impl Into<String>) -> ParseError {
+    ParseError {
+        reason: reason.into(),
+        response: None,
+    }
+}
+
+/// Long name of a compact header form (RFC 3261 §7.3.3, RFC 6665 `o`/`u`, RFC 3515 `r`,
+/// RFC 3892 `b`, RFC 4028 `x`, RFC 3841 `a`/`j`/`d`, RFC 8224 `y`).
+fn expand_compact(name: &[u8]) -> &[u8] {
+    let [c] = name else {
+        return name;
+    };
+    match c.to_ascii_lowercase() {
+        b'a' => b"Accept-Contact",
+        b'b' => b"Referred-By",
+        b'c' => b"Content-Type",
+        b'd' => b"Request-Disposition",
+        b'e' => b"Content-Encoding",
+        b'f' => b"From",
+        b'i' => b"Call-ID",
+        b'j' => b"Reject-Contact",
+        b'k' => b"Supported",
+        b'l' => b"Content-Length",
+        b'm' => b"Contact",
+        b'o' => b"Event",
+        b'r' => b"Refer-To",
+        b's' => b"Subject",
+        b't' => b"To",
+        b'u' => b"Allow-Events",
+        b'v' => b"Via",
+        b'x' => b"Session-Expires",
+        b'y' => b"Identity",
+        _ => name,
+    }
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Rewrites a header section into the form rsip accepts: CRLF line ends, one `Name: value` per
+/// line (folded continuation lines joined with one space, RFC 3261 §7.3.1), long names, and
+/// the terminating empty line.
+fn normalize(head: &[u8]) -> Result<Vec<u8>, ParseError> {
+    let mut out = Vec::with_capacity(head.len() + 64);
+    let mut lines = head.split(|&b| b == b'\n').map(strip_cr);
+    let start = lines.next().unwrap_or_default();
+    if start.is_empty() {
+        return Err(garbage("Empty message"));
+    }
+    out.extend_from_slice(start);
+    let mut in_header = false;
+    for line in lines {
+        match line.first() {
+            None => continue,
+            Some(b' ' | b'\t') => {
+                if !in_header {
+                    return Err(garbage("Continuation line without a header"));
+                }
+                out.push(b' ');
+                out.extend_from_slice(line.trim_ascii());
+            }
+            Some(_) => {
+                let Some(colon) = line.iter().position(|&b| b == b':') else {
+                    return Err(garbage("Header line without a colon"));
+                };
+                let (name, value) = line.split_at(colon);
+                let value = value.get(1..).unwrap_or_default().trim_ascii();
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(expand_compact(name.trim_ascii_end()));
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value);
+                in_header = true;
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    Ok(out)
+}
+
+/// Calls `f` with each comma-separated item of a header value, trimmed, skipping empty ones.
+/// Commas inside `<...>` and quoted strings do not separate.
+fn for_each_item<'a>(s: &'a str, mut f: impl FnMut(&'a str)) {
+    let (mut angle, mut quote, mut escape) = (false, false, false);
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        if quote {
+            match c {
+                _ if escape => escape = false,
+                '\\' => escape = true,
+                '"' => quote = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => quote = true,
+            '<' => angle = true,
+            '>' => angle = false,
+            ',' if !angle => {
+                let item = s.get(start..i).unwrap_or_default().trim();
+                if !item.is_empty() {
+                    f(item);
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let item = s.get(start..).unwrap_or_default().trim();
+    if !item.is_empty() {
+        f(item);
+    }
+}
+
+/// Reads a quoted string's content (after the opening quote): the unescaped text and what
+/// follows the closing quote.
+fn unquote(s: &str) -> Option<(String, &str)> {
+    let mut out = String::new();
+    let mut escape = false;
+    for (i, c) in s.char_indices() {
+        if escape {
+            out.push(c);
+            escape = false;
+        } else if c == '\\' {
+            escape = true;
+        } else if c == '"' {
+            return Some((out, s.get(i + 1..)?));
+        } else {
+            out.push(c);
+        }
+    }
+    None
+}
+
+/// A URI as we accept it in a name-addr: `scheme:rest`, no spaces or brackets.
+fn plausible_uri(uri: &str) -> bool {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && !rest.is_empty()
+        && !uri
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b"<>\"".contains(&b))
+}
+
+/// `"Juliet" <sip:juliet@example.com>;tag=x`, `<sip:a@b>`, `sip:a@b;tag=x` (addr-spec form:
+/// params after URI are header params)
+pub fn parse_name_addr(s: &str) -> Option<NameAddr> {
+    let s = s.trim();
+    let (display, uri, params) = if let Some(rest) = s.strip_prefix('"') {
+        let (display, after) = unquote(rest)?;
+        let inner = after.trim_start().strip_prefix('<')?;
+        let close = inner.find('>')?;
+        (Some(display), inner.get(..close)?, inner.get(close + 1..)?)
+    } else if let Some(open) = s.find('<') {
+        let display = s.get(..open)?.trim();
+        let inner = s.get(open + 1..)?;
+        let close = inner.find('>')?;
+        let display = (!display.is_empty()).then(|| display.to_owned());
+        (display, inner.get(..close)?, inner.get(close + 1..)?)
+    } else {
+        let end = s.find(';').unwrap_or(s.len());
+        (None, s.get(..end)?, s.get(end..)?)
+    };
+    let uri = uri.trim();
+    let params = params.trim();
+    if !plausible_uri(uri) || !(params.is_empty() || params.starts_with(';')) {
+        return None;
+    }
+    let tag = params.split(';').skip(1).find_map(|p| {
+        let (n, v) = p.split_once('=')?;
+        let v = v.trim();
+        (n.trim().eq_ignore_ascii_case("tag") && !v.is_empty()).then(|| v.to_owned())
+    });
+    Some(NameAddr {
+        display,
+        uri: uri.to_owned(),
+        tag,
+    })
+}
+
+/// delta-seconds; values beyond u32 saturate (RFC 3261 §20.19, §20.33).
+fn delta_seconds(s: &str) -> Option<u32> {
+    let s = s.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.parse::<u32>().unwrap_or(u32::MAX))
+}
+
+/// `Retry-After: 120 (comment);duration=60` -> 120.
+fn retry_after(s: &str) -> Option<u32> {
+    let end = s.find([' ', '\t', '(', ';']).unwrap_or(s.len());
+    delta_seconds(s.get(..end)?)
+}
+
+/// `Content-Type` / `Accept` media range: type/subtype lowercased, parameters dropped.
+fn media_type(s: &str) -> Option<String> {
+    let t = s.split(';').next().unwrap_or_default().trim();
+    (!t.is_empty()).then(|| t.to_ascii_lowercase())
+}
+
+/// Header fields the gateway reads, as found (before the mandatory-header checks).
+#[derive(Default)]
+struct Fields {
+    via: Vec<String>,
+    from: Option<NameAddr>,
+    to: Option<NameAddr>,
+    call_id: Option<String>,
+    cseq: Option<(u32, Method)>,
+    max_forwards: Option<u32>,
+    contact: Option<NameAddr>,
+    record_route: Vec<String>,
+    route: Vec<String>,
+    event: Option<Event>,
+    subscription_state: Option<Result<SubscriptionState, String>>,
+    expires: Option<u32>,
+    min_expires: Option<u32>,
+    retry_after: Option<u32>,
+    accept: Vec<String>,
+    require: Vec<String>,
+    content_type: Option<String>,
+    sip_etag: Option<String>,
+    sip_if_match: Option<String>,
+    /// The first header that was present but malformed, as the 400 reason phrase.
+    malformed: Option<String>,
+}
+
+impl Fields {
+    fn bad(&mut self, what: &str) {
+        if self.malformed.is_none() {
+            self.malformed = Some(format!("Malformed {what}"));
+        }
+    }
+
+    /// Reads one header; `lenient` (responses) turns malformed optional values into `None`.
+    fn read(&mut self, name: &[u8], value: &[u8], lenient: bool) {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        let Ok(v) = std::str::from_utf8(value) else {
+            if is("Via") || is("From") || is("To") || is("Call-ID") || is("CSeq") {
+                self.bad(std::str::from_utf8(name).unwrap_or("header"));
+            }
+            return;
+        };
+        if is("Via") {
+            let via = &mut self.via;
+            for_each_item(v, |i| via.push(i.to_owned()));
+        } else if is("From") || is("To") {
+            let slot = if is("From") {
+                &mut self.from
+            } else {
+                &mut self.to
+            };
+            if slot.is_none() {
+                match parse_name_addr(v) {
+                    Some(na) => *slot = Some(na),
+                    None => self.bad(if is("From") { "From" } else { "To" }),
+                }
+            }
+        } else if is("Call-ID") {
+            if self.call_id.is_none() && !v.is_empty() {
+                self.call_id = Some(v.to_owned());
+            }
+        } else if is("CSeq") {
+            if self.cseq.is_none() {
+                let mut parts = v.split_ascii_whitespace();
+                match (
+                    parts.next().map(str::parse::<u32>),
+                    parts.next(),
+                    parts.next(),
+                ) {
+                    (Some(Ok(n)), Some(m), None) => self.cseq = Some((n, Method::parse(m))),
+                    _ => self.bad("CSeq"),
+                }
+            }
+        } else if is("Max-Forwards") {
+            match v.parse::<u32>() {
+                Ok(n) => self.max_forwards = Some(n),
+                Err(_) if lenient => {}
+                Err(_) => self.bad("Max-Forwards"),
+            }
+        } else if is("Contact") {
+            if self.contact.is_none() && v != "*" {
+                let mut first = None;
+                for_each_item(v, |i| {
+                    if first.is_none() {
+                        first = Some(i)
+                    }
+                });
+                match first.and_then(parse_name_addr) {
+                    Some(na) => self.contact = Some(na),
+                    None if lenient => {}
+                    None => self.bad("Contact"),
+                }
+            }
+        } else if is("Record-Route") {
+            let rr = &mut self.record_route;
+            for_each_item(v, |i| rr.push(i.to_owned()));
+        } else if is("Route") {
+            let r = &mut self.route;
+            for_each_item(v, |i| r.push(i.to_owned()));
+        } else if is("Event") {
+            match Event::parse(v) {
+                Ok(e) => self.event = Some(e),
+                Err(_) if lenient => {}
+                Err(_) => self.bad("Event"),
+            }
+        } else if is("Subscription-State") {
+            self.subscription_state = Some(SubscriptionState::parse(v));
+        } else if is("Expires") {
+            match delta_seconds(v) {
+                Some(n) => self.expires = Some(n),
+                None if lenient => {}
+                None => self.bad("Expires"),
+            }
+        } else if is("Min-Expires") {
+            self.min_expires = delta_seconds(v);
+        } else if is("Retry-After") {
+            self.retry_after = retry_after(v);
+        } else if is("Accept") {
+            let accept = &mut self.accept;
+            for_each_item(v, |i| accept.extend(media_type(i)));
+        } else if is("Require") {
+            let require = &mut self.require;
+            for_each_item(v, |i| require.push(i.to_owned()));
+        } else if is("Content-Type") {
+            self.content_type = media_type(v);
+        } else if is("SIP-ETag") {
+            self.sip_etag = (!v.is_empty()).then(|| v.to_owned());
+        } else if is("SIP-If-Match") {
+            self.sip_if_match = (!v.is_empty()).then(|| v.to_owned());
+        }
+    }
+
+    /// The first missing or malformed mandatory header, then any other malformed one.
+    fn problem(&self) -> Option<String> {
+        if self.via.is_empty() {
+            return Some("Missing Via".into());
+        }
+        if let Some(m) = &self.malformed {
+            if ["Malformed From", "Malformed To", "Malformed CSeq"].contains(&m.as_str()) {
+                return Some(m.clone());
+            }
+        }
+        let missing = [
+            ("From", self.from.is_none()),
+            ("To", self.to.is_none()),
+            ("Call-ID", self.call_id.is_none()),
+            ("CSeq", self.cseq.is_none()),
+        ];
+        missing
+            .iter()
+            .find(|(_, m)| *m)
+            .map(|(n, _)| format!("Missing {n}"))
+            .or_else(|| self.malformed.clone())
+    }
+}
+
+fn empty_name_addr() -> NameAddr {
+    NameAddr {
+        display: None,
+        uri: String::new(),
+        tag: None,
+    }
+}
+
+/// A 400 for a request whose headers we could read in part: whatever of From/To/Call-ID/CSeq
+/// exists is copied; the encoder leaves out the empty ones.
+fn bad_request(f: Fields, method: Method, reason: String) -> ParseError {
+    let (cseq, cseq_method) = f.cseq.unwrap_or((0, method));
+    let response = OutResponse {
+        status: 400,
+        reason: reason.clone(),
+        via: f.via,
+        from: f.from.unwrap_or_else(empty_name_addr),
+        to: f.to.unwrap_or_else(empty_name_addr),
+        call_id: f.call_id.unwrap_or_default(),
+        cseq,
+        cseq_method,
+        contact: None,
+        record_route: Vec::new(),
+        headers: Vec::new(),
+        content_type: None,
+        body: Vec::new(),
+    };
+    ParseError {
+        reason,
+        response: Some(response),
+    }
+}
+
+/// Parses one framed message. Leading CRLFs are skipped; the body is everything after the
+/// blank line.
+pub fn parse_message(bytes: &[u8]) -> Result<SipMessage, ParseError> {
+    let skip = bytes
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    let bytes = bytes.get(skip..).unwrap_or_default();
+    let (head, body) = match header_end(bytes, 0) {
+        Some(end) => (
+            bytes.get(..end).unwrap_or_default(),
+            bytes.get(end..).unwrap_or_default(),
+        ),
+        None => (bytes, &b""[..]),
+    };
+    let norm = normalize(head)?;
+    let (_, tokens) = MessageTokenizer::tokenize(&norm)
+        .map_err(|e| garbage(format!("Unparseable message: {e}")))?;
+    match tokens {
+        MessageTokenizer::Request(t) => {
+            if t.version.major != b"2" || t.version.minor != b"0" {
+                return Err(garbage("Unsupported SIP version"));
+            }
+            let method = std::str::from_utf8(t.method.value)
+                .map(Method::parse)
+                .map_err(|_| garbage("Malformed method"))?;
+            // The Request-URI exactly as received: the second field of the request line.
+            let start = norm.split(|&b| b == b'\r').next().unwrap_or_default();
+            let uri = start
+                .split(|&b| b == b' ')
+                .nth(1)
+                .and_then(|u| std::str::from_utf8(u).ok())
+                .ok_or_else(|| garbage("Malformed Request-URI"))?
+                .to_owned();
+            let mut f = Fields::default();
+            for h in &t.headers {
+                f.read(h.name, h.value, false);
+            }
+            if let Some(reason) = f.problem() {
+                if f.via.is_empty() {
+                    return Err(garbage(reason));
+                }
+                return Err(bad_request(f, method, reason));
+            }
+            let (Some(from), Some(to), Some(call_id), Some((cseq, cseq_method))) =
+                (f.from, f.to, f.call_id, f.cseq)
+            else {
+                return Err(garbage("Missing mandatory header"));
+            };
+            Ok(SipMessage::Request(SipRequest {
+                method,
+                uri,
+                via: f.via,
+                from,
+                to,
+                call_id,
+                cseq,
+                cseq_method,
+                max_forwards: f.max_forwards,
+                contact: f.contact,
+                record_route: f.record_route,
+                route: f.route,
+                event: f.event,
+                subscription_state: f.subscription_state,
+                expires: f.expires,
+                accept: f.accept,
+                require: f.require,
+                content_type: f.content_type,
+                sip_if_match: f.sip_if_match,
+                body: body.to_vec(),
+            }))
+        }
+        MessageTokenizer::Response(t) => {
+            if t.version.major != b"2" || t.version.minor != b"0" {
+                return Err(garbage("Unsupported SIP version"));
+            }
+            let status = std::str::from_utf8(t.status_code.code)
+                .ok()
+                .and_then(|c| c.parse::<u16>().ok())
+                .filter(|c| (100..=699).contains(c))
+                .ok_or_else(|| garbage("Malformed status code"))?;
+            let reason = String::from_utf8_lossy(t.status_code.reason)
+                .trim()
+                .to_owned();
+            let mut f = Fields::default();
+            for h in &t.headers {
+                f.read(h.name, h.value, true);
+            }
+            if let Some(reason) = f.problem() {
+                return Err(garbage(format!("Response: {reason}")));
+            }
+            let (Some(from), Some(to), Some(call_id), Some((cseq, cseq_method))) =
+                (f.from, f.to, f.call_id, f.cseq)
+            else {
+                return Err(garbage("Response: missing mandatory header"));
+            };
+            Ok(SipMessage::Response(SipResponse {
+                status,
+                reason,
+                via: f.via,
+                from,
+                to,
+                call_id,
+                cseq,
+                cseq_method,
+                contact: f.contact,
+                record_route: f.record_route,
+                expires: f.expires,
+                min_expires: f.min_expires,
+                retry_after: f.retry_after,
+                sip_etag: f.sip_etag,
+                content_type: f.content_type,
+                body: body.to_vec(),
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::encode::{encode_request, encode_response, tests as enc};
+    use crate::sip::SubState;
+    use proptest::prelude::*;
+
+    fn na(display: Option<&str>, uri: &str, tag: Option<&str>) -> NameAddr {
+        NameAddr {
+            display: display.map(str::to_owned),
+            uri: uri.into(),
+            tag: tag.map(str::to_owned),
+        }
+    }
+
+    fn request(bytes: &[u8]) -> SipRequest {
+        match parse_message(bytes) {
+            Ok(SipMessage::Request(r)) => r,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    fn response(bytes: &[u8]) -> SipResponse {
+        match parse_message(bytes) {
+            Ok(SipMessage::Response(r)) => r,
+            other => panic!("not a response: {other:?}"),
+        }
+    }
+
+    /// A NOTIFY as Kamailio 5.6 presence sends it (reference lab flow 2): Via without a port,
+    /// Kamailio's header order, a PIDF body. About 700 octets.
+    const KAMAILIO_NOTIFY: &str = "NOTIFY sip:alice*xmpp.test@127.0.0.2:5080 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.2;branch=z9hG4bK4b43.1c7d4a4b1fa0e5ae3b7b9c0d0f1e2a3b.0\r\n\
+To: <sip:alice*xmpp.test@sip-xmpp.test>;tag=gw-5d1c8a\r\n\
+From: <sip:bob@sip.test>;tag=a6a1c5f60faecf035a1ae5b6e96e979a-0a5c\r\n\
+CSeq: 2 NOTIFY\r\n\
+Call-ID: 8c41f0e2b7d94e1a@127.0.0.2\r\n\
+Content-Length: 209\r\n\
+User-Agent: kamailio (5.6.3 (x86_64/linux))\r\n\
+Max-Forwards: 70\r\n\
+Event: presence\r\n\
+Contact: <sip:127.0.0.2:5060;transport=udp>\r\n\
+Subscription-State: active;expires=600\r\n\
+Content-Type: application/pidf+xml\r\n\
+\r\n\
+<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:bob@sip.test\">\n\
+<tuple id=\"t1\"><status><basic>open</basic></status><note>On the phone</note></tuple>\n\
+</presence>\n";
+
+    #[test]
+    fn kamailio_notify_without_via_port() {
+        let r = request(KAMAILIO_NOTIFY.as_bytes());
+        let body = KAMAILIO_NOTIFY.split("\r\n\r\n").nth(1).unwrap();
+        assert_eq!(body.len(), 209);
+        assert_eq!(
+            r,
+            SipRequest {
+                method: Method::Notify,
+                uri: "sip:alice*xmpp.test@127.0.0.2:5080".into(),
+                via: vec![
+                    "SIP/2.0/UDP 127.0.0.2;branch=z9hG4bK4b43.1c7d4a4b1fa0e5ae3b7b9c0d0f1e2a3b.0"
+                        .into()
+                ],
+                from: na(
+                    None,
+                    "sip:bob@sip.test",
+                    Some("a6a1c5f60faecf035a1ae5b6e96e979a-0a5c")
+                ),
+                to: na(None, "sip:alice*xmpp.test@sip-xmpp.test", Some("gw-5d1c8a")),
+                call_id: "8c41f0e2b7d94e1a@127.0.0.2".into(),
+                cseq: 2,
+                cseq_method: Method::Notify,
+                max_forwards: Some(70),
+                contact: Some(na(None, "sip:127.0.0.2:5060;transport=udp", None)),
+                record_route: vec![],
+                route: vec![],
+                event: Some(Event {
+                    package: "presence".into(),
+                    id: None
+                }),
+                subscription_state: Some(Ok(SubscriptionState {
+                    state: SubState::Active,
+                    reason: None,
+                    expires: Some(600),
+                    retry_after: None
+                })),
+                expires: None,
+                accept: vec![],
+                require: vec![],
+                content_type: Some("application/pidf+xml".into()),
+                sip_if_match: None,
+                body: body.as_bytes().to_vec(),
+            }
+        );
+    }
+
+    /// Reference lab flow 3a: carol's SUBSCRIBE as Kamailio relays it to the gateway, with its
+    /// Record-Route and a second Via.
+    #[test]
+    fn kamailio_relayed_subscribe_two_vias_and_record_route() {
+        let msg = "SUBSCRIBE sip:alice*xmpp.test@sip-xmpp.test SIP/2.0\r\n\
+Record-Route: <sip:127.0.0.2;lr;ftag=c4r01>\r\n\
+Via: SIP/2.0/UDP 127.0.0.2;branch=z9hG4bKcydzigwkX\r\n\
+Via: SIP/2.0/UDP 127.0.0.2:5071;rport=5071;branch=z9hG4bK-carol-1\r\n\
+From: <sip:carol@sip.test>;tag=c4r01\r\n\
+To: <sip:alice*xmpp.test@sip-xmpp.test>\r\n\
+Call-ID: carol-sub-1@127.0.0.2\r\n\
+CSeq: 1 SUBSCRIBE\r\n\
+Contact: <sip:carol@127.0.0.2:5071>\r\n\
+Max-Forwards: 69\r\n\
+Event: presence\r\n\
+Accept: application/pidf+xml\r\n\
+Expires: 600\r\n\
+Content-Length: 0\r\n\r\n";
+        let r = request(msg.as_bytes());
+        assert_eq!(r.method, Method::Subscribe);
+        assert_eq!(r.uri, "sip:alice*xmpp.test@sip-xmpp.test");
+        assert_eq!(
+            r.via,
+            vec![
+                "SIP/2.0/UDP 127.0.0.2;branch=z9hG4bKcydzigwkX".to_owned(),
+                "SIP/2.0/UDP 127.0.0.2:5071;rport=5071;branch=z9hG4bK-carol-1".to_owned()
+            ]
+        );
+        assert_eq!(
+            r.record_route,
+            vec!["<sip:127.0.0.2;lr;ftag=c4r01>".to_owned()]
+        );
+        assert_eq!(r.from, na(None, "sip:carol@sip.test", Some("c4r01")));
+        assert_eq!(r.to, na(None, "sip:alice*xmpp.test@sip-xmpp.test", None));
+        assert_eq!(r.contact, Some(na(None, "sip:carol@127.0.0.2:5071", None)));
+        assert_eq!(r.max_forwards, Some(69));
+        assert_eq!(r.expires, Some(600));
+        assert_eq!(r.accept, vec!["application/pidf+xml".to_owned()]);
+        assert_eq!(r.body, b"");
+    }
+
+    #[test]
+    fn round_trip_spec_4_2_subscribe() {
+        let req = enc::subscribe_4_2();
+        let mut out = Vec::new();
+        encode_request(
+            &req,
+            "SIP/2.0/TCP gw.xmpp.example.com:5060;branch=z9hG4bK-5f2a91c3",
+            &mut out,
+        );
+        let r = request(&out);
+        assert_eq!(r.method, req.method);
+        assert_eq!(r.uri, req.uri);
+        assert_eq!(
+            r.via,
+            vec!["SIP/2.0/TCP gw.xmpp.example.com:5060;branch=z9hG4bK-5f2a91c3".to_owned()]
+        );
+        assert_eq!(r.from, req.from);
+        assert_eq!(r.to, req.to);
+        assert_eq!(r.call_id, req.call_id);
+        assert_eq!((r.cseq, r.cseq_method), (1, Method::Subscribe));
+        assert_eq!(r.max_forwards, Some(70));
+        assert_eq!(
+            r.contact,
+            Some(na(None, req.contact.as_deref().unwrap(), None))
+        );
+        assert_eq!(
+            r.event,
+            Some(Event {
+                package: "presence".into(),
+                id: None
+            })
+        );
+        assert_eq!(r.accept, vec!["application/pidf+xml".to_owned()]);
+        assert_eq!(r.expires, Some(3600));
+        assert_eq!(r.subscription_state, None);
+        assert_eq!(r.body, b"");
+    }
+
+    #[test]
+    fn round_trip_spec_5_1_ok_with_record_route_and_body() {
+        let mut resp = enc::ok_5_1();
+        resp.record_route = vec![
+            "<sip:127.0.0.2;lr;ftag=ua-77aa31>".into(),
+            "<sip:p2;lr>".into(),
+        ];
+        resp.content_type = Some("application/pidf+xml");
+        resp.body = b"<x/>".to_vec();
+        let mut out = Vec::new();
+        encode_response(&resp, &mut out);
+        let r = response(&out);
+        assert_eq!(
+            r,
+            SipResponse {
+                status: 200,
+                reason: "OK".into(),
+                via: resp.via.clone(),
+                from: resp.from.clone(),
+                to: resp.to.clone(),
+                call_id: resp.call_id.clone(),
+                cseq: 20,
+                cseq_method: Method::Subscribe,
+                contact: Some(na(
+                    None,
+                    "sip:romeo*example.net@gw.xmpp.example.com:5061;transport=tls",
+                    None
+                )),
+                record_route: resp.record_route.clone(),
+                expires: Some(3600),
+                min_expires: None,
+                retry_after: None,
+                sip_etag: None,
+                content_type: Some("application/pidf+xml".into()),
+                body: b"<x/>".to_vec(),
+            }
+        );
+    }
+
+    #[test]
+    fn compact_forms_folding_and_space_before_colon() {
+        let msg = "NOTIFY sip:romeo*example.net@gw.xmpp.example.com SIP/2.0\r\n\
+v: SIP/2.0/UDP a.example;branch=z9hG4bK1, SIP/2.0/UDP b.example;branch=z9hG4bK2\r\n\
+f: \"Juliet, C.\" <sip:juliet@example.com>;tag=ps-91aa07\r\n\
+t: sip:romeo*example.net@xmpp.example.com;tag=gw-5d1c8a\r\n\
+i: 8c41f0e2b7d94e1a@gw.xmpp.example.com\r\n\
+CSeq : 102\r\n NOTIFY\r\n\
+m: <sip:ps1.example.com:5060;transport=tcp>;expires=5, <sip:other>\r\n\
+o: presence;id=42\r\n\
+Subscription-State: terminated;\r\n\treason=giveup;retry-after=3600\r\n\
+c: Application/PIDF+XML; charset=UTF-8\r\n\
+k: eventlist\r\n\
+l: 3\r\n\r\nabc";
+        let r = request(msg.as_bytes());
+        assert_eq!(
+            r.via,
+            vec![
+                "SIP/2.0/UDP a.example;branch=z9hG4bK1".to_owned(),
+                "SIP/2.0/UDP b.example;branch=z9hG4bK2".to_owned()
+            ]
+        );
+        assert_eq!(
+            r.from,
+            na(
+                Some("Juliet, C."),
+                "sip:juliet@example.com",
+                Some("ps-91aa07")
+            )
+        );
+        assert_eq!(
+            r.to,
+            na(
+                None,
+                "sip:romeo*example.net@xmpp.example.com",
+                Some("gw-5d1c8a")
+            )
+        );
+        assert_eq!(r.call_id, "8c41f0e2b7d94e1a@gw.xmpp.example.com");
+        assert_eq!((r.cseq, r.cseq_method), (102, Method::Notify));
+        assert_eq!(
+            r.contact,
+            Some(na(None, "sip:ps1.example.com:5060;transport=tcp", None))
+        );
+        assert_eq!(
+            r.event,
+            Some(Event {
+                package: "presence".into(),
+                id: Some("42".into())
+            })
+        );
+        assert_eq!(
+            r.subscription_state,
+            Some(Ok(SubscriptionState {
+                state: SubState::Terminated,
+                reason: Some("giveup".into()),
+                expires: None,
+                retry_after: Some(3600)
+            }))
+        );
+        assert_eq!(r.content_type, Some("application/pidf+xml".into()));
+        assert_eq!(r.max_forwards, None);
+        assert_eq!(r.body, b"abc");
+    }
+
+    #[test]
+    fn bare_lf_line_endings() {
+        let msg = "\r\nSUBSCRIBE sip:romeo*example.net@xmpp.example.com SIP/2.0\n\
+Via: SIP/2.0/TCP ua7.example.com:5061;branch=z9hG4bK-ua-4411\n\
+From: \"Juliet\" <sip:juliet@example.com>;tag=ua-77aa31\n\
+To: <sip:romeo*example.net@xmpp.example.com>\n\
+Call-ID: 3f9a0c55e1@ua7.example.com\n\
+CSeq: 20 SUBSCRIBE\n\
+Route: <sip:p1;lr>, <sip:p2;lr;x=\"a,b\">\n\
+Route: <sip:p3;lr>\n\
+Accept: Application/PIDF+xml;q=0.5, */*\n\
+Accept: application/xpidf+xml\n\
+Require: eventlist, foo\n\
+SIP-If-Match: kwj449x\n\
+Expires: 0\n\
+\n\
+body\nline2\n";
+        let r = request(msg.as_bytes());
+        assert_eq!(
+            r.from,
+            na(Some("Juliet"), "sip:juliet@example.com", Some("ua-77aa31"))
+        );
+        assert_eq!(r.call_id, "3f9a0c55e1@ua7.example.com");
+        assert_eq!(
+            r.route,
+            vec![
+                "<sip:p1;lr>".to_owned(),
+                "<sip:p2;lr;x=\"a,b\">".to_owned(),
+                "<sip:p3;lr>".to_owned()
+            ]
+        );
+        assert_eq!(
+            r.accept,
+            vec![
+                "application/pidf+xml".to_owned(),
+                "*/*".to_owned(),
+                "application/xpidf+xml".to_owned()
+            ]
+        );
+        assert_eq!(r.require, vec!["eventlist".to_owned(), "foo".to_owned()]);
+        assert_eq!(r.sip_if_match, Some("kwj449x".into()));
+        assert_eq!(r.expires, Some(0));
+        assert_eq!(r.body, b"body\nline2\n");
+    }
+
+    fn headers_without(skip: &str) -> String {
+        let all = [
+            "Via: SIP/2.0/TLS ua7.example.com:5061;branch=z9hG4bK-ua-4411",
+            "Max-Forwards: 69",
+            "From: \"Juliet\" <sip:juliet@example.com>;tag=ua-77aa31",
+            "To: <sip:romeo*example.net@xmpp.example.com>",
+            "Call-ID: 3f9a0c55e1@ua7.example.com",
+            "CSeq: 20 SUBSCRIBE",
+            "Event: presence",
+            "Content-Length: 0",
+        ];
+        let mut s = "SUBSCRIBE sip:romeo*example.net@xmpp.example.com SIP/2.0\r\n".to_owned();
+        for h in all.iter().filter(|h| !h.starts_with(skip)) {
+            s.push_str(h);
+            s.push_str("\r\n");
+        }
+        s.push_str("\r\n");
+        s
+    }
+
+    #[test]
+    fn case_059_missing_call_id_gives_400_naming_it() {
+        let e = parse_message(headers_without("Call-ID").as_bytes()).unwrap_err();
+        assert_eq!(e.reason, "Missing Call-ID");
+        let resp = e.response.unwrap();
+        assert_eq!(
+            (resp.status, resp.reason.as_str()),
+            (400, "Missing Call-ID")
+        );
+        let mut out = Vec::new();
+        encode_response(&resp, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "SIP/2.0 400 Missing Call-ID\r\n\
+             Via: SIP/2.0/TLS ua7.example.com:5061;branch=z9hG4bK-ua-4411\r\n\
+             From: \"Juliet\" <sip:juliet@example.com>;tag=ua-77aa31\r\n\
+             To: <sip:romeo*example.net@xmpp.example.com>\r\n\
+             CSeq: 20 SUBSCRIBE\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn case_059_missing_cseq_gives_400_naming_it() {
+        let e = parse_message(headers_without("CSeq").as_bytes()).unwrap_err();
+        assert_eq!(e.to_string(), "Missing CSeq");
+        let resp = e.response.unwrap();
+        assert_eq!((resp.status, resp.reason.as_str()), (400, "Missing CSeq"));
+        assert_eq!(resp.call_id, "3f9a0c55e1@ua7.example.com");
+        assert_eq!((resp.cseq, resp.cseq_method), (0, Method::Subscribe));
+        let e = parse_message(headers_without("From").as_bytes()).unwrap_err();
+        assert_eq!(e.reason, "Missing From");
+        let e = parse_message(headers_without("To").as_bytes()).unwrap_err();
+        assert_eq!(e.reason, "Missing To");
+    }
+
+    #[test]
+    fn malformed_headers_give_400_naming_them() {
+        let m = headers_without("CSeq").replace("Event", "CSeq: x SUBSCRIBE\r\nEvent");
+        assert_eq!(
+            parse_message(m.as_bytes()).unwrap_err().reason,
+            "Malformed CSeq"
+        );
+        let m = headers_without("Max").replace("Event", "Max-Forwards: many\r\nEvent");
+        let e = parse_message(m.as_bytes()).unwrap_err();
+        assert_eq!(e.reason, "Malformed Max-Forwards");
+        assert_eq!(e.response.map(|r| r.status), Some(400));
+        let m =
+            headers_without("Event").replace("Content-Length", "Expires: soon\r\nContent-Length");
+        assert_eq!(
+            parse_message(m.as_bytes()).unwrap_err().reason,
+            "Malformed Expires"
+        );
+        let m = headers_without("From").replace("To:", "From: <sip:x\r\nTo:");
+        assert_eq!(
+            parse_message(m.as_bytes()).unwrap_err().reason,
+            "Malformed From"
+        );
+    }
+
+    #[test]
+    fn max_forwards_is_optional() {
+        let r = request(headers_without("Max-Forwards").as_bytes());
+        assert_eq!(r.max_forwards, None);
+        assert_eq!(
+            r.event,
+            Some(Event {
+                package: "presence".into(),
+                id: None
+            })
+        );
+    }
+
+    #[test]
+    fn missing_via_gives_no_response() {
+        let e = parse_message(headers_without("Via").as_bytes()).unwrap_err();
+        assert_eq!(
+            e,
+            ParseError {
+                reason: "Missing Via".into(),
+                response: None
+            }
+        );
+    }
+
+    #[test]
+    fn case_071_notify_without_subscription_state_parses_to_none() {
+        let m = KAMAILIO_NOTIFY.replace("Subscription-State: active;expires=600\r\n", "");
+        assert_eq!(request(m.as_bytes()).subscription_state, None);
+        let m = KAMAILIO_NOTIFY.replace("active;expires=600", "active;expires=ten");
+        assert_eq!(
+            request(m.as_bytes()).subscription_state,
+            Some(Err("bad expires value \"ten\"".into()))
+        );
+    }
+
+    #[test]
+    fn garbage_gives_no_response() {
+        for g in [
+            &b"hello world"[..],
+            b"",
+            b"\r\n\r\n",
+            b"\xff\xfe\x00SIP",
+            b"INVITE\r\n\r\n",
+            b"SIP/2.0 2000 OK\r\n\r\n",
+        ] {
+            let e = parse_message(g).unwrap_err();
+            assert_eq!(e.response, None, "{e}");
+        }
+        assert_eq!(
+            parse_message(b"hello world")
+                .unwrap_err()
+                .reason
+                .split(':')
+                .next(),
+            Some("Unparseable message")
+        );
+        assert_eq!(parse_message(b"").unwrap_err().reason, "Empty message");
+        let e = parse_message(b"NOTIFY sip:a@b SIP/2.0\r\nVia x\r\n\r\n").unwrap_err();
+        assert_eq!(e.reason, "Header line without a colon");
+        assert_eq!(
+            parse_message(b"NOTIFY sip:a@b SIP/3.0\r\nVia: x\r\n\r\n")
+                .unwrap_err()
+                .reason,
+            "Unsupported SIP version"
+        );
+    }
+
+    #[test]
+    fn unknown_method_is_other() {
+        let m = headers_without("CSeq")
+            .replace("SUBSCRIBE sip", "FROB sip")
+            .replace("Event", "CSeq: 3 FROB\r\nEvent");
+        let r = request(m.as_bytes());
+        assert_eq!(r.method, Method::Other("FROB".into()));
+        assert_eq!(r.cseq_method, Method::Other("FROB".into()));
+    }
+
+    #[test]
+    fn responses_423_503_and_publish_etag() {
+        let base = "Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bK-1\r\n\
+From: <sip:alice*xmpp.test@sip-xmpp.test>;tag=gw1\r\n\
+To: <sip:bob@sip.test>;tag=k1\r\n\
+Call-ID: c1\r\n";
+        let r = response(format!("SIP/2.0 423 Interval Too Brief\r\n{base}CSeq: 1 SUBSCRIBE\r\nMin-Expires: 1800\r\n\r\n").as_bytes());
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.min_expires),
+            (423, "Interval Too Brief", Some(1800))
+        );
+        let r = response(format!("SIP/2.0 503 Service Unavailable\r\n{base}CSeq: 1 SUBSCRIBE\r\nRetry-After: 120 (busy);duration=10\r\n\r\n").as_bytes());
+        assert_eq!((r.status, r.retry_after), (503, Some(120)));
+        let r = response(format!("SIP/2.0 200 OK\r\n{base}CSeq: 7 PUBLISH\r\nSIP-ETag: a.1795667704.31254.2.0\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n").as_bytes());
+        assert_eq!(r.sip_etag, Some("a.1795667704.31254.2.0".into()));
+        assert_eq!(
+            (r.cseq, r.cseq_method, r.expires),
+            (7, Method::Publish, Some(600))
+        );
+        // A malformed optional value in a response is dropped, not fatal.
+        let r = response(
+            format!("SIP/2.0 200 OK\r\n{base}CSeq: 1 SUBSCRIBE\r\nExpires: x\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(r.expires, None);
+        let e = parse_message(format!("SIP/2.0 200 OK\r\n{base}\r\n").as_bytes()).unwrap_err();
+        assert_eq!(
+            e,
+            ParseError {
+                reason: "Response: Missing CSeq".into(),
+                response: None
+            }
+        );
+    }
+
+    #[test]
+    fn name_addr_forms() {
+        assert_eq!(
+            parse_name_addr("\"Juliet\" <sip:juliet@example.com>;tag=x"),
+            Some(na(Some("Juliet"), "sip:juliet@example.com", Some("x")))
+        );
+        assert_eq!(
+            parse_name_addr("<sip:a@b>"),
+            Some(na(None, "sip:a@b", None))
+        );
+        assert_eq!(
+            parse_name_addr("sip:a@b;tag=x"),
+            Some(na(None, "sip:a@b", Some("x")))
+        );
+        assert_eq!(
+            parse_name_addr("Bob Smith <sip:Bob@Example.COM;transport=tcp> ; TAG = 9 ;x"),
+            Some(na(
+                Some("Bob Smith"),
+                "sip:Bob@Example.COM;transport=tcp",
+                Some("9")
+            ))
+        );
+        assert_eq!(
+            parse_name_addr("\"a \\\"q\\\" <b>\" <sip:mary%20ann@example.com>"),
+            Some(na(Some("a \"q\" <b>"), "sip:mary%20ann@example.com", None))
+        );
+        assert_eq!(
+            parse_name_addr("<tel:+15551234567>;tag=a"),
+            Some(na(None, "tel:+15551234567", Some("a")))
+        );
+        for bad in [
+            "",
+            "<sip:a@b",
+            "\"x <sip:a@b>",
+            "juliet",
+            "<sip:a@b> junk",
+            "<:x>",
+            "<sip:>",
+        ] {
+            assert_eq!(parse_name_addr(bad), None, "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_on_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_message(&data);
+        }
+
+        #[test]
+        fn parse_never_panics_on_mutated_messages(
+            pos in 0usize..700, len in 0usize..20, byte in any::<u8>(),
+        ) {
+            let mut m = KAMAILIO_NOTIFY.as_bytes().to_vec();
+            let pos = pos.min(m.len());
+            let end = (pos + len).min(m.len());
+            m.splice(pos..end, std::iter::repeat(byte).take(len % 3));
+            let _ = parse_message(&m);
+        }
+
+        #[test]
+        fn name_addr_never_panics(s in ".{0,80}") {
+            let _ = parse_name_addr(&s);
+        }
+    }
+
+    /// Ad-hoc timing of the hot path: `cargo test -p pua-xmpp --lib parse_bench -- --ignored
+    /// --nocapture`. Debug builds are ~10x slower than release.
+    #[test]
+    #[ignore]
+    fn parse_bench() {
+        let bytes = KAMAILIO_NOTIFY.replace(
+            "</presence>",
+            "<tuple id=\"t2\"><status><basic>closed</basic></status></tuple>\n</presence>",
+        );
+        let bytes = bytes.as_bytes();
+        let n = 20_000;
+        let t = std::time::Instant::now();
+        let mut ok = 0;
+        for _ in 0..n {
+            if parse_message(std::hint::black_box(bytes)).is_ok() {
+                ok += 1;
+            }
+        }
+        let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+        println!(
+            "parse_message of a {}-octet NOTIFY: {us:.2} µs/message",
+            bytes.len()
+        );
+        assert_eq!(ok, n);
+    }
+}
