@@ -518,10 +518,9 @@ impl Subscription {
         match code {
             403 | 603 | 404 | 604 | 410 | 484 | 485 => {
                 // Declined or no such presentity: a permanent decision (cases 29, 30).
-                self.answer_probes(PresenceType::Unsubscribed);
-                if !fetch || self.relation != Relation::Unknown || self.probe_waiters.is_empty() {
-                    self.stanza(PresenceType::Unsubscribed);
-                }
+                // Subscription stanzas go to the bare JID, once, probers included.
+                self.probe_waiters.clear();
+                self.stanza(PresenceType::Unsubscribed);
                 self.out.push_back(Output::Forget);
                 self.finish();
             }
@@ -744,7 +743,7 @@ impl Subscription {
         let reason = state.reason.as_deref().unwrap_or("");
         match reason {
             "rejected" | "noresource" => {
-                self.answer_probes(PresenceType::Unsubscribed);
+                self.probe_waiters.clear();
                 self.stanza(PresenceType::Unsubscribed);
                 self.out.push_back(Output::Forget);
                 self.finish();
@@ -894,3 +893,7 @@ impl Subscription {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "subscriber_tests.rs"]
+mod tests;
