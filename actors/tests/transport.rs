@@ -280,6 +280,22 @@ async fn udp_server_transaction_is_dropped_after_timer_j() {
     assert!(recv_udp(&peer, 100).await.is_none());
 }
 
+#[actix_rt::test]
+async fn unanswered_server_transaction_is_dropped_after_64_t1() {
+    let mut gw = start(config()).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let req_text = subscribe_text("z9hG4bKu1", "call-u@example.com", "127.0.0.1:5070");
+    peer.send_to(req_text.as_bytes(), gw.local).await.unwrap();
+    let got = next(&mut gw.inbound, 2000).await.unwrap();
+    assert_eq!(gw.addr.send(GetStats).await.unwrap().server_txns, 1);
+    tokio::time::sleep(Duration::from_millis(64 * T1_MS + 200)).await;
+    assert_eq!(gw.addr.send(GetStats).await.unwrap().server_txns, 0);
+    // The same request again is then a new transaction.
+    peer.send_to(req_text.as_bytes(), gw.local).await.unwrap();
+    let again = next(&mut gw.inbound, 2000).await.expect("delivered again");
+    assert_ne!(again.txn, got.txn);
+}
+
 // ---- (b) outbound UDP client transaction ----------------------------------------------------
 
 #[actix_rt::test]
@@ -473,6 +489,9 @@ async fn tcp_inbound_framing_two_in_one_write_and_one_split_in_three() {
         .await
         .expect("response");
     assert_eq!(text.as_bytes(), expected.as_slice());
+
+    // TCP has no Timer J: the answered transaction is gone at once, the two others remain.
+    assert_eq!(gw.addr.send(GetStats).await.unwrap().server_txns, 2);
 
     let conns = gw.addr.send(GetConnections).await.unwrap();
     assert_eq!(
@@ -715,4 +734,56 @@ async fn outbound_proxy_destination_without_proxy_is_a_transport_error() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[actix_rt::test]
+async fn tcp_burst_of_two_thousand_requests_is_delivered_and_answered_in_order() {
+    let mut gw = start(config()).await;
+    let mut s = TcpStream::connect(gw.local).await.unwrap();
+    let mut burst = String::new();
+    for i in 0..2000 {
+        burst.push_str(
+            &subscribe_text(
+                &format!("z9hG4bKburst{i}"),
+                &format!("b{i}"),
+                "127.0.0.1:5070",
+            )
+            .replace("/UDP", "/TCP"),
+        );
+    }
+    let (mut rd, mut wr) = s.split();
+    let write = async {
+        wr.write_all(burst.as_bytes()).await.unwrap();
+    };
+    let deliver = async {
+        for i in 0..2000 {
+            let got = next(&mut gw.inbound, 5000).await.expect("burst request");
+            assert_eq!(got.req.call_id, format!("b{i}"));
+            gw.addr.do_send(SendResponse {
+                txn: got.txn,
+                resp: OutResponse::to_request(&got.req, 200, Some("t")),
+            });
+        }
+    };
+    let read = async {
+        let mut pending = Vec::new();
+        let mut count = 0;
+        let mut buf = vec![0u8; 65536];
+        while count < 2000 {
+            let n = tokio::time::timeout(Duration::from_secs(5), rd.read(&mut buf))
+                .await
+                .expect("responses keep coming")
+                .unwrap();
+            assert!(n > 0, "connection closed after {count} responses");
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                assert!(head.contains(&format!("Call-ID: b{count}\r\n")), "{head}");
+                pending.drain(..end + 4); // responses have no body
+                count += 1;
+            }
+        }
+    };
+    tokio::join!(write, deliver, read);
+    assert_eq!(gw.addr.send(GetStats).await.unwrap().server_txns, 0);
 }
