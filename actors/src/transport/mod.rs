@@ -38,8 +38,12 @@ pub struct TransportConfig {
     /// Transport for requests we originate, unless a URI says `;transport=`.
     pub request_transport: Transport,
     pub max_message: usize,
+    /// RTT estimate: Timer E starts at T1; Timers F and J are 64*T1.
     pub t1: Duration,
+    /// Cap of the retransmission interval.
     pub t2: Duration,
+    /// Timer K. Kept for completeness: a client transaction is removed at its final response,
+    /// so late retransmitted finals are dropped without holding state for T4.
     pub t4: Duration,
 }
 
