@@ -1,0 +1,201 @@
+//! Socket plumbing of the SIP transport: the UDP receive stream, the TCP accept stream, the
+//! per-connection framed read stream and the per-connection writer task. Streams run inside the
+//! actor's context (no channel, no task per message); only TCP writes need their own task,
+//! one per connection, because a write may wait for the peer.
+
+use pua_xmpp::sip::framing::{frame_datagram, StreamFramer};
+use pua_xmpp::sip::parse::parse_message;
+use pua_xmpp::sip::{OutResponse, SipMessage, SipRequest, SipResponse};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::messages::{Source, Transport};
+
+/// What the socket streams hand to the actor.
+pub(crate) enum Incoming {
+    Request(Box<SipRequest>, Source),
+    Response(Box<SipResponse>, Source),
+    /// A request that failed to parse but can be answered (a ready 400).
+    Reject(Box<OutResponse>, Source),
+    /// Nothing to do (keepalive, dropped garbage, a socket error already logged).
+    Nothing,
+    Accepted(TcpStream, SocketAddr),
+    /// A framing error on a stream: the connection is closed.
+    StreamBroken(u64, String),
+    Closed(u64),
+}
+
+/// A short, escaped excerpt of raw bytes for log lines.
+pub(crate) fn excerpt(bytes: &[u8]) -> String {
+    let cut = bytes.len().min(80);
+    String::from_utf8_lossy(&bytes[..cut])
+        .escape_debug()
+        .to_string()
+}
+
+/// Parses one framed message; parse failures are logged here.
+pub(crate) fn decode(bytes: &[u8], source: Source) -> Incoming {
+    match parse_message(bytes) {
+        Ok(SipMessage::Request(r)) => Incoming::Request(Box::new(r), source),
+        Ok(SipMessage::Response(r)) => Incoming::Response(Box::new(r), source),
+        Err(e) => {
+            warn!(peer = %source.peer, reason = %e, excerpt = %excerpt(bytes), "unparseable SIP message");
+            match e.response {
+                Some(resp) => Incoming::Reject(Box::new(resp), source),
+                None => Incoming::Nothing,
+            }
+        }
+    }
+}
+
+fn decode_datagram(data: &[u8], peer: SocketAddr, max_message: usize) -> Incoming {
+    // RFC 5626 keepalives (CRLF) and empty datagrams are not messages.
+    if data.iter().all(|b| b.is_ascii_whitespace()) {
+        return Incoming::Nothing;
+    }
+    let source = Source {
+        transport: Transport::Udp,
+        peer,
+        conn_id: None,
+    };
+    match frame_datagram(data, max_message) {
+        Ok(msg) => decode(msg, source),
+        Err(e) => {
+            warn!(%peer, reason = %e, excerpt = %excerpt(data), "bad SIP datagram");
+            Incoming::Nothing
+        }
+    }
+}
+
+/// Datagrams of the shared UDP socket, parsed. The stream never ends: receive errors (such as
+/// ICMP port-unreachable reported on Linux) are logged and skipped.
+pub(crate) fn udp_stream(
+    sock: Arc<UdpSocket>,
+    max_message: usize,
+) -> impl futures::Stream<Item = Incoming> {
+    let mut buf = vec![0u8; max_message.clamp(1500, 65535) + 1];
+    futures::stream::poll_fn(move |cx| {
+        let mut rb = ReadBuf::new(&mut buf);
+        match sock.poll_recv_from(cx, &mut rb) {
+            Poll::Ready(Ok(peer)) => {
+                let n = rb.filled().len();
+                let data = buf.get(..n).unwrap_or_default();
+                Poll::Ready(Some(decode_datagram(data, peer, max_message)))
+            }
+            Poll::Ready(Err(e)) => {
+                debug!(error = %e, "UDP receive error");
+                Poll::Ready(Some(Incoming::Nothing))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    })
+}
+
+/// Accepted TCP connections. Accept errors (e.g. out of file descriptors) are logged.
+pub(crate) fn accept_stream(listener: TcpListener) -> impl futures::Stream<Item = Incoming> {
+    futures::stream::poll_fn(move |cx| match listener.poll_accept(cx) {
+        Poll::Ready(Ok((stream, peer))) => Poll::Ready(Some(Incoming::Accepted(stream, peer))),
+        Poll::Ready(Err(e)) => {
+            warn!(error = %e, "TCP accept failed");
+            Poll::Ready(Some(Incoming::Nothing))
+        }
+        Poll::Pending => Poll::Pending,
+    })
+}
+
+/// The read half of one TCP connection, framed by Content-Length and parsed. It ends after
+/// yielding `Closed` or `StreamBroken`.
+pub(crate) struct TcpReader {
+    rd: OwnedReadHalf,
+    framer: StreamFramer,
+    buf: Box<[u8]>,
+    conn: u64,
+    peer: SocketAddr,
+    done: bool,
+}
+
+impl TcpReader {
+    pub(crate) fn new(rd: OwnedReadHalf, conn: u64, peer: SocketAddr, max_message: usize) -> Self {
+        TcpReader {
+            rd,
+            framer: StreamFramer::new(max_message),
+            buf: vec![0u8; 16 * 1024].into_boxed_slice(),
+            conn,
+            peer,
+            done: false,
+        }
+    }
+}
+
+impl futures::Stream for TcpReader {
+    type Item = Incoming;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match this.framer.next_message() {
+                Some(Ok(msg)) => {
+                    let source = Source {
+                        transport: Transport::Tcp,
+                        peer: this.peer,
+                        conn_id: Some(this.conn),
+                    };
+                    return Poll::Ready(Some(decode(&msg, source)));
+                }
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Incoming::StreamBroken(this.conn, e.to_string())));
+                }
+                None => {}
+            }
+            let mut rb = ReadBuf::new(&mut this.buf);
+            match Pin::new(&mut this.rd).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        this.done = true;
+                        return Poll::Ready(Some(Incoming::Closed(this.conn)));
+                    }
+                    this.framer.push(this.buf.get(..n).unwrap_or_default());
+                }
+                Poll::Ready(Err(e)) => {
+                    debug!(peer = %this.peer, error = %e, "TCP read error");
+                    this.done = true;
+                    return Poll::Ready(Some(Incoming::Closed(this.conn)));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Writes queued messages to one connection, coalescing what is already queued into one
+/// write. Ends when the queue's sender is dropped (the connection is closed by the actor) or a
+/// write fails; dropping the write half then shuts the connection down.
+pub(crate) async fn tcp_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut batch: Vec<u8> = Vec::with_capacity(16 * 1024);
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = wr.write_all(&batch).await {
+            debug!(error = %e, "TCP write failed");
+            break;
+        }
+    }
+}

@@ -1,0 +1,704 @@
+//! The SIP transport actor: UDP and TCP sockets (RFC 3261 §18) and non-INVITE client and
+//! server transactions (§17.1.2, §17.2.2). It owns branches, retransmissions and timers so
+//! the gateway only sees new requests and final responses.
+//!
+//! Timers are driven by one periodic tick, not a task per transaction: fixed-duration timers
+//! (F, J, the server-side TU deadline) sit in FIFO queues because their deadlines arrive in
+//! order; only Timer E, whose interval doubles, needs a heap.
+
+mod io;
+mod txn;
+
+use actix::prelude::*;
+use pua_xmpp::sip::encode::{encode_request, encode_response, uri_host_port, via_branch};
+use pua_xmpp::sip::{Destination, Method, OutRequest, SipRequest, SipResponse};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::messages::{
+    SendRequest, SendResponse, SipRequestIn, Source, TransactionOutcome, Transport, TxnResult,
+};
+use io::Incoming;
+pub use txn::BranchGen;
+use txn::{ClientTxn, ServerTxns, Timers};
+
+/// Settings of the SIP transport.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// Address to bind UDP and TCP on (same port). Also the sent-by of our `Via`, so it should
+    /// be a concrete address rather than `0.0.0.0`.
+    pub listen: SocketAddr,
+    /// The resolved `sip.server_address`: where out-of-dialog requests go.
+    pub outbound_proxy: Option<SocketAddr>,
+    /// Transport for requests we originate, unless a URI says `;transport=`.
+    pub request_transport: Transport,
+    pub max_message: usize,
+    /// RTT estimate: Timer E starts at T1; Timers F and J are 64*T1.
+    pub t1: Duration,
+    /// Cap of the retransmission interval.
+    pub t2: Duration,
+    /// Timer K. Kept for completeness: a client transaction is removed at its final response,
+    /// so late retransmitted finals are dropped without holding state for T4.
+    pub t4: Duration,
+}
+
+impl TransportConfig {
+    /// RFC 3261 default timers (T1 500 ms, T2 4 s, T4 5 s) on `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        TransportConfig {
+            listen,
+            outbound_proxy: None,
+            request_transport: Transport::Udp,
+            max_message: pua_xmpp::sip::framing::DEFAULT_MAX_MESSAGE,
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Queue length (messages) of one TCP connection's writer; beyond it sends fail rather than
+/// buffer without bound.
+const TCP_QUEUE: usize = 1024;
+
+/// One TCP connection, accepted or opened by us.
+struct Conn {
+    peer: SocketAddr,
+    tx: mpsc::Sender<Vec<u8>>,
+    /// What `TcpStream::nodelay()` reported after we set it (false while connecting).
+    nodelay: bool,
+    outbound: bool,
+}
+
+/// The SIP transport actor. Start it with [`SipTransport::bind`].
+pub struct SipTransport {
+    cfg: TransportConfig,
+    local: SocketAddr,
+    udp: Arc<UdpSocket>,
+    listener: Option<TcpListener>,
+    inbound: Recipient<SipRequestIn>,
+    server: ServerTxns,
+    clients: HashMap<u64, ClientTxn>,
+    timers: Timers,
+    branches: BranchGen,
+    next_client: u64,
+    conns: HashMap<u64, Conn>,
+    /// Reusable connection per peer address (outbound ones, and inbound ones by source).
+    conn_by_peer: HashMap<SocketAddr, u64>,
+    next_conn: u64,
+    /// Reused encode buffer.
+    out: Vec<u8>,
+}
+
+impl SipTransport {
+    /// Binds UDP and TCP on `cfg.listen` (with port 0: the same free port for both) and starts
+    /// the actor. New inbound requests go to `inbound`.
+    pub async fn bind(
+        cfg: TransportConfig,
+        inbound: Recipient<SipRequestIn>,
+    ) -> std::io::Result<Addr<SipTransport>> {
+        let (udp, listener) = bind_pair(cfg.listen).await?;
+        let local = udp.local_addr()?;
+        let actor = SipTransport {
+            local,
+            udp: Arc::new(udp),
+            listener: Some(listener),
+            inbound,
+            server: ServerTxns::default(),
+            clients: HashMap::new(),
+            timers: Timers::default(),
+            branches: BranchGen::new(),
+            next_client: 1,
+            conns: HashMap::new(),
+            conn_by_peer: HashMap::new(),
+            next_conn: 1,
+            out: Vec::with_capacity(4096),
+            cfg,
+        };
+        Ok(actor.start())
+    }
+
+    /// The bound address (UDP and TCP share it).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn tick_interval(&self) -> Duration {
+        (self.cfg.t1 / 4).clamp(Duration::from_millis(1), Duration::from_millis(50))
+    }
+
+    fn timer_f(&self) -> Duration {
+        self.cfg.t1 * 64
+    }
+
+    // ---- sending -------------------------------------------------------------------------
+
+    /// Sends bytes on UDP from our listening socket. Never waits: a full socket buffer drops
+    /// the datagram (retransmissions cover it).
+    fn send_udp(&self, bytes: &[u8], to: SocketAddr) -> Result<(), String> {
+        match self.udp.try_send_to(bytes, to) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("UDP send to {to} failed: {e}")),
+        }
+    }
+
+    fn send_conn(&mut self, conn_id: u64, bytes: Vec<u8>) -> Result<(), String> {
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return Err(format!("TCP connection {conn_id} is closed"));
+        };
+        match conn.tx.try_send(bytes) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(format!("TCP connection to {} is congested", conn.peer))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                let peer = conn.peer;
+                self.drop_conn(conn_id);
+                Err(format!("TCP connection to {peer} is closed"))
+            }
+        }
+    }
+
+    fn send_to_source(&mut self, bytes: &[u8], source: &Source) -> Result<(), String> {
+        match (source.transport, source.conn_id) {
+            (Transport::Tcp, Some(id)) => self.send_conn(id, bytes.to_vec()),
+            _ => self.send_udp(bytes, source.peer),
+        }
+    }
+
+    // ---- TCP connections -----------------------------------------------------------------
+
+    fn register_stream(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        conn_id: u64,
+        outbound: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Err(e) = stream.set_nodelay(true) {
+            warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let nodelay = stream.nodelay().unwrap_or(false);
+        let (rd, wr) = stream.into_split();
+        ctx.add_stream(io::TcpReader::new(rd, conn_id, peer, self.cfg.max_message));
+        let (tx, rx) = mpsc::channel(TCP_QUEUE);
+        actix_rt::spawn(io::tcp_writer(wr, rx));
+        self.conns.insert(
+            conn_id,
+            Conn {
+                peer,
+                tx,
+                nodelay,
+                outbound,
+            },
+        );
+        self.conn_by_peer.entry(peer).or_insert(conn_id);
+    }
+
+    fn drop_conn(&mut self, conn_id: u64) {
+        if let Some(conn) = self.conns.remove(&conn_id) {
+            if self.conn_by_peer.get(&conn.peer) == Some(&conn_id) {
+                self.conn_by_peer.remove(&conn.peer);
+            }
+            debug!(peer = %conn.peer, conn_id, "TCP connection closed");
+        }
+        let failed: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, t)| t.conn_id == Some(conn_id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in failed {
+            if let Some(t) = self.clients.remove(&id) {
+                t.finish(TxnResult::TransportError(
+                    "TCP connection closed before a final response".to_owned(),
+                ));
+            }
+        }
+    }
+
+    /// The connection to `peer`, opening one when there is none. Messages queue while it
+    /// connects; a failed connect fails the transactions waiting on it.
+    fn conn_to(&mut self, peer: SocketAddr, ctx: &mut Context<Self>) -> u64 {
+        if let Some(id) = self.conn_by_peer.get(&peer) {
+            if self.conns.contains_key(id) {
+                return *id;
+            }
+        }
+        let conn_id = self.next_conn;
+        self.next_conn += 1;
+        let (tx, rx) = mpsc::channel(TCP_QUEUE);
+        self.conns.insert(
+            conn_id,
+            Conn {
+                peer,
+                tx,
+                nodelay: false,
+                outbound: true,
+            },
+        );
+        self.conn_by_peer.insert(peer, conn_id);
+        let fut = TcpStream::connect(peer).into_actor(self).map(
+            move |res, act: &mut SipTransport, ctx| match res {
+                Ok(stream) => {
+                    if !act.conns.contains_key(&conn_id) {
+                        return; // closed meanwhile
+                    }
+                    if let Err(e) = stream.set_nodelay(true) {
+                        warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+                    }
+                    let nodelay = stream.nodelay().unwrap_or(false);
+                    let (rd, wr) = stream.into_split();
+                    ctx.add_stream(io::TcpReader::new(rd, conn_id, peer, act.cfg.max_message));
+                    actix_rt::spawn(io::tcp_writer(wr, rx));
+                    if let Some(c) = act.conns.get_mut(&conn_id) {
+                        c.nodelay = nodelay;
+                    }
+                }
+                Err(e) => {
+                    warn!(%peer, error = %e, "TCP connect failed");
+                    act.drop_conn(conn_id);
+                }
+            },
+        );
+        ctx.spawn(fut);
+        conn_id
+    }
+
+    // ---- inbound -------------------------------------------------------------------------
+
+    fn on_request(&mut self, req: SipRequest, source: Source) {
+        if req.method == Method::Ack {
+            debug!(peer = %source.peer, call_id = %req.call_id, "ACK without INVITE transaction dropped");
+            return;
+        }
+        let key = txn::server_key(&req);
+        if let Some(id) = self.server.find(&key) {
+            // A retransmission: absorb it, or replay the final response.
+            let replay = self
+                .server
+                .get(id)
+                .and_then(|t| t.response.as_ref().map(|r| (r.clone(), t.source.clone())));
+            if let Some((bytes, src)) = replay {
+                if let Err(e) = self.send_to_source(&bytes, &src) {
+                    warn!(error = %e, "response replay failed");
+                }
+            }
+            return;
+        }
+        let deadline = Instant::now() + self.timer_f();
+        let id = self.server.insert(key, source.clone(), deadline);
+        self.timers.server.push_back((deadline, id));
+        self.inbound.do_send(SipRequestIn {
+            req,
+            source,
+            txn: id,
+        });
+    }
+
+    fn on_response(&mut self, resp: SipResponse, source: &Source) {
+        let id = resp
+            .via
+            .first()
+            .and_then(|v| via_branch(v))
+            .and_then(|b| self.branches.id_of(b));
+        let Some(id) = id else {
+            debug!(peer = %source.peer, status = resp.status, "response to no transaction of ours dropped");
+            return;
+        };
+        let matches = self
+            .clients
+            .get(&id)
+            .is_some_and(|t| t.method == resp.cseq_method);
+        if !matches {
+            debug!(peer = %source.peer, status = resp.status, "response for unknown or finished transaction dropped");
+            return;
+        }
+        if resp.status < 200 {
+            if let Some(t) = self.clients.get_mut(&id) {
+                if t.retransmit.is_some() {
+                    // Proceeding: keep retransmitting, at T2 (RFC 3261 §17.1.2.2).
+                    let at = Instant::now() + self.cfg.t2;
+                    t.interval = self.cfg.t2;
+                    t.next_retx = Some(at);
+                    self.timers.retx.push(std::cmp::Reverse((at, id)));
+                }
+            }
+            return;
+        }
+        if let Some(t) = self.clients.remove(&id) {
+            t.finish(TxnResult::Response(resp));
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        // Server transactions: Timer J, or the TU never answered.
+        while let Some(&(at, id)) = self.timers.server.front() {
+            if at > now {
+                break;
+            }
+            self.timers.server.pop_front();
+            if let Some(t) = self.server.get(id) {
+                if t.deadline == at {
+                    if t.response.is_none() {
+                        warn!(peer = %t.source.peer, txn = id, "no response from the gateway within 64*T1; transaction dropped");
+                    }
+                    self.server.remove(id);
+                }
+            }
+        }
+        // Timer F.
+        while let Some(&(at, id)) = self.timers.client_f.front() {
+            if at > now {
+                break;
+            }
+            self.timers.client_f.pop_front();
+            if let Some(t) = self.clients.remove(&id) {
+                t.finish(TxnResult::Timeout);
+            }
+        }
+        // Timer E.
+        while let Some(std::cmp::Reverse((at, id))) = self.timers.retx.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.retx.pop();
+            let t2 = self.cfg.t2;
+            let Some(t) = self.clients.get_mut(&id) else {
+                continue;
+            };
+            if t.next_retx != Some(at) {
+                continue;
+            }
+            let Some(bytes) = t.retransmit.as_ref() else {
+                continue;
+            };
+            if let Err(e) = self.udp.try_send_to(bytes, t.target) {
+                debug!(target = %t.target, error = %e, "retransmission failed");
+            }
+            t.interval = (t.interval * 2).min(t2);
+            let next = now + t.interval;
+            t.next_retx = Some(next);
+            self.timers.retx.push(std::cmp::Reverse((next, id)));
+        }
+    }
+
+    // ---- outbound requests ---------------------------------------------------------------
+
+    /// Where a request goes: (host, port, transport).
+    fn target_of(&self, req: &OutRequest) -> Result<(Target, Transport), String> {
+        match req.destination {
+            Destination::OutboundProxy => match self.cfg.outbound_proxy {
+                Some(addr) => Ok((Target::Addr(addr), self.cfg.request_transport)),
+                None => Err("no outbound proxy configured (sip.server_address)".to_owned()),
+            },
+            Destination::InDialog => {
+                let uri = match req.route.first() {
+                    Some(route) => route.as_str(),
+                    None => req.uri.as_str(),
+                };
+                let hp = uri_host_port(strip_brackets(uri))
+                    .ok_or_else(|| format!("cannot route to {uri:?}: no host in the URI"))?;
+                let transport = match hp.transport.as_deref() {
+                    Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
+                    Some(t) if t.eq_ignore_ascii_case("udp") => Transport::Udp,
+                    _ => self.cfg.request_transport,
+                };
+                let port = hp.port.unwrap_or(5060);
+                let host = hp.host.trim_start_matches('[').trim_end_matches(']');
+                let target = match host.parse::<IpAddr>() {
+                    Ok(ip) => Target::Addr(SocketAddr::new(ip, port)),
+                    Err(_) => Target::Name(format!("{host}:{port}")),
+                };
+                Ok((target, transport))
+            }
+        }
+    }
+
+    fn start_client(
+        &mut self,
+        msg: SendRequest,
+        target: SocketAddr,
+        transport: Transport,
+        ctx: &mut Context<Self>,
+    ) {
+        let id = self.next_client;
+        self.next_client += 1;
+        let proto = match transport {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        };
+        let via = format!(
+            "SIP/2.0/{proto} {};branch={};rport",
+            self.local,
+            self.branches.branch(id)
+        );
+        let mut bytes = Vec::with_capacity(1024);
+        encode_request(&msg.req, &via, &mut bytes);
+        let now = Instant::now();
+        let mut t = ClientTxn {
+            key: msg.key,
+            reply_to: msg.reply_to,
+            method: msg.req.method.clone(),
+            target,
+            conn_id: None,
+            retransmit: None,
+            interval: self.cfg.t1,
+            next_retx: None,
+        };
+        let sent = match transport {
+            Transport::Udp => {
+                let r = self.send_udp(&bytes, target);
+                let at = now + self.cfg.t1;
+                t.next_retx = Some(at);
+                t.retransmit = Some(bytes.into_boxed_slice());
+                self.timers.retx.push(std::cmp::Reverse((at, id)));
+                r
+            }
+            Transport::Tcp => {
+                let conn = self.conn_to(target, ctx);
+                t.conn_id = Some(conn);
+                self.send_conn(conn, bytes)
+            }
+        };
+        if let Err(e) = sent {
+            warn!(%target, error = %e, "request send failed");
+            t.finish(TxnResult::TransportError(e));
+            return;
+        }
+        self.clients.insert(id, t);
+        self.timers.client_f.push_back((now + self.timer_f(), id));
+    }
+}
+
+enum Target {
+    Addr(SocketAddr),
+    Name(String),
+}
+
+fn strip_brackets(s: &str) -> &str {
+    let s = s.trim();
+    match (s.find('<'), s.find('>')) {
+        (Some(a), Some(b)) if a < b => s.get(a + 1..b).unwrap_or(s),
+        _ => s,
+    }
+}
+
+/// Binds UDP then TCP on the same port; with port 0, retries until a port is free for both.
+async fn bind_pair(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut last_err = None;
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(listen).await?;
+        let port = udp.local_addr()?.port();
+        match TcpListener::bind(SocketAddr::new(listen.ip(), port)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if listen.port() == 0 => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| std::io::Error::other("no free port for UDP and TCP")))
+}
+
+impl Actor for SipTransport {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.add_stream(io::udp_stream(self.udp.clone(), self.cfg.max_message));
+        if let Some(listener) = self.listener.take() {
+            ctx.add_stream(io::accept_stream(listener));
+        }
+        ctx.run_interval(self.tick_interval(), |act, _| act.on_tick());
+    }
+}
+
+impl StreamHandler<Incoming> for SipTransport {
+    fn handle(&mut self, item: Incoming, ctx: &mut Context<Self>) {
+        match item {
+            Incoming::Request(req, source) => self.on_request(*req, source),
+            Incoming::Response(resp, source) => self.on_response(*resp, &source),
+            Incoming::Reject(resp, source) => {
+                self.out.clear();
+                encode_response(&resp, &mut self.out);
+                let bytes = std::mem::take(&mut self.out);
+                if let Err(e) = self.send_to_source(&bytes, &source) {
+                    warn!(error = %e, "400 send failed");
+                }
+                self.out = bytes;
+            }
+            Incoming::Nothing => {}
+            Incoming::Accepted(stream, peer) => {
+                let conn_id = self.next_conn;
+                self.next_conn += 1;
+                debug!(%peer, conn_id, "TCP connection accepted");
+                self.register_stream(stream, peer, conn_id, false, ctx);
+            }
+            Incoming::StreamBroken(conn_id, reason) => {
+                let peer = self.conns.get(&conn_id).map(|c| c.peer);
+                warn!(?peer, %reason, "SIP framing error; closing the TCP connection");
+                self.drop_conn(conn_id);
+            }
+            Incoming::Closed(conn_id) => self.drop_conn(conn_id),
+        }
+    }
+
+    /// Each socket stream ending (a closed connection) must not stop the actor.
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
+}
+
+impl Handler<SendResponse> for SipTransport {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendResponse, _ctx: &mut Context<Self>) {
+        let Some(t) = self.server.get(msg.txn) else {
+            warn!(
+                txn = msg.txn,
+                status = msg.resp.status,
+                "response for an unknown or expired transaction dropped"
+            );
+            return;
+        };
+        if t.response.is_some() && msg.resp.status >= 200 {
+            warn!(txn = msg.txn, "second final response dropped");
+            return;
+        }
+        let source = t.source.clone();
+        self.out.clear();
+        encode_response(&msg.resp, &mut self.out);
+        let bytes = std::mem::take(&mut self.out);
+        if let Err(e) = self.send_to_source(&bytes, &source) {
+            warn!(peer = %source.peer, error = %e, "response send failed");
+        }
+        if msg.resp.status >= 200 {
+            if source.transport == Transport::Udp {
+                // Completed: keep the response for retransmissions until Timer J.
+                let at = Instant::now() + self.timer_f();
+                self.server
+                    .complete(msg.txn, bytes.clone().into_boxed_slice(), at);
+                self.timers.server.push_back((at, msg.txn));
+            } else {
+                self.server.remove(msg.txn);
+            }
+        }
+        self.out = bytes;
+    }
+}
+
+impl Handler<SendRequest> for SipTransport {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendRequest, ctx: &mut Context<Self>) {
+        match self.target_of(&msg.req) {
+            Err(e) => {
+                warn!(uri = %msg.req.uri, error = %e, "request not sent");
+                msg.reply_to.do_send(TransactionOutcome {
+                    key: msg.key,
+                    result: TxnResult::TransportError(e),
+                });
+            }
+            Ok((Target::Addr(addr), transport)) => self.start_client(msg, addr, transport, ctx),
+            Ok((Target::Name(name), transport)) => {
+                // Prefer an address of our socket's family: a v4 socket cannot reach ::1.
+                let want_v4 = self.local.is_ipv4();
+                let fut = async move {
+                    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(name.as_str())
+                        .await
+                        .map_err(|e| format!("cannot resolve {name}: {e}"))?
+                        .collect();
+                    addrs
+                        .iter()
+                        .find(|a| a.is_ipv4() == want_v4)
+                        .or(addrs.first())
+                        .copied()
+                        .ok_or(format!("{name} has no address"))
+                };
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(addr) => act.start_client(msg, addr, transport, ctx),
+                    Err(e) => {
+                        warn!(error = %e, "request not sent");
+                        msg.reply_to.do_send(TransactionOutcome {
+                            key: msg.key,
+                            result: TxnResult::TransportError(e),
+                        });
+                    }
+                }));
+            }
+        }
+    }
+}
+
+/// Debug/test query: the bound address.
+#[derive(Message, Debug)]
+#[rtype(result = "SocketAddr")]
+pub struct GetLocalAddr;
+
+impl Handler<GetLocalAddr> for SipTransport {
+    type Result = MessageResult<GetLocalAddr>;
+    fn handle(&mut self, _: GetLocalAddr, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.local)
+    }
+}
+
+/// One open TCP connection, as reported by [`GetConnections`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub conn_id: u64,
+    pub peer: SocketAddr,
+    /// We opened it (else it was accepted).
+    pub outbound: bool,
+    /// TCP_NODELAY as read back from the socket.
+    pub nodelay: bool,
+}
+
+/// Debug/test query: the open TCP connections, sorted by id.
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<ConnInfo>")]
+pub struct GetConnections;
+
+impl Handler<GetConnections> for SipTransport {
+    type Result = MessageResult<GetConnections>;
+    fn handle(&mut self, _: GetConnections, _: &mut Context<Self>) -> Self::Result {
+        let mut v: Vec<ConnInfo> = self
+            .conns
+            .iter()
+            .map(|(id, c)| ConnInfo {
+                conn_id: *id,
+                peer: c.peer,
+                outbound: c.outbound,
+                nodelay: c.nodelay,
+            })
+            .collect();
+        v.sort_by_key(|c| c.conn_id);
+        MessageResult(v)
+    }
+}
+
+/// Transport statistics (for tests and metrics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportStats {
+    pub server_txns: usize,
+    pub client_txns: usize,
+    pub connections: usize,
+}
+
+/// Query: live transaction and connection counts.
+#[derive(Message, Debug)]
+#[rtype(result = "TransportStats")]
+pub struct GetStats;
+
+impl Handler<GetStats> for SipTransport {
+    type Result = MessageResult<GetStats>;
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(TransportStats {
+            server_txns: self.server.len(),
+            client_txns: self.clients.len(),
+            connections: self.conns.len(),
+        })
+    }
+}

@@ -1,0 +1,789 @@
+//! SIP transport actor against scripted SIP peers on real loopback sockets (RFC 3261 §17
+//! non-INVITE transactions, §18 transport).
+
+use actix::prelude::*;
+use pua_xmpp::sip::encode::encode_response;
+use pua_xmpp::sip::parse::parse_message;
+use pua_xmpp::sip::{
+    Destination, Method, NameAddr, OutRequest, OutResponse, SipMessage, SipRequest,
+};
+use pua_xmpp_actors::messages::{
+    SendRequest, SendResponse, SipRequestIn, Source, TransactionOutcome, Transport, TxnResult,
+};
+use pua_xmpp_actors::transport::{
+    ConnInfo, GetConnections, GetLocalAddr, GetStats, SipTransport, TransportConfig,
+};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+// ---- harness ------------------------------------------------------------------------------
+
+/// Forwards every message it gets into a channel the test reads.
+struct Sink<M: Send>(mpsc::UnboundedSender<M>);
+
+impl<M: Send + Unpin + 'static> Actor for Sink<M> {
+    type Context = Context<Self>;
+}
+
+impl<M> Handler<M> for Sink<M>
+where
+    M: Message<Result = ()> + Send + Unpin + 'static,
+{
+    type Result = ();
+    fn handle(&mut self, msg: M, _: &mut Context<Self>) {
+        let _ = self.0.send(msg);
+    }
+}
+
+fn sink<M>() -> (Recipient<M>, mpsc::UnboundedReceiver<M>)
+where
+    M: Message<Result = ()> + Send + Unpin + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Sink(tx).start().recipient(), rx)
+}
+
+const T1_MS: u64 = 20;
+
+fn config() -> TransportConfig {
+    let mut cfg = TransportConfig::new("127.0.0.1:0".parse().unwrap());
+    cfg.t1 = Duration::from_millis(T1_MS);
+    cfg.t2 = Duration::from_millis(4 * T1_MS);
+    cfg.t4 = Duration::from_millis(5 * T1_MS);
+    cfg
+}
+
+struct Gw {
+    addr: Addr<SipTransport>,
+    local: SocketAddr,
+    inbound: mpsc::UnboundedReceiver<SipRequestIn>,
+}
+
+async fn start(cfg: TransportConfig) -> Gw {
+    let (rcpt, inbound) = sink::<SipRequestIn>();
+    let addr = SipTransport::bind(cfg, rcpt).await.unwrap();
+    let local = addr.send(GetLocalAddr).await.unwrap();
+    Gw {
+        addr,
+        local,
+        inbound,
+    }
+}
+
+async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, ms: u64) -> Option<T> {
+    tokio::time::timeout(Duration::from_millis(ms), rx.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn recv_udp(sock: &UdpSocket, ms: u64) -> Option<(String, SocketAddr)> {
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = tokio::time::timeout(Duration::from_millis(ms), sock.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+}
+
+/// Reads one SIP message (headers + Content-Length body) from a TCP stream.
+async fn read_tcp_message(s: &mut TcpStream, pending: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            let cl: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.trim()
+                        .eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if pending.len() >= end + 4 + cl {
+                let msg: Vec<u8> = pending.drain(..end + 4 + cl).collect();
+                return Some(String::from_utf8_lossy(&msg).into_owned());
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_millis(2000), s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn subscribe_text(branch: &str, call_id: &str, sent_by: &str) -> String {
+    format!(
+        "SUBSCRIBE sip:romeo*example.net@gw.example.com SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {sent_by};branch={branch}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:juliet@example.com>;tag=jf1\r\n\
+         To: <sip:romeo*example.net@gw.example.com>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 7 SUBSCRIBE\r\n\
+         Contact: <sip:juliet@127.0.0.1:5070>\r\n\
+         Event: presence\r\n\
+         Expires: 600\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn na(uri: &str, tag: Option<&str>) -> NameAddr {
+    NameAddr {
+        display: None,
+        uri: uri.to_owned(),
+        tag: tag.map(str::to_owned),
+    }
+}
+
+fn out_subscribe(destination: Destination, uri: &str, route: Vec<String>) -> OutRequest {
+    OutRequest {
+        method: Method::Subscribe,
+        uri: uri.to_owned(),
+        route,
+        from: na("sip:romeo*example.net@gw.example.com", Some("gwtag1")),
+        to: na("sip:juliet@example.com", None),
+        call_id: "out-call-1".to_owned(),
+        cseq: 1,
+        contact: Some("sip:romeo*example.net@127.0.0.1:5080".to_owned()),
+        headers: vec![
+            ("Event", "presence".to_owned()),
+            ("Expires", "600".to_owned()),
+        ],
+        content_type: None,
+        body: Vec::new(),
+        destination,
+    }
+}
+
+fn parse_request(text: &str) -> SipRequest {
+    match parse_message(text.as_bytes()) {
+        Ok(SipMessage::Request(r)) => r,
+        other => panic!("not a request: {other:?}\n{text}"),
+    }
+}
+
+/// A response to `req` as a peer would write it, copying its Via.
+fn answer(req: &SipRequest, status: u16, reason: &str, to_tag: &str) -> String {
+    let mut s = format!("SIP/2.0 {status} {reason}\r\n");
+    for v in &req.via {
+        s.push_str(&format!("Via: {v}\r\n"));
+    }
+    s.push_str(&format!(
+        "From: <{}>;tag={}\r\nTo: <{}>;tag={to_tag}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n\
+         Expires: 600\r\nContent-Length: 0\r\n\r\n",
+        req.from.uri,
+        req.from.tag.as_deref().unwrap_or(""),
+        req.to.uri,
+        req.call_id,
+        req.cseq,
+        req.method.as_str()
+    ));
+    s
+}
+
+// ---- (a) inbound UDP server transaction -----------------------------------------------------
+
+#[actix_rt::test]
+async fn inbound_udp_subscribe_is_delivered_answered_and_retransmissions_absorbed() {
+    let mut gw = start(config()).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let req_text = subscribe_text("z9hG4bKa1", "call-a@example.com", "127.0.0.1:5070");
+    peer.send_to(req_text.as_bytes(), gw.local).await.unwrap();
+
+    let got = next(&mut gw.inbound, 2000)
+        .await
+        .expect("request delivered");
+    assert_eq!(got.req.method, Method::Subscribe);
+    assert_eq!(got.req.uri, "sip:romeo*example.net@gw.example.com");
+    assert_eq!(
+        got.req.via,
+        vec!["SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKa1".to_owned()]
+    );
+    assert_eq!(got.req.from, na("sip:juliet@example.com", Some("jf1")));
+    assert_eq!(got.req.to, na("sip:romeo*example.net@gw.example.com", None));
+    assert_eq!(got.req.call_id, "call-a@example.com");
+    assert_eq!(got.req.cseq, 7);
+    assert_eq!(got.req.cseq_method, Method::Subscribe);
+    assert_eq!(
+        got.source,
+        Source {
+            transport: Transport::Udp,
+            peer: peer_addr,
+            conn_id: None
+        }
+    );
+
+    // A retransmission before the gateway answered is absorbed.
+    peer.send_to(req_text.as_bytes(), gw.local).await.unwrap();
+    assert!(next(&mut gw.inbound, 150).await.is_none());
+    assert!(
+        recv_udp(&peer, 50).await.is_none(),
+        "no 100 Trying for non-INVITE"
+    );
+
+    let resp = OutResponse::to_request(&got.req, 202, Some("gwtag")).with_header("Expires", "600");
+    let mut expected = Vec::new();
+    encode_response(&resp, &mut expected);
+    let expected = String::from_utf8(expected).unwrap();
+    assert!(expected.starts_with("SIP/2.0 202 Accepted\r\n"));
+    gw.addr.do_send(SendResponse { txn: got.txn, resp });
+    let (text, from) = recv_udp(&peer, 2000).await.expect("response");
+    assert_eq!(text, expected, "the response goes out exactly as encoded");
+    assert_eq!(from, gw.local, "sent from the listening socket");
+
+    // A retransmission after the final response: the same response is replayed.
+    peer.send_to(req_text.as_bytes(), gw.local).await.unwrap();
+    let (replayed, _) = recv_udp(&peer, 2000).await.expect("replayed response");
+    assert_eq!(replayed, expected);
+    assert!(next(&mut gw.inbound, 100).await.is_none(), "delivered once");
+
+    // A new transaction (new branch) is a new request.
+    let req2 = subscribe_text("z9hG4bKa2", "call-a@example.com", "127.0.0.1:5070");
+    peer.send_to(req2.as_bytes(), gw.local).await.unwrap();
+    let got2 = next(&mut gw.inbound, 2000).await.expect("second request");
+    assert_ne!(got2.txn, got.txn);
+}
+
+#[actix_rt::test]
+async fn udp_server_transaction_is_dropped_after_timer_j() {
+    let mut gw = start(config()).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let req_text = subscribe_text("z9hG4bKj1", "call-j@example.com", "127.0.0.1:5070");
+    peer.send_to(req_text.as_bytes(), gw.local).await.unwrap();
+    let got = next(&mut gw.inbound, 2000).await.unwrap();
+    gw.addr.do_send(SendResponse {
+        txn: got.txn,
+        resp: OutResponse::to_request(&got.req, 200, Some("t")),
+    });
+    recv_udp(&peer, 2000).await.expect("response");
+    let stats = gw.addr.send(GetStats).await.unwrap();
+    assert_eq!(stats.server_txns, 1);
+    // Timer J = 64*T1.
+    tokio::time::sleep(Duration::from_millis(64 * T1_MS + 200)).await;
+    let stats = gw.addr.send(GetStats).await.unwrap();
+    assert_eq!(stats.server_txns, 0);
+    // A response for the expired transaction is dropped (logged), not sent.
+    gw.addr.do_send(SendResponse {
+        txn: got.txn,
+        resp: OutResponse::to_request(&got.req, 200, Some("t")),
+    });
+    assert!(recv_udp(&peer, 100).await.is_none());
+}
+
+#[actix_rt::test]
+async fn unanswered_server_transaction_is_dropped_after_64_t1() {
+    let mut gw = start(config()).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let req_text = subscribe_text("z9hG4bKu1", "call-u@example.com", "127.0.0.1:5070");
+    peer.send_to(req_text.as_bytes(), gw.local).await.unwrap();
+    let got = next(&mut gw.inbound, 2000).await.unwrap();
+    assert_eq!(gw.addr.send(GetStats).await.unwrap().server_txns, 1);
+    tokio::time::sleep(Duration::from_millis(64 * T1_MS + 200)).await;
+    assert_eq!(gw.addr.send(GetStats).await.unwrap().server_txns, 0);
+    // The same request again is then a new transaction.
+    peer.send_to(req_text.as_bytes(), gw.local).await.unwrap();
+    let again = next(&mut gw.inbound, 2000).await.expect("delivered again");
+    assert_ne!(again.txn, got.txn);
+}
+
+// ---- (b) outbound UDP client transaction ----------------------------------------------------
+
+#[actix_rt::test]
+async fn outbound_udp_request_gets_branch_and_final_response_reaches_reply_to() {
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = config();
+    cfg.outbound_proxy = Some(peer.local_addr().unwrap());
+    let gw = start(cfg).await;
+    let (reply_to, mut outcomes) = sink::<TransactionOutcome>();
+    gw.addr.do_send(SendRequest {
+        req: out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]),
+        key: 41,
+        reply_to,
+    });
+    let (text, from) = recv_udp(&peer, 2000).await.expect("request");
+    assert_eq!(from, gw.local, "requests leave from the listening socket");
+    let req = parse_request(&text);
+    assert_eq!(req.via.len(), 1);
+    let via_prefix = format!("SIP/2.0/UDP {};branch=z9hG4bK", gw.local);
+    assert!(req.via[0].starts_with(&via_prefix), "{}", req.via[0]);
+    assert!(req.via[0].ends_with(";rport"), "{}", req.via[0]);
+    assert_eq!(req.call_id, "out-call-1");
+    assert_eq!(req.method, Method::Subscribe);
+
+    // 100 Trying is swallowed, 200 reported once, a retransmitted 200 ignored.
+    peer.send_to(answer(&req, 100, "Trying", "x").as_bytes(), gw.local)
+        .await
+        .unwrap();
+    assert!(next(&mut outcomes, 100).await.is_none());
+    let ok = answer(&req, 200, "OK", "ps-tag-9");
+    peer.send_to(ok.as_bytes(), gw.local).await.unwrap();
+    let out = next(&mut outcomes, 2000).await.expect("outcome");
+    assert_eq!(out.key, 41);
+    match out.result {
+        TxnResult::Response(r) => {
+            assert_eq!(r.status, 200);
+            assert_eq!(r.to.tag.as_deref(), Some("ps-tag-9"));
+            assert_eq!(r.call_id, "out-call-1");
+        }
+        other => panic!("expected a response, got {other:?}"),
+    }
+    peer.send_to(ok.as_bytes(), gw.local).await.unwrap();
+    assert!(next(&mut outcomes, 150).await.is_none());
+    // No retransmission after the final response.
+    while recv_udp(&peer, 10).await.is_some() {}
+    assert!(recv_udp(&peer, 6 * T1_MS).await.is_none());
+}
+
+#[actix_rt::test]
+async fn response_with_other_method_or_foreign_branch_is_ignored() {
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = config();
+    cfg.outbound_proxy = Some(peer.local_addr().unwrap());
+    let gw = start(cfg).await;
+    let (reply_to, mut outcomes) = sink::<TransactionOutcome>();
+    gw.addr.do_send(SendRequest {
+        req: out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]),
+        key: 5,
+        reply_to,
+    });
+    let (text, _) = recv_udp(&peer, 2000).await.unwrap();
+    let req = parse_request(&text);
+    let wrong_method = answer(&req, 200, "OK", "t").replace("CSeq: 1 SUBSCRIBE", "CSeq: 1 NOTIFY");
+    peer.send_to(wrong_method.as_bytes(), gw.local)
+        .await
+        .unwrap();
+    let foreign = answer(&req, 200, "OK", "t").replace(";branch=z9hG4bK", ";branch=z9hG4bKx");
+    peer.send_to(foreign.as_bytes(), gw.local).await.unwrap();
+    assert!(next(&mut outcomes, 200).await.is_none());
+}
+
+// ---- (c) retransmissions and Timer F --------------------------------------------------------
+
+#[actix_rt::test]
+async fn unanswered_udp_request_is_retransmitted_with_timer_e_and_times_out_at_timer_f() {
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = config();
+    cfg.outbound_proxy = Some(peer.local_addr().unwrap());
+    let gw = start(cfg).await;
+    let (reply_to, mut outcomes) = sink::<TransactionOutcome>();
+    let sent_at = Instant::now();
+    gw.addr.do_send(SendRequest {
+        req: out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]),
+        key: 7,
+        reply_to,
+    });
+    let mut arrivals = Vec::new();
+    let mut first = None;
+    while arrivals.len() < 5 {
+        let (text, _) = recv_udp(&peer, 2000).await.expect("(re)transmission");
+        arrivals.push(Instant::now());
+        match &first {
+            None => first = Some(text),
+            Some(f) => assert_eq!(&text, f, "retransmissions are identical"),
+        }
+    }
+    let gaps: Vec<u64> = arrivals
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis() as u64)
+        .collect();
+    // T1, 2*T1, 4*T1 = T2, then capped at T2.
+    let nominal = [T1_MS, 2 * T1_MS, 4 * T1_MS, 4 * T1_MS];
+    for (gap, nom) in gaps.iter().zip(nominal) {
+        assert!(
+            *gap + 5 >= nom && *gap <= nom + 60,
+            "gaps {gaps:?}, expected about {nominal:?}"
+        );
+    }
+    let out = next(&mut outcomes, 64 * T1_MS + 2000)
+        .await
+        .expect("timeout outcome");
+    let elapsed = sent_at.elapsed().as_millis() as u64;
+    assert_eq!(out.key, 7);
+    assert!(matches!(out.result, TxnResult::Timeout), "{:?}", out.result);
+    assert!(
+        (64 * T1_MS..64 * T1_MS + 500).contains(&elapsed),
+        "timed out after {elapsed} ms"
+    );
+    // Retransmissions stop with the transaction.
+    while recv_udp(&peer, 5).await.is_some() {}
+    assert!(recv_udp(&peer, 8 * T1_MS).await.is_none());
+    assert_eq!(gw.addr.send(GetStats).await.unwrap().client_txns, 0);
+}
+
+#[actix_rt::test]
+async fn provisional_response_slows_retransmissions_to_t2() {
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = config();
+    cfg.outbound_proxy = Some(peer.local_addr().unwrap());
+    let gw = start(cfg).await;
+    let (reply_to, _outcomes) = sink::<TransactionOutcome>();
+    gw.addr.do_send(SendRequest {
+        req: out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]),
+        key: 8,
+        reply_to,
+    });
+    let (text, _) = recv_udp(&peer, 2000).await.unwrap();
+    let req = parse_request(&text);
+    peer.send_to(answer(&req, 100, "Trying", "x").as_bytes(), gw.local)
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let _ = recv_udp(&peer, 2000)
+        .await
+        .expect("retransmission in Proceeding");
+    let gap = t0.elapsed().as_millis() as u64;
+    assert!(
+        gap + 5 >= 4 * T1_MS,
+        "retransmitted after {gap} ms, expected T2"
+    );
+}
+
+// ---- (d) TCP ---------------------------------------------------------------------------------
+
+#[actix_rt::test]
+async fn tcp_inbound_framing_two_in_one_write_and_one_split_in_three() {
+    let mut gw = start(config()).await;
+    let mut s = TcpStream::connect(gw.local).await.unwrap();
+    let my_addr = s.local_addr().unwrap();
+    let r1 = subscribe_text("z9hG4bKt1", "tcp-1", "127.0.0.1:5070").replace("/UDP", "/TCP");
+    let r2 = subscribe_text("z9hG4bKt2", "tcp-2", "127.0.0.1:5070").replace("/UDP", "/TCP");
+    let r3 = subscribe_text("z9hG4bKt3", "tcp-3", "127.0.0.1:5070").replace("/UDP", "/TCP");
+    s.write_all(format!("{r1}{r2}").as_bytes()).await.unwrap();
+    let b = r3.as_bytes();
+    for part in [&b[..10], &b[10..120], &b[120..]] {
+        s.write_all(part).await.unwrap();
+        s.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next(&mut gw.inbound, 2000).await.expect("request over TCP"));
+    }
+    let ids: Vec<&str> = got.iter().map(|g| g.req.call_id.as_str()).collect();
+    assert_eq!(ids, ["tcp-1", "tcp-2", "tcp-3"]);
+    for g in &got {
+        assert_eq!(g.source.transport, Transport::Tcp);
+        assert_eq!(g.source.peer, my_addr);
+        assert!(g.source.conn_id.is_some());
+    }
+    // The response goes back on the same connection.
+    let resp = OutResponse::to_request(&got[1].req, 200, Some("gt"));
+    let mut expected = Vec::new();
+    encode_response(&resp, &mut expected);
+    gw.addr.do_send(SendResponse {
+        txn: got[1].txn,
+        resp,
+    });
+    let mut pending = Vec::new();
+    let text = read_tcp_message(&mut s, &mut pending)
+        .await
+        .expect("response");
+    assert_eq!(text.as_bytes(), expected.as_slice());
+
+    // TCP has no Timer J: the answered transaction is gone at once, the two others remain.
+    assert_eq!(gw.addr.send(GetStats).await.unwrap().server_txns, 2);
+
+    let conns = gw.addr.send(GetConnections).await.unwrap();
+    assert_eq!(
+        conns,
+        vec![ConnInfo {
+            conn_id: got[0].source.conn_id.unwrap(),
+            peer: my_addr,
+            outbound: false,
+            nodelay: true,
+        }]
+    );
+}
+
+#[actix_rt::test]
+async fn tcp_framing_error_closes_the_connection_and_serving_continues() {
+    let mut gw = start(config()).await;
+    let mut s = TcpStream::connect(gw.local).await.unwrap();
+    // No Content-Length on a stream: the message cannot be framed.
+    let bad =
+        subscribe_text("z9hG4bKb1", "bad", "127.0.0.1:5070").replace("Content-Length: 0\r\n", "");
+    s.write_all(bad.as_bytes()).await.unwrap();
+    let mut pending = Vec::new();
+    // Whatever is written back (a 400 if the framer could answer), the connection ends.
+    while read_tcp_message(&mut s, &mut pending).await.is_some() {}
+    assert!(next(&mut gw.inbound, 100).await.is_none());
+    let mut s2 = TcpStream::connect(gw.local).await.unwrap();
+    let good = subscribe_text("z9hG4bKb2", "good", "127.0.0.1:5070");
+    s2.write_all(good.as_bytes()).await.unwrap();
+    let got = next(&mut gw.inbound, 2000).await.expect("still serving");
+    assert_eq!(got.req.call_id, "good");
+}
+
+#[actix_rt::test]
+async fn tcp_outbound_connection_has_nodelay_is_reused_and_carries_the_response() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = config();
+    cfg.outbound_proxy = Some(listener.local_addr().unwrap());
+    cfg.request_transport = Transport::Tcp;
+    let gw = start(cfg).await;
+    let (reply_to, mut outcomes) = sink::<TransactionOutcome>();
+    gw.addr.do_send(SendRequest {
+        req: out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]),
+        key: 1,
+        reply_to: reply_to.clone(),
+    });
+    let (mut s, _) = tokio::time::timeout(Duration::from_secs(2), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut pending = Vec::new();
+    let text = read_tcp_message(&mut s, &mut pending)
+        .await
+        .expect("request");
+    let req = parse_request(&text);
+    let via_prefix = format!("SIP/2.0/TCP {};branch=z9hG4bK", gw.local);
+    assert!(req.via[0].starts_with(&via_prefix), "{}", req.via[0]);
+    s.write_all(answer(&req, 200, "OK", "tt").as_bytes())
+        .await
+        .unwrap();
+    let out = next(&mut outcomes, 2000).await.expect("outcome");
+    assert_eq!(out.key, 1);
+    match out.result {
+        TxnResult::Response(r) => assert_eq!((r.status, r.to.tag.as_deref()), (200, Some("tt"))),
+        other => panic!("{other:?}"),
+    }
+
+    // A second request reuses the connection.
+    let mut second = out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]);
+    second.cseq = 2;
+    gw.addr.do_send(SendRequest {
+        req: second,
+        key: 2,
+        reply_to,
+    });
+    let text = read_tcp_message(&mut s, &mut pending)
+        .await
+        .expect("second request");
+    assert_eq!(parse_request(&text).cseq, 2);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), listener.accept())
+            .await
+            .is_err(),
+        "no second connection"
+    );
+    let conns = gw.addr.send(GetConnections).await.unwrap();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].peer, listener.local_addr().unwrap());
+    assert!(conns[0].outbound);
+    assert!(conns[0].nodelay);
+
+    // TCP: no retransmission; the connection closing fails the open transaction.
+    drop(s);
+    let out = next(&mut outcomes, 2000)
+        .await
+        .expect("outcome after close");
+    assert_eq!(out.key, 2);
+    assert!(
+        matches!(out.result, TxnResult::TransportError(_)),
+        "{:?}",
+        out.result
+    );
+}
+
+#[actix_rt::test]
+async fn tcp_connect_failure_is_a_transport_error() {
+    // Bind then drop a listener: its port now refuses connections.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut cfg = config();
+    cfg.outbound_proxy = Some(port);
+    cfg.request_transport = Transport::Tcp;
+    let gw = start(cfg).await;
+    let (reply_to, mut outcomes) = sink::<TransactionOutcome>();
+    gw.addr.do_send(SendRequest {
+        req: out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]),
+        key: 3,
+        reply_to,
+    });
+    let out = next(&mut outcomes, 2000).await.expect("outcome");
+    assert_eq!(out.key, 3);
+    assert!(
+        matches!(out.result, TxnResult::TransportError(_)),
+        "{:?}",
+        out.result
+    );
+}
+
+// ---- (e) malformed input -------------------------------------------------------------------
+
+#[actix_rt::test]
+async fn garbage_is_dropped_and_request_without_call_id_gets_400_naming_it() {
+    let mut gw = start(config()).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for junk in [
+        &b"hello\x00\xff\xfe"[..],
+        b"\r\n\r\n",
+        b"SIP/2.0 200",
+        b"INVITE\r\n\r\n",
+    ] {
+        peer.send_to(junk, gw.local).await.unwrap();
+    }
+    let no_call_id =
+        subscribe_text("z9hG4bKe1", "x", "127.0.0.1:5070").replace("Call-ID: x\r\n", "");
+    peer.send_to(no_call_id.as_bytes(), gw.local).await.unwrap();
+    let (text, _) = recv_udp(&peer, 2000).await.expect("400");
+    let status_line = text.lines().next().unwrap_or("");
+    assert!(status_line.starts_with("SIP/2.0 400 "), "{status_line}");
+    assert!(status_line.contains("Call-ID"), "{status_line}");
+    assert!(
+        text.contains("Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKe1\r\n"),
+        "{text}"
+    );
+    assert!(next(&mut gw.inbound, 100).await.is_none());
+
+    // Still serving.
+    let good = subscribe_text("z9hG4bKe2", "after-junk", "127.0.0.1:5070");
+    peer.send_to(good.as_bytes(), gw.local).await.unwrap();
+    let got = next(&mut gw.inbound, 2000).await.expect("still serving");
+    assert_eq!(got.req.call_id, "after-junk");
+}
+
+#[actix_rt::test]
+async fn ack_and_unknown_responses_are_dropped() {
+    let mut gw = start(config()).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ack = subscribe_text("z9hG4bKk1", "ack", "127.0.0.1:5070")
+        .replace("SUBSCRIBE sip:", "ACK sip:")
+        .replace("7 SUBSCRIBE", "7 ACK");
+    peer.send_to(ack.as_bytes(), gw.local).await.unwrap();
+    let req = parse_request(&subscribe_text("z9hG4bKk2", "resp", "127.0.0.1:5070"));
+    peer.send_to(answer(&req, 200, "OK", "z").as_bytes(), gw.local)
+        .await
+        .unwrap();
+    assert!(next(&mut gw.inbound, 150).await.is_none());
+    assert!(recv_udp(&peer, 50).await.is_none());
+}
+
+// ---- (f) destinations ----------------------------------------------------------------------
+
+#[actix_rt::test]
+async fn in_dialog_request_follows_the_first_route() {
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = peer.local_addr().unwrap().port();
+    let gw = start(config()).await; // no outbound proxy
+    let (reply_to, _outcomes) = sink::<TransactionOutcome>();
+    let route = format!("<sip:127.0.0.1:{port};lr>");
+    gw.addr.do_send(SendRequest {
+        req: out_subscribe(
+            Destination::InDialog,
+            "sip:juliet@127.0.0.1:9;transport=udp",
+            vec![route],
+        ),
+        key: 9,
+        reply_to,
+    });
+    let (text, _) = recv_udp(&peer, 2000).await.expect("request at the Route");
+    let req = parse_request(&text);
+    assert_eq!(req.uri, "sip:juliet@127.0.0.1:9;transport=udp");
+    assert_eq!(req.call_id, "out-call-1");
+}
+
+#[actix_rt::test]
+async fn in_dialog_request_without_route_goes_to_the_request_uri() {
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = peer.local_addr().unwrap().port();
+    let gw = start(config()).await;
+    let (reply_to, _outcomes) = sink::<TransactionOutcome>();
+    gw.addr.do_send(SendRequest {
+        req: out_subscribe(
+            Destination::InDialog,
+            &format!("sip:juliet@localhost:{port}"),
+            vec![],
+        ),
+        key: 10,
+        reply_to,
+    });
+    let (text, _) = recv_udp(&peer, 2000)
+        .await
+        .expect("request at the Request-URI");
+    assert_eq!(parse_request(&text).call_id, "out-call-1");
+}
+
+#[actix_rt::test]
+async fn outbound_proxy_destination_without_proxy_is_a_transport_error() {
+    let gw = start(config()).await;
+    let (reply_to, mut outcomes) = sink::<TransactionOutcome>();
+    gw.addr.do_send(SendRequest {
+        req: out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]),
+        key: 11,
+        reply_to,
+    });
+    let out = next(&mut outcomes, 2000).await.expect("outcome");
+    assert_eq!(out.key, 11);
+    match out.result {
+        TxnResult::TransportError(e) => {
+            assert_eq!(e, "no outbound proxy configured (sip.server_address)")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[actix_rt::test]
+async fn tcp_burst_of_two_thousand_requests_is_delivered_and_answered_in_order() {
+    let mut gw = start(config()).await;
+    let mut s = TcpStream::connect(gw.local).await.unwrap();
+    let mut burst = String::new();
+    for i in 0..2000 {
+        burst.push_str(
+            &subscribe_text(
+                &format!("z9hG4bKburst{i}"),
+                &format!("b{i}"),
+                "127.0.0.1:5070",
+            )
+            .replace("/UDP", "/TCP"),
+        );
+    }
+    let (mut rd, mut wr) = s.split();
+    let write = async {
+        wr.write_all(burst.as_bytes()).await.unwrap();
+    };
+    let deliver = async {
+        for i in 0..2000 {
+            let got = next(&mut gw.inbound, 5000).await.expect("burst request");
+            assert_eq!(got.req.call_id, format!("b{i}"));
+            gw.addr.do_send(SendResponse {
+                txn: got.txn,
+                resp: OutResponse::to_request(&got.req, 200, Some("t")),
+            });
+        }
+    };
+    let read = async {
+        let mut pending = Vec::new();
+        let mut count = 0;
+        let mut buf = vec![0u8; 65536];
+        while count < 2000 {
+            let n = tokio::time::timeout(Duration::from_secs(5), rd.read(&mut buf))
+                .await
+                .expect("responses keep coming")
+                .unwrap();
+            assert!(n > 0, "connection closed after {count} responses");
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                assert!(head.contains(&format!("Call-ID: b{count}\r\n")), "{head}");
+                pending.drain(..end + 4); // responses have no body
+                count += 1;
+            }
+        }
+    };
+    tokio::join!(write, deliver, read);
+    assert_eq!(gw.addr.send(GetStats).await.unwrap().server_txns, 0);
+}
