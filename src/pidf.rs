@@ -1,1 +1,1387 @@
-//! (to be written)
+//! PIDF (RFC 3863) with the data model (RFC 4479) and RPID (RFC 4480): a tolerant, bounded
+//! parser for what SIP presence servers send, and the writer for what we send (§3.1, §3.2, §4.6).
+//!
+//! The parser is a hand-driven quick-xml `NsReader` over the body bytes: elements are matched by
+//! namespace URI + local name (prefixes vary between servers), text is joined across entity
+//! references, and nothing but the five predefined entities and character references is ever
+//! expanded. A DOCTYPE is refused outright (XXE, "billion laughs", case 69).
+
+use crate::presence::XmppAggregate;
+use crate::stanza::Show;
+use crate::xml::{escape_attr, escape_text};
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::{Namespace, ResolveResult};
+use quick_xml::{NsReader, XmlVersion};
+use sha1::{Digest, Sha1};
+use std::fmt::Write as _;
+
+pub const NS_PIDF: &str = "urn:ietf:params:xml:ns:pidf";
+pub const NS_DM: &str = "urn:ietf:params:xml:ns:pidf:data-model";
+pub const NS_RPID: &str = "urn:ietf:params:xml:ns:pidf:rpid";
+/// Pre-RFC RPID, still sent by old clients; accepted on input, never emitted.
+pub const NS_RPID_LEGACY: &str = "urn:ietf:params:xml:ns:pidf:status:rpid-status";
+
+/// Elements allowed in one body; a presence document has a few dozen.
+pub const MAX_ELEMENTS: usize = 2048;
+/// Nesting allowed; PIDF needs about 5 levels.
+pub const MAX_DEPTH: usize = 32;
+/// ◆ §4.6 / §5.3: status and note text longer than this is cut (on a char boundary).
+pub const MAX_STATUS_CHARS: usize = 1024;
+
+/// `<basic>` of a tuple. A missing or unrecognized value is `Unknown`, never open (§5.3 step 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Basic {
+    Open,
+    Closed,
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Note {
+    pub lang: Option<String>,
+    pub text: String,
+}
+
+/// One RPID activity: the local name of the element (`away`, `on-the-phone`, `other`,
+/// `unknown`...), with the free text of `<other>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Activity {
+    pub name: String,
+    pub other_text: Option<String>,
+}
+
+/// An `rpid:activities` (or legacy `es:activities`) element. `from`/`until` are kept so the
+/// validity window is checked against the `now` of the caller, not at parse time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Activities {
+    pub items: Vec<Activity>,
+    pub notes: Vec<Note>,
+    /// Unix seconds.
+    pub from: Option<i64>,
+    /// Unix seconds.
+    pub until: Option<i64>,
+}
+
+impl Activities {
+    /// RFC 4480: outside its `from`/`until` window an activities element does not apply.
+    pub fn valid_at(&self, now_unix: i64) -> bool {
+        self.from.map_or(true, |f| f <= now_unix) && self.until.map_or(true, |u| u >= now_unix)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    /// Any string, as received (Asterisk sends `id="1000"`).
+    pub id: String,
+    pub basic: Basic,
+    /// `<basic>` had surrounding whitespace, odd case, or an unknown value: the caller WARNs
+    /// (case 63).
+    pub basic_irregular: bool,
+    /// Activities in the tuple or in its `<status>` (older clients put them there).
+    pub activities: Option<Activities>,
+    /// `contact/@priority` × 1000 (qvalue with at most 3 decimals).
+    pub priority_milli: Option<u16>,
+    pub contact: Option<String>,
+    pub notes: Vec<Note>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Person {
+    pub activities: Option<Activities>,
+    pub notes: Vec<Note>,
+    /// `rpid:user-input`: `Some(true)` = idle, `Some(false)` = active.
+    pub user_input_idle: Option<bool>,
+    /// `user-input/@last-input`, unix seconds.
+    pub last_input: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PidfDoc {
+    pub entity: String,
+    pub tuples: Vec<Tuple>,
+    /// The first `dm:person`; later ones are ignored (◆ §5.3 step 1).
+    pub person: Option<Person>,
+    /// Presence-level notes.
+    pub notes: Vec<Note>,
+}
+
+/// Why a body was refused. All of them mean "keep the previous state and WARN" for a NOTIFY
+/// (§5.2 row 9), except `TooLarge`, which the caller may answer with 413.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PidfError {
+    TooLarge,
+    Doctype,
+    NotWellFormed(String),
+    /// Well-formed, but the root is not `{urn:ietf:params:xml:ns:pidf}presence`.
+    NotPidf,
+    /// More than [`MAX_ELEMENTS`] elements or nesting deeper than [`MAX_DEPTH`].
+    TooManyElements,
+}
+
+impl std::fmt::Display for PidfError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PidfError::TooLarge => f.write_str("PIDF body too large"),
+            PidfError::Doctype => f.write_str("PIDF body has a DOCTYPE (refused)"),
+            PidfError::NotWellFormed(e) => write!(f, "PIDF body not well-formed: {e}"),
+            PidfError::NotPidf => f.write_str("root element is not a PIDF <presence>"),
+            PidfError::TooManyElements => f.write_str("PIDF body has too many or too deeply nested elements"),
+        }
+    }
+}
+
+impl std::error::Error for PidfError {}
+
+fn nwf(e: impl std::fmt::Display) -> PidfError {
+    PidfError::NotWellFormed(e.to_string())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ns {
+    Pidf,
+    Dm,
+    Rpid,
+    Legacy,
+    Other,
+}
+
+fn ns_of(r: &ResolveResult<'_>) -> Ns {
+    match r {
+        ResolveResult::Bound(Namespace(n)) => match *n {
+            NS_PIDF => Ns::Pidf,
+            NS_DM => Ns::Dm,
+            NS_RPID => Ns::Rpid,
+            NS_RPID_LEGACY => Ns::Legacy,
+            _ => Ns::Other,
+        },
+        _ => Ns::Other,
+    }
+}
+
+/// What an open element is, for the parser's stack.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Presence,
+    Tuple,
+    Status,
+    Basic,
+    Contact,
+    TupleNote,
+    PresenceNote,
+    Person,
+    PersonNote,
+    /// `rpid:activities` or legacy `es:activities`; `true` = legacy.
+    Activities(bool),
+    ActivityItem,
+    ActivityOther,
+    ActivityNote,
+    LegacyActivity,
+    UserInput,
+    /// Ignored subtree (unknown extension, second person...).
+    Other,
+}
+
+impl Kind {
+    fn captures_text(self) -> bool {
+        matches!(
+            self,
+            Kind::Basic
+                | Kind::Contact
+                | Kind::TupleNote
+                | Kind::PresenceNote
+                | Kind::PersonNote
+                | Kind::ActivityOther
+                | Kind::ActivityNote
+                | Kind::LegacyActivity
+                | Kind::UserInput
+        )
+    }
+}
+
+/// Where the activities being read belong.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Tuple,
+    Person,
+}
+
+struct Parser {
+    doc: PidfDoc,
+    stack: Vec<Kind>,
+    /// (depth, lang) for elements carrying `xml:lang`, innermost last (inherited by notes).
+    langs: Vec<(usize, String)>,
+    text: String,
+    tuple: Option<Tuple>,
+    person: Option<Person>,
+    person_poisoned: bool,
+    acts: Option<(Owner, Activities)>,
+    acts_poisoned: bool,
+    user_input_poisoned: bool,
+    user_input_last: Option<i64>,
+    elements: usize,
+    root_done: bool,
+    not_pidf: bool,
+}
+
+/// Parses a PIDF body of at most `max_size` octets.
+pub fn parse(body: &[u8], max_size: usize) -> Result<PidfDoc, PidfError> {
+    if body.len() > max_size {
+        return Err(PidfError::TooLarge);
+    }
+    let mut reader = NsReader::from_reader(body);
+    let mut p = Parser {
+        doc: PidfDoc {
+            entity: String::new(),
+            tuples: Vec::new(),
+            person: None,
+            notes: Vec::new(),
+        },
+        stack: Vec::with_capacity(8),
+        langs: Vec::new(),
+        text: String::new(),
+        tuple: None,
+        person: None,
+        person_poisoned: false,
+        acts: None,
+        acts_poisoned: false,
+        user_input_poisoned: false,
+        user_input_last: None,
+        elements: 0,
+        root_done: false,
+        not_pidf: false,
+    };
+    loop {
+        let (ns, ev) = reader.read_resolved_event().map_err(nwf)?;
+        let ns = ns_of(&ns);
+        match ev {
+            Event::Start(e) => p.start(ns, &e)?,
+            Event::Empty(e) => {
+                p.start(ns, &e)?;
+                p.end();
+            }
+            Event::End(_) => p.end(),
+            Event::Text(t) => {
+                let s = t.xml10_content();
+                p.text_event(&s)?;
+            }
+            Event::CData(t) => {
+                if p.stack.is_empty() {
+                    return Err(nwf("CDATA outside the root element"));
+                }
+                let s = t.xml10_content();
+                p.push_text(&s);
+            }
+            Event::GeneralRef(r) => {
+                if p.stack.is_empty() {
+                    return Err(nwf("reference outside the root element"));
+                }
+                let mut buf = [0u8; 4];
+                match r.resolve_char_ref().map_err(nwf)? {
+                    Some(ch) => p.push_text(ch.encode_utf8(&mut buf)),
+                    None => match quick_xml::escape::resolve_predefined_entity(&r) {
+                        Some(s) => p.push_text(s),
+                        None => return Err(nwf(format_args!("undefined entity &{};", &*r))),
+                    },
+                }
+            }
+            Event::DocType(_) => return Err(PidfError::Doctype),
+            Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
+            Event::Eof => break,
+        }
+    }
+    if !p.root_done || !p.stack.is_empty() {
+        return Err(nwf("unexpected end of document"));
+    }
+    if p.not_pidf {
+        return Err(PidfError::NotPidf);
+    }
+    p.doc.person = p.person;
+    Ok(p.doc)
+}
+
+impl Parser {
+    fn lang(&self) -> Option<String> {
+        self.langs.last().map(|(_, l)| l.clone())
+    }
+
+    fn text_event(&mut self, s: &str) -> Result<(), PidfError> {
+        if self.stack.is_empty() {
+            if s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+                return Ok(());
+            }
+            return Err(nwf("text outside the root element"));
+        }
+        self.push_text(s);
+        Ok(())
+    }
+
+    fn push_text(&mut self, s: &str) {
+        if self.stack.last().is_some_and(|k| k.captures_text()) && self.text.len() < 64 * 1024 {
+            self.text.push_str(s);
+        }
+    }
+
+    fn start(&mut self, ns: Ns, e: &BytesStart<'_>) -> Result<(), PidfError> {
+        self.elements += 1;
+        if self.elements > MAX_ELEMENTS || self.stack.len() >= MAX_DEPTH {
+            return Err(PidfError::TooManyElements);
+        }
+        let name = e.local_name();
+        let local = name.into_inner();
+        let parent = match self.stack.last() {
+            Some(k) => *k,
+            None => {
+                if self.root_done {
+                    return Err(nwf("more than one root element"));
+                }
+                if ns != Ns::Pidf || local != "presence" {
+                    // Read on, so a broken body is reported as such rather than as "not PIDF".
+                    self.not_pidf = true;
+                    self.stack.push(Kind::Other);
+                    return Ok(());
+                }
+                let (mut entity, mut lang) = (None, None);
+                self.attrs(e, |k, v| match k {
+                    "entity" => entity = Some(v.to_owned()),
+                    "xml:lang" => lang = Some(v.to_owned()),
+                    _ => {}
+                })?;
+                self.doc.entity = entity.unwrap_or_default();
+                if let Some(l) = lang {
+                    self.langs.push((0, l));
+                }
+                self.stack.push(Kind::Presence);
+                return Ok(());
+            }
+        };
+        let kind = match (parent, ns, local) {
+            (Kind::Presence, Ns::Pidf, "tuple") => {
+                let mut id = String::new();
+                self.attrs(e, |k, v| {
+                    if k == "id" {
+                        id = v.to_owned();
+                    }
+                })?;
+                self.tuple = Some(Tuple {
+                    id,
+                    basic: Basic::Unknown,
+                    basic_irregular: false,
+                    activities: None,
+                    priority_milli: None,
+                    contact: None,
+                    notes: Vec::new(),
+                });
+                Kind::Tuple
+            }
+            (Kind::Presence, Ns::Pidf, "note") => Kind::PresenceNote,
+            (Kind::Presence, Ns::Dm, "person") if self.person.is_none() => {
+                self.person = Some(Person::default());
+                self.person_poisoned = false;
+                Kind::Person
+            }
+            (Kind::Tuple, Ns::Pidf, "status") => Kind::Status,
+            (Kind::Tuple, Ns::Pidf, "contact") => {
+                let mut prio = None;
+                self.attrs(e, |k, v| {
+                    if k == "priority" {
+                        prio = parse_qvalue(v);
+                    }
+                })?;
+                if let Some(t) = &mut self.tuple {
+                    t.priority_milli = prio;
+                }
+                Kind::Contact
+            }
+            (Kind::Tuple, Ns::Pidf, "note") => Kind::TupleNote,
+            (Kind::Status, Ns::Pidf, "basic") => Kind::Basic,
+            (Kind::Tuple | Kind::Status | Kind::Person, Ns::Rpid | Ns::Legacy, "activities") => {
+                let mut acts = Activities::default();
+                self.attrs(e, |k, v| match k {
+                    "from" => acts.from = parse_datetime(v),
+                    "until" => acts.until = parse_datetime(v),
+                    _ => {}
+                })?;
+                let owner = if parent == Kind::Person { Owner::Person } else { Owner::Tuple };
+                self.acts = Some((owner, acts));
+                self.acts_poisoned = false;
+                Kind::Activities(ns == Ns::Legacy)
+            }
+            (Kind::Person, Ns::Dm, "note") => Kind::PersonNote,
+            (Kind::Person, Ns::Rpid, "user-input") => {
+                let mut last = None;
+                self.attrs(e, |k, v| {
+                    if k == "last-input" {
+                        last = parse_datetime(v);
+                    }
+                })?;
+                self.user_input_last = last;
+                self.user_input_poisoned = false;
+                Kind::UserInput
+            }
+            (Kind::Activities(false), Ns::Rpid, "note") => Kind::ActivityNote,
+            (Kind::Activities(false), Ns::Rpid, "other") => Kind::ActivityOther,
+            (Kind::Activities(false), Ns::Rpid, name) => {
+                self.push_activity(name);
+                Kind::ActivityItem
+            }
+            (Kind::Activities(true), Ns::Legacy, "activity") => Kind::LegacyActivity,
+            (Kind::Activities(true), Ns::Legacy, "note") => Kind::ActivityNote,
+            _ => {
+                if matches!(parent, Kind::Activities(_) | Kind::Person | Kind::UserInput)
+                    && must_understand(e)
+                {
+                    // §3.1: an element we must understand but do not, inside an extension we
+                    // know: ignore that whole extension, never act on it partially (case 66).
+                    match parent {
+                        Kind::Activities(_) => self.acts_poisoned = true,
+                        Kind::Person => self.person_poisoned = true,
+                        _ => self.user_input_poisoned = true,
+                    }
+                }
+                Kind::Other
+            }
+        };
+        if kind.captures_text() {
+            self.text.clear();
+        }
+        if kind != Kind::Other {
+            let mut lang = None;
+            self.attrs(e, |k, v| {
+                if k == "xml:lang" {
+                    lang = Some(v.to_owned());
+                }
+            })?;
+            if let Some(l) = lang {
+                self.langs.push((self.stack.len(), l));
+            }
+        }
+        self.stack.push(kind);
+        Ok(())
+    }
+
+    fn push_activity(&mut self, name: &str) {
+        if let Some((_, a)) = &mut self.acts {
+            if a.items.len() < 32 {
+                a.items.push(Activity {
+                    name: name.to_owned(),
+                    other_text: None,
+                });
+            }
+        }
+    }
+
+    /// Calls `f(qualified name, value)` for each attribute; entities in values are limited to
+    /// the predefined ones and character references.
+    fn attrs(&self, e: &BytesStart<'_>, mut f: impl FnMut(&str, &str)) -> Result<(), PidfError> {
+        for a in e.attributes() {
+            let a = a.map_err(nwf)?;
+            let v = a.normalized_value(XmlVersion::Implicit1_0).map_err(nwf)?;
+            f(a.key.into_inner(), &v);
+        }
+        Ok(())
+    }
+
+    fn take_note(&mut self) -> Option<Note> {
+        let text = trim_xml(&self.text);
+        if text.is_empty() {
+            return None;
+        }
+        Some(Note {
+            lang: self.lang(),
+            text: crate::xml::truncate_chars(text, MAX_STATUS_CHARS).to_owned(),
+        })
+    }
+
+    fn end(&mut self) {
+        let Some(kind) = self.stack.pop() else { return };
+        let depth = self.stack.len();
+        match kind {
+            Kind::Presence => self.root_done = true,
+            Kind::Tuple => {
+                if let Some(t) = self.tuple.take() {
+                    self.doc.tuples.push(t);
+                }
+            }
+            Kind::Basic => {
+                let raw = self.text.as_str();
+                let t = trim_xml(raw);
+                let (basic, exact) = if t.eq_ignore_ascii_case("open") {
+                    (Basic::Open, raw == "open")
+                } else if t.eq_ignore_ascii_case("closed") {
+                    (Basic::Closed, raw == "closed")
+                } else {
+                    (Basic::Unknown, false)
+                };
+                if let Some(tu) = &mut self.tuple {
+                    tu.basic = basic;
+                    tu.basic_irregular = !exact;
+                }
+            }
+            Kind::Contact => {
+                let c = trim_xml(&self.text);
+                if let Some(tu) = &mut self.tuple {
+                    if !c.is_empty() {
+                        tu.contact = Some(c.to_owned());
+                    }
+                }
+            }
+            Kind::TupleNote => {
+                if let Some(n) = self.take_note() {
+                    if let Some(tu) = &mut self.tuple {
+                        tu.notes.push(n);
+                    }
+                }
+            }
+            Kind::PresenceNote => {
+                if let Some(n) = self.take_note() {
+                    self.doc.notes.push(n);
+                }
+            }
+            Kind::PersonNote => {
+                if let Some(n) = self.take_note() {
+                    if let Some(p) = &mut self.person {
+                        p.notes.push(n);
+                    }
+                }
+            }
+            Kind::ActivityNote => {
+                if let Some(n) = self.take_note() {
+                    if let Some((_, a)) = &mut self.acts {
+                        a.notes.push(n);
+                    }
+                }
+            }
+            Kind::ActivityOther => {
+                let t = trim_xml(&self.text);
+                let t = crate::xml::truncate_chars(t, MAX_STATUS_CHARS);
+                if let Some((_, a)) = &mut self.acts {
+                    a.items.push(Activity {
+                        name: "other".to_owned(),
+                        other_text: (!t.is_empty()).then(|| t.to_owned()),
+                    });
+                }
+            }
+            Kind::LegacyActivity => {
+                let t = trim_xml(&self.text).to_owned();
+                if !t.is_empty() {
+                    self.text.clear();
+                    self.push_activity_owned(t);
+                }
+            }
+            Kind::UserInput => {
+                let t = trim_xml(&self.text);
+                let idle = if t.eq_ignore_ascii_case("idle") {
+                    Some(true)
+                } else if t.eq_ignore_ascii_case("active") {
+                    Some(false)
+                } else {
+                    None
+                };
+                if let Some(p) = &mut self.person {
+                    if !self.user_input_poisoned && idle.is_some() {
+                        p.user_input_idle = idle;
+                        p.last_input = self.user_input_last;
+                    }
+                }
+            }
+            Kind::Activities(_) => {
+                if let Some((owner, acts)) = self.acts.take() {
+                    if !self.acts_poisoned {
+                        let slot = match owner {
+                            Owner::Tuple => self.tuple.as_mut().map(|t| &mut t.activities),
+                            Owner::Person => self.person.as_mut().map(|p| &mut p.activities),
+                        };
+                        if let Some(slot) = slot {
+                            match slot {
+                                // Activities both in the tuple and in its status: merge.
+                                Some(prev) => {
+                                    prev.items.extend(acts.items);
+                                    prev.notes.extend(acts.notes);
+                                }
+                                None => *slot = Some(acts),
+                            }
+                        }
+                    }
+                }
+            }
+            Kind::Person => {
+                if self.person_poisoned {
+                    // Keep "a person was seen" so later persons stay ignored, but drop content.
+                    self.person = Some(Person::default());
+                }
+            }
+            Kind::Other if depth == 0 => self.root_done = true,
+            Kind::Status | Kind::ActivityItem | Kind::Other => {}
+        }
+        while self.langs.last().is_some_and(|(d, _)| *d >= depth) {
+            self.langs.pop();
+        }
+    }
+
+    fn push_activity_owned(&mut self, name: String) {
+        if let Some((_, a)) = &mut self.acts {
+            if a.items.len() < 32 {
+                a.items.push(Activity { name, other_text: None });
+            }
+        }
+    }
+}
+
+fn must_understand(e: &BytesStart<'_>) -> bool {
+    e.attributes().flatten().any(|a| {
+        a.key.local_name().into_inner() == "mustUnderstand"
+            && matches!(trim_xml(&a.value), "true" | "1")
+    })
+}
+
+fn trim_xml(s: &str) -> &str {
+    s.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
+}
+
+/// A SIP qvalue (`0`, `0.5`, `1.000`) as thousandths; more than 3 decimals are cut.
+fn parse_qvalue(s: &str) -> Option<u16> {
+    let s = trim_xml(s);
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (s, ""),
+    };
+    if int.len() != 1 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole = match int {
+        "0" => 0u16,
+        "1" => 1000,
+        _ => return None,
+    };
+    let mut milli = 0u16;
+    let mut scale = 100u16;
+    for b in frac.bytes().take(3) {
+        milli += u16::from(b - b'0') * scale;
+        scale /= 10;
+    }
+    Some((whole + milli).min(1000))
+}
+
+/// `xs:dateTime` (`2026-11-26T05:44:22.5Z`, `...+01:00`, no zone = UTC) to unix seconds.
+pub fn parse_datetime(s: &str) -> Option<i64> {
+    let s = trim_xml(s).as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let d = s.get(r)?;
+        if d.is_empty() || !d.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let mut v = 0i64;
+        for b in d {
+            v = v * 10 + i64::from(b - b'0');
+        }
+        Some(v)
+    };
+    // Year may have more than 4 digits and a leading '-'; presence documents never do.
+    let year = num(0..4)?;
+    if s.get(4) != Some(&b'-') || s.get(7) != Some(&b'-') || !matches!(s.get(10), Some(b'T' | b't')) {
+        return None;
+    }
+    let month = num(5..7)?;
+    let day = num(8..10)?;
+    if s.get(13) != Some(&b':') || s.get(16) != Some(&b':') {
+        return None;
+    }
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 24 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        while s.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+    }
+    let offset = match s.get(i) {
+        None => 0,
+        Some(b'Z' | b'z') if i + 1 == s.len() => 0,
+        Some(&sign @ (b'+' | b'-')) if i + 6 == s.len() && s.get(i + 3) == Some(&b':') => {
+            let o = num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60;
+            if sign == b'+' {
+                o
+            } else {
+                -o
+            }
+        }
+        _ => return None,
+    };
+    Some(days_from_civil(year, month, day) * 86400 + h * 3600 + mi * 60 + sec - offset)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generation (§4.6)
+
+/// ◆ §4.6 tuple id: `ID-<resource>` when that is a valid, short NCName tail, else a SHA-1 prefix.
+pub fn tuple_id(resource: &str, out: &mut String) {
+    out.push_str("ID-");
+    let plain = (1..=64).contains(&resource.len())
+        && resource
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if plain {
+        out.push_str(resource);
+    } else {
+        out.push('x');
+        sha1_hex16(resource, out);
+    }
+}
+
+/// The first 16 hex digits of SHA-1(`s`).
+pub fn sha1_hex16(s: &str, out: &mut String) {
+    let digest = Sha1::digest(s.as_bytes());
+    for b in digest.iter().take(8) {
+        let _ = write!(out, "{b:02x}");
+    }
+}
+
+/// `<priority>` → qvalue: clamp(p, 0, 100) / 100 (`0`, `0.05`, `0.1`, `1`).
+fn write_qvalue(p: i8, out: &mut String) {
+    let p = p.clamp(0, 100);
+    match p {
+        0 => out.push('0'),
+        100 => out.push('1'),
+        _ => {
+            out.push_str("0.");
+            out.push(char::from(b'0' + (p / 10) as u8));
+            if p % 10 != 0 {
+                out.push(char::from(b'0' + (p % 10) as u8));
+            }
+        }
+    }
+}
+
+fn write_note(indent: &str, lang: Option<&str>, text: &str, out: &mut String) {
+    out.push_str(indent);
+    out.push_str("<note");
+    if let Some(l) = lang {
+        out.push_str(" xml:lang=\"");
+        escape_attr(out, l);
+        out.push('"');
+    }
+    out.push('>');
+    escape_text(out, crate::xml::truncate_chars(text, MAX_STATUS_CHARS));
+    out.push_str("</note>");
+}
+
+/// Writes the full-state PIDF for an XMPP presentity (§4.4, §4.6): `entity` is the `pres:` (or
+/// `sip:`) URI of the presentity, `contact` the SIP URI put in each tuple's `<contact>`.
+pub fn write_from_xmpp(entity: &str, contact: &str, agg: &XmppAggregate, out: &mut String) {
+    out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let top_show = agg.top().and_then(|(_, a)| a.show);
+    let activity = match top_show {
+        Some(Show::Away | Show::Xa) => Some("away"),
+        Some(Show::Dnd) => Some("busy"),
+        Some(Show::Chat) | None => None,
+    };
+    if activity.is_none() {
+        out.push_str("<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"");
+        escape_attr(out, entity);
+        out.push_str("\">\n");
+    } else {
+        out.push_str(
+            "<presence xmlns=\"urn:ietf:params:xml:ns:pidf\"\n          \
+             xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\"\n          \
+             xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\"\n          entity=\"",
+        );
+        escape_attr(out, entity);
+        out.push_str("\">\n");
+    }
+    if !agg.is_available() {
+        out.push_str("  <tuple id=\"ID-offline\"><status><basic>closed</basic></status>");
+        for s in agg.offline_statuses() {
+            write_note("", s.lang.as_deref(), &s.text, out);
+        }
+        out.push_str("</tuple>\n</presence>");
+        return;
+    }
+    for (res, a) in agg.resources() {
+        out.push_str("  <tuple id=\"");
+        tuple_id(res, out);
+        out.push_str("\">\n    <status><basic>open</basic></status>\n    <contact");
+        if let Some(p) = a.priority {
+            out.push_str(" priority=\"");
+            write_qvalue(p, out);
+            out.push('"');
+        }
+        out.push('>');
+        escape_text(out, contact);
+        out.push_str("</contact>\n");
+        for s in &a.statuses {
+            write_note("    ", s.lang.as_deref(), &s.text, out);
+            out.push('\n');
+        }
+        out.push_str("  </tuple>\n");
+    }
+    if let Some((_, top)) = agg.top() {
+        for s in &top.statuses {
+            write_note("  ", s.lang.as_deref(), &s.text, out);
+            out.push('\n');
+        }
+    }
+    if let Some(act) = activity {
+        out.push_str("  <dm:person id=\"p-1\">\n    <rpid:activities><rpid:");
+        out.push_str(act);
+        out.push_str("/></rpid:activities>\n");
+        if top_show == Some(Show::Xa) {
+            out.push_str("    <rpid:user-input>idle</rpid:user-input>\n");
+        }
+        out.push_str("  </dm:person>\n");
+    }
+    out.push_str("</presence>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stanza::{InPresence, PresenceType};
+
+    const ENTITY: &str = "pres:romeo*example.net@xmpp.example.com";
+    const CONTACT: &str = "sip:romeo*example.net@xmpp.example.com";
+
+    /// Feeds stanzas (from romeo) into an aggregate, as the caller does with `InPresence`.
+    fn feed(agg: &mut XmppAggregate, xml: &str) -> bool {
+        let p = InPresence::from_xml(xml).unwrap();
+        let kind = p.kind.clone().unwrap();
+        let res = p.from.resource().map(|r| r.as_str().to_owned());
+        agg.apply(res.as_deref(), kind, &p.body, p.lang.as_deref())
+    }
+
+    fn doc(agg: &XmppAggregate) -> String {
+        let mut s = String::new();
+        write_from_xmpp(ENTITY, CONTACT, agg, &mut s);
+        s
+    }
+
+    fn one(xml: &str) -> String {
+        let mut agg = XmppAggregate::new();
+        assert!(feed(&mut agg, xml));
+        doc(&agg)
+    }
+
+    const HEAD_NS: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<presence xmlns=\"urn:ietf:params:xml:ns:pidf\"\n          \
+xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\"\n          \
+xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\"\n          \
+entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
+    const HEAD: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
+
+    #[test]
+    fn spec_4_4_example_document_is_reproduced_byte_exact() {
+        let out = one(
+            "<presence from='romeo@example.net/orchard' to='juliet*example.com@sip.example.net' xml:lang='en'>\
+             <show>away</show><status>Walking in the orchard</status><priority>5</priority></presence>",
+        );
+        let spec = r#"<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf"
+          xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
+          xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid"
+          entity="pres:romeo*example.net@xmpp.example.com">
+  <tuple id="ID-orchard">
+    <status><basic>open</basic></status>
+    <contact priority="0.05">sip:romeo*example.net@xmpp.example.com</contact>
+    <note xml:lang="en">Walking in the orchard</note>
+  </tuple>
+  <note xml:lang="en">Walking in the orchard</note>
+  <dm:person id="p-1">
+    <rpid:activities><rpid:away/></rpid:activities>
+  </dm:person>
+</presence>"#;
+        assert_eq!(out, spec);
+        // The spec's NOTIFY says Content-Length: 624 for this body.
+        assert_eq!(out.len(), 624);
+    }
+
+    #[test]
+    fn case_034_dnd_status_priority_10() {
+        let out = one(
+            "<presence from='romeo@example.net/orchard' to='juliet*example.com@sip.example.net'>\
+             <show>dnd</show><status>Busy!</status><priority>10</priority></presence>",
+        );
+        let want = format!(
+            "{HEAD_NS}  <tuple id=\"ID-orchard\">\n    <status><basic>open</basic></status>\n    \
+             <contact priority=\"0.1\">{CONTACT}</contact>\n    <note>Busy!</note>\n  </tuple>\n  \
+             <note>Busy!</note>\n  <dm:person id=\"p-1\">\n    \
+             <rpid:activities><rpid:busy/></rpid:activities>\n  </dm:person>\n</presence>"
+        );
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn case_035_xa_is_away_plus_idle() {
+        let out = one("<presence from='romeo@example.net/orchard' to='j@sip.example.net'><show>xa</show></presence>");
+        let want = format!(
+            "{HEAD_NS}  <tuple id=\"ID-orchard\">\n    <status><basic>open</basic></status>\n    \
+             <contact>{CONTACT}</contact>\n  </tuple>\n  <dm:person id=\"p-1\">\n    \
+             <rpid:activities><rpid:away/></rpid:activities>\n    \
+             <rpid:user-input>idle</rpid:user-input>\n  </dm:person>\n</presence>"
+        );
+        assert_eq!(out, want);
+    }
+
+    fn plain_open(resource_id: &str, contact_attr: &str) -> String {
+        format!(
+            "{HEAD}  <tuple id=\"{resource_id}\">\n    <status><basic>open</basic></status>\n    \
+             <contact{contact_attr}>{CONTACT}</contact>\n  </tuple>\n</presence>"
+        )
+    }
+
+    #[test]
+    fn case_036_chat_has_no_activities_element() {
+        let out = one("<presence from='romeo@example.net/orchard' to='j@sip.example.net'><show>chat</show></presence>");
+        assert_eq!(out, plain_open("ID-orchard", ""));
+    }
+
+    #[test]
+    fn case_037_invalid_show_is_treated_as_absent() {
+        let out = one("<presence from='romeo@example.net/orchard' to='j@sip.example.net'><show>busy</show></presence>");
+        assert_eq!(out, plain_open("ID-orchard", ""));
+    }
+
+    #[test]
+    fn case_038_priority_forms() {
+        let p = |prio: &str| {
+            one(&format!(
+                "<presence from='romeo@example.net/orchard' to='j@sip.example.net'><priority>{prio}</priority></presence>"
+            ))
+        };
+        assert_eq!(p("abc"), plain_open("ID-orchard", ""));
+        assert_eq!(p("300"), plain_open("ID-orchard", " priority=\"1\""));
+        assert_eq!(p("-5"), plain_open("ID-orchard", " priority=\"0\""));
+        assert_eq!(p("0"), plain_open("ID-orchard", " priority=\"0\""));
+        assert_eq!(p("5"), plain_open("ID-orchard", " priority=\"0.05\""));
+        assert_eq!(p("10"), plain_open("ID-orchard", " priority=\"0.1\""));
+        assert_eq!(p("55"), plain_open("ID-orchard", " priority=\"0.55\""));
+        assert_eq!(p("100"), plain_open("ID-orchard", " priority=\"1\""));
+    }
+
+    #[test]
+    fn case_039_status_truncated_to_1024_chars_on_char_boundary() {
+        let long: String = "é".repeat(100_000);
+        let out = one(&format!(
+            "<presence from='romeo@example.net/orchard' to='j@sip.example.net'><status>{long}</status></presence>"
+        ));
+        let note = format!("<note>{}</note>", "é".repeat(1024));
+        let want = format!(
+            "{HEAD}  <tuple id=\"ID-orchard\">\n    <status><basic>open</basic></status>\n    \
+             <contact>{CONTACT}</contact>\n    {note}\n  </tuple>\n  {note}\n</presence>"
+        );
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn case_040_status_is_escaped() {
+        let out = one(
+            "<presence from='romeo@example.net/orchard' to='j@sip.example.net'>\
+             <status>&lt;b&gt;\"Tom &amp; Jerry\"&lt;/b&gt;</status></presence>",
+        );
+        let note = "<note>&lt;b&gt;\"Tom &amp; Jerry\"&lt;/b&gt;</note>";
+        let want = format!(
+            "{HEAD}  <tuple id=\"ID-orchard\">\n    <status><basic>open</basic></status>\n    \
+             <contact>{CONTACT}</contact>\n    {note}\n  </tuple>\n  {note}\n</presence>"
+        );
+        assert_eq!(out, want);
+        // And it parses back to the same text.
+        let d = parse(out.as_bytes(), 65536).unwrap();
+        assert_eq!(d.notes[0].text, "<b>\"Tom & Jerry\"</b>");
+    }
+
+    #[test]
+    fn case_041_tuple_id_rule() {
+        // Checked: sha1("phone 2") = 47e56c9eababcf484b8f9d81dfed733ec02bf832, so the case is right.
+        let out = one("<presence from='romeo@example.net/phone 2' to='j@sip.example.net'/>");
+        assert_eq!(out, plain_open("ID-x47e56c9eababcf48", ""));
+        let out = one("<presence from='romeo@example.net/123' to='j@sip.example.net'/>");
+        assert_eq!(out, plain_open("ID-123", ""));
+        let mut s = String::new();
+        tuple_id(&"a".repeat(65), &mut s);
+        assert_eq!(s.len(), "ID-x".len() + 16);
+    }
+
+    fn two_resources() -> XmppAggregate {
+        let mut agg = XmppAggregate::new();
+        feed(
+            &mut agg,
+            "<presence from='romeo@example.net/orchard' to='j@sip.example.net'><show>away</show><priority>5</priority></presence>",
+        );
+        feed(
+            &mut agg,
+            "<presence from='romeo@example.net/balcony' to='j@sip.example.net'><show>dnd</show><priority>10</priority></presence>",
+        );
+        agg
+    }
+
+    const ORCHARD_TUPLE: &str = "  <tuple id=\"ID-orchard\">\n    <status><basic>open</basic></status>\n    \
+        <contact priority=\"0.05\">sip:romeo*example.net@xmpp.example.com</contact>\n  </tuple>\n";
+
+    #[test]
+    fn case_042_two_resources_sorted_top_gives_activity() {
+        let out = doc(&two_resources());
+        let want = format!(
+            "{HEAD_NS}  <tuple id=\"ID-balcony\">\n    <status><basic>open</basic></status>\n    \
+             <contact priority=\"0.1\">{CONTACT}</contact>\n  </tuple>\n{ORCHARD_TUPLE}  \
+             <dm:person id=\"p-1\">\n    <rpid:activities><rpid:busy/></rpid:activities>\n  \
+             </dm:person>\n</presence>"
+        );
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn case_043_one_resource_leaves() {
+        let mut agg = two_resources();
+        assert!(feed(
+            &mut agg,
+            "<presence from='romeo@example.net/balcony' to='j@sip.example.net' type='unavailable'/>"
+        ));
+        let want = format!(
+            "{HEAD_NS}{ORCHARD_TUPLE}  <dm:person id=\"p-1\">\n    \
+             <rpid:activities><rpid:away/></rpid:activities>\n  </dm:person>\n</presence>"
+        );
+        assert_eq!(doc(&agg), want);
+    }
+
+    #[test]
+    fn case_044_last_resource_leaves_closed_document_with_status() {
+        let mut agg = two_resources();
+        feed(&mut agg, "<presence from='romeo@example.net/balcony' to='j@sip.example.net' type='unavailable'/>");
+        assert!(feed(
+            &mut agg,
+            "<presence from='romeo@example.net/orchard' to='j@sip.example.net' type='unavailable'>\
+             <status>Gone to Mantua</status></presence>"
+        ));
+        // Exactly the closed document of §4.6.
+        let spec = r#"<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="pres:romeo*example.net@xmpp.example.com">
+  <tuple id="ID-offline"><status><basic>closed</basic></status><note>Gone to Mantua</note></tuple>
+</presence>"#;
+        assert_eq!(doc(&agg), spec);
+        // A repeated unavailable changes nothing.
+        assert!(!feed(
+            &mut agg,
+            "<presence from='romeo@example.net/orchard' to='j@sip.example.net' type='unavailable'>\
+             <status>Gone to Mantua</status></presence>"
+        ));
+    }
+
+    #[test]
+    fn closed_document_for_empty_aggregate() {
+        let agg = XmppAggregate::new();
+        assert_eq!(
+            doc(&agg),
+            format!("{HEAD}  <tuple id=\"ID-offline\"><status><basic>closed</basic></status></tuple>\n</presence>")
+        );
+    }
+
+    /// Case 45 (rate limiting) belongs to the notifier; here: every change is reported, an
+    /// identical presence is not, and the document always reflects the latest state.
+    #[test]
+    fn case_045_changes_reported_and_duplicates_not() {
+        let mut agg = XmppAggregate::new();
+        let a = "<presence from='romeo@example.net/orchard' to='j@sip.example.net'><show>away</show></presence>";
+        let b = "<presence from='romeo@example.net/orchard' to='j@sip.example.net'><show>dnd</show></presence>";
+        let c = "<presence from='romeo@example.net/orchard' to='j@sip.example.net'/>";
+        assert!(feed(&mut agg, a));
+        assert!(!feed(&mut agg, a));
+        assert!(feed(&mut agg, b));
+        assert!(feed(&mut agg, c));
+        assert_eq!(doc(&agg), plain_open("ID-orchard", ""));
+        // Non-presence types change nothing.
+        assert!(!agg.apply(Some("orchard"), PresenceType::Probe, &Default::default(), None));
+    }
+
+    #[test]
+    fn multi_language_statuses_become_notes() {
+        let out = one(
+            "<presence from='romeo@example.net/orchard' to='j@sip.example.net' xml:lang='en'>\
+             <status>Out</status><status xml:lang='it'>Fuori</status></presence>",
+        );
+        let notes = "<note xml:lang=\"en\">Out</note>";
+        let notes_it = "<note xml:lang=\"it\">Fuori</note>";
+        let want = format!(
+            "{HEAD}  <tuple id=\"ID-orchard\">\n    <status><basic>open</basic></status>\n    \
+             <contact>{CONTACT}</contact>\n    {notes}\n    {notes_it}\n  </tuple>\n  {notes}\n  {notes_it}\n</presence>"
+        );
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn top_resource_tie_goes_to_most_recent() {
+        let mut agg = XmppAggregate::new();
+        feed(&mut agg, "<presence from='romeo@example.net/b' to='j@sip.example.net'><show>dnd</show></presence>");
+        feed(&mut agg, "<presence from='romeo@example.net/a' to='j@sip.example.net'><show>away</show></presence>");
+        assert_eq!(agg.top().map(|(r, _)| r), Some("a"));
+        let names: Vec<&str> = agg.resources().map(|(r, _)| r).collect();
+        assert_eq!(names, ["a", "b"]);
+        feed(&mut agg, "<presence from='romeo@example.net/b' to='j@sip.example.net'><show>xa</show></presence>");
+        assert_eq!(agg.top().map(|(r, _)| r), Some("b"));
+        // Bare-JID unavailable ends every resource.
+        assert!(feed(&mut agg, "<presence from='romeo@example.net' to='j@sip.example.net' type='unavailable'/>"));
+        assert!(!agg.is_available());
+    }
+
+    // ---- parsing ----
+
+    #[test]
+    fn parses_spec_4_2_body() {
+        let body = r#"<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf"
+          xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
+          xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid"
+          entity="pres:juliet@example.com">
+  <tuple id="t-desk">
+    <status><basic>open</basic></status>
+    <contact priority="0.8">sip:juliet@ua7.example.com</contact>
+    <note xml:lang="en">On the balcony</note>
+  </tuple>
+  <dm:person id="p1">
+    <rpid:activities><rpid:on-the-phone/></rpid:activities>
+  </dm:person>
+</presence>"#;
+        assert_eq!(body.len(), 538, "Content-Length of the spec's NOTIFY");
+        let d = parse(body.as_bytes(), 65536).unwrap();
+        assert_eq!(
+            d,
+            PidfDoc {
+                entity: "pres:juliet@example.com".into(),
+                tuples: vec![Tuple {
+                    id: "t-desk".into(),
+                    basic: Basic::Open,
+                    basic_irregular: false,
+                    activities: None,
+                    priority_milli: Some(800),
+                    contact: Some("sip:juliet@ua7.example.com".into()),
+                    notes: vec![Note { lang: Some("en".into()), text: "On the balcony".into() }],
+                }],
+                person: Some(Person {
+                    activities: Some(Activities {
+                        items: vec![Activity { name: "on-the-phone".into(), other_text: None }],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                notes: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn prefixes_do_not_matter_only_namespaces() {
+        let body = r#"<p:presence xmlns:p="urn:ietf:params:xml:ns:pidf" xmlns:zz="urn:ietf:params:xml:ns:pidf:data-model" xmlns:r="urn:ietf:params:xml:ns:pidf:rpid" entity="sip:a@b">
+<p:tuple id="1000"><p:status><p:basic>closed</p:basic></p:status></p:tuple>
+<zz:person><r:activities><r:busy/></r:activities><zz:note>x</zz:note></zz:person>
+<tuple id="wrong-ns"/></p:presence>"#;
+        let d = parse(body.as_bytes(), 65536).unwrap();
+        assert_eq!(d.tuples.len(), 1);
+        assert_eq!(d.tuples[0].id, "1000");
+        assert_eq!(d.tuples[0].basic, Basic::Closed);
+        let p = d.person.unwrap();
+        assert_eq!(p.activities.unwrap().items[0].name, "busy");
+        assert_eq!(p.notes, vec![Note { lang: None, text: "x".into() }]);
+    }
+
+    #[test]
+    fn case_063_basic_trimmed_case_insensitive_and_flagged() {
+        let d = parse(
+            br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@b"><tuple id="t"><status><basic> Open </basic></status></tuple></presence>"#,
+            65536,
+        )
+        .unwrap();
+        assert_eq!((d.tuples[0].basic, d.tuples[0].basic_irregular), (Basic::Open, true));
+        let d = parse(
+            br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@b"><tuple id="t"><status><basic>maybe</basic></status></tuple><tuple id="u"><status/></tuple></presence>"#,
+            65536,
+        )
+        .unwrap();
+        assert_eq!((d.tuples[0].basic, d.tuples[0].basic_irregular), (Basic::Unknown, true));
+        assert_eq!((d.tuples[1].basic, d.tuples[1].basic_irregular), (Basic::Unknown, false));
+    }
+
+    #[test]
+    fn case_064_legacy_rpid_status_activities_in_tuple_status() {
+        let d = parse(
+            br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:es="urn:ietf:params:xml:ns:pidf:status:rpid-status" entity="sip:a@b"><tuple id="t"><status><basic>open</basic><es:activities><es:activity> away </es:activity></es:activities></status></tuple></presence>"#,
+            65536,
+        )
+        .unwrap();
+        assert_eq!(
+            d.tuples[0].activities,
+            Some(Activities {
+                items: vec![Activity { name: "away".into(), other_text: None }],
+                ..Default::default()
+            })
+        );
+    }
+
+    #[test]
+    fn activity_window_other_text_notes_and_user_input_are_read() {
+        let d = parse(
+            br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" entity="sip:a@b" xml:lang="fr">
+<dm:person id="p"><rpid:activities from="2026-11-26T05:00:00Z" until="2026-11-26T07:00:00+01:00"><rpid:note xml:lang="en">n</rpid:note><rpid:other>At the &lt;gym&gt;</rpid:other></rpid:activities>
+<rpid:user-input last-input="1970-01-02T00:00:00.25Z">idle</rpid:user-input></dm:person><note>Salut</note></presence>"#,
+            65536,
+        )
+        .unwrap();
+        let p = d.person.unwrap();
+        assert_eq!(
+            p.activities,
+            Some(Activities {
+                items: vec![Activity { name: "other".into(), other_text: Some("At the <gym>".into()) }],
+                notes: vec![Note { lang: Some("en".into()), text: "n".into() }],
+                from: Some(1795669200),
+                until: Some(1795672800),
+            })
+        );
+        assert_eq!((p.user_input_idle, p.last_input), (Some(true), Some(86400)));
+        // Presence-level note inherits the root's xml:lang.
+        assert_eq!(d.notes, vec![Note { lang: Some("fr".into()), text: "Salut".into() }]);
+    }
+
+    #[test]
+    fn case_066_must_understand_in_activities_drops_the_activities() {
+        for v in ["true", "1"] {
+            let body = format!(
+                r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" xmlns:x="urn:example:x" entity="sip:a@b"><dm:person><rpid:activities><x:foo mustUnderstand="{v}"/><rpid:away/></rpid:activities></dm:person></presence>"#
+            );
+            let d = parse(body.as_bytes(), 65536).unwrap();
+            assert_eq!(d.person, Some(Person::default()));
+        }
+        // Without the flag the unknown element is just skipped.
+        let d = parse(
+            br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" xmlns:x="urn:example:x" entity="sip:a@b"><dm:person><rpid:activities><x:foo mustUnderstand="false"/><rpid:away/></rpid:activities></dm:person></presence>"#,
+            65536,
+        )
+        .unwrap();
+        assert_eq!(d.person.unwrap().activities.unwrap().items[0].name, "away");
+    }
+
+    #[test]
+    fn text_is_joined_around_entity_and_char_references() {
+        let d = parse(
+            "<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='a'><note> Tom &amp; Jerry &#x1F38C;&#65; <![CDATA[<x>]]></note></presence>".as_bytes(),
+            65536,
+        )
+        .unwrap();
+        assert_eq!(d.notes[0].text, "Tom & Jerry 🎌A <x>");
+    }
+
+    #[test]
+    fn case_067_unicode_note_kept_byte_exact() {
+        let d = parse(
+            r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="a"><tuple id="t"><status><basic>open</basic></status><note xml:lang="ja">会議中 🎌</note></tuple></presence>"#.as_bytes(),
+            65536,
+        )
+        .unwrap();
+        assert_eq!(d.tuples[0].notes, vec![Note { lang: Some("ja".into()), text: "会議中 🎌".into() }]);
+    }
+
+    #[test]
+    fn case_068_not_well_formed_is_an_error() {
+        for body in [
+            &b"<presence><tuple>"[..],
+            b"<presence xmlns='urn:ietf:params:xml:ns:pidf'><tuple id='a'></presence>",
+            b"<presence xmlns='urn:ietf:params:xml:ns:pidf'/><presence xmlns='urn:ietf:params:xml:ns:pidf'/>",
+            b"<presence xmlns='urn:ietf:params:xml:ns:pidf'><note>&foo;</note></presence>",
+            b"<presence xmlns='urn:ietf:params:xml:ns:pidf' a='&foo;'/>",
+            b"",
+            b"garbage",
+            b"<presence xmlns='urn:ietf:params:xml:ns:pidf'>\xff</presence>",
+        ] {
+            assert!(
+                matches!(parse(body, 65536), Err(PidfError::NotWellFormed(_))),
+                "{:?} -> {:?}",
+                String::from_utf8_lossy(body),
+                parse(body, 65536)
+            );
+        }
+        assert_eq!(parse(b"<presence><tuple/></presence>", 65536), Err(PidfError::NotPidf));
+        assert_eq!(
+            parse(b"<x:presence xmlns:x='urn:other'/>", 65536),
+            Err(PidfError::NotPidf)
+        );
+    }
+
+    #[test]
+    fn case_069_doctype_refused() {
+        let body = br#"<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;">]><presence xmlns="urn:ietf:params:xml:ns:pidf" entity="x"><note>&b;</note></presence>"#;
+        assert_eq!(parse(body, 65536), Err(PidfError::Doctype));
+    }
+
+    #[test]
+    fn limits() {
+        let body = br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="x"/>"#;
+        assert_eq!(parse(body, 10), Err(PidfError::TooLarge));
+        assert!(parse(body, body.len()).is_ok());
+        let many = format!(
+            "<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='x'>{}</presence>",
+            "<a/>".repeat(MAX_ELEMENTS)
+        );
+        assert_eq!(parse(many.as_bytes(), 1 << 20), Err(PidfError::TooManyElements));
+        let deep = format!(
+            "<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='x'>{}{}</presence>",
+            "<a>".repeat(MAX_DEPTH),
+            "</a>".repeat(MAX_DEPTH)
+        );
+        assert_eq!(parse(deep.as_bytes(), 1 << 20), Err(PidfError::TooManyElements));
+    }
+
+    #[test]
+    fn qvalues_and_datetimes() {
+        assert_eq!(parse_qvalue("0.8"), Some(800));
+        assert_eq!(parse_qvalue(" 1.000 "), Some(1000));
+        assert_eq!(parse_qvalue("0.0555"), Some(55));
+        assert_eq!(parse_qvalue("1.5"), Some(1000));
+        assert_eq!(parse_qvalue("2"), None);
+        assert_eq!(parse_qvalue(".5"), None);
+        assert_eq!(parse_qvalue("0.x"), None);
+        assert_eq!(parse_datetime("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_datetime("2000-03-01T00:00:00"), Some(951868800));
+        assert_eq!(parse_datetime("2026-11-26T06:44:22+01:00"), Some(1795671862));
+        assert_eq!(parse_datetime("2026-11-26T05:44:22.123-00:30"), Some(1795671862 + 1800));
+        assert_eq!(parse_datetime("2026-11-26 05:44:22Z"), None);
+        assert_eq!(parse_datetime("2026-13-26T05:44:22Z"), None);
+        assert_eq!(parse_datetime("2026-11-26T05:44:22Zjunk"), None);
+        assert_eq!(parse_datetime("é"), None);
+    }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn parse_never_panics_on_bytes(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse(&body, 65536);
+            }
+
+            #[test]
+            fn parse_never_panics_on_strings_in_a_skeleton(a in ".{0,64}", b in ".{0,64}", c in "[<>&;#a-z0-9 \"'/=:]{0,64}") {
+                let body = format!(
+                    "<presence xmlns='urn:ietf:params:xml:ns:pidf' xmlns:dm='urn:ietf:params:xml:ns:pidf:data-model' \
+                     xmlns:rpid='urn:ietf:params:xml:ns:pidf:rpid' entity='{a}'><tuple id='{b}'><status><basic>{c}</basic>\
+                     </status><contact priority='{c}'>{a}</contact><note>{b}</note></tuple><dm:person>\
+                     <rpid:activities from='{a}' until='{c}'><rpid:{c}/>{b}</rpid:activities>\
+                     <rpid:user-input last-input='{b}'>{c}</rpid:user-input></dm:person></presence>"
+                );
+                if let Ok(d) = parse(body.as_bytes(), 65536) {
+                    let _ = crate::presence::view_pidf(&d, 0);
+                }
+            }
+        }
+    }
+}

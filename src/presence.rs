@@ -1,1 +1,395 @@
-//! (to be written)
+//! The presence mapping both ways: a parsed PIDF becomes per-resource XMPP presence (§5.3), and
+//! the presences of an XMPP user's resources aggregate into what one PIDF says (§4.6).
+//!
+//! Both sides keep only what they must: [`Announced`] remembers a 64-bit fingerprint of the last
+//! stanza per resource (for duplicate suppression), not the stanza itself.
+
+use crate::pidf::{sha1_hex16, Activities, Basic, Note, PidfDoc, MAX_STATUS_CHARS};
+use crate::stanza::{Availability, BareJid, Jid, OutPresence, PresenceType, Show, Status};
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+/// One PIDF tuple as XMPP sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TupleView {
+    /// The resource of `S'` this tuple is published under (§5.3 step 3).
+    pub resource: String,
+    pub state: Availability,
+    pub basic: Basic,
+}
+
+/// ◆ §5.3 step 4: idle for this long (by `last-input`) means `xa` rather than `away`.
+const XA_IDLE_SECS: i64 = 30 * 60;
+
+/// Strength of an activity class: dnd > xa > away > none.
+fn activity_show(name: &str) -> Option<Show> {
+    Some(match name {
+        "busy" | "on-the-phone" | "meeting" | "appointment" | "presentation" | "performance"
+        | "worship" => Show::Dnd,
+        "vacation" | "holiday" | "permanent-absence" | "sleeping" => Show::Xa,
+        "away" | "breakfast" | "dinner" | "meal" | "in-transit" | "travel" | "steering"
+        | "shopping" | "playing" | "tv" | "spectator" => Show::Away,
+        _ => return None,
+    })
+}
+
+fn show_rank(s: Show) -> u8 {
+    match s {
+        Show::Dnd => 3,
+        Show::Xa => 2,
+        Show::Away => 1,
+        Show::Chat => 0,
+    }
+}
+
+fn strongest(acts: &Activities) -> Option<Show> {
+    acts.items
+        .iter()
+        .filter_map(|a| activity_show(a.name.trim()))
+        .max_by_key(|s| show_rank(*s))
+}
+
+/// ◆ Optional fallback for legacy publishers (old pua_xmpp) that send only a note.
+fn note_show(text: &str) -> Option<Show> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("away") {
+        Some(Show::Away)
+    } else if ["busy", "on the phone", "do not disturb", "dnd"]
+        .iter()
+        .any(|w| t.eq_ignore_ascii_case(w))
+    {
+        Some(Show::Dnd)
+    } else {
+        None
+    }
+}
+
+/// One `<status>` per language, from the first non-empty source.
+fn statuses_from(notes: &[Note]) -> Vec<Status> {
+    let mut out: Vec<Status> = Vec::new();
+    for n in notes {
+        let text = n.text.trim();
+        if text.is_empty() || out.iter().any(|s| s.lang == n.lang) {
+            continue;
+        }
+        out.push(Status {
+            lang: n.lang.clone(),
+            text: crate::xml::truncate_chars(text, MAX_STATUS_CHARS).to_owned(),
+        });
+    }
+    out
+}
+
+/// §5.3 step 3: tuple id → resource.
+fn resource_name(id: &str) -> String {
+    let r = id.strip_prefix("ID-").unwrap_or(id);
+    if r.is_empty() || r.len() > 1023 || r.chars().any(char::is_control) {
+        hashed_resource(id)
+    } else {
+        r.to_owned()
+    }
+}
+
+fn hashed_resource(id: &str) -> String {
+    let mut s = String::with_capacity(18);
+    s.push_str("t-");
+    sha1_hex16(id, &mut s);
+    s
+}
+
+/// §5.3 steps 1–6: what each tuple says, as XMPP availability. Tuples whose id maps to a
+/// resource already seen are dropped unless they are the first open one.
+pub fn view_pidf(doc: &PidfDoc, now_unix: i64) -> Vec<TupleView> {
+    let person = doc.person.as_ref();
+    let person_acts = person
+        .and_then(|p| p.activities.as_ref())
+        .filter(|a| a.valid_at(now_unix));
+    let idle_show = person.and_then(|p| match p.user_input_idle {
+        Some(true) => Some(match p.last_input {
+            Some(t) if now_unix - t >= XA_IDLE_SECS => Show::Xa,
+            _ => Show::Away,
+        }),
+        _ => None,
+    });
+    let person_notes: &[Note] = person.map_or(&[], |p| &p.notes);
+    let mut out: Vec<TupleView> = Vec::with_capacity(doc.tuples.len());
+    for t in &doc.tuples {
+        let acts = t
+            .activities
+            .as_ref()
+            .filter(|a| a.valid_at(now_unix))
+            .or(person_acts);
+        let other: Vec<Note> = acts
+            .into_iter()
+            .flat_map(|a| a.items.iter())
+            .filter_map(|a| a.other_text.as_ref())
+            .map(|t| Note { lang: None, text: t.clone() })
+            .take(1)
+            .collect();
+        let acts_notes: &[Note] = acts.map_or(&[], |a| &a.notes);
+        let statuses = [&t.notes[..], person_notes, &doc.notes[..], &other[..], acts_notes]
+            .into_iter()
+            .map(statuses_from)
+            .find(|s| !s.is_empty())
+            .unwrap_or_default();
+        let show = acts.and_then(strongest).or(idle_show).or_else(|| {
+            if acts.is_none() {
+                statuses.first().and_then(|s| note_show(&s.text))
+            } else {
+                None
+            }
+        });
+        let priority = t.priority_milli.map(|m| ((m.min(1000) + 5) / 10) as i8);
+        let view = TupleView {
+            resource: resource_name(&t.id),
+            state: Availability { show, statuses, priority },
+            basic: t.basic,
+        };
+        match out.iter_mut().find(|v| v.resource == view.resource) {
+            Some(prev) if prev.basic != Basic::Open && view.basic == Basic::Open => *prev = view,
+            Some(_) => {}
+            None => out.push(view),
+        }
+    }
+    out
+}
+
+fn fingerprint<T: Hash>(t: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    t.hash(&mut h);
+    h.finish()
+}
+
+/// What has been announced to one XMPP watcher for one SIP presentity (per resource), for diffs
+/// and duplicate suppression.
+#[derive(Default, Clone, Debug, PartialEq, Eq)]
+pub struct Announced {
+    /// Resource, fingerprint of the last available presence sent from it.
+    resources: Vec<(Box<str>, u64)>,
+    /// Fingerprint of the statuses of the last "nothing is open" answer, if that is the state.
+    offline: Option<u64>,
+}
+
+impl Announced {
+    /// No resource is currently announced as available.
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+    /// Resources announced as available, in announcement order.
+    pub fn resources(&self) -> impl Iterator<Item = &str> {
+        self.resources.iter().map(|(r, _)| &**r)
+    }
+}
+
+fn full_jid(bare: &BareJid, resource: &str) -> Option<Jid> {
+    match bare.with_resource_str(resource) {
+        Ok(f) => Some(Jid::from(f)),
+        // A resource that is not a valid resourcepart gets the hashed form (§5.3 step 3).
+        Err(_) => bare.with_resource_str(&hashed_resource(resource)).ok().map(Jid::from),
+    }
+}
+
+/// §5.3 step 7: the stanzas one NOTIFY produces for one watcher `to`, updating `announced`.
+/// `probe` answers a probe: nothing is suppressed.
+pub fn stanzas_for_pidf(
+    doc_view: &[TupleView],
+    announced: &mut Announced,
+    from_bare: &BareJid,
+    to: &Jid,
+    probe: bool,
+) -> Vec<OutPresence> {
+    let mut out = Vec::new();
+    let had_announced = !announced.resources.is_empty();
+    let is_open = |r: &str| doc_view.iter().any(|v| v.basic == Basic::Open && v.resource == r);
+    // Resources gone, closed or unknown: unavailable first.
+    announced.resources.retain(|(r, _)| {
+        if is_open(r) {
+            return true;
+        }
+        if let Some(from) = full_jid(from_bare, r) {
+            out.push(OutPresence::new(from, to.clone(), PresenceType::Unavailable));
+        }
+        false
+    });
+    let mut any_open = false;
+    for v in doc_view.iter().filter(|v| v.basic == Basic::Open) {
+        any_open = true;
+        let fp = fingerprint(&v.state);
+        let slot = announced.resources.iter_mut().find(|(r, _)| **r == *v.resource);
+        if !probe && slot.as_ref().is_some_and(|(_, f)| *f == fp) {
+            continue;
+        }
+        let Some(from) = full_jid(from_bare, &v.resource) else { continue };
+        match slot {
+            Some(s) => s.1 = fp,
+            None => announced.resources.push((v.resource.as_str().into(), fp)),
+        }
+        out.push(OutPresence {
+            body: v.state.clone(),
+            ..OutPresence::new(from, to.clone(), PresenceType::Available)
+        });
+    }
+    if any_open {
+        announced.offline = None;
+        return out;
+    }
+    // Nothing open: the status of the first tuple that has one (closed tuples carry the "gone"
+    // text), on a bare-JID unavailable, unless resources were just withdrawn.
+    let statuses = doc_view
+        .iter()
+        .map(|v| &v.state.statuses)
+        .find(|s| !s.is_empty())
+        .cloned()
+        .unwrap_or_default();
+    let fp = fingerprint(&statuses);
+    if probe || (!had_announced && announced.offline != Some(fp)) {
+        out.push(OutPresence {
+            body: Availability { show: None, statuses, priority: None },
+            ..OutPresence::new(Jid::from(from_bare.clone()), to.clone(), PresenceType::Unavailable)
+        });
+    }
+    announced.offline = Some(fp);
+    out
+}
+
+/// Cases 24 / 78: `unavailable` from every announced resource; forgets them.
+pub fn unavailable_for_announced(announced: &mut Announced, from_bare: &BareJid, to: &Jid) -> Vec<OutPresence> {
+    let out = announced
+        .resources
+        .iter()
+        .filter_map(|(r, _)| full_jid(from_bare, r))
+        .map(|from| OutPresence::new(from, to.clone(), PresenceType::Unavailable))
+        .collect();
+    *announced = Announced::default();
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// XMPP → SIP
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    /// Empty for a presence from the bare JID.
+    resource: Box<str>,
+    avail: Availability,
+    /// Update counter value at the last change: ties in priority go to the most recent.
+    seq: u32,
+}
+
+impl Entry {
+    fn prio(&self) -> i8 {
+        self.avail.priority.unwrap_or(0)
+    }
+}
+
+/// The presence of one XMPP user over all its resources: the input of one PIDF (§4.6).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct XmppAggregate {
+    /// Available resources, sorted by priority (descending) then name.
+    entries: Vec<Entry>,
+    seq: u32,
+    /// Statuses of the last `unavailable` that left no resource (the closed document's note).
+    offline: Vec<Status>,
+}
+
+/// Statuses as the PIDF will carry them: default language filled in from the stanza, one per
+/// language, truncated (§4.6).
+fn normalize(body: &Availability, lang: Option<&str>) -> Availability {
+    let mut statuses: Vec<Status> = Vec::with_capacity(body.statuses.len());
+    for s in &body.statuses {
+        let l = s.lang.as_deref().or(lang).filter(|l| !l.is_empty());
+        if statuses.iter().any(|x| x.lang.as_deref() == l) {
+            continue;
+        }
+        statuses.push(Status {
+            lang: l.map(str::to_owned),
+            text: crate::xml::truncate_chars(&s.text, MAX_STATUS_CHARS).to_owned(),
+        });
+    }
+    Availability {
+        show: body.show,
+        statuses,
+        priority: body.priority,
+    }
+}
+
+impl XmppAggregate {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies an available/unavailable presence from resource `resource` (None = bare JID).
+    /// `lang` is the stanza's `xml:lang`. Returns true if the resulting PIDF would change;
+    /// other presence types change nothing.
+    pub fn apply(&mut self, resource: Option<&str>, kind: PresenceType, body: &Availability, lang: Option<&str>) -> bool {
+        let name = resource.unwrap_or("");
+        match kind {
+            PresenceType::Available => {
+                let avail = normalize(body, lang);
+                let pos = self.entries.iter().position(|e| &*e.resource == name);
+                if let Some(i) = pos {
+                    if self.entries[i].avail == avail {
+                        return false;
+                    }
+                    self.entries.remove(i);
+                }
+                self.seq = self.seq.wrapping_add(1);
+                let e = Entry {
+                    resource: name.into(),
+                    avail,
+                    seq: self.seq,
+                };
+                // Sorted by priority descending, then name ascending.
+                let at = self
+                    .entries
+                    .iter()
+                    .position(|x| x.prio() < e.prio() || (x.prio() == e.prio() && *x.resource > *e.resource))
+                    .unwrap_or(self.entries.len());
+                self.entries.insert(at, e);
+                self.offline.clear();
+                true
+            }
+            PresenceType::Unavailable => {
+                let before = self.entries.len();
+                match resource {
+                    // The bare JID going offline takes every resource with it.
+                    None => self.entries.clear(),
+                    Some(r) => self.entries.retain(|e| &*e.resource != r),
+                }
+                let mut changed = self.entries.len() != before;
+                if self.entries.is_empty() {
+                    let st = normalize(body, lang).statuses;
+                    if st != self.offline {
+                        self.offline = st;
+                        changed = true;
+                    }
+                }
+                changed
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_available(&self) -> bool {
+        !self.entries.is_empty()
+    }
+
+    /// The resource whose show becomes the person's activity: highest priority, ties broken by
+    /// the most recent update.
+    pub fn top(&self) -> Option<(&str, &Availability)> {
+        self.entries
+            .iter()
+            .max_by_key(|e| (e.prio(), e.seq))
+            .map(|e| (&*e.resource, &e.avail))
+    }
+
+    /// Available resources, sorted by priority (descending) then name.
+    pub fn resources(&self) -> impl Iterator<Item = (&str, &Availability)> {
+        self.entries.iter().map(|e| (&*e.resource, &e.avail))
+    }
+
+    /// Statuses of the last `unavailable` once nothing is available.
+    pub fn offline_statuses(&self) -> &[Status] {
+        &self.offline
+    }
+}
