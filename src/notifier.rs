@@ -497,7 +497,8 @@ impl Presentity {
         let with_body = d.state == DialogState::Active && !matches!(reason, Some(r) if r != "timeout");
         if with_body {
             let mut s = String::with_capacity(512);
-            pidf::write_from_xmpp(&format!("pres:{}", self.sip_uri.trim_start_matches("sip:")), &self.agg, &mut s);
+            let entity = format!("pres:{}", self.sip_uri.trim_start_matches("sip:"));
+            pidf::write_from_xmpp(&entity, &self.sip_uri, &self.agg, &mut s);
             body = Some(s);
         }
         d.local_cseq += 1;

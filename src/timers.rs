@@ -21,8 +21,8 @@ pub const GIVEUP_DEFAULT: Duration = Duration::from_secs(3600);
 pub fn refresh_after(granted: u32, rng: &mut IdGen) -> Duration {
     let g = u64::from(granted) * 1000;
     let margin = (g / 4).clamp(32_000, 600_000);
-    let base = g.saturating_sub(margin).max(1000);
-    jitter(base, 5, rng)
+    let base = g.saturating_sub(margin);
+    jitter(base, 5, rng).max(Duration::from_secs(1))
 }
 
 /// `base_ms` ± `pct` %.

@@ -56,7 +56,7 @@ pub struct SendRequest {
 /// How a client transaction ended.
 #[derive(Debug)]
 pub enum TxnResult {
-    Response(SipResponse),
+    Response(Box<SipResponse>),
     Timeout,
     TransportError(String),
 }

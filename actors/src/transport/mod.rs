@@ -333,7 +333,7 @@ impl SipTransport {
             return;
         }
         if let Some(t) = self.clients.remove(&id) {
-            t.finish(TxnResult::Response(resp));
+            t.finish(TxnResult::Response(Box::new(resp)));
         }
     }
 
