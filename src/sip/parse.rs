@@ -40,7 +40,7 @@ fn garbage(reason: impl Into<String>) -> ParseError {
 }
 
 /// Long name of a compact header form (RFC 3261 §7.3.3, RFC 6665 `o`/`u`, RFC 3515 `r`,
-/// RFC 3892 `b`, RFC 4028 `x`, RFC 3841 `a`/`j`/`d`, RFC 8224 `y`).
+/// RFC 3892 `b`, RFC 4028 `x`, RFC 3841 `a`/`j`/`d`, RFC 4474 `y`/`n`).
 fn expand_compact(name: &[u8]) -> &[u8] {
     let [c] = name else {
         return name;
@@ -57,6 +57,7 @@ fn expand_compact(name: &[u8]) -> &[u8] {
         b'k' => b"Supported",
         b'l' => b"Content-Length",
         b'm' => b"Contact",
+        b'n' => b"Identity-Info",
         b'o' => b"Event",
         b'r' => b"Refer-To",
         b's' => b"Subject",
@@ -84,6 +85,10 @@ fn normalize(head: &[u8]) -> Result<Vec<u8>, &'static str> {
         return Err("Empty message");
     }
     out.extend_from_slice(start);
+    // A status line without a reason phrase (`SIP/2.0 200`): rsip needs the space after the code.
+    if start.starts_with(b"SIP/") && start.iter().filter(|&&b| b == b' ').count() == 1 {
+        out.push(b' ');
+    }
     let mut in_header = false;
     for line in lines {
         match line.first() {
@@ -1166,6 +1171,8 @@ Call-ID: c1\r\n";
             (r.cseq, r.cseq_method, r.expires),
             (7, Method::Publish, Some(600))
         );
+        let r = response(format!("SIP/2.0 202\r\n{base}CSeq: 1 SUBSCRIBE\r\n\r\n").as_bytes());
+        assert_eq!((r.status, r.reason.as_str()), (202, ""));
         // A malformed optional value in a response is dropped, not fatal.
         let r = response(
             format!("SIP/2.0 200 OK\r\n{base}CSeq: 1 SUBSCRIBE\r\nExpires: x\r\n\r\n").as_bytes(),
@@ -1239,6 +1246,31 @@ Call-ID: c1\r\n";
             let end = (pos + len).min(m.len());
             m.splice(pos..end, std::iter::repeat_n(byte, len % 3));
             let _ = parse_message(&m);
+        }
+
+        #[test]
+        fn encode_then_parse_round_trips(
+            display in proptest::option::of("[ -~]{1,20}"),
+            tag in proptest::option::of("[A-Za-z0-9.!%*_+`'~-]{1,16}"),
+            call_id in "[A-Za-z0-9.!%*_+`'~@-]{1,30}",
+            cseq in any::<u32>(),
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut req = enc::subscribe_4_2();
+            req.from.display = display.map(|d| d.trim().to_owned()).filter(|d| !d.is_empty());
+            req.to.tag = tag;
+            req.call_id = call_id;
+            req.cseq = cseq;
+            req.content_type = Some("application/pidf+xml");
+            req.body = body;
+            let mut out = Vec::new();
+            encode_request(&req, "SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKx", &mut out);
+            let r = request(&out);
+            prop_assert_eq!(&r.from, &req.from);
+            prop_assert_eq!(&r.to, &req.to);
+            prop_assert_eq!(&r.call_id, &req.call_id);
+            prop_assert_eq!(r.cseq, req.cseq);
+            prop_assert_eq!(&r.body, &req.body);
         }
 
         #[test]
