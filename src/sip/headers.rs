@@ -124,11 +124,14 @@ impl SubscriptionState {
         if !is_token(state) {
             return Err(format!("bad subscription state {state:?}"));
         }
-        let state = match state.to_ascii_lowercase().as_str() {
-            "active" => SubState::Active,
-            "pending" => SubState::Pending,
-            "terminated" => SubState::Terminated,
-            other => SubState::Other(other.to_owned()),
+        let state = if state.eq_ignore_ascii_case("active") {
+            SubState::Active
+        } else if state.eq_ignore_ascii_case("pending") {
+            SubState::Pending
+        } else if state.eq_ignore_ascii_case("terminated") {
+            SubState::Terminated
+        } else {
+            SubState::Other(state.to_ascii_lowercase())
         };
         let mut out = SubscriptionState {
             state,
