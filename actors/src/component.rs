@@ -39,8 +39,8 @@ const MAX_STANZA_BYTES: usize = 1 << 20;
 /// Stream errors that mean "fix the configuration": retrying fast would be a hot loop.
 const FATAL_CONDITIONS: [&str; 3] = ["not-authorized", "host-unknown", "conflict"];
 
-/// Settings of the component link.
-#[derive(Clone, Debug)]
+/// Settings of the component link. `Debug` hides the secret.
+#[derive(Clone)]
 pub struct ComponentConfig {
     /// Component name: stream `to`, and the domain inbound stanzas must be addressed to.
     pub domain: String,
@@ -59,6 +59,22 @@ pub struct ComponentConfig {
     pub fatal_backoff: Duration,
     /// Limit for TCP connect, and separately for the server's header and handshake reply.
     pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for ComponentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ComponentConfig")
+            .field("domain", &self.domain)
+            .field("server", &self.server)
+            .field("secret", &"<redacted>")
+            .field("keepalive", &self.keepalive)
+            .field("queue_limit", &self.queue_limit)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("reconnect_initial", &self.reconnect_initial)
+            .field("fatal_backoff", &self.fatal_backoff)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl ComponentConfig {
@@ -152,7 +168,7 @@ impl Outbox {
                 g.queue.pop_front();
                 g.dropped += 1;
                 let dropped = g.dropped;
-                if dropped == 1 || dropped % 1000 == 0 {
+                if dropped % 1000 == 1 {
                     tracing::warn!(
                         dropped_total = dropped,
                         limit = g.limit,
@@ -245,6 +261,18 @@ impl Actor for XmppComponent {
 impl Handler<SendPresence> for XmppComponent {
     type Result = ();
     fn handle(&mut self, msg: SendPresence, _ctx: &mut Self::Context) {
+        // A `from` outside our domain would make the server kill the whole stream
+        // (`invalid-from`, §8): drop the one stanza instead.
+        let from_domain = msg.0.from.domain().as_str();
+        let d = &self.cfg.domain;
+        let ours = from_domain.eq_ignore_ascii_case(d)
+            || from_domain
+                .strip_suffix(d.as_str())
+                .is_some_and(|p| p.ends_with('.'));
+        if !ours {
+            tracing::error!(from = %msg.0.from, to = %msg.0.to, component = %d, "not sending presence whose 'from' is outside the component domain");
+            return;
+        }
         let mut s = String::with_capacity(160);
         msg.0.write_xml(&mut s);
         self.outbox.push(s);
@@ -428,7 +456,7 @@ impl StreamParser {
 #[derive(Debug, PartialEq)]
 pub enum Inbound {
     /// Forward to the gateway.
-    Presence(InPresence),
+    Presence(Box<InPresence>),
     /// Write this reply on the stream.
     Reply(String),
     /// Nothing to do (already logged).
@@ -472,11 +500,11 @@ pub fn classify_inbound(domain: &str, el: &Element) -> Inbound {
                 tracing::warn!(error = %e, from = ?el.attr("from"), to = ?el.attr("to"), "dropping inbound presence");
                 Inbound::Ignore
             }
-            Ok(p) if p.to.domain().as_str() != domain => {
+            Ok(p) if !p.to.domain().as_str().eq_ignore_ascii_case(domain) => {
                 tracing::warn!(to = %p.to, component = domain, "dropping presence addressed outside the component domain");
                 Inbound::Ignore
             }
-            Ok(p) => Inbound::Presence(p),
+            Ok(p) => Inbound::Presence(Box::new(p)),
         },
         "iq" => {
             let Some(from) = el.attr("from") else {
@@ -486,7 +514,9 @@ pub fn classify_inbound(domain: &str, el: &Element) -> Inbound {
             match el.attr("type") {
                 Some("get") | Some("set") => {
                     let disco = el.attr("type") == Some("get")
-                        && el.attr("to") == Some(domain)
+                        && el
+                            .attr("to")
+                            .is_some_and(|t| t.eq_ignore_ascii_case(domain))
                         && el.children().count() == 1
                         && el
                             .get_child("query", NS_DISCO_INFO)
@@ -704,7 +734,7 @@ async fn run_session(link: &Link, s: &mut Session) -> Result<std::convert::Infal
                                 break;
                             }
                             match classify_inbound(&link.cfg.domain, &el) {
-                                Inbound::Presence(p) => link.inbound.do_send(StanzaIn(p)),
+                                Inbound::Presence(p) => link.inbound.do_send(StanzaIn(*p)),
                                 Inbound::Reply(r) => replies.push_str(&r),
                                 Inbound::Ignore => {}
                             }

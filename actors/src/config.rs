@@ -77,7 +77,8 @@ impl SipConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+/// `Debug` is written by hand so the secret never reaches a log line.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct XmppConfig {
     /// The component name (XEP-0114 stream `to`), also the JID domain of SIP users.
@@ -90,6 +91,19 @@ pub struct XmppConfig {
     /// Outbound stanzas kept while the link is down.
     pub queue_limit: usize,
     pub reconnect_max_secs: u64,
+}
+
+impl fmt::Debug for XmppConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XmppConfig")
+            .field("component_domain", &self.component_domain)
+            .field("server", &self.server)
+            .field("secret", &"<redacted>")
+            .field("keepalive_secs", &self.keepalive_secs)
+            .field("queue_limit", &self.queue_limit)
+            .field("reconnect_max_secs", &self.reconnect_max_secs)
+            .finish()
+    }
 }
 
 impl Default for XmppConfig {

@@ -159,7 +159,7 @@ async fn accept_login(h: &mut Harness, stream_id: &str) -> Conn {
     let (mut c, value) = accept_header(&h.listener, stream_id).await;
     assert_eq!(value, handshake_digest(stream_id, SECRET));
     c.send("<handshake/>").await;
-    assert_eq!(next(&mut h.status).await, true);
+    assert!(next(&mut h.status).await, "expected online status");
     c
 }
 
@@ -349,7 +349,7 @@ async fn rejected_then_retried(condition: &str) {
     // This time the server accepts: the actor is alive and reports online (never offline
     // before, since it was never up).
     c2.send("<handshake/>").await;
-    assert_eq!(next(&mut h.status).await, true);
+    assert!(next(&mut h.status).await, "expected online status");
     assert!(h.comp.connected());
 }
 
@@ -368,7 +368,7 @@ async fn server_close_queues_stanzas_and_delivers_them_after_reconnect() {
     let mut h = start(|_| {}, SECRET).await;
     let c = accept_login(&mut h, "e1").await;
     drop(c);
-    assert_eq!(next(&mut h.status).await, false);
+    assert!(!next(&mut h.status).await, "expected offline status");
     for user in ["a", "b", "c"] {
         let p = OutPresence::new(
             jid(&format!("{user}*sip.test@sip.xmpp.test")),
@@ -422,7 +422,7 @@ async fn case_097_bad_xml_from_server_gets_not_well_formed_then_reconnect() {
         c.read_to_eof().await,
         "<stream:error><not-well-formed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
     );
-    assert_eq!(next(&mut h.status).await, false);
+    assert!(!next(&mut h.status).await, "expected offline status");
     let _c2 = accept_login(&mut h, "x2").await;
 }
 
@@ -445,7 +445,7 @@ async fn server_stream_end_is_a_disconnect_and_the_link_comes_back() {
     let mut c = accept_login(&mut h, "s1").await;
     c.send("<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>").await;
     assert_eq!(c.read_to_eof().await, "</stream:stream>");
-    assert_eq!(next(&mut h.status).await, false);
+    assert!(!next(&mut h.status).await, "expected offline status");
     let _c2 = accept_login(&mut h, "s2").await;
 }
 
@@ -491,4 +491,26 @@ fn stream_parser_rejects_doctype_and_undeclared_prefix() {
         .unwrap();
     let e = p.feed(b"<foo:bar/>").unwrap_err();
     assert_eq!(e, "the XML element is missing a namespace");
+}
+
+#[actix_rt::test]
+async fn presence_from_outside_the_component_domain_is_not_sent() {
+    let mut h = start(|_| {}, SECRET).await;
+    let mut c = accept_login(&mut h, "f1").await;
+    let bad = OutPresence::new(
+        jid("bob@elsewhere.test"),
+        jid("alice@xmpp.test"),
+        PresenceType::Probe,
+    );
+    h.comp.send(SendPresence(bad)).await.unwrap();
+    let sub = OutPresence::new(
+        jid("bob@gw.sip.xmpp.test"),
+        jid("alice@xmpp.test"),
+        PresenceType::Probe,
+    );
+    h.comp.send(SendPresence(sub)).await.unwrap();
+    assert_eq!(
+        c.read_until("/>").await,
+        "<presence from='bob@gw.sip.xmpp.test' to='alice@xmpp.test' type='probe'/>"
+    );
 }
