@@ -69,7 +69,8 @@ fn init_logging(cfg: &Config) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let res = if cfg.log.format == "json" {
         builder.json().try_init()
     } else {
@@ -122,7 +123,9 @@ fn main() -> ExitCode {
             init_logging(&cfg);
             tracing::info!(
                 version = env!("CARGO_PKG_VERSION"),
-                config = ?path,
+                config = %path
+                    .as_deref()
+                    .map_or("(none: defaults and environment)".into(), |p| p.display().to_string()),
                 component = %cfg.xmpp.component_domain,
                 xmpp_server = %cfg.xmpp.server,
                 sip_listen = %cfg.sip.listen,

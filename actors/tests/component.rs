@@ -4,7 +4,7 @@
 use actix::prelude::*;
 use pua_xmpp::stanza::{Availability, InPresence, Jid, OutPresence, PresenceType, Show, Status};
 use pua_xmpp_actors::component::{
-    handshake_digest, ComponentConfig, StreamEvent, StreamParser, XmppComponent,
+    handshake_digest, Backoff, ComponentConfig, StreamEvent, StreamParser, XmppComponent,
 };
 use pua_xmpp_actors::messages::{ComponentStatus, SendPresence, StanzaIn};
 use std::time::{Duration, Instant};
@@ -353,9 +353,63 @@ async fn rejected_then_retried(condition: &str) {
     assert!(h.comp.connected());
 }
 
+/// Captures log output of the current thread (the actix test runtime is single-threaded, so
+/// the component's I/O task logs here too).
+#[derive(Clone, Default)]
+struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[actix_rt::test]
 async fn case_094_not_authorized_is_logged_and_retried_after_backoff_without_crash() {
+    let logs = LogBuf::default();
+    let w = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_writer(move || w.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
     rejected_then_retried("not-authorized").await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("not-authorized"))
+        .unwrap_or_else(|| panic!("no not-authorized log line in {text:?}"));
+    assert!(line.starts_with("ERROR XMPP server refused the component handshake (not-authorized): xmpp.secret does not match"), "{line}");
+    assert!(line.contains("retry_secs=0.3"), "{line}");
+    assert!(
+        !text.contains("wrong-secret"),
+        "the secret was logged: {text}"
+    );
+}
+
+#[test]
+fn backoff_doubles_to_the_cap_and_fatal_causes_wait_at_least_the_fatal_minimum() {
+    let cfg = ComponentConfig {
+        reconnect_initial: Duration::from_secs(1),
+        reconnect_max: Duration::from_secs(60),
+        fatal_backoff: Duration::from_secs(30),
+        ..test_config("127.0.0.1:1".into(), SECRET)
+    };
+    let mut b = Backoff::new(&cfg);
+    let got: Vec<u64> = (0..8).map(|_| b.next_delay(false).as_secs()).collect();
+    assert_eq!(got, [1, 2, 4, 8, 16, 32, 60, 60]);
+    b.reset();
+    assert_eq!(b.next_delay(true), Duration::from_secs(30));
+    assert_eq!(b.next_delay(false), Duration::from_secs(2));
+    // Case 94/95: even after reset, a rejection never retries within 30 s.
+    b.reset();
+    assert_eq!(b.next_delay(true), Duration::from_secs(30));
 }
 
 #[actix_rt::test]
