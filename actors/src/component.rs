@@ -36,6 +36,8 @@ pub const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 /// A single stanza larger than this ends the session (memory bound on a misbehaving server).
 const MAX_STANZA_BYTES: usize = 1 << 20;
+/// A session at least this long resets the reconnect delay to its initial value.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// Stream errors that mean "fix the configuration": retrying fast would be a hot loop.
 const FATAL_CONDITIONS: [&str; 3] = ["not-authorized", "host-unknown", "conflict"];
 
@@ -124,7 +126,7 @@ impl Backoff {
             d
         }
     }
-    /// After a successful handshake.
+    /// After a session that stayed up for a while.
     pub fn reset(&mut self) {
         self.next = self.initial;
     }
@@ -599,10 +601,16 @@ impl Link {
         loop {
             let (err, was_online) = match self.handshake().await {
                 Ok(mut session) => {
-                    backoff.reset();
+                    let up_at = tokio::time::Instant::now();
                     tracing::info!(component = %self.cfg.domain, server = %self.cfg.server, "XMPP component link up (handshake accepted)");
                     self.status.do_send(ComponentStatus { online: true });
-                    (self.session(&mut session).await, true)
+                    let err = self.session(&mut session).await;
+                    // Only a session that lasted resets the delay: a server that accepts and
+                    // then drops us at once must not cause a 1 s reconnect loop forever.
+                    if up_at.elapsed() >= STABLE_SESSION {
+                        backoff.reset();
+                    }
+                    (err, true)
                 }
                 Err(e) => (e, false),
             };
