@@ -568,3 +568,76 @@ async fn presence_from_outside_the_component_domain_is_not_sent() {
         "<presence from='bob@gw.sip.xmpp.test' to='alice@xmpp.test' type='probe'/>"
     );
 }
+
+/// Against a real XEP-0114 server (e.g. the reference lab's Prosody). Run with
+/// `PUA_XMPP_LIVE_SERVER=127.0.0.2:5347 PUA_XMPP_LIVE_SECRET=gwsecret cargo test -p
+/// pua-xmpp-actors --test component live_ -- --ignored`. Component name `sip.xmpp.test`.
+#[actix_rt::test]
+#[ignore = "needs a live XMPP server: set PUA_XMPP_LIVE_SERVER and PUA_XMPP_LIVE_SECRET"]
+async fn live_server_rejects_wrong_secret_with_not_authorized_then_accepts_the_right_one() {
+    let (Ok(server), Ok(secret)) = (
+        std::env::var("PUA_XMPP_LIVE_SERVER"),
+        std::env::var("PUA_XMPP_LIVE_SECRET"),
+    ) else {
+        panic!("set PUA_XMPP_LIVE_SERVER and PUA_XMPP_LIVE_SECRET");
+    };
+    let logs = LogBuf::default();
+    let w = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_writer(move || w.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (ptx, _presences) = unbounded_channel();
+    let (stx, mut status) = unbounded_channel();
+    let collector = Collector {
+        presences: ptx,
+        status: stx,
+    }
+    .start();
+
+    let wrong = XmppComponent::start(
+        test_config(server.clone(), "definitely-wrong"),
+        collector.clone().recipient(),
+        collector.clone().recipient(),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("ERROR XMPP server refused the component handshake (not-authorized)"),
+        "{text}"
+    );
+    assert!(
+        status.try_recv().is_err(),
+        "wrong secret must never report online"
+    );
+    drop(wrong);
+
+    let right = XmppComponent::start(
+        test_config(server, &secret),
+        collector.clone().recipient(),
+        collector.recipient(),
+    );
+    assert!(next(&mut status).await, "expected online status");
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("INFO XMPP component link up"), "{text}");
+    // The server accepts our stanzas: a burst of presences does not end the stream.
+    for i in 0..20 {
+        let mut p = OutPresence::new(
+            jid(&format!("bob{i}*sip.test@sip.xmpp.test")),
+            jid("alice@xmpp.test"),
+            PresenceType::Available,
+        );
+        p.body
+            .statuses
+            .push(Status::new(None, "live <test> & more"));
+        right.send(SendPresence(p)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        status.try_recv().is_err(),
+        "the link went down after sending"
+    );
+}
