@@ -628,15 +628,19 @@ impl Link {
         let domain = &self.cfg.domain;
         let server = &self.cfg.server;
         let retry_secs = delay.as_secs_f64();
+        let server_text = match err {
+            LinkError::StreamError { text: Some(t), .. } => t.as_str(),
+            _ => "",
+        };
         match err {
             LinkError::StreamError { condition, .. } if condition == "not-authorized" => {
-                tracing::error!(component = %domain, %server, retry_secs, "XMPP server refused the component handshake (not-authorized): xmpp.secret does not match the server's component secret")
+                tracing::error!(component = %domain, %server, retry_secs, server_text, "XMPP server refused the component handshake (not-authorized): xmpp.secret does not match the server's component secret")
             }
             LinkError::StreamError { condition, .. } if condition == "host-unknown" => {
-                tracing::error!(component = %domain, %server, retry_secs, "XMPP server has no component named {domain} (host-unknown): check xmpp.component_domain and the server's Component definition")
+                tracing::error!(component = %domain, %server, retry_secs, server_text, "XMPP server has no component named {domain} (host-unknown): check xmpp.component_domain and the server's Component definition")
             }
             LinkError::StreamError { condition, .. } if condition == "conflict" => {
-                tracing::error!(component = %domain, %server, retry_secs, "another connection already serves component {domain} (conflict): is a second pua-xmpp running?")
+                tracing::error!(component = %domain, %server, retry_secs, server_text, "another connection already serves component {domain} (conflict): is a second pua-xmpp running?")
             }
             _ => {
                 tracing::warn!(component = %domain, %server, retry_secs, error = %err, "XMPP component link down; reconnecting")
