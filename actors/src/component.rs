@@ -1,1 +1,818 @@
-//! (to be written)
+//! The XEP-0114 component link (spec §8): one TCP connection to the XMPP server, handshake,
+//! inbound presence to the gateway, outbound presence from it, reconnect with backoff.
+//!
+//! The stream is implemented here on tokio + minidom's incremental parser (`rxml` raw events
+//! fed into minidom's `TreeBuilder`) rather than with tokio-xmpp 6's `Component`, because that
+//! API (a) hides the socket, so no TCP_NODELAY; (b) reports a `<stream:error/>` during the
+//! handshake as a bare `AuthError::ComponentFail`, so `not-authorized` / `host-unknown` /
+//! `conflict` cannot be told apart (cases 94, 95); (c) yields typed `xmpp_parsers` stanzas, so a
+//! presence with a bad `<show/>` or `<priority/>` is dropped before the lenient
+//! `InPresence::from_element` can see it (cases 37, 38); (d) ends its `Stream` on one bad
+//! stanza without telling why, and never answers not-well-formed XML (case 97).
+//!
+//! Structure: the actor owns an [`Outbox`] (bounded queue shared with its I/O task) and the I/O
+//! task; the task runs connect → handshake → session → backoff forever, and reports to the
+//! gateway through the `inbound` and `status` recipients.
+
+use crate::messages::{ComponentStatus, SendPresence, StanzaIn};
+use actix::prelude::*;
+use minidom::rxml::{self, Parse as _};
+use minidom::tree_builder::TreeBuilder;
+use minidom::Element;
+use pua_xmpp::stanza::{InPresence, NS_COMPONENT, NS_STANZAS};
+use pua_xmpp::xml::escape_attr;
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Namespace of the stream element and `<stream:error/>`.
+pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
+/// Namespace of stream error conditions.
+pub const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+/// A single stanza larger than this ends the session (memory bound on a misbehaving server).
+const MAX_STANZA_BYTES: usize = 1 << 20;
+/// A session at least this long resets the reconnect delay to its initial value.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+/// Stream errors that mean "fix the configuration": retrying fast would be a hot loop.
+const FATAL_CONDITIONS: [&str; 3] = ["not-authorized", "host-unknown", "conflict"];
+
+/// Settings of the component link. `Debug` hides the secret.
+#[derive(Clone)]
+pub struct ComponentConfig {
+    /// Component name: stream `to`, and the domain inbound stanzas must be addressed to.
+    pub domain: String,
+    /// `host:port` of the server's component listener (names are resolved on each attempt).
+    pub server: String,
+    pub secret: String,
+    /// Interval of whitespace keepalives.
+    pub keepalive: Duration,
+    /// Outbound stanzas kept while the link is down; the oldest is dropped beyond this.
+    pub queue_limit: usize,
+    /// Cap of the doubling reconnect delay.
+    pub reconnect_max: Duration,
+    /// First reconnect delay (1 s in production).
+    pub reconnect_initial: Duration,
+    /// Minimum delay after `not-authorized` / `host-unknown` / `conflict` (30 s in production).
+    pub fatal_backoff: Duration,
+    /// Limit for TCP connect, and separately for the server's header and handshake reply.
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for ComponentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ComponentConfig")
+            .field("domain", &self.domain)
+            .field("server", &self.server)
+            .field("secret", &"<redacted>")
+            .field("keepalive", &self.keepalive)
+            .field("queue_limit", &self.queue_limit)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("reconnect_initial", &self.reconnect_initial)
+            .field("fatal_backoff", &self.fatal_backoff)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl ComponentConfig {
+    /// Production settings from the `[xmpp]` section.
+    pub fn from_xmpp(x: &crate::config::XmppConfig) -> ComponentConfig {
+        ComponentConfig {
+            domain: x.component_domain.clone(),
+            server: x.server.clone(),
+            secret: x.secret.clone(),
+            keepalive: Duration::from_secs(x.keepalive_secs.max(1)),
+            queue_limit: x.queue_limit.max(1),
+            reconnect_max: Duration::from_secs(x.reconnect_max_secs.max(1)),
+            reconnect_initial: Duration::from_secs(1),
+            fatal_backoff: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The reconnect delay after a failed or lost session.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    next: Duration,
+    initial: Duration,
+    max: Duration,
+    fatal: Duration,
+}
+
+impl Backoff {
+    pub fn new(cfg: &ComponentConfig) -> Backoff {
+        let initial = cfg.reconnect_initial.max(Duration::from_millis(1));
+        Backoff {
+            next: initial,
+            initial,
+            max: cfg.reconnect_max.max(initial),
+            fatal: cfg.fatal_backoff,
+        }
+    }
+    /// The delay before the next attempt; doubles up to the cap. Fatal causes wait at least
+    /// `fatal_backoff` (cases 94, 95: no hot loop).
+    pub fn next_delay(&mut self, fatal: bool) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        if fatal {
+            d.max(self.fatal)
+        } else {
+            d
+        }
+    }
+    /// After a session that stayed up for a while.
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+/// Bounded queue of serialized outbound stanzas, shared by the actor (producer) and its I/O
+/// task (consumer). Survives reconnects: stanzas wait here while the link is down.
+pub struct Outbox {
+    inner: Mutex<OutboxInner>,
+    notify: Notify,
+}
+
+struct OutboxInner {
+    queue: VecDeque<String>,
+    limit: usize,
+    dropped: u64,
+}
+
+impl Outbox {
+    pub fn new(limit: usize) -> Outbox {
+        Outbox {
+            inner: Mutex::new(OutboxInner {
+                queue: VecDeque::new(),
+                limit: limit.max(1),
+                dropped: 0,
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OutboxInner> {
+        // A panic elsewhere while holding the lock leaves a consistent VecDeque: keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends a stanza; beyond the limit the oldest one is dropped and counted.
+    pub fn push(&self, stanza: String) {
+        {
+            let mut g = self.lock();
+            if g.queue.len() >= g.limit {
+                g.queue.pop_front();
+                g.dropped += 1;
+                let dropped = g.dropped;
+                if dropped % 1000 == 1 {
+                    tracing::warn!(
+                        dropped_total = dropped,
+                        limit = g.limit,
+                        "XMPP outbound queue full: dropped the oldest presence"
+                    );
+                }
+            }
+            g.queue.push_back(stanza);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Takes everything queued, oldest first.
+    fn take_all(&self) -> Vec<String> {
+        self.lock().queue.drain(..).collect()
+    }
+
+    /// Puts back a batch that could not be written, ahead of newer stanzas (limit still holds).
+    fn requeue_front(&self, batch: Vec<String>) {
+        let mut g = self.lock();
+        for s in batch.into_iter().rev() {
+            if g.queue.len() >= g.limit {
+                g.dropped += 1;
+                continue;
+            }
+            g.queue.push_front(s);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Stanzas dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+}
+
+/// The component actor: queues outbound presence, owns the I/O task.
+pub struct XmppComponent {
+    cfg: Arc<ComponentConfig>,
+    outbox: Arc<Outbox>,
+    inbound: Recipient<StanzaIn>,
+    status: Recipient<ComponentStatus>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl XmppComponent {
+    /// Starts the actor; it connects at once and keeps reconnecting until stopped.
+    pub fn start(
+        cfg: ComponentConfig,
+        inbound: Recipient<StanzaIn>,
+        status: Recipient<ComponentStatus>,
+    ) -> Addr<XmppComponent> {
+        let outbox = Arc::new(Outbox::new(cfg.queue_limit));
+        XmppComponent {
+            cfg: Arc::new(cfg),
+            outbox,
+            inbound,
+            status,
+            task: None,
+        }
+        .start()
+    }
+}
+
+impl Actor for XmppComponent {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        let link = Link {
+            cfg: self.cfg.clone(),
+            outbox: self.outbox.clone(),
+            inbound: self.inbound.clone(),
+            status: self.status.clone(),
+        };
+        self.task = Some(actix::spawn(link.run()));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Handler<SendPresence> for XmppComponent {
+    type Result = ();
+    fn handle(&mut self, msg: SendPresence, _ctx: &mut Self::Context) {
+        // A `from` outside our domain would make the server kill the whole stream
+        // (`invalid-from`, §8): drop the one stanza instead.
+        let from_domain = msg.0.from.domain().as_str();
+        let d = &self.cfg.domain;
+        let ours = from_domain.eq_ignore_ascii_case(d)
+            || from_domain
+                .strip_suffix(d.as_str())
+                .is_some_and(|p| p.ends_with('.'));
+        if !ours {
+            tracing::error!(from = %msg.0.from, to = %msg.0.to, component = %d, "not sending presence whose 'from' is outside the component domain");
+            return;
+        }
+        let mut s = String::with_capacity(160);
+        msg.0.write_xml(&mut s);
+        self.outbox.push(s);
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum LinkError {
+    Connect(std::io::Error),
+    Io(std::io::Error),
+    Timeout(&'static str),
+    /// `<stream:error/>` from the server.
+    StreamError {
+        condition: String,
+        text: Option<String>,
+    },
+    /// The server closed the stream or the socket.
+    Closed,
+    /// The server sent XML we could not parse (we answered not-well-formed, case 97).
+    BadXml(String),
+    /// Well-formed but not what XEP-0114 says (e.g. no stream id).
+    Protocol(String),
+}
+
+impl LinkError {
+    fn is_fatal(&self) -> bool {
+        matches!(self, LinkError::StreamError { condition, .. } if FATAL_CONDITIONS.contains(&condition.as_str()))
+    }
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkError::Connect(e) => write!(f, "connect failed: {e}"),
+            LinkError::Io(e) => write!(f, "socket error: {e}"),
+            LinkError::Timeout(what) => write!(f, "timed out waiting for {what}"),
+            LinkError::StreamError { condition, text } => {
+                write!(f, "stream error <{condition}/>")?;
+                if let Some(t) = text {
+                    write!(f, ": {t}")?;
+                }
+                Ok(())
+            }
+            LinkError::Closed => f.write_str("server closed the stream"),
+            LinkError::BadXml(e) => write!(f, "malformed XML from server: {e}"),
+            LinkError::Protocol(e) => write!(f, "protocol error: {e}"),
+        }
+    }
+}
+
+/// Lowercase hex SHA-1 of `stream_id + secret` (XEP-0114 handshake, case 93).
+pub fn handshake_digest(stream_id: &str, secret: &str) -> String {
+    let h = xmpp_parsers::component::Handshake::from_stream_id_and_password(
+        stream_id.to_owned(),
+        secret,
+    );
+    let mut out = String::with_capacity(40);
+    for b in h.data.unwrap_or_default() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// What the component stream reader produced.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// The server's stream header.
+    Header { id: Option<String> },
+    /// A complete top-level element (stanza, `<handshake/>`, `<stream:error/>`).
+    Element(Element),
+    /// `</stream:stream>`.
+    End,
+}
+
+/// Incremental parser for the server side of the stream: rxml raw events into minidom
+/// elements, one per top-level child of `<stream:stream>`.
+pub struct StreamParser {
+    parser: rxml::RawParser,
+    tree: TreeBuilder,
+    depth: usize,
+    stanza_bytes: usize,
+    events: VecDeque<StreamEvent>,
+}
+
+impl Default for StreamParser {
+    fn default() -> Self {
+        StreamParser::new()
+    }
+}
+
+impl StreamParser {
+    pub fn new() -> StreamParser {
+        StreamParser {
+            parser: rxml::RawParser::new(),
+            tree: TreeBuilder::new(),
+            depth: 0,
+            stanza_bytes: 0,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Feeds bytes; complete events are queued for [`StreamParser::next_event`]. An error means
+    /// the stream is unusable (not well-formed, or a stanza over the size limit).
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), String> {
+        loop {
+            let before = data.len();
+            let r = self.parser.parse(&mut data, false);
+            if self.depth >= 2 {
+                self.stanza_bytes += before - data.len();
+                if self.stanza_bytes > MAX_STANZA_BYTES {
+                    return Err(format!("stanza larger than {MAX_STANZA_BYTES} bytes"));
+                }
+            }
+            match r {
+                Ok(Some(ev)) => self.on_event(ev)?,
+                Ok(None) => return Ok(()),
+                Err(rxml::error::EndOrError::NeedMoreData) => return Ok(()),
+                Err(rxml::error::EndOrError::Error(e)) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    pub fn next_event(&mut self) -> Option<StreamEvent> {
+        self.events.pop_front()
+    }
+
+    fn on_event(&mut self, ev: rxml::RawEvent) -> Result<(), String> {
+        use rxml::RawEvent as E;
+        match ev {
+            E::XmlDeclaration(..) => Ok(()),
+            E::ElementHeadOpen(..) => {
+                self.depth += 1;
+                if self.depth == 2 {
+                    self.stanza_bytes = 0;
+                }
+                self.tree.process_event(ev).map_err(|e| e.to_string())
+            }
+            E::Attribute(..) => self.tree.process_event(ev).map_err(|e| e.to_string()),
+            E::ElementHeadClose(..) => {
+                self.tree.process_event(ev).map_err(|e| e.to_string())?;
+                if self.depth == 1 {
+                    let top = self
+                        .tree
+                        .top()
+                        .ok_or_else(|| "stream header lost".to_owned())?;
+                    if top.name() != "stream" || top.ns() != NS_STREAM {
+                        return Err(format!(
+                            "expected <stream:stream>, got <{}> in {:?}",
+                            top.name(),
+                            top.ns()
+                        ));
+                    }
+                    let id = top.attr("id").map(str::to_owned);
+                    self.events.push_back(StreamEvent::Header { id });
+                }
+                Ok(())
+            }
+            // Whitespace keepalives between stanzas would pile up as text of the stream element.
+            E::Text(..) if self.depth < 2 => Ok(()),
+            E::Text(..) => self.tree.process_event(ev).map_err(|e| e.to_string()),
+            E::ElementFoot(..) => {
+                self.tree.process_event(ev).map_err(|e| e.to_string())?;
+                self.depth = self.depth.saturating_sub(1);
+                match self.depth {
+                    0 => self.events.push_back(StreamEvent::End),
+                    1 => {
+                        if let Some(el) = self.tree.unshift_child() {
+                            self.events.push_back(StreamEvent::Element(el));
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What to do with one inbound top-level element.
+#[derive(Debug, PartialEq)]
+pub enum Inbound {
+    /// Forward to the gateway.
+    Presence(Box<InPresence>),
+    /// Write this reply on the stream.
+    Reply(String),
+    /// Nothing to do (already logged).
+    Ignore,
+}
+
+fn push_attr(out: &mut String, name: &str, value: &str) {
+    out.push(' ');
+    out.push_str(name);
+    out.push_str("='");
+    escape_attr(out, value);
+    out.push('\'');
+}
+
+/// An error reply to an iq or message: `to`/`from` swapped, `id` echoed (RFC 6120 §8.3).
+fn service_unavailable(kind: &str, el: &Element, from: &str) -> String {
+    let mut s = String::with_capacity(200);
+    s.push('<');
+    s.push_str(kind);
+    s.push_str(" type='error'");
+    if let Some(to) = el.attr("to") {
+        push_attr(&mut s, "from", to);
+    }
+    push_attr(&mut s, "to", from);
+    if let Some(id) = el.attr("id") {
+        push_attr(&mut s, "id", id);
+    }
+    s.push_str("><error type='cancel'><service-unavailable xmlns='");
+    s.push_str(NS_STANZAS);
+    s.push_str("'/></error></");
+    s.push_str(kind);
+    s.push('>');
+    s
+}
+
+/// Classifies an inbound element (case 47: bad presence dropped; case 96: disco#info).
+pub fn classify_inbound(domain: &str, el: &Element) -> Inbound {
+    match el.name() {
+        "presence" => match InPresence::from_element(el) {
+            Err(e) => {
+                tracing::warn!(error = %e, from = ?el.attr("from"), to = ?el.attr("to"), "dropping inbound presence");
+                Inbound::Ignore
+            }
+            Ok(p) if !p.to.domain().as_str().eq_ignore_ascii_case(domain) => {
+                tracing::warn!(to = %p.to, component = domain, "dropping presence addressed outside the component domain");
+                Inbound::Ignore
+            }
+            Ok(p) => Inbound::Presence(Box::new(p)),
+        },
+        "iq" => {
+            let Some(from) = el.attr("from") else {
+                tracing::warn!("dropping iq without 'from'");
+                return Inbound::Ignore;
+            };
+            match el.attr("type") {
+                Some("get") | Some("set") => {
+                    let disco = el.attr("type") == Some("get")
+                        && el
+                            .attr("to")
+                            .is_some_and(|t| t.eq_ignore_ascii_case(domain))
+                        && el.children().count() == 1
+                        && el
+                            .get_child("query", NS_DISCO_INFO)
+                            .is_some_and(|q| q.attr("node").is_none());
+                    if disco {
+                        let mut s = String::with_capacity(300);
+                        s.push_str("<iq type='result'");
+                        push_attr(&mut s, "from", domain);
+                        push_attr(&mut s, "to", from);
+                        if let Some(id) = el.attr("id") {
+                            push_attr(&mut s, "id", id);
+                        }
+                        s.push_str("><query xmlns='");
+                        s.push_str(NS_DISCO_INFO);
+                        s.push_str("'><identity category='gateway' type='sip' name='SIP presence gateway'/><feature var='");
+                        s.push_str(NS_DISCO_INFO);
+                        s.push_str("'/></query></iq>");
+                        Inbound::Reply(s)
+                    } else {
+                        Inbound::Reply(service_unavailable("iq", el, from))
+                    }
+                }
+                _ => Inbound::Ignore,
+            }
+        }
+        "message" => {
+            if el.attr("type") == Some("error") {
+                return Inbound::Ignore;
+            }
+            match el.attr("from") {
+                Some(from) => Inbound::Reply(service_unavailable("message", el, from)),
+                None => Inbound::Ignore,
+            }
+        }
+        other => {
+            tracing::debug!(
+                element = other,
+                ns = el.ns(),
+                "ignoring unexpected element on component stream"
+            );
+            Inbound::Ignore
+        }
+    }
+}
+
+/// Reads the condition and text of a `<stream:error/>`.
+pub fn stream_error_of(el: &Element) -> Option<(String, Option<String>)> {
+    if el.name() != "error" || el.ns() != NS_STREAM {
+        return None;
+    }
+    let mut condition = "undefined-condition".to_owned();
+    let mut text = None;
+    for c in el.children().filter(|c| c.ns() == NS_STREAM_ERRORS) {
+        if c.name() == "text" {
+            text = Some(c.text());
+        } else {
+            condition = c.name().to_owned();
+        }
+    }
+    Some((condition, text))
+}
+
+/// The I/O side: everything the task needs, nothing shared with other actors.
+struct Link {
+    cfg: Arc<ComponentConfig>,
+    outbox: Arc<Outbox>,
+    inbound: Recipient<StanzaIn>,
+    status: Recipient<ComponentStatus>,
+}
+
+/// An authenticated connection.
+struct Session {
+    sock: TcpStream,
+    parser: StreamParser,
+}
+
+impl Link {
+    async fn run(self) {
+        let mut backoff = Backoff::new(&self.cfg);
+        loop {
+            let (err, was_online) = match self.handshake().await {
+                Ok(mut session) => {
+                    let up_at = tokio::time::Instant::now();
+                    tracing::info!(component = %self.cfg.domain, server = %self.cfg.server, "XMPP component link up (handshake accepted)");
+                    self.status.do_send(ComponentStatus { online: true });
+                    let err = self.session(&mut session).await;
+                    // Only a session that lasted resets the delay: a server that accepts and
+                    // then drops us at once must not cause a 1 s reconnect loop forever.
+                    if up_at.elapsed() >= STABLE_SESSION {
+                        backoff.reset();
+                    }
+                    (err, true)
+                }
+                Err(e) => (e, false),
+            };
+            if was_online {
+                self.status.do_send(ComponentStatus { online: false });
+            }
+            let fatal = err.is_fatal();
+            let delay = backoff.next_delay(fatal);
+            self.log_end(&err, delay);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn log_end(&self, err: &LinkError, delay: Duration) {
+        let domain = &self.cfg.domain;
+        let server = &self.cfg.server;
+        let retry_secs = delay.as_secs_f64();
+        let server_text = match err {
+            LinkError::StreamError { text: Some(t), .. } => t.as_str(),
+            _ => "",
+        };
+        match err {
+            LinkError::StreamError { condition, .. } if condition == "not-authorized" => {
+                tracing::error!(component = %domain, %server, retry_secs, server_text, "XMPP server refused the component handshake (not-authorized): xmpp.secret does not match the server's component secret")
+            }
+            LinkError::StreamError { condition, .. } if condition == "host-unknown" => {
+                tracing::error!(component = %domain, %server, retry_secs, server_text, "XMPP server has no component named {domain} (host-unknown): check xmpp.component_domain and the server's Component definition")
+            }
+            LinkError::StreamError { condition, .. } if condition == "conflict" => {
+                tracing::error!(component = %domain, %server, retry_secs, server_text, "another connection already serves component {domain} (conflict): is a second pua-xmpp running?")
+            }
+            _ => {
+                tracing::warn!(component = %domain, %server, retry_secs, error = %err, "XMPP component link down; reconnecting")
+            }
+        }
+    }
+
+    /// Connects, opens the stream and authenticates.
+    async fn handshake(&self) -> Result<Session, LinkError> {
+        let t = self.cfg.connect_timeout;
+        let mut sock = tokio::time::timeout(t, TcpStream::connect(self.cfg.server.as_str()))
+            .await
+            .map_err(|_| LinkError::Timeout("TCP connect"))?
+            .map_err(LinkError::Connect)?;
+        // Presence is latency-sensitive and small: no Nagle delay (Kamailio's link stalls ~40 ms).
+        if let Err(e) = sock.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let mut header = String::from(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
+             xmlns:stream='http://etherx.jabber.org/streams'",
+        );
+        push_attr(&mut header, "to", &self.cfg.domain);
+        header.push('>');
+        sock.write_all(header.as_bytes())
+            .await
+            .map_err(LinkError::Io)?;
+        let mut session = Session {
+            sock,
+            parser: StreamParser::new(),
+        };
+        let id = match tokio::time::timeout(t, read_event(&mut session)).await {
+            Err(_) => return Err(LinkError::Timeout("the server's stream header")),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(StreamEvent::Header { id: Some(id) })) => id,
+            Ok(Ok(StreamEvent::Header { id: None })) => {
+                return Err(LinkError::Protocol("server stream header has no id".into()))
+            }
+            Ok(Ok(other)) => return Err(unexpected(other)),
+        };
+        let digest = handshake_digest(&id, &self.cfg.secret);
+        let hs = format!("<handshake>{digest}</handshake>");
+        session
+            .sock
+            .write_all(hs.as_bytes())
+            .await
+            .map_err(LinkError::Io)?;
+        match tokio::time::timeout(t, read_event(&mut session)).await {
+            Err(_) => Err(LinkError::Timeout("the handshake reply")),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(StreamEvent::Element(el)))
+                if el.name() == "handshake" && el.ns() == NS_COMPONENT =>
+            {
+                Ok(session)
+            }
+            Ok(Ok(other)) => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs an authenticated session until it fails; returns why.
+    async fn session(&self, s: &mut Session) -> LinkError {
+        match run_session(self, s).await {
+            Err(e) => e,
+            Ok(never) => match never {},
+        }
+    }
+}
+
+/// The session loop: flush the outbox, read and dispatch, keepalive.
+async fn run_session(link: &Link, s: &mut Session) -> Result<std::convert::Infallible, LinkError> {
+    let period = link.cfg.keepalive.max(Duration::from_millis(10));
+    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        // Flush whatever is queued as one write (coalescing: one syscall per batch).
+        let batch = link.outbox.take_all();
+        if !batch.is_empty() {
+            let bytes: String = batch.concat();
+            if let Err(e) = s.sock.write_all(bytes.as_bytes()).await {
+                link.outbox.requeue_front(batch);
+                return Err(LinkError::Io(e));
+            }
+            keepalive.reset();
+        }
+        tokio::select! {
+            r = s.sock.read(&mut buf) => {
+                let n = r.map_err(LinkError::Io)?;
+                if n == 0 {
+                    return Err(LinkError::Closed);
+                }
+                if let Err(e) = s.parser.feed(buf.get(..n).unwrap_or_default()) {
+                    send_not_well_formed(&mut s.sock).await;
+                    return Err(LinkError::BadXml(e));
+                }
+                let mut replies = String::new();
+                let mut end = None;
+                while let Some(ev) = s.parser.next_event() {
+                    match ev {
+                        StreamEvent::Element(el) => {
+                            if let Some((condition, text)) = stream_error_of(&el) {
+                                end = Some(LinkError::StreamError { condition, text });
+                                break;
+                            }
+                            match classify_inbound(&link.cfg.domain, &el) {
+                                Inbound::Presence(p) => link.inbound.do_send(StanzaIn(*p)),
+                                Inbound::Reply(r) => replies.push_str(&r),
+                                Inbound::Ignore => {}
+                            }
+                        }
+                        StreamEvent::End => {
+                            end = Some(LinkError::Closed);
+                            break;
+                        }
+                        StreamEvent::Header { .. } => {
+                            end = Some(LinkError::Protocol("second stream header".into()));
+                            break;
+                        }
+                    }
+                }
+                if !replies.is_empty() {
+                    s.sock.write_all(replies.as_bytes()).await.map_err(LinkError::Io)?;
+                }
+                if let Some(e) = end {
+                    let _ = s.sock.write_all(b"</stream:stream>").await;
+                    let _ = s.sock.shutdown().await;
+                    return Err(e);
+                }
+            }
+            _ = link.outbox.notify.notified() => {}
+            _ = keepalive.tick() => {
+                s.sock.write_all(b" ").await.map_err(LinkError::Io)?;
+            }
+        }
+    }
+}
+
+/// Case 97: tell the server its XML was bad, then close.
+async fn send_not_well_formed(sock: &mut TcpStream) {
+    let _ = sock
+        .write_all(
+            b"<stream:error><not-well-formed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>",
+        )
+        .await;
+    let _ = sock.shutdown().await;
+}
+
+fn unexpected(ev: StreamEvent) -> LinkError {
+    match ev {
+        StreamEvent::Element(el) => match stream_error_of(&el) {
+            Some((condition, text)) => LinkError::StreamError { condition, text },
+            None => LinkError::Protocol(format!("unexpected <{}> during handshake", el.name())),
+        },
+        StreamEvent::End => LinkError::Closed,
+        StreamEvent::Header { .. } => LinkError::Protocol("second stream header".into()),
+    }
+}
+
+/// Reads until the parser yields one event.
+async fn read_event(s: &mut Session) -> Result<StreamEvent, LinkError> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(ev) = s.parser.next_event() {
+            return Ok(ev);
+        }
+        let n = s.sock.read(&mut buf).await.map_err(LinkError::Io)?;
+        if n == 0 {
+            return Err(LinkError::Closed);
+        }
+        if let Err(e) = s.parser.feed(buf.get(..n).unwrap_or_default()) {
+            send_not_well_formed(&mut s.sock).await;
+            return Err(LinkError::BadXml(e));
+        }
+    }
+}

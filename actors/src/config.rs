@@ -1,1 +1,758 @@
-//! (to be written)
+//! Gateway configuration: built-in defaults, then a TOML file, then `PUA_XMPP__SECTION__KEY`
+//! environment variables, then [`Config::validate`]. Every error names the offending key, so
+//! an operator can fix a typo without reading code; unknown keys are errors for the same reason.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Prefix of environment overrides: `PUA_XMPP__XMPP__SECRET` sets `xmpp.secret`.
+pub const ENV_PREFIX: &str = "PUA_XMPP";
+/// Secret shipped as default; starting with it gets a loud warning.
+pub const DEFAULT_SECRET: &str = "secret";
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: [&str; 3] = [
+    "mapping.gwmap",
+    "mapping.allowed_sip_domains",
+    "mapping.allowed_xmpp_domains",
+];
+
+/// The whole effective configuration.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub xmpp: XmppConfig,
+    pub mapping: MappingSection,
+    pub presence: PresenceConfig,
+    pub store: StoreConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SipConfig {
+    /// Local UDP and TCP listen address.
+    pub listen: String,
+    /// The SIP presence server (Kamailio) our requests go to.
+    pub server_address: String,
+    /// SIP domain under which XMPP users appear (`alice*xmpp.org@gateway_domain`).
+    pub gateway_domain: String,
+    /// `host:port` put in Contact; empty means `listen`.
+    pub contact_host: String,
+    /// Transport of requests we originate: `udp` or `tcp`.
+    pub transport: String,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: "127.0.0.1:5080".into(),
+            server_address: "sip:127.0.0.1:5060".into(),
+            gateway_domain: "sip-xmpp.localhost".into(),
+            contact_host: String::new(),
+            transport: "udp".into(),
+        }
+    }
+}
+
+impl SipConfig {
+    /// The validated listen address (falls back to the default if called before validation).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5080)))
+    }
+    /// `host:port` for Contact headers.
+    pub fn contact(&self) -> &str {
+        if self.contact_host.is_empty() {
+            &self.listen
+        } else {
+            &self.contact_host
+        }
+    }
+}
+
+/// `Debug` is written by hand so the secret never reaches a log line.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct XmppConfig {
+    /// The component name (XEP-0114 stream `to`), also the JID domain of SIP users.
+    pub component_domain: String,
+    /// `host:port` of the XMPP server's component port.
+    pub server: String,
+    /// The component secret; never logged.
+    pub secret: String,
+    pub keepalive_secs: u64,
+    /// Outbound stanzas kept while the link is down.
+    pub queue_limit: usize,
+    pub reconnect_max_secs: u64,
+}
+
+impl fmt::Debug for XmppConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XmppConfig")
+            .field("component_domain", &self.component_domain)
+            .field("server", &self.server)
+            .field("secret", &"<redacted>")
+            .field("keepalive_secs", &self.keepalive_secs)
+            .field("queue_limit", &self.queue_limit)
+            .field("reconnect_max_secs", &self.reconnect_max_secs)
+            .finish()
+    }
+}
+
+impl Default for XmppConfig {
+    fn default() -> Self {
+        XmppConfig {
+            component_domain: "sip.localhost".into(),
+            server: "127.0.0.1:5347".into(),
+            secret: DEFAULT_SECRET.into(),
+            keepalive_secs: 60,
+            queue_limit: 10_000,
+            reconnect_max_secs: 60,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct MappingSection {
+    pub domain_separator: String,
+    /// `sip_domain=xmpp_domain` entries; non-empty switches to the gwmap strategy.
+    pub gwmap: Vec<String>,
+    /// Empty means any.
+    pub allowed_sip_domains: Vec<String>,
+    /// Empty means any.
+    pub allowed_xmpp_domains: Vec<String>,
+}
+
+impl Default for MappingSection {
+    fn default() -> Self {
+        MappingSection {
+            domain_separator: "*".into(),
+            gwmap: Vec::new(),
+            allowed_sip_domains: Vec::new(),
+            allowed_xmpp_domains: Vec::new(),
+        }
+    }
+}
+
+impl MappingSection {
+    /// The separator as a char (validated to be exactly one).
+    pub fn separator(&self) -> char {
+        self.domain_separator.chars().next().unwrap_or('*')
+    }
+    /// gwmap entries as `(sip_domain, xmpp_domain)` pairs; malformed entries are skipped
+    /// (validation rejects them first).
+    pub fn gwmap_pairs(&self) -> Vec<(String, String)> {
+        self.gwmap
+            .iter()
+            .filter_map(|e| {
+                let (s, x) = e.split_once('=')?;
+                Some((s.trim().to_owned(), x.trim().to_owned()))
+            })
+            .collect()
+    }
+}
+
+/// How SIP watchers learn XMPP presence (§ design): we are the notifier, or we PUBLISH.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresenceMode {
+    Notifier,
+    Pua,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct PresenceConfig {
+    /// `notifier` or `pua`.
+    pub mode: String,
+    pub subscribe_expires: u32,
+    pub notify_min_interval_secs: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            mode: "notifier".into(),
+            subscribe_expires: 3600,
+            notify_min_interval_secs: 5,
+        }
+    }
+}
+
+impl PresenceConfig {
+    pub fn mode(&self) -> PresenceMode {
+        if self.mode == "pua" {
+            PresenceMode::Pua
+        } else {
+            PresenceMode::Notifier
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    pub path: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: "pua-xmpp.db".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9080".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// A tracing `EnvFilter` directive; `RUST_LOG` wins over it.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    pub max_sip_message: usize,
+    pub max_pidf_body: usize,
+    pub max_status_chars: usize,
+    pub max_subscriptions: usize,
+    pub max_subscriptions_per_user: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_sip_message: 65536,
+            max_pidf_body: 65536,
+            max_status_chars: 1024,
+            max_subscriptions: 1_000_000,
+            max_subscriptions_per_user: 1000,
+        }
+    }
+}
+
+/// A configuration error; `Display` starts with the dotted key when one is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The file could not be read or is not TOML.
+    File { path: String, reason: String },
+    /// A key that no section defines (typo safety).
+    UnknownKey { key: String },
+    /// A known key with an unusable value.
+    Invalid { key: String, reason: String },
+    /// Anything the `config` crate reports without a key.
+    Other(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::File { path, reason } => write!(f, "{path}: {reason}"),
+            ConfigError::UnknownKey { key } => write!(f, "{key}: unknown key"),
+            ConfigError::Invalid { key, reason } => write!(f, "{key}: {reason}"),
+            ConfigError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Turns a `config` crate error into ours, lifting the key out of its message.
+fn from_config_error(e: config::ConfigError) -> ConfigError {
+    match e {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            key: Some(key),
+            ..
+        } => invalid(
+            &key,
+            format!("invalid type: {unexpected}, expected {expected}"),
+        ),
+        config::ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } => invalid(&key, error.to_string()),
+        config::ConfigError::FileParse { cause, uri } => ConfigError::File {
+            path: uri.unwrap_or_default(),
+            reason: cause.to_string(),
+        },
+        other => ConfigError::Other(other.to_string()),
+    }
+}
+
+/// Collects the dotted leaf keys of a config tree.
+fn leaf_keys(prefix: &str, map: &config::Map<String, config::Value>, out: &mut BTreeSet<String>) {
+    for (k, v) in map {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match &v.kind {
+            config::ValueKind::Table(t) => {
+                out.insert(key.clone());
+                leaf_keys(&key, t, out);
+            }
+            _ => {
+                out.insert(key);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `path` (TOML) if given, then the process environment, then validation.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, std::env::vars())
+    }
+
+    /// Like [`Config::load`] but with an explicit environment (tests; no global state).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        let defaults = config::Config::try_from(&Config::default()).map_err(from_config_error)?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(p) = path {
+            if !p.is_file() {
+                return Err(ConfigError::File {
+                    path: p.display().to_string(),
+                    reason: "no such file".into(),
+                });
+            }
+            builder = builder.add_source(
+                config::File::from(p)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        // List keys are split here (comma-separated) so no other value is type-guessed:
+        // `try_parsing` would turn a secret like "1e5" into a float.
+        let mut lists = Vec::new();
+        for key in LIST_KEYS {
+            if let Some(v) = env.remove(&Config::env_name(key)) {
+                let items: Vec<String> = v
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                lists.push((key, items));
+            }
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(env)),
+        );
+        for (key, items) in lists {
+            builder = builder
+                .set_override(key, items)
+                .map_err(from_config_error)?;
+        }
+        let built = builder.build().map_err(from_config_error)?;
+        Config::check_unknown_keys(&built)?;
+        let cfg: Config = built.try_deserialize().map_err(from_config_error)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The defaults with one element in every list: `config` drops empty arrays when it
+    /// serializes, which would hide their keys.
+    fn key_template() -> Config {
+        let mut t = Config::default();
+        t.mapping.gwmap = vec!["a=b".into()];
+        t.mapping.allowed_sip_domains = vec!["a".into()];
+        t.mapping.allowed_xmpp_domains = vec!["a".into()];
+        t
+    }
+
+    /// Every key of the merged sources must be one the defaults define.
+    fn check_unknown_keys(built: &config::Config) -> Result<(), ConfigError> {
+        let known_tree = config::Config::try_from(&Config::key_template())
+            .and_then(|c| c.try_deserialize::<config::Map<String, config::Value>>())
+            .map_err(from_config_error)?;
+        let mut known = BTreeSet::new();
+        leaf_keys("", &known_tree, &mut known);
+        let got_tree = built
+            .clone()
+            .try_deserialize::<config::Map<String, config::Value>>()
+            .map_err(from_config_error)?;
+        let mut got = BTreeSet::new();
+        leaf_keys("", &got_tree, &mut got);
+        match got.difference(&known).next() {
+            Some(k) => Err(ConfigError::UnknownKey { key: k.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks every value; the first problem is returned, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let sock = |key: &str, v: &str| -> Result<(), ConfigError> {
+            v.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
+                invalid(
+                    key,
+                    format!(
+                        "expected an IP address with port such as \"127.0.0.1:5080\", got {v:?}"
+                    ),
+                )
+            })
+        };
+        let one_of = |key: &str, v: &str, allowed: &[&str]| -> Result<(), ConfigError> {
+            if allowed.contains(&v) {
+                Ok(())
+            } else {
+                let list: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+                Err(invalid(
+                    key,
+                    format!("expected {}, got {v:?}", list.join(" or ")),
+                ))
+            }
+        };
+        let range = |key: &str, v: u64, lo: u64, hi: u64| -> Result<(), ConfigError> {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    format!("expected a number from {lo} to {hi}, got {v}"),
+                ))
+            }
+        };
+        let domain = |key: &str, v: &str| -> Result<(), ConfigError> {
+            if v.is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+            if v.contains(|c: char| c.is_whitespace() || "@/:*\"'<>&".contains(c)) {
+                return Err(invalid(key, format!("expected a domain name, got {v:?}")));
+            }
+            Ok(())
+        };
+        let host_port = |key: &str, v: &str| -> Result<(), ConfigError> {
+            let ok = v
+                .rsplit_once(':')
+                .map(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0))
+                .unwrap_or(false);
+            if ok {
+                Ok(())
+            } else {
+                Err(invalid(key, format!("expected host:port, got {v:?}")))
+            }
+        };
+
+        let s = &self.sip;
+        sock("sip.listen", &s.listen)?;
+        let sa = &s.server_address;
+        let rest = sa
+            .strip_prefix("sip:")
+            .or_else(|| sa.strip_prefix("sips:"))
+            .ok_or_else(|| {
+                invalid(
+                    "sip.server_address",
+                    format!("expected a sip: URI, got {sa:?}"),
+                )
+            })?;
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(invalid(
+                "sip.server_address",
+                format!("expected a sip: URI with a host, got {sa:?}"),
+            ));
+        }
+        domain("sip.gateway_domain", &s.gateway_domain)?;
+        if !s.contact_host.is_empty() {
+            host_port("sip.contact_host", &s.contact_host)?;
+        }
+        one_of("sip.transport", &s.transport, &["udp", "tcp"])?;
+
+        let x = &self.xmpp;
+        domain("xmpp.component_domain", &x.component_domain)?;
+        if xmpp_parsers::jid::BareJid::new(&x.component_domain).is_err() {
+            return Err(invalid(
+                "xmpp.component_domain",
+                format!("not a valid JID domain: {:?}", x.component_domain),
+            ));
+        }
+        host_port("xmpp.server", &x.server)?;
+        if x.secret.is_empty() {
+            return Err(invalid("xmpp.secret", "must not be empty"));
+        }
+        if x.secret.contains(['&', '<', '>', '\'', '"']) {
+            // XEP-0114 servers disagree on escaping these in the handshake hash (§8).
+            return Err(invalid(
+                "xmpp.secret",
+                "must not contain & < > ' \" (servers hash them differently)",
+            ));
+        }
+        range("xmpp.keepalive_secs", x.keepalive_secs, 1, 3600)?;
+        range("xmpp.queue_limit", x.queue_limit as u64, 1, 10_000_000)?;
+        range("xmpp.reconnect_max_secs", x.reconnect_max_secs, 1, 3600)?;
+
+        let m = &self.mapping;
+        if m.domain_separator.chars().count() != 1 {
+            return Err(invalid(
+                "mapping.domain_separator",
+                format!(
+                    "expected exactly one character, got {:?}",
+                    m.domain_separator
+                ),
+            ));
+        }
+        for e in &m.gwmap {
+            match e.split_once('=') {
+                Some((a, b)) if !a.trim().is_empty() && !b.trim().is_empty() => {
+                    domain("mapping.gwmap", a.trim())?;
+                    domain("mapping.gwmap", b.trim())?;
+                }
+                _ => {
+                    return Err(invalid(
+                        "mapping.gwmap",
+                        format!("expected \"sip_domain=xmpp_domain\", got {e:?}"),
+                    ))
+                }
+            }
+        }
+        for d in &m.allowed_sip_domains {
+            domain("mapping.allowed_sip_domains", d)?;
+        }
+        for d in &m.allowed_xmpp_domains {
+            domain("mapping.allowed_xmpp_domains", d)?;
+        }
+
+        let p = &self.presence;
+        one_of("presence.mode", &p.mode, &["notifier", "pua"])?;
+        range(
+            "presence.subscribe_expires",
+            p.subscribe_expires.into(),
+            60,
+            604_800,
+        )?;
+        range(
+            "presence.notify_min_interval_secs",
+            p.notify_min_interval_secs,
+            0,
+            3600,
+        )?;
+
+        if self.store.path.is_empty() {
+            return Err(invalid("store.path", "must not be empty"));
+        }
+        sock("http.listen", &self.http.listen)?;
+
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!("not a log filter ({e}): {:?}", self.log.level),
+            ));
+        }
+        one_of("log.format", &self.log.format, &["text", "json"])?;
+
+        let l = &self.limits;
+        const MIB16: u64 = 16 * 1024 * 1024;
+        range(
+            "limits.max_sip_message",
+            l.max_sip_message as u64,
+            1500,
+            MIB16,
+        )?;
+        range(
+            "limits.max_pidf_body",
+            l.max_pidf_body as u64,
+            256,
+            l.max_sip_message as u64,
+        )?;
+        range(
+            "limits.max_status_chars",
+            l.max_status_chars as u64,
+            1,
+            65536,
+        )?;
+        range(
+            "limits.max_subscriptions",
+            l.max_subscriptions as u64,
+            1,
+            100_000_000,
+        )?;
+        range(
+            "limits.max_subscriptions_per_user",
+            l.max_subscriptions_per_user as u64,
+            1,
+            l.max_subscriptions as u64,
+        )?;
+        Ok(())
+    }
+
+    /// True when the secret is the shipped default (anyone can impersonate the component).
+    pub fn uses_default_secret(&self) -> bool {
+        self.xmpp.secret == DEFAULT_SECRET
+    }
+
+    /// The effective configuration as TOML, with the secret replaced by `"<redacted>"`.
+    pub fn redacted(&self) -> String {
+        let mut t = TomlOut::default();
+        let s = &self.sip;
+        t.section("sip");
+        t.str("listen", &s.listen);
+        t.str("server_address", &s.server_address);
+        t.str("gateway_domain", &s.gateway_domain);
+        t.str("contact_host", &s.contact_host);
+        t.str("transport", &s.transport);
+        let x = &self.xmpp;
+        t.section("xmpp");
+        t.str("component_domain", &x.component_domain);
+        t.str("server", &x.server);
+        t.str("secret", "<redacted>");
+        t.num("keepalive_secs", x.keepalive_secs);
+        t.num("queue_limit", x.queue_limit);
+        t.num("reconnect_max_secs", x.reconnect_max_secs);
+        let m = &self.mapping;
+        t.section("mapping");
+        t.str("domain_separator", &m.domain_separator);
+        t.list("gwmap", &m.gwmap);
+        t.list("allowed_sip_domains", &m.allowed_sip_domains);
+        t.list("allowed_xmpp_domains", &m.allowed_xmpp_domains);
+        let p = &self.presence;
+        t.section("presence");
+        t.str("mode", &p.mode);
+        t.num("subscribe_expires", p.subscribe_expires);
+        t.num("notify_min_interval_secs", p.notify_min_interval_secs);
+        t.section("store");
+        t.str("path", &self.store.path);
+        t.section("http");
+        t.str("listen", &self.http.listen);
+        t.section("log");
+        t.str("level", &self.log.level);
+        t.str("format", &self.log.format);
+        let l = &self.limits;
+        t.section("limits");
+        t.num("max_sip_message", l.max_sip_message);
+        t.num("max_pidf_body", l.max_pidf_body);
+        t.num("max_status_chars", l.max_status_chars);
+        t.num("max_subscriptions", l.max_subscriptions);
+        t.num("max_subscriptions_per_user", l.max_subscriptions_per_user);
+        t.out
+    }
+
+    /// The environment variable that overrides `section.key`.
+    pub fn env_name(key: &str) -> String {
+        format!("{ENV_PREFIX}__{}", key.replace('.', "__").to_uppercase())
+    }
+
+    /// All dotted keys (for docs and the example file test).
+    pub fn keys() -> Vec<String> {
+        let mut out = BTreeSet::new();
+        if let Ok(tree) = config::Config::try_from(&Config::key_template())
+            .and_then(|c| c.try_deserialize::<config::Map<String, config::Value>>())
+        {
+            leaf_keys("", &tree, &mut out);
+        }
+        let tables: BTreeMap<&str, ()> = [
+            "sip", "xmpp", "mapping", "presence", "store", "http", "log", "limits",
+        ]
+        .into_iter()
+        .map(|s| (s, ()))
+        .collect();
+        out.into_iter()
+            .filter(|k| !tables.contains_key(k.as_str()))
+            .collect()
+    }
+}
+
+/// Minimal TOML writer for [`Config::redacted`] (no `toml` dependency in this crate).
+#[derive(Default)]
+struct TomlOut {
+    out: String,
+}
+
+impl TomlOut {
+    fn section(&mut self, name: &str) {
+        if !self.out.is_empty() {
+            self.out.push('\n');
+        }
+        self.out.push('[');
+        self.out.push_str(name);
+        self.out.push_str("]\n");
+    }
+    fn quoted(&mut self, v: &str) {
+        self.out.push('"');
+        for c in v.chars() {
+            match c {
+                '"' => self.out.push_str("\\\""),
+                '\\' => self.out.push_str("\\\\"),
+                '\n' => self.out.push_str("\\n"),
+                '\t' => self.out.push_str("\\t"),
+                '\r' => self.out.push_str("\\r"),
+                c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                    self.out.push_str(&format!("\\u{:04X}", c as u32))
+                }
+                c => self.out.push(c),
+            }
+        }
+        self.out.push('"');
+    }
+    fn str(&mut self, k: &str, v: &str) {
+        self.out.push_str(k);
+        self.out.push_str(" = ");
+        self.quoted(v);
+        self.out.push('\n');
+    }
+    fn num(&mut self, k: &str, v: impl fmt::Display) {
+        self.out.push_str(&format!("{k} = {v}\n"));
+    }
+    fn list(&mut self, k: &str, v: &[String]) {
+        self.out.push_str(k);
+        self.out.push_str(" = [");
+        for (i, e) in v.iter().enumerate() {
+            if i > 0 {
+                self.out.push_str(", ");
+            }
+            self.quoted(e);
+        }
+        self.out.push_str("]\n");
+    }
+}
