@@ -8,6 +8,7 @@
 //! The body is everything after the blank line; framing (Content-Length) happened before, in
 //! [`super::framing`].
 
+use rsip::headers::header::Tokenizer as HeaderTokenizer;
 use rsip::message::request::Tokenizer as RequestTokenizer;
 use rsip::message::response::Tokenizer as ResponseTokenizer;
 use rsip::message::sip_message::Tokenizer as MessageTokenizer;
@@ -102,7 +103,11 @@ fn normalize(head: &[u8]) -> Result<Vec<u8>, &'static str> {
             }
             Some(_) => {
                 let Some(colon) = line.iter().position(|&b| b == b':') else {
-                    return Err("Header line without a colon");
+                    // Passed through: rsip rejects it, and `salvage` may still answer 400.
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(line);
+                    in_header = false;
+                    continue;
                 };
                 let (name, value) = line.split_at(colon);
                 let value = value.get(1..).unwrap_or_default().trim_ascii();
@@ -537,16 +542,56 @@ fn tokenize(norm: &[u8]) -> Result<MessageTokenizer<'_>, String> {
         RequestTokenizer::tokenize(norm).map(|(_, t)| MessageTokenizer::Request(t))
     };
     tokens.map_err(|e| {
-        let mut text = format!("Unparseable message: {e}");
-        if text.len() > 160 {
-            let mut cut = 160;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
+        // rsip's message quotes the rest of the input: one log line, bounded length.
+        let text = format!("Unparseable message: {}", rsip::Error::from(e));
+        let mut out = String::with_capacity(170);
+        for c in text.chars() {
+            if out.len() >= 160 {
+                out.push('…');
+                break;
             }
-            text.truncate(cut);
+            match c {
+                '\r' => out.push_str("\\r"),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
         }
-        text
+        out
     })
+}
+
+/// When rsip rejects a request as a whole (a malformed header line or Request-URI), the header
+/// lines it can still tokenize one by one may carry a Via: then the sender gets a 400
+/// "Malformed request" instead of silence.
+fn salvage(norm: &[u8], reason: String) -> ParseError {
+    if norm.starts_with(b"SIP/") {
+        return garbage(reason);
+    }
+    let mut lines = norm.split(|&b| b == b'\n').map(strip_cr);
+    let method = lines
+        .next()
+        .and_then(|start| start.split(|&b| b == b' ').next())
+        .filter(|m| {
+            !m.is_empty()
+                && m.iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+        })
+        .and_then(|m| std::str::from_utf8(m).ok());
+    let Some(method) = method else {
+        return garbage(reason);
+    };
+    let mut f = Fields::default();
+    for line in lines {
+        if let Ok((_, h)) = HeaderTokenizer::tokenize(line) {
+            f.read(h.name, h.value, false);
+        }
+    }
+    if f.via.is_empty() {
+        return garbage(reason);
+    }
+    let mut e = bad_request(f, Method::parse(method), "Malformed request".to_owned());
+    e.reason = reason;
+    e
 }
 
 /// Parses one framed message.
@@ -568,7 +613,7 @@ pub fn parse_message(bytes: &[u8]) -> Result<SipMessage, ParseError> {
         None => (bytes, &b""[..]),
     };
     let norm = normalize(head).map_err(garbage)?;
-    let tokens = tokenize(&norm).map_err(garbage)?;
+    let tokens = tokenize(&norm).map_err(|reason| salvage(&norm, reason))?;
     match tokens {
         MessageTokenizer::Request(t) => {
             if t.version.major != b"2" || t.version.minor != b"0" {
@@ -1075,6 +1120,30 @@ body\nline2\n";
     }
 
     #[test]
+    fn bad_header_line_with_a_via_still_gets_400() {
+        let m = headers_without("Max-Forwards")
+            .replace("Event: presence", "Bad Header: x\r\nno colon here");
+        let e = parse_message(m.as_bytes()).unwrap_err();
+        let resp = e.response.unwrap();
+        assert_eq!(
+            (resp.status, resp.reason.as_str()),
+            (400, "Malformed request")
+        );
+        assert_eq!(
+            resp.via,
+            vec!["SIP/2.0/TLS ua7.example.com:5061;branch=z9hG4bK-ua-4411".to_owned()]
+        );
+        assert_eq!(resp.call_id, "3f9a0c55e1@ua7.example.com");
+        assert_eq!((resp.cseq, resp.cseq_method), (20, Method::Subscribe));
+        assert!(
+            e.reason
+                .starts_with("Unparseable message: Tokenizer error: failed to tokenize headers"),
+            "{}",
+            e.reason
+        );
+    }
+
+    #[test]
     fn max_forwards_is_optional() {
         let r = request(headers_without("Max-Forwards").as_bytes());
         assert_eq!(r.max_forwards, None);
@@ -1133,7 +1202,11 @@ body\nline2\n";
         );
         assert_eq!(parse_message(b"").unwrap_err().reason, "Empty message");
         let e = parse_message(b"NOTIFY sip:a@b SIP/2.0\r\nVia x\r\n\r\n").unwrap_err();
-        assert_eq!(e.reason, "Header line without a colon");
+        assert_eq!(
+            e.reason,
+            "Unparseable message: Tokenizer error: failed to tokenize headers: Via x"
+        );
+        assert_eq!(e.response, None);
         assert_eq!(
             parse_message(b"NOTIFY sip:a@b SIP/3.0\r\nVia: x\r\n\r\n")
                 .unwrap_err()
