@@ -35,7 +35,11 @@ impl IdGen {
 
     /// A Call-ID `token@host`.
     pub fn call_id(&mut self, host: &str) -> String {
-        format!("{:016x}{:08x}@{host}", self.next_u64(), self.next_u64() as u32)
+        format!(
+            "{:016x}{:08x}@{host}",
+            self.next_u64(),
+            self.next_u64() as u32
+        )
     }
 
     /// A value in `[0, n)` (for jitter).

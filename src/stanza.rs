@@ -146,7 +146,11 @@ impl OutPresence {
     }
 
     /// An error reply to `req`: `to` and `from` swapped, `id` echoed (RFC 6120 §8.3).
-    pub fn error_reply(req: &InPresence, condition: DefinedCondition, text: Option<String>) -> OutPresence {
+    pub fn error_reply(
+        req: &InPresence,
+        condition: DefinedCondition,
+        text: Option<String>,
+    ) -> OutPresence {
         OutPresence {
             from: req.to.clone(),
             to: req.from.clone(),
@@ -181,7 +185,8 @@ impl OutPresence {
             out.push('\'');
         }
         let b = &self.body;
-        if b.show.is_none() && b.statuses.is_empty() && b.priority.is_none() && self.error.is_none() {
+        if b.show.is_none() && b.statuses.is_empty() && b.priority.is_none() && self.error.is_none()
+        {
             out.push_str("/>");
             return;
         }
@@ -494,7 +499,11 @@ mod tests {
             "<presence from='romeo@example.net' to='bob@sip.example.net' type='subscribe' id='sub-7'/>",
         )
         .unwrap();
-        let r = OutPresence::error_reply(&req, DefinedCondition::ItemNotFound, Some("no such user".into()));
+        let r = OutPresence::error_reply(
+            &req,
+            DefinedCondition::ItemNotFound,
+            Some("no such user".into()),
+        );
         assert_eq!(
             r.to_xml(),
             "<presence from='bob@sip.example.net' to='romeo@example.net' type='error' id='sub-7'>\
@@ -515,7 +524,10 @@ mod tests {
         assert_eq!(p.invalid_priority.as_deref(), Some("abc"));
         assert_eq!(p.body.show, None);
         assert_eq!(p.body.priority, None);
-        let p = InPresence::from_xml("<presence from='a@b' to='c@d'><priority>300</priority></presence>").unwrap();
+        let p = InPresence::from_xml(
+            "<presence from='a@b' to='c@d'><priority>300</priority></presence>",
+        )
+        .unwrap();
         assert_eq!(p.body.priority, Some(127));
     }
 

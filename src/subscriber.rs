@@ -77,7 +77,9 @@ pub enum Phase {
     /// No lease and none scheduled.
     Idle,
     /// SUBSCRIBE sent, no NOTIFY yet (Timer N runs). `fetch` for an `Expires: 0` poll.
-    Waiting { fetch: bool },
+    Waiting {
+        fetch: bool,
+    },
     Pending,
     Active,
     /// `Expires: 0` sent after X's `unsubscribe`; waiting for the final NOTIFY.
@@ -122,10 +124,7 @@ pub enum Input<'a> {
     /// A presence stanza from X to S' (`subscribe`, `unsubscribe`, `probe`).
     Stanza(&'a InPresence),
     /// A NOTIFY whose Call-ID and To-tag are ours; `now_unix` is wall-clock time for RPID.
-    Notify {
-        req: &'a SipRequest,
-        now_unix: i64,
-    },
+    Notify { req: &'a SipRequest, now_unix: i64 },
     /// The final response to one of our requests.
     Response(&'a SipResponse),
     /// A request of ours got no final response (Timer F) or could not be sent.
@@ -198,7 +197,12 @@ impl Subscription {
 
     /// Resumes a persisted pair after a restart: a dialog with lease left is refreshed in-dialog
     /// (same Call-ID), anything else subscribes anew (§6.3). The runtime staggers the calls.
-    pub fn restore(cfg: SubscriberConfig, rec: SubscriptionRecord, seed: u64, now: Instant) -> Subscription {
+    pub fn restore(
+        cfg: SubscriberConfig,
+        rec: SubscriptionRecord,
+        seed: u64,
+        now: Instant,
+    ) -> Subscription {
         let mut s = Subscription::new(cfg, rec.pair, rec.relation, seed);
         match (rec.dialog, rec.lease_left) {
             (Some(d), Some(left)) if left > 0 && d.remote_tag.is_some() => {
@@ -338,8 +342,14 @@ impl Subscription {
             Some(view) => {
                 let view = view.clone();
                 let mut scratch = self.announced.clone();
-                let stanzas = presence::stanzas_for_pidf(&view, &mut scratch, &self.pair.presentity, &to, true);
-                if to == Jid::from(self.pair.watcher.clone()) {
+                let stanzas = presence::stanzas_for_pidf(
+                    &view,
+                    &mut scratch,
+                    &self.pair.presentity,
+                    &to,
+                    true,
+                );
+                if to == self.pair.watcher {
                     self.announced = scratch;
                 }
                 self.out.extend(stanzas.into_iter().map(Output::Stanza));
@@ -426,7 +436,11 @@ impl Subscription {
         let req = OutRequest {
             method: Method::Subscribe,
             uri,
-            route: if established { d.route_set.clone() } else { Vec::new() },
+            route: if established {
+                d.route_set.clone()
+            } else {
+                Vec::new()
+            },
             from: NameAddr {
                 display: None,
                 uri: self.pair.watcher_uri.clone(),
@@ -435,7 +449,11 @@ impl Subscription {
             to: NameAddr {
                 display: None,
                 uri: self.pair.presentity_uri.clone(),
-                tag: if established { d.remote_tag.clone() } else { None },
+                tag: if established {
+                    d.remote_tag.clone()
+                } else {
+                    None
+                },
             },
             call_id: d.call_id.clone(),
             cseq: d.local_cseq,
@@ -536,7 +554,8 @@ impl Subscription {
             401 | 407 => self.fatal_error(DefinedCondition::NotAuthorized, code),
             489 => self.fatal_error(DefinedCondition::FeatureNotImplemented, code),
             _ => {
-                let cond = crate::error_map::sip_to_condition(code).unwrap_or(DefinedCondition::UndefinedCondition);
+                let cond = crate::error_map::sip_to_condition(code)
+                    .unwrap_or(DefinedCondition::UndefinedCondition);
                 self.fatal_error(cond, code);
             }
         }
@@ -551,9 +570,13 @@ impl Subscription {
 
     fn schedule_retry(&mut self, retry_after: Option<u32>, code: u16, now: Instant) {
         let wait = self.backoff.fail(retry_after, &mut self.rng);
-        if self.backoff.failures >= timers::FAILURES_BEFORE_ERROR && !self.error_sent && self.relation == Relation::Pending {
+        if self.backoff.failures >= timers::FAILURES_BEFORE_ERROR
+            && !self.error_sent
+            && self.relation == Relation::Pending
+        {
             self.error_sent = true;
-            let cond = crate::error_map::sip_to_condition(code).unwrap_or(DefinedCondition::ServiceUnavailable);
+            let cond = crate::error_map::sip_to_condition(code)
+                .unwrap_or(DefinedCondition::ServiceUnavailable);
             self.error_stanza_typed(cond, code, crate::stanza::ErrorType::Wait);
         }
         // §6.3: a lapsed lease means unknown state, announced resources go unavailable.
@@ -619,7 +642,8 @@ impl Subscription {
         let Some(dialog) = self.dialog.as_mut() else {
             return self.respond(req, 481, None);
         };
-        if req.to.tag.as_deref() != Some(dialog.local_tag.as_str()) || req.call_id != dialog.call_id {
+        if req.to.tag.as_deref() != Some(dialog.local_tag.as_str()) || req.call_id != dialog.call_id
+        {
             return self.respond(req, 481, None);
         }
         if let (Some(ours), Some(theirs)) = (&dialog.remote_tag, &req.from.tag) {
@@ -723,7 +747,13 @@ impl Subscription {
         };
         let watcher = Jid::from(self.pair.watcher.clone());
         let probe = !waiters.is_empty();
-        let stanzas = presence::stanzas_for_pidf(&view, &mut self.announced, &self.pair.presentity, &watcher, probe);
+        let stanzas = presence::stanzas_for_pidf(
+            &view,
+            &mut self.announced,
+            &self.pair.presentity,
+            &watcher,
+            probe,
+        );
         self.out.extend(stanzas.into_iter().map(Output::Stanza));
         self.last_view = Some(view);
         for w in waiters {
@@ -771,10 +801,15 @@ impl Subscription {
             }
             "probation" => {
                 self.drop_announced();
-                self.wait_then_resubscribe(state.retry_after.map(|s| Duration::from_secs(u64::from(s))), now);
+                self.wait_then_resubscribe(
+                    state.retry_after.map(|s| Duration::from_secs(u64::from(s))),
+                    now,
+                );
             }
             "giveup" => self.wait_then_resubscribe(
-                Some(state.retry_after.map_or(timers::GIVEUP_DEFAULT, |s| Duration::from_secs(u64::from(s)))),
+                Some(state.retry_after.map_or(timers::GIVEUP_DEFAULT, |s| {
+                    Duration::from_secs(u64::from(s))
+                })),
                 now,
             ),
             "invariant" => {
@@ -804,7 +839,11 @@ impl Subscription {
 
     fn drop_announced(&mut self) {
         let watcher = Jid::from(self.pair.watcher.clone());
-        let stanzas = presence::unavailable_for_announced(&mut self.announced, &self.pair.presentity, &watcher);
+        let stanzas = presence::unavailable_for_announced(
+            &mut self.announced,
+            &self.pair.presentity,
+            &watcher,
+        );
         self.out.extend(stanzas.into_iter().map(Output::Stanza));
     }
 
@@ -863,7 +902,8 @@ impl Subscription {
 
     fn push_stanza_to(&mut self, kind: PresenceType, to: Jid) {
         let from = Jid::from(self.pair.presentity.clone());
-        self.out.push_back(Output::Stanza(OutPresence::new(from, to, kind)));
+        self.out
+            .push_back(Output::Stanza(OutPresence::new(from, to, kind)));
     }
 
     fn error_stanza(&mut self, cond: DefinedCondition, code: u16) {
@@ -871,7 +911,12 @@ impl Subscription {
         self.error_stanza_typed(cond, code, kind);
     }
 
-    fn error_stanza_typed(&mut self, cond: DefinedCondition, code: u16, kind: crate::stanza::ErrorType) {
+    fn error_stanza_typed(
+        &mut self,
+        cond: DefinedCondition,
+        code: u16,
+        kind: crate::stanza::ErrorType,
+    ) {
         let mut p = OutPresence::new(
             Jid::from(self.pair.presentity.clone()),
             Jid::from(self.pair.watcher.clone()),

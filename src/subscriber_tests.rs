@@ -22,7 +22,8 @@ const PIDF_42: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
   </dm:person>
 </presence>"#;
 
-const DESK_DND: &str = "<presence from='juliet*example.com@sip.example.net/t-desk' to='romeo@example.net'>\
+const DESK_DND: &str =
+    "<presence from='juliet*example.com@sip.example.net/t-desk' to='romeo@example.net'>\
 <show>dnd</show><status xml:lang='en'>On the balcony</status><priority>80</priority></presence>";
 
 fn pair() -> Pair {
@@ -79,7 +80,14 @@ impl T {
     /// A NOTIFY in the current dialog from the presence server.
     fn notify(&mut self, cseq: u32, state: &str, body: Option<&str>) -> Vec<Output> {
         let d = self.dialog();
-        let text = notify_text(&d.call_id, &d.local_tag, cseq, state, "application/pidf+xml", body);
+        let text = notify_text(
+            &d.call_id,
+            &d.local_tag,
+            cseq,
+            state,
+            "application/pidf+xml",
+            body,
+        );
         self.notify_raw(&text)
     }
     fn notify_raw(&mut self, text: &str) -> Vec<Output> {
@@ -111,9 +119,20 @@ impl T {
     }
 }
 
-fn notify_text(call_id: &str, local_tag: &str, cseq: u32, state: &str, ct: &str, body: Option<&str>) -> String {
+fn notify_text(
+    call_id: &str,
+    local_tag: &str,
+    cseq: u32,
+    state: &str,
+    ct: &str,
+    body: Option<&str>,
+) -> String {
     let body = body.unwrap_or("");
-    let ct = if body.is_empty() { String::new() } else { format!("Content-Type: {ct}\r\n") };
+    let ct = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Type: {ct}\r\n")
+    };
     format!(
         "NOTIFY sip:romeo*example.net@gw.xmpp.example.com:5060 SIP/2.0\r\n\
          Via: SIP/2.0/UDP ps1.example.com:5060;branch=z9hG4bK-ps-{cseq}\r\nMax-Forwards: 70\r\n\
@@ -184,7 +203,10 @@ fn case_018_subscribe_sends_one_subscribe_and_no_stanza() {
     assert_eq!(r.to.tag, None);
     assert!(r.from.tag.as_deref().is_some_and(|t| t.starts_with("gw-")));
     assert!(r.call_id.ends_with("@gw.xmpp.example.com"));
-    assert_eq!(r.contact.as_deref(), Some("sip:romeo*example.net@gw.xmpp.example.com:5060"));
+    assert_eq!(
+        r.contact.as_deref(),
+        Some("sip:romeo*example.net@gw.xmpp.example.com:5060")
+    );
     assert_eq!(r.destination, Destination::OutboundProxy);
     assert!(stanzas(&out).is_empty());
     assert_eq!(t.sub.phase(), Phase::Waiting { fetch: false });
@@ -202,7 +224,10 @@ fn case_019_no_notify_within_timer_n_retries_later_with_new_call_id() {
     assert_eq!(t.sub.phase(), Phase::Backoff);
     let out = t.advance_to_timeout();
     let waited = (t.now - t.t0 - timers::TIMER_N).as_secs_f64();
-    assert!((24.0..=36.0).contains(&waited), "retry after ≈30 s, got {waited}");
+    assert!(
+        (24.0..=36.0).contains(&waited),
+        "retry after ≈30 s, got {waited}"
+    );
     let reqs = requests(&out);
     assert_eq!(reqs.len(), 1);
     assert_ne!(reqs[0].call_id, first);
@@ -228,7 +253,10 @@ fn case_021_active_notify_gives_subscribed_then_presence() {
     t.notify(101, "pending;expires=1800", None);
     let out = t.notify(102, "active;expires=1740", Some(PIDF_42));
     assert_eq!(responses(&out), vec![200]);
-    assert_eq!(stanzas(&out), vec![SUBSCRIBED.to_owned(), DESK_DND.to_owned()]);
+    assert_eq!(
+        stanzas(&out),
+        vec![SUBSCRIBED.to_owned(), DESK_DND.to_owned()]
+    );
     // The response precedes the stanzas.
     assert!(matches!(out[0], Output::Response(_)));
     assert_eq!(t.sub.relation(), Relation::Approved);
@@ -249,7 +277,10 @@ fn case_023_subscribe_while_active_resends_subscribed_and_cached_presence() {
     t.active();
     let out = t.stanza("subscribe");
     assert!(requests(&out).is_empty());
-    assert_eq!(stanzas(&out), vec![SUBSCRIBED.to_owned(), DESK_DND.to_owned()]);
+    assert_eq!(
+        stanzas(&out),
+        vec![SUBSCRIBED.to_owned(), DESK_DND.to_owned()]
+    );
 }
 
 #[test]
@@ -265,7 +296,13 @@ fn case_024_unsubscribe_ends_dialog_in_dialog_and_sends_unavailable() {
     assert_eq!(r.cseq, d.local_cseq + 1);
     assert_eq!(header(r, "Expires"), Some("0"));
     assert_eq!(r.uri, "sip:ps1.example.com:5060;transport=tcp");
-    assert_eq!(r.route, vec!["<sip:p1.example.com;lr>".to_owned(), "<sip:p2.example.com;lr>".to_owned()]);
+    assert_eq!(
+        r.route,
+        vec![
+            "<sip:p1.example.com;lr>".to_owned(),
+            "<sip:p2.example.com;lr>".to_owned()
+        ]
+    );
     assert_eq!(r.call_id, d.call_id);
     assert_eq!(
         stanzas(&out),
@@ -428,9 +465,22 @@ fn case_070_wrong_content_type_gets_415_with_accept() {
     let mut t = T::new(Relation::Pending);
     t.stanza("subscribe");
     let d = t.dialog();
-    let text = notify_text(&d.call_id, &d.local_tag, 5, "active", "text/plain", Some("hello"));
+    let text = notify_text(
+        &d.call_id,
+        &d.local_tag,
+        5,
+        "active",
+        "text/plain",
+        Some("hello"),
+    );
     let req = request(&text);
-    t.sub.handle_input(Input::Notify { req: &req, now_unix: 0 }, t.now);
+    t.sub.handle_input(
+        Input::Notify {
+            req: &req,
+            now_unix: 0,
+        },
+        t.now,
+    );
     match t.sub.poll_output() {
         Some(Output::Response(r)) => {
             assert_eq!(r.status, 415);
@@ -446,8 +496,15 @@ fn case_071_missing_subscription_state_gets_400() {
     let mut t = T::new(Relation::Pending);
     t.stanza("subscribe");
     let d = t.dialog();
-    let text = notify_text(&d.call_id, &d.local_tag, 5, "active", "application/pidf+xml", None)
-        .replace("Subscription-State: active\r\n", "");
+    let text = notify_text(
+        &d.call_id,
+        &d.local_tag,
+        5,
+        "active",
+        "application/pidf+xml",
+        None,
+    )
+    .replace("Subscription-State: active\r\n", "");
     let out = t.notify_raw(&text);
     assert_eq!(responses(&out), vec![400]);
     assert!(stanzas(&out).is_empty());
@@ -458,8 +515,15 @@ fn case_072_other_event_package_gets_489() {
     let mut t = T::new(Relation::Pending);
     t.stanza("subscribe");
     let d = t.dialog();
-    let text = notify_text(&d.call_id, &d.local_tag, 5, "active", "application/pidf+xml", None)
-        .replace("Event: presence", "Event: dialog");
+    let text = notify_text(
+        &d.call_id,
+        &d.local_tag,
+        5,
+        "active",
+        "application/pidf+xml",
+        None,
+    )
+    .replace("Event: presence", "Event: dialog");
     assert_eq!(responses(&t.notify_raw(&text)), vec![489]);
 }
 
@@ -557,7 +621,10 @@ fn case_082_notify_before_the_2xx_creates_the_dialog() {
     t.stanza("subscribe");
     let out = t.notify(1, "active;expires=3600", Some(PIDF_42));
     assert_eq!(responses(&out), vec![200]);
-    assert_eq!(stanzas(&out), vec![SUBSCRIBED.to_owned(), DESK_DND.to_owned()]);
+    assert_eq!(
+        stanzas(&out),
+        vec![SUBSCRIBED.to_owned(), DESK_DND.to_owned()]
+    );
     assert_eq!(t.dialog().remote_tag.as_deref(), Some("ps-91aa07"));
     // The late 2xx changes nothing visible.
     let out = t.respond(200, "Expires: 3600\r\n");
@@ -584,7 +651,10 @@ fn case_084_refresh_in_dialog_at_the_refresh_point() {
     let d = t.dialog();
     let out = t.advance_to_timeout();
     let after = (t.now - granted_at).as_secs_f64();
-    assert!((427.5..=472.5).contains(&after), "refresh at 450 s ±5 %, got {after}");
+    assert!(
+        (427.5..=472.5).contains(&after),
+        "refresh at 450 s ±5 %, got {after}"
+    );
     let reqs = requests(&out);
     assert_eq!(reqs.len(), 1);
     let r = reqs[0];
@@ -593,7 +663,13 @@ fn case_084_refresh_in_dialog_at_the_refresh_point() {
     assert_eq!(r.to.tag.as_deref(), Some("ps-91aa07"));
     assert_eq!(r.cseq, d.local_cseq + 1);
     assert_eq!(r.uri, "sip:ps1.example.com:5060;transport=tcp");
-    assert_eq!(r.route, vec!["<sip:p1.example.com;lr>".to_owned(), "<sip:p2.example.com;lr>".to_owned()]);
+    assert_eq!(
+        r.route,
+        vec![
+            "<sip:p1.example.com;lr>".to_owned(),
+            "<sip:p2.example.com;lr>".to_owned()
+        ]
+    );
     assert_eq!(r.destination, Destination::InDialog);
     assert_eq!(header(r, "Expires"), Some("3600"));
 }

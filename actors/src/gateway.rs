@@ -1,1 +1,191 @@
-//! (to be written)
+//! Wires the actors together and runs them: SIP transport, XMPP component, registry.
+
+use crate::component::{ComponentConfig, XmppComponent};
+use crate::config::Config;
+use crate::messages::ComponentStatus;
+use crate::registry::{Mode, Registry, RegistryConfig};
+use crate::transport::{SipTransport, TransportConfig};
+use actix::prelude::*;
+use pua_xmpp::address::{AddressMapper, MappingConfig};
+use pua_xmpp::notifier::NotifierConfig;
+use pua_xmpp::subscriber::SubscriberConfig;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Tracks whether the component link is up (for logs now, `/health` later).
+pub struct LinkStatus {
+    pub online: bool,
+}
+
+impl Actor for LinkStatus {
+    type Context = Context<Self>;
+}
+
+impl Handler<ComponentStatus> for LinkStatus {
+    type Result = ();
+    fn handle(&mut self, msg: ComponentStatus, _: &mut Context<Self>) {
+        if msg.online != self.online {
+            tracing::info!(online = msg.online, "XMPP component link");
+        }
+        self.online = msg.online;
+    }
+}
+
+/// Resolves `sip:host[:port]` of `sip.server_address` to a socket address.
+async fn resolve_sip_uri(uri: &str) -> io::Result<SocketAddr> {
+    let hp = pua_xmpp::sip::encode::uri_host_port(uri)
+        .ok_or_else(|| invalid(format!("sip.server_address: not a SIP URI: {uri}")))?;
+    let host = hp
+        .host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = hp.port.unwrap_or(5060);
+    let mut addrs = tokio::net::lookup_host((host.as_str(), port)).await?;
+    let first = addrs.next();
+    first.ok_or_else(|| invalid(format!("sip.server_address: {uri} does not resolve")))
+}
+
+fn seed() -> u64 {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Starts every actor inside the current actix system.
+pub async fn start(config: &Config) -> io::Result<()> {
+    let mapping = MappingConfig {
+        separator: config
+            .mapping
+            .domain_separator
+            .chars()
+            .next()
+            .unwrap_or('*'),
+        component_domain: config.xmpp.component_domain.clone(),
+        gateway_domain: config.sip.gateway_domain.clone(),
+        gwmap: config
+            .mapping
+            .gwmap
+            .iter()
+            .filter_map(|e| {
+                e.split_once('=')
+                    .map(|(a, b)| (a.trim().to_owned(), b.trim().to_owned()))
+            })
+            .collect(),
+        allowed_sip_domains: config.mapping.allowed_sip_domains.clone(),
+        allowed_xmpp_domains: config.mapping.allowed_xmpp_domains.clone(),
+    };
+    let mapper = AddressMapper::new(mapping).map_err(|e| invalid(format!("mapping: {e}")))?;
+    let listen: SocketAddr = config
+        .sip
+        .listen
+        .parse()
+        .map_err(|e| invalid(format!("sip.listen: {e}")))?;
+    let proxy = resolve_sip_uri(&config.sip.server_address).await?;
+    let contact_host = if config.sip.contact_host.is_empty() {
+        listen.to_string()
+    } else {
+        config.sip.contact_host.clone()
+    };
+    let mode = if config.presence.mode == "pua" {
+        Mode::Pua
+    } else {
+        Mode::Notifier
+    };
+
+    let reg_ctx = Context::<Registry>::new();
+    let registry = reg_ctx.address();
+    let transport = SipTransport::bind(
+        TransportConfig {
+            listen,
+            outbound_proxy: Some(proxy),
+            request_transport: if config.sip.transport == "tcp" {
+                crate::messages::Transport::Tcp
+            } else {
+                crate::messages::Transport::Udp
+            },
+            max_message: config.limits.max_sip_message,
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        },
+        registry.clone().recipient(),
+    )
+    .await?;
+    tracing::info!(%listen, proxy = %proxy, "SIP transport listening (UDP and TCP)");
+    let status = LinkStatus { online: false }.start();
+    let component = XmppComponent::start(
+        ComponentConfig::from_xmpp(&config.xmpp),
+        registry.clone().recipient(),
+        status.recipient(),
+    );
+    let mut subscriber = SubscriberConfig::new(
+        config.presence.subscribe_expires,
+        &contact_host,
+        &listen.ip().to_string(),
+    );
+    subscriber.max_body = config.limits.max_pidf_body;
+    let notifier = NotifierConfig {
+        min_interval: Duration::from_secs(config.presence.notify_min_interval_secs),
+        contact_host,
+        ..NotifierConfig::default()
+    };
+    let reg = Registry::new(
+        RegistryConfig {
+            mode,
+            subscriber,
+            notifier,
+            seed: seed(),
+        },
+        mapper,
+        transport.clone().recipient(),
+        transport.recipient(),
+        component.recipient(),
+    );
+    reg_ctx.run(reg);
+    Ok(())
+}
+
+/// Runs the gateway until SIGINT or SIGTERM.
+pub fn run(config: Config) -> io::Result<()> {
+    let sys = actix_rt::System::new();
+    sys.block_on(async {
+        start(&config).await?;
+        actix_rt::spawn(async {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            System::current().stop();
+        });
+        Ok::<(), io::Error>(())
+    })?;
+    sys.run()
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -94,7 +94,10 @@ impl Registry {
     }
 
     fn next_seed(&mut self) -> u64 {
-        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.seed = self
+            .seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.seed
     }
 
@@ -110,7 +113,11 @@ impl Registry {
             .do_send(SendPresence(OutPresence::error_reply(p, cond, Some(text))));
     }
 
-    fn xmpp_translator(&mut self, x: &BareJid, ctx: &Context<Self>) -> Option<Addr<XmppPresentityTranslator>> {
+    fn xmpp_translator(
+        &mut self,
+        x: &BareJid,
+        ctx: &Context<Self>,
+    ) -> Option<Addr<XmppPresentityTranslator>> {
         if let Some(a) = self.xmpp_presentities.get(x) {
             return Some(a.clone());
         }
@@ -122,7 +129,13 @@ impl Registry {
             }
         };
         let seed = self.next_seed();
-        let t = XmppPresentityTranslator::new(x.clone(), sip_uri, self.cfg.notifier.clone(), self.links(ctx), seed);
+        let t = XmppPresentityTranslator::new(
+            x.clone(),
+            sip_uri,
+            self.cfg.notifier.clone(),
+            self.links(ctx),
+            seed,
+        );
         let addr = t.start();
         self.xmpp_presentities.insert(x.clone(), addr.clone());
         Some(addr)
@@ -156,7 +169,12 @@ impl Registry {
             Some(a) => a.clone(),
             None => {
                 let seed = self.next_seed();
-                let t = SipPresentityTranslator::new(presentity.clone(), self.cfg.subscriber.clone(), self.links(ctx), seed);
+                let t = SipPresentityTranslator::new(
+                    presentity.clone(),
+                    self.cfg.subscriber.clone(),
+                    self.links(ctx),
+                    seed,
+                );
                 let a = t.start();
                 self.sip_presentities.insert(presentity, a.clone());
                 a
@@ -172,7 +190,11 @@ impl Registry {
         if req.to.tag.is_some() {
             // Case 58: a refresh must match a dialog.
             return match self.dialogs.get(&req.call_id) {
-                Some(Owner::Xmpp(a)) => a.do_send(DialogRequest { req, txn, watcher: None }),
+                Some(Owner::Xmpp(a)) => a.do_send(DialogRequest {
+                    req,
+                    txn,
+                    watcher: None,
+                }),
                 _ => self.respond(txn, OutResponse::to_request(&req, 481, None)),
             };
         }
@@ -188,10 +210,7 @@ impl Registry {
             Ok(j) => j,
             Err(e) => {
                 tracing::info!(from = %req.from.uri, error = %e, "SUBSCRIBE from an unmappable watcher");
-                let code = match e.sip_status() {
-                    416 => 416,
-                    _ => 400,
-                };
+                let code = e.watcher_sip_status();
                 let resp = OutResponse::to_request(&req, code, None).with_reason(e.to_string());
                 return self.respond(txn, resp);
             }
@@ -219,7 +238,11 @@ impl Handler<StanzaIn> for Registry {
             Err(t) => {
                 // Case 46.
                 tracing::info!(from = %p.from, r#type = %t, "presence with an unknown type");
-                return self.error_reply(&p, DefinedCondition::BadRequest, format!("unknown presence type '{t}'"));
+                return self.error_reply(
+                    &p,
+                    DefinedCondition::BadRequest,
+                    format!("unknown presence type '{t}'"),
+                );
             }
         };
         match kind {
@@ -259,7 +282,11 @@ impl Handler<SipRequestIn> for Registry {
         let SipRequestIn { req, txn, .. } = msg;
         match req.method {
             Method::Notify => match self.dialogs.get(&req.call_id) {
-                Some(Owner::Sip(a)) => a.do_send(DialogRequest { req, txn, watcher: None }),
+                Some(Owner::Sip(a)) => a.do_send(DialogRequest {
+                    req,
+                    txn,
+                    watcher: None,
+                }),
                 _ => {
                     // Case 73.
                     tracing::debug!(call_id = %req.call_id, "NOTIFY for no subscription");
@@ -275,7 +302,8 @@ impl Handler<SipRequestIn> for Registry {
                 self.respond(txn, resp);
             }
             _ => {
-                let resp = OutResponse::to_request(&req, 405, None).with_header("Allow", "SUBSCRIBE, NOTIFY, OPTIONS");
+                let resp = OutResponse::to_request(&req, 405, None)
+                    .with_header("Allow", "SUBSCRIBE, NOTIFY, OPTIONS");
                 self.respond(txn, resp);
             }
         }

@@ -41,8 +41,12 @@ struct Wakeup {
 }
 
 impl Wakeup {
-    fn arm<A>(&mut self, next: Option<Instant>, ctx: &mut Context<A>, fire: fn(&mut A, &mut Context<A>))
-    where
+    fn arm<A>(
+        &mut self,
+        next: Option<Instant>,
+        ctx: &mut Context<A>,
+        fire: fn(&mut A, &mut Context<A>),
+    ) where
         A: Actor<Context = Context<A>>,
     {
         if next == self.at {
@@ -115,15 +119,20 @@ impl SipPresentityTranslator {
                     let key = self.next_key;
                     self.next_key += 1;
                     if self.call_ids.get(watcher) != Some(&req.call_id) {
-                        if let Some(old) = self.call_ids.insert(watcher.clone(), req.call_id.clone()) {
-                            self.links.registry.do_send(RegistryEvent::DialogGone { call_id: old });
+                        if let Some(old) =
+                            self.call_ids.insert(watcher.clone(), req.call_id.clone())
+                        {
+                            self.links
+                                .registry
+                                .do_send(RegistryEvent::DialogGone { call_id: old });
                         }
                         self.links.registry.do_send(RegistryEvent::DialogSip {
                             call_id: req.call_id.clone(),
                             owner: ctx.address(),
                         });
                     }
-                    self.txns.insert(key, (watcher.clone(), req.call_id.clone(), req.cseq));
+                    self.txns
+                        .insert(key, (watcher.clone(), req.call_id.clone(), req.cseq));
                     send_request(&self.links, req, key, ctx.address().recipient());
                 }
                 subscriber::Output::Response(resp) => {
@@ -143,14 +152,20 @@ impl SipPresentityTranslator {
         if sub.is_done() {
             self.pairs.remove(watcher);
             if let Some(old) = self.call_ids.remove(watcher) {
-                self.links.registry.do_send(RegistryEvent::DialogGone { call_id: old });
+                self.links
+                    .registry
+                    .do_send(RegistryEvent::DialogGone { call_id: old });
             }
         }
         self.rearm(ctx);
     }
 
     fn rearm(&mut self, ctx: &mut Context<Self>) {
-        let next = self.pairs.values().filter_map(Subscription::poll_timeout).min();
+        let next = self
+            .pairs
+            .values()
+            .filter_map(Subscription::poll_timeout)
+            .min();
         self.wakeup.arm(next, ctx, |a, ctx| {
             a.wakeup.at = None;
             a.wakeup.handle = None;
@@ -223,7 +238,9 @@ impl Handler<DialogRequest> for SipPresentityTranslator {
             }
             _ => {
                 let resp = pua_xmpp::sip::OutResponse::to_request(&msg.req, 481, None);
-                self.links.responses.do_send(SendResponse { txn: msg.txn, resp });
+                self.links
+                    .responses
+                    .do_send(SendResponse { txn: msg.txn, resp });
             }
         }
     }
@@ -236,7 +253,9 @@ impl Handler<TransactionOutcome> for SipPresentityTranslator {
             return;
         };
         match msg.result {
-            TxnResult::Response(r) => self.with_pair(&watcher, subscriber::Input::Response(&r), None, ctx),
+            TxnResult::Response(r) => {
+                self.with_pair(&watcher, subscriber::Input::Response(&r), None, ctx)
+            }
             TxnResult::Timeout | TxnResult::TransportError(_) => {
                 let input = subscriber::Input::RequestFailed {
                     call_id: &call_id,
@@ -259,7 +278,13 @@ pub struct XmppPresentityTranslator {
 }
 
 impl XmppPresentityTranslator {
-    pub fn new(jid: BareJid, sip_uri: String, cfg: NotifierConfig, links: Links, seed: u64) -> Self {
+    pub fn new(
+        jid: BareJid,
+        sip_uri: String,
+        cfg: NotifierConfig,
+        links: Links,
+        seed: u64,
+    ) -> Self {
         XmppPresentityTranslator {
             machine: Presentity::new(cfg, jid, sip_uri, seed),
             links,
@@ -269,7 +294,12 @@ impl XmppPresentityTranslator {
         }
     }
 
-    fn input(&mut self, input: notifier::Input<'_>, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
+    fn input(
+        &mut self,
+        input: notifier::Input<'_>,
+        txn: Option<ServerTxnId>,
+        ctx: &mut Context<Self>,
+    ) {
         self.machine.handle_input(input, Instant::now());
         self.drain(txn, ctx);
     }
@@ -297,7 +327,9 @@ impl XmppPresentityTranslator {
                         });
                     }
                     notifier::PersistOp::DialogGone { call_id } => {
-                        self.links.registry.do_send(RegistryEvent::DialogGone { call_id });
+                        self.links
+                            .registry
+                            .do_send(RegistryEvent::DialogGone { call_id });
                     }
                     notifier::PersistOp::Relation { watcher, state } => {
                         tracing::info!(%watcher, presentity = %self.machine.jid(), ?state, "watcher relation");
@@ -323,11 +355,16 @@ impl Handler<DialogRequest> for XmppPresentityTranslator {
     fn handle(&mut self, msg: DialogRequest, ctx: &mut Context<Self>) {
         if msg.req.method != Method::Subscribe {
             let resp = pua_xmpp::sip::OutResponse::to_request(&msg.req, 481, None);
-            self.links.responses.do_send(SendResponse { txn: msg.txn, resp });
+            self.links
+                .responses
+                .do_send(SendResponse { txn: msg.txn, resp });
             return;
         }
         // In-dialog refreshes carry no mapped watcher; the dialog knows it.
-        let watcher = msg.watcher.clone().unwrap_or_else(|| self.machine.jid().clone());
+        let watcher = msg
+            .watcher
+            .clone()
+            .unwrap_or_else(|| self.machine.jid().clone());
         let input = notifier::Input::Subscribe {
             req: &msg.req,
             watcher: &watcher,
