@@ -17,6 +17,7 @@ pub mod notifier;
 pub mod pidf;
 pub mod presence;
 pub mod publisher;
+pub mod pua;
 pub mod sip;
 pub mod stanza;
 pub mod subscriber;

@@ -473,6 +473,17 @@ impl WinfoTracker {
         self.version
     }
 
+    /// A new winfo subscription: versions start again (RFC 3857: per subscription), but the
+    /// watchers already reported stay reported, so a re-subscription does not re-ask X.
+    pub fn restart(&mut self) {
+        self.version = None;
+    }
+
+    /// Records a watcher learned another way (the proxy's `req_winfo` call); true if new.
+    pub fn mark_seen(&mut self, uri: &str) -> bool {
+        self.seen.insert(uri.to_owned())
+    }
+
     /// Makes a watcher URI reportable again.
     pub fn forget(&mut self, uri: &str) -> bool {
         self.seen.remove(uri)

@@ -8,6 +8,8 @@ use crate::transport::{SipTransport, TransportConfig};
 use actix::prelude::*;
 use pua_xmpp::address::{AddressMapper, MappingConfig};
 use pua_xmpp::notifier::NotifierConfig;
+use pua_xmpp::publisher::PublisherConfig;
+use pua_xmpp::pua::PuaConfig;
 use pua_xmpp::subscriber::SubscriberConfig;
 use std::io;
 use std::net::SocketAddr;
@@ -24,6 +26,18 @@ pub struct LinkStatus {
 
 impl Actor for LinkStatus {
     type Context = Context<Self>;
+}
+
+/// Asks whether the component link is up.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct GetLinkStatus;
+
+impl Handler<GetLinkStatus> for LinkStatus {
+    type Result = bool;
+    fn handle(&mut self, _: GetLinkStatus, _: &mut Context<Self>) -> bool {
+        self.online
+    }
 }
 
 impl Handler<ComponentStatus> for LinkStatus {
@@ -124,7 +138,7 @@ pub async fn start(config: &Config) -> io::Result<()> {
     let component = XmppComponent::start(
         ComponentConfig::from_xmpp(&config.xmpp),
         registry.clone().recipient(),
-        status.recipient(),
+        status.clone().recipient(),
     );
     let mut subscriber = SubscriberConfig::new(
         config.presence.subscribe_expires,
@@ -132,6 +146,17 @@ pub async fn start(config: &Config) -> io::Result<()> {
         &listen.ip().to_string(),
     );
     subscriber.max_body = config.limits.max_pidf_body;
+    let pua = PuaConfig {
+        publisher: PublisherConfig {
+            expires: config.presence.subscribe_expires,
+            call_id_host: listen.ip().to_string(),
+            ..PublisherConfig::default()
+        },
+        winfo_expires: config.presence.subscribe_expires,
+        contact_host: contact_host.clone(),
+        call_id_host: listen.ip().to_string(),
+        max_body: config.limits.max_pidf_body,
+    };
     let notifier = NotifierConfig {
         min_interval: Duration::from_secs(config.presence.notify_min_interval_secs),
         contact_host,
@@ -142,6 +167,7 @@ pub async fn start(config: &Config) -> io::Result<()> {
             mode,
             subscriber,
             notifier,
+            pua,
             seed: seed(),
         },
         mapper,
@@ -150,6 +176,13 @@ pub async fn start(config: &Config) -> io::Result<()> {
         component.recipient(),
     );
     reg_ctx.run(reg);
+    let http_listen: SocketAddr = config
+        .http
+        .listen
+        .parse()
+        .map_err(|e| invalid(format!("http.listen: {e}")))?;
+    crate::http::start(http_listen, registry, status.clone())?;
+    tracing::info!(%http_listen, "HTTP listening");
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 pub mod component;
 pub mod config;
 pub mod gateway;
+pub mod http;
 pub mod messages;
 pub mod registry;
 pub mod translator;

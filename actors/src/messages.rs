@@ -112,3 +112,13 @@ pub struct DialogRequest {
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct FromPresentity(pub InPresence);
+
+/// `POST /pua/req_winfo`: a SIP watcher subscribed to `uri` (an XMPP presentity in the
+/// gateway domain) with `expires` (0 = it unsubscribed). The seed's `pua_xmpp_req_winfo`.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), String>")]
+pub struct ReqWinfo {
+    pub uri: String,
+    pub expires: u32,
+    pub watcher: Option<String>,
+}

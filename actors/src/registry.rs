@@ -5,10 +5,11 @@
 //! translator, and SIP Call-ID → translator. It holds no protocol state of its own.
 
 use crate::messages::*;
-use crate::translator::{Links, SipPresentityTranslator, XmppPresentityTranslator};
+use crate::translator::{Links, PuaTranslator, SipPresentityTranslator, XmppPresentityTranslator};
 use actix::prelude::*;
 use pua_xmpp::address::AddressMapper;
 use pua_xmpp::notifier::{self, NotifierConfig};
+use pua_xmpp::pua::PuaConfig;
 use pua_xmpp::sip::{Method, OutResponse, SipRequest};
 use pua_xmpp::stanza::{BareJid, DefinedCondition, InPresence, OutPresence, PresenceType};
 use pua_xmpp::subscriber::{Pair, SubscriberConfig};
@@ -26,12 +27,14 @@ pub struct RegistryConfig {
     pub mode: Mode,
     pub subscriber: SubscriberConfig,
     pub notifier: NotifierConfig,
+    pub pua: PuaConfig,
     pub seed: u64,
 }
 
 enum Owner {
     Sip(Addr<SipPresentityTranslator>),
     Xmpp(Addr<XmppPresentityTranslator>),
+    Pua(Addr<PuaTranslator>),
 }
 
 /// Index updates sent by the translators.
@@ -46,6 +49,10 @@ pub enum RegistryEvent {
         call_id: String,
         owner: Addr<XmppPresentityTranslator>,
     },
+    DialogPua {
+        call_id: String,
+        owner: Addr<PuaTranslator>,
+    },
     DialogGone {
         call_id: String,
     },
@@ -59,6 +66,7 @@ pub struct Registry {
     stanzas: Recipient<SendPresence>,
     sip_presentities: HashMap<BareJid, Addr<SipPresentityTranslator>>,
     xmpp_presentities: HashMap<BareJid, Addr<XmppPresentityTranslator>>,
+    pua_presentities: HashMap<BareJid, Addr<PuaTranslator>>,
     dialogs: HashMap<String, Owner>,
     seed: u64,
 }
@@ -80,6 +88,7 @@ impl Registry {
             stanzas,
             sip_presentities: HashMap::new(),
             xmpp_presentities: HashMap::new(),
+            pua_presentities: HashMap::new(),
             dialogs: HashMap::new(),
         }
     }
@@ -139,6 +148,18 @@ impl Registry {
         let addr = t.start();
         self.xmpp_presentities.insert(x.clone(), addr.clone());
         Some(addr)
+    }
+
+    fn pua_translator(&mut self, x: &BareJid, ctx: &Context<Self>) -> Result<Addr<PuaTranslator>, String> {
+        if let Some(a) = self.pua_presentities.get(x) {
+            return Ok(a.clone());
+        }
+        let uri = self.mapper.xmpp_to_sip(x).map_err(|e| e.to_string())?;
+        let seed = self.next_seed();
+        let t = PuaTranslator::new(x.clone(), uri, self.cfg.pua.clone(), self.mapper.clone(), self.links(ctx), seed);
+        let addr = t.start();
+        self.pua_presentities.insert(x.clone(), addr.clone());
+        Ok(addr)
     }
 
     fn on_subscriber_stanza(&mut self, p: InPresence, ctx: &Context<Self>) {
@@ -268,7 +289,15 @@ impl Handler<StanzaIn> for Registry {
                         }
                     }
                     Mode::Pua => {
-                        tracing::debug!(from = %p.from, ?kind, "PUA mode presence not handled yet");
+                        let existing = self.pua_presentities.get(&x).cloned();
+                        let addr = match (existing, kind) {
+                            (Some(a), _) => Some(a),
+                            (None, PresenceType::Error) => None,
+                            (None, _) => self.pua_translator(&x, ctx).ok(),
+                        };
+                        if let Some(a) = addr {
+                            a.do_send(FromPresentity(p));
+                        }
                     }
                 }
             }
@@ -283,6 +312,11 @@ impl Handler<SipRequestIn> for Registry {
         match req.method {
             Method::Notify => match self.dialogs.get(&req.call_id) {
                 Some(Owner::Sip(a)) => a.do_send(DialogRequest {
+                    req,
+                    txn,
+                    watcher: None,
+                }),
+                Some(Owner::Pua(a)) => a.do_send(DialogRequest {
                     req,
                     txn,
                     watcher: None,
@@ -320,9 +354,26 @@ impl Handler<RegistryEvent> for Registry {
             RegistryEvent::DialogXmpp { call_id, owner } => {
                 self.dialogs.insert(call_id, Owner::Xmpp(owner));
             }
+            RegistryEvent::DialogPua { call_id, owner } => {
+                self.dialogs.insert(call_id, Owner::Pua(owner));
+            }
             RegistryEvent::DialogGone { call_id } => {
                 self.dialogs.remove(&call_id);
             }
         }
+    }
+}
+
+impl Handler<ReqWinfo> for Registry {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: ReqWinfo, ctx: &mut Context<Self>) -> Self::Result {
+        if self.cfg.mode != Mode::Pua {
+            return Err("not in PUA mode (presence.mode = \"notifier\")".to_owned());
+        }
+        let x = self.mapper.sip_to_xmpp(&msg.uri).map_err(|e| format!("{}: {e}", msg.uri))?;
+        let addr = self.pua_translator(&x, ctx)?;
+        tracing::info!(presentity = %x, expires = msg.expires, watcher = ?msg.watcher, "req_winfo");
+        addr.do_send(msg);
+        Ok(())
     }
 }

@@ -10,7 +10,9 @@
 use crate::messages::*;
 use crate::registry::{Registry, RegistryEvent};
 use actix::prelude::*;
+use pua_xmpp::address::AddressMapper;
 use pua_xmpp::notifier::{self, NotifierConfig, Presentity};
+use pua_xmpp::pua::{self, PuaConfig, PuaPresentity};
 use pua_xmpp::sip::{Method, OutRequest};
 use pua_xmpp::stanza::BareJid;
 use pua_xmpp::subscriber::{self, SubscriberConfig, Subscription};
@@ -396,6 +398,119 @@ impl Handler<TransactionOutcome> for XmppPresentityTranslator {
                 None,
                 ctx,
             ),
+        }
+    }
+}
+
+// ==== XMPP presentity in PUA mode: PUBLISH + presence.winfo ========================================
+
+pub struct PuaTranslator {
+    machine: PuaPresentity,
+    links: Links,
+    txns: HashMap<u64, (String, u32)>,
+    next_key: u64,
+    winfo_call_id: Option<String>,
+    wakeup: Wakeup,
+}
+
+impl PuaTranslator {
+    pub fn new(jid: BareJid, uri: String, cfg: PuaConfig, mapper: AddressMapper, links: Links, seed: u64) -> Self {
+        PuaTranslator {
+            machine: PuaPresentity::new(cfg, jid, uri, mapper, seed),
+            links,
+            txns: HashMap::new(),
+            next_key: 1,
+            winfo_call_id: None,
+            wakeup: Wakeup::default(),
+        }
+    }
+
+    fn input(&mut self, input: pua::Input<'_>, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
+        self.machine.handle_input(input, Instant::now());
+        while let Some(out) = self.machine.poll_output() {
+            match out {
+                pua::Output::Request(req) => {
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    self.txns.insert(key, (req.call_id.clone(), req.cseq));
+                    send_request(&self.links, req, key, ctx.address().recipient());
+                }
+                pua::Output::Response(resp) => {
+                    if let Some(txn) = txn {
+                        self.links.responses.do_send(SendResponse { txn, resp });
+                    }
+                }
+                pua::Output::Stanza(p) => self.links.stanzas.do_send(SendPresence(p)),
+            }
+        }
+        let current = self.machine.winfo_call_id().map(str::to_owned);
+        if current != self.winfo_call_id {
+            if let Some(old) = self.winfo_call_id.take() {
+                self.links.registry.do_send(RegistryEvent::DialogGone { call_id: old });
+            }
+            if let Some(c) = &current {
+                self.links.registry.do_send(RegistryEvent::DialogPua {
+                    call_id: c.clone(),
+                    owner: ctx.address(),
+                });
+            }
+            self.winfo_call_id = current;
+        }
+        let next = self.machine.poll_timeout();
+        self.wakeup.arm(next, ctx, |a, ctx| {
+            a.wakeup.at = None;
+            a.wakeup.handle = None;
+            a.input(pua::Input::Timeout, None, ctx);
+        });
+    }
+}
+
+impl Actor for PuaTranslator {
+    type Context = Context<Self>;
+}
+
+impl Handler<FromPresentity> for PuaTranslator {
+    type Result = ();
+    fn handle(&mut self, msg: FromPresentity, ctx: &mut Context<Self>) {
+        self.input(pua::Input::Stanza(&msg.0), None, ctx);
+    }
+}
+
+impl Handler<ReqWinfo> for PuaTranslator {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: ReqWinfo, ctx: &mut Context<Self>) -> Self::Result {
+        let input = pua::Input::ReqWinfo {
+            expires: msg.expires,
+            watcher: msg.watcher.as_deref(),
+        };
+        self.input(input, None, ctx);
+        Ok(())
+    }
+}
+
+impl Handler<DialogRequest> for PuaTranslator {
+    type Result = ();
+    fn handle(&mut self, msg: DialogRequest, ctx: &mut Context<Self>) {
+        if msg.req.method == Method::Notify {
+            self.input(pua::Input::Notify(&msg.req), Some(msg.txn), ctx);
+        } else {
+            let resp = pua_xmpp::sip::OutResponse::to_request(&msg.req, 481, None);
+            self.links.responses.do_send(SendResponse { txn: msg.txn, resp });
+        }
+    }
+}
+
+impl Handler<TransactionOutcome> for PuaTranslator {
+    type Result = ();
+    fn handle(&mut self, msg: TransactionOutcome, ctx: &mut Context<Self>) {
+        let Some((call_id, cseq)) = self.txns.remove(&msg.key) else {
+            return;
+        };
+        match msg.result {
+            TxnResult::Response(r) => self.input(pua::Input::Response(&r), None, ctx),
+            TxnResult::Timeout | TxnResult::TransportError(_) => {
+                self.input(pua::Input::RequestFailed { call_id: &call_id, cseq }, None, ctx)
+            }
         }
     }
 }

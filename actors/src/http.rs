@@ -1,0 +1,116 @@
+//! The HTTP listener (`http.listen`): the PUA-mode hook `POST /pua/req_winfo` that a Kamailio
+//! route calls with `http_client_query`, and `GET /health`.
+
+use crate::gateway::{GetLinkStatus, LinkStatus};
+use crate::messages::ReqWinfo;
+use crate::registry::Registry;
+use actix::Addr;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+struct State {
+    registry: Addr<Registry>,
+    link: Addr<LinkStatus>,
+}
+
+/// Accepts `uri`, `expires` and optional `watcher` as an urlencoded form body or query string.
+async fn req_winfo(
+    state: web::Data<State>,
+    query: web::Query<HashMap<String, String>>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let mut params: HashMap<String, String> = query.into_inner();
+    match parse_form(&body) {
+        Some(form) => params.extend(form),
+        None => return HttpResponse::BadRequest().body("body: not an urlencoded form\n"),
+    }
+    let Some(uri) = params.get("uri").filter(|u| !u.is_empty()).cloned() else {
+        return HttpResponse::BadRequest().body("missing parameter: uri\n");
+    };
+    let expires = match params.get("expires").map(|e| e.trim().parse::<u32>()) {
+        None => 3600,
+        Some(Ok(e)) => e,
+        Some(Err(_)) => return HttpResponse::BadRequest().body("expires: not a number\n"),
+    };
+    let watcher = params.get("watcher").filter(|w| !w.is_empty()).cloned();
+    let msg = ReqWinfo { uri, expires, watcher };
+    match state.registry.send(msg).await {
+        Ok(Ok(())) => HttpResponse::Ok().body("ok\n"),
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "req_winfo refused");
+            HttpResponse::NotFound().body(format!("{e}\n"))
+        }
+        Err(e) => HttpResponse::ServiceUnavailable().body(format!("{e}\n")),
+    }
+}
+
+async fn health(state: web::Data<State>) -> HttpResponse {
+    match state.link.send(GetLinkStatus).await {
+        Ok(true) => HttpResponse::Ok().json(serde_json::json!({"status": "ok"})),
+        Ok(false) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "unavailable", "reason": "XMPP component not connected"})),
+        Err(_) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "unavailable", "reason": "shutting down"})),
+    }
+}
+
+/// `a=b&c=d` with percent-decoding and `+` as space.
+fn parse_form(body: &[u8]) -> Option<HashMap<String, String>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut out = HashMap::new();
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.insert(decode(k)?, decode(v)?);
+    }
+    Some(out)
+}
+
+fn decode(s: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(s.len());
+    let mut it = s.bytes();
+    while let Some(b) = it.next() {
+        match b {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let hi = (it.next()? as char).to_digit(16)?;
+                let lo = (it.next()? as char).to_digit(16)?;
+                bytes.push((hi * 16 + lo) as u8);
+            }
+            _ => bytes.push(b),
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// Binds and starts the HTTP server on the current actix system.
+pub fn start(listen: SocketAddr, registry: Addr<Registry>, link: Addr<LinkStatus>) -> std::io::Result<()> {
+    let data = web::Data::new(State { registry, link });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/pua/req_winfo", web::post().to(req_winfo))
+            .route("/health", web::get().to(health))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(listen)?
+    .run();
+    actix_rt::spawn(server);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding() {
+        let m = parse_form(b"uri=sip%3Aalice*xmpp.test%40sip-xmpp.test&expires=600&watcher=sip%3Acarol%40sip.test").unwrap();
+        assert_eq!(m["uri"], "sip:alice*xmpp.test@sip-xmpp.test");
+        assert_eq!(m["expires"], "600");
+        assert_eq!(m["watcher"], "sip:carol@sip.test");
+        assert_eq!(parse_form(b"a=%zz"), None);
+        assert_eq!(parse_form(b"a=b+c").unwrap()["a"], "b c");
+    }
+}
