@@ -12,7 +12,9 @@ use crate::ids::IdGen;
 use crate::pidf;
 use crate::presence::XmppAggregate;
 use crate::publisher::{self, Publication, PublisherConfig};
-use crate::sip::{Destination, Method, NameAddr, OutRequest, OutResponse, SipRequest, SipResponse, SubState};
+use crate::sip::{
+    Destination, Method, NameAddr, OutRequest, OutResponse, SipRequest, SipResponse, SubState,
+};
 use crate::stanza::{BareJid, InPresence, Jid, OutPresence, PresenceType};
 use crate::timers::{self, Backoff};
 use crate::winfo::{self, WatcherStatus, WinfoOutcome, WinfoTracker};
@@ -36,12 +38,18 @@ pub enum Input<'a> {
     Stanza(&'a InPresence),
     /// `pua_xmpp_req_winfo(uri, expires)`: a SIP watcher subscribed to X (0 = unsubscribe).
     /// With the watcher's URI, X is asked at once (the winfo NOTIFY may come later).
-    ReqWinfo { expires: u32, watcher: Option<&'a str> },
+    ReqWinfo {
+        expires: u32,
+        watcher: Option<&'a str>,
+    },
     /// A NOTIFY in the winfo dialog.
     Notify(&'a SipRequest),
     /// The final response to a PUBLISH or winfo SUBSCRIBE of ours.
     Response(&'a SipResponse),
-    RequestFailed { call_id: &'a str, cseq: u32 },
+    RequestFailed {
+        call_id: &'a str,
+        cseq: u32,
+    },
     Timeout,
 }
 
@@ -85,7 +93,13 @@ pub struct PuaPresentity {
 }
 
 impl PuaPresentity {
-    pub fn new(cfg: PuaConfig, jid: BareJid, uri: String, mapper: AddressMapper, seed: u64) -> PuaPresentity {
+    pub fn new(
+        cfg: PuaConfig,
+        jid: BareJid,
+        uri: String,
+        mapper: AddressMapper,
+        seed: u64,
+    ) -> PuaPresentity {
         let publication = Publication::new(cfg.publisher.clone(), uri.clone(), seed ^ 0x5555);
         PuaPresentity {
             cfg,
@@ -129,10 +143,14 @@ impl PuaPresentity {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.refresh_at, self.retry_at, self.publication.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.refresh_at,
+            self.retry_at,
+            self.publication.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn handle_input(&mut self, input: Input<'_>, now: Instant) {
@@ -159,13 +177,18 @@ impl PuaPresentity {
             Input::Notify(req) => self.on_notify(req, now),
             Input::Response(r) => {
                 if r.cseq_method == Method::Publish {
-                    self.publication.handle_input(publisher::Input::Response(r), now);
+                    self.publication
+                        .handle_input(publisher::Input::Response(r), now);
                 } else {
                     self.on_winfo_response(r, now);
                 }
             }
             Input::RequestFailed { call_id, cseq } => {
-                if self.winfo.as_ref().is_some_and(|d| d.call_id == call_id && d.local_cseq == cseq) {
+                if self
+                    .winfo
+                    .as_ref()
+                    .is_some_and(|d| d.call_id == call_id && d.local_cseq == cseq)
+                {
                     self.winfo_failed(None, now);
                 } else {
                     self.publication
@@ -181,7 +204,8 @@ impl PuaPresentity {
                     let e = self.cfg.winfo_expires;
                     self.send_winfo(e);
                 }
-                self.publication.handle_input(publisher::Input::Timeout, now);
+                self.publication
+                    .handle_input(publisher::Input::Timeout, now);
             }
         }
     }
@@ -193,13 +217,21 @@ impl PuaPresentity {
         match kind {
             PresenceType::Available | PresenceType::Unavailable => {
                 let resource = p.from.resource().map(|r| r.as_str().to_owned());
-                if self.agg.apply(resource.as_deref(), kind, &p.body, p.lang.as_deref()) {
+                if self
+                    .agg
+                    .apply(resource.as_deref(), kind, &p.body, p.lang.as_deref())
+                {
                     let mut body = String::with_capacity(512);
                     let entity = format!("pres:{}", self.uri.trim_start_matches("sip:"));
                     pidf::write_from_xmpp(&entity, &self.uri, &self.agg, &mut body);
                     let available = self.agg.is_available();
-                    self.publication
-                        .handle_input(publisher::Input::Update { pidf: body, available }, now);
+                    self.publication.handle_input(
+                        publisher::Input::Update {
+                            pidf: body,
+                            available,
+                        },
+                        now,
+                    );
                 }
             }
             PresenceType::Subscribed | PresenceType::Unsubscribed => {
@@ -225,7 +257,9 @@ impl PuaPresentity {
                 Jid::from(self.jid.clone()),
                 PresenceType::Subscribe,
             ))),
-            Err(e) => tracing::warn!(watcher = %watcher_uri, error = %e, "watcher cannot be mapped to a JID"),
+            Err(e) => {
+                tracing::warn!(watcher = %watcher_uri, error = %e, "watcher cannot be mapped to a JID")
+            }
         }
     }
 
@@ -270,7 +304,11 @@ impl PuaPresentity {
                 (Some(t), true) => t.clone(),
                 _ => self.uri.clone(),
             },
-            route: if established { d.route_set.clone() } else { Vec::new() },
+            route: if established {
+                d.route_set.clone()
+            } else {
+                Vec::new()
+            },
             from: NameAddr {
                 display: None,
                 uri: self.uri.clone(),
@@ -313,7 +351,10 @@ impl PuaPresentity {
                     d.remote_tag = r.to.tag.clone();
                 }
                 self.backoff.reset();
-                let granted = r.expires.unwrap_or(self.cfg.winfo_expires).min(self.cfg.winfo_expires);
+                let granted = r
+                    .expires
+                    .unwrap_or(self.cfg.winfo_expires)
+                    .min(self.cfg.winfo_expires);
                 if granted > 0 && self.winfo_wanted {
                     self.refresh_at = Some(now + timers::refresh_after(granted, &mut self.rng));
                 }
@@ -336,7 +377,8 @@ impl PuaPresentity {
     }
 
     fn respond(&mut self, req: &SipRequest, code: u16) {
-        self.out.push_back(Output::Response(OutResponse::to_request(req, code, None)));
+        self.out
+            .push_back(Output::Response(OutResponse::to_request(req, code, None)));
     }
 
     fn on_notify(&mut self, req: &SipRequest, now: Instant) {
@@ -410,7 +452,10 @@ impl PuaPresentity {
             }
             WinfoOutcome::NewWatchers(ws) => {
                 for w in ws {
-                    if matches!(w.status, WatcherStatus::Pending | WatcherStatus::Waiting | WatcherStatus::Active) {
+                    if matches!(
+                        w.status,
+                        WatcherStatus::Pending | WatcherStatus::Waiting | WatcherStatus::Active
+                    ) {
                         self.subscribe_stanza(&w.uri);
                     }
                 }
@@ -418,3 +463,7 @@ impl PuaPresentity {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "pua_tests.rs"]
+mod tests;

@@ -34,7 +34,11 @@ async fn req_winfo(
         Some(Err(_)) => return HttpResponse::BadRequest().body("expires: not a number\n"),
     };
     let watcher = params.get("watcher").filter(|w| !w.is_empty()).cloned();
-    let msg = ReqWinfo { uri, expires, watcher };
+    let msg = ReqWinfo {
+        uri,
+        expires,
+        watcher,
+    };
     match state.registry.send(msg).await {
         Ok(Ok(())) => HttpResponse::Ok().body("ok\n"),
         Ok(Err(e)) => {
@@ -48,8 +52,9 @@ async fn req_winfo(
 async fn health(state: web::Data<State>) -> HttpResponse {
     match state.link.send(GetLinkStatus).await {
         Ok(true) => HttpResponse::Ok().json(serde_json::json!({"status": "ok"})),
-        Ok(false) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"status": "unavailable", "reason": "XMPP component not connected"})),
+        Ok(false) => HttpResponse::ServiceUnavailable().json(
+            serde_json::json!({"status": "unavailable", "reason": "XMPP component not connected"}),
+        ),
         Err(_) => HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({"status": "unavailable", "reason": "shutting down"})),
     }
@@ -84,7 +89,11 @@ fn decode(s: &str) -> Option<String> {
 }
 
 /// Binds and starts the HTTP server on the current actix system.
-pub fn start(listen: SocketAddr, registry: Addr<Registry>, link: Addr<LinkStatus>) -> std::io::Result<()> {
+pub fn start(
+    listen: SocketAddr,
+    registry: Addr<Registry>,
+    link: Addr<LinkStatus>,
+) -> std::io::Result<()> {
     let data = web::Data::new(State { registry, link });
     let server = HttpServer::new(move || {
         App::new()
@@ -106,7 +115,10 @@ mod tests {
 
     #[test]
     fn form_decoding() {
-        let m = parse_form(b"uri=sip%3Aalice*xmpp.test%40sip-xmpp.test&expires=600&watcher=sip%3Acarol%40sip.test").unwrap();
+        let m = parse_form(
+            b"uri=sip%3Aalice*xmpp.test%40sip-xmpp.test&expires=600&watcher=sip%3Acarol%40sip.test",
+        )
+        .unwrap();
         assert_eq!(m["uri"], "sip:alice*xmpp.test@sip-xmpp.test");
         assert_eq!(m["expires"], "600");
         assert_eq!(m["watcher"], "sip:carol@sip.test");

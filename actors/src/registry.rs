@@ -150,13 +150,24 @@ impl Registry {
         Some(addr)
     }
 
-    fn pua_translator(&mut self, x: &BareJid, ctx: &Context<Self>) -> Result<Addr<PuaTranslator>, String> {
+    fn pua_translator(
+        &mut self,
+        x: &BareJid,
+        ctx: &Context<Self>,
+    ) -> Result<Addr<PuaTranslator>, String> {
         if let Some(a) = self.pua_presentities.get(x) {
             return Ok(a.clone());
         }
         let uri = self.mapper.xmpp_to_sip(x).map_err(|e| e.to_string())?;
         let seed = self.next_seed();
-        let t = PuaTranslator::new(x.clone(), uri, self.cfg.pua.clone(), self.mapper.clone(), self.links(ctx), seed);
+        let t = PuaTranslator::new(
+            x.clone(),
+            uri,
+            self.cfg.pua.clone(),
+            self.mapper.clone(),
+            self.links(ctx),
+            seed,
+        );
         let addr = t.start();
         self.pua_presentities.insert(x.clone(), addr.clone());
         Ok(addr)
@@ -370,7 +381,10 @@ impl Handler<ReqWinfo> for Registry {
         if self.cfg.mode != Mode::Pua {
             return Err("not in PUA mode (presence.mode = \"notifier\")".to_owned());
         }
-        let x = self.mapper.sip_to_xmpp(&msg.uri).map_err(|e| format!("{}: {e}", msg.uri))?;
+        let x = self
+            .mapper
+            .sip_to_xmpp(&msg.uri)
+            .map_err(|e| format!("{}: {e}", msg.uri))?;
         let addr = self.pua_translator(&x, ctx)?;
         tracing::info!(presentity = %x, expires = msg.expires, watcher = ?msg.watcher, "req_winfo");
         addr.do_send(msg);

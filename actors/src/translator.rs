@@ -414,7 +414,14 @@ pub struct PuaTranslator {
 }
 
 impl PuaTranslator {
-    pub fn new(jid: BareJid, uri: String, cfg: PuaConfig, mapper: AddressMapper, links: Links, seed: u64) -> Self {
+    pub fn new(
+        jid: BareJid,
+        uri: String,
+        cfg: PuaConfig,
+        mapper: AddressMapper,
+        links: Links,
+        seed: u64,
+    ) -> Self {
         PuaTranslator {
             machine: PuaPresentity::new(cfg, jid, uri, mapper, seed),
             links,
@@ -446,7 +453,9 @@ impl PuaTranslator {
         let current = self.machine.winfo_call_id().map(str::to_owned);
         if current != self.winfo_call_id {
             if let Some(old) = self.winfo_call_id.take() {
-                self.links.registry.do_send(RegistryEvent::DialogGone { call_id: old });
+                self.links
+                    .registry
+                    .do_send(RegistryEvent::DialogGone { call_id: old });
             }
             if let Some(c) = &current {
                 self.links.registry.do_send(RegistryEvent::DialogPua {
@@ -495,7 +504,9 @@ impl Handler<DialogRequest> for PuaTranslator {
             self.input(pua::Input::Notify(&msg.req), Some(msg.txn), ctx);
         } else {
             let resp = pua_xmpp::sip::OutResponse::to_request(&msg.req, 481, None);
-            self.links.responses.do_send(SendResponse { txn: msg.txn, resp });
+            self.links
+                .responses
+                .do_send(SendResponse { txn: msg.txn, resp });
         }
     }
 }
@@ -508,9 +519,14 @@ impl Handler<TransactionOutcome> for PuaTranslator {
         };
         match msg.result {
             TxnResult::Response(r) => self.input(pua::Input::Response(&r), None, ctx),
-            TxnResult::Timeout | TxnResult::TransportError(_) => {
-                self.input(pua::Input::RequestFailed { call_id: &call_id, cseq }, None, ctx)
-            }
+            TxnResult::Timeout | TxnResult::TransportError(_) => self.input(
+                pua::Input::RequestFailed {
+                    call_id: &call_id,
+                    cseq,
+                },
+                None,
+                ctx,
+            ),
         }
     }
 }
