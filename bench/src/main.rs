@@ -1,0 +1,2 @@
+//! pua-xmpp-bench: to be written.
+fn main() {}
