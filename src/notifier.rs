@@ -277,9 +277,14 @@ impl Presentity {
     }
 
     fn on_subscribe(&mut self, req: &SipRequest, watcher: &BareJid, now: Instant) {
-        // §5.1 check 5 comes before the content checks: a refresh for no dialog is 481.
+        // §5.1 check 5 comes before the content checks: a refresh for no dialog is 481. So is
+        // one for a dialog already ending (its final NOTIFY waits behind an outstanding one):
+        // granting a new lease there would contradict the `terminated` about to be sent.
         if let Some(tag) = req.to.tag.as_deref() {
-            if self.find(&req.call_id, Some(tag)).is_none() {
+            let live = self
+                .find(&req.call_id, Some(tag))
+                .is_some_and(|i| self.dialogs[i].terminate.is_none());
+            if !live {
                 return self.respond(OutResponse::to_request(req, 481, None));
             }
         }

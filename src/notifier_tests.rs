@@ -686,6 +686,11 @@ fn lease_expiry_while_a_notify_is_outstanding_waits_for_its_response() {
     // Never two NOTIFYs outstanding on one dialog.
     assert!(requests(&out).is_empty());
     assert_eq!(t.p.poll_timeout(), None, "nothing to do until the response");
+    // A late refresh of the ending dialog gets no new lease.
+    let tag = t.local_tag();
+    let out = t.subscribe(&refresh_text(&tag, 21, 600));
+    assert_eq!(responses(&out)[0].status, 481);
+    assert!(requests(&out).is_empty());
     let out = t.answer(&pending, 200);
     let reqs = requests(&out);
     assert_eq!(reqs.len(), 1);
