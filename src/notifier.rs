@@ -90,31 +90,44 @@ pub struct NotifierDialog {
     dirty: bool,
     /// Earliest time for the next presence NOTIFY.
     next_allowed: Option<Instant>,
-    /// `Some(reason)`: the next NOTIFY is the final one.
-    terminate: Option<&'static str>,
+    /// `Some(reason, retry-after)`: the next NOTIFY is the final one.
+    terminate: Option<(&'static str, Option<u32>)>,
     /// A fetch: one final NOTIFY once X answered or this deadline passed.
     fetch_deadline: Option<Instant>,
+    /// The final NOTIFY was sent; the dialog is dropped at the end of the current input.
+    closed: bool,
 }
 
 /// What the store should record.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PersistOp {
-    Relation { watcher: BareJid, state: WatcherRelation },
+    Relation {
+        watcher: BareJid,
+        state: WatcherRelation,
+    },
     Dialog(Box<NotifierDialog>),
-    DialogGone { call_id: String },
+    DialogGone {
+        call_id: String,
+    },
 }
 
 /// Events fed to a [`Presentity`].
 #[derive(Debug)]
 pub enum Input<'a> {
     /// A SUBSCRIBE for X that passed [`pre_checks`] and address mapping; `watcher` is S'.
-    Subscribe { req: &'a SipRequest, watcher: &'a BareJid },
+    Subscribe {
+        req: &'a SipRequest,
+        watcher: &'a BareJid,
+    },
     /// A stanza from X: presence, or its decision about a watcher (`to` = S').
     Stanza(&'a InPresence),
     /// The final response to one of our NOTIFYs.
     Response(&'a SipResponse),
     /// A NOTIFY of ours timed out or could not be sent.
-    RequestFailed { call_id: &'a str, cseq: u32 },
+    RequestFailed {
+        call_id: &'a str,
+        cseq: u32,
+    },
     Timeout,
 }
 
@@ -134,7 +147,10 @@ pub fn pre_checks(req: &SipRequest) -> Option<OutResponse> {
         return Some(OutResponse::to_request(req, 483, None));
     }
     if !req.require.is_empty() {
-        return Some(OutResponse::to_request(req, 420, None).with_header("Unsupported", req.require.join(", ")));
+        return Some(
+            OutResponse::to_request(req, 420, None)
+                .with_header("Unsupported", req.require.join(", ")),
+        );
     }
     match &req.event {
         Some(e) if e.package == "presence" => None,
@@ -176,7 +192,13 @@ impl Presentity {
 
     /// Restores a persisted relation (after a restart).
     pub fn restore_relation(&mut self, watcher: BareJid, state: WatcherRelation) {
-        self.relations.insert(watcher, Relation { state, asked_at: None });
+        self.relations.insert(
+            watcher,
+            Relation {
+                state,
+                asked_at: None,
+            },
+        );
     }
 
     pub fn jid(&self) -> &BareJid {
@@ -197,12 +219,27 @@ impl Presentity {
         self.out.pop_front()
     }
 
+    /// The next instant at which [`Input::Timeout`] has work to do. Only timers that can fire
+    /// are reported: a fetch waits for its deadline only (its lease is already over), and a
+    /// dialog whose final NOTIFY waits behind an outstanding one waits for that response, so a
+    /// runtime never spins on an instant in the past.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.dialogs
             .iter()
+            .filter(|d| !d.closed)
             .flat_map(|d| {
-                let rate = if d.dirty && d.inflight.is_none() { d.next_allowed } else { None };
-                [Some(d.expires_at), rate, d.fetch_deadline]
+                if d.fetch_deadline.is_some() {
+                    return [d.fetch_deadline, None];
+                }
+                if d.terminate.is_some() {
+                    return [None, None];
+                }
+                let rate = if d.dirty && d.inflight.is_none() {
+                    d.next_allowed
+                } else {
+                    None
+                };
+                [Some(d.expires_at), rate]
             })
             .flatten()
             .min()
@@ -216,6 +253,9 @@ impl Presentity {
             Input::RequestFailed { call_id, cseq } => self.on_response(408, call_id, cseq, now),
             Input::Timeout => self.on_timeout(now),
         }
+        // Dialogs that sent their final NOTIFY are dropped only now, so that loops over the
+        // dialogs above never see indices shift under them.
+        self.dialogs.retain(|d| !d.closed);
     }
 
     // ---- SUBSCRIBE ----------------------------------------------------------------------------
@@ -231,12 +271,23 @@ impl Presentity {
     }
 
     fn find(&self, call_id: &str, local_tag: Option<&str>) -> Option<usize> {
-        self.dialogs
-            .iter()
-            .position(|d| d.call_id == call_id && local_tag.is_none_or(|t| t == d.local_tag))
+        self.dialogs.iter().position(|d| {
+            !d.closed && d.call_id == call_id && local_tag.is_none_or(|t| t == d.local_tag)
+        })
     }
 
     fn on_subscribe(&mut self, req: &SipRequest, watcher: &BareJid, now: Instant) {
+        // §5.1 check 5 comes before the content checks: a refresh for no dialog is 481. So is
+        // one for a dialog already ending (its final NOTIFY waits behind an outstanding one):
+        // granting a new lease there would contradict the `terminated` about to be sent.
+        if let Some(tag) = req.to.tag.as_deref() {
+            let live = self
+                .find(&req.call_id, Some(tag))
+                .is_some_and(|i| self.dialogs[i].terminate.is_none());
+            if !live {
+                return self.respond(OutResponse::to_request(req, 481, None));
+            }
+        }
         // §5.1 checks 8–10.
         if !req.accept.is_empty()
             && !req
@@ -248,13 +299,15 @@ impl Presentity {
         }
         if !req.body.is_empty() {
             return self.respond(
-                OutResponse::to_request(req, 415, None).with_header("Accept", "application/pidf+xml"),
+                OutResponse::to_request(req, 415, None)
+                    .with_header("Accept", "application/pidf+xml"),
             );
         }
         let requested = req.expires.unwrap_or(self.cfg.default_expires);
         if requested > 0 && requested < self.cfg.min_expires {
             return self.respond(
-                OutResponse::to_request(req, 423, None).with_header("Min-Expires", self.cfg.min_expires.to_string()),
+                OutResponse::to_request(req, 423, None)
+                    .with_header("Min-Expires", self.cfg.min_expires.to_string()),
             );
         }
         let granted = requested.min(self.cfg.max_expires);
@@ -266,10 +319,12 @@ impl Presentity {
 
     fn on_initial(&mut self, req: &SipRequest, watcher: &BareJid, granted: u32, now: Instant) {
         let Some(remote_tag) = req.from.tag.clone() else {
-            return self.respond(OutResponse::to_request(req, 400, None).with_reason("Missing From tag"));
+            return self
+                .respond(OutResponse::to_request(req, 400, None).with_reason("Missing From tag"));
         };
         let Some(contact) = req.contact.as_ref().map(|c| c.uri.clone()) else {
-            return self.respond(OutResponse::to_request(req, 400, None).with_reason("Missing Contact"));
+            return self
+                .respond(OutResponse::to_request(req, 400, None).with_reason("Missing Contact"));
         };
         let local_tag = self.rng.tag("gw-");
         let mut resp = OutResponse::to_request(req, 200, Some(&local_tag));
@@ -295,19 +350,26 @@ impl Presentity {
             local_cseq: 0,
             remote_cseq: req.cseq,
             event_id: req.event.as_ref().and_then(|e| e.id.clone()),
-            state: if approved { DialogState::Active } else { DialogState::Pending },
+            state: if approved {
+                DialogState::Active
+            } else {
+                DialogState::Pending
+            },
             expires_at: now + Duration::from_secs(u64::from(granted)),
             inflight: None,
             dirty: false,
             next_allowed: None,
             terminate: None,
             fetch_deadline: fetch.then(|| now + self.cfg.fetch_wait),
+            closed: false,
         };
         self.dialogs.push(dialog);
         let idx = self.dialogs.len() - 1;
         if !fetch {
             self.out
-                .push_back(Output::Persist(PersistOp::Dialog(Box::new(self.dialogs[idx].clone()))));
+                .push_back(Output::Persist(PersistOp::Dialog(Box::new(
+                    self.dialogs[idx].clone(),
+                ))));
         }
         if approved {
             if fetch {
@@ -333,7 +395,8 @@ impl Presentity {
         };
         let d = &mut self.dialogs[idx];
         if req.cseq <= d.remote_cseq {
-            return self.respond(OutResponse::to_request(req, 500, None).with_reason("CSeq out of order"));
+            return self
+                .respond(OutResponse::to_request(req, 500, None).with_reason("CSeq out of order"));
         }
         d.remote_cseq = req.cseq;
         if let Some(c) = &req.contact {
@@ -346,7 +409,7 @@ impl Presentity {
         let d = &mut self.dialogs[idx];
         if granted == 0 {
             // Case 53: unsubscribe; final NOTIFY, relation kept, no stanza (§6.3).
-            d.terminate = Some("timeout");
+            d.terminate = Some(("timeout", None));
         } else {
             d.expires_at = now + Duration::from_secs(u64::from(granted));
             let persisted = PersistOp::Dialog(Box::new(d.clone()));
@@ -362,7 +425,9 @@ impl Presentity {
             state: WatcherRelation::Pending,
             asked_at: None,
         });
-        let due = rel.asked_at.is_none_or(|t| now.saturating_duration_since(t) >= interval);
+        let due = rel
+            .asked_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= interval);
         let new = rel.asked_at.is_none() && rel.state == WatcherRelation::Pending;
         if !due {
             return;
@@ -399,13 +464,25 @@ impl Presentity {
         let to = p.to.to_bare();
         match kind {
             PresenceType::Available | PresenceType::Unavailable => {
+                // Cases 37/38: a bad show or priority counts as absent; logged, never an error.
+                if let Some(v) = &p.invalid_show {
+                    tracing::warn!(from = %p.from, show = %v, "invalid <show/> treated as absent");
+                }
+                if let Some(v) = &p.invalid_priority {
+                    tracing::warn!(from = %p.from, priority = %v, "invalid <priority/> treated as absent");
+                }
                 let resource = p.from.resource().map(|r| r.as_str().to_owned());
-                let changed = self.agg.apply(resource.as_deref(), kind, &p.body, p.lang.as_deref());
+                let changed = self
+                    .agg
+                    .apply(resource.as_deref(), kind, &p.body, p.lang.as_deref());
                 self.presence_known = true;
-                for i in 0..self.dialogs.len() {
-                    let d = &mut self.dialogs[i];
+                for d in &mut self.dialogs {
                     if d.fetch_deadline.is_some() {
-                        d.fetch_deadline = Some(now);
+                        // X answered the probe of an approved fetch: answer it now. A fetch
+                        // that is not approved waits for X's decision or the deadline.
+                        if d.state == DialogState::Active {
+                            d.fetch_deadline = Some(now);
+                        }
                     } else if changed && d.state == DialogState::Active {
                         d.dirty = true;
                     }
@@ -415,7 +492,8 @@ impl Presentity {
             PresenceType::Subscribed => {
                 self.set_relation(&to, WatcherRelation::Approved);
                 for i in 0..self.dialogs.len() {
-                    if self.dialogs[i].watcher == to && self.dialogs[i].state == DialogState::Pending {
+                    let d = &self.dialogs[i];
+                    if !d.closed && d.watcher == to && d.state == DialogState::Pending {
                         self.dialogs[i].state = DialogState::Active;
                         if self.dialogs[i].fetch_deadline.is_none() {
                             self.send_notify(i, now);
@@ -425,21 +503,27 @@ impl Presentity {
             }
             PresenceType::Unsubscribed => {
                 self.set_relation(&to, WatcherRelation::Denied);
-                self.terminate_watcher(&to, "rejected", now);
+                self.terminate_watcher(&to, ("rejected", None), now);
             }
             PresenceType::Error => {
-                let cond = p.error.clone().unwrap_or(crate::stanza::DefinedCondition::UndefinedCondition);
-                let (reason, _) = crate::error_map::reason_for_xmpp_error(&cond);
-                if self.dialogs.iter().any(|d| d.watcher == to && d.state == DialogState::Pending) {
-                    self.terminate_watcher(&to, reason, now);
-                }
+                // A bounce of our subscribe or probe from S' to X: §5.4 ends S's pending or
+                // active dialogs with the mapped reason (and its retry-after).
+                let cond = p
+                    .error
+                    .clone()
+                    .unwrap_or(crate::stanza::DefinedCondition::UndefinedCondition);
+                let reason = crate::error_map::reason_for_xmpp_error(&cond);
+                self.terminate_watcher(&to, reason, now);
             }
             _ => {}
         }
     }
 
     fn set_relation(&mut self, watcher: &BareJid, state: WatcherRelation) {
-        let rel = self.relations.entry(watcher.clone()).or_insert(Relation { state, asked_at: None });
+        let rel = self.relations.entry(watcher.clone()).or_insert(Relation {
+            state,
+            asked_at: None,
+        });
         rel.state = state;
         self.out.push_back(Output::Persist(PersistOp::Relation {
             watcher: watcher.clone(),
@@ -447,9 +531,14 @@ impl Presentity {
         }));
     }
 
-    fn terminate_watcher(&mut self, watcher: &BareJid, reason: &'static str, now: Instant) {
+    fn terminate_watcher(
+        &mut self,
+        watcher: &BareJid,
+        reason: (&'static str, Option<u32>),
+        now: Instant,
+    ) {
         for i in 0..self.dialogs.len() {
-            if &self.dialogs[i].watcher == watcher {
+            if !self.dialogs[i].closed && &self.dialogs[i].watcher == watcher {
                 self.dialogs[i].terminate = Some(reason);
                 self.send_notify(i, now);
             }
@@ -462,6 +551,9 @@ impl Presentity {
     fn flush(&mut self, now: Instant) {
         for i in 0..self.dialogs.len() {
             let d = &self.dialogs[i];
+            if d.closed {
+                continue;
+            }
             let due = d.fetch_deadline.is_some_and(|t| t <= now)
                 || (d.dirty && d.next_allowed.is_none_or(|t| t <= now));
             if due && d.inflight.is_none() {
@@ -474,7 +566,7 @@ impl Presentity {
     fn send_notify(&mut self, idx: usize, now: Instant) {
         let contact = self.contact();
         let mut body = None;
-        let Some(d) = self.dialogs.get_mut(idx) else {
+        let Some(d) = self.dialogs.get_mut(idx).filter(|d| !d.closed) else {
             return;
         };
         if d.inflight.is_some() {
@@ -482,9 +574,14 @@ impl Presentity {
             return;
         }
         let fetch = d.fetch_deadline.is_some();
-        let reason = if fetch { Some("timeout") } else { d.terminate };
+        let reason = if fetch {
+            Some(("timeout", None))
+        } else {
+            d.terminate
+        };
         let state = match reason {
-            Some(r) => format!("terminated;reason={r}"),
+            Some((r, None)) => format!("terminated;reason={r}"),
+            Some((r, Some(after))) => format!("terminated;reason={r};retry-after={after}"),
             None => {
                 let left = d.expires_at.saturating_duration_since(now).as_secs();
                 match d.state {
@@ -494,7 +591,8 @@ impl Presentity {
             }
         };
         // A body with state, unless pending or rejected (§4.4, §5.1).
-        let with_body = d.state == DialogState::Active && !matches!(reason, Some(r) if r != "timeout");
+        let with_body =
+            d.state == DialogState::Active && !matches!(reason, Some((r, _)) if r != "timeout");
         if with_body {
             let mut s = String::with_capacity(512);
             let entity = format!("pres:{}", self.sip_uri.trim_start_matches("sip:"));
@@ -536,9 +634,10 @@ impl Presentity {
         let call_id = d.call_id.clone();
         if reason.is_some() {
             // The final NOTIFY: the dialog ends here; its response is not needed.
-            self.dialogs.remove(idx);
+            d.closed = true;
             self.out.push_back(Output::Request(req));
-            self.out.push_back(Output::Persist(PersistOp::DialogGone { call_id }));
+            self.out
+                .push_back(Output::Persist(PersistOp::DialogGone { call_id }));
         } else {
             d.inflight = Some(d.local_cseq);
             self.out.push_back(Output::Request(req));
@@ -549,7 +648,7 @@ impl Presentity {
         let Some(idx) = self
             .dialogs
             .iter()
-            .position(|d| d.call_id == call_id && d.inflight == Some(cseq))
+            .position(|d| !d.closed && d.call_id == call_id && d.inflight == Some(cseq))
         else {
             return;
         };
@@ -558,14 +657,20 @@ impl Presentity {
             200..=299 => {}
             408 | 481 => {
                 // §5.1: the watcher is gone. Delete the dialog, no XMPP action.
-                let d = self.dialogs.remove(idx);
+                let d = &mut self.dialogs[idx];
+                d.closed = true;
                 tracing::info!(call_id = %d.call_id, status, "SIP watcher gone, dialog removed");
+                let call_id = d.call_id.clone();
                 self.out
-                    .push_back(Output::Persist(PersistOp::DialogGone { call_id: d.call_id }));
+                    .push_back(Output::Persist(PersistOp::DialogGone { call_id }));
                 return;
             }
             _ => {
-                tracing::warn!(call_id, status, "NOTIFY failed; update dropped, dialog kept");
+                tracing::warn!(
+                    call_id,
+                    status,
+                    "NOTIFY failed; update dropped, dialog kept"
+                );
             }
         }
         let d = &self.dialogs[idx];
@@ -575,17 +680,19 @@ impl Presentity {
     }
 
     fn on_timeout(&mut self, now: Instant) {
-        // Expired leases first: NOTIFY terminated;reason=timeout, relation kept (§6.3).
-        let mut i = 0;
-        while i < self.dialogs.len() {
+        // Expired leases first: NOTIFY terminated;reason=timeout, relation kept (§6.3). A NOTIFY
+        // still outstanding is waited for (never two outstanding): its response or failure
+        // sends the final one.
+        for i in 0..self.dialogs.len() {
             let d = &mut self.dialogs[i];
-            if d.expires_at <= now && d.terminate.is_none() && d.fetch_deadline.is_none() {
-                d.terminate = Some("timeout");
-                d.inflight = None;
+            if !d.closed
+                && d.expires_at <= now
+                && d.terminate.is_none()
+                && d.fetch_deadline.is_none()
+            {
+                d.terminate = Some(("timeout", None));
                 self.send_notify(i, now);
-                continue;
             }
-            i += 1;
         }
         self.flush(now);
     }
@@ -594,3 +701,7 @@ impl Presentity {
         self.out.push_back(Output::Response(resp));
     }
 }
+
+#[cfg(test)]
+#[path = "notifier_tests.rs"]
+mod tests;

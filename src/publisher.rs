@@ -52,12 +52,21 @@ pub struct PublicationRecord {
 #[derive(Debug)]
 pub enum Input<'a> {
     /// X's presence changed: the full PIDF for it, and whether any resource is available.
-    Update { pidf: String, available: bool },
+    Update {
+        pidf: String,
+        available: bool,
+    },
     Response(&'a SipResponse),
-    RequestFailed { call_id: &'a str, cseq: u32 },
+    RequestFailed {
+        call_id: &'a str,
+        cseq: u32,
+    },
     Timeout,
 }
 
+/// Actions for the runtime. Nearly every output is a request and outputs are drained at once,
+/// so the size gap to `Persist` costs nothing worth a heap allocation per PUBLISH.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
     Request(OutRequest),
@@ -77,7 +86,13 @@ pub struct Publication {
     body: Option<String>,
     /// The document the server holds (last 2xx).
     published: Option<String>,
+    /// The outstanding PUBLISH: CSeq, kind, requested expiry.
     inflight: Option<(u32, PublishKind, u32)>,
+    /// The document the outstanding PUBLISH carries: what the server holds after its 2xx,
+    /// which may be older than `body` when changes arrived meanwhile.
+    inflight_body: Option<String>,
+    /// The expiry asked for: the configured one, raised by a 423's `Min-Expires`.
+    expires: u32,
     queued: bool,
     refresh_at: Option<Instant>,
     remove_at: Option<Instant>,
@@ -93,6 +108,7 @@ impl Publication {
         let mut rng = IdGen::new(seed);
         let call_id = rng.call_id(&cfg.call_id_host);
         let from_tag = rng.tag("pub-");
+        let expires = cfg.expires;
         Publication {
             cfg,
             uri,
@@ -103,6 +119,8 @@ impl Publication {
             body: None,
             published: None,
             inflight: None,
+            inflight_body: None,
+            expires,
             queued: false,
             refresh_at: None,
             remove_at: None,
@@ -126,8 +144,21 @@ impl Publication {
         self.out.pop_front()
     }
 
+    /// The next instant at which [`Input::Timeout`] has work to do. Nothing while a PUBLISH is
+    /// outstanding (its response or failure always comes and re-arms the timers), so a runtime
+    /// never spins on a due timer that cannot fire yet.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.refresh_at, self.remove_at, self.retry_at].into_iter().flatten().min()
+        if self.disabled || self.inflight.is_some() {
+            return None;
+        }
+        // A pending backoff holds back everything else.
+        if self.retry_at.is_some() {
+            return self.retry_at;
+        }
+        [self.refresh_at, self.remove_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn handle_input(&mut self, input: Input<'_>, now: Instant) {
@@ -136,7 +167,13 @@ impl Publication {
         }
         match input {
             Input::Update { pidf, available } => {
-                self.remove_at = if available { None } else { Some(now + self.cfg.remove_after) };
+                // Removal is due `remove_after` after X went unavailable; the copies of the
+                // same unavailable that Prosody sends per contact do not push it back.
+                if available {
+                    self.remove_at = None;
+                } else if self.remove_at.is_none() {
+                    self.remove_at = Some(now + self.cfg.remove_after);
+                }
                 if self.body.as_deref() == Some(pidf.as_str()) {
                     return;
                 }
@@ -147,6 +184,7 @@ impl Publication {
             Input::RequestFailed { call_id, cseq } => {
                 if call_id == self.call_id && self.inflight.is_some_and(|(c, _, _)| c == cseq) {
                     self.inflight = None;
+                    self.inflight_body = None;
                     self.retry_later(None, now);
                 }
             }
@@ -163,8 +201,12 @@ impl Publication {
         if self.body == self.published && self.etag.is_some() {
             return;
         }
-        let kind = if self.etag.is_some() { PublishKind::Modify } else { PublishKind::Initial };
-        self.send(kind, self.cfg.expires);
+        let kind = if self.etag.is_some() {
+            PublishKind::Modify
+        } else {
+            PublishKind::Initial
+        };
+        self.send(kind, self.expires);
     }
 
     fn send(&mut self, kind: PublishKind, expires: u32) {
@@ -181,6 +223,11 @@ impl Publication {
         let body = match kind {
             PublishKind::Initial | PublishKind::Modify => self.body.clone().unwrap_or_default(),
             PublishKind::Refresh | PublishKind::Remove => String::new(),
+        };
+        self.inflight_body = match kind {
+            PublishKind::Initial | PublishKind::Modify => self.body.clone(),
+            PublishKind::Refresh => self.published.clone(),
+            PublishKind::Remove => None,
         };
         let req = OutRequest {
             method: Method::Publish,
@@ -216,6 +263,9 @@ impl Publication {
             return;
         }
         self.inflight = None;
+        if !(200..300).contains(&r.status) {
+            self.inflight_body = None;
+        }
         match r.status {
             200..=299 => {
                 self.backoff.reset();
@@ -223,14 +273,15 @@ impl Publication {
                     self.etag = None;
                     self.published = None;
                     self.refresh_at = None;
+                    self.remove_at = None;
                 } else {
                     // Every 2xx may rotate the entity-tag: always overwrite (§4.7).
                     if let Some(e) = &r.sip_etag {
                         self.etag = Some(e.clone());
                     }
-                    if kind != PublishKind::Refresh {
-                        self.published = self.body.clone();
-                    }
+                    // What the server now holds is what this PUBLISH carried, not a change
+                    // queued meanwhile (that one is sent next).
+                    self.published = self.inflight_body.take();
                     let granted = r.expires.map_or(requested, |e| e.min(requested));
                     self.refresh_at = Some(now + timers::refresh_after(granted, &mut self.rng));
                 }
@@ -251,12 +302,20 @@ impl Publication {
                 if kind == PublishKind::Remove {
                     return;
                 }
-                self.send(PublishKind::Initial, self.cfg.expires);
+                self.send(PublishKind::Initial, self.expires);
             }
-            423 => {
-                let min = r.min_expires.unwrap_or(self.cfg.expires);
-                self.send(kind, min);
-            }
+            423 => match r.min_expires.filter(|&m| m > requested) {
+                // Retry with the server's minimum, and keep asking for it from now on.
+                Some(min) => {
+                    self.expires = self.expires.max(min);
+                    self.send(kind, min);
+                }
+                // A 423 without a usable Min-Expires would loop: treat it as a failure.
+                None => {
+                    tracing::warn!(uri = %self.uri, "PUBLISH 423 without a Min-Expires above {requested}");
+                    self.retry_later(None, now);
+                }
+            },
             489 => {
                 tracing::error!(uri = %self.uri, "presence server does not support PUBLISH Event: presence (489); PUA mode disabled for this presentity");
                 self.disabled = true;
@@ -277,27 +336,41 @@ impl Publication {
         if self.inflight.is_some() {
             return;
         }
-        if self.retry_at.is_some_and(|t| t <= now) {
-            self.retry_at = None;
-            self.published = None;
-            self.send_change();
-            return;
-        }
+        // During a backoff nothing else is sent; when it ends, a due removal is retried as a
+        // removal (it stays armed until its 2xx), anything else as the current document.
+        let retrying = match self.retry_at {
+            Some(t) if t > now => return,
+            Some(_) => {
+                self.retry_at = None;
+                true
+            }
+            None => false,
+        };
         if self.remove_at.is_some_and(|t| t <= now) {
-            self.remove_at = None;
             if self.etag.is_some() {
                 self.refresh_at = None;
                 self.send(PublishKind::Remove, 0);
+            } else {
+                self.remove_at = None;
             }
+            return;
+        }
+        if retrying {
+            self.published = None;
+            self.send_change();
             return;
         }
         if self.refresh_at.is_some_and(|t| t <= now) {
             self.refresh_at = None;
             if self.etag.is_some() {
-                self.send(PublishKind::Refresh, self.cfg.expires);
+                self.send(PublishKind::Refresh, self.expires);
             } else {
                 self.send_change();
             }
         }
     }
 }
+
+#[cfg(test)]
+#[path = "publisher_tests.rs"]
+mod tests;
