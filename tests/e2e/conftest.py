@@ -14,6 +14,8 @@ are added to the report.
 import os
 import shlex
 import shutil
+import signal
+import atexit
 import subprocess
 import sys
 import time
@@ -111,9 +113,30 @@ class Lab:
         if os.path.isdir(BASE_DIR):
             if not os.path.exists(os.path.join(BASE_DIR, MARKER)) and os.listdir(BASE_DIR):
                 raise RuntimeError("%s exists and was not made by the e2e tests; set PUA_E2E_DIR" % BASE_DIR)
+            for sub in sorted(os.listdir(BASE_DIR)):
+                self._reap_leftovers(os.path.join(BASE_DIR, sub))
             shutil.rmtree(BASE_DIR)
         os.makedirs(BASE_DIR)
         open(os.path.join(BASE_DIR, MARKER), "w").close()
+
+    @staticmethod
+    def _reap_leftovers(run_dir):
+        """Stop what an earlier, killed session left running there (by recorded PID)."""
+        if not os.path.isdir(run_dir):
+            return
+        try:
+            with open(os.path.join(run_dir, "gateway.pid")) as f:
+                pid = int(f.read().strip())
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                cmdline = f.read()
+            # only that PID, and only if it still runs with this run dir's config
+            if (run_dir + "/pua-xmpp.toml").encode() in cmdline:
+                os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+        if any(os.path.exists(os.path.join(run_dir, n + ".pid")) for n in ("kamailio", "prosody")):
+            subprocess.run([os.path.join(LAB_DIR, "stop.sh"), run_dir],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def ensure(self, mode, with_gateway):
         """Make the lab run in `mode`, with or without the gateway (restart if needed)."""
@@ -250,10 +273,16 @@ def pytest_runtest_makereport(item, call):
 def lab_manager():
     global _LAB
     _LAB = Lab()
+    atexit.register(_LAB.stop)
+
+    def on_term(signum, frame):  # let pytest run the finalizers (lab stop) on SIGTERM
+        raise KeyboardInterrupt("SIGTERM")
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         yield _LAB
     finally:
         _LAB.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _lab_or_fail(lab_manager, mode, with_gateway):

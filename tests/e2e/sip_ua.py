@@ -324,6 +324,13 @@ class Subscription:
                 self.remote_target = uri_of(n.h("contact"))
         return n
 
+    def discard(self):
+        """Drop the NOTIFYs of this dialog received so far (already answered)."""
+        with self.ua.cond:
+            dropped = [m for m in self.ua.requests if m.method == "NOTIFY" and self.is_mine(m)]
+            self.ua.requests = [m for m in self.ua.requests if m not in dropped]
+        return dropped
+
     def notifies(self, duration, pred=None):
         """Every NOTIFY of this dialog received within duration seconds."""
         out, end = [], time.monotonic() + duration

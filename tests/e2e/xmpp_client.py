@@ -256,8 +256,14 @@ class XmppClient:
             kids += "<priority>%d</priority>" % priority
         self.send("<presence%s>%s</presence>" % (attrs, kids) if kids else "<presence%s/>" % attrs)
 
+    @property
+    def is_open(self):
+        return not self._stop and self.closed is None
+
     def close(self):
         """End the stream (the server then broadcasts unavailable) and the socket."""
+        if self._stop:
+            return
         try:
             self.send("</stream:stream>")
             end = time.monotonic() + 1.0
