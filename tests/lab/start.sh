@@ -14,6 +14,8 @@
 # (only if start.sh made it): rendered prosody config, sqlite DB, logs, PID files.
 # Stop with tests/lab/stop.sh [RUN_DIR]; it kills exactly the recorded PIDs.
 set -euo pipefail
+# kamailio and kamcmd live in /usr/sbin, which a non-root PATH may lack
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 RUN_DIR="${1:-${RUN_DIR:-/tmp/pua-xmpp-lab}}"
@@ -25,7 +27,12 @@ SECRET="${SECRET:-gwsecret}"
 XMPP_USERS="${XMPP_USERS:-alice:alicepw zoe:zoepw}"
 KAMAILIO_CFG="$REPO/config/kamailio.cfg"
 PROSODY_CFG="$REPO/config/prosody.cfg.lua"
-KMOD_DIR=/usr/lib/x86_64-linux-gnu/kamailio/modules
+# Debian multiarch dir (x86_64, aarch64, ...), else the classic locations
+KMOD_DIR=""
+for d in /usr/lib/*/kamailio/modules /usr/lib64/kamailio/modules /usr/lib/kamailio/modules; do
+	[ -f "$d/tm.so" ] && { KMOD_DIR="$d"; break; }
+done
+KMOD_DIR="${KMOD_DIR:-/usr/lib/x86_64-linux-gnu/kamailio/modules}"
 die() { echo "start.sh: $*" >&2; exit 1; }
 case "$GW_MODE" in notifier) KMODE=GW_MODE_NOTIFIER ;; pua) KMODE=GW_MODE_PUA ;;
 	*) die "GW_MODE must be notifier or pua (got '$GW_MODE')" ;; esac
@@ -83,7 +90,7 @@ sed -e "s#@RUN_DIR@#$RUN_DIR#g" -e "s#@LAB_IP@#$LAB_IP#g" -e "s#@SECRET@#$SECRET
 	"$PROSODY_CFG" > "$RUN_DIR/prosody.cfg.lua"
 KDEFS=(-A "LAB_IP=$LAB_IP" -A "SRV_URI=\"sip:$LAB_IP:5060\"" -A "GW_ADDR=\"$GW_ADDR\""
 	-A "GW_HTTP=\"$GW_HTTP\"" -A "DBURL=\"sqlite:///$RUN_DIR/kamailio.sqlite\""
-	-A "CTL_SOCK=\"unix:$RUN_DIR/kamailio_ctl\"" -A "$KMODE")
+	-A "CTL_SOCK=\"unix:$RUN_DIR/kamailio_ctl\"" -A "MPATH=\"$KMOD_DIR/\"" -A "$KMODE")
 cat > "$RUN_DIR/lab.env" <<ENV
 LAB_IP=$LAB_IP
 GW_ADDR=$GW_ADDR
