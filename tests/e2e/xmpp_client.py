@@ -5,7 +5,6 @@ raw stanza sending, and receiving top-level stanzas (parsed with xml.etree) with
 timeout and a predicate. Not a general client: just enough to play alice and zoe.
 """
 import base64
-import queue
 import socket
 import threading
 import time
