@@ -1,0 +1,401 @@
+"""pytest harness: real Prosody + real Kamailio (tests/lab/start.sh) + the pua-xmpp binary.
+
+Environment:
+  PUA_XMPP_BIN             gateway binary (default <repo>/target/release/pua-xmpp). Nothing is built.
+  PUA_XMPP_ARGS            its arguments; {config} is replaced by the rendered TOML path
+                           (default "--config {config}"; PUA_XMPP_CONFIG=<path> is also set)
+  PUA_E2E_REQUIRE_GATEWAY  1 = a missing binary is an error, not a skip (set it in CI)
+  PUA_E2E_DIR              base run dir (default /tmp/pua-xmpp-e2e); one sub dir per lab start
+  LAB_IP, GW_ADDR, GW_HTTP defaults 127.0.0.1, 127.0.0.1:5080, 127.0.0.1:9080
+Tests marked `gateway` are collected always and skipped (with the reason) only when the
+binary is missing. On a failure the tails of kamailio.log, prosody.log and gateway.log
+are added to the report.
+"""
+import os
+import shlex
+import shutil
+import signal
+import atexit
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from sip_ua import Publication, SipUA, pidf  # noqa: E402
+from xmpp_client import XmppClient  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(HERE))
+LAB_DIR = os.path.join(REPO, "tests", "lab")
+LAB_IP = os.environ.get("LAB_IP", "127.0.0.1")
+GW_ADDR = os.environ.get("GW_ADDR", LAB_IP + ":5080")
+GW_HTTP = os.environ.get("GW_HTTP", LAB_IP + ":9080")
+PROXY = (LAB_IP, 5060)
+BASE_DIR = os.environ.get("PUA_E2E_DIR", "/tmp/pua-xmpp-e2e")
+GATEWAY_BIN = os.environ.get("PUA_XMPP_BIN", os.path.join(REPO, "target", "release", "pua-xmpp"))
+GATEWAY_ARGS = os.environ.get("PUA_XMPP_ARGS", "--config {config}")
+REQUIRE_GATEWAY = os.environ.get("PUA_E2E_REQUIRE_GATEWAY", "") not in ("", "0")
+SECRET = "gwsecret"
+USERS = {"alice": "alicepw", "zoe": "zoepw"}
+MARKER = ".pua-xmpp-e2e"
+
+GATEWAY_TOML = """\
+# rendered by tests/e2e/conftest.py
+[sip]
+listen = "{gw_addr}"
+server_address = "sip:{lab_ip}:5060"
+gateway_domain = "sip-xmpp.test"
+
+[xmpp]
+component_domain = "sip.xmpp.test"
+server = "{lab_ip}:5347"
+secret = "{secret}"
+
+[mapping]
+domain_separator = "*"
+
+[presence]
+mode = "{mode}"
+subscribe_expires = 600
+
+[store]
+path = "{run_dir}/pua-xmpp.db"
+
+[http]
+listen = "{gw_http}"
+
+[log]
+level = "debug"
+"""
+
+
+def gateway_available():
+    return os.path.isfile(GATEWAY_BIN) and os.access(GATEWAY_BIN, os.X_OK)
+
+
+def tail(path, n=60):
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError as ex:
+        return "(%s)" % ex
+    return "\n".join(lines[-n:])
+
+
+def listening(proto, addr):
+    out = subprocess.run(["ss", "-Hln" + proto], capture_output=True, text=True).stdout
+    return any(line.split()[3] == addr for line in out.splitlines() if len(line.split()) > 3)
+
+
+def wait_until(cond, timeout, step=0.1):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+class Lab:
+    """Runs the lab (and optionally the gateway) in one mode at a time. Each start
+    gets a fresh run dir BASE_DIR/NN-mode, kept afterwards for the logs."""
+
+    def __init__(self):
+        self.mode = None
+        self.with_gateway = False
+        self.run_dir = None
+        self.gateway = None
+        self.gateway_log = None
+        self.starts = 0
+        if os.path.isdir(BASE_DIR):
+            if not os.path.exists(os.path.join(BASE_DIR, MARKER)) and os.listdir(BASE_DIR):
+                raise RuntimeError("%s exists and was not made by the e2e tests; set PUA_E2E_DIR" % BASE_DIR)
+            for sub in sorted(os.listdir(BASE_DIR)):
+                self._reap_leftovers(os.path.join(BASE_DIR, sub))
+            shutil.rmtree(BASE_DIR)
+        os.makedirs(BASE_DIR)
+        open(os.path.join(BASE_DIR, MARKER), "w").close()
+
+    @staticmethod
+    def _reap_leftovers(run_dir):
+        """Stop what an earlier, killed session left running there (by recorded PID)."""
+        if not os.path.isdir(run_dir):
+            return
+        try:
+            with open(os.path.join(run_dir, "gateway.pid")) as f:
+                pid = int(f.read().strip())
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                cmdline = f.read()
+            # only that PID, and only if it still runs with this run dir's config
+            if (run_dir + "/pua-xmpp.toml").encode() in cmdline:
+                os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+        if any(os.path.exists(os.path.join(run_dir, n + ".pid")) for n in ("kamailio", "prosody")):
+            subprocess.run([os.path.join(LAB_DIR, "stop.sh"), run_dir],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ensure(self, mode, with_gateway):
+        """Make the lab run in `mode`, with or without the gateway (restart if needed)."""
+        if self.mode == mode and self.with_gateway == with_gateway and self.alive():
+            return self
+        self.stop()
+        self.start(mode, with_gateway)
+        return self
+
+    def alive(self):
+        pids = [self._pid("kamailio"), self._pid("prosody")]
+        ok = all(p and os.path.exists("/proc/%d" % p) for p in pids)
+        if self.with_gateway:
+            ok = ok and self.gateway is not None and self.gateway.poll() is None
+        return ok
+
+    def _pid(self, name):
+        try:
+            with open(os.path.join(self.run_dir, name + ".pid")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def start(self, mode, with_gateway):
+        self.starts += 1
+        self.run_dir = os.path.join(BASE_DIR, "%02d-%s%s" % (self.starts, mode, "-gw" if with_gateway else ""))
+        env = dict(os.environ, GW_MODE=mode, LAB_IP=LAB_IP, GW_ADDR=GW_ADDR, GW_HTTP=GW_HTTP, SECRET=SECRET,
+                   XMPP_USERS=" ".join("%s:%s" % kv for kv in USERS.items()))
+        st = subprocess.run([os.path.join(LAB_DIR, "start.sh"), self.run_dir], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if st.returncode != 0:
+            raise RuntimeError("tests/lab/start.sh failed (GW_MODE=%s):\n%s" % (mode, st.stdout))
+        self.mode, self.with_gateway = mode, with_gateway
+        if with_gateway:
+            self._start_gateway(mode)
+
+    def _start_gateway(self, mode):
+        if not gateway_available():
+            raise RuntimeError("gateway binary not found: %s" % GATEWAY_BIN)
+        cfg = os.path.join(self.run_dir, "pua-xmpp.toml")
+        with open(cfg, "w") as f:
+            f.write(GATEWAY_TOML.format(gw_addr=GW_ADDR, lab_ip=LAB_IP, secret=SECRET, mode=mode,
+                                        run_dir=self.run_dir, gw_http=GW_HTTP))
+        self.gateway_log = os.path.join(self.run_dir, "gateway.log")
+        args = [GATEWAY_BIN] + [a.replace("{config}", cfg) for a in shlex.split(GATEWAY_ARGS)]
+        env = dict(os.environ, PUA_XMPP_CONFIG=cfg, RUST_BACKTRACE="1")
+        env.setdefault("RUST_LOG", "debug")
+        with open(self.gateway_log, "wb") as log:
+            # own session: the gateway is stopped by PID in stop(), never by group or name
+            self.gateway = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                            env=env, cwd=self.run_dir, start_new_session=True)
+        with open(os.path.join(self.run_dir, "gateway.pid"), "w") as f:
+            f.write("%d\n" % self.gateway.pid)
+        prosody_log = os.path.join(self.run_dir, "prosody.log")
+
+        def component_up():
+            try:
+                with open(prosody_log, encoding="utf-8", errors="replace") as f:
+                    return "External component successfully authenticated" in f.read()
+            except OSError:
+                return False
+
+        checks = [("SIP UDP listener %s" % GW_ADDR, lambda: listening("u", GW_ADDR)),
+                  ("XEP-0114 handshake with Prosody", component_up)]
+        if mode == "pua":
+            checks.append(("HTTP listener %s" % GW_HTTP, lambda: listening("t", GW_HTTP)))
+        for what, cond in checks:
+            if not wait_until(lambda: cond() or self.gateway.poll() is not None, 15):
+                raise RuntimeError("gateway not ready after 15 s: no %s\n--- gateway.log\n%s"
+                                   % (what, tail(self.gateway_log)))
+            if self.gateway.poll() is not None:
+                raise RuntimeError("gateway exited with %s at start\n--- gateway.log\n%s"
+                                   % (self.gateway.returncode, tail(self.gateway_log)))
+        if mode == "pua":
+            time.sleep(0.5)  # let it send its presence.winfo SUBSCRIBEs (if any) first
+
+    def stop_gateway(self):
+        if self.gateway is None:
+            return
+        if self.gateway.poll() is None:
+            self.gateway.terminate()
+            try:
+                self.gateway.wait(5)
+            except subprocess.TimeoutExpired:
+                self.gateway.kill()
+                self.gateway.wait(5)
+        self.gateway = None
+
+    def stop(self):
+        self.stop_gateway()
+        if self.run_dir is not None:
+            subprocess.run([os.path.join(LAB_DIR, "stop.sh"), self.run_dir],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.mode = None
+
+    def log_tails(self):
+        if self.run_dir is None:
+            return ""
+        parts = []
+        for name, n in (("gateway.log", 120), ("kamailio.log", 80), ("prosody.log", 40)):
+            p = os.path.join(self.run_dir, name)
+            if os.path.exists(p):
+                parts.append("--- %s (last %d lines)\n%s" % (p, n, tail(p, n)))
+        return "\n".join(parts)
+
+
+_LAB = None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gateway: needs the pua-xmpp binary (PUA_XMPP_BIN)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if gateway_available() or REQUIRE_GATEWAY:
+        return
+    skip = pytest.mark.skip(reason="pua-xmpp binary not found at %s (build it with `cargo build --release` "
+                                   "or set PUA_XMPP_BIN; PUA_E2E_REQUIRE_GATEWAY=1 makes this an error)"
+                                   % GATEWAY_BIN)
+    for item in items:
+        if "gateway" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and _LAB is not None:
+        rep.sections.append(("lab logs (run dir %s)" % _LAB.run_dir, _LAB.log_tails()))
+
+
+@pytest.fixture(scope="session")
+def lab_manager():
+    global _LAB
+    _LAB = Lab()
+    atexit.register(_LAB.stop)
+
+    def on_term(signum, frame):  # let pytest run the finalizers (lab stop) on SIGTERM
+        raise KeyboardInterrupt("SIGTERM")
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield _LAB
+    finally:
+        _LAB.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _lab_or_fail(lab_manager, mode, with_gateway):
+    try:
+        return lab_manager.ensure(mode, with_gateway)
+    except RuntimeError as ex:
+        pytest.fail(str(ex), pytrace=False)
+
+
+@pytest.fixture
+def lab_notifier(lab_manager):
+    """The lab in notifier mode, no gateway (the tests may play the gateway)."""
+    return _lab_or_fail(lab_manager, "notifier", False)
+
+
+@pytest.fixture
+def lab_pua(lab_manager):
+    """The lab in PUA mode, no gateway."""
+    return _lab_or_fail(lab_manager, "pua", False)
+
+
+@pytest.fixture
+def gw_notifier(lab_manager):
+    """The lab in notifier mode with the gateway running; fails if the gateway died."""
+    lab = _lab_or_fail(lab_manager, "notifier", True)
+    yield lab
+    assert lab.gateway is not None and lab.gateway.poll() is None, "the gateway exited during the test"
+
+
+@pytest.fixture(scope="module", params=["notifier", "pua"])
+def gw_mode(request, lab_manager):
+    """Module-scoped: the lab restarted with the gateway in each mode in turn."""
+    if not gateway_available() and not REQUIRE_GATEWAY:
+        pytest.skip("pua-xmpp binary not found at %s" % GATEWAY_BIN)
+    return request.param
+
+
+@pytest.fixture
+def gw_lab(gw_mode, lab_manager):
+    lab = _lab_or_fail(lab_manager, gw_mode, True)
+    yield lab
+    assert lab.gateway is not None and lab.gateway.poll() is None, "the gateway exited during the test"
+
+
+@pytest.fixture
+def xmpp():
+    """Factory: xmpp('alice') -> logged-in XmppClient (roster fetched, initial presence
+    sent unless presence=False). Every client is closed at teardown."""
+    clients = []
+
+    def login(user, resource="e2e", presence=True):
+        c = XmppClient(LAB_IP, 5222, "xmpp.test")
+        clients.append(c)
+        return c.login(user, USERS[user], resource=resource, send_presence=presence)
+
+    yield login
+    for c in clients:
+        c.close()
+
+
+@pytest.fixture
+def sip():
+    """Factory: sip('carol') -> SipUA sip:carol@sip.test on an ephemeral UDP port of
+    LAB_IP, using Kamailio as outbound proxy. Closed at teardown."""
+    uas = []
+
+    def make(user, port=0):
+        ua = SipUA(user, LAB_IP, PROXY, port=port)
+        uas.append(ua)
+        return ua
+
+    yield make
+    for ua in uas:
+        ua.close()
+
+
+@pytest.fixture(scope="session")
+def bob_ua():
+    """bob's UA for the whole session (one publication: Kamailio would otherwise
+    aggregate several of bob's publications into one NOTIFY)."""
+    ua = SipUA("bob", LAB_IP, PROXY)
+    yield ua
+    ua.close()
+
+
+class Bob:
+    """bob@sip.test publishing PIDF through Kamailio, one publication per lab start."""
+
+    ENTITY = "sip:bob@sip.test"
+
+    def __init__(self, ua, lab):
+        self.ua, self.lab = ua, lab
+        self.pub = None
+        self.lab_start = None
+
+    def publish(self, basic="open", note=None, activities=(), lang=None):
+        if self.lab_start != self.lab.starts:  # a restarted Kamailio forgot the etag
+            self.pub = Publication(self.ua, self.ENTITY)
+            self.lab_start = self.lab.starts
+        r = self.pub.publish(pidf(self.ENTITY, basic, note, activities, tuple_id="t-bob", lang=lang))
+        assert r is not None and r.code == 200 and r.h("sip-etag"), \
+            "bob's PUBLISH failed: %r\n%s" % (r, self.ua.dump_log(4))
+        return r
+
+
+@pytest.fixture(scope="session")
+def _bob_state():
+    return {}
+
+
+@pytest.fixture
+def bob(bob_ua, lab_manager, _bob_state):
+    """bob's publisher (fixture needs a running lab: request lab_*/gw_* first)."""
+    if "bob" not in _bob_state:
+        _bob_state["bob"] = Bob(bob_ua, lab_manager)
+    return _bob_state["bob"]
