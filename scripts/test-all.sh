@@ -24,5 +24,6 @@ if [ "${SKIP_E2E:-0}" = 1 ]; then
 	exit 0
 fi
 step "end-to-end tests with real Prosody and Kamailio"
-export PUA_XMPP_BIN="$PWD/target/release/pua-xmpp"
+export PUA_XMPP_BIN="${PUA_XMPP_BIN:-$PWD/target/release/pua-xmpp}"
+export PUA_E2E_REQUIRE_GATEWAY=1
 python3 -m pytest -q -rs tests/e2e
