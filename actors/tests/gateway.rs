@@ -1,0 +1,464 @@
+//! The whole gateway runtime (`gateway::start`: SIP transport, registry, translators, XEP-0114
+//! component) against scripted peers on loopback: a XEP-0114 server on TCP and a SIP proxy /
+//! presence server on UDP. No Prosody, no Kamailio. Each test checks the exact bytes or parsed
+//! values that come out on both sides (spec §4.2, §4.3, §4.5, §5.1, §9).
+
+use pua_xmpp::sip::parse::parse_message;
+use pua_xmpp::sip::{Event, Method, NameAddr, SipMessage, SipRequest, SipResponse, SubState};
+use pua_xmpp_actors::config::Config;
+use pua_xmpp_actors::gateway;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+const COMPONENT: &str = "sip.example.net";
+const GW_DOMAIN: &str = "xmpp.example.com";
+const SECRET: &str = "gw-test-s3cr3t";
+const STREAM_ID: &str = "gw-stream-3BF96D32";
+/// `sha1(STREAM_ID + SECRET)` computed outside the code under test (`sha1sum`).
+const HANDSHAKE: &str = "78645a4c7ee5eab11526f9e79d1408cf4d58910e";
+/// How long we wait for something that must arrive.
+const WAIT: Duration = Duration::from_secs(2);
+/// How long "nothing arrives" is watched.
+const QUIET_MS: u64 = 300;
+
+const ROMEO: &str = "romeo@example.net";
+const JULIET_JID: &str = "juliet*example.com@sip.example.net";
+const JULIET_URI: &str = "sip:juliet@example.com";
+const ROMEO_URI: &str = "sip:romeo*example.net@xmpp.example.com";
+/// The presence server's tag in the gateway's subscriber dialog (D1).
+const PS_TAG: &str = "ps-91aa07";
+
+/// The PIDF of §4.2 (Juliet approved; on the phone on the balcony).
+const PIDF_BALCONY: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf"
+          xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
+          xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid"
+          entity="pres:juliet@example.com">
+  <tuple id="t-desk">
+    <status><basic>open</basic></status>
+    <contact priority="0.8">sip:juliet@ua7.example.com</contact>
+    <note xml:lang="en">On the balcony</note>
+  </tuple>
+  <dm:person id="p1">
+    <rpid:activities><rpid:on-the-phone/></rpid:activities>
+  </dm:person>
+</presence>
+"#;
+
+/// The stanzas §4.2 expects for `PIDF_BALCONY`, in order.
+const SUBSCRIBED: &str = "<presence from='juliet*example.com@sip.example.net' \
+     to='romeo@example.net' type='subscribed'/>";
+const PRESENCE_BALCONY: &str = "<presence from='juliet*example.com@sip.example.net/t-desk' \
+     to='romeo@example.net'><show>dnd</show><status xml:lang='en'>On the balcony</status>\
+     <priority>80</priority></presence>";
+
+// ---- the scripted XEP-0114 server -----------------------------------------------------------
+
+/// The accepted component connection, seen from the XMPP server.
+struct Xmpp {
+    sock: TcpStream,
+    buf: String,
+}
+
+/// Removes the first complete top-level element from `buf` (after whitespace keepalives).
+fn take_element(buf: &mut String) -> Option<String> {
+    let start = buf.len() - buf.trim_start().len();
+    let rest = buf.get(start..)?;
+    if rest.is_empty() {
+        return None;
+    }
+    assert!(rest.starts_with('<'), "not an element: {rest:?}");
+    let name_end = rest
+        .find(|c: char| c.is_whitespace() || c == '/' || c == '>')
+        .unwrap_or(rest.len());
+    let name = &rest[1..name_end];
+    // End of the start tag: the first '>' outside a quoted attribute value.
+    let mut quote = None;
+    let mut tag_end = None;
+    for (i, c) in rest.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '>') => {
+                tag_end = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let tag_end = tag_end?;
+    let end = if rest[..tag_end].ends_with('/') {
+        tag_end + 1
+    } else {
+        let close = format!("</{name}>");
+        rest.find(&close)? + close.len()
+    };
+    let el = rest[..end].to_owned();
+    *buf = rest[end..].to_owned();
+    Some(el)
+}
+
+impl Xmpp {
+    /// Accepts the gateway's component connection and authenticates it (XEP-0114).
+    async fn accept(listener: &TcpListener) -> Xmpp {
+        let (sock, _) = tokio::time::timeout(WAIT, listener.accept())
+            .await
+            .expect("the gateway did not connect to the XMPP server")
+            .expect("accept");
+        let mut x = Xmpp {
+            sock,
+            buf: String::new(),
+        };
+        let header = x.read_until("'>").await;
+        assert_eq!(
+            header,
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='sip.example.net'>"
+        );
+        x.send(&format!(
+            "<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' \
+             xmlns='jabber:component:accept' from='{COMPONENT}' id='{STREAM_ID}' xml:lang='en'>"
+        ))
+        .await;
+        let hs = x.read_until("</handshake>").await;
+        assert_eq!(hs, format!("<handshake>{HANDSHAKE}</handshake>"));
+        x.send("<handshake/>").await;
+        x
+    }
+
+    async fn read_more(&mut self, deadline: Instant) -> bool {
+        let mut b = [0u8; 8192];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, self.sock.read(&mut b)).await {
+            Err(_) => false,
+            Ok(Ok(0)) => panic!("the gateway closed the component stream; have {:?}", self.buf),
+            Ok(Ok(n)) => {
+                let text = std::str::from_utf8(&b[..n]).expect("component sent non-UTF-8");
+                self.buf.push_str(text);
+                true
+            }
+            Ok(Err(e)) => panic!("component stream read: {e}"),
+        }
+    }
+
+    async fn read_until(&mut self, pat: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(i) = self.buf.find(pat) {
+                let rest = self.buf.split_off(i + pat.len());
+                return std::mem::replace(&mut self.buf, rest);
+            }
+            assert!(
+                self.read_more(deadline).await,
+                "timeout waiting for {pat:?}; have {:?}",
+                self.buf
+            );
+        }
+    }
+
+    async fn send(&mut self, s: &str) {
+        self.sock.write_all(s.as_bytes()).await.expect("write");
+    }
+
+    async fn next_within(&mut self, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(el) = take_element(&mut self.buf) {
+                return Some(el);
+            }
+            if !self.read_more(deadline).await {
+                return None;
+            }
+        }
+    }
+
+    /// The next stanza the gateway sends; fails after `WAIT`.
+    async fn stanza(&mut self) -> String {
+        self.next_within(WAIT)
+            .await
+            .expect("timeout waiting for a stanza from the gateway")
+    }
+
+    /// Asserts the gateway sends no stanza for `QUIET_MS`.
+    async fn quiet(&mut self) {
+        let got = self.next_within(Duration::from_millis(QUIET_MS)).await;
+        assert_eq!(got, None, "unexpected stanza");
+    }
+}
+
+// ---- the scripted SIP proxy / presence server -----------------------------------------------
+
+struct Proxy {
+    sock: UdpSocket,
+    addr: SocketAddr,
+    /// The gateway's `sip.listen`.
+    gw: SocketAddr,
+}
+
+/// Every value of header `name` in the head of a raw SIP message, in order.
+fn header_values(raw: &str, name: &str) -> Vec<String> {
+    raw.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+        .collect()
+}
+
+fn na(uri: &str, tag: Option<&str>) -> NameAddr {
+    NameAddr {
+        display: None,
+        uri: uri.to_owned(),
+        tag: tag.map(str::to_owned),
+    }
+}
+
+impl Proxy {
+    async fn recv_within(&self, wait: Duration) -> Option<String> {
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = tokio::time::timeout(wait, self.sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .expect("recv_from");
+        assert_eq!(from, self.gw, "SIP message not sent from sip.listen");
+        Some(String::from_utf8(buf[..n].to_vec()).expect("SIP message not UTF-8"))
+    }
+
+    async fn recv(&self) -> (SipMessage, String) {
+        let raw = self
+            .recv_within(WAIT)
+            .await
+            .expect("timeout waiting for a SIP message from the gateway");
+        let msg = parse_message(raw.as_bytes())
+            .unwrap_or_else(|e| panic!("gateway sent unparseable SIP ({e:?}):\n{raw}"));
+        (msg, raw)
+    }
+
+    async fn request(&self, method: Method) -> (SipRequest, String) {
+        match self.recv().await {
+            (SipMessage::Request(r), raw) if r.method == method => (r, raw),
+            (_, raw) => panic!("expected a {} request, got:\n{raw}", method.as_str()),
+        }
+    }
+
+    async fn response(&self) -> (SipResponse, String) {
+        match self.recv().await {
+            (SipMessage::Response(r), raw) => (r, raw),
+            (_, raw) => panic!("expected a response, got:\n{raw}"),
+        }
+    }
+
+    async fn quiet(&self) {
+        let got = self
+            .recv_within(Duration::from_millis(QUIET_MS))
+            .await;
+        assert_eq!(got, None, "unexpected SIP message");
+    }
+
+    async fn send(&self, text: &str) {
+        self.sock
+            .send_to(text.as_bytes(), self.gw)
+            .await
+            .expect("send_to");
+    }
+
+    /// Answers a request of the gateway like a presence server would.
+    async fn answer(&self, req: &SipRequest, status: u16, reason: &str, extra: &[&str]) {
+        let mut s = format!("SIP/2.0 {status} {reason}\r\n");
+        for v in &req.via {
+            s.push_str(&format!("Via: {v}\r\n"));
+        }
+        let to_tag = req.to.tag.as_deref().unwrap_or(PS_TAG);
+        s.push_str(&format!(
+            "From: <{}>;tag={}\r\nTo: <{}>;tag={to_tag}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n",
+            req.from.uri,
+            req.from.tag.as_deref().unwrap_or(""),
+            req.to.uri,
+            req.call_id,
+            req.cseq,
+            req.method.as_str()
+        ));
+        for h in extra {
+            s.push_str(h);
+            s.push_str("\r\n");
+        }
+        s.push_str("Content-Length: 0\r\n\r\n");
+        self.send(&s).await;
+    }
+
+    /// A NOTIFY from the presence server in the dialog created by the gateway's `sub`.
+    fn notify(&self, sub: &SipRequest, cseq: u32, state: &str, body: Option<&str>) -> String {
+        let target = sub.contact.as_ref().map(|c| c.uri.as_str()).unwrap_or("");
+        let mut s = format!(
+            "NOTIFY {target} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {proxy};branch=z9hG4bK-ps-{cseq}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <{JULIET_URI}>;tag={PS_TAG}\r\n\
+             To: <{from}>;tag={tag}\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {cseq} NOTIFY\r\n\
+             Contact: <sip:{proxy}>\r\n\
+             Event: presence\r\n\
+             Subscription-State: {state}\r\n",
+            proxy = self.addr,
+            from = sub.from.uri,
+            tag = sub.from.tag.as_deref().unwrap_or(""),
+            call_id = sub.call_id,
+        );
+        match body {
+            Some(b) => s.push_str(&format!(
+                "Content-Type: application/pidf+xml\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            )),
+            None => s.push_str("Content-Length: 0\r\n\r\n"),
+        }
+        s
+    }
+
+    /// Sends `text` (a request) and returns the gateway's response to it.
+    async fn transact(&self, text: &str) -> (SipResponse, String) {
+        self.send(text).await;
+        self.response().await
+    }
+}
+
+// ---- the gateway under test -----------------------------------------------------------------
+
+struct Gw {
+    xmpp: Xmpp,
+    proxy: Proxy,
+}
+
+/// A free UDP port on loopback (bound, read, released) for `sip.listen`.
+async fn free_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    s.local_addr().expect("local_addr").port()
+}
+
+/// Starts the whole gateway against fresh scripted peers and waits for the handshake.
+async fn start() -> Gw {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind xmpp");
+    let proxy_sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind proxy");
+    let proxy_addr = proxy_sock.local_addr().expect("proxy addr");
+    let gw: SocketAddr = format!("127.0.0.1:{}", free_port().await)
+        .parse()
+        .expect("gw addr");
+    let mut cfg = Config::default();
+    cfg.xmpp.component_domain = COMPONENT.into();
+    cfg.xmpp.server = listener.local_addr().expect("xmpp addr").to_string();
+    cfg.xmpp.secret = SECRET.into();
+    cfg.sip.gateway_domain = GW_DOMAIN.into();
+    cfg.sip.server_address = format!("sip:{proxy_addr}");
+    cfg.sip.listen = gw.to_string();
+    cfg.presence.notify_min_interval_secs = 1;
+    assert_eq!(cfg.validate(), Ok(()));
+    assert!(!cfg.uses_default_secret());
+    gateway::start(&cfg).await.expect("gateway::start");
+    let xmpp = Xmpp::accept(&listener).await;
+    Gw {
+        xmpp,
+        proxy: Proxy {
+            sock: proxy_sock,
+            addr: proxy_addr,
+            gw,
+        },
+    }
+}
+
+fn subscribe_stanza(kind: &str, id: &str) -> String {
+    format!("<presence from='{ROMEO}' to='{JULIET_JID}' type='{kind}' id='{id}'/>")
+}
+
+/// Case 18: the SUBSCRIBE the gateway sends for romeo's `subscribe`, checked field by field.
+fn check_initial_subscribe(gw: &Gw, sub: &SipRequest, raw: &str) {
+    assert_eq!(sub.uri, JULIET_URI);
+    assert_eq!(sub.via.len(), 1, "{raw}");
+    let via = &sub.via[0];
+    let prefix = format!("SIP/2.0/UDP {};branch=z9hG4bK", gw.proxy.gw);
+    assert!(via.starts_with(&prefix), "Via {via:?}");
+    assert_eq!(sub.max_forwards, Some(70));
+    assert_eq!(sub.from.uri, ROMEO_URI);
+    let from_tag = sub.from.tag.as_deref().unwrap_or("");
+    assert!(from_tag.len() > 3, "From-tag {from_tag:?}");
+    assert_eq!(sub.to, na(JULIET_URI, None));
+    assert!(
+        sub.call_id.ends_with("@127.0.0.1") && sub.call_id.len() > "@127.0.0.1".len(),
+        "Call-ID {:?}",
+        sub.call_id
+    );
+    assert_eq!((sub.cseq, &sub.cseq_method), (1, &Method::Subscribe));
+    assert_eq!(
+        sub.contact,
+        Some(na(
+            &format!("sip:romeo*example.net@{}", gw.proxy.gw),
+            None
+        ))
+    );
+    assert_eq!(
+        sub.event,
+        Some(Event {
+            package: "presence".into(),
+            id: None
+        })
+    );
+    assert_eq!(sub.accept, ["application/pidf+xml"]);
+    assert_eq!(header_values(raw, "Allow-Events"), ["presence"]);
+    assert_eq!(sub.expires, Some(3600));
+    assert!(sub.route.is_empty());
+    assert!(sub.body.is_empty());
+}
+
+/// Case 21: checks the gateway's 200 to a NOTIFY of ours.
+fn check_notify_ok(resp: &SipResponse, raw: &str, notify: &str, cseq: u32) {
+    let SipMessage::Request(n) = parse_message(notify.as_bytes()).expect("our NOTIFY parses")
+    else {
+        panic!("not a request")
+    };
+    assert_eq!((resp.status, resp.reason.as_str()), (200, "OK"), "{raw}");
+    assert_eq!(resp.via, n.via, "Via copied");
+    assert_eq!(resp.from, n.from);
+    assert_eq!(resp.to, n.to, "the To-tag stays ours");
+    assert_eq!(resp.call_id, n.call_id);
+    assert_eq!((resp.cseq, &resp.cseq_method), (cseq, &Method::Notify));
+    assert!(resp.body.is_empty());
+}
+
+/// Runs §4.2 / cases 18 and 21 to an active D1 and returns the gateway's SUBSCRIBE.
+async fn establish_d1(gw: &mut Gw) -> SipRequest {
+    gw.xmpp.send(&subscribe_stanza("subscribe", "s1")).await;
+    let (sub, raw) = gw.proxy.request(Method::Subscribe).await;
+    check_initial_subscribe(gw, &sub, &raw);
+    gw.proxy
+        .answer(&sub, 200, "OK", &[&format!("Expires: 1800")])
+        .await;
+    // Case 18: no stanza before the NOTIFY says active.
+    gw.xmpp.quiet().await;
+    let notify = gw
+        .proxy
+        .notify(&sub, 101, "active;expires=1740", Some(PIDF_BALCONY));
+    let (resp, raw) = gw.proxy.transact(&notify).await;
+    check_notify_ok(&resp, &raw, &notify, 101);
+    assert_eq!(gw.xmpp.stanza().await, SUBSCRIBED);
+    assert_eq!(gw.xmpp.stanza().await, PRESENCE_BALCONY);
+    sub
+}
+
+// ---- 1, 2: XMPP watcher → SIP presentity ----------------------------------------------------
+
+#[actix_rt::test]
+async fn case_018_021_subscribe_gives_sip_subscribe_then_active_notify_gives_subscribed_and_presence(
+) {
+    let mut gw = start().await;
+    establish_d1(&mut gw).await;
+    gw.xmpp.quiet().await;
+    gw.proxy.quiet().await;
+}
