@@ -901,4 +901,217 @@ async fn error_responses_to_requests_without_to_tag_carry_a_to_tag() {
     let (resp, _) = gw.proxy.transact(&nobody).await;
     assert_eq!(resp.status, 404);
     assert!(resp.to.tag.is_some(), "404 without To-tag");
+    let options = format!(
+        "OPTIONS sip:{gwa} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {p};branch=z9hG4bK-opt2\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{p}>;tag=o2\r\n\
+         To: <sip:{gwa}>\r\n\
+         Call-ID: opt-2@127.0.0.1\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n",
+        gwa = gw.proxy.gw
+    );
+    let (resp, _) = gw.proxy.transact(&options).await;
+    assert_eq!(resp.status, 200);
+    assert!(resp.to.tag.is_some(), "200 to OPTIONS without To-tag");
+}
+
+// ---- more of §9 on the same harness ---------------------------------------------------------
+
+#[actix_rt::test]
+async fn case_023_025_046_resubscribe_replays_cache_unknown_unsubscribe_is_silent_bad_type_errors()
+{
+    let mut gw = start().await;
+    establish_d1(&mut gw).await;
+
+    // Case 23: `subscribe` again while D1 is active: no SIP, `subscribed` and cached presence.
+    gw.xmpp.send(&subscribe_stanza("subscribe", "s2")).await;
+    assert_eq!(gw.xmpp.stanza().await, SUBSCRIBED);
+    assert_eq!(gw.xmpp.stanza().await, PRESENCE_BALCONY);
+    gw.proxy.quiet().await;
+
+    // Case 25: `unsubscribe` for a pair with no state: no output at all.
+    gw.xmpp
+        .send(
+            "<presence from='romeo@example.net' to='nurse*example.com@sip.example.net' \
+             type='unsubscribe'/>",
+        )
+        .await;
+    gw.xmpp.quiet().await;
+    gw.proxy.quiet().await;
+
+    // Case 46: unknown type → bad-request (modify), id echoed.
+    gw.xmpp
+        .send(&format!(
+            "<presence from='{ROMEO}/orchard' to='{JULIET_JID}' type='foo' id='f1'/>"
+        ))
+        .await;
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        "<presence from='juliet*example.com@sip.example.net' to='romeo@example.net/orchard' \
+         type='error' id='f1'><error type='modify' by='sip.example.net'>\
+         <bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+         <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>\
+         unknown presence type 'foo'</text></error></presence>"
+    );
+    gw.proxy.quiet().await;
+
+    // OPTIONS (keepalive pings of proxies): 200 with what we support.
+    let p = gw.proxy.addr;
+    let options = format!(
+        "OPTIONS sip:{gwa} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {p};branch=z9hG4bK-opt1\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{p}>;tag=o1\r\n\
+         To: <sip:{gwa}>\r\n\
+         Call-ID: opt-1@127.0.0.1\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n",
+        gwa = gw.proxy.gw
+    );
+    let (resp, raw) = gw.proxy.transact(&options).await;
+    assert_eq!((resp.status, resp.reason.as_str()), (200, "OK"), "{raw}");
+    assert_eq!(resp.via, [format!("SIP/2.0/UDP {p};branch=z9hG4bK-opt1")]);
+    assert_eq!((resp.cseq, &resp.cseq_method), (1, &Method::Options));
+    assert_eq!(header_values(&raw, "Allow"), ["SUBSCRIBE, NOTIFY, OPTIONS"]);
+    assert_eq!(header_values(&raw, "Allow-Events"), ["presence"]);
+    assert_eq!(header_values(&raw, "Accept"), ["application/pidf+xml"]);
+    gw.xmpp.quiet().await;
+}
+
+/// Juliet's SUBSCRIBE to romeo in dialog `call_id` with `to_tag`.
+fn juliet_in_dialog(gw: &Gw, call_id: &str, to_tag: &str, cseq: u32, expires: u32) -> String {
+    let p = gw.proxy.addr;
+    format!(
+        "SUBSCRIBE sip:romeo*example.net@{gwa} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {p};branch=z9hG4bK-ua-{cseq}-{to_tag}\r\n\
+         Max-Forwards: 69\r\n\
+         From: \"Juliet\" <{JULIET_URI}>;tag=ua-77aa31\r\n\
+         To: <{ROMEO_URI}>;tag={to_tag}\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} SUBSCRIBE\r\n\
+         Contact: <sip:juliet@{p}>\r\n\
+         Event: presence\r\n\
+         Expires: {expires}\r\n\
+         Content-Length: 0\r\n\r\n",
+        gwa = gw.proxy.gw
+    )
+}
+
+/// Case 49 up to the pending NOTIFY and the `subscribe` stanza; returns our To-tag.
+async fn establish_d2_pending(gw: &mut Gw) -> String {
+    let first = juliet_subscribe(gw.proxy.addr, ROMEO_URI, "z9hG4bK-ua-4411", "presence");
+    let (resp, raw) = gw.proxy.transact(&first).await;
+    assert_eq!(resp.status, 200, "{raw}");
+    let gw_tag = resp.to.tag.clone().unwrap_or_default();
+    let (_, state) = d2_notify(gw, &gw_tag, 1).await;
+    assert_eq!(state, sub_state(SubState::Pending, None, Some(3600)));
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        "<presence from='juliet*example.com@sip.example.net' to='romeo@example.net' \
+         type='subscribe'/>"
+    );
+    gw_tag
+}
+
+#[actix_rt::test]
+async fn case_052_058_060_refresh_then_unknown_tag_481_then_unsubscribed_rejects() {
+    let mut gw = start().await;
+    let call_id = "3f9a0c55e1@ua7.example.com";
+    let gw_tag = establish_d2_pending(&mut gw).await;
+    gw.xmpp
+        .send(&format!(
+            "<presence from='{ROMEO}' to='{JULIET_JID}' type='subscribed'/>"
+        ))
+        .await;
+    let (n, state) = d2_notify(&gw, &gw_tag, 2).await;
+    assert_active_remaining(&state);
+    assert_eq!(String::from_utf8_lossy(&n.body), PIDF_ROMEO_CLOSED);
+
+    // Case 52: in-dialog refresh, Expires 600 → 200 Expires 600, full state active;expires=600.
+    let refresh = juliet_in_dialog(&gw, call_id, &gw_tag, 21, 600);
+    let (resp, raw) = gw.proxy.transact(&refresh).await;
+    assert_eq!((resp.status, resp.reason.as_str()), (200, "OK"), "{raw}");
+    assert_eq!(resp.to, na(ROMEO_URI, Some(&gw_tag)));
+    assert_eq!(resp.expires, Some(600));
+    let (n, state) = d2_notify(&gw, &gw_tag, 3).await;
+    assert_eq!(state.state, SubState::Active);
+    assert!(
+        matches!(state.expires, Some(599 | 600)),
+        "expires {:?}",
+        state.expires
+    );
+    assert_eq!(String::from_utf8_lossy(&n.body), PIDF_ROMEO_CLOSED);
+    gw.xmpp.quiet().await;
+
+    // Case 58: a To-tag that matches no dialog.
+    let stray = juliet_in_dialog(&gw, "stray@ua7.example.com", "zzz", 5, 600);
+    let (resp, raw) = gw.proxy.transact(&stray).await;
+    assert_eq!(
+        (resp.status, resp.reason.as_str()),
+        (481, "Call/Transaction Does Not Exist"),
+        "{raw}"
+    );
+    assert_eq!(resp.to, na(ROMEO_URI, Some("zzz")));
+
+    // Case 60: romeo revokes → NOTIFY terminated;reason=rejected, no body; dialog removed.
+    gw.xmpp
+        .send(&format!(
+            "<presence from='{ROMEO}' to='{JULIET_JID}' type='unsubscribed'/>"
+        ))
+        .await;
+    let (n, state) = d2_notify(&gw, &gw_tag, 4).await;
+    assert_eq!(
+        state,
+        sub_state(SubState::Terminated, Some("rejected"), None)
+    );
+    assert_eq!((n.content_type, n.body.len()), (None, 0));
+    gw.xmpp.quiet().await;
+    let late = juliet_in_dialog(&gw, call_id, &gw_tag, 22, 600);
+    let (resp, raw) = gw.proxy.transact(&late).await;
+    assert_eq!(resp.status, 481, "{raw}");
+
+    // Case 60, second half: a new SUBSCRIBE within 24 h gets 200 + pending, and no new
+    // `subscribe` stanza (rate limit).
+    let again = juliet_subscribe(gw.proxy.addr, ROMEO_URI, "z9hG4bK-ua-5000", "presence")
+        .replace(call_id, "second@ua7.example.com");
+    let (resp, raw) = gw.proxy.transact(&again).await;
+    assert_eq!((resp.status, resp.reason.as_str()), (200, "OK"), "{raw}");
+    let tag2 = resp.to.tag.clone().unwrap_or_default();
+    assert_ne!(tag2, gw_tag);
+    let (n, raw) = gw.proxy.request(Method::Notify).await;
+    assert_eq!(n.call_id, "second@ua7.example.com");
+    assert_eq!(n.from, na(ROMEO_URI, Some(&tag2)));
+    assert_eq!(
+        n.subscription_state,
+        Some(Ok(sub_state(SubState::Pending, None, Some(3600)))),
+        "{raw}"
+    );
+    gw.proxy.answer(&n, 200, "OK", &[]).await;
+    gw.xmpp.quiet().await;
+}
+
+#[actix_rt::test]
+async fn case_048_error_bounce_of_our_subscribe_terminates_the_pending_dialog() {
+    let mut gw = start().await;
+    let gw_tag = establish_d2_pending(&mut gw).await;
+    gw.xmpp
+        .send(&format!(
+            "<presence from='{ROMEO}' to='{JULIET_JID}' type='error'>\
+             <error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             </error></presence>"
+        ))
+        .await;
+    let (n, state) = d2_notify(&gw, &gw_tag, 2).await;
+    assert_eq!(
+        state,
+        sub_state(SubState::Terminated, Some("noresource"), None)
+    );
+    assert_eq!(n.body.len(), 0);
+    // Never an error in answer to an error.
+    gw.xmpp.quiet().await;
+    let late = juliet_in_dialog(&gw, "3f9a0c55e1@ua7.example.com", &gw_tag, 21, 600);
+    let (resp, raw) = gw.proxy.transact(&late).await;
+    assert_eq!(resp.status, 481, "dialog removed: {raw}");
 }
