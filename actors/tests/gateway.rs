@@ -337,6 +337,8 @@ impl Proxy {
 // ---- the gateway under test -----------------------------------------------------------------
 
 struct Gw {
+    /// The XMPP server's listener, for reconnects.
+    listener: TcpListener,
     xmpp: Xmpp,
     proxy: Proxy,
 }
@@ -368,6 +370,7 @@ async fn start() -> Gw {
     gateway::start(&cfg).await.expect("gateway::start");
     let xmpp = Xmpp::accept(&listener).await;
     Gw {
+        listener,
         xmpp,
         proxy: Proxy {
             sock: proxy_sock,
@@ -1114,4 +1117,212 @@ async fn case_048_error_bounce_of_our_subscribe_terminates_the_pending_dialog() 
     let late = juliet_in_dialog(&gw, "3f9a0c55e1@ua7.example.com", &gw_tag, 21, 600);
     let (resp, raw) = gw.proxy.transact(&late).await;
     assert_eq!(resp.status, 481, "dialog removed: {raw}");
+}
+
+#[actix_rt::test]
+async fn case_082_active_notify_before_the_2xx_is_accepted_and_retransmissions_are_absorbed() {
+    let mut gw = start().await;
+    gw.xmpp.send(&subscribe_stanza("subscribe", "s1")).await;
+    let (sub, raw) = gw.proxy.request(Method::Subscribe).await;
+    check_initial_subscribe(&gw, &sub, &raw);
+    // The NOTIFY overtakes the 200 (it may: different paths through the proxy).
+    let notify = gw
+        .proxy
+        .notify(&sub, 101, "active;expires=1740", Some(PIDF_BALCONY));
+    let (resp, raw) = gw.proxy.transact(&notify).await;
+    check_notify_ok(&resp, &raw, &notify, 101);
+    assert_eq!(gw.xmpp.stanza().await, SUBSCRIBED);
+    assert_eq!(gw.xmpp.stanza().await, PRESENCE_BALCONY);
+    gw.proxy.answer(&sub, 200, "OK", &["Expires: 1800"]).await;
+    // A retransmission of the NOTIFY (same branch): the same 200 again, no stanza.
+    let (again, raw_again) = gw.proxy.transact(&notify).await;
+    assert_eq!(
+        raw_again, raw,
+        "the server transaction replays its response"
+    );
+    check_notify_ok(&again, &raw_again, &notify, 101);
+    gw.xmpp.quiet().await;
+    gw.proxy.quiet().await;
+}
+
+#[actix_rt::test]
+async fn case_076_terminated_timeout_resubscribes_at_once_in_a_new_dialog() {
+    let mut gw = start().await;
+    let old = establish_d1(&mut gw).await;
+    let end = gw
+        .proxy
+        .notify(&old, 102, "terminated;reason=timeout", None);
+    let (resp, raw) = gw.proxy.transact(&end).await;
+    check_notify_ok(&resp, &raw, &end, 102);
+    let (sub, raw) = gw.proxy.request(Method::Subscribe).await;
+    check_initial_subscribe(&gw, &sub, &raw);
+    assert_ne!(sub.call_id, old.call_id, "new Call-ID");
+    assert_ne!(sub.from.tag, old.from.tag, "new From-tag");
+    gw.proxy.answer(&sub, 200, "OK", &["Expires: 1800"]).await;
+    gw.xmpp.quiet().await;
+
+    // The old dialog is gone, the new one is served.
+    let late = gw
+        .proxy
+        .notify(&old, 103, "active;expires=100", Some(PIDF_BALCONY));
+    let (resp, raw) = gw.proxy.transact(&late).await;
+    assert_eq!(resp.status, 481, "{raw}");
+    let garden = PIDF_BALCONY.replace("On the balcony", "Back inside");
+    let first = gw
+        .proxy
+        .notify(&sub, 1, "active;expires=1800", Some(&garden));
+    let (resp, raw) = gw.proxy.transact(&first).await;
+    check_notify_ok(&resp, &raw, &first, 1);
+    // Case 27's rule: the relation is already approved, so no second `subscribed`; the
+    // changed state is presence.
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        PRESENCE_BALCONY.replace("On the balcony", "Back inside")
+    );
+    gw.xmpp.quiet().await;
+}
+
+#[actix_rt::test]
+async fn two_xmpp_watchers_of_one_sip_user_get_separate_dialogs_and_only_their_stanzas() {
+    let mut gw = start().await;
+    let romeo = establish_d1(&mut gw).await;
+    gw.xmpp
+        .send(&format!(
+            "<presence from='benvolio@example.net' to='{JULIET_JID}' type='subscribe'/>"
+        ))
+        .await;
+    let (ben, raw) = gw.proxy.request(Method::Subscribe).await;
+    assert_eq!(ben.uri, JULIET_URI);
+    assert_eq!(
+        ben.from.uri, "sip:benvolio*example.net@xmpp.example.com",
+        "{raw}"
+    );
+    assert_ne!(ben.call_id, romeo.call_id);
+    assert_eq!(ben.cseq, 1);
+    gw.proxy.answer(&ben, 200, "OK", &["Expires: 1800"]).await;
+    let pending = gw.proxy.notify(&ben, 7, "pending;expires=1800", None);
+    let (resp, raw) = gw.proxy.transact(&pending).await;
+    check_notify_ok(&resp, &raw, &pending, 7);
+    gw.xmpp.quiet().await;
+    let active = gw
+        .proxy
+        .notify(&ben, 8, "active;expires=1700", Some(PIDF_BALCONY));
+    let (resp, raw) = gw.proxy.transact(&active).await;
+    check_notify_ok(&resp, &raw, &active, 8);
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        SUBSCRIBED.replace("romeo@example.net", "benvolio@example.net")
+    );
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        PRESENCE_BALCONY.replace("romeo@example.net", "benvolio@example.net")
+    );
+    gw.xmpp.quiet().await;
+}
+
+#[actix_rt::test]
+async fn case_097_stanzas_are_queued_while_the_component_link_is_down_and_dialogs_kept() {
+    let mut gw = start().await;
+    let sub = establish_d1(&mut gw).await;
+    // The XMPP server goes away (restart): the gateway sees EOF.
+    gw.xmpp.sock.shutdown().await.expect("shutdown");
+    drop(gw.xmpp);
+    // SIP keeps working meanwhile: the NOTIFY is answered and its stanza is queued.
+    let garden = PIDF_BALCONY
+        .replace("On the balcony", "In the garden")
+        .replace("rpid:on-the-phone", "rpid:away");
+    let n = gw
+        .proxy
+        .notify(&sub, 102, "active;expires=1700", Some(&garden));
+    let (resp, raw) = gw.proxy.transact(&n).await;
+    check_notify_ok(&resp, &raw, &n, 102);
+    // The component reconnects (1 s backoff) and delivers the queued stanza first.
+    let mut xmpp = Xmpp::accept(&gw.listener).await;
+    assert_eq!(
+        xmpp.stanza().await,
+        "<presence from='juliet*example.com@sip.example.net/t-desk' to='romeo@example.net'>\
+         <show>away</show><status xml:lang='en'>In the garden</status><priority>80</priority>\
+         </presence>"
+    );
+    // The dialog was kept: a probe is answered from it without SIP.
+    xmpp.send(&subscribe_stanza("probe", "p2")).await;
+    assert_eq!(
+        xmpp.stanza().await,
+        "<presence from='juliet*example.com@sip.example.net/t-desk' to='romeo@example.net'>\
+         <show>away</show><status xml:lang='en'>In the garden</status><priority>80</priority>\
+         </presence>"
+    );
+    gw.proxy.quiet().await;
+}
+
+#[actix_rt::test]
+async fn case_013_055_057_and_other_refusals_of_initial_subscribes() {
+    let mut gw = start().await;
+    let p = gw.proxy.addr;
+    let base = juliet_subscribe(p, ROMEO_URI, "z9hG4bK-r1", "presence");
+    let cases: [(&str, String, u16, &str, Option<(&str, &str)>); 6] = [
+        (
+            "case 13: tel: watcher",
+            base.replace(
+                "From: \"Juliet\" <sip:juliet@example.com>",
+                "From: <tel:+15551234567>",
+            ),
+            416,
+            // The mapping error's text (free text, RFC 3261 §21).
+            "Unsupported URI scheme",
+            None,
+        ),
+        (
+            "case 55: Expires 30",
+            base.replace("Expires: 3600", "Expires: 30"),
+            423,
+            "Interval Too Brief",
+            Some(("Min-Expires", "60")),
+        ),
+        (
+            "case 57: xpidf only",
+            base.replace(
+                "Accept: application/pidf+xml",
+                "Accept: application/xpidf+xml",
+            ),
+            406,
+            "Not Acceptable",
+            None,
+        ),
+        (
+            "Max-Forwards 0",
+            base.replace("Max-Forwards: 69", "Max-Forwards: 0"),
+            483,
+            "Too Many Hops",
+            None,
+        ),
+        (
+            "Require",
+            base.replace("Event: presence", "Event: presence\r\nRequire: foo"),
+            420,
+            "Bad Extension",
+            Some(("Unsupported", "foo")),
+        ),
+        (
+            "MESSAGE",
+            base.replace("SUBSCRIBE", "MESSAGE"),
+            405,
+            "Method Not Allowed",
+            Some(("Allow", "SUBSCRIBE, NOTIFY, OPTIONS")),
+        ),
+    ];
+    for (i, (what, text, code, reason, header)) in cases.into_iter().enumerate() {
+        let text = text.replace("z9hG4bK-r1", &format!("z9hG4bK-r1-{i}"));
+        let (resp, raw) = gw.proxy.transact(&text).await;
+        assert_eq!(
+            (resp.status, resp.reason.as_str()),
+            (code, reason),
+            "{what}: {raw}"
+        );
+        if let Some((name, value)) = header {
+            assert_eq!(header_values(&raw, name), [value], "{what}");
+        }
+    }
+    gw.proxy.quiet().await;
+    gw.xmpp.quiet().await;
 }
