@@ -1255,12 +1255,15 @@ async fn case_097_stanzas_are_queued_while_the_component_link_is_down_and_dialog
     gw.proxy.quiet().await;
 }
 
+/// (what, request text, status, reason phrase, a header the response must carry).
+type Refusal<'a> = (&'a str, String, u16, &'a str, Option<(&'a str, &'a str)>);
+
 #[actix_rt::test]
 async fn case_013_055_057_and_other_refusals_of_initial_subscribes() {
     let mut gw = start().await;
     let p = gw.proxy.addr;
     let base = juliet_subscribe(p, ROMEO_URI, "z9hG4bK-r1", "presence");
-    let cases: [(&str, String, u16, &str, Option<(&str, &str)>); 6] = [
+    let cases: [Refusal; 6] = [
         (
             "case 13: tel: watcher",
             base.replace(
