@@ -303,7 +303,7 @@ impl Proxy {
         let target = sub.contact.as_ref().map(|c| c.uri.as_str()).unwrap_or("");
         let mut s = format!(
             "NOTIFY {target} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {proxy};branch=z9hG4bK-ps-{cseq}\r\n\
+             Via: SIP/2.0/UDP {proxy};branch=z9hG4bK-ps-{cseq}-{tag}\r\n\
              Max-Forwards: 70\r\n\
              From: <{JULIET_URI}>;tag={PS_TAG}\r\n\
              To: <{from}>;tag={tag}\r\n\
@@ -1327,5 +1327,95 @@ async fn case_013_055_057_and_other_refusals_of_initial_subscribes() {
         }
     }
     gw.proxy.quiet().await;
+    gw.xmpp.quiet().await;
+}
+
+const UNSUBSCRIBED: &str = "<presence from='juliet*example.com@sip.example.net' \
+     to='romeo@example.net' type='unsubscribed'/>";
+
+#[actix_rt::test]
+async fn case_028_probe_without_relation_fetches_then_subscribes_for_real() {
+    let mut gw = start().await;
+    gw.xmpp.send(&subscribe_stanza("probe", "p1")).await;
+    let (fetch, raw) = gw.proxy.request(Method::Subscribe).await;
+    assert_eq!(fetch.uri, JULIET_URI);
+    assert_eq!(fetch.to, na(JULIET_URI, None));
+    assert_eq!(fetch.expires, Some(0), "a fetch: {raw}");
+    assert_eq!(fetch.cseq, 1);
+    gw.proxy.answer(&fetch, 200, "OK", &["Expires: 0"]).await;
+    let n = gw
+        .proxy
+        .notify(&fetch, 1, "terminated;reason=timeout", Some(PIDF_BALCONY));
+    let (resp, raw) = gw.proxy.transact(&n).await;
+    check_notify_ok(&resp, &raw, &n, 1);
+    // The fetch result answers the probe (no `subscribed`: the relation was not asked for).
+    assert_eq!(gw.xmpp.stanza().await, PRESENCE_BALCONY);
+    // Then the long-lived subscription, in a new dialog.
+    let (sub, raw) = gw.proxy.request(Method::Subscribe).await;
+    check_initial_subscribe(&gw, &sub, &raw);
+    assert_ne!(sub.call_id, fetch.call_id);
+    gw.xmpp.quiet().await;
+}
+
+#[actix_rt::test]
+async fn case_028_probe_fetch_answered_403_gives_unsubscribed() {
+    let mut gw = start().await;
+    gw.xmpp.send(&subscribe_stanza("probe", "p1")).await;
+    let (fetch, raw) = gw.proxy.request(Method::Subscribe).await;
+    assert_eq!(fetch.expires, Some(0), "a fetch: {raw}");
+    gw.proxy.answer(&fetch, 403, "Forbidden", &[]).await;
+    assert_eq!(gw.xmpp.stanza().await, UNSUBSCRIBED);
+    gw.xmpp.quiet().await;
+    gw.proxy.quiet().await;
+}
+
+#[actix_rt::test]
+async fn case_029_subscribe_answered_404_gives_unsubscribed_and_no_retry() {
+    let mut gw = start().await;
+    gw.xmpp.send(&subscribe_stanza("subscribe", "s1")).await;
+    let (sub, raw) = gw.proxy.request(Method::Subscribe).await;
+    check_initial_subscribe(&gw, &sub, &raw);
+    gw.proxy.answer(&sub, 404, "Not Found", &[]).await;
+    assert_eq!(gw.xmpp.stanza().await, UNSUBSCRIBED);
+    gw.xmpp.quiet().await;
+    gw.proxy.quiet().await;
+}
+
+#[actix_rt::test]
+async fn case_075_terminated_rejected_gives_unsubscribed_and_no_resubscribe() {
+    let mut gw = start().await;
+    let sub = establish_d1(&mut gw).await;
+    let n = gw
+        .proxy
+        .notify(&sub, 102, "terminated;reason=rejected", None);
+    let (resp, raw) = gw.proxy.transact(&n).await;
+    check_notify_ok(&resp, &raw, &n, 102);
+    assert_eq!(gw.xmpp.stanza().await, UNSUBSCRIBED);
+    gw.xmpp.quiet().await;
+    gw.proxy.quiet().await;
+}
+
+#[actix_rt::test]
+async fn case_024_018_subscribe_again_after_unsubscribe_starts_a_new_dialog() {
+    let mut gw = start().await;
+    let old = establish_d1(&mut gw).await;
+    gw.xmpp.send(&subscribe_stanza("unsubscribe", "u1")).await;
+    let (unsub, _) = gw.proxy.request(Method::Subscribe).await;
+    assert_eq!(unsub.expires, Some(0));
+    gw.proxy.answer(&unsub, 200, "OK", &["Expires: 0"]).await;
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        "<presence from='juliet*example.com@sip.example.net/t-desk' to='romeo@example.net' \
+         type='unavailable'/>"
+    );
+    let last = gw
+        .proxy
+        .notify(&old, 102, "terminated;reason=timeout", None);
+    let (resp, raw) = gw.proxy.transact(&last).await;
+    check_notify_ok(&resp, &raw, &last, 102);
+    // Romeo changes his mind: a fresh subscription, from scratch.
+    let sub = establish_d1(&mut gw).await;
+    assert_ne!(sub.call_id, old.call_id);
+    assert_ne!(sub.from.tag, old.from.tag);
     gw.xmpp.quiet().await;
 }
