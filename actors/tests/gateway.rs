@@ -1535,3 +1535,137 @@ async fn contact_says_transport_tcp_when_requests_use_tcp() {
         ))
     );
 }
+
+// ---- more notifier and subscriber outcomes --------------------------------------------------
+
+/// Cases 49 and 50: D2 pending, then approved; returns our To-tag once NOTIFY 2 is answered.
+async fn establish_d2_active(gw: &mut Gw) -> String {
+    let gw_tag = establish_d2_pending(gw).await;
+    gw.xmpp
+        .send(&format!(
+            "<presence from='{ROMEO}' to='{JULIET_JID}' type='subscribed'/>"
+        ))
+        .await;
+    let (n, state) = d2_notify(gw, &gw_tag, 2).await;
+    assert_active_remaining(&state);
+    assert_eq!(String::from_utf8_lossy(&n.body), PIDF_ROMEO_CLOSED);
+    gw_tag
+}
+
+#[actix_rt::test]
+async fn case_045_044_presence_bursts_are_coalesced_and_last_unavailable_gives_closed_note() {
+    let mut gw = start().await;
+    let gw_tag = establish_d2_active(&mut gw).await;
+    let t0 = Instant::now();
+    for (show, status) in [("away", "a"), ("dnd", "b"), ("xa", "c")] {
+        gw.xmpp
+            .send(&format!(
+                "<presence from='{ROMEO}/orchard' to='{JULIET_JID}'><show>{show}</show>\
+                 <status>{status}</status></presence>"
+            ))
+            .await;
+    }
+    // One NOTIFY, at the trailing edge of the 1 s interval, with the last state only.
+    let (n, state) = d2_notify(&gw, &gw_tag, 3).await;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(600),
+        "sent after {waited:?}"
+    );
+    assert_active_remaining(&state);
+    // Case 35: xa → rpid:away + user-input idle; no <priority> → no priority attribute.
+    assert_eq!(
+        String::from_utf8_lossy(&n.body),
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>
+<presence xmlns=\"urn:ietf:params:xml:ns:pidf\"
+          xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\"
+          xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\"
+          entity=\"pres:romeo*example.net@xmpp.example.com\">
+  <tuple id=\"ID-orchard\">
+    <status><basic>open</basic></status>
+    <contact>sip:romeo*example.net@xmpp.example.com</contact>
+    <note>c</note>
+  </tuple>
+  <note>c</note>
+  <dm:person id=\"p-1\">
+    <rpid:activities><rpid:away/></rpid:activities>
+    <rpid:user-input>idle</rpid:user-input>
+  </dm:person>
+</presence>"
+    );
+    gw.proxy.quiet().await;
+
+    // Case 44: the last resource leaves with a status.
+    gw.xmpp
+        .send(&format!(
+            "<presence from='{ROMEO}/orchard' to='{JULIET_JID}' type='unavailable'>\
+             <status>Gone to Mantua</status></presence>"
+        ))
+        .await;
+    let (n, state) = d2_notify(&gw, &gw_tag, 4).await;
+    assert_active_remaining(&state);
+    assert_eq!(
+        String::from_utf8_lossy(&n.body),
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>
+<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"pres:romeo*example.net@xmpp.example.com\">
+  <tuple id=\"ID-offline\"><status><basic>closed</basic></status><note>Gone to Mantua</note></tuple>
+</presence>"
+    );
+    gw.xmpp.quiet().await;
+}
+
+#[actix_rt::test]
+async fn notify_answered_481_removes_the_watcher_dialog() {
+    let mut gw = start().await;
+    let gw_tag = establish_d2_pending(&mut gw).await;
+    gw.xmpp
+        .send(&format!(
+            "<presence from='{ROMEO}' to='{JULIET_JID}' type='subscribed'/>"
+        ))
+        .await;
+    let (n, _) = gw.proxy.request(Method::Notify).await;
+    // §5.1: 481 to a NOTIFY means the watcher is gone.
+    gw.proxy
+        .answer(&n, 481, "Call/Transaction Does Not Exist", &[])
+        .await;
+    gw.xmpp
+        .send(&format!(
+            "<presence from='{ROMEO}/orchard' to='{JULIET_JID}'><show>away</show></presence>"
+        ))
+        .await;
+    gw.proxy.quiet().await;
+    let late = juliet_in_dialog(&gw, "3f9a0c55e1@ua7.example.com", &gw_tag, 21, 600);
+    let (resp, raw) = gw.proxy.transact(&late).await;
+    assert_eq!(resp.status, 481, "{raw}");
+    gw.xmpp.quiet().await;
+}
+
+#[actix_rt::test]
+async fn case_031_033_subscribe_answered_423_retries_and_489_gives_an_error() {
+    let mut gw = start().await;
+    gw.xmpp.send(&subscribe_stanza("subscribe", "s1")).await;
+    let (sub, _) = gw.proxy.request(Method::Subscribe).await;
+    gw.proxy
+        .answer(&sub, 423, "Interval Too Brief", &["Min-Expires: 1800"])
+        .await;
+    let (again, raw) = gw.proxy.request(Method::Subscribe).await;
+    assert_eq!(again.call_id, sub.call_id, "{raw}");
+    assert_eq!(again.from, sub.from);
+    assert_eq!(again.to, na(JULIET_URI, None));
+    assert_eq!((again.cseq, again.expires), (2, Some(1800)));
+    gw.xmpp.quiet().await;
+    gw.proxy.answer(&again, 489, "Bad Event", &[]).await;
+    // Case 33 (⚠ in the spec). The error carries no id: the subscriber does not keep the id of
+    // romeo's `subscribe` (RFC 6120 §8.3.1 asks for the generating stanza's id).
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        "<presence from='juliet*example.com@sip.example.net' to='romeo@example.net' \
+         type='error'><error type='cancel' by='sip.example.net'>\
+         <feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+         <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>SIP 489 Bad Event</text>\
+         </error></presence>"
+    );
+    // No retry.
+    gw.xmpp.quiet().await;
+    gw.proxy.quiet().await;
+}
