@@ -1028,15 +1028,7 @@ async fn establish_d2_pending(gw: &mut Gw) -> String {
 async fn case_052_058_060_refresh_then_unknown_tag_481_then_unsubscribed_rejects() {
     let mut gw = start().await;
     let call_id = "3f9a0c55e1@ua7.example.com";
-    let gw_tag = establish_d2_pending(&mut gw).await;
-    gw.xmpp
-        .send(&format!(
-            "<presence from='{ROMEO}' to='{JULIET_JID}' type='subscribed'/>"
-        ))
-        .await;
-    let (n, state) = d2_notify(&gw, &gw_tag, 2).await;
-    assert_active_remaining(&state);
-    assert_eq!(String::from_utf8_lossy(&n.body), PIDF_ROMEO_CLOSED);
+    let gw_tag = establish_d2_active(&mut gw).await;
 
     // Case 52: in-dialog refresh, Expires 600 → 200 Expires 600, full state active;expires=600.
     let refresh = juliet_in_dialog(&gw, call_id, &gw_tag, 21, 600);
