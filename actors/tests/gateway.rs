@@ -370,6 +370,17 @@ async fn start_with(tune: impl FnOnce(&mut Config)) -> Gw {
     cfg.sip.server_address = format!("sip:{proxy_addr}");
     cfg.sip.listen = gw.to_string();
     cfg.presence.notify_min_interval_secs = 1;
+    // Tests run in parallel: never the fixed default port (main's `start` serves HTTP).
+    cfg.http.listen = "127.0.0.1:0".into();
+    // Nor a shared store file, should `start` open one.
+    cfg.store.path = std::env::temp_dir()
+        .join(format!(
+            "pua-xmpp-gwtest-{}-{}.db",
+            std::process::id(),
+            gw.port()
+        ))
+        .display()
+        .to_string();
     tune(&mut cfg);
     assert_eq!(cfg.validate(), Ok(()));
     assert!(!cfg.uses_default_secret());
