@@ -13,6 +13,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{Namespace, ResolveResult};
 use quick_xml::{NsReader, XmlVersion};
 use sha1::{Digest, Sha1};
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 pub const NS_PIDF: &str = "urn:ietf:params:xml:ns:pidf";
@@ -238,7 +239,7 @@ pub fn parse(body: &[u8], max_size: usize) -> Result<PidfDoc, PidfError> {
         },
         stack: Vec::with_capacity(8),
         langs: Vec::new(),
-        text: String::new(),
+        text: String::with_capacity(128),
         tuple: None,
         person: None,
         person_poisoned: false,
@@ -251,25 +252,27 @@ pub fn parse(body: &[u8], max_size: usize) -> Result<PidfDoc, PidfError> {
         not_pidf: false,
     };
     loop {
-        let (ns, ev) = reader.read_resolved_event().map_err(nwf)?;
-        let ns = ns_of(&ns);
-        match ev {
-            Event::Start(e) => p.start(ns, &e)?,
+        // Names are resolved only for elements we may read, not for end tags or skipped
+        // subtrees (a third of the parse time otherwise).
+        match reader.read_event().map_err(nwf)? {
+            Event::Start(e) => {
+                let ns = p.wants_ns().then(|| ns_of(&reader.resolver().resolve_element(e.name()).0));
+                p.start(ns.unwrap_or(Ns::Other), &e)?
+            }
             Event::Empty(e) => {
-                p.start(ns, &e)?;
+                let ns = p.wants_ns().then(|| ns_of(&reader.resolver().resolve_element(e.name()).0));
+                p.start(ns.unwrap_or(Ns::Other), &e)?;
                 p.end();
             }
             Event::End(_) => p.end(),
-            Event::Text(t) => {
-                let s = t.xml10_content();
-                p.text_event(&s)?;
-            }
+            Event::Text(t) => p.text_event(&t)?,
             Event::CData(t) => {
                 if p.stack.is_empty() {
                     return Err(nwf("CDATA outside the root element"));
                 }
-                let s = t.xml10_content();
-                p.push_text(&s);
+                if p.capturing() {
+                    p.push_text(&t.xml10_content());
+                }
             }
             Event::GeneralRef(r) => {
                 if p.stack.is_empty() {
@@ -304,19 +307,32 @@ impl Parser {
         self.langs.last().map(|(_, l)| l.clone())
     }
 
-    fn text_event(&mut self, s: &str) -> Result<(), PidfError> {
+    /// Raw text between markup: whitespace between elements is skipped without copying; only
+    /// text inside an element we read is line-end normalized and kept.
+    fn text_event(&mut self, t: &quick_xml::events::BytesText<'_>) -> Result<(), PidfError> {
         if self.stack.is_empty() {
-            if s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+            if t.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
                 return Ok(());
             }
             return Err(nwf("text outside the root element"));
         }
-        self.push_text(s);
+        if self.capturing() {
+            self.push_text(&t.xml10_content());
+        }
         Ok(())
     }
 
+    /// Whether the next start tag's namespace matters (it does not inside an ignored subtree).
+    fn wants_ns(&self) -> bool {
+        !matches!(self.stack.last(), Some(Kind::Other | Kind::ActivityItem))
+    }
+
+    fn capturing(&self) -> bool {
+        self.stack.last().is_some_and(|k| k.captures_text())
+    }
+
     fn push_text(&mut self, s: &str) {
-        if self.stack.last().is_some_and(|k| k.captures_text()) && self.text.len() < 64 * 1024 {
+        if self.capturing() && self.text.len() < 64 * 1024 {
             self.text.push_str(s);
         }
     }
@@ -328,42 +344,30 @@ impl Parser {
         }
         let name = e.local_name();
         let local = name.into_inner();
-        let parent = match self.stack.last() {
-            Some(k) => *k,
-            None => {
-                if self.root_done {
-                    return Err(nwf("more than one root element"));
-                }
-                if ns != Ns::Pidf || local != "presence" {
-                    // Read on, so a broken body is reported as such rather than as "not PIDF".
-                    self.not_pidf = true;
-                    self.stack.push(Kind::Other);
-                    return Ok(());
-                }
-                let (mut entity, mut lang) = (None, None);
-                self.attrs(e, |k, v| match k {
-                    "entity" => entity = Some(v.to_owned()),
-                    "xml:lang" => lang = Some(v.to_owned()),
-                    _ => {}
-                })?;
-                self.doc.entity = entity.unwrap_or_default();
-                if let Some(l) = lang {
-                    self.langs.push((0, l));
-                }
-                self.stack.push(Kind::Presence);
-                return Ok(());
+        let parent = self.stack.last().copied();
+        if parent.is_none() && (self.root_done || ns != Ns::Pidf || local != "presence") {
+            if self.root_done {
+                return Err(nwf("more than one root element"));
             }
-        };
+            // Read on, so a broken body is reported as such rather than as "not PIDF".
+            self.not_pidf = true;
+            self.stack.push(Kind::Other);
+            return Ok(());
+        }
+        // Elements inside an ignored subtree are only counted.
+        if parent == Some(Kind::Other) || parent == Some(Kind::ActivityItem) {
+            self.stack.push(Kind::Other);
+            return Ok(());
+        }
+        let at = Attrs::read(e)?;
         let kind = match (parent, ns, local) {
-            (Kind::Presence, Ns::Pidf, "tuple") => {
-                let mut id = String::new();
-                self.attrs(e, |k, v| {
-                    if k == "id" {
-                        id = v.to_owned();
-                    }
-                })?;
+            (None, _, _) => {
+                self.doc.entity = at.entity.map(|c| c.into_owned()).unwrap_or_default();
+                Kind::Presence
+            }
+            (Some(Kind::Presence), Ns::Pidf, "tuple") => {
                 self.tuple = Some(Tuple {
-                    id,
+                    id: at.id.as_deref().unwrap_or("").to_owned(),
                     basic: Basic::Unknown,
                     basic_irregular: false,
                     activities: None,
@@ -373,69 +377,55 @@ impl Parser {
                 });
                 Kind::Tuple
             }
-            (Kind::Presence, Ns::Pidf, "note") => Kind::PresenceNote,
-            (Kind::Presence, Ns::Dm, "person") if self.person.is_none() => {
+            (Some(Kind::Presence), Ns::Pidf, "note") => Kind::PresenceNote,
+            (Some(Kind::Presence), Ns::Dm, "person") if self.person.is_none() => {
                 self.person = Some(Person::default());
                 self.person_poisoned = false;
                 Kind::Person
             }
-            (Kind::Tuple, Ns::Pidf, "status") => Kind::Status,
-            (Kind::Tuple, Ns::Pidf, "contact") => {
-                let mut prio = None;
-                self.attrs(e, |k, v| {
-                    if k == "priority" {
-                        prio = parse_qvalue(v);
-                    }
-                })?;
+            (Some(Kind::Tuple), Ns::Pidf, "status") => Kind::Status,
+            (Some(Kind::Tuple), Ns::Pidf, "contact") => {
                 if let Some(t) = &mut self.tuple {
-                    t.priority_milli = prio;
+                    t.priority_milli = at.priority.as_deref().and_then(parse_qvalue);
                 }
                 Kind::Contact
             }
-            (Kind::Tuple, Ns::Pidf, "note") => Kind::TupleNote,
-            (Kind::Status, Ns::Pidf, "basic") => Kind::Basic,
-            (Kind::Tuple | Kind::Status | Kind::Person, Ns::Rpid | Ns::Legacy, "activities") => {
-                let mut acts = Activities::default();
-                self.attrs(e, |k, v| match k {
-                    "from" => acts.from = parse_datetime(v),
-                    "until" => acts.until = parse_datetime(v),
-                    _ => {}
-                })?;
-                let owner = if parent == Kind::Person { Owner::Person } else { Owner::Tuple };
+            (Some(Kind::Tuple), Ns::Pidf, "note") => Kind::TupleNote,
+            (Some(Kind::Status), Ns::Pidf, "basic") => Kind::Basic,
+            (Some(p @ (Kind::Tuple | Kind::Status | Kind::Person)), Ns::Rpid | Ns::Legacy, "activities") => {
+                let acts = Activities {
+                    from: at.from.as_deref().and_then(parse_datetime),
+                    until: at.until.as_deref().and_then(parse_datetime),
+                    ..Activities::default()
+                };
+                let owner = if p == Kind::Person { Owner::Person } else { Owner::Tuple };
                 self.acts = Some((owner, acts));
                 self.acts_poisoned = false;
                 Kind::Activities(ns == Ns::Legacy)
             }
-            (Kind::Person, Ns::Dm, "note") => Kind::PersonNote,
-            (Kind::Person, Ns::Rpid, "user-input") => {
-                let mut last = None;
-                self.attrs(e, |k, v| {
-                    if k == "last-input" {
-                        last = parse_datetime(v);
-                    }
-                })?;
-                self.user_input_last = last;
+            (Some(Kind::Person), Ns::Dm, "note") => Kind::PersonNote,
+            (Some(Kind::Person), Ns::Rpid, "user-input") => {
+                self.user_input_last = at.last_input.as_deref().and_then(parse_datetime);
                 self.user_input_poisoned = false;
                 Kind::UserInput
             }
-            (Kind::Activities(false), Ns::Rpid, "note") => Kind::ActivityNote,
-            (Kind::Activities(false), Ns::Rpid, "other") => Kind::ActivityOther,
-            (Kind::Activities(false), Ns::Rpid, name) => {
-                self.push_activity(name);
+            (Some(Kind::Activities(false)), Ns::Rpid, "note") => Kind::ActivityNote,
+            (Some(Kind::Activities(false)), Ns::Rpid, "other") => Kind::ActivityOther,
+            (Some(Kind::Activities(false)), Ns::Rpid, name) => {
+                self.push_activity(name.to_owned());
                 Kind::ActivityItem
             }
-            (Kind::Activities(true), Ns::Legacy, "activity") => Kind::LegacyActivity,
-            (Kind::Activities(true), Ns::Legacy, "note") => Kind::ActivityNote,
-            _ => {
-                if matches!(parent, Kind::Activities(_) | Kind::Person | Kind::UserInput)
-                    && must_understand(e)
-                {
+            (Some(Kind::Activities(true)), Ns::Legacy, "activity") => Kind::LegacyActivity,
+            (Some(Kind::Activities(true)), Ns::Legacy, "note") => Kind::ActivityNote,
+            (Some(parent), _, _) => {
+                if at.must_understand {
                     // §3.1: an element we must understand but do not, inside an extension we
                     // know: ignore that whole extension, never act on it partially (case 66).
                     match parent {
                         Kind::Activities(_) => self.acts_poisoned = true,
                         Kind::Person => self.person_poisoned = true,
-                        _ => self.user_input_poisoned = true,
+                        Kind::UserInput => self.user_input_poisoned = true,
+                        _ => {}
                     }
                 }
                 Kind::Other
@@ -445,41 +435,14 @@ impl Parser {
             self.text.clear();
         }
         if kind != Kind::Other {
-            let mut lang = None;
-            self.attrs(e, |k, v| {
-                if k == "xml:lang" {
-                    lang = Some(v.to_owned());
-                }
-            })?;
-            if let Some(l) = lang {
-                self.langs.push((self.stack.len(), l));
+            if let Some(l) = at.lang {
+                self.langs.push((self.stack.len(), l.into_owned()));
             }
         }
         self.stack.push(kind);
         Ok(())
     }
 
-    fn push_activity(&mut self, name: &str) {
-        if let Some((_, a)) = &mut self.acts {
-            if a.items.len() < 32 {
-                a.items.push(Activity {
-                    name: name.to_owned(),
-                    other_text: None,
-                });
-            }
-        }
-    }
-
-    /// Calls `f(qualified name, value)` for each attribute; entities in values are limited to
-    /// the predefined ones and character references.
-    fn attrs(&self, e: &BytesStart<'_>, mut f: impl FnMut(&str, &str)) -> Result<(), PidfError> {
-        for a in e.attributes() {
-            let a = a.map_err(nwf)?;
-            let v = a.normalized_value(XmlVersion::Implicit1_0).map_err(nwf)?;
-            f(a.key.into_inner(), &v);
-        }
-        Ok(())
-    }
 
     fn take_note(&mut self) -> Option<Note> {
         let text = trim_xml(&self.text);
@@ -565,7 +528,7 @@ impl Parser {
                 let t = trim_xml(&self.text).to_owned();
                 if !t.is_empty() {
                     self.text.clear();
-                    self.push_activity_owned(t);
+                    self.push_activity(t);
                 }
             }
             Kind::UserInput => {
@@ -618,7 +581,7 @@ impl Parser {
         }
     }
 
-    fn push_activity_owned(&mut self, name: String) {
+    fn push_activity(&mut self, name: String) {
         if let Some((_, a)) = &mut self.acts {
             if a.items.len() < 32 {
                 a.items.push(Activity { name, other_text: None });
@@ -627,11 +590,50 @@ impl Parser {
     }
 }
 
-fn must_understand(e: &BytesStart<'_>) -> bool {
-    e.attributes().flatten().any(|a| {
-        a.key.local_name().into_inner() == "mustUnderstand"
-            && matches!(trim_xml(&a.value), "true" | "1")
-    })
+/// The attributes the parser looks at, read in one pass; values borrow from the input unless
+/// they contain references. Entities in values are limited to the predefined ones and
+/// character references.
+#[derive(Default)]
+struct Attrs<'e> {
+    entity: Option<Cow<'e, str>>,
+    id: Option<Cow<'e, str>>,
+    priority: Option<Cow<'e, str>>,
+    from: Option<Cow<'e, str>>,
+    until: Option<Cow<'e, str>>,
+    last_input: Option<Cow<'e, str>>,
+    lang: Option<Cow<'e, str>>,
+    must_understand: bool,
+}
+
+impl<'e> Attrs<'e> {
+    fn read(e: &'e BytesStart<'_>) -> Result<Attrs<'e>, PidfError> {
+        let mut at = Attrs::default();
+        if e.attributes_raw().bytes().all(|b| b.is_ascii_whitespace()) {
+            return Ok(at);
+        }
+        for a in e.attributes() {
+            let a = a.map_err(nwf)?;
+            let v = a.normalized_value(XmlVersion::Implicit1_0).map_err(nwf)?;
+            let slot = match a.key.into_inner() {
+                "entity" => &mut at.entity,
+                "id" => &mut at.id,
+                "priority" => &mut at.priority,
+                "from" => &mut at.from,
+                "until" => &mut at.until,
+                "last-input" => &mut at.last_input,
+                // The `xml` prefix is bound to the XML namespace by definition.
+                "xml:lang" => &mut at.lang,
+                _ => {
+                    if a.key.local_name().into_inner() == "mustUnderstand" && matches!(trim_xml(&v), "true" | "1") {
+                        at.must_understand = true;
+                    }
+                    continue;
+                }
+            };
+            *slot = Some(v);
+        }
+        Ok(at)
+    }
 }
 
 fn trim_xml(s: &str) -> &str {
