@@ -52,7 +52,9 @@ fn sip_to_xmpp(c: &mut Criterion) {
             black_box(out.len())
         })
     });
-    g.bench_function("pidf_parse_only", |b| b.iter(|| parse(black_box(BODY.as_bytes()), 65536).unwrap()));
+    g.bench_function("pidf_parse_only", |b| {
+        b.iter(|| parse(black_box(BODY.as_bytes()), 65536).unwrap())
+    });
 
     let p = InPresence::from_xml(
         "<presence from='romeo@example.net/orchard' to='juliet*example.com@sip.example.net' xml:lang='en'>\
@@ -80,28 +82,4 @@ fn sip_to_xmpp(c: &mut Criterion) {
 }
 
 criterion_group!(benches, sip_to_xmpp);
-fn main() {
-    if let Ok(n) = std::env::var("PIDF_ITERS") {
-        let n: u64 = n.parse().unwrap();
-        let from = BareJid::new("juliet*example.com@sip.example.net").unwrap();
-        let to = Jid::new("romeo@example.net").unwrap();
-        let mut out = String::with_capacity(1024);
-        let mode = std::env::var("PIDF_MODE").unwrap_or_default();
-        for _ in 0..n {
-            let doc = parse(black_box(BODY.as_bytes()), 65536).unwrap();
-            if mode == "parse" { black_box(&doc); continue; }
-            let view = view_pidf(&doc, NOW);
-            let mut announced = Announced::default();
-            let stanzas = stanzas_for_pidf(&view, &mut announced, &from, &to, false);
-            out.clear();
-            for s in &stanzas {
-                s.write_xml(&mut out);
-            }
-            black_box(out.len());
-        }
-        return;
-    }
-    benches();
-    Criterion::default().configure_from_args().final_summary();
-}
-
+criterion_main!(benches);
