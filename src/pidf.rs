@@ -1330,6 +1330,42 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
     }
 
     #[test]
+    fn namespace_declarations_are_scoped() {
+        // `a` is rebound inside the tuple; the default namespace is undeclared on one note;
+        // a prefix used outside its declaring element is unknown (never matched).
+        let body = br#"<a:presence xmlns:a="urn:ietf:params:xml:ns:pidf" entity="e">
+<a:tuple id="t" xmlns:a="urn:other"><a:status><a:basic>open</a:basic></a:status></a:tuple>
+<a:tuple id="u"><a:status><b:basic xmlns:b="urn:ietf:params:xml:ns:pidf">closed</b:basic></a:status></a:tuple>
+<note xmlns="urn:ietf:params:xml:ns:pidf">kept</note><note xmlns="">dropped</note>
+<a:note><n xmlns="urn:ietf:params:xml:ns:pidf"/>x</a:note></a:presence>"#;
+        let d = parse(body, 65536).unwrap();
+        assert_eq!(d.tuples.len(), 1);
+        assert_eq!(
+            (d.tuples[0].id.as_str(), d.tuples[0].basic),
+            ("u", Basic::Closed)
+        );
+        assert_eq!(
+            d.notes,
+            vec![
+                Note {
+                    lang: None,
+                    text: "kept".into()
+                },
+                Note {
+                    lang: None,
+                    text: "x".into()
+                }
+            ]
+        );
+        let d = parse(
+            br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="e"><tuple id="t"><status><b:basic>open</b:basic></status></tuple></presence>"#,
+            65536,
+        )
+        .unwrap();
+        assert_eq!(d.tuples[0].basic, Basic::Unknown);
+    }
+
+    #[test]
     fn case_063_basic_trimmed_case_insensitive_and_flagged() {
         let d = parse(
             br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@b"><tuple id="t"><status><basic> Open </basic></status></tuple></presence>"#,
@@ -1493,7 +1529,12 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
     fn limits() {
         let body = br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="x"/>"#;
         assert_eq!(parse(body, 10), Err(PidfError::TooLarge));
-        assert!(parse(body, body.len()).is_ok());
+        assert_eq!(
+            parse(body, body.len()).map(|d| d.entity),
+            Ok("x".to_owned())
+        );
+        let bom = [&b"\xEF\xBB\xBF"[..], body].concat();
+        assert_eq!(parse(&bom, 1000).map(|d| d.entity), Ok("x".to_owned()));
         let many = format!(
             "<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='x'>{}</presence>",
             "<a/>".repeat(MAX_ELEMENTS)
