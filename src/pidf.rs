@@ -290,8 +290,8 @@ pub fn parse(body: &[u8], max_size: usize) -> Result<PidfDoc, PidfError> {
         return Err(PidfError::TooLarge);
     }
     // A plain `Reader` with our own prefix bindings: `NsReader` iterates the attributes of
-    // every start tag a second time and resolves every end tag, which cost a third of the
-    // parse. Matching is still by namespace URI, never by prefix.
+    // every start tag a second time and resolves every end tag, which we do not need.
+    // Matching is still by namespace URI, never by prefix.
     let mut reader = Reader::from_reader(body);
     let mut p = Parser {
         doc: PidfDoc {
