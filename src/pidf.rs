@@ -1,18 +1,18 @@
 //! PIDF (RFC 3863) with the data model (RFC 4479) and RPID (RFC 4480): a tolerant, bounded
 //! parser for what SIP presence servers send, and the writer for what we send (§3.1, §3.2, §4.6).
 //!
-//! The parser is a hand-driven quick-xml `NsReader` over the body bytes: elements are matched by
-//! namespace URI + local name (prefixes vary between servers), text is joined across entity
-//! references, and nothing but the five predefined entities and character references is ever
+//! The parser is a hand-driven quick-xml `Reader` over the body bytes with its own prefix
+//! bindings: elements are matched by namespace URI + local name (prefixes vary between
+//! servers), text is joined across entity references, and nothing but the five predefined entities and character references is ever
 //! expanded. A DOCTYPE is refused outright (XXE, "billion laughs", case 69).
 
 use crate::presence::XmppAggregate;
 use crate::stanza::Show;
 use crate::xml::{escape_attr, escape_text};
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::{Namespace, ResolveResult};
-use quick_xml::{NsReader, XmlVersion};
+use quick_xml::{Reader, XmlVersion};
 use sha1::{Digest, Sha1};
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 pub const NS_PIDF: &str = "urn:ietf:params:xml:ns:pidf";
@@ -65,7 +65,8 @@ pub struct Activities {
 impl Activities {
     /// RFC 4480: outside its `from`/`until` window an activities element does not apply.
     pub fn valid_at(&self, now_unix: i64) -> bool {
-        self.from.map_or(true, |f| f <= now_unix) && self.until.map_or(true, |u| u >= now_unix)
+        !matches!(self.from, Some(f) if f > now_unix)
+            && !matches!(self.until, Some(u) if u < now_unix)
     }
 }
 
@@ -125,7 +126,9 @@ impl std::fmt::Display for PidfError {
             PidfError::Doctype => f.write_str("PIDF body has a DOCTYPE (refused)"),
             PidfError::NotWellFormed(e) => write!(f, "PIDF body not well-formed: {e}"),
             PidfError::NotPidf => f.write_str("root element is not a PIDF <presence>"),
-            PidfError::TooManyElements => f.write_str("PIDF body has too many or too deeply nested elements"),
+            PidfError::TooManyElements => {
+                f.write_str("PIDF body has too many or too deeply nested elements")
+            }
         }
     }
 }
@@ -145,18 +148,45 @@ enum Ns {
     Other,
 }
 
-fn ns_of(r: &ResolveResult<'_>) -> Ns {
-    match r {
-        ResolveResult::Bound(Namespace(n)) => match *n {
-            NS_PIDF => Ns::Pidf,
-            NS_DM => Ns::Dm,
-            NS_RPID => Ns::Rpid,
-            NS_RPID_LEGACY => Ns::Legacy,
-            _ => Ns::Other,
-        },
+fn ns_of(uri: &str) -> Ns {
+    match uri {
+        NS_PIDF => Ns::Pidf,
+        NS_DM => Ns::Dm,
+        NS_RPID => Ns::Rpid,
+        NS_RPID_LEGACY => Ns::Legacy,
         _ => Ns::Other,
     }
 }
+
+/// A namespace prefix; stored inline when short (every real one is), so declarations do not
+/// allocate.
+enum PrefixName {
+    Inline([u8; 22], u8),
+    Heap(Box<str>),
+}
+
+impl PrefixName {
+    fn new(p: &str) -> PrefixName {
+        let mut buf = [0u8; 22];
+        match buf.get_mut(..p.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(p.as_bytes());
+                PrefixName::Inline(buf, p.len() as u8)
+            }
+            None => PrefixName::Heap(p.into()),
+        }
+    }
+    fn is(&self, p: &str) -> bool {
+        match self {
+            PrefixName::Inline(buf, len) => buf.get(..usize::from(*len)) == Some(p.as_bytes()),
+            PrefixName::Heap(h) => **h == *p,
+        }
+    }
+}
+
+/// One `xmlns[:prefix]` declaration in scope: (depth of the declaring element, prefix or ""
+/// for the default namespace, namespace).
+type Binding = (usize, PrefixName, Ns);
 
 /// What an open element is, for the parser's stack.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -198,6 +228,36 @@ impl Kind {
     }
 }
 
+/// The open elements; fixed size because depth is capped anyway (no allocation per parse).
+struct Stack {
+    kinds: [Kind; MAX_DEPTH],
+    len: usize,
+}
+
+impl Stack {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn last(&self) -> Option<&Kind> {
+        self.len.checked_sub(1).and_then(|i| self.kinds.get(i))
+    }
+    /// Callers check the depth limit first; a push beyond it is ignored.
+    fn push(&mut self, k: Kind) {
+        if let Some(slot) = self.kinds.get_mut(self.len) {
+            *slot = k;
+            self.len += 1;
+        }
+    }
+    fn pop(&mut self) -> Option<Kind> {
+        let k = *self.last()?;
+        self.len -= 1;
+        Some(k)
+    }
+}
+
 /// Where the activities being read belong.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Owner {
@@ -207,9 +267,10 @@ enum Owner {
 
 struct Parser {
     doc: PidfDoc,
-    stack: Vec<Kind>,
+    stack: Stack,
     /// (depth, lang) for elements carrying `xml:lang`, innermost last (inherited by notes).
     langs: Vec<(usize, String)>,
+    bindings: Vec<Binding>,
     text: String,
     tuple: Option<Tuple>,
     person: Option<Person>,
@@ -228,7 +289,10 @@ pub fn parse(body: &[u8], max_size: usize) -> Result<PidfDoc, PidfError> {
     if body.len() > max_size {
         return Err(PidfError::TooLarge);
     }
-    let mut reader = NsReader::from_reader(body);
+    // A plain `Reader` with our own prefix bindings: `NsReader` iterates the attributes of
+    // every start tag a second time and resolves every end tag, which we do not need.
+    // Matching is still by namespace URI, never by prefix.
+    let mut reader = Reader::from_reader(body);
     let mut p = Parser {
         doc: PidfDoc {
             entity: String::new(),
@@ -236,9 +300,13 @@ pub fn parse(body: &[u8], max_size: usize) -> Result<PidfDoc, PidfError> {
             person: None,
             notes: Vec::new(),
         },
-        stack: Vec::with_capacity(8),
+        stack: Stack {
+            kinds: [Kind::Other; MAX_DEPTH],
+            len: 0,
+        },
         langs: Vec::new(),
-        text: String::new(),
+        bindings: Vec::with_capacity(4),
+        text: String::with_capacity(128),
         tuple: None,
         person: None,
         person_poisoned: false,
@@ -251,25 +319,21 @@ pub fn parse(body: &[u8], max_size: usize) -> Result<PidfDoc, PidfError> {
         not_pidf: false,
     };
     loop {
-        let (ns, ev) = reader.read_resolved_event().map_err(nwf)?;
-        let ns = ns_of(&ns);
-        match ev {
-            Event::Start(e) => p.start(ns, &e)?,
+        match reader.read_event().map_err(nwf)? {
+            Event::Start(e) => p.start(&e)?,
             Event::Empty(e) => {
-                p.start(ns, &e)?;
+                p.start(&e)?;
                 p.end();
             }
             Event::End(_) => p.end(),
-            Event::Text(t) => {
-                let s = t.xml10_content();
-                p.text_event(&s)?;
-            }
+            Event::Text(t) => p.text_event(&t)?,
             Event::CData(t) => {
                 if p.stack.is_empty() {
                     return Err(nwf("CDATA outside the root element"));
                 }
-                let s = t.xml10_content();
-                p.push_text(&s);
+                if p.capturing() {
+                    p.push_text(&t.xml10_content());
+                }
             }
             Event::GeneralRef(r) => {
                 if p.stack.is_empty() {
@@ -304,66 +368,76 @@ impl Parser {
         self.langs.last().map(|(_, l)| l.clone())
     }
 
-    fn text_event(&mut self, s: &str) -> Result<(), PidfError> {
+    /// Raw text between markup: whitespace between elements is skipped without copying; only
+    /// text inside an element we read is line-end normalized and kept.
+    fn text_event(&mut self, t: &quick_xml::events::BytesText<'_>) -> Result<(), PidfError> {
         if self.stack.is_empty() {
-            if s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+            if t.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
                 return Ok(());
             }
             return Err(nwf("text outside the root element"));
         }
-        self.push_text(s);
+        if self.capturing() {
+            self.push_text(&t.xml10_content());
+        }
         Ok(())
     }
 
+    fn capturing(&self) -> bool {
+        self.stack.last().is_some_and(|k| k.captures_text())
+    }
+
     fn push_text(&mut self, s: &str) {
-        if self.stack.last().is_some_and(|k| k.captures_text()) && self.text.len() < 64 * 1024 {
+        if self.capturing() && self.text.len() < 64 * 1024 {
             self.text.push_str(s);
         }
     }
 
-    fn start(&mut self, ns: Ns, e: &BytesStart<'_>) -> Result<(), PidfError> {
+    /// The namespace of an element or its prefix, from the declarations in scope.
+    fn resolve(&self, prefix: &str) -> Ns {
+        if prefix == "xml" || prefix == "xmlns" {
+            return Ns::Other;
+        }
+        self.bindings
+            .iter()
+            .rev()
+            .find(|(_, p, _)| p.is(prefix))
+            .map_or(Ns::Other, |(_, _, ns)| *ns)
+    }
+
+    fn start(&mut self, e: &BytesStart<'_>) -> Result<(), PidfError> {
         self.elements += 1;
         if self.elements > MAX_ELEMENTS || self.stack.len() >= MAX_DEPTH {
             return Err(PidfError::TooManyElements);
         }
-        let name = e.local_name();
-        let local = name.into_inner();
-        let parent = match self.stack.last() {
-            Some(k) => *k,
-            None => {
-                if self.root_done {
-                    return Err(nwf("more than one root element"));
-                }
-                if ns != Ns::Pidf || local != "presence" {
-                    // Read on, so a broken body is reported as such rather than as "not PIDF".
-                    self.not_pidf = true;
-                    self.stack.push(Kind::Other);
-                    return Ok(());
-                }
-                let (mut entity, mut lang) = (None, None);
-                self.attrs(e, |k, v| match k {
-                    "entity" => entity = Some(v.to_owned()),
-                    "xml:lang" => lang = Some(v.to_owned()),
-                    _ => {}
-                })?;
-                self.doc.entity = entity.unwrap_or_default();
-                if let Some(l) = lang {
-                    self.langs.push((0, l));
-                }
-                self.stack.push(Kind::Presence);
-                return Ok(());
-            }
-        };
+        let parent = self.stack.last().copied();
+        if parent.is_none() && self.root_done {
+            return Err(nwf("more than one root element"));
+        }
+        // Elements inside an ignored subtree are only counted.
+        if parent == Some(Kind::Other) || parent == Some(Kind::ActivityItem) {
+            self.stack.push(Kind::Other);
+            return Ok(());
+        }
+        let at = Attrs::read(e, &mut self.bindings, self.stack.len())?;
+        let qname = e.name();
+        let (local, prefix) = qname.decompose();
+        let local = local.into_inner();
+        let ns = self.resolve(prefix.map_or("", |p| p.into_inner()));
+        if parent.is_none() && (ns != Ns::Pidf || local != "presence") {
+            // Read on, so a broken body is reported as such rather than as "not PIDF".
+            self.not_pidf = true;
+            self.stack.push(Kind::Other);
+            return Ok(());
+        }
         let kind = match (parent, ns, local) {
-            (Kind::Presence, Ns::Pidf, "tuple") => {
-                let mut id = String::new();
-                self.attrs(e, |k, v| {
-                    if k == "id" {
-                        id = v.to_owned();
-                    }
-                })?;
+            (None, _, _) => {
+                self.doc.entity = at.entity.map(|c| c.into_owned()).unwrap_or_default();
+                Kind::Presence
+            }
+            (Some(Kind::Presence), Ns::Pidf, "tuple") => {
                 self.tuple = Some(Tuple {
-                    id,
+                    id: at.id.as_deref().unwrap_or("").to_owned(),
                     basic: Basic::Unknown,
                     basic_irregular: false,
                     activities: None,
@@ -373,69 +447,63 @@ impl Parser {
                 });
                 Kind::Tuple
             }
-            (Kind::Presence, Ns::Pidf, "note") => Kind::PresenceNote,
-            (Kind::Presence, Ns::Dm, "person") if self.person.is_none() => {
+            (Some(Kind::Presence), Ns::Pidf, "note") => Kind::PresenceNote,
+            (Some(Kind::Presence), Ns::Dm, "person") if self.person.is_none() => {
                 self.person = Some(Person::default());
                 self.person_poisoned = false;
                 Kind::Person
             }
-            (Kind::Tuple, Ns::Pidf, "status") => Kind::Status,
-            (Kind::Tuple, Ns::Pidf, "contact") => {
-                let mut prio = None;
-                self.attrs(e, |k, v| {
-                    if k == "priority" {
-                        prio = parse_qvalue(v);
-                    }
-                })?;
+            (Some(Kind::Tuple), Ns::Pidf, "status") => Kind::Status,
+            (Some(Kind::Tuple), Ns::Pidf, "contact") => {
                 if let Some(t) = &mut self.tuple {
-                    t.priority_milli = prio;
+                    t.priority_milli = at.priority.as_deref().and_then(parse_qvalue);
                 }
                 Kind::Contact
             }
-            (Kind::Tuple, Ns::Pidf, "note") => Kind::TupleNote,
-            (Kind::Status, Ns::Pidf, "basic") => Kind::Basic,
-            (Kind::Tuple | Kind::Status | Kind::Person, Ns::Rpid | Ns::Legacy, "activities") => {
-                let mut acts = Activities::default();
-                self.attrs(e, |k, v| match k {
-                    "from" => acts.from = parse_datetime(v),
-                    "until" => acts.until = parse_datetime(v),
-                    _ => {}
-                })?;
-                let owner = if parent == Kind::Person { Owner::Person } else { Owner::Tuple };
+            (Some(Kind::Tuple), Ns::Pidf, "note") => Kind::TupleNote,
+            (Some(Kind::Status), Ns::Pidf, "basic") => Kind::Basic,
+            (
+                Some(p @ (Kind::Tuple | Kind::Status | Kind::Person)),
+                Ns::Rpid | Ns::Legacy,
+                "activities",
+            ) => {
+                let acts = Activities {
+                    from: at.from.as_deref().and_then(parse_datetime),
+                    until: at.until.as_deref().and_then(parse_datetime),
+                    ..Activities::default()
+                };
+                let owner = if p == Kind::Person {
+                    Owner::Person
+                } else {
+                    Owner::Tuple
+                };
                 self.acts = Some((owner, acts));
                 self.acts_poisoned = false;
                 Kind::Activities(ns == Ns::Legacy)
             }
-            (Kind::Person, Ns::Dm, "note") => Kind::PersonNote,
-            (Kind::Person, Ns::Rpid, "user-input") => {
-                let mut last = None;
-                self.attrs(e, |k, v| {
-                    if k == "last-input" {
-                        last = parse_datetime(v);
-                    }
-                })?;
-                self.user_input_last = last;
+            (Some(Kind::Person), Ns::Dm, "note") => Kind::PersonNote,
+            (Some(Kind::Person), Ns::Rpid, "user-input") => {
+                self.user_input_last = at.last_input.as_deref().and_then(parse_datetime);
                 self.user_input_poisoned = false;
                 Kind::UserInput
             }
-            (Kind::Activities(false), Ns::Rpid, "note") => Kind::ActivityNote,
-            (Kind::Activities(false), Ns::Rpid, "other") => Kind::ActivityOther,
-            (Kind::Activities(false), Ns::Rpid, name) => {
-                self.push_activity(name);
+            (Some(Kind::Activities(false)), Ns::Rpid, "note") => Kind::ActivityNote,
+            (Some(Kind::Activities(false)), Ns::Rpid, "other") => Kind::ActivityOther,
+            (Some(Kind::Activities(false)), Ns::Rpid, name) => {
+                self.push_activity(name.to_owned());
                 Kind::ActivityItem
             }
-            (Kind::Activities(true), Ns::Legacy, "activity") => Kind::LegacyActivity,
-            (Kind::Activities(true), Ns::Legacy, "note") => Kind::ActivityNote,
-            _ => {
-                if matches!(parent, Kind::Activities(_) | Kind::Person | Kind::UserInput)
-                    && must_understand(e)
-                {
+            (Some(Kind::Activities(true)), Ns::Legacy, "activity") => Kind::LegacyActivity,
+            (Some(Kind::Activities(true)), Ns::Legacy, "note") => Kind::ActivityNote,
+            (Some(parent), _, _) => {
+                if at.must_understand {
                     // §3.1: an element we must understand but do not, inside an extension we
                     // know: ignore that whole extension, never act on it partially (case 66).
                     match parent {
                         Kind::Activities(_) => self.acts_poisoned = true,
                         Kind::Person => self.person_poisoned = true,
-                        _ => self.user_input_poisoned = true,
+                        Kind::UserInput => self.user_input_poisoned = true,
+                        _ => {}
                     }
                 }
                 Kind::Other
@@ -445,51 +513,26 @@ impl Parser {
             self.text.clear();
         }
         if kind != Kind::Other {
-            let mut lang = None;
-            self.attrs(e, |k, v| {
-                if k == "xml:lang" {
-                    lang = Some(v.to_owned());
-                }
-            })?;
-            if let Some(l) = lang {
-                self.langs.push((self.stack.len(), l));
+            if let Some(l) = at.lang {
+                self.langs.push((self.stack.len(), l.into_owned()));
             }
         }
         self.stack.push(kind);
         Ok(())
     }
 
-    fn push_activity(&mut self, name: &str) {
-        if let Some((_, a)) = &mut self.acts {
-            if a.items.len() < 32 {
-                a.items.push(Activity {
-                    name: name.to_owned(),
-                    other_text: None,
-                });
-            }
-        }
-    }
-
-    /// Calls `f(qualified name, value)` for each attribute; entities in values are limited to
-    /// the predefined ones and character references.
-    fn attrs(&self, e: &BytesStart<'_>, mut f: impl FnMut(&str, &str)) -> Result<(), PidfError> {
-        for a in e.attributes() {
-            let a = a.map_err(nwf)?;
-            let v = a.normalized_value(XmlVersion::Implicit1_0).map_err(nwf)?;
-            f(a.key.into_inner(), &v);
-        }
-        Ok(())
-    }
-
-    fn take_note(&mut self) -> Option<Note> {
+    /// The note just closed at `depth`; its own `xml:lang` is moved, not copied.
+    fn take_note(&mut self, depth: usize) -> Option<Note> {
         let text = trim_xml(&self.text);
         if text.is_empty() {
             return None;
         }
-        Some(Note {
-            lang: self.lang(),
-            text: crate::xml::truncate_chars(text, MAX_STATUS_CHARS).to_owned(),
-        })
+        let text = truncate(text).to_owned();
+        let lang = match self.langs.last() {
+            Some((d, _)) if *d == depth => self.langs.pop().map(|(_, l)| l),
+            _ => self.lang(),
+        };
+        Some(Note { lang, text })
     }
 
     fn end(&mut self) {
@@ -526,26 +569,26 @@ impl Parser {
                 }
             }
             Kind::TupleNote => {
-                if let Some(n) = self.take_note() {
+                if let Some(n) = self.take_note(depth) {
                     if let Some(tu) = &mut self.tuple {
                         tu.notes.push(n);
                     }
                 }
             }
             Kind::PresenceNote => {
-                if let Some(n) = self.take_note() {
+                if let Some(n) = self.take_note(depth) {
                     self.doc.notes.push(n);
                 }
             }
             Kind::PersonNote => {
-                if let Some(n) = self.take_note() {
+                if let Some(n) = self.take_note(depth) {
                     if let Some(p) = &mut self.person {
                         p.notes.push(n);
                     }
                 }
             }
             Kind::ActivityNote => {
-                if let Some(n) = self.take_note() {
+                if let Some(n) = self.take_note(depth) {
                     if let Some((_, a)) = &mut self.acts {
                         a.notes.push(n);
                     }
@@ -553,7 +596,7 @@ impl Parser {
             }
             Kind::ActivityOther => {
                 let t = trim_xml(&self.text);
-                let t = crate::xml::truncate_chars(t, MAX_STATUS_CHARS);
+                let t = truncate(t);
                 if let Some((_, a)) = &mut self.acts {
                     a.items.push(Activity {
                         name: "other".to_owned(),
@@ -565,7 +608,7 @@ impl Parser {
                 let t = trim_xml(&self.text).to_owned();
                 if !t.is_empty() {
                     self.text.clear();
-                    self.push_activity_owned(t);
+                    self.push_activity(t);
                 }
             }
             Kind::UserInput => {
@@ -616,22 +659,91 @@ impl Parser {
         while self.langs.last().is_some_and(|(d, _)| *d >= depth) {
             self.langs.pop();
         }
+        while self.bindings.last().is_some_and(|(d, _, _)| *d >= depth) {
+            self.bindings.pop();
+        }
     }
 
-    fn push_activity_owned(&mut self, name: String) {
+    fn push_activity(&mut self, name: String) {
         if let Some((_, a)) = &mut self.acts {
             if a.items.len() < 32 {
-                a.items.push(Activity { name, other_text: None });
+                a.items.push(Activity {
+                    name,
+                    other_text: None,
+                });
             }
         }
     }
 }
 
-fn must_understand(e: &BytesStart<'_>) -> bool {
-    e.attributes().flatten().any(|a| {
-        a.key.local_name().into_inner() == "mustUnderstand"
-            && matches!(trim_xml(&a.value), "true" | "1")
-    })
+/// The attributes the parser looks at, read in one pass; values borrow from the input unless
+/// they contain references. Entities in values are limited to the predefined ones and
+/// character references.
+#[derive(Default)]
+struct Attrs<'e> {
+    entity: Option<Cow<'e, str>>,
+    id: Option<Cow<'e, str>>,
+    priority: Option<Cow<'e, str>>,
+    from: Option<Cow<'e, str>>,
+    until: Option<Cow<'e, str>>,
+    last_input: Option<Cow<'e, str>>,
+    lang: Option<Cow<'e, str>>,
+    must_understand: bool,
+}
+
+impl<'e> Attrs<'e> {
+    /// Also records the element's namespace declarations in `bindings` at `depth`.
+    fn read(
+        e: &'e BytesStart<'_>,
+        bindings: &mut Vec<Binding>,
+        depth: usize,
+    ) -> Result<Attrs<'e>, PidfError> {
+        let mut at = Attrs::default();
+        if e.attributes_raw().bytes().all(|b| b.is_ascii_whitespace()) {
+            return Ok(at);
+        }
+        // Without the duplicate check, which allocates per element (a repeated attribute is
+        // not well-formed, but the last value winning is harmless here).
+        for a in e.attributes().with_checks(false) {
+            let a = a.map_err(nwf)?;
+            let v = a.normalized_value(XmlVersion::Implicit1_0).map_err(nwf)?;
+            let slot = match a.key.into_inner() {
+                "entity" => &mut at.entity,
+                "id" => &mut at.id,
+                "priority" => &mut at.priority,
+                "from" => &mut at.from,
+                "until" => &mut at.until,
+                "last-input" => &mut at.last_input,
+                // The `xml` prefix is bound to the XML namespace by definition.
+                "xml:lang" => &mut at.lang,
+                "xmlns" => {
+                    bindings.push((depth, PrefixName::new(""), ns_of(&v)));
+                    continue;
+                }
+                k => {
+                    if let Some(prefix) = k.strip_prefix("xmlns:") {
+                        bindings.push((depth, PrefixName::new(prefix), ns_of(&v)));
+                    } else if a.key.local_name().into_inner() == "mustUnderstand"
+                        && matches!(trim_xml(&v), "true" | "1")
+                    {
+                        at.must_understand = true;
+                    }
+                    continue;
+                }
+            };
+            *slot = Some(v);
+        }
+        Ok(at)
+    }
+}
+
+/// ◆ 1024 characters at most; byte length bounds char count, so short text is not scanned.
+pub(crate) fn truncate(s: &str) -> &str {
+    if s.len() <= MAX_STATUS_CHARS {
+        s
+    } else {
+        crate::xml::truncate_chars(s, MAX_STATUS_CHARS)
+    }
 }
 
 fn trim_xml(s: &str) -> &str {
@@ -678,7 +790,8 @@ pub fn parse_datetime(s: &str) -> Option<i64> {
     };
     // Year may have more than 4 digits and a leading '-'; presence documents never do.
     let year = num(0..4)?;
-    if s.get(4) != Some(&b'-') || s.get(7) != Some(&b'-') || !matches!(s.get(10), Some(b'T' | b't')) {
+    if s.get(4) != Some(&b'-') || s.get(7) != Some(&b'-') || !matches!(s.get(10), Some(b'T' | b't'))
+    {
         return None;
     }
     let month = num(5..7)?;
@@ -775,7 +888,7 @@ fn write_note(indent: &str, lang: Option<&str>, text: &str, out: &mut String) {
         out.push('"');
     }
     out.push('>');
-    escape_text(out, crate::xml::truncate_chars(text, MAX_STATUS_CHARS));
+    escape_text(out, truncate(text));
     out.push_str("</note>");
 }
 
@@ -1027,7 +1140,8 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
         agg
     }
 
-    const ORCHARD_TUPLE: &str = "  <tuple id=\"ID-orchard\">\n    <status><basic>open</basic></status>\n    \
+    const ORCHARD_TUPLE: &str =
+        "  <tuple id=\"ID-orchard\">\n    <status><basic>open</basic></status>\n    \
         <contact priority=\"0.05\">sip:romeo*example.net@xmpp.example.com</contact>\n  </tuple>\n";
 
     #[test]
@@ -1102,7 +1216,12 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
         assert!(feed(&mut agg, c));
         assert_eq!(doc(&agg), plain_open("ID-orchard", ""));
         // Non-presence types change nothing.
-        assert!(!agg.apply(Some("orchard"), PresenceType::Probe, &Default::default(), None));
+        assert!(!agg.apply(
+            Some("orchard"),
+            PresenceType::Probe,
+            &Default::default(),
+            None
+        ));
     }
 
     #[test]
@@ -1131,7 +1250,10 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
         feed(&mut agg, "<presence from='romeo@example.net/b' to='j@sip.example.net'><show>xa</show></presence>");
         assert_eq!(agg.top().map(|(r, _)| r), Some("b"));
         // Bare-JID unavailable ends every resource.
-        assert!(feed(&mut agg, "<presence from='romeo@example.net' to='j@sip.example.net' type='unavailable'/>"));
+        assert!(feed(
+            &mut agg,
+            "<presence from='romeo@example.net' to='j@sip.example.net' type='unavailable'/>"
+        ));
         assert!(!agg.is_available());
     }
 
@@ -1166,11 +1288,17 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
                     activities: None,
                     priority_milli: Some(800),
                     contact: Some("sip:juliet@ua7.example.com".into()),
-                    notes: vec![Note { lang: Some("en".into()), text: "On the balcony".into() }],
+                    notes: vec![Note {
+                        lang: Some("en".into()),
+                        text: "On the balcony".into()
+                    }],
                 }],
                 person: Some(Person {
                     activities: Some(Activities {
-                        items: vec![Activity { name: "on-the-phone".into(), other_text: None }],
+                        items: vec![Activity {
+                            name: "on-the-phone".into(),
+                            other_text: None
+                        }],
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -1192,7 +1320,49 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
         assert_eq!(d.tuples[0].basic, Basic::Closed);
         let p = d.person.unwrap();
         assert_eq!(p.activities.unwrap().items[0].name, "busy");
-        assert_eq!(p.notes, vec![Note { lang: None, text: "x".into() }]);
+        assert_eq!(
+            p.notes,
+            vec![Note {
+                lang: None,
+                text: "x".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn namespace_declarations_are_scoped() {
+        // `a` is rebound inside the tuple; the default namespace is undeclared on one note;
+        // a prefix used outside its declaring element is unknown (never matched).
+        let body = br#"<a:presence xmlns:a="urn:ietf:params:xml:ns:pidf" entity="e">
+<a:tuple id="t" xmlns:a="urn:other"><a:status><a:basic>open</a:basic></a:status></a:tuple>
+<a:tuple id="u"><a:status><b:basic xmlns:b="urn:ietf:params:xml:ns:pidf">closed</b:basic></a:status></a:tuple>
+<note xmlns="urn:ietf:params:xml:ns:pidf">kept</note><note xmlns="">dropped</note>
+<a:note><n xmlns="urn:ietf:params:xml:ns:pidf"/>x</a:note></a:presence>"#;
+        let d = parse(body, 65536).unwrap();
+        assert_eq!(d.tuples.len(), 1);
+        assert_eq!(
+            (d.tuples[0].id.as_str(), d.tuples[0].basic),
+            ("u", Basic::Closed)
+        );
+        assert_eq!(
+            d.notes,
+            vec![
+                Note {
+                    lang: None,
+                    text: "kept".into()
+                },
+                Note {
+                    lang: None,
+                    text: "x".into()
+                }
+            ]
+        );
+        let d = parse(
+            br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="e"><tuple id="t"><status><b:basic>open</b:basic></status></tuple></presence>"#,
+            65536,
+        )
+        .unwrap();
+        assert_eq!(d.tuples[0].basic, Basic::Unknown);
     }
 
     #[test]
@@ -1202,14 +1372,23 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
             65536,
         )
         .unwrap();
-        assert_eq!((d.tuples[0].basic, d.tuples[0].basic_irregular), (Basic::Open, true));
+        assert_eq!(
+            (d.tuples[0].basic, d.tuples[0].basic_irregular),
+            (Basic::Open, true)
+        );
         let d = parse(
             br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@b"><tuple id="t"><status><basic>maybe</basic></status></tuple><tuple id="u"><status/></tuple></presence>"#,
             65536,
         )
         .unwrap();
-        assert_eq!((d.tuples[0].basic, d.tuples[0].basic_irregular), (Basic::Unknown, true));
-        assert_eq!((d.tuples[1].basic, d.tuples[1].basic_irregular), (Basic::Unknown, false));
+        assert_eq!(
+            (d.tuples[0].basic, d.tuples[0].basic_irregular),
+            (Basic::Unknown, true)
+        );
+        assert_eq!(
+            (d.tuples[1].basic, d.tuples[1].basic_irregular),
+            (Basic::Unknown, false)
+        );
     }
 
     #[test]
@@ -1222,7 +1401,10 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
         assert_eq!(
             d.tuples[0].activities,
             Some(Activities {
-                items: vec![Activity { name: "away".into(), other_text: None }],
+                items: vec![Activity {
+                    name: "away".into(),
+                    other_text: None
+                }],
                 ..Default::default()
             })
         );
@@ -1241,15 +1423,27 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
         assert_eq!(
             p.activities,
             Some(Activities {
-                items: vec![Activity { name: "other".into(), other_text: Some("At the <gym>".into()) }],
-                notes: vec![Note { lang: Some("en".into()), text: "n".into() }],
+                items: vec![Activity {
+                    name: "other".into(),
+                    other_text: Some("At the <gym>".into())
+                }],
+                notes: vec![Note {
+                    lang: Some("en".into()),
+                    text: "n".into()
+                }],
                 from: Some(1795669200),
                 until: Some(1795672800),
             })
         );
         assert_eq!((p.user_input_idle, p.last_input), (Some(true), Some(86400)));
         // Presence-level note inherits the root's xml:lang.
-        assert_eq!(d.notes, vec![Note { lang: Some("fr".into()), text: "Salut".into() }]);
+        assert_eq!(
+            d.notes,
+            vec![Note {
+                lang: Some("fr".into()),
+                text: "Salut".into()
+            }]
+        );
     }
 
     #[test]
@@ -1287,7 +1481,13 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
             65536,
         )
         .unwrap();
-        assert_eq!(d.tuples[0].notes, vec![Note { lang: Some("ja".into()), text: "会議中 🎌".into() }]);
+        assert_eq!(
+            d.tuples[0].notes,
+            vec![Note {
+                lang: Some("ja".into()),
+                text: "会議中 🎌".into()
+            }]
+        );
     }
 
     #[test]
@@ -1309,7 +1509,10 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
                 parse(body, 65536)
             );
         }
-        assert_eq!(parse(b"<presence><tuple/></presence>", 65536), Err(PidfError::NotPidf));
+        assert_eq!(
+            parse(b"<presence><tuple/></presence>", 65536),
+            Err(PidfError::NotPidf)
+        );
         assert_eq!(
             parse(b"<x:presence xmlns:x='urn:other'/>", 65536),
             Err(PidfError::NotPidf)
@@ -1326,18 +1529,29 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
     fn limits() {
         let body = br#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="x"/>"#;
         assert_eq!(parse(body, 10), Err(PidfError::TooLarge));
-        assert!(parse(body, body.len()).is_ok());
+        assert_eq!(
+            parse(body, body.len()).map(|d| d.entity),
+            Ok("x".to_owned())
+        );
+        let bom = [&b"\xEF\xBB\xBF"[..], body].concat();
+        assert_eq!(parse(&bom, 1000).map(|d| d.entity), Ok("x".to_owned()));
         let many = format!(
             "<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='x'>{}</presence>",
             "<a/>".repeat(MAX_ELEMENTS)
         );
-        assert_eq!(parse(many.as_bytes(), 1 << 20), Err(PidfError::TooManyElements));
+        assert_eq!(
+            parse(many.as_bytes(), 1 << 20),
+            Err(PidfError::TooManyElements)
+        );
         let deep = format!(
             "<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='x'>{}{}</presence>",
             "<a>".repeat(MAX_DEPTH),
             "</a>".repeat(MAX_DEPTH)
         );
-        assert_eq!(parse(deep.as_bytes(), 1 << 20), Err(PidfError::TooManyElements));
+        assert_eq!(
+            parse(deep.as_bytes(), 1 << 20),
+            Err(PidfError::TooManyElements)
+        );
     }
 
     #[test]
@@ -1351,8 +1565,14 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
         assert_eq!(parse_qvalue("0.x"), None);
         assert_eq!(parse_datetime("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_datetime("2000-03-01T00:00:00"), Some(951868800));
-        assert_eq!(parse_datetime("2026-11-26T06:44:22+01:00"), Some(1795671862));
-        assert_eq!(parse_datetime("2026-11-26T05:44:22.123-00:30"), Some(1795671862 + 1800));
+        assert_eq!(
+            parse_datetime("2026-11-26T06:44:22+01:00"),
+            Some(1795671862)
+        );
+        assert_eq!(
+            parse_datetime("2026-11-26T05:44:22.123-00:30"),
+            Some(1795671862 + 1800)
+        );
         assert_eq!(parse_datetime("2026-11-26 05:44:22Z"), None);
         assert_eq!(parse_datetime("2026-13-26T05:44:22Z"), None);
         assert_eq!(parse_datetime("2026-11-26T05:44:22Zjunk"), None);

@@ -4,9 +4,8 @@
 //! Both sides keep only what they must: [`Announced`] remembers a 64-bit fingerprint of the last
 //! stanza per resource (for duplicate suppression), not the stanza itself.
 
-use crate::pidf::{sha1_hex16, Activities, Basic, Note, PidfDoc, MAX_STATUS_CHARS};
+use crate::pidf::{sha1_hex16, Activities, Basic, Note, PidfDoc};
 use crate::stanza::{Availability, BareJid, Jid, OutPresence, PresenceType, Show, Status};
-use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
 /// One PIDF tuple as XMPP sees it.
@@ -74,7 +73,7 @@ fn statuses_from(notes: &[Note]) -> Vec<Status> {
         }
         out.push(Status {
             lang: n.lang.clone(),
-            text: crate::xml::truncate_chars(text, MAX_STATUS_CHARS).to_owned(),
+            text: crate::pidf::truncate(text).to_owned(),
         });
     }
     out
@@ -123,15 +122,24 @@ pub fn view_pidf(doc: &PidfDoc, now_unix: i64) -> Vec<TupleView> {
             .into_iter()
             .flat_map(|a| a.items.iter())
             .filter_map(|a| a.other_text.as_ref())
-            .map(|t| Note { lang: None, text: t.clone() })
+            .map(|t| Note {
+                lang: None,
+                text: t.clone(),
+            })
             .take(1)
             .collect();
         let acts_notes: &[Note] = acts.map_or(&[], |a| &a.notes);
-        let statuses = [&t.notes[..], person_notes, &doc.notes[..], &other[..], acts_notes]
-            .into_iter()
-            .map(statuses_from)
-            .find(|s| !s.is_empty())
-            .unwrap_or_default();
+        let statuses = [
+            &t.notes[..],
+            person_notes,
+            &doc.notes[..],
+            &other[..],
+            acts_notes,
+        ]
+        .into_iter()
+        .map(statuses_from)
+        .find(|s| !s.is_empty())
+        .unwrap_or_default();
         let show = acts.and_then(strongest).or(idle_show).or_else(|| {
             if acts.is_none() {
                 statuses.first().and_then(|s| note_show(&s.text))
@@ -142,7 +150,11 @@ pub fn view_pidf(doc: &PidfDoc, now_unix: i64) -> Vec<TupleView> {
         let priority = t.priority_milli.map(|m| ((m.min(1000) + 5) / 10) as i8);
         let view = TupleView {
             resource: resource_name(&t.id),
-            state: Availability { show, statuses, priority },
+            state: Availability {
+                show,
+                statuses,
+                priority,
+            },
             basic: t.basic,
         };
         match out.iter_mut().find(|v| v.resource == view.resource) {
@@ -154,8 +166,45 @@ pub fn view_pidf(doc: &PidfDoc, now_unix: i64) -> Vec<TupleView> {
     out
 }
 
+/// A 64-bit multiply-rotate hash (FxHash style): fingerprints our own stanza contents for
+/// duplicate suppression, where SipHash's flood resistance buys nothing and costs a third
+/// of `stanzas_for_pidf`.
+struct Fx(u64);
+
+impl Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let mut w = [0u8; 8];
+        let rest = chunks.remainder();
+        if let Some(dst) = w.get_mut(..rest.len()) {
+            dst.copy_from_slice(rest);
+        }
+        self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Fx {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
 fn fingerprint<T: Hash>(t: &T) -> u64 {
-    let mut h = DefaultHasher::new();
+    let mut h = Fx(0);
     t.hash(&mut h);
     h.finish()
 }
@@ -185,7 +234,10 @@ fn full_jid(bare: &BareJid, resource: &str) -> Option<Jid> {
     match bare.with_resource_str(resource) {
         Ok(f) => Some(Jid::from(f)),
         // A resource that is not a valid resourcepart gets the hashed form (§5.3 step 3).
-        Err(_) => bare.with_resource_str(&hashed_resource(resource)).ok().map(Jid::from),
+        Err(_) => bare
+            .with_resource_str(&hashed_resource(resource))
+            .ok()
+            .map(Jid::from),
     }
 }
 
@@ -200,14 +252,22 @@ pub fn stanzas_for_pidf(
 ) -> Vec<OutPresence> {
     let mut out = Vec::new();
     let had_announced = !announced.resources.is_empty();
-    let is_open = |r: &str| doc_view.iter().any(|v| v.basic == Basic::Open && v.resource == r);
+    let is_open = |r: &str| {
+        doc_view
+            .iter()
+            .any(|v| v.basic == Basic::Open && v.resource == r)
+    };
     // Resources gone, closed or unknown: unavailable first.
     announced.resources.retain(|(r, _)| {
         if is_open(r) {
             return true;
         }
         if let Some(from) = full_jid(from_bare, r) {
-            out.push(OutPresence::new(from, to.clone(), PresenceType::Unavailable));
+            out.push(OutPresence::new(
+                from,
+                to.clone(),
+                PresenceType::Unavailable,
+            ));
         }
         false
     });
@@ -215,11 +275,16 @@ pub fn stanzas_for_pidf(
     for v in doc_view.iter().filter(|v| v.basic == Basic::Open) {
         any_open = true;
         let fp = fingerprint(&v.state);
-        let slot = announced.resources.iter_mut().find(|(r, _)| **r == *v.resource);
+        let slot = announced
+            .resources
+            .iter_mut()
+            .find(|(r, _)| **r == *v.resource);
         if !probe && slot.as_ref().is_some_and(|(_, f)| *f == fp) {
             continue;
         }
-        let Some(from) = full_jid(from_bare, &v.resource) else { continue };
+        let Some(from) = full_jid(from_bare, &v.resource) else {
+            continue;
+        };
         match slot {
             Some(s) => s.1 = fp,
             None => announced.resources.push((v.resource.as_str().into(), fp)),
@@ -244,8 +309,16 @@ pub fn stanzas_for_pidf(
     let fp = fingerprint(&statuses);
     if probe || (!had_announced && announced.offline != Some(fp)) {
         out.push(OutPresence {
-            body: Availability { show: None, statuses, priority: None },
-            ..OutPresence::new(Jid::from(from_bare.clone()), to.clone(), PresenceType::Unavailable)
+            body: Availability {
+                show: None,
+                statuses,
+                priority: None,
+            },
+            ..OutPresence::new(
+                Jid::from(from_bare.clone()),
+                to.clone(),
+                PresenceType::Unavailable,
+            )
         });
     }
     announced.offline = Some(fp);
@@ -253,7 +326,11 @@ pub fn stanzas_for_pidf(
 }
 
 /// Cases 24 / 78: `unavailable` from every announced resource; forgets them.
-pub fn unavailable_for_announced(announced: &mut Announced, from_bare: &BareJid, to: &Jid) -> Vec<OutPresence> {
+pub fn unavailable_for_announced(
+    announced: &mut Announced,
+    from_bare: &BareJid,
+    to: &Jid,
+) -> Vec<OutPresence> {
     let out = announced
         .resources
         .iter()
@@ -303,7 +380,7 @@ fn normalize(body: &Availability, lang: Option<&str>) -> Availability {
         }
         statuses.push(Status {
             lang: l.map(str::to_owned),
-            text: crate::xml::truncate_chars(&s.text, MAX_STATUS_CHARS).to_owned(),
+            text: crate::pidf::truncate(&s.text).to_owned(),
         });
     }
     Availability {
@@ -321,7 +398,13 @@ impl XmppAggregate {
     /// Applies an available/unavailable presence from resource `resource` (None = bare JID).
     /// `lang` is the stanza's `xml:lang`. Returns true if the resulting PIDF would change;
     /// other presence types change nothing.
-    pub fn apply(&mut self, resource: Option<&str>, kind: PresenceType, body: &Availability, lang: Option<&str>) -> bool {
+    pub fn apply(
+        &mut self,
+        resource: Option<&str>,
+        kind: PresenceType,
+        body: &Availability,
+        lang: Option<&str>,
+    ) -> bool {
         let name = resource.unwrap_or("");
         match kind {
             PresenceType::Available => {
@@ -343,7 +426,9 @@ impl XmppAggregate {
                 let at = self
                     .entries
                     .iter()
-                    .position(|x| x.prio() < e.prio() || (x.prio() == e.prio() && *x.resource > *e.resource))
+                    .position(|x| {
+                        x.prio() < e.prio() || (x.prio() == e.prio() && *x.resource > *e.resource)
+                    })
                     .unwrap_or(self.entries.len());
                 self.entries.insert(at, e);
                 self.offline.clear();
@@ -391,5 +476,363 @@ impl XmppAggregate {
     /// Statuses of the last `unavailable` once nothing is available.
     pub fn offline_statuses(&self) -> &[Status] {
         &self.offline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pidf::parse;
+
+    const NOW: i64 = 1_795_671_862; // 2026-11-26T05:44:22Z
+
+    fn s_bare() -> BareJid {
+        BareJid::new("juliet*example.com@sip.example.net").unwrap()
+    }
+    fn romeo() -> Jid {
+        Jid::new("romeo@example.net").unwrap()
+    }
+
+    fn run(body: &str, announced: &mut Announced, probe: bool) -> Vec<String> {
+        let doc = parse(body.as_bytes(), 65536).unwrap();
+        let view = view_pidf(&doc, NOW);
+        stanzas_for_pidf(&view, announced, &s_bare(), &romeo(), probe)
+            .iter()
+            .map(OutPresence::to_xml)
+            .collect()
+    }
+
+    const SPEC_4_2: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf"
+          xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
+          xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid"
+          entity="pres:juliet@example.com">
+  <tuple id="t-desk">
+    <status><basic>open</basic></status>
+    <contact priority="0.8">sip:juliet@ua7.example.com</contact>
+    <note xml:lang="en">On the balcony</note>
+  </tuple>
+  <dm:person id="p1">
+    <rpid:activities><rpid:on-the-phone/></rpid:activities>
+  </dm:person>
+</presence>"#;
+
+    const T_DESK_DND: &str = "<presence from='juliet*example.com@sip.example.net/t-desk' to='romeo@example.net'>\
+        <show>dnd</show><status xml:lang='en'>On the balcony</status><priority>80</priority></presence>";
+
+    #[test]
+    fn case_021_active_notify_pidf_gives_dnd_status_priority_80() {
+        let mut a = Announced::default();
+        assert_eq!(run(SPEC_4_2, &mut a, false), [T_DESK_DND]);
+        assert_eq!(a.resources().collect::<Vec<_>>(), ["t-desk"]);
+    }
+
+    #[test]
+    fn case_022_identical_notify_is_deduplicated() {
+        let mut a = Announced::default();
+        run(SPEC_4_2, &mut a, false);
+        assert_eq!(run(SPEC_4_2, &mut a, false), Vec::<String>::new());
+        // A probe answer repeats the cached presence (case 26).
+        assert_eq!(run(SPEC_4_2, &mut a, true), [T_DESK_DND]);
+        // A change is sent.
+        let changed = SPEC_4_2.replace("0.8", "0.75");
+        assert_eq!(
+            run(&changed, &mut a, false),
+            [T_DESK_DND.replace(">80<", ">75<")]
+        );
+    }
+
+    #[test]
+    fn case_024_unavailable_for_every_announced_resource() {
+        let mut a = Announced::default();
+        run(SPEC_4_2, &mut a, false);
+        let out: Vec<String> = unavailable_for_announced(&mut a, &s_bare(), &romeo())
+            .iter()
+            .map(OutPresence::to_xml)
+            .collect();
+        assert_eq!(
+            out,
+            ["<presence from='juliet*example.com@sip.example.net/t-desk' to='romeo@example.net' type='unavailable'/>"]
+        );
+        assert!(a.is_empty());
+        assert!(unavailable_for_announced(&mut a, &s_bare(), &romeo()).is_empty());
+    }
+
+    const MULTI: &str = r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
+          xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" entity="sip:juliet@example.com">
+  <tuple id="t-desk"><status><basic>closed</basic></status></tuple>
+  <tuple id="ID-mobile"><status><basic>open</basic></status>
+    <contact priority="0.3">sip:juliet@198.51.100.7</contact></tuple>
+  <dm:person id="p"><rpid:activities><rpid:meeting/></rpid:activities>
+    <dm:note>In a meeting until 3</dm:note></dm:person>
+</presence>"#;
+
+    #[test]
+    fn case_061_two_tuples_closed_announced_and_open_mobile() {
+        let mut a = Announced::default();
+        run(SPEC_4_2, &mut a, false); // t-desk announced
+        assert_eq!(
+            run(MULTI, &mut a, false),
+            [
+                "<presence from='juliet*example.com@sip.example.net/t-desk' to='romeo@example.net' type='unavailable'/>",
+                "<presence from='juliet*example.com@sip.example.net/mobile' to='romeo@example.net'>\
+                 <show>dnd</show><status>In a meeting until 3</status><priority>30</priority></presence>",
+            ]
+        );
+        assert_eq!(a.resources().collect::<Vec<_>>(), ["mobile"]);
+    }
+
+    #[test]
+    fn case_062_unknown_basic_is_never_online() {
+        let body = r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
+            xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" entity="sip:juliet@example.com">
+            <tuple id="t1"><status/></tuple>
+            <dm:person><rpid:activities><rpid:away/></rpid:activities></dm:person></presence>"#;
+        let mut a = Announced::default();
+        let bare_unavail =
+            "<presence from='juliet*example.com@sip.example.net' to='romeo@example.net' type='unavailable'/>";
+        assert_eq!(run(body, &mut a, false), [bare_unavail]);
+        // Not repeated for the same state, but repeated for a probe.
+        assert_eq!(run(body, &mut a, false), Vec::<String>::new());
+        assert_eq!(run(body, &mut a, true), [bare_unavail]);
+    }
+
+    #[test]
+    fn closed_with_note_gives_bare_unavailable_with_status() {
+        let body = r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:juliet@example.com">
+            <tuple id="ID-offline"><status><basic>closed</basic></status><note>Gone to Mantua</note></tuple></presence>"#;
+        let mut a = Announced::default();
+        assert_eq!(
+            run(body, &mut a, false),
+            ["<presence from='juliet*example.com@sip.example.net' to='romeo@example.net' type='unavailable'>\
+              <status>Gone to Mantua</status></presence>"]
+        );
+        // After going online and back offline: per-resource unavailable only.
+        run(SPEC_4_2, &mut a, false);
+        assert_eq!(
+            run(body, &mut a, false),
+            ["<presence from='juliet*example.com@sip.example.net/t-desk' to='romeo@example.net' type='unavailable'/>"]
+        );
+        assert_eq!(run(body, &mut a, false), Vec::<String>::new());
+    }
+
+    #[test]
+    fn case_063_basic_with_spaces_and_capital_is_open() {
+        let body = r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:juliet@example.com"><tuple id="t"><status><basic> Open </basic></status></tuple></presence>"#;
+        let mut a = Announced::default();
+        assert_eq!(
+            run(body, &mut a, false),
+            ["<presence from='juliet*example.com@sip.example.net/t' to='romeo@example.net'/>"]
+        );
+    }
+
+    #[test]
+    fn case_064_legacy_activity_gives_away() {
+        let body = r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:es="urn:ietf:params:xml:ns:pidf:status:rpid-status" entity="sip:juliet@example.com"><tuple id="t"><status><basic>open</basic><es:activities><es:activity>away</es:activity></es:activities></status></tuple></presence>"#;
+        let mut a = Announced::default();
+        assert_eq!(
+            run(body, &mut a, false),
+            ["<presence from='juliet*example.com@sip.example.net/t' to='romeo@example.net'><show>away</show></presence>"]
+        );
+    }
+
+    #[test]
+    fn case_065_expired_vacation_is_ignored() {
+        let body = r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" entity="sip:juliet@example.com"><tuple id="t"><status><basic>open</basic></status></tuple><dm:person><rpid:activities until="2026-11-26T05:00:00Z"><rpid:vacation/></rpid:activities></dm:person></presence>"#;
+        let mut a = Announced::default();
+        assert_eq!(
+            run(body, &mut a, false),
+            ["<presence from='juliet*example.com@sip.example.net/t' to='romeo@example.net'/>"]
+        );
+        // Still valid (until in the future): xa. Starting in the future: ignored.
+        let valid = body.replace("05:00:00Z", "07:00:00Z");
+        assert_eq!(
+            run(&valid, &mut Announced::default(), false),
+            ["<presence from='juliet*example.com@sip.example.net/t' to='romeo@example.net'><show>xa</show></presence>"]
+        );
+        let future = body.replace(
+            "until=\"2026-11-26T05:00:00Z\"",
+            "from=\"2026-11-26T07:00:00Z\"",
+        );
+        assert_eq!(
+            run(&future, &mut Announced::default(), false),
+            ["<presence from='juliet*example.com@sip.example.net/t' to='romeo@example.net'/>"]
+        );
+    }
+
+    #[test]
+    fn case_066_must_understand_drops_activities() {
+        let body = r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" xmlns:x="urn:example:x" entity="sip:juliet@example.com"><tuple id="t"><status><basic>open</basic></status></tuple><dm:person><rpid:activities><x:foo mustUnderstand="true"/><rpid:away/></rpid:activities></dm:person></presence>"#;
+        assert_eq!(
+            run(body, &mut Announced::default(), false),
+            ["<presence from='juliet*example.com@sip.example.net/t' to='romeo@example.net'/>"]
+        );
+    }
+
+    #[test]
+    fn case_067_japanese_and_emoji_status_byte_exact() {
+        let body = r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:juliet@example.com"><tuple id="t"><status><basic>open</basic></status><note xml:lang="ja">会議中 🎌</note></tuple></presence>"#;
+        let out = run(body, &mut Announced::default(), false);
+        assert_eq!(
+            out,
+            [
+                "<presence from='juliet*example.com@sip.example.net/t' to='romeo@example.net'>\
+              <status xml:lang='ja'>会議中 🎌</status></presence>"
+            ]
+        );
+        assert!(out[0].as_bytes().windows(4).any(|w| w == "🎌".as_bytes()));
+    }
+
+    #[test]
+    fn cases_068_069_bad_bodies_produce_no_view() {
+        // The caller keeps the previous state: nothing reaches the mapping.
+        assert!(matches!(
+            parse(b"<presence><tuple>", 65536),
+            Err(crate::pidf::PidfError::NotWellFormed(_))
+        ));
+        assert_eq!(
+            parse(b"<!DOCTYPE x [<!ENTITY a \"b\">]><presence/>", 65536),
+            Err(crate::pidf::PidfError::Doctype)
+        );
+    }
+
+    fn view_of(body: &str) -> Vec<TupleView> {
+        view_pidf(&parse(body.as_bytes(), 65536).unwrap(), NOW)
+    }
+
+    #[test]
+    fn strongest_activity_class_wins_and_tuple_overrides_person() {
+        let v = view_of(
+            r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:r="urn:ietf:params:xml:ns:pidf:rpid" entity="e">
+            <tuple id="a"><status><basic>open</basic></status></tuple>
+            <tuple id="b"><status><basic>open</basic><r:activities><r:meal/></r:activities></status></tuple>
+            <dm:person><r:activities><r:meal/><r:sleeping/><r:working/></r:activities></dm:person></presence>"#,
+        );
+        assert_eq!(v[0].state.show, Some(Show::Xa));
+        assert_eq!(v[1].state.show, Some(Show::Away));
+    }
+
+    #[test]
+    fn user_input_idle_and_note_fallback() {
+        let idle = |last: &str| {
+            view_of(&format!(
+                r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:r="urn:ietf:params:xml:ns:pidf:rpid" entity="e">
+                <tuple id="a"><status><basic>open</basic></status></tuple>
+                <dm:person><r:user-input{last}>idle</r:user-input></dm:person></presence>"#
+            ))[0]
+                .state
+                .show
+        };
+        assert_eq!(idle(""), Some(Show::Away));
+        assert_eq!(
+            idle(" last-input=\"2026-11-26T05:40:00Z\""),
+            Some(Show::Away)
+        );
+        assert_eq!(idle(" last-input=\"2026-11-26T05:00:00Z\""), Some(Show::Xa));
+        let note = |n: &str| {
+            view_of(&format!(
+                r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="e"><tuple id="a"><status><basic>open</basic></status><note>{n}</note></tuple></presence>"#
+            ))[0]
+                .state
+                .show
+        };
+        assert_eq!(note("Away"), Some(Show::Away));
+        assert_eq!(note("On the phone"), Some(Show::Dnd));
+        assert_eq!(note("DND"), Some(Show::Dnd));
+        assert_eq!(note("Lunch"), None);
+    }
+
+    #[test]
+    fn status_precedence_and_languages() {
+        let v = view_of(
+            r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:r="urn:ietf:params:xml:ns:pidf:rpid" entity="e">
+            <tuple id="a"><status><basic>open</basic></status></tuple>
+            <tuple id="b"><status><basic>open</basic></status><note xml:lang="en">t1</note><note xml:lang="en">t2</note><note xml:lang="de">t3</note></tuple>
+            <note>presence-level</note>
+            <dm:person><r:activities><r:note>act note</r:note><r:other>other text</r:other></r:activities></dm:person></presence>"#,
+        );
+        assert_eq!(
+            v[0].state.statuses,
+            vec![Status::new(None, "presence-level")]
+        );
+        assert_eq!(
+            v[1].state.statuses,
+            vec![Status::new(Some("en"), "t1"), Status::new(Some("de"), "t3")]
+        );
+        let v = view_of(
+            r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:r="urn:ietf:params:xml:ns:pidf:rpid" entity="e">
+            <tuple id="a"><status><basic>open</basic></status></tuple>
+            <dm:person><r:activities><r:note>act note</r:note><r:other>other text</r:other></r:activities></dm:person></presence>"#,
+        );
+        assert_eq!(v[0].state.statuses, vec![Status::new(None, "other text")]);
+        assert_eq!(v[0].state.show, None);
+    }
+
+    #[test]
+    fn resource_names_and_priority_rounding() {
+        assert_eq!(resource_name("ID-mobile"), "mobile");
+        assert_eq!(resource_name("1000"), "1000");
+        assert_eq!(resource_name("ID-"), "t-b2b8ed593552b8f9"); // sha1("ID-")
+        assert_eq!(
+            resource_name("a\u{7}b"),
+            format!("t-{}", &hex_sha1("a\u{7}b")[..16])
+        );
+        let v = view_of(
+            r#"<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="e"><tuple id="a"><status><basic>open</basic></status><contact priority="0.125">x</contact></tuple><tuple id="b"><status><basic>open</basic></status><contact priority="0.124">x</contact></tuple><tuple id="ID-b"><status><basic>open</basic></status></tuple></presence>"#,
+        );
+        assert_eq!(
+            (v[0].state.priority, v[1].state.priority),
+            (Some(13), Some(12))
+        );
+        // Duplicate resource name: the first open tuple wins.
+        assert_eq!(v.len(), 2);
+    }
+
+    fn hex_sha1(s: &str) -> String {
+        let mut o = String::new();
+        sha1_hex16(s, &mut o);
+        o
+    }
+
+    #[test]
+    fn fingerprints_differ_for_different_states() {
+        let a = Availability {
+            show: Some(Show::Away),
+            statuses: vec![Status::new(None, "x")],
+            priority: Some(1),
+        };
+        let mut b = a.clone();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        b.priority = Some(2);
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        b = a.clone();
+        b.statuses[0].text.push('y');
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        b = a.clone();
+        b.statuses[0].lang = Some(String::new());
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(
+            fingerprint(&Vec::<Status>::new()),
+            fingerprint(&vec![Status::new(None, "")])
+        );
+    }
+
+    #[test]
+    fn announced_and_aggregate_stay_small() {
+        assert!(
+            std::mem::size_of::<Announced>() <= 48,
+            "{}",
+            std::mem::size_of::<Announced>()
+        );
+        assert!(
+            std::mem::size_of::<XmppAggregate>() <= 64,
+            "{}",
+            std::mem::size_of::<XmppAggregate>()
+        );
+        assert!(
+            std::mem::size_of::<Entry>() <= 64,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
     }
 }
