@@ -1249,10 +1249,17 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
         assert_eq!(names, ["a", "b"]);
         feed(&mut agg, "<presence from='romeo@example.net/b' to='j@sip.example.net'><show>xa</show></presence>");
         assert_eq!(agg.top().map(|(r, _)| r), Some("b"));
-        // Bare-JID unavailable ends every resource.
-        assert!(feed(
+        // A bare-JID unavailable (Prosody sends one to a contact it just approved) does not end
+        // the live resources; their own unavailables do.
+        assert!(!feed(
             &mut agg,
             "<presence from='romeo@example.net' to='j@sip.example.net' type='unavailable'/>"
+        ));
+        assert!(agg.is_available());
+        feed(&mut agg, "<presence from='romeo@example.net/a' to='j@sip.example.net' type='unavailable'/>");
+        assert!(feed(
+            &mut agg,
+            "<presence from='romeo@example.net/b' to='j@sip.example.net' type='unavailable'/>"
         ));
         assert!(!agg.is_available());
     }

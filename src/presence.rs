@@ -436,11 +436,13 @@ impl XmppAggregate {
             }
             PresenceType::Unavailable => {
                 let before = self.entries.len();
-                match resource {
-                    // The bare JID going offline takes every resource with it.
-                    None => self.entries.clear(),
-                    Some(r) => self.entries.retain(|e| &*e.resource != r),
-                }
+                // A logout is announced per full JID (RFC 6121 §4.5.2). An `unavailable` from
+                // the bare JID is the server speaking for the account to one contact: Prosody
+                // sends one to a contact just approved, before the current presence. It only
+                // clears a bare-JID entry, never the live resources (else every watcher would
+                // see a false "offline").
+                let r = resource.unwrap_or("");
+                self.entries.retain(|e| &*e.resource != r);
                 let mut changed = self.entries.len() != before;
                 if self.entries.is_empty() {
                     let st = normalize(body, lang).statuses;

@@ -104,7 +104,11 @@ pub async fn start(config: &Config) -> io::Result<()> {
         .map_err(|e| invalid(format!("sip.listen: {e}")))?;
     let proxy = resolve_sip_uri(&config.sip.server_address).await?;
     let contact_host = if config.sip.contact_host.is_empty() {
-        listen.to_string()
+        // With TCP chosen, say so in the Contact, or peers would NOTIFY us over UDP (RFC 3263).
+        match config.sip.transport.as_str() {
+            "tcp" => format!("{listen};transport=tcp"),
+            _ => listen.to_string(),
+        }
     } else {
         config.sip.contact_host.clone()
     };

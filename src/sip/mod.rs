@@ -220,12 +220,18 @@ pub fn reason_phrase(code: u16) -> &'static str {
 }
 
 impl OutResponse {
-    /// A response to `req` with the standard reason phrase; `to_tag` is added to `To` when the
-    /// request carried none.
+    /// A response to `req` with the standard reason phrase. When the request carried no To-tag,
+    /// `to_tag` is added, or for any final response without one, a tag derived from the Call-ID
+    /// and From-tag: RFC 3261 §8.2.6.2 wants a tag on every non-100 response, and deriving it
+    /// keeps the tag identical on retransmissions without any state.
     pub fn to_request(req: &SipRequest, status: u16, to_tag: Option<&str>) -> OutResponse {
         let mut to = req.to.clone();
         if to.tag.is_none() {
-            to.tag = to_tag.map(str::to_owned);
+            to.tag = match to_tag {
+                Some(t) => Some(t.to_owned()),
+                None if status > 100 => Some(derived_tag(req)),
+                None => None,
+            };
         }
         OutResponse {
             status,
@@ -260,6 +266,17 @@ impl OutResponse {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// A stable tag for a stateless response: FNV-1a of Call-ID and From-tag.
+fn derived_tag(req: &SipRequest) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let tag = req.from.tag.as_deref().unwrap_or("");
+    for b in req.call_id.bytes().chain([0u8]).chain(tag.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("sl-{:012x}", h & 0xffff_ffff_ffff)
 }
 
 impl OutRequest {
