@@ -806,6 +806,8 @@ impl Default for BatchConfig {
 /// Counters of the writer, for metrics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
+    /// Ops handed to [`StoreHandle::send`] (`sent - ops - dropped` are still queued).
+    pub sent: u64,
     /// Transactions committed.
     pub batches: u64,
     /// Ops received by the writer and committed (before coalescing).
@@ -814,14 +816,18 @@ pub struct StoreStats {
     pub coalesced: u64,
     /// Failed attempts to commit a batch.
     pub failures: u64,
+    /// Ops given up: their batch still failed while closing, or they came after `close`.
+    pub dropped: u64,
 }
 
 #[derive(Default)]
 struct Counters {
+    sent: AtomicU64,
     batches: AtomicU64,
     ops: AtomicU64,
     coalesced: AtomicU64,
     failures: AtomicU64,
+    dropped: AtomicU64,
 }
 
 // Nearly every message is an `Op`: boxing it would cost an allocation per op for nothing.
@@ -870,7 +876,9 @@ impl StoreHandle {
 
     /// Queues `op`; never blocks. After [`StoreHandle::close`] the op is dropped (logged).
     pub fn send(&self, op: StoreOp) {
+        self.counters.sent.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(Msg::Op(op)).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("store writer stopped; dropping a store op");
         }
     }
@@ -907,10 +915,12 @@ impl StoreHandle {
 
     pub fn stats(&self) -> StoreStats {
         StoreStats {
+            sent: self.counters.sent.load(Ordering::Relaxed),
             batches: self.counters.batches.load(Ordering::Relaxed),
             ops: self.counters.ops.load(Ordering::Relaxed),
             coalesced: self.counters.coalesced.load(Ordering::Relaxed),
             failures: self.counters.failures.load(Ordering::Relaxed),
+            dropped: self.counters.dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -1022,6 +1032,16 @@ impl Writer {
                 let _ = w.send(());
             }
         }
+        let late = inbox
+            .backlog
+            .iter()
+            .chain(inbox.rx.try_iter().collect::<Vec<_>>().iter())
+            .filter(|m| matches!(m, Msg::Op(_)))
+            .count() as u64;
+        if late > 0 {
+            tracing::warn!(ops = late, "store ops sent after close were dropped");
+            self.counters.dropped.fetch_add(late, Ordering::Relaxed);
+        }
         tracing::debug!("store writer stopped");
     }
 
@@ -1063,6 +1083,7 @@ impl Writer {
                             lost_ops = ops.len(),
                             "store write failed while closing; dropping the batch"
                         );
+                        self.counters.dropped.fetch_add(received, Ordering::Relaxed);
                         return;
                     }
                     tracing::error!(

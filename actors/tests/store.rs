@@ -420,10 +420,12 @@ fn issue_6_ten_thousand_puts_commit_in_ten_transactions() {
     assert_eq!(
         h.stats(),
         StoreStats {
+            sent: 10_000,
             batches: 10,
             ops: 10_000,
             coalesced: 0,
-            failures: 0
+            failures: 0,
+            dropped: 0,
         }
     );
     assert_eq!(h.batches(), 10);
@@ -508,10 +510,12 @@ fn issue_6_a_burst_on_one_key_is_coalesced_to_the_last_op() {
     assert_eq!(
         h.stats(),
         StoreStats {
+            sent: 102,
             batches: 1,
             ops: 102,
             coalesced: 100,
-            failures: 0
+            failures: 0,
+            dropped: 0,
         }
     );
     h.close();
@@ -723,10 +727,12 @@ fn issue_6_the_writer_survives_a_failed_batch_and_retries_it() {
     assert_eq!(
         h.stats(),
         StoreStats {
+            sent: 1,
             batches: 1,
             ops: 1,
             coalesced: 0,
-            failures: 2
+            failures: 2,
+            dropped: 0,
         }
     );
     // Still writing afterwards.
@@ -767,6 +773,13 @@ fn issue_6_a_batch_failing_at_close_is_dropped_after_the_configured_attempts() {
     join.join().unwrap();
     assert!(calls.load(Ordering::SeqCst) >= 3);
     assert!(matches!(h2.flush(), Err(StoreError::WriterGone)));
+    // After close, a send is dropped (and counted), never a panic.
+    h2.send(StoreOp::PutWinfo {
+        presentity: jid("alice@xmpp.test"),
+        wanted: true,
+    });
+    let stats = h2.stats();
+    assert_eq!((stats.sent, stats.ops, stats.dropped), (2, 0, 2));
 }
 
 /// A row that no longer parses (hand-edited, older code) is skipped, the rest loads.
