@@ -1,0 +1,1132 @@
+//! Persistence of everything the gateway needs to resume after a restart (issue 6, §6.3):
+//! subscriber pairs with their SIP dialog, the watcher relations decided by XMPP users, the
+//! notifier dialogs of SIP watchers, PUBLISH state and presence.winfo wishes.
+//!
+//! Actors never touch the database: they [`StoreHandle::send`] a [`StoreOp`] (never blocks) and
+//! one writer thread applies the ops in batches, one transaction per batch, so a burst of
+//! NOTIFYs costs one fsync, not one per NOTIFY. Within a batch only the last op per key is
+//! applied (coalescing). A failed batch is logged and retried with backoff; the gateway keeps
+//! running on its in-memory state. [`Store`] is the seam for other backends.
+//!
+//! # Several instances on one PostgreSQL store
+//!
+//! Every row belongs to exactly one XMPP user X of the served domain: `subscription.watcher`
+//! (X watches a SIP presentity), `watcher_relation.presentity`, `notifier_dialog.presentity`,
+//! `publication.presentity` and `winfo.presentity` (X is watched / published). Sharding by a
+//! hash of X keeps all of one user's state on one instance, which is also how the traffic
+//! routes: stanzas *from* X (presence, subscribe, probe) carry X in `from`; SUBSCRIBEs for X
+//! carry X' in the Request-URI (a SIP dispatcher hashes its user part the same way); in-dialog
+//! requests reach the owning instance by its own Contact (the dialog's remote target).
+//!
+//! - Each table gets a `shard SMALLINT NOT NULL` column = `hash(X) mod 1024` (a fixed number
+//!   of virtual shards, independent of the instance count), and the table is `PARTITION BY
+//!   LIST (shard)` or simply indexed on `shard`. Primary keys stay as in SQLite:
+//!   `subscription (watcher, presentity)`, `watcher_relation (presentity, watcher)`,
+//!   `notifier_dialog (call_id)`, `publication (presentity)`, `winfo (presentity)`.
+//! - A `shard_owner (shard PRIMARY KEY, instance, lease_until)` table assigns shards to
+//!   instances; an instance renews its lease periodically, loads `WHERE shard = ANY($owned)` at
+//!   start, and takes over the shards of an instance whose lease ran out (after loading them).
+//!   Every write carries `AND shard_owner.instance = $me` in a `WHERE EXISTS` guard (or the
+//!   writer checks its lease before each batch) so a partitioned old owner cannot overwrite.
+//! - Writes keep the same shape: one transaction per batch, `INSERT … ON CONFLICT … DO
+//!   UPDATE` (multi-row `VALUES` or `COPY` into a temp table for large batches).
+//! - The simpler split is by component domain: each instance is its own XEP-0114 component
+//!   (`sip1.example.net`, `sip2.example.net`) with `shard` = the component domain; no
+//!   coordination is needed, but there is no failover of a domain to another instance.
+//!
+//! # SQLite layout
+//!
+//! WAL mode, `synchronous=NORMAL` (a power cut may lose the last batches, never corrupts),
+//! `WITHOUT ROWID` tables keyed by their natural key (no second copy of the key in an index;
+//! measured: 336 bytes of file per subscription with a dialog and two routes, so about
+//! 340 MB for the target of 1,000,000 per instance), enums as small integers, route sets as JSON text (NULL when empty). Schema changes are numbered entries
+//! of [`MIGRATIONS`], applied in order at open and recorded in `schema_version`.
+
+use pua_xmpp::notifier::{DialogState, NotifierDialog, PersistOp, WatcherRelation};
+use pua_xmpp::publisher::PublicationRecord;
+use pua_xmpp::subscriber::{Dialog, Pair, Relation, SubscriptionRecord};
+use rusqlite::{params, Connection, Row};
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use xmpp_parsers::jid::BareJid;
+
+/// One change to persist.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreOp {
+    /// Key (watcher X, presentity S'). `expires_at_unix`: wall-clock end of the lease.
+    PutSubscription {
+        rec: SubscriptionRecord,
+        expires_at_unix: Option<i64>,
+    },
+    DeleteSubscription {
+        watcher: BareJid,
+        presentity: BareJid,
+    },
+    /// Key (presentity X = the XMPP user, watcher S' = the SIP watcher's JID).
+    PutRelation {
+        presentity: BareJid,
+        watcher: BareJid,
+        state: WatcherRelation,
+    },
+    /// Key `dialog.call_id`.
+    PutNotifierDialog {
+        presentity: BareJid,
+        dialog: StoredNotifierDialog,
+    },
+    DeleteNotifierDialog {
+        call_id: String,
+    },
+    /// Key presentity X.
+    PutPublication {
+        presentity: BareJid,
+        rec: PublicationRecord,
+    },
+    /// Key presentity X; `wanted: false` deletes the row.
+    PutWinfo {
+        presentity: BareJid,
+        wanted: bool,
+    },
+}
+
+impl StoreOp {
+    /// The op for a subscriber record; the lease end is computed from `lease_left` now.
+    pub fn subscription(rec: SubscriptionRecord, now_unix: i64) -> StoreOp {
+        let expires_at_unix = rec.lease_left.map(|left| now_unix + i64::from(left));
+        StoreOp::PutSubscription {
+            rec,
+            expires_at_unix,
+        }
+    }
+
+    /// The op for one [`PersistOp`] of the notifier of `presentity`.
+    pub fn from_persist(
+        presentity: &BareJid,
+        op: &PersistOp,
+        now: Instant,
+        now_unix: i64,
+    ) -> StoreOp {
+        match op {
+            PersistOp::Relation { watcher, state } => StoreOp::PutRelation {
+                presentity: presentity.clone(),
+                watcher: watcher.clone(),
+                state: *state,
+            },
+            PersistOp::Dialog(d) => StoreOp::PutNotifierDialog {
+                presentity: presentity.clone(),
+                dialog: StoredNotifierDialog::from_dialog(d, now, now_unix),
+            },
+            PersistOp::DialogGone { call_id } => StoreOp::DeleteNotifierDialog {
+                call_id: call_id.clone(),
+            },
+        }
+    }
+
+    /// The key the op writes, for coalescing: the last op per key wins.
+    fn key(&self) -> Key<'_> {
+        match self {
+            StoreOp::PutSubscription { rec, .. } => {
+                Key::Subscription(&rec.pair.watcher, &rec.pair.presentity)
+            }
+            StoreOp::DeleteSubscription {
+                watcher,
+                presentity,
+            } => Key::Subscription(watcher, presentity),
+            StoreOp::PutRelation {
+                presentity,
+                watcher,
+                ..
+            } => Key::Relation(presentity, watcher),
+            StoreOp::PutNotifierDialog { dialog, .. } => Key::Dialog(&dialog.call_id),
+            StoreOp::DeleteNotifierDialog { call_id } => Key::Dialog(call_id),
+            StoreOp::PutPublication { presentity, .. } => Key::Publication(presentity),
+            StoreOp::PutWinfo { presentity, .. } => Key::Winfo(presentity),
+        }
+    }
+}
+
+#[derive(Hash, PartialEq, Eq)]
+enum Key<'a> {
+    Subscription(&'a BareJid, &'a BareJid),
+    Relation(&'a BareJid, &'a BareJid),
+    Dialog(&'a str),
+    Publication(&'a BareJid),
+    Winfo(&'a BareJid),
+}
+
+/// Keeps only the last op per key, in their original order: the final state is the same and
+/// a NOTIFY burst on one pair becomes one row write.
+pub fn coalesce(ops: Vec<StoreOp>) -> Vec<StoreOp> {
+    let keep: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(ops.len());
+        let mut keep: Vec<bool> = ops.iter().rev().map(|op| seen.insert(op.key())).collect();
+        keep.reverse();
+        keep
+    };
+    ops.into_iter()
+        .zip(keep)
+        .filter_map(|(op, k)| k.then_some(op))
+        .collect()
+}
+
+/// A notifier dialog as stored: [`NotifierDialog`] with its expiry in wall-clock seconds
+/// (an `Instant` means nothing after a restart) and without the transient send state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredNotifierDialog {
+    pub call_id: String,
+    pub local_tag: String,
+    pub remote_tag: String,
+    pub remote_uri: String,
+    pub remote_display: Option<String>,
+    /// S' for the watcher.
+    pub watcher: BareJid,
+    pub remote_target: String,
+    pub route_set: Vec<String>,
+    pub local_cseq: u32,
+    pub remote_cseq: u32,
+    pub event_id: Option<String>,
+    /// `true` for an active subscription, `false` for pending.
+    pub active: bool,
+    pub expires_at_unix: i64,
+}
+
+impl StoredNotifierDialog {
+    /// Converts `d.expires_at` with the pair (`now`, `now_unix`) taken at the time of the write.
+    pub fn from_dialog(d: &NotifierDialog, now: Instant, now_unix: i64) -> Self {
+        let expires_at_unix = if d.expires_at >= now {
+            let secs = d.expires_at.duration_since(now).as_secs();
+            now_unix.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX))
+        } else {
+            let secs = now.duration_since(d.expires_at).as_secs();
+            now_unix.saturating_sub(i64::try_from(secs).unwrap_or(i64::MAX))
+        };
+        StoredNotifierDialog {
+            call_id: d.call_id.clone(),
+            local_tag: d.local_tag.clone(),
+            remote_tag: d.remote_tag.clone(),
+            remote_uri: d.remote.uri.clone(),
+            remote_display: d.remote.display.clone(),
+            watcher: d.watcher.clone(),
+            remote_target: d.remote_target.clone(),
+            route_set: d.route_set.clone(),
+            local_cseq: d.local_cseq,
+            remote_cseq: d.remote_cseq,
+            event_id: d.event_id.clone(),
+            active: d.state == DialogState::Active,
+            expires_at_unix,
+        }
+    }
+}
+
+/// Everything stored, as loaded at startup. Each list is ordered by its key.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// With the wall-clock lease end written alongside (`lease_left` is as written).
+    pub subscriptions: Vec<(SubscriptionRecord, Option<i64>)>,
+    /// (presentity X, watcher S', state).
+    pub relations: Vec<(BareJid, BareJid, WatcherRelation)>,
+    /// (presentity X, dialog).
+    pub notifier_dialogs: Vec<(BareJid, StoredNotifierDialog)>,
+    pub publications: Vec<(BareJid, PublicationRecord)>,
+    /// Presentities whose presence.winfo is wanted.
+    pub winfo: Vec<BareJid>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The database could not be opened or set up (path, cause).
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// The database has a schema newer than this binary knows.
+    SchemaTooNew {
+        found: u32,
+        known: u32,
+    },
+    /// Migration `version` failed.
+    Migration {
+        version: u32,
+        source: rusqlite::Error,
+    },
+    Sqlite(rusqlite::Error),
+    /// A route set could not be encoded.
+    Encode(String),
+    /// Another backend's failure, as text.
+    Backend(String),
+    /// The writer thread has stopped (closed or panicked).
+    WriterGone,
+    /// [`StoreHandle::flush_timeout`] ran out before the ops were committed.
+    FlushTimeout,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Open { path, source } => {
+                write!(f, "cannot open store {}: {source}", path.display())
+            }
+            StoreError::SchemaTooNew { found, known } => write!(
+                f,
+                "store schema version {found} is newer than this binary knows ({known})"
+            ),
+            StoreError::Migration { version, source } => {
+                write!(f, "store migration {version} failed: {source}")
+            }
+            StoreError::Sqlite(e) => write!(f, "sqlite: {e}"),
+            StoreError::Encode(e) => write!(f, "cannot encode a stored value: {e}"),
+            StoreError::Backend(e) => write!(f, "store backend: {e}"),
+            StoreError::WriterGone => write!(f, "the store writer thread has stopped"),
+            StoreError::FlushTimeout => write!(f, "the store did not commit in time"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Open { source, .. } | StoreError::Migration { source, .. } => Some(source),
+            StoreError::Sqlite(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
+}
+
+/// A persistence backend. Called only from the writer thread (or at startup).
+pub trait Store: Send + 'static {
+    /// Applies all `ops` atomically (one transaction), in order.
+    fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
+    fn load(&mut self) -> Result<Snapshot, StoreError>;
+}
+
+/// Schema migrations, applied in order: `(version, SQL)`. Add a change as the next entry;
+/// never edit an applied one.
+pub const MIGRATIONS: &[(u32, &str)] = &[(1, MIGRATION_1)];
+
+const MIGRATION_1: &str = "
+CREATE TABLE subscription (
+    watcher TEXT NOT NULL,
+    presentity TEXT NOT NULL,
+    watcher_uri TEXT NOT NULL,
+    presentity_uri TEXT NOT NULL,
+    relation INTEGER NOT NULL,
+    lease_left INTEGER,
+    expires_at INTEGER,
+    call_id TEXT,
+    local_tag TEXT,
+    remote_tag TEXT,
+    local_cseq INTEGER,
+    remote_cseq INTEGER,
+    remote_target TEXT,
+    route_set TEXT,
+    requested INTEGER,
+    PRIMARY KEY (watcher, presentity)
+) WITHOUT ROWID;
+CREATE TABLE watcher_relation (
+    presentity TEXT NOT NULL,
+    watcher TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    PRIMARY KEY (presentity, watcher)
+) WITHOUT ROWID;
+CREATE TABLE notifier_dialog (
+    call_id TEXT NOT NULL PRIMARY KEY,
+    presentity TEXT NOT NULL,
+    local_tag TEXT NOT NULL,
+    remote_tag TEXT NOT NULL,
+    remote_uri TEXT NOT NULL,
+    remote_display TEXT,
+    watcher TEXT NOT NULL,
+    remote_target TEXT NOT NULL,
+    route_set TEXT,
+    local_cseq INTEGER NOT NULL,
+    remote_cseq INTEGER NOT NULL,
+    event_id TEXT,
+    active INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE publication (
+    presentity TEXT NOT NULL PRIMARY KEY,
+    uri TEXT NOT NULL,
+    etag TEXT,
+    call_id TEXT NOT NULL,
+    cseq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE winfo (
+    presentity TEXT NOT NULL PRIMARY KEY
+) WITHOUT ROWID;
+";
+
+const PUT_SUBSCRIPTION: &str = "INSERT INTO subscription (watcher, presentity, watcher_uri,
+    presentity_uri, relation, lease_left, expires_at, call_id, local_tag, remote_tag, local_cseq,
+    remote_cseq, remote_target, route_set, requested)
+  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+  ON CONFLICT (watcher, presentity) DO UPDATE SET watcher_uri = excluded.watcher_uri,
+    presentity_uri = excluded.presentity_uri, relation = excluded.relation,
+    lease_left = excluded.lease_left, expires_at = excluded.expires_at,
+    call_id = excluded.call_id, local_tag = excluded.local_tag,
+    remote_tag = excluded.remote_tag, local_cseq = excluded.local_cseq,
+    remote_cseq = excluded.remote_cseq, remote_target = excluded.remote_target,
+    route_set = excluded.route_set, requested = excluded.requested";
+const DELETE_SUBSCRIPTION: &str = "DELETE FROM subscription WHERE watcher = ?1 AND presentity = ?2";
+const PUT_RELATION: &str = "INSERT INTO watcher_relation (presentity, watcher, state)
+  VALUES (?1, ?2, ?3) ON CONFLICT (presentity, watcher) DO UPDATE SET state = excluded.state";
+const PUT_DIALOG: &str = "INSERT INTO notifier_dialog (call_id, presentity, local_tag,
+    remote_tag, remote_uri, remote_display, watcher, remote_target, route_set, local_cseq,
+    remote_cseq, event_id, active, expires_at)
+  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+  ON CONFLICT (call_id) DO UPDATE SET presentity = excluded.presentity,
+    local_tag = excluded.local_tag, remote_tag = excluded.remote_tag,
+    remote_uri = excluded.remote_uri, remote_display = excluded.remote_display,
+    watcher = excluded.watcher, remote_target = excluded.remote_target,
+    route_set = excluded.route_set, local_cseq = excluded.local_cseq,
+    remote_cseq = excluded.remote_cseq, event_id = excluded.event_id,
+    active = excluded.active, expires_at = excluded.expires_at";
+const DELETE_DIALOG: &str = "DELETE FROM notifier_dialog WHERE call_id = ?1";
+const PUT_PUBLICATION: &str = "INSERT INTO publication (presentity, uri, etag, call_id, cseq)
+  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (presentity) DO UPDATE SET uri = excluded.uri,
+    etag = excluded.etag, call_id = excluded.call_id, cseq = excluded.cseq";
+const PUT_WINFO: &str = "INSERT INTO winfo (presentity) VALUES (?1) ON CONFLICT DO NOTHING";
+const DELETE_WINFO: &str = "DELETE FROM winfo WHERE presentity = ?1";
+
+/// The SQLite backend (one file per gateway instance).
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let wrap = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(wrap)?;
+        Self::setup(conn, true).map_err(|e| match e {
+            StoreError::Sqlite(source) => wrap(source),
+            other => other,
+        })
+    }
+
+    /// A private in-memory database (tests, or running without persistence).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Open {
+            path: PathBuf::from(":memory:"),
+            source,
+        })?;
+        Self::setup(conn, false)
+    }
+
+    fn setup(mut conn: Connection, file: bool) -> Result<Self, StoreError> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        if file {
+            // Returns the mode in force; "wal" unless the file system cannot do it.
+            let mode: String =
+                conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                tracing::warn!(mode = %mode, "sqlite store is not in WAL mode");
+            }
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.set_prepared_statement_cache_capacity(32);
+        migrate(&mut conn)?;
+        Ok(SqliteStore { conn })
+    }
+
+    /// The schema version recorded in the database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(current_version(&self.conn)?)
+    }
+}
+
+fn current_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Applies every migration newer than the recorded version, each in its own transaction.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version INTEGER NOT NULL PRIMARY KEY,
+            applied_at INTEGER NOT NULL)",
+    )?;
+    let found = current_version(conn)?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if found > known {
+        return Err(StoreError::SchemaTooNew { found, known });
+    }
+    for &(version, sql) in MIGRATIONS.iter().filter(|m| m.0 > found) {
+        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?1, unixepoch())",
+                [version],
+            )?;
+            tx.commit()
+        };
+        run(conn).map_err(|source| StoreError::Migration { version, source })?;
+        tracing::info!(version, "store schema migrated");
+    }
+    Ok(())
+}
+
+fn relation_code(r: Relation) -> u8 {
+    match r {
+        Relation::Pending => 0,
+        Relation::Approved => 1,
+        Relation::Unknown => 2,
+    }
+}
+
+fn relation_from(code: i64) -> Result<Relation, String> {
+    match code {
+        0 => Ok(Relation::Pending),
+        1 => Ok(Relation::Approved),
+        2 => Ok(Relation::Unknown),
+        other => Err(format!("unknown relation code {other}")),
+    }
+}
+
+fn watcher_code(r: WatcherRelation) -> u8 {
+    match r {
+        WatcherRelation::Pending => 0,
+        WatcherRelation::Approved => 1,
+        WatcherRelation::Denied => 2,
+    }
+}
+
+fn watcher_from(code: i64) -> Result<WatcherRelation, String> {
+    match code {
+        0 => Ok(WatcherRelation::Pending),
+        1 => Ok(WatcherRelation::Approved),
+        2 => Ok(WatcherRelation::Denied),
+        other => Err(format!("unknown watcher relation code {other}")),
+    }
+}
+
+/// JSON array text, or NULL for an empty route set (the usual case: keeps rows small).
+fn encode_routes(routes: &[String]) -> Result<Option<String>, StoreError> {
+    if routes.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(routes)
+        .map(Some)
+        .map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn decode_routes(text: Option<String>) -> Result<Vec<String>, String> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(t) => serde_json::from_str(&t).map_err(|e| format!("route_set {t:?}: {e}")),
+    }
+}
+
+fn jid(row: &Row<'_>, idx: usize, name: &str) -> Result<BareJid, String> {
+    let text: String = col(row, idx, name)?;
+    BareJid::new(&text).map_err(|e| format!("{name} {text:?} is not a bare JID: {e}"))
+}
+
+fn col<T: rusqlite::types::FromSql>(row: &Row<'_>, idx: usize, name: &str) -> Result<T, String> {
+    row.get(idx).map_err(|e| format!("column {name}: {e}"))
+}
+
+impl Store for SqliteStore {
+    fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for op in ops {
+            match op {
+                StoreOp::PutSubscription {
+                    rec,
+                    expires_at_unix,
+                } => {
+                    let d = rec.dialog.as_ref();
+                    let routes = match d {
+                        Some(d) => encode_routes(&d.route_set)?,
+                        None => None,
+                    };
+                    tx.prepare_cached(PUT_SUBSCRIPTION)?.execute(params![
+                        rec.pair.watcher.as_str(),
+                        rec.pair.presentity.as_str(),
+                        rec.pair.watcher_uri,
+                        rec.pair.presentity_uri,
+                        relation_code(rec.relation),
+                        rec.lease_left,
+                        expires_at_unix,
+                        d.map(|d| &d.call_id),
+                        d.map(|d| &d.local_tag),
+                        d.and_then(|d| d.remote_tag.as_ref()),
+                        d.map(|d| d.local_cseq),
+                        d.and_then(|d| d.remote_cseq),
+                        d.and_then(|d| d.remote_target.as_ref()),
+                        routes,
+                        d.map(|d| d.requested),
+                    ])?;
+                }
+                StoreOp::DeleteSubscription {
+                    watcher,
+                    presentity,
+                } => {
+                    tx.prepare_cached(DELETE_SUBSCRIPTION)?
+                        .execute(params![watcher.as_str(), presentity.as_str()])?;
+                }
+                StoreOp::PutRelation {
+                    presentity,
+                    watcher,
+                    state,
+                } => {
+                    tx.prepare_cached(PUT_RELATION)?.execute(params![
+                        presentity.as_str(),
+                        watcher.as_str(),
+                        watcher_code(*state)
+                    ])?;
+                }
+                StoreOp::PutNotifierDialog { presentity, dialog } => {
+                    let d = dialog;
+                    tx.prepare_cached(PUT_DIALOG)?.execute(params![
+                        d.call_id,
+                        presentity.as_str(),
+                        d.local_tag,
+                        d.remote_tag,
+                        d.remote_uri,
+                        d.remote_display,
+                        d.watcher.as_str(),
+                        d.remote_target,
+                        encode_routes(&d.route_set)?,
+                        d.local_cseq,
+                        d.remote_cseq,
+                        d.event_id,
+                        d.active,
+                        d.expires_at_unix,
+                    ])?;
+                }
+                StoreOp::DeleteNotifierDialog { call_id } => {
+                    tx.prepare_cached(DELETE_DIALOG)?.execute([call_id])?;
+                }
+                StoreOp::PutPublication { presentity, rec } => {
+                    tx.prepare_cached(PUT_PUBLICATION)?.execute(params![
+                        presentity.as_str(),
+                        rec.uri,
+                        rec.etag,
+                        rec.call_id,
+                        rec.cseq
+                    ])?;
+                }
+                StoreOp::PutWinfo { presentity, wanted } => {
+                    let sql = if *wanted { PUT_WINFO } else { DELETE_WINFO };
+                    tx.prepare_cached(sql)?.execute([presentity.as_str()])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        let conn = &self.conn;
+        Ok(Snapshot {
+            subscriptions: load_rows(
+                conn,
+                "subscription",
+                "SELECT watcher, presentity, watcher_uri, presentity_uri, relation, lease_left,
+                   expires_at, call_id, local_tag, remote_tag, local_cseq, remote_cseq,
+                   remote_target, route_set, requested
+                 FROM subscription ORDER BY watcher, presentity",
+                subscription_row,
+            )?,
+            relations: load_rows(
+                conn,
+                "watcher_relation",
+                "SELECT presentity, watcher, state FROM watcher_relation
+                 ORDER BY presentity, watcher",
+                |r| {
+                    Ok((
+                        jid(r, 0, "presentity")?,
+                        jid(r, 1, "watcher")?,
+                        watcher_from(col(r, 2, "state")?)?,
+                    ))
+                },
+            )?,
+            notifier_dialogs: load_rows(
+                conn,
+                "notifier_dialog",
+                "SELECT call_id, presentity, local_tag, remote_tag, remote_uri, remote_display,
+                   watcher, remote_target, route_set, local_cseq, remote_cseq, event_id, active,
+                   expires_at
+                 FROM notifier_dialog ORDER BY call_id",
+                dialog_row,
+            )?,
+            publications: load_rows(
+                conn,
+                "publication",
+                "SELECT presentity, uri, etag, call_id, cseq FROM publication ORDER BY presentity",
+                |r| {
+                    Ok((
+                        jid(r, 0, "presentity")?,
+                        PublicationRecord {
+                            uri: col(r, 1, "uri")?,
+                            etag: col(r, 2, "etag")?,
+                            call_id: col(r, 3, "call_id")?,
+                            cseq: col(r, 4, "cseq")?,
+                        },
+                    ))
+                },
+            )?,
+            winfo: load_rows(
+                conn,
+                "winfo",
+                "SELECT presentity FROM winfo ORDER BY presentity",
+                |r| jid(r, 0, "presentity"),
+            )?,
+        })
+    }
+}
+
+/// Runs `sql` and converts each row; a row that does not convert is logged and skipped so
+/// one bad row does not stop the gateway from resuming everything else.
+fn load_rows<T>(
+    conn: &Connection,
+    table: &str,
+    sql: &str,
+    convert: impl Fn(&Row<'_>) -> Result<T, String>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        match convert(row) {
+            Ok(v) => out.push(v),
+            Err(reason) => {
+                let key: Option<String> = row.get(0).ok();
+                tracing::error!(table, key = ?key, %reason, "skipping a stored row that does not load");
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn subscription_row(r: &Row<'_>) -> Result<(SubscriptionRecord, Option<i64>), String> {
+    let call_id: Option<String> = col(r, 7, "call_id")?;
+    let dialog = match call_id {
+        None => None,
+        Some(call_id) => Some(Dialog {
+            call_id,
+            local_tag: col(r, 8, "local_tag")?,
+            remote_tag: col(r, 9, "remote_tag")?,
+            local_cseq: col(r, 10, "local_cseq")?,
+            remote_cseq: col(r, 11, "remote_cseq")?,
+            remote_target: col(r, 12, "remote_target")?,
+            route_set: decode_routes(col(r, 13, "route_set")?)?,
+            requested: col(r, 14, "requested")?,
+        }),
+    };
+    Ok((
+        SubscriptionRecord {
+            pair: Pair {
+                watcher: jid(r, 0, "watcher")?,
+                presentity: jid(r, 1, "presentity")?,
+                watcher_uri: col(r, 2, "watcher_uri")?,
+                presentity_uri: col(r, 3, "presentity_uri")?,
+            },
+            relation: relation_from(col(r, 4, "relation")?)?,
+            dialog,
+            lease_left: col(r, 5, "lease_left")?,
+        },
+        col(r, 6, "expires_at")?,
+    ))
+}
+
+fn dialog_row(r: &Row<'_>) -> Result<(BareJid, StoredNotifierDialog), String> {
+    Ok((
+        jid(r, 1, "presentity")?,
+        StoredNotifierDialog {
+            call_id: col(r, 0, "call_id")?,
+            local_tag: col(r, 2, "local_tag")?,
+            remote_tag: col(r, 3, "remote_tag")?,
+            remote_uri: col(r, 4, "remote_uri")?,
+            remote_display: col(r, 5, "remote_display")?,
+            watcher: jid(r, 6, "watcher")?,
+            remote_target: col(r, 7, "remote_target")?,
+            route_set: decode_routes(col(r, 8, "route_set")?)?,
+            local_cseq: col(r, 9, "local_cseq")?,
+            remote_cseq: col(r, 10, "remote_cseq")?,
+            event_id: col(r, 11, "event_id")?,
+            active: col(r, 12, "active")?,
+            expires_at_unix: col(r, 13, "expires_at")?,
+        },
+    ))
+}
+
+/// Opens the store at `path` (creating and migrating it if needed) and loads it: for startup.
+pub fn load_snapshot(path: &Path) -> Result<Snapshot, StoreError> {
+    SqliteStore::open(path)?.load()
+}
+
+/// When the writer commits a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchConfig {
+    /// Commit once this many ops are waiting.
+    pub max_ops: usize,
+    /// Commit at most this long after the first op of a batch arrived.
+    pub max_delay: Duration,
+    /// First retry delay after a failed batch; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Attempts for the last batch once [`StoreHandle::close`] was called.
+    pub attempts_at_close: u32,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_ops: 1000,
+            max_delay: Duration::from_millis(20),
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(5),
+            attempts_at_close: 5,
+        }
+    }
+}
+
+/// Counters of the writer, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Ops handed to [`StoreHandle::send`] (`sent - ops - dropped` are still queued).
+    pub sent: u64,
+    /// Transactions committed.
+    pub batches: u64,
+    /// Ops received by the writer and committed (before coalescing).
+    pub ops: u64,
+    /// Ops dropped by coalescing (a later op on the same key replaced them).
+    pub coalesced: u64,
+    /// Failed attempts to commit a batch.
+    pub failures: u64,
+    /// Ops given up: their batch still failed while closing, or they came after `close`.
+    pub dropped: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    batches: AtomicU64,
+    ops: AtomicU64,
+    coalesced: AtomicU64,
+    failures: AtomicU64,
+    dropped: AtomicU64,
+}
+
+// Nearly every message is an `Op`: boxing it would cost an allocation per op for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Op(StoreOp),
+    /// Reply once everything before it is committed.
+    Flush(SyncSender<()>),
+    /// Like `Flush`, then stop.
+    Close(SyncSender<()>),
+}
+
+/// A cloneable handle used by actors: [`StoreHandle::send`] never blocks; one writer thread
+/// commits the ops in batches.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: Sender<Msg>,
+    counters: Arc<Counters>,
+}
+
+impl StoreHandle {
+    /// Starts the writer thread with the default batching (1000 ops or 20 ms).
+    pub fn start(store: Box<dyn Store>) -> (StoreHandle, JoinHandle<()>) {
+        Self::start_with(store, BatchConfig::default())
+    }
+
+    pub fn start_with(store: Box<dyn Store>, cfg: BatchConfig) -> (StoreHandle, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let writer = Writer {
+            store,
+            cfg,
+            counters: Arc::clone(&counters),
+        };
+        // A thread of its own: SQLite calls block and must not stall the actix arbiters.
+        let join = std::thread::Builder::new()
+            .name("store-writer".to_owned())
+            .spawn(move || writer.run(rx));
+        let join = match join {
+            Ok(j) => j,
+            // Cannot spawn a thread at startup: nothing sensible to run without one.
+            Err(e) => panic!("cannot start the store writer thread: {e}"),
+        };
+        (StoreHandle { tx, counters }, join)
+    }
+
+    /// Queues `op`; never blocks. After [`StoreHandle::close`] the op is dropped (logged).
+    pub fn send(&self, op: StoreOp) {
+        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Msg::Op(op)).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("store writer stopped; dropping a store op");
+        }
+    }
+
+    /// Blocks until every op sent so far (by any clone) is committed.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let (reply, done) = mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::Flush(reply))
+            .map_err(|_| StoreError::WriterGone)?;
+        done.recv().map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Like [`StoreHandle::flush`], giving up after `timeout` (the writer may be retrying).
+    pub fn flush_timeout(&self, timeout: Duration) -> Result<(), StoreError> {
+        let (reply, done) = mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::Flush(reply))
+            .map_err(|_| StoreError::WriterGone)?;
+        done.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => StoreError::FlushTimeout,
+            RecvTimeoutError::Disconnected => StoreError::WriterGone,
+        })
+    }
+
+    /// Commits everything sent so far and stops the writer (graceful shutdown). If the last
+    /// batch keeps failing it is dropped after `attempts_at_close` tries (logged).
+    pub fn close(self) {
+        let (reply, done) = mpsc::sync_channel(1);
+        if self.tx.send(Msg::Close(reply)).is_ok() {
+            let _ = done.recv();
+        }
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            sent: self.counters.sent.load(Ordering::Relaxed),
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            ops: self.counters.ops.load(Ordering::Relaxed),
+            coalesced: self.counters.coalesced.load(Ordering::Relaxed),
+            failures: self.counters.failures.load(Ordering::Relaxed),
+            dropped: self.counters.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Transactions committed so far.
+    pub fn batches(&self) -> u64 {
+        self.counters.batches.load(Ordering::Relaxed)
+    }
+}
+
+struct Writer {
+    store: Box<dyn Store>,
+    cfg: BatchConfig,
+    counters: Arc<Counters>,
+}
+
+/// The writer's inbox: messages read while a failed batch waits for its retry are kept in
+/// `backlog`, so a `close` is noticed even while the database keeps failing.
+struct Inbox {
+    rx: Receiver<Msg>,
+    backlog: VecDeque<Msg>,
+    /// A `Close` was received or every handle is gone: retries are bounded from now on.
+    closing: bool,
+    disconnected: bool,
+}
+
+impl Inbox {
+    /// The next message, waiting at most until `due` (`None`: wait without limit).
+    fn next(&mut self, due: Option<Instant>) -> Option<Msg> {
+        if let Some(m) = self.backlog.pop_front() {
+            return Some(m);
+        }
+        if self.disconnected {
+            return None;
+        }
+        let got = match due {
+            None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(due) => self
+                .rx
+                .recv_timeout(due.saturating_duration_since(Instant::now())),
+        };
+        match got {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                self.disconnected = true;
+                self.closing = true;
+                None
+            }
+        }
+    }
+
+    /// Sleeps `delay` while reading messages into the backlog.
+    fn wait(&mut self, delay: Duration) {
+        let due = Instant::now() + delay;
+        loop {
+            if self.disconnected {
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                return;
+            }
+            match self
+                .rx
+                .recv_timeout(due.saturating_duration_since(Instant::now()))
+            {
+                Ok(m) => {
+                    if matches!(m, Msg::Close(_)) {
+                        self.closing = true;
+                    }
+                    self.backlog.push_back(m);
+                }
+                Err(RecvTimeoutError::Timeout) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.disconnected = true;
+                    self.closing = true;
+                }
+            }
+        }
+    }
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut inbox = Inbox {
+            rx,
+            backlog: VecDeque::new(),
+            closing: false,
+            disconnected: false,
+        };
+        let mut batch: Vec<StoreOp> = Vec::new();
+        let mut waiters: Vec<SyncSender<()>> = Vec::new();
+        let mut stop = false;
+        while !stop {
+            // Wait for the first message of a batch, then collect until full, due or flushed.
+            let Some(first) = inbox.next(None) else {
+                break;
+            };
+            let due = Instant::now() + self.cfg.max_delay;
+            let mut now = take(first, &mut batch, &mut waiters, &mut stop);
+            while !now && batch.len() < self.cfg.max_ops {
+                match inbox.next(Some(due)) {
+                    Some(m) => now = take(m, &mut batch, &mut waiters, &mut stop),
+                    None => break,
+                }
+            }
+            // Every handle dropped without close: commit what we have and stop.
+            stop |= inbox.disconnected && inbox.backlog.is_empty();
+            inbox.closing |= stop;
+            self.commit(std::mem::take(&mut batch), &mut inbox);
+            for w in waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+        let late = inbox
+            .backlog
+            .iter()
+            .chain(inbox.rx.try_iter().collect::<Vec<_>>().iter())
+            .filter(|m| matches!(m, Msg::Op(_)))
+            .count() as u64;
+        if late > 0 {
+            tracing::warn!(ops = late, "store ops sent after close were dropped");
+            self.counters.dropped.fetch_add(late, Ordering::Relaxed);
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    /// Applies one batch, retrying with backoff until it commits or, once closing, until
+    /// `attempts_at_close` attempts have failed (then the batch is dropped, logged).
+    fn commit(&mut self, batch: Vec<StoreOp>, inbox: &mut Inbox) {
+        if batch.is_empty() {
+            return;
+        }
+        let received = batch.len() as u64;
+        let ops = coalesce(batch);
+        let coalesced = received - ops.len() as u64;
+        let mut delay = self.cfg.min_backoff;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match self.store.apply(&ops) {
+                Ok(()) => {
+                    self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    self.counters.ops.fetch_add(received, Ordering::Relaxed);
+                    self.counters
+                        .coalesced
+                        .fetch_add(coalesced, Ordering::Relaxed);
+                    if attempts > 1 {
+                        tracing::warn!(
+                            attempts,
+                            ops = ops.len(),
+                            "store batch committed after retries"
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    if inbox.closing && attempts >= self.cfg.attempts_at_close {
+                        tracing::error!(
+                            error = %e,
+                            attempts,
+                            lost_ops = ops.len(),
+                            "store write failed while closing; dropping the batch"
+                        );
+                        self.counters.dropped.fetch_add(received, Ordering::Relaxed);
+                        return;
+                    }
+                    tracing::error!(
+                        error = %e,
+                        attempts,
+                        ops = ops.len(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "store write failed; retrying the batch"
+                    );
+                    inbox.wait(delay);
+                    delay = (delay * 2).min(self.cfg.max_backoff);
+                }
+            }
+        }
+    }
+}
+
+/// Adds a message to the batch; true when the batch must be committed now.
+fn take(
+    msg: Msg,
+    batch: &mut Vec<StoreOp>,
+    waiters: &mut Vec<SyncSender<()>>,
+    stop: &mut bool,
+) -> bool {
+    match msg {
+        Msg::Op(op) => {
+            batch.push(op);
+            false
+        }
+        Msg::Flush(w) => {
+            waiters.push(w);
+            true
+        }
+        Msg::Close(w) => {
+            waiters.push(w);
+            *stop = true;
+            true
+        }
+    }
+}
+
+/// `lease_left` recomputed at `now_unix` from the stored wall-clock lease end (0 once it has
+/// passed): what [`pua_xmpp::subscriber::Subscription::restore`] needs after a restart.
+pub fn lease_left_at(expires_at_unix: Option<i64>, now_unix: i64) -> Option<u32> {
+    expires_at_unix.map(|end| u32::try_from((end - now_unix).max(0)).unwrap_or(u32::MAX))
+}
