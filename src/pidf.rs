@@ -1256,7 +1256,10 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
             "<presence from='romeo@example.net' to='j@sip.example.net' type='unavailable'/>"
         ));
         assert!(agg.is_available());
-        feed(&mut agg, "<presence from='romeo@example.net/a' to='j@sip.example.net' type='unavailable'/>");
+        feed(
+            &mut agg,
+            "<presence from='romeo@example.net/a' to='j@sip.example.net' type='unavailable'/>",
+        );
         assert!(feed(
             &mut agg,
             "<presence from='romeo@example.net/b' to='j@sip.example.net' type='unavailable'/>"

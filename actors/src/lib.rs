@@ -7,5 +7,6 @@ pub mod gateway;
 pub mod http;
 pub mod messages;
 pub mod registry;
+pub mod store;
 pub mod translator;
 pub mod transport;

@@ -60,7 +60,7 @@ impl Wakeup {
         self.at = next;
         if let Some(t) = next {
             let delay = t.saturating_duration_since(Instant::now());
-            self.handle = Some(ctx.run_later(delay, move |a, ctx| fire(a, ctx)));
+            self.handle = Some(ctx.run_later(delay, fire));
         }
     }
 }
