@@ -98,6 +98,46 @@ pub struct NotifierDialog {
     closed: bool,
 }
 
+impl NotifierDialog {
+    /// A dialog rebuilt from stored fields; `restore_dialog` sets its expiry.
+    #[allow(clippy::too_many_arguments)]
+    pub fn stored(
+        call_id: String,
+        local_tag: String,
+        remote_tag: String,
+        remote: NameAddr,
+        watcher: BareJid,
+        remote_target: String,
+        route_set: Vec<String>,
+        local_cseq: u32,
+        remote_cseq: u32,
+        event_id: Option<String>,
+        active: bool,
+        now: Instant,
+    ) -> NotifierDialog {
+        NotifierDialog {
+            call_id,
+            local_tag,
+            remote_tag,
+            remote,
+            watcher,
+            remote_target,
+            route_set,
+            local_cseq,
+            remote_cseq,
+            event_id,
+            state: if active { DialogState::Active } else { DialogState::Pending },
+            expires_at: now,
+            inflight: None,
+            dirty: false,
+            next_allowed: None,
+            terminate: None,
+            fetch_deadline: None,
+            closed: false,
+        }
+    }
+}
+
 /// What the store should record.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PersistOp {
@@ -191,6 +231,22 @@ impl Presentity {
     }
 
     /// Restores a persisted relation (after a restart).
+    /// Restores a persisted dialog (after a restart) with `left` of its lease. The dialog
+    /// resumes as it was: the watcher's next refresh is accepted and the next change of X is
+    /// NOTIFYed in it; nothing is sent now (the watcher already has our last state).
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore_dialog(&mut self, mut d: NotifierDialog, left: Duration, now: Instant) {
+        d.expires_at = now + left;
+        d.inflight = None;
+        d.dirty = false;
+        d.next_allowed = None;
+        d.terminate = None;
+        d.fetch_deadline = None;
+        d.closed = false;
+        self.dialogs.retain(|x| x.call_id != d.call_id);
+        self.dialogs.push(d);
+    }
+
     pub fn restore_relation(&mut self, watcher: BareJid, state: WatcherRelation) {
         self.relations.insert(
             watcher,
