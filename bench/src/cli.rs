@@ -26,6 +26,8 @@ OPTIONS (defaults in brackets):
     --sip-domain D         domain of our SIP users [sip.bench]
     --xmpp-domain D        domain of our XMPP users [xmpp.bench]
     --separator C          user/domain separator of encoded addresses [*]
+    --sip-transport T      udp or tcp: how scenario b sends its SUBSCRIBEs (we always
+                           listen on both; scenario a follows the gateway's choice) [udp]
     --rates R1,R2,...      ladder of update rates per second [5000,15000,50000]
     --step-secs S          duration of one ladder step [5]
     --grace-secs S         wait after a step before counting losses [2]
@@ -56,6 +58,7 @@ pub struct Args {
     pub sip_domain: String,
     pub xmpp_domain: String,
     pub separator: char,
+    pub sip_tcp: bool,
     pub rates: Vec<u64>,
     pub step_secs: f64,
     pub grace_secs: f64,
@@ -81,6 +84,7 @@ impl Default for Args {
             sip_domain: "sip.bench".into(),
             xmpp_domain: "xmpp.bench".into(),
             separator: '*',
+            sip_tcp: false,
             rates: vec![5000, 15000, 50000],
             step_secs: 5.0,
             grace_secs: 2.0,
@@ -174,6 +178,13 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
                 match (cs.next(), cs.next()) {
                     (Some(c), None) if c != '@' && !c.is_whitespace() => a.separator = c,
                     _ => return Err("--separator: one character, not '@'".into()),
+                }
+            }
+            "--sip-transport" => {
+                a.sip_tcp = match v.to_ascii_lowercase().as_str() {
+                    "udp" => false,
+                    "tcp" => true,
+                    _ => return Err(format!("--sip-transport: {v:?} is not udp or tcp")),
                 }
             }
             "--rates" => {

@@ -12,7 +12,7 @@ mod sip;
 mod xmpp;
 
 use cli::{Args, Command, Scenario};
-use peer::{Ctx, LINK_CLOSED, LINK_REFUSED, LINK_UP, LINK_WAITING};
+use peer::{Ctx, Route, LINK_CLOSED, LINK_REFUSED, LINK_UP, LINK_WAITING};
 use procstat::CpuMark;
 use report::{percentiles, Memory, Report, Setup, Step};
 use shared::{Shared, C, C_NAMES};
@@ -78,6 +78,11 @@ fn run(args: Args) -> Result<(), String> {
         ));
     }
     let sock = bind_udp(&args)?;
+    let sip_listener = TcpListener::bind(args.sip_listen)
+        .map_err(|e| format!("--sip-listen {} (TCP): {e}", args.sip_listen))?;
+    sip_listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("SIP listener: {e}"))?;
     let listener = TcpListener::bind(args.xmpp_listen)
         .map_err(|e| format!("--xmpp-listen {}: {e}", args.xmpp_listen))?;
     listener
@@ -94,6 +99,7 @@ fn run(args: Args) -> Result<(), String> {
         dialogs: Mutex::new(peer::Dialogs::default()),
         link: Default::default(),
         xmpp_tx: Mutex::new(None),
+        b_route: Mutex::new(Route::Udp(args.gateway_sip)),
         args,
     });
     let mut notes = Vec::new();
@@ -116,7 +122,23 @@ fn run(args: Args) -> Result<(), String> {
             Err(_) => break None,
         }
     };
-    let mut threads = vec![sip_thread];
+    let tcp_thread = {
+        let c = ctx.clone();
+        std::thread::spawn(move || peer::sip_tcp_accept_loop(c, sip_listener))
+    };
+    let mut threads = vec![sip_thread, tcp_thread];
+    if ctx.args.scenario == Scenario::B && ctx.args.sip_tcp {
+        match peer::sip_tcp_connect(&ctx, &mut threads) {
+            Ok(r) => *ctx.b_route.lock().unwrap_or_else(|e| e.into_inner()) = r,
+            Err(e) => {
+                ctx.shared.stop.store(true, Ordering::Relaxed);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e);
+            }
+        }
+    }
     let result = match stream {
         None => Err("the gateway did not connect its component in time".to_owned()),
         Some(stream) => {
@@ -257,10 +279,15 @@ fn send_setup(ctx: &Ctx, from: usize, to: usize, sip_buf: &mut Vec<u8>) {
             ctx.send_xmpp(s.into_bytes());
         }
         Scenario::B => {
+            let route = ctx
+                .b_route
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             for i in from..to {
-                ctx.write_subscribe(sip_buf, i);
+                ctx.write_subscribe(sip_buf, i, route.proto());
                 ctx.shared.mark_setup_sent(i);
-                ctx.send_sip(sip_buf, a.gateway_sip);
+                ctx.send_sip(sip_buf, &route);
             }
         }
     }

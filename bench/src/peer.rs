@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Component link states (`Ctx::link`).
@@ -24,6 +24,38 @@ pub const LINK_CLOSED: u8 = 3;
 /// Longest Expires we grant (scenario a).
 const MAX_EXPIRES: u64 = 3600;
 
+/// A SIP TCP connection (either direction); writes are serialized by the mutex.
+pub struct TcpConn {
+    pub peer: SocketAddr,
+    stream: Mutex<TcpStream>,
+}
+
+impl TcpConn {
+    pub fn new(stream: TcpStream) -> std::io::Result<TcpConn> {
+        Ok(TcpConn {
+            peer: stream.peer_addr()?,
+            stream: Mutex::new(stream),
+        })
+    }
+}
+
+/// Where a SIP message goes: a UDP address, or a TCP connection.
+#[derive(Clone)]
+pub enum Route {
+    Udp(SocketAddr),
+    Tcp(Arc<TcpConn>),
+}
+
+impl Route {
+    /// Transport token for `Via`.
+    pub fn proto(&self) -> &'static str {
+        match self {
+            Route::Udp(_) => "UDP",
+            Route::Tcp(_) => "TCP",
+        }
+    }
+}
+
 /// One subscription dialog where we are the notifier (scenario a: the gateway subscribed).
 pub struct Dialog {
     call_id: String,
@@ -34,7 +66,7 @@ pub struct Dialog {
     remote: String,
     /// Request-URI of our NOTIFYs: the SUBSCRIBE's Contact.
     target: String,
-    dest: SocketAddr,
+    dest: Route,
     cseq: u32,
     expires_at: Instant,
     pub alive: bool,
@@ -57,6 +89,8 @@ pub struct Ctx {
     pub link: AtomicU8,
     /// Component-stream writer queue (set once the gateway connects).
     pub xmpp_tx: Mutex<Option<Sender<Vec<u8>>>>,
+    /// Scenario b: where our SUBSCRIBEs go (UDP to `--gateway-sip`, or our TCP connection).
+    pub b_route: Mutex<Route>,
 }
 
 impl Ctx {
@@ -78,13 +112,25 @@ impl Ctx {
 
     // ---- sending -----------------------------------------------------------------------
 
-    pub fn send_sip(&self, bytes: &[u8], to: SocketAddr) {
-        if !to.ip().is_loopback() {
-            self.shared.inc(C::sip_dropped_non_loopback);
-            return;
-        }
-        match self.sock.send_to(bytes, to) {
-            Ok(_) => self.shared.inc(C::sip_tx),
+    pub fn send_sip(&self, bytes: &[u8], to: &Route) {
+        let r = match to {
+            Route::Udp(a) if !a.ip().is_loopback() => {
+                self.shared.inc(C::sip_dropped_non_loopback);
+                return;
+            }
+            Route::Tcp(c) if !c.peer.ip().is_loopback() => {
+                self.shared.inc(C::sip_dropped_non_loopback);
+                return;
+            }
+            Route::Udp(a) => self.sock.send_to(bytes, a).map(|_| ()),
+            Route::Tcp(c) => c
+                .stream
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(bytes),
+        };
+        match r {
+            Ok(()) => self.shared.inc(C::sip_tx),
             Err(_) => self.shared.inc(C::sip_send_errors),
         }
     }
@@ -140,10 +186,11 @@ impl Ctx {
         let mut s = String::with_capacity(512 + body.len());
         let _ = write!(
             s,
-            "NOTIFY {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{}\r\nMax-Forwards: 70\r\n\
+            "NOTIFY {} SIP/2.0\r\nVia: SIP/2.0/{} {};branch=z9hG4bK{}\r\nMax-Forwards: 70\r\n\
 From: <{}>;tag={}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} NOTIFY\r\nContact: <sip:{}@{}>\r\n\
 Event: presence\r\n",
             d.target,
+            d.dest.proto(),
             self.args.sip_listen,
             branch,
             d.local_uri,
@@ -189,8 +236,8 @@ Event: presence\r\n",
             let note = format!("n{seq}");
             let branch = format!("n{seq}.{}", self.run);
             self.write_notify(out, d, &branch, "active", &note, seq);
-            let dest = d.dest;
-            self.send_sip(out, dest);
+            let dest = d.dest.clone();
+            self.send_sip(out, &dest);
         }
         true
     }
@@ -198,7 +245,7 @@ Event: presence\r\n",
     // ---- scenario b: SUBSCRIBEs and presence ----------------------------------------------
 
     /// Initial SUBSCRIBE of SIP watcher `w{i}` to XMPP user `u{i}` via the gateway.
-    pub fn write_subscribe(&self, out: &mut Vec<u8>, i: usize) {
+    pub fn write_subscribe(&self, out: &mut Vec<u8>, i: usize, proto: &str) {
         let a = &self.args;
         let target = format!(
             "sip:u{i}{}{}@{}",
@@ -207,13 +254,14 @@ Event: presence\r\n",
         let mut s = String::with_capacity(600);
         let _ = write!(
             s,
-            "SUBSCRIBE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bKs{i}.{r};rport\r\n\
+            "SUBSCRIBE {target} SIP/2.0\r\nVia: SIP/2.0/{proto} {l};branch=z9hG4bKs{i}.{r};rport\r\n\
 Max-Forwards: 70\r\nFrom: <sip:w{i}@{sd}>;tag=w{i}.{r}\r\nTo: <{target}>\r\n\
-Call-ID: b{i}.{r}@bench\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:w{i}@{l}>\r\n\
+Call-ID: b{i}.{r}@bench\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:w{i}@{l}{tp}>\r\n\
 Event: presence\r\nAccept: application/pidf+xml\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n",
             l = a.sip_listen,
             r = self.run,
-            sd = a.sip_domain
+            sd = a.sip_domain,
+            tp = if proto == "TCP" { ";transport=tcp" } else { "" }
         );
         out.clear();
         out.extend_from_slice(s.as_bytes());
@@ -250,7 +298,7 @@ pub fn sip_rx_loop(ctx: &Ctx) {
             Ok((n, peer)) => {
                 ctx.shared.inc(C::sip_rx);
                 if let Some(data) = buf.get(..n) {
-                    handle_sip(ctx, data, peer, &mut out);
+                    handle_sip(ctx, data, &Route::Udp(peer), &mut out);
                 }
             }
             // Timeouts (to see the stop flag) and ICMP errors from earlier sends.
@@ -259,13 +307,13 @@ pub fn sip_rx_loop(ctx: &Ctx) {
     }
 }
 
-fn respond(ctx: &Ctx, req: &Msg<'_>, peer: SocketAddr, code: u16, reason: &str, extra: &str) {
+fn respond(ctx: &Ctx, req: &Msg<'_>, peer: &Route, code: u16, reason: &str, extra: &str) {
     let mut out = Vec::with_capacity(512);
     sip::write_response(&mut out, req, code, reason, None, extra);
     ctx.send_sip(&out, peer);
 }
 
-fn handle_sip(ctx: &Ctx, data: &[u8], peer: SocketAddr, out: &mut Vec<u8>) {
+fn handle_sip(ctx: &Ctx, data: &[u8], peer: &Route, out: &mut Vec<u8>) {
     if data.iter().all(|b| b.is_ascii_whitespace()) {
         return;
     }
@@ -326,7 +374,7 @@ fn handle_sip(ctx: &Ctx, data: &[u8], peer: SocketAddr, out: &mut Vec<u8>) {
 
 /// The presence server's side of a SUBSCRIBE from the gateway (scenario a, or any scenario
 /// where the gateway subscribes).
-fn on_subscribe(ctx: &Ctx, m: &Msg<'_>, peer: SocketAddr, out: &mut Vec<u8>) {
+fn on_subscribe(ctx: &Ctx, m: &Msg<'_>, peer: &Route, out: &mut Vec<u8>) {
     ctx.shared.inc(C::subscribe_rx);
     if m.get("event").map(sip::token) != Some("presence") {
         respond(ctx, m, peer, 489, "Bad Event", "Allow-Events: presence\r\n");
@@ -380,8 +428,8 @@ fn on_subscribe(ctx: &Ctx, m: &Msg<'_>, peer: SocketAddr, out: &mut Vec<u8>) {
         } else {
             ctx.write_notify(out, d, &branch, "active", "refresh", 0);
         }
-        let dest = d.dest;
-        ctx.send_sip(out, dest);
+        let dest = d.dest.clone();
+        ctx.send_sip(out, &dest);
         out.clear();
         return;
     }
@@ -401,7 +449,7 @@ fn on_subscribe(ctx: &Ctx, m: &Msg<'_>, peer: SocketAddr, out: &mut Vec<u8>) {
             .map(sip::uri_of)
             .unwrap_or_else(|| sip::uri_of(from))
             .to_owned(),
-        dest: peer,
+        dest: peer.clone(),
         cseq: 0,
         expires_at: now + Duration::from_secs(expires),
         alive: expires > 0,
@@ -422,7 +470,7 @@ fn on_subscribe(ctx: &Ctx, m: &Msg<'_>, peer: SocketAddr, out: &mut Vec<u8>) {
 }
 
 /// The SIP watcher's side of a NOTIFY from the gateway (scenario b).
-fn on_notify(ctx: &Ctx, m: &Msg<'_>, peer: SocketAddr) {
+fn on_notify(ctx: &Ctx, m: &Msg<'_>, peer: &Route) {
     ctx.shared.inc(C::notify_rx);
     // Our Call-IDs are `b{i}.{run}@bench`.
     let idx = m
@@ -452,6 +500,103 @@ fn on_notify(ctx: &Ctx, m: &Msg<'_>, peer: SocketAddr) {
     if let Some(seq) = sip::first_note(m.body).and_then(seq_of) {
         ctx.shared.mark_delivered(seq);
     }
+}
+
+/// Accepts SIP TCP connections on `--sip-listen` until stopped; one reader thread each.
+pub fn sip_tcp_accept_loop(ctx: Arc<Ctx>, listener: std::net::TcpListener) {
+    let mut threads = Vec::new();
+    while !ctx.shared.stopping() {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let c = ctx.clone();
+                threads.push(std::thread::spawn(move || sip_tcp_start(&c, stream)));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// Prepares an accepted or connected SIP TCP stream and reads it until stopped.
+pub fn sip_tcp_start(ctx: &Ctx, stream: TcpStream) {
+    let setup = stream
+        .set_nonblocking(false)
+        .and_then(|_| stream.set_nodelay(true))
+        .and_then(|_| stream.set_read_timeout(Some(Duration::from_millis(100))))
+        .and_then(|_| stream.try_clone());
+    let Ok(writer) = setup else {
+        return;
+    };
+    let Ok(conn) = TcpConn::new(writer) else {
+        return;
+    };
+    sip_tcp_read_loop(ctx, Arc::new(conn), stream);
+}
+
+/// Reads one SIP TCP connection: Content-Length framing, then the same handling as UDP.
+pub fn sip_tcp_read_loop(ctx: &Ctx, conn: Arc<TcpConn>, mut stream: TcpStream) {
+    let route = Route::Tcp(conn);
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut out = Vec::with_capacity(2048);
+    while !ctx.shared.stopping() {
+        match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                continue
+            }
+            Err(_) => return,
+        }
+        let mut used = 0;
+        loop {
+            match sip::frame(buf.get(used..).unwrap_or_default()) {
+                sip::Frame::Need => break,
+                sip::Frame::Skip(k) => used += k,
+                sip::Frame::Message(k) => {
+                    ctx.shared.inc(C::sip_rx);
+                    if let Some(m) = buf.get(used..used + k) {
+                        handle_sip(ctx, m, &route, &mut out);
+                    }
+                    used += k;
+                }
+                sip::Frame::Bad => {
+                    ctx.shared.inc(C::sip_unparsed);
+                    return;
+                }
+            }
+        }
+        buf.drain(..used);
+    }
+}
+
+/// Scenario b over TCP: connects to the gateway and returns the route for our SUBSCRIBEs;
+/// the reader runs on its own thread.
+pub fn sip_tcp_connect(
+    ctx: &Arc<Ctx>,
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+) -> Result<Route, String> {
+    let to = ctx.args.gateway_sip;
+    let stream = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .map_err(|e| format!("SIP TCP connect to {to}: {e}"))?;
+    let prepared = stream
+        .set_nodelay(true)
+        .and_then(|_| stream.set_read_timeout(Some(Duration::from_millis(100))))
+        .and_then(|_| stream.try_clone())
+        .and_then(TcpConn::new)
+        .map_err(|e| format!("SIP TCP socket: {e}"))?;
+    let conn = Arc::new(prepared);
+    let c = ctx.clone();
+    let reader_conn = conn.clone();
+    threads.push(std::thread::spawn(move || {
+        sip_tcp_read_loop(&c, reader_conn, stream)
+    }));
+    Ok(Route::Tcp(conn))
 }
 
 // ---- XMPP server side ------------------------------------------------------------------

@@ -168,6 +168,50 @@ fn is_open_tag(before: &str) -> bool {
     b.get(..name_start).is_some_and(|p| p.ends_with('<'))
 }
 
+/// What a stream buffer starts with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Not a whole message yet.
+    Need,
+    /// Keepalive CRLFs to skip.
+    Skip(usize),
+    /// A whole message of this many bytes.
+    Message(usize),
+    /// No Content-Length or an oversized head: the stream is unusable.
+    Bad,
+}
+
+/// Content-Length framing of a SIP stream (RFC 3261 §18.3).
+pub fn frame(buf: &[u8]) -> Frame {
+    let ws = buf
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
+    if ws > 0 {
+        return Frame::Skip(ws);
+    }
+    let Some(head_end) = find(buf, b"\r\n\r\n") else {
+        return if buf.len() > 65536 {
+            Frame::Bad
+        } else {
+            Frame::Need
+        };
+    };
+    let head = String::from_utf8_lossy(buf.get(..head_end).unwrap_or_default());
+    let len = head.split("\r\n").skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        (long_name(n.trim()).eq_ignore_ascii_case("content-length"))
+            .then(|| v.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    match len {
+        None => Frame::Bad,
+        Some(n) if n > 1 << 20 => Frame::Bad,
+        Some(n) if buf.len() >= head_end + 4 + n => Frame::Message(head_end + 4 + n),
+        Some(_) => Frame::Need,
+    }
+}
+
 /// A response to `req`: Via, From, To (+ our tag if it had none), Call-ID and CSeq copied.
 /// `extra` is more header lines, each ending in CRLF.
 pub fn write_response(
@@ -261,6 +305,17 @@ Content-Length: 0\r\n\r\n"
         let p = br#"<p:presence><p:tuple><p:notebook/><p:note>x1</p:note></p:tuple></p:presence>"#;
         assert_eq!(first_note(p), Some("x1"));
         assert_eq!(first_note(b"<presence/>"), None);
+    }
+
+    #[test]
+    fn frames_a_stream() {
+        assert_eq!(frame(b"\r\n\r\nINVITE"), Frame::Skip(4));
+        assert_eq!(frame(b"NOTIFY x SIP/2.0\r\nl: 3\r\n\r\nab"), Frame::Need);
+        assert_eq!(
+            frame(b"NOTIFY x SIP/2.0\r\nl: 3\r\n\r\nabcNOTIFY"),
+            Frame::Message(29)
+        );
+        assert_eq!(frame(b"NOTIFY x SIP/2.0\r\nTo: a\r\n\r\n"), Frame::Bad);
     }
 
     #[test]
