@@ -262,6 +262,18 @@ fn report_shell(ctx: &Ctx, setup: Setup, memory: Memory, steps: Vec<Step>) -> Re
     }
 }
 
+/// Kernel drops at the gateway's and our SIP UDP sockets.
+fn drops(a: &Args) -> (Option<u64>, Option<u64>) {
+    (
+        procstat::udp_drops(a.gateway_sip),
+        procstat::udp_drops(a.sip_listen),
+    )
+}
+
+fn delta(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    Some(b?.saturating_sub(a?))
+}
+
 /// Sends the set-up requests `from..to`: subscribe stanzas (a) or SUBSCRIBEs (b).
 fn send_setup(ctx: &Ctx, from: usize, to: usize, sip_buf: &mut Vec<u8>) {
     let a = &ctx.args;
@@ -293,17 +305,38 @@ fn send_setup(ctx: &Ctx, from: usize, to: usize, sip_buf: &mut Vec<u8>) {
     }
 }
 
+/// Resends due, unanswered SUBSCRIBEs (T1 doubling up to T2, at most 10 times).
+fn retransmit_subscribes(ctx: &Ctx, state: &mut [(u8, Instant)], buf: &mut Vec<u8>) {
+    let now = Instant::now();
+    let route = Route::Udp(ctx.args.gateway_sip);
+    for (i, (tries, due)) in state.iter_mut().enumerate() {
+        if *tries >= 10 || *due > now || ctx.shared.is_answered(i) {
+            continue;
+        }
+        *tries += 1;
+        let interval = (peer::T1 * (1u32 << (*tries).min(3))).min(Duration::from_secs(4));
+        *due = now + interval;
+        ctx.write_subscribe(buf, i, "UDP");
+        ctx.shared.inc(C::subscribe_retransmissions);
+        ctx.send_sip(buf, &route);
+    }
+}
+
 /// N subscriptions with at most `setup_window` in flight; ends when all are confirmed, on
 /// timeout, or when the component link drops.
 fn run_setup(ctx: &Ctx) -> Setup {
     let a = &ctx.args;
     let s = &ctx.shared;
+    let drops0 = drops(a);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(a.setup_timeout_secs);
     let mut next = 0usize;
     let mut buf = Vec::with_capacity(1024);
     let tick = Duration::from_millis(a.tick_ms);
     let mut timed_out = false;
+    let mut last_retx = Instant::now();
+    // Scenario b over UDP: retransmissions of unanswered SUBSCRIBEs (count, next due).
+    let mut b_retx: Vec<(u8, Instant)> = Vec::new();
     loop {
         let done = s.setup_done_count.load(Ordering::Relaxed);
         if done >= a.n || ctx.link_state() != LINK_UP {
@@ -317,7 +350,17 @@ fn run_setup(ctx: &Ctx) -> Setup {
         if inflight < a.setup_window && next < a.n {
             let k = (a.setup_window - inflight).min(a.n - next).min(2000);
             send_setup(ctx, next, next + k, &mut buf);
+            let due = Instant::now() + peer::T1;
+            b_retx.resize(next + k, (0, due));
             next += k;
+        }
+        if last_retx.elapsed() >= Duration::from_millis(50) {
+            last_retx = Instant::now();
+            match a.scenario {
+                Scenario::A => ctx.retransmit_initial(),
+                Scenario::B if !a.sip_tcp => retransmit_subscribes(ctx, &mut b_retx, &mut buf),
+                Scenario::B => {}
+            }
         }
         std::thread::sleep(tick);
     }
@@ -354,6 +397,8 @@ fn run_setup(ctx: &Ctx) -> Setup {
         },
         latency: percentiles(lats),
         timed_out,
+        gateway_udp_drops: delta(drops0.0, drops(a).0),
+        tool_udp_drops: delta(drops0.1, drops(a).1),
     }
 }
 
@@ -445,6 +490,7 @@ fn run_ladder(ctx: &Ctx, notes: &mut Vec<String>) -> Vec<Step> {
         let c0 = s.counters();
         let (gw0, me0) = (CpuMark::now(pid), CpuMark::now(None));
         let seq0 = next_seq;
+        let drops0 = drops(a);
         let start = Instant::now();
         let mut sent = 0u64;
         let mut peak = procstat::rss_kb(pid);
@@ -508,6 +554,8 @@ fn run_ladder(ctx: &Ctx, notes: &mut Vec<String>) -> Vec<Step> {
             gateway_cpu_pct: gw0.pct_until(&gw1),
             gateway_peak_rss_kb: peak,
             tool_cpu_pct: me0.pct_until(&me1),
+            gateway_udp_drops: delta(drops0.0, drops(a).0),
+            tool_udp_drops: delta(drops0.1, drops(a).1),
             counters,
             truncated,
         });

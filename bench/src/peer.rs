@@ -21,6 +21,12 @@ pub const LINK_UP: u8 = 1;
 pub const LINK_REFUSED: u8 = 2;
 pub const LINK_CLOSED: u8 = 3;
 
+/// RFC 3261 T1 and T2: retransmission of the initial NOTIFY / SUBSCRIBE over UDP.
+pub const T1: Duration = Duration::from_millis(500);
+const T2: Duration = Duration::from_secs(4);
+/// Retransmissions before giving up (about Timer F, 32 s).
+const MAX_RETX: u8 = 10;
+
 /// Longest Expires we grant (scenario a).
 const MAX_EXPIRES: u64 = 3600;
 
@@ -70,6 +76,9 @@ pub struct Dialog {
     cseq: u32,
     expires_at: Instant,
     pub alive: bool,
+    /// The initial NOTIFY until a final response arrives: bytes, next retransmission,
+    /// interval, tries (RFC 3261 §17.1.2 timers, as a real presence server on UDP would).
+    initial: Option<(Vec<u8>, Instant, Duration, u8)>,
 }
 
 #[derive(Default)]
@@ -242,7 +251,54 @@ Event: presence\r\n",
         true
     }
 
+    /// A final response to the initial NOTIFY of dialog `call_id` stops its retransmission.
+    fn initial_answered(&self, call_id: &str) {
+        let mut t = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&i) = t.by_call.get(call_id) {
+            if let Some(d) = t.list.get_mut(i) {
+                d.initial = None;
+            }
+        }
+    }
+
+    /// Retransmits unanswered initial NOTIFYs that are due (called during the set-up).
+    pub fn retransmit_initial(&self) {
+        let now = Instant::now();
+        let mut t = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
+        for d in t.list.iter_mut() {
+            let Some((bytes, next, interval, tries)) = d.initial.as_mut() else {
+                continue;
+            };
+            if *next > now {
+                continue;
+            }
+            if *tries >= MAX_RETX {
+                d.initial = None;
+                continue;
+            }
+            *tries += 1;
+            *interval = (*interval * 2).min(T2);
+            *next = now + *interval;
+            self.shared.inc(C::notify_retransmissions);
+            let r = match &d.dest {
+                Route::Udp(a) if a.ip().is_loopback() => self.sock.send_to(bytes, a).is_ok(),
+                _ => false,
+            };
+            self.shared
+                .inc(if r { C::sip_tx } else { C::sip_send_errors });
+        }
+    }
+
     // ---- scenario b: SUBSCRIBEs and presence ----------------------------------------------
+
+    /// Pair index of one of our Call-IDs (`b{i}.{run}@bench`).
+    pub fn b_index(&self, call_id: Option<&str>) -> Option<usize> {
+        let (i, rest) = call_id?.strip_prefix('b')?.split_once('.')?;
+        if rest.split('@').next() != Some(self.run.as_str()) {
+            return None;
+        }
+        i.parse::<usize>().ok().filter(|&i| i < self.args.n)
+    }
 
     /// Initial SUBSCRIBE of SIP watcher `w{i}` to XMPP user `u{i}` via the gateway.
     pub fn write_subscribe(&self, out: &mut Vec<u8>, i: usize, proto: &str) {
@@ -326,6 +382,11 @@ fn handle_sip(ctx: &Ctx, data: &[u8], peer: &Route, out: &mut Vec<u8>) {
             let ok = (200..300).contains(&code);
             match m.cseq_method() {
                 Some("NOTIFY") => {
+                    if code >= 200
+                        && m.get("cseq").and_then(|c| c.split_whitespace().next()) == Some("1")
+                    {
+                        ctx.initial_answered(m.get("call-id").unwrap_or(""));
+                    }
                     ctx.shared.inc(if ok {
                         C::response_2xx_to_notify
                     } else {
@@ -334,6 +395,11 @@ fn handle_sip(ctx: &Ctx, data: &[u8], peer: &Route, out: &mut Vec<u8>) {
                     ctx.shared.code(code);
                 }
                 Some("SUBSCRIBE") => {
+                    if code >= 200 {
+                        if let Some(i) = ctx.b_index(m.get("call-id")) {
+                            ctx.shared.mark_answered(i);
+                        }
+                    }
                     ctx.shared.inc(if ok {
                         C::response_2xx_to_subscribe
                     } else {
@@ -453,6 +519,7 @@ fn on_subscribe(ctx: &Ctx, m: &Msg<'_>, peer: &Route, out: &mut Vec<u8>) {
         cseq: 0,
         expires_at: now + Duration::from_secs(expires),
         alive: expires > 0,
+        initial: None,
     };
     sip::write_response(out, m, 200, "OK", Some(&d.our_tag), &contact_hdr(&d));
     ctx.send_sip(out, peer);
@@ -464,6 +531,9 @@ fn on_subscribe(ctx: &Ctx, m: &Msg<'_>, peer: &Route, out: &mut Vec<u8>) {
     };
     ctx.write_notify(out, &mut d, &branch, state, "init", 0);
     ctx.send_sip(out, peer);
+    if matches!(peer, Route::Udp(_)) {
+        d.initial = Some((out.clone(), now + T1, T1, 0));
+    }
     out.clear();
     t.by_call.insert(d.call_id.clone(), idx);
     t.list.push(d);
@@ -472,17 +542,7 @@ fn on_subscribe(ctx: &Ctx, m: &Msg<'_>, peer: &Route, out: &mut Vec<u8>) {
 /// The SIP watcher's side of a NOTIFY from the gateway (scenario b).
 fn on_notify(ctx: &Ctx, m: &Msg<'_>, peer: &Route) {
     ctx.shared.inc(C::notify_rx);
-    // Our Call-IDs are `b{i}.{run}@bench`.
-    let idx = m
-        .get("call-id")
-        .and_then(|c| c.strip_prefix('b'))
-        .and_then(|c| c.split_once('.'))
-        .and_then(|(i, rest)| {
-            (rest.split('@').next() == Some(ctx.run.as_str()))
-                .then(|| i.parse::<usize>().ok())
-                .flatten()
-        });
-    let Some(i) = idx.filter(|&i| i < ctx.args.n) else {
+    let Some(i) = ctx.b_index(m.get("call-id")) else {
         ctx.shared.inc(C::notify_unknown_dialog_rx);
         respond(ctx, m, peer, 481, "Subscription Does Not Exist", "");
         return;

@@ -36,6 +36,27 @@ pub fn rss_kb(pid: Option<u32>) -> Option<u64> {
         .ok()
 }
 
+/// Datagrams the kernel dropped on the UDP socket bound to `addr` (receive buffer full),
+/// from the `drops` column of /proc/net/udp. IPv4 only.
+pub fn udp_drops(addr: std::net::SocketAddr) -> Option<u64> {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        return None;
+    };
+    // /proc/net/udp prints the address as the in-memory u32 in hex, then the port.
+    let key = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(1) == Some(key.as_str()))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .reduce(|a, b| a + b)
+}
+
 /// A CPU reading to diff against later.
 #[derive(Clone, Copy)]
 pub struct CpuMark {
@@ -69,6 +90,10 @@ mod tests {
         assert!(rss_kb(None).is_some_and(|kb| kb > 0));
         let a = CpuMark::now(None);
         let b = CpuMark::now(None);
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").ok();
+        if let Some(addr) = sock.as_ref().and_then(|s| s.local_addr().ok()) {
+            assert_eq!(udp_drops(addr), Some(0));
+        }
         if let Some(p) = a.pct_until(&b) {
             assert!(p >= 0.0);
         }

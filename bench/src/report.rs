@@ -39,6 +39,9 @@ pub struct Setup {
     pub per_sec: f64,
     pub latency: Lat,
     pub timed_out: bool,
+    /// Datagrams dropped by the kernel at the gateway's / the tool's SIP socket during set-up.
+    pub gateway_udp_drops: Option<u64>,
+    pub tool_udp_drops: Option<u64>,
 }
 
 #[derive(Serialize, Default, Debug)]
@@ -66,6 +69,10 @@ pub struct Step {
     pub gateway_cpu_pct: Option<f64>,
     pub gateway_peak_rss_kb: Option<u64>,
     pub tool_cpu_pct: Option<f64>,
+    /// Datagrams the kernel dropped at the gateway's / the tool's SIP UDP socket (receive
+    /// buffer full) during the step and its grace period.
+    pub gateway_udp_drops: Option<u64>,
+    pub tool_udp_drops: Option<u64>,
     /// Counter changes over the step and its grace period.
     pub counters: BTreeMap<String, u64>,
     /// The send table was full: the step ended early.
@@ -111,6 +118,13 @@ pub fn print(r: &Report) {
         s.latency.max_ms,
         if s.timed_out { " (TIMED OUT)" } else { "" }
     );
+    if s.gateway_udp_drops.unwrap_or(0) + s.tool_udp_drops.unwrap_or(0) > 0 {
+        println!(
+            "set-up UDP drops (receive buffer full): gateway {}, tool {}",
+            s.gateway_udp_drops.map_or("-".into(), |v| v.to_string()),
+            s.tool_udp_drops.map_or("-".into(), |v| v.to_string())
+        );
+    }
     let m = &r.memory;
     println!(
         "gateway RSS: before {} KiB, after set-up {} KiB, {} bytes/subscription",
@@ -121,7 +135,7 @@ pub fn print(r: &Report) {
         opt(m.bytes_per_subscription)
     );
     println!(
-        "{:>8} {:>9} {:>9} {:>8} {:>7} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>6}",
+        "{:>8} {:>9} {:>9} {:>8} {:>7} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>6} {:>8} {:>8}",
         "target/s",
         "sent/s",
         "deliv/s",
@@ -135,11 +149,13 @@ pub fn print(r: &Report) {
         "maxms",
         "gwCPU%",
         "gwRSSmax",
-        "tool%"
+        "tool%",
+        "gwDrops",
+        "ourDrops"
     );
     for st in &r.steps {
         println!(
-            "{:>8} {:>9.0} {:>9.0} {:>8} {:>7.2} {:>5} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>9} {:>6}{}",
+            "{:>8} {:>9.0} {:>9.0} {:>8} {:>7.2} {:>5} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>9} {:>6} {:>8} {:>8}{}",
             st.target_rate,
             st.sent_per_sec,
             st.delivered_per_sec,
@@ -155,6 +171,8 @@ pub fn print(r: &Report) {
             st.gateway_peak_rss_kb
                 .map_or("-".into(), |v| format!("{}M", v / 1024)),
             opt(st.tool_cpu_pct),
+            st.gateway_udp_drops.map_or("-".into(), |v| v.to_string()),
+            st.tool_udp_drops.map_or("-".into(), |v| v.to_string()),
             if st.truncated { " (truncated)" } else { "" }
         );
     }

@@ -43,6 +43,8 @@ counters!(
     stanza_available_rx,
     stanza_error_rx,
     stanza_non_presence_rx,
+    notify_retransmissions,
+    subscribe_retransmissions,
     update_unmatched,
     update_duplicate,
     stanza_tx,
@@ -62,6 +64,8 @@ pub struct Shared {
     pub setup_sent: Vec<AtomicU64>,
     pub setup_done: Vec<AtomicU64>,
     pub setup_done_count: AtomicUsize,
+    /// Scenario b: a final response to SUBSCRIBE `i` arrived (stops its retransmission).
+    pub answered: Vec<AtomicBool>,
     counters: Vec<AtomicU64>,
     /// Response codes to our NOTIFYs (scenario a) or SUBSCRIBEs (scenario b), by code.
     pub codes: Vec<AtomicU64>,
@@ -82,6 +86,7 @@ impl Shared {
             setup_sent: zeroed(pairs),
             setup_done: zeroed(pairs),
             setup_done_count: AtomicUsize::new(0),
+            answered: zeroed(pairs),
             counters: zeroed(C_NAMES.len()),
             codes: zeroed(700),
         }
@@ -174,6 +179,18 @@ impl Shared {
         a.store(self.now_ns() + 1, Ordering::Relaxed);
         self.setup_done_count.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    pub fn mark_answered(&self, i: usize) {
+        if let Some(a) = self.answered.get(i) {
+            a.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_answered(&self, i: usize) -> bool {
+        self.answered
+            .get(i)
+            .is_some_and(|a| a.load(Ordering::Relaxed))
     }
 
     pub fn is_set_up(&self, i: usize) -> bool {
