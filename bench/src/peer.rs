@@ -79,6 +79,39 @@ pub struct Dialog {
     /// The initial NOTIFY until a final response arrives: bytes, next retransmission,
     /// interval, tries (RFC 3261 §17.1.2 timers, as a real presence server on UDP would).
     initial: Option<(Vec<u8>, Instant, Duration, u8)>,
+    /// Constant parts of this dialog's ladder NOTIFYs, rendered once.
+    tmpl: Option<Template>,
+}
+
+/// The bytes of a ladder NOTIFY between the numbers that change (branch, CSeq, expiry,
+/// length, note), so the pacer only copies and prints integers.
+struct Template {
+    /// `NOTIFY <target> SIP/2.0` .. `;branch=z9hG4bKn` (then seq).
+    head: Vec<u8>,
+    /// `.<run>` .. `CSeq: ` (then CSeq).
+    mid: Vec<u8>,
+    /// ` NOTIFY` .. `Subscription-State: active;expires=` (then the remaining seconds).
+    tail: Vec<u8>,
+    /// The PIDF up to `<note>n` (then seq).
+    body_head: Vec<u8>,
+}
+
+const NOTE_END: &str = "</note></tuple>";
+const PERSONS: [&str; 3] = [
+    "",
+    "<dm:person id=\"p1\"><rpid:activities><rpid:away/></rpid:activities></dm:person>",
+    "<dm:person id=\"p1\"><rpid:activities><rpid:busy/></rpid:activities></dm:person>",
+];
+const BODY_END: &str = "</presence>";
+
+/// Decimal digits of `n`.
+fn digits(mut n: u64) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
 }
 
 #[derive(Default)]
@@ -113,10 +146,6 @@ impl Ctx {
     fn a_presentity_suffix(&self) -> String {
         let a = &self.args;
         format!("{}{}@{}", a.separator, a.sip_domain, a.component)
-    }
-    /// Scenario b, JID of SIP watcher `i` at the component.
-    pub fn b_watcher_jid(&self, i: usize) -> String {
-        self.a_presentity_jid(i).replacen('p', "w", 1)
     }
 
     // ---- sending -----------------------------------------------------------------------
@@ -177,16 +206,8 @@ impl Ctx {
         body.push_str("\"><tuple id=\"t1\"><status><basic>open</basic></status><note>");
         xmpp::escape(&mut body, note);
         body.push_str("</note></tuple>");
-        match activity % 3 {
-            1 => body.push_str(
-                "<dm:person id=\"p1\"><rpid:activities><rpid:away/></rpid:activities></dm:person>",
-            ),
-            2 => body.push_str(
-                "<dm:person id=\"p1\"><rpid:activities><rpid:busy/></rpid:activities></dm:person>",
-            ),
-            _ => {}
-        }
-        body.push_str("</presence>");
+        body.push_str(PERSONS.get((activity % 3) as usize).copied().unwrap_or(""));
+        body.push_str(BODY_END);
         let remaining = d
             .expires_at
             .saturating_duration_since(Instant::now())
@@ -225,6 +246,79 @@ Event: presence\r\n",
         out.extend_from_slice(s.as_bytes());
     }
 
+    fn template(&self, d: &Dialog) -> Template {
+        // Render a NOTIFY with marker numbers and cut it at the markers.
+        let mut probe = Dialog {
+            call_id: d.call_id.clone(),
+            our_tag: d.our_tag.clone(),
+            local_uri: d.local_uri.clone(),
+            remote: d.remote.clone(),
+            target: d.target.clone(),
+            dest: d.dest.clone(),
+            cseq: 0,
+            expires_at: d.expires_at,
+            alive: true,
+            initial: None,
+            tmpl: None,
+        };
+        let mut s = Vec::new();
+        let branch = format!("n\u{1}.{}", self.run);
+        self.write_notify(&mut s, &mut probe, &branch, "active", "n\u{1}", 0);
+        let text = String::from_utf8_lossy(&s).into_owned();
+        let cut = |from: &str, marker: &str| -> (String, String) {
+            match from.split_once(marker) {
+                Some((a, b)) => (a.to_owned(), b.to_owned()),
+                None => (from.to_owned(), String::new()),
+            }
+        };
+        let (head, rest) = cut(&text, "n\u{1}");
+        let head = head + "n";
+        let (mid, rest) = cut(&rest, "CSeq: 1 NOTIFY");
+        let mid = mid + "CSeq: ";
+        let (tail, rest) = cut(&rest, "Subscription-State: active;expires=");
+        let tail = " NOTIFY".to_owned() + &tail + "Subscription-State: active;expires=";
+        let body_start = rest.find("\r\n\r\n").map_or(rest.len(), |i| i + 4);
+        let body = rest.get(body_start..).unwrap_or("");
+        let (body_head, _) = cut(body, "n\u{1}");
+        Template {
+            head: head.into_bytes(),
+            mid: mid.into_bytes(),
+            tail: tail.into_bytes(),
+            body_head: (body_head + "n").into_bytes(),
+        }
+    }
+
+    /// A ladder NOTIFY for update `seq` in dialog `d`: the same bytes as
+    /// `write_notify(.., "n<seq>.<run>", "active", "n<seq>", seq)`, from the template.
+    pub fn write_update(&self, out: &mut Vec<u8>, d: &mut Dialog, seq: u64) {
+        if d.tmpl.is_none() {
+            d.tmpl = Some(self.template(d));
+        }
+        let Some(t) = d.tmpl.as_ref() else {
+            return;
+        };
+        d.cseq += 1;
+        let remaining = d
+            .expires_at
+            .saturating_duration_since(Instant::now())
+            .as_secs();
+        let person = PERSONS.get((seq % 3) as usize).copied().unwrap_or("");
+        let body_len =
+            t.body_head.len() + digits(seq) + NOTE_END.len() + person.len() + BODY_END.len();
+        out.clear();
+        out.extend_from_slice(&t.head);
+        let _ = write!(out, "{seq}");
+        out.extend_from_slice(&t.mid);
+        let _ = write!(out, "{}", d.cseq);
+        out.extend_from_slice(&t.tail);
+        let _ = write!(
+            out,
+            "{remaining}\r\nContent-Type: application/pidf+xml\r\nContent-Length: {body_len}\r\n\r\n"
+        );
+        out.extend_from_slice(&t.body_head);
+        let _ = write!(out, "{seq}{NOTE_END}{person}{BODY_END}");
+    }
+
     /// Sends updates `from..from+k` as NOTIFYs round-robin over `alive` dialogs (scenario a).
     /// False when the send table is full.
     pub fn send_notify_batch(&self, alive: &[usize], from: u64, k: u64, out: &mut Vec<u8>) -> bool {
@@ -242,9 +336,7 @@ Event: presence\r\n",
             if !self.shared.mark_sent(seq) {
                 return false;
             }
-            let note = format!("n{seq}");
-            let branch = format!("n{seq}.{}", self.run);
-            self.write_notify(out, d, &branch, "active", &note, seq);
+            self.write_update(out, d, seq);
             let dest = d.dest.clone();
             self.send_sip(out, &dest);
         }
@@ -328,9 +420,8 @@ Event: presence\r\nAccept: application/pidf+xml\r\nExpires: 3600\r\nContent-Leng
         let a = &self.args;
         let _ = write!(
             out,
-            "<presence from='u{i}@{}/res' to='{}'>",
-            a.xmpp_domain,
-            self.b_watcher_jid(i)
+            "<presence from='u{i}@{}/res' to='w{i}{}{}@{}'>",
+            a.xmpp_domain, a.separator, a.sip_domain, a.component
         );
         match show % 3 {
             1 => out.push_str("<show>away</show>"),
@@ -520,6 +611,7 @@ fn on_subscribe(ctx: &Ctx, m: &Msg<'_>, peer: &Route, out: &mut Vec<u8>) {
         expires_at: now + Duration::from_secs(expires),
         alive: expires > 0,
         initial: None,
+        tmpl: None,
     };
     sip::write_response(out, m, 200, "OK", Some(&d.our_tag), &contact_hdr(&d));
     ctx.send_sip(out, peer);
@@ -816,5 +908,91 @@ fn on_stanza(ctx: &Ctx, el: &[u8], reply: &mut String) {
         Some("unsubscribed") => s.inc(C::stanza_unsubscribed_rx),
         Some("error") => s.inc(C::stanza_error_rx),
         Some(_) => s.inc(C::stanza_non_presence_rx),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Option<Ctx> {
+        let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
+        let args = Args::default();
+        Some(Ctx {
+            run: "r1".into(),
+            shared: Shared::new(1, 1),
+            sock,
+            dialogs: Mutex::new(Dialogs::default()),
+            link: AtomicU8::new(LINK_WAITING),
+            xmpp_tx: Mutex::new(None),
+            b_route: Mutex::new(Route::Udp(args.gateway_sip)),
+            args,
+        })
+    }
+
+    fn dialog() -> Dialog {
+        Dialog {
+            call_id: "c1@gw".into(),
+            our_tag: "ps0.r1".into(),
+            local_uri: "sip:p0@sip.bench".into(),
+            remote: "<sip:w0*xmpp.bench@gw.bench.local>;tag=gw-1".into(),
+            target: "sip:w0*xmpp.bench@127.0.0.1:15080".into(),
+            dest: Route::Udp(SocketAddr::from(([127, 0, 0, 1], 15080))),
+            cseq: 1,
+            expires_at: Instant::now() + Duration::from_millis(3_600_500),
+            alive: true,
+            initial: None,
+            tmpl: None,
+        }
+    }
+
+    #[test]
+    fn templated_update_is_byte_identical_to_a_formatted_notify() {
+        let Some(c) = ctx() else { return };
+        for seq in [0u64, 7, 12345] {
+            let (mut d1, mut d2) = (dialog(), dialog());
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            c.write_notify(
+                &mut a,
+                &mut d1,
+                &format!("n{seq}.r1"),
+                "active",
+                &format!("n{seq}"),
+                seq,
+            );
+            c.write_update(&mut b, &mut d2, seq);
+            assert_eq!(String::from_utf8_lossy(&b), String::from_utf8_lossy(&a));
+            assert_eq!(d1.cseq, d2.cseq);
+        }
+    }
+
+    #[test]
+    fn notify_wire_format() {
+        let Some(c) = ctx() else { return };
+        let mut d = dialog();
+        let mut out = Vec::new();
+        c.write_update(&mut out, &mut d, 5);
+        let text = String::from_utf8_lossy(&out);
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" entity=\"sip:p0@sip.bench\"><tuple id=\"t1\"><status><basic>open</basic></status><note>n5</note></tuple><dm:person id=\"p1\"><rpid:activities><rpid:busy/></rpid:activities></dm:person></presence>";
+        let want = format!(
+            "NOTIFY sip:w0*xmpp.bench@127.0.0.1:15080 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:15060;branch=z9hG4bKn5.r1\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:p0@sip.bench>;tag=ps0.r1\r\n\
+To: <sip:w0*xmpp.bench@gw.bench.local>;tag=gw-1\r\n\
+Call-ID: c1@gw\r\n\
+CSeq: 2 NOTIFY\r\n\
+Contact: <sip:p0@127.0.0.1:15060>\r\n\
+Event: presence\r\n\
+Subscription-State: active;expires=3600\r\n\
+Content-Type: application/pidf+xml\r\n\
+Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(text, want);
+        let Some(m) = sip::parse(&out) else {
+            panic!("unparseable NOTIFY")
+        };
+        assert_eq!(sip::first_note(m.body), Some("n5"));
     }
 }
