@@ -31,7 +31,7 @@ OPTIONS (defaults in brackets):
     --rates R1,R2,...      ladder of update rates per second [5000,15000,50000]
     --step-secs S          duration of one ladder step [5]
     --grace-secs S         wait after a step before counting losses [2]
-    --setup-window W       subscriptions in flight during set-up [500]
+    --setup-window W       subscriptions in flight during set-up [100]
     --setup-timeout S      give up the set-up after S seconds [60]
     --connect-timeout S    wait this long for the gateway's component connection [30]
     --tick-ms MS           pacing tick [1]
@@ -88,7 +88,7 @@ impl Default for Args {
             rates: vec![5000, 15000, 50000],
             step_secs: 5.0,
             grace_secs: 2.0,
-            setup_window: 500,
+            setup_window: 100,
             setup_timeout_secs: 60.0,
             connect_timeout_secs: 30.0,
             tick_ms: 1,
