@@ -35,7 +35,8 @@ OPTIONS (defaults in brackets):
     --setup-timeout S      give up the set-up after S seconds [60]
     --connect-timeout S    wait this long for the gateway's component connection [30]
     --tick-ms MS           pacing tick [1]
-    --gateway-pid PID      read the gateway's CPU and RSS from /proc/PID
+    --gateway-pid PID[,PID..]  read the gateway's CPU and RSS from /proc/PID (several pids
+                           are summed: a multi-process server such as Kamailio)
     --json FILE            also write the results as JSON
 ";
 
@@ -66,7 +67,7 @@ pub struct Args {
     pub setup_timeout_secs: f64,
     pub connect_timeout_secs: f64,
     pub tick_ms: u64,
-    pub gateway_pid: Option<u32>,
+    pub gateway_pid: Vec<u32>,
     pub json: Option<PathBuf>,
 }
 
@@ -92,7 +93,7 @@ impl Default for Args {
             setup_timeout_secs: 60.0,
             connect_timeout_secs: 30.0,
             tick_ms: 1,
-            gateway_pid: None,
+            gateway_pid: Vec::new(),
             json: None,
         }
     }
@@ -213,7 +214,13 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
                     return Err("--tick-ms: must be 1..=1000".into());
                 }
             }
-            "--gateway-pid" => a.gateway_pid = Some(num(&key, v)?),
+            "--gateway-pid" => {
+                a.gateway_pid = v
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| num::<u32>(&key, s))
+                    .collect::<Result<_, _>>()?
+            }
             "--json" => a.json = Some(PathBuf::from(v)),
             _ => return Err(format!("unknown option {key}")),
         }
@@ -242,7 +249,7 @@ mod tests {
         assert_eq!(a.n, 10);
         assert_eq!(a.rates, vec![1000, 5000]);
         assert_eq!(a.step_secs, 3.0);
-        assert_eq!(a.gateway_pid, Some(42));
+        assert_eq!(a.gateway_pid, vec![42]);
         assert_eq!(a.separator, '%');
     }
 

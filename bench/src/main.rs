@@ -208,15 +208,15 @@ fn measure(ctx: &Ctx, notes: &mut Vec<String>) -> Result<Report, String> {
         _ => return Err("component stream did not complete the handshake".into()),
     }
     eprintln!("component connected; setting up {} subscriptions...", a.n);
-    let pid = a.gateway_pid;
-    let rss_before = procstat::rss_kb(pid);
+    let pid = Some(a.gateway_pid.as_slice());
+    let rss_before = procstat::rss_kb_of(pid);
     let setup = run_setup(ctx);
     eprintln!(
         "set-up: {}/{} done; letting the gateway settle 1 s",
         setup.completed, setup.requested
     );
     std::thread::sleep(Duration::from_secs(1));
-    let rss_after = procstat::rss_kb(pid);
+    let rss_after = procstat::rss_kb_of(pid);
     let memory = Memory {
         gateway_rss_before_kb: rss_before,
         gateway_rss_after_setup_kb: rss_after,
@@ -252,7 +252,7 @@ fn report_shell(ctx: &Ctx, setup: Setup, memory: Memory, steps: Vec<Step>) -> Re
         },
         n: ctx.args.n,
         component: ctx.args.component.clone(),
-        gateway_pid: ctx.args.gateway_pid,
+        gateway_pid: ctx.args.gateway_pid.clone(),
         setup,
         memory,
         steps,
@@ -453,7 +453,7 @@ fn tally(s: &Shared, range: std::ops::Range<u64>) -> (u64, u64, u64, Vec<u32>) {
 fn run_ladder(ctx: &Ctx, notes: &mut Vec<String>) -> Vec<Step> {
     let a = &ctx.args;
     let s = &ctx.shared;
-    let pid = a.gateway_pid;
+    let pid = Some(a.gateway_pid.as_slice());
     // Targets: live dialogs (a) or set-up pairs (b).
     let targets: Vec<usize> = match a.scenario {
         Scenario::A => {
@@ -493,7 +493,7 @@ fn run_ladder(ctx: &Ctx, notes: &mut Vec<String>) -> Vec<Step> {
         let drops0 = drops(a);
         let start = Instant::now();
         let mut sent = 0u64;
-        let mut peak = procstat::rss_kb(pid);
+        let mut peak = procstat::rss_kb_of(pid);
         let mut last_rss = Instant::now();
         let mut truncated = false;
         let burst = (rate / 50).max(1);
@@ -513,7 +513,7 @@ fn run_ladder(ctx: &Ctx, notes: &mut Vec<String>) -> Vec<Step> {
                 sent += k;
             }
             if last_rss.elapsed() >= Duration::from_millis(100) {
-                peak = peak.max(procstat::rss_kb(pid));
+                peak = peak.max(procstat::rss_kb_of(pid));
                 last_rss = Instant::now();
             }
             std::thread::sleep(tick);
@@ -523,7 +523,7 @@ fn run_ladder(ctx: &Ctx, notes: &mut Vec<String>) -> Vec<Step> {
         let grace_end = Instant::now() + grace;
         while Instant::now() < grace_end {
             std::thread::sleep(Duration::from_millis(100));
-            peak = peak.max(procstat::rss_kb(pid));
+            peak = peak.max(procstat::rss_kb_of(pid));
         }
         let (sent_n, delivered, dups, lats) = tally(s, seq0..next_seq);
         let lost = sent_n.saturating_sub(delivered);

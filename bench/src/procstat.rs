@@ -36,6 +36,25 @@ pub fn rss_kb(pid: Option<u32>) -> Option<u64> {
         .ok()
 }
 
+/// Summed utime + stime of the watched processes: `None` = this process; several pids (a
+/// multi-process server such as Kamailio) are summed; no pid at all gives `None`.
+pub fn cpu_ticks_of(pids: Option<&[u32]>) -> Option<u64> {
+    match pids {
+        None => cpu_ticks(None),
+        Some([]) => None,
+        Some(p) => p.iter().map(|&x| cpu_ticks(Some(x))).sum(),
+    }
+}
+
+/// Summed VmRSS (KiB) of the watched processes, as [`cpu_ticks_of`].
+pub fn rss_kb_of(pids: Option<&[u32]>) -> Option<u64> {
+    match pids {
+        None => rss_kb(None),
+        Some([]) => None,
+        Some(p) => p.iter().map(|&x| rss_kb(Some(x))).sum(),
+    }
+}
+
 /// Datagrams the kernel dropped on the UDP socket bound to `addr` (receive buffer full),
 /// from the `drops` column of /proc/net/udp. IPv4 only.
 pub fn udp_drops(addr: std::net::SocketAddr) -> Option<u64> {
@@ -65,9 +84,9 @@ pub struct CpuMark {
 }
 
 impl CpuMark {
-    pub fn now(pid: Option<u32>) -> CpuMark {
+    pub fn now(pids: Option<&[u32]>) -> CpuMark {
         CpuMark {
-            ticks: cpu_ticks(pid),
+            ticks: cpu_ticks_of(pids),
             at: Instant::now(),
         }
     }
@@ -90,6 +109,9 @@ mod tests {
         assert!(rss_kb(None).is_some_and(|kb| kb > 0));
         let a = CpuMark::now(None);
         let b = CpuMark::now(None);
+        let me = std::process::id();
+        assert_eq!(cpu_ticks_of(Some(&[])), None);
+        assert!(rss_kb_of(Some(&[me, me])).is_some_and(|kb| kb > 0));
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").ok();
         if let Some(addr) = sock.as_ref().and_then(|s| s.local_addr().ok()) {
             assert_eq!(udp_drops(addr), Some(0));

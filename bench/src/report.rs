@@ -84,7 +84,7 @@ pub struct Report {
     pub scenario: String,
     pub n: usize,
     pub component: String,
-    pub gateway_pid: Option<u32>,
+    pub gateway_pid: Vec<u32>,
     pub setup: Setup,
     pub memory: Memory,
     pub steps: Vec<Step>,
