@@ -1,0 +1,266 @@
+//! Command line: plain `--key value` pairs. Every address must be loopback, so the tool can
+//! only ever load a gateway on the same machine.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+pua-xmpp-bench: load tool for SIP/XMPP presence gateways. It plays the XMPP server (XEP-0114
+component listener) and the SIP presence server, so only the gateway is measured.
+
+USAGE:
+    pua-xmpp-bench --scenario a|b [options]
+
+Scenario a: SIP presentities -> XMPP watchers (gateway as SIP subscriber; NOTIFY -> stanza).
+Scenario b: XMPP presentities -> SIP watchers (gateway as notifier; stanza -> NOTIFY).
+
+OPTIONS (defaults in brackets):
+    --n N                  subscriptions (1:1 pairs) [1000]
+    --xmpp-listen ADDR     component listener [127.0.0.1:15347]
+    --component NAME       component domain the gateway claims [sip.bench.local]
+    --secret S             component secret [secret]
+    --sip-listen ADDR      our SIP UDP socket (the gateway's server_address) [127.0.0.1:15060]
+    --gateway-sip ADDR     the gateway's SIP address (scenario b sends SUBSCRIBEs there)
+                           [127.0.0.1:15080]
+    --gateway-domain D     SIP domain of XMPP users at the gateway [gw.bench.local]
+    --sip-domain D         domain of our SIP users [sip.bench]
+    --xmpp-domain D        domain of our XMPP users [xmpp.bench]
+    --separator C          user/domain separator of encoded addresses [*]
+    --sip-transport T      udp or tcp: how scenario b sends its SUBSCRIBEs (we always
+                           listen on both; scenario a follows the gateway's choice) [udp]
+    --rates R1,R2,...      ladder of update rates per second [5000,15000,50000]
+    --step-secs S          duration of one ladder step [5]
+    --grace-secs S         wait after a step before counting losses [2]
+    --setup-window W       subscriptions in flight during set-up [100]
+    --setup-timeout S      give up the set-up after S seconds [60]
+    --connect-timeout S    wait this long for the gateway's component connection [30]
+    --tick-ms MS           pacing tick [1]
+    --gateway-pid PID[,PID..]  read the gateway's CPU and RSS from /proc/PID (several pids
+                           are summed: a multi-process server such as Kamailio)
+    --json FILE            also write the results as JSON
+";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Scenario {
+    A,
+    B,
+}
+
+#[derive(Clone, Debug)]
+pub struct Args {
+    pub scenario: Scenario,
+    pub n: usize,
+    pub xmpp_listen: SocketAddr,
+    pub component: String,
+    pub secret: String,
+    pub sip_listen: SocketAddr,
+    pub gateway_sip: SocketAddr,
+    pub gateway_domain: String,
+    pub sip_domain: String,
+    pub xmpp_domain: String,
+    pub separator: char,
+    pub sip_tcp: bool,
+    pub rates: Vec<u64>,
+    pub step_secs: f64,
+    pub grace_secs: f64,
+    pub setup_window: usize,
+    pub setup_timeout_secs: f64,
+    pub connect_timeout_secs: f64,
+    pub tick_ms: u64,
+    pub gateway_pid: Vec<u32>,
+    pub json: Option<PathBuf>,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            scenario: Scenario::A,
+            n: 1000,
+            xmpp_listen: SocketAddr::from(([127, 0, 0, 1], 15347)),
+            component: "sip.bench.local".into(),
+            secret: "secret".into(),
+            sip_listen: SocketAddr::from(([127, 0, 0, 1], 15060)),
+            gateway_sip: SocketAddr::from(([127, 0, 0, 1], 15080)),
+            gateway_domain: "gw.bench.local".into(),
+            sip_domain: "sip.bench".into(),
+            xmpp_domain: "xmpp.bench".into(),
+            separator: '*',
+            sip_tcp: false,
+            rates: vec![5000, 15000, 50000],
+            step_secs: 5.0,
+            grace_secs: 2.0,
+            setup_window: 100,
+            setup_timeout_secs: 60.0,
+            connect_timeout_secs: 30.0,
+            tick_ms: 1,
+            gateway_pid: Vec::new(),
+            json: None,
+        }
+    }
+}
+
+/// What the command line asked for.
+pub enum Command {
+    Run(Box<Args>),
+    Help,
+}
+
+fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
+    v.trim()
+        .parse()
+        .map_err(|_| format!("{key}: {v:?} is not a valid number"))
+}
+
+fn secs(key: &str, v: &str, max: f64) -> Result<f64, String> {
+    let s: f64 = num(key, v)?;
+    if !(s > 0.0 && s <= max) {
+        return Err(format!("{key}: must be in (0, {max}]"));
+    }
+    Ok(s)
+}
+
+fn loopback(key: &str, v: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = v
+        .parse()
+        .map_err(|_| format!("{key}: {v:?} is not an ip:port"))?;
+    if !a.ip().is_loopback() {
+        return Err(format!(
+            "{key}: {a} is not a loopback address (the tool only loads a local gateway)"
+        ));
+    }
+    Ok(a)
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(argv: &[String]) -> Result<Command, String> {
+    let mut a = Args::default();
+    let mut scenario = None;
+    let mut i = 0;
+    while let Some(arg) = argv.get(i) {
+        if arg == "--help" || arg == "-h" {
+            return Ok(Command::Help);
+        }
+        let (key, val) = match arg.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k.to_owned(), v.to_owned()),
+            _ => {
+                i += 1;
+                let v = argv
+                    .get(i)
+                    .ok_or_else(|| format!("{arg} needs a value"))?
+                    .clone();
+                (arg.clone(), v)
+            }
+        };
+        let v = val.as_str();
+        match key.as_str() {
+            "--scenario" => {
+                scenario = Some(match v.to_ascii_lowercase().as_str() {
+                    "a" => Scenario::A,
+                    "b" => Scenario::B,
+                    _ => return Err(format!("--scenario: {v:?} is not a or b")),
+                })
+            }
+            "--n" => {
+                a.n = num(&key, v)?;
+                if a.n == 0 || a.n > 10_000_000 {
+                    return Err("--n: must be 1..=10000000".into());
+                }
+            }
+            "--xmpp-listen" => a.xmpp_listen = loopback(&key, v)?,
+            "--component" => a.component = v.to_owned(),
+            "--secret" => a.secret = v.to_owned(),
+            "--sip-listen" => a.sip_listen = loopback(&key, v)?,
+            "--gateway-sip" => a.gateway_sip = loopback(&key, v)?,
+            "--gateway-domain" => a.gateway_domain = v.to_owned(),
+            "--sip-domain" => a.sip_domain = v.to_owned(),
+            "--xmpp-domain" => a.xmpp_domain = v.to_owned(),
+            "--separator" => {
+                let mut cs = v.chars();
+                match (cs.next(), cs.next()) {
+                    (Some(c), None) if c != '@' && !c.is_whitespace() => a.separator = c,
+                    _ => return Err("--separator: one character, not '@'".into()),
+                }
+            }
+            "--sip-transport" => {
+                a.sip_tcp = match v.to_ascii_lowercase().as_str() {
+                    "udp" => false,
+                    "tcp" => true,
+                    _ => return Err(format!("--sip-transport: {v:?} is not udp or tcp")),
+                }
+            }
+            "--rates" => {
+                a.rates = v
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| num::<u64>(&key, s))
+                    .collect::<Result<_, _>>()?;
+                if a.rates.iter().any(|&r| r == 0 || r > 5_000_000) {
+                    return Err("--rates: each rate must be 1..=5000000".into());
+                }
+            }
+            "--step-secs" => a.step_secs = secs(&key, v, 3600.0)?,
+            "--grace-secs" => a.grace_secs = secs(&key, v, 600.0)?,
+            "--setup-window" => {
+                a.setup_window = num(&key, v)?;
+                if a.setup_window == 0 {
+                    return Err("--setup-window: must be at least 1".into());
+                }
+            }
+            "--setup-timeout" => a.setup_timeout_secs = secs(&key, v, 3600.0)?,
+            "--connect-timeout" => a.connect_timeout_secs = secs(&key, v, 3600.0)?,
+            "--tick-ms" => {
+                a.tick_ms = num(&key, v)?;
+                if a.tick_ms == 0 || a.tick_ms > 1000 {
+                    return Err("--tick-ms: must be 1..=1000".into());
+                }
+            }
+            "--gateway-pid" => {
+                a.gateway_pid = v
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| num::<u32>(&key, s))
+                    .collect::<Result<_, _>>()?
+            }
+            "--json" => a.json = Some(PathBuf::from(v)),
+            _ => return Err(format!("unknown option {key}")),
+        }
+        i += 1;
+    }
+    a.scenario = scenario.ok_or("--scenario a|b is required")?;
+    Ok(Command::Run(Box::new(a)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let Ok(Command::Run(a)) = parse(&args(
+            "--scenario b --n 10 --rates 1000,5000 --step-secs=3 --gateway-pid 42 --separator %",
+        )) else {
+            panic!("parse failed")
+        };
+        assert_eq!(a.scenario, Scenario::B);
+        assert_eq!(a.n, 10);
+        assert_eq!(a.rates, vec![1000, 5000]);
+        assert_eq!(a.step_secs, 3.0);
+        assert_eq!(a.gateway_pid, vec![42]);
+        assert_eq!(a.separator, '%');
+    }
+
+    #[test]
+    fn refuses_non_loopback_targets() {
+        let Err(e) = parse(&args("--scenario a --gateway-sip 10.0.0.1:5060")) else {
+            panic!("accepted a remote address")
+        };
+        assert_eq!(
+            e,
+            "--gateway-sip: 10.0.0.1:5060 is not a loopback address (the tool only loads a local gateway)"
+        );
+    }
+}

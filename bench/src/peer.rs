@@ -1,0 +1,998 @@
+//! The two peers the tool plays: the SIP presence server / SIP watchers (one UDP socket) and
+//! the XMPP server (the component listener). Each runs on plain threads with blocking sockets
+//! and short read timeouts, so every loop sees the stop flag.
+
+use crate::cli::{Args, Scenario};
+use crate::shared::{index_of, seq_of, Shared, C};
+use crate::sip::{self, First, Msg};
+use crate::xmpp::{self, Ev, Scanner};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Component link states (`Ctx::link`).
+pub const LINK_WAITING: u8 = 0;
+pub const LINK_UP: u8 = 1;
+pub const LINK_REFUSED: u8 = 2;
+pub const LINK_CLOSED: u8 = 3;
+
+/// RFC 3261 T1 and T2: retransmission of the initial NOTIFY / SUBSCRIBE over UDP.
+pub const T1: Duration = Duration::from_millis(500);
+const T2: Duration = Duration::from_secs(4);
+/// Retransmissions before giving up (about Timer F, 32 s).
+const MAX_RETX: u8 = 10;
+
+/// Longest Expires we grant (scenario a).
+const MAX_EXPIRES: u64 = 3600;
+
+/// A SIP TCP connection (either direction); writes are serialized by the mutex.
+pub struct TcpConn {
+    pub peer: SocketAddr,
+    stream: Mutex<TcpStream>,
+}
+
+impl TcpConn {
+    pub fn new(stream: TcpStream) -> std::io::Result<TcpConn> {
+        Ok(TcpConn {
+            peer: stream.peer_addr()?,
+            stream: Mutex::new(stream),
+        })
+    }
+}
+
+/// Where a SIP message goes: a UDP address, or a TCP connection.
+#[derive(Clone)]
+pub enum Route {
+    Udp(SocketAddr),
+    Tcp(Arc<TcpConn>),
+}
+
+impl Route {
+    /// Transport token for `Via`.
+    pub fn proto(&self) -> &'static str {
+        match self {
+            Route::Udp(_) => "UDP",
+            Route::Tcp(_) => "TCP",
+        }
+    }
+}
+
+/// One subscription dialog where we are the notifier (scenario a: the gateway subscribed).
+pub struct Dialog {
+    call_id: String,
+    our_tag: String,
+    /// Our URI (the SUBSCRIBE's To URI).
+    local_uri: String,
+    /// The SUBSCRIBE's From value, tag included: our NOTIFYs' To.
+    remote: String,
+    /// Request-URI of our NOTIFYs: the SUBSCRIBE's Contact.
+    target: String,
+    dest: Route,
+    cseq: u32,
+    expires_at: Instant,
+    pub alive: bool,
+    /// The initial NOTIFY until a final response arrives: bytes, next retransmission,
+    /// interval, tries (RFC 3261 §17.1.2 timers, as a real presence server on UDP would).
+    initial: Option<(Vec<u8>, Instant, Duration, u8)>,
+    /// Constant parts of this dialog's ladder NOTIFYs, rendered once.
+    tmpl: Option<Template>,
+}
+
+/// The bytes of a ladder NOTIFY between the numbers that change (branch, CSeq, expiry,
+/// length, note), so the pacer only copies and prints integers.
+struct Template {
+    /// `NOTIFY <target> SIP/2.0` .. `;branch=z9hG4bKn` (then seq).
+    head: Vec<u8>,
+    /// `.<run>` .. `CSeq: ` (then CSeq).
+    mid: Vec<u8>,
+    /// ` NOTIFY` .. `Subscription-State: active;expires=` (then the remaining seconds).
+    tail: Vec<u8>,
+    /// The PIDF up to `<note>n` (then seq).
+    body_head: Vec<u8>,
+}
+
+const NOTE_END: &str = "</note></tuple>";
+const PERSONS: [&str; 3] = [
+    "",
+    "<dm:person id=\"p1\"><rpid:activities><rpid:away/></rpid:activities></dm:person>",
+    "<dm:person id=\"p1\"><rpid:activities><rpid:busy/></rpid:activities></dm:person>",
+];
+const BODY_END: &str = "</presence>";
+
+/// Decimal digits of `n`.
+fn digits(mut n: u64) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
+}
+
+#[derive(Default)]
+pub struct Dialogs {
+    pub list: Vec<Dialog>,
+    by_call: HashMap<String, usize>,
+}
+
+/// Everything the threads share.
+pub struct Ctx {
+    pub args: Args,
+    /// Distinguishes this run's tags and Call-IDs.
+    pub run: String,
+    pub shared: Shared,
+    pub sock: UdpSocket,
+    pub dialogs: Mutex<Dialogs>,
+    pub link: AtomicU8,
+    /// Component-stream writer queue (set once the gateway connects).
+    pub xmpp_tx: Mutex<Option<Sender<Vec<u8>>>>,
+    /// Scenario b: where our SUBSCRIBEs go (UDP to `--gateway-sip`, or our TCP connection).
+    pub b_route: Mutex<Route>,
+}
+
+impl Ctx {
+    // ---- the address scheme ------------------------------------------------------------
+
+    /// Scenario a, JID of SIP presentity `i` at the component: `p{i}*sip.bench@component`.
+    pub fn a_presentity_jid(&self, i: usize) -> String {
+        let a = &self.args;
+        format!("p{i}{}{}@{}", a.separator, a.sip_domain, a.component)
+    }
+    fn a_presentity_suffix(&self) -> String {
+        let a = &self.args;
+        format!("{}{}@{}", a.separator, a.sip_domain, a.component)
+    }
+
+    // ---- sending -----------------------------------------------------------------------
+
+    pub fn send_sip(&self, bytes: &[u8], to: &Route) {
+        let r = match to {
+            Route::Udp(a) if !a.ip().is_loopback() => {
+                self.shared.inc(C::sip_dropped_non_loopback);
+                return;
+            }
+            Route::Tcp(c) if !c.peer.ip().is_loopback() => {
+                self.shared.inc(C::sip_dropped_non_loopback);
+                return;
+            }
+            Route::Udp(a) => self.sock.send_to(bytes, a).map(|_| ()),
+            Route::Tcp(c) => c
+                .stream
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(bytes),
+        };
+        match r {
+            Ok(()) => self.shared.inc(C::sip_tx),
+            Err(_) => self.shared.inc(C::sip_send_errors),
+        }
+    }
+
+    /// Queues bytes on the component stream; false when the link is gone.
+    pub fn send_xmpp(&self, bytes: Vec<u8>) -> bool {
+        let g = self.xmpp_tx.lock().unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            Some(tx) => tx.send(bytes).is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn link_state(&self) -> u8 {
+        self.link.load(Ordering::Relaxed)
+    }
+
+    // ---- scenario a: NOTIFYs ------------------------------------------------------------
+
+    /// Writes a NOTIFY in dialog `d` (CSeq advanced) whose PIDF carries `note`.
+    /// `activity` varies the RPID part so the bodies change in more than the note.
+    pub fn write_notify(
+        &self,
+        out: &mut Vec<u8>,
+        d: &mut Dialog,
+        branch: &str,
+        state: &str,
+        note: &str,
+        activity: u64,
+    ) {
+        d.cseq += 1;
+        let mut body = String::with_capacity(512);
+        body.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" entity=\"");
+        xmpp::escape(&mut body, &d.local_uri);
+        body.push_str("\"><tuple id=\"t1\"><status><basic>open</basic></status><note>");
+        xmpp::escape(&mut body, note);
+        body.push_str("</note></tuple>");
+        body.push_str(PERSONS.get((activity % 3) as usize).copied().unwrap_or(""));
+        body.push_str(BODY_END);
+        let remaining = d
+            .expires_at
+            .saturating_duration_since(Instant::now())
+            .as_secs();
+        let user = sip::user_of(&d.local_uri).unwrap_or("ps");
+        let mut s = String::with_capacity(512 + body.len());
+        let _ = write!(
+            s,
+            "NOTIFY {} SIP/2.0\r\nVia: SIP/2.0/{} {};branch=z9hG4bK{}\r\nMax-Forwards: 70\r\n\
+From: <{}>;tag={}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} NOTIFY\r\nContact: <sip:{}@{}>\r\n\
+Event: presence\r\n",
+            d.target,
+            d.dest.proto(),
+            self.args.sip_listen,
+            branch,
+            d.local_uri,
+            d.our_tag,
+            d.remote,
+            d.call_id,
+            d.cseq,
+            user,
+            self.args.sip_listen
+        );
+        if state == "active" {
+            let _ = write!(s, "Subscription-State: active;expires={remaining}\r\n");
+        } else {
+            let _ = write!(s, "Subscription-State: {state}\r\n");
+        }
+        let _ = write!(
+            s,
+            "Content-Type: application/pidf+xml\r\nContent-Length: {}\r\n\r\n{}",
+            body.len(),
+            body
+        );
+        out.clear();
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn template(&self, d: &Dialog) -> Template {
+        // Render a NOTIFY with marker numbers and cut it at the markers.
+        let mut probe = Dialog {
+            call_id: d.call_id.clone(),
+            our_tag: d.our_tag.clone(),
+            local_uri: d.local_uri.clone(),
+            remote: d.remote.clone(),
+            target: d.target.clone(),
+            dest: d.dest.clone(),
+            cseq: 0,
+            expires_at: d.expires_at,
+            alive: true,
+            initial: None,
+            tmpl: None,
+        };
+        let mut s = Vec::new();
+        let branch = format!("n\u{1}.{}", self.run);
+        self.write_notify(&mut s, &mut probe, &branch, "active", "n\u{1}", 0);
+        let text = String::from_utf8_lossy(&s).into_owned();
+        let cut = |from: &str, marker: &str| -> (String, String) {
+            match from.split_once(marker) {
+                Some((a, b)) => (a.to_owned(), b.to_owned()),
+                None => (from.to_owned(), String::new()),
+            }
+        };
+        let (head, rest) = cut(&text, "n\u{1}");
+        let head = head + "n";
+        let (mid, rest) = cut(&rest, "CSeq: 1 NOTIFY");
+        let mid = mid + "CSeq: ";
+        let (tail, rest) = cut(&rest, "Subscription-State: active;expires=");
+        let tail = " NOTIFY".to_owned() + &tail + "Subscription-State: active;expires=";
+        let body_start = rest.find("\r\n\r\n").map_or(rest.len(), |i| i + 4);
+        let body = rest.get(body_start..).unwrap_or("");
+        let (body_head, _) = cut(body, "n\u{1}");
+        Template {
+            head: head.into_bytes(),
+            mid: mid.into_bytes(),
+            tail: tail.into_bytes(),
+            body_head: (body_head + "n").into_bytes(),
+        }
+    }
+
+    /// A ladder NOTIFY for update `seq` in dialog `d`: the same bytes as
+    /// `write_notify(.., "n<seq>.<run>", "active", "n<seq>", seq)`, from the template.
+    pub fn write_update(&self, out: &mut Vec<u8>, d: &mut Dialog, seq: u64) {
+        if d.tmpl.is_none() {
+            d.tmpl = Some(self.template(d));
+        }
+        let Some(t) = d.tmpl.as_ref() else {
+            return;
+        };
+        d.cseq += 1;
+        let remaining = d
+            .expires_at
+            .saturating_duration_since(Instant::now())
+            .as_secs();
+        let person = PERSONS.get((seq % 3) as usize).copied().unwrap_or("");
+        let body_len =
+            t.body_head.len() + digits(seq) + NOTE_END.len() + person.len() + BODY_END.len();
+        out.clear();
+        out.extend_from_slice(&t.head);
+        let _ = write!(out, "{seq}");
+        out.extend_from_slice(&t.mid);
+        let _ = write!(out, "{}", d.cseq);
+        out.extend_from_slice(&t.tail);
+        let _ = write!(
+            out,
+            "{remaining}\r\nContent-Type: application/pidf+xml\r\nContent-Length: {body_len}\r\n\r\n"
+        );
+        out.extend_from_slice(&t.body_head);
+        let _ = write!(out, "{seq}{NOTE_END}{person}{BODY_END}");
+    }
+
+    /// Sends updates `from..from+k` as NOTIFYs round-robin over `alive` dialogs (scenario a).
+    /// False when the send table is full.
+    pub fn send_notify_batch(&self, alive: &[usize], from: u64, k: u64, out: &mut Vec<u8>) -> bool {
+        if alive.is_empty() {
+            return false;
+        }
+        let mut t = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
+        for seq in from..from + k {
+            let Some(idx) = alive.get((seq % alive.len() as u64) as usize) else {
+                return false;
+            };
+            let Some(d) = t.list.get_mut(*idx) else {
+                return false;
+            };
+            if !self.shared.mark_sent(seq) {
+                return false;
+            }
+            self.write_update(out, d, seq);
+            let dest = d.dest.clone();
+            self.send_sip(out, &dest);
+        }
+        true
+    }
+
+    /// A final response to the initial NOTIFY of dialog `call_id` stops its retransmission.
+    fn initial_answered(&self, call_id: &str) {
+        let mut t = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&i) = t.by_call.get(call_id) {
+            if let Some(d) = t.list.get_mut(i) {
+                d.initial = None;
+            }
+        }
+    }
+
+    /// Retransmits unanswered initial NOTIFYs that are due (called during the set-up).
+    pub fn retransmit_initial(&self) {
+        let now = Instant::now();
+        let mut t = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
+        for d in t.list.iter_mut() {
+            let Some((bytes, next, interval, tries)) = d.initial.as_mut() else {
+                continue;
+            };
+            if *next > now {
+                continue;
+            }
+            if *tries >= MAX_RETX {
+                d.initial = None;
+                continue;
+            }
+            *tries += 1;
+            *interval = (*interval * 2).min(T2);
+            *next = now + *interval;
+            self.shared.inc(C::notify_retransmissions);
+            let r = match &d.dest {
+                Route::Udp(a) if a.ip().is_loopback() => self.sock.send_to(bytes, a).is_ok(),
+                _ => false,
+            };
+            self.shared
+                .inc(if r { C::sip_tx } else { C::sip_send_errors });
+        }
+    }
+
+    // ---- scenario b: SUBSCRIBEs and presence ----------------------------------------------
+
+    /// Pair index of one of our Call-IDs (`b{i}.{run}@bench`).
+    pub fn b_index(&self, call_id: Option<&str>) -> Option<usize> {
+        let (i, rest) = call_id?.strip_prefix('b')?.split_once('.')?;
+        if rest.split('@').next() != Some(self.run.as_str()) {
+            return None;
+        }
+        i.parse::<usize>().ok().filter(|&i| i < self.args.n)
+    }
+
+    /// Initial SUBSCRIBE of SIP watcher `w{i}` to XMPP user `u{i}` via the gateway.
+    pub fn write_subscribe(&self, out: &mut Vec<u8>, i: usize, proto: &str) {
+        let a = &self.args;
+        let target = format!(
+            "sip:u{i}{}{}@{}",
+            a.separator, a.xmpp_domain, a.gateway_domain
+        );
+        let mut s = String::with_capacity(600);
+        let _ = write!(
+            s,
+            "SUBSCRIBE {target} SIP/2.0\r\nVia: SIP/2.0/{proto} {l};branch=z9hG4bKs{i}.{r};rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:w{i}@{sd}>;tag=w{i}.{r}\r\nTo: <{target}>\r\n\
+Call-ID: b{i}.{r}@bench\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:w{i}@{l}{tp}>\r\n\
+Event: presence\r\nAccept: application/pidf+xml\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n",
+            l = a.sip_listen,
+            r = self.run,
+            sd = a.sip_domain,
+            tp = if proto == "TCP" { ";transport=tcp" } else { "" }
+        );
+        out.clear();
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// Available presence of XMPP user `u{i}` to its SIP watcher, status `status`.
+    pub fn write_b_presence(&self, out: &mut String, i: usize, status: &str, show: u64) {
+        let a = &self.args;
+        let _ = write!(
+            out,
+            "<presence from='u{i}@{}/res' to='w{i}{}{}@{}'>",
+            a.xmpp_domain, a.separator, a.sip_domain, a.component
+        );
+        match show % 3 {
+            1 => out.push_str("<show>away</show>"),
+            2 => out.push_str("<show>dnd</show>"),
+            _ => {}
+        }
+        out.push_str("<status>");
+        xmpp::escape(out, status);
+        out.push_str("</status></presence>");
+    }
+}
+
+// ---- SIP receiver ----------------------------------------------------------------------
+
+/// Receives until stopped; answers requests, counts responses.
+pub fn sip_rx_loop(ctx: &Ctx) {
+    let mut buf = vec![0u8; 65536];
+    let mut out = Vec::with_capacity(2048);
+    while !ctx.shared.stopping() {
+        match ctx.sock.recv_from(&mut buf) {
+            Ok((n, peer)) => {
+                ctx.shared.inc(C::sip_rx);
+                if let Some(data) = buf.get(..n) {
+                    handle_sip(ctx, data, &Route::Udp(peer), &mut out);
+                }
+            }
+            // Timeouts (to see the stop flag) and ICMP errors from earlier sends.
+            Err(_) => continue,
+        }
+    }
+}
+
+fn respond(ctx: &Ctx, req: &Msg<'_>, peer: &Route, code: u16, reason: &str, extra: &str) {
+    let mut out = Vec::with_capacity(512);
+    sip::write_response(&mut out, req, code, reason, None, extra);
+    ctx.send_sip(&out, peer);
+}
+
+fn handle_sip(ctx: &Ctx, data: &[u8], peer: &Route, out: &mut Vec<u8>) {
+    if data.iter().all(|b| b.is_ascii_whitespace()) {
+        return;
+    }
+    let Some(m) = sip::parse(data) else {
+        ctx.shared.inc(C::sip_unparsed);
+        return;
+    };
+    match m.first {
+        First::Response { code } => {
+            let ok = (200..300).contains(&code);
+            match m.cseq_method() {
+                Some("NOTIFY") => {
+                    if code >= 200
+                        && m.get("cseq").and_then(|c| c.split_whitespace().next()) == Some("1")
+                    {
+                        ctx.initial_answered(m.get("call-id").unwrap_or(""));
+                    }
+                    ctx.shared.inc(if ok {
+                        C::response_2xx_to_notify
+                    } else {
+                        C::response_other_to_notify
+                    });
+                    ctx.shared.code(code);
+                }
+                Some("SUBSCRIBE") => {
+                    if code >= 200 {
+                        if let Some(i) = ctx.b_index(m.get("call-id")) {
+                            ctx.shared.mark_answered(i);
+                        }
+                    }
+                    ctx.shared.inc(if ok {
+                        C::response_2xx_to_subscribe
+                    } else {
+                        C::response_other_to_subscribe
+                    });
+                    ctx.shared.code(code);
+                }
+                _ => {}
+            }
+        }
+        First::Request { method, .. } => match method {
+            "SUBSCRIBE" => on_subscribe(ctx, &m, peer, out),
+            "NOTIFY" => on_notify(ctx, &m, peer),
+            "ACK" => {}
+            "OPTIONS" | "MESSAGE" => {
+                ctx.shared.inc(C::other_request_rx);
+                respond(ctx, &m, peer, 200, "OK", "");
+            }
+            "PUBLISH" => {
+                ctx.shared.inc(C::other_request_rx);
+                let extra = format!("SIP-ETag: e{}\r\nExpires: 3600\r\n", ctx.run);
+                respond(ctx, &m, peer, 200, "OK", &extra);
+            }
+            _ => {
+                ctx.shared.inc(C::other_request_rx);
+                respond(
+                    ctx,
+                    &m,
+                    peer,
+                    501,
+                    "Not Implemented",
+                    "Allow: SUBSCRIBE, NOTIFY, PUBLISH, OPTIONS, MESSAGE\r\n",
+                );
+            }
+        },
+    }
+}
+
+/// The presence server's side of a SUBSCRIBE from the gateway (scenario a, or any scenario
+/// where the gateway subscribes).
+fn on_subscribe(ctx: &Ctx, m: &Msg<'_>, peer: &Route, out: &mut Vec<u8>) {
+    ctx.shared.inc(C::subscribe_rx);
+    if m.get("event").map(sip::token) != Some("presence") {
+        respond(ctx, m, peer, 489, "Bad Event", "Allow-Events: presence\r\n");
+        return;
+    }
+    let (Some(call_id), Some(from), Some(to)) = (m.get("call-id"), m.get("from"), m.get("to"))
+    else {
+        respond(ctx, m, peer, 400, "Missing Headers", "");
+        return;
+    };
+    let expires = m
+        .get("expires")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(MAX_EXPIRES)
+        .min(MAX_EXPIRES);
+    let now = Instant::now();
+    let contact_hdr = |d: &Dialog| {
+        format!(
+            "Contact: <sip:{}@{}>\r\nExpires: {expires}\r\n",
+            sip::user_of(&d.local_uri).unwrap_or("ps"),
+            ctx.args.sip_listen
+        )
+    };
+    let mut t = ctx.dialogs.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&idx) = t.by_call.get(call_id) {
+        let Some(d) = t.list.get_mut(idx) else {
+            return;
+        };
+        let to_tag = sip::tag_of(to);
+        if to_tag.is_none() {
+            // A retransmission of the initial SUBSCRIBE: same answer, no second NOTIFY.
+            ctx.shared.inc(C::subscribe_retransmission_rx);
+            sip::write_response(out, m, 200, "OK", Some(&d.our_tag), &contact_hdr(d));
+            ctx.send_sip(out, peer);
+            out.clear();
+            return;
+        }
+        if to_tag != Some(d.our_tag.as_str()) {
+            drop(t);
+            respond(ctx, m, peer, 481, "Subscription Does Not Exist", "");
+            return;
+        }
+        ctx.shared.inc(C::subscribe_refresh_rx);
+        d.expires_at = now + Duration::from_secs(expires);
+        sip::write_response(out, m, 200, "OK", None, &contact_hdr(d));
+        ctx.send_sip(out, peer);
+        let branch = format!("r{idx}.{}", d.cseq);
+        if expires == 0 {
+            d.alive = false;
+            ctx.write_notify(out, d, &branch, "terminated;reason=timeout", "bye", 0);
+        } else {
+            ctx.write_notify(out, d, &branch, "active", "refresh", 0);
+        }
+        let dest = d.dest.clone();
+        ctx.send_sip(out, &dest);
+        out.clear();
+        return;
+    }
+    if sip::tag_of(to).is_some() {
+        drop(t);
+        respond(ctx, m, peer, 481, "Subscription Does Not Exist", "");
+        return;
+    }
+    let idx = t.list.len();
+    let mut d = Dialog {
+        call_id: call_id.to_owned(),
+        our_tag: format!("ps{idx}.{}", ctx.run),
+        local_uri: sip::uri_of(to).to_owned(),
+        remote: from.to_owned(),
+        target: m
+            .get("contact")
+            .map(sip::uri_of)
+            .unwrap_or_else(|| sip::uri_of(from))
+            .to_owned(),
+        dest: peer.clone(),
+        cseq: 0,
+        expires_at: now + Duration::from_secs(expires),
+        alive: expires > 0,
+        initial: None,
+        tmpl: None,
+    };
+    sip::write_response(out, m, 200, "OK", Some(&d.our_tag), &contact_hdr(&d));
+    ctx.send_sip(out, peer);
+    let branch = format!("i{idx}.{}", ctx.run);
+    let state = if expires == 0 {
+        "terminated;reason=timeout"
+    } else {
+        "active"
+    };
+    ctx.write_notify(out, &mut d, &branch, state, "init", 0);
+    ctx.send_sip(out, peer);
+    if matches!(peer, Route::Udp(_)) {
+        d.initial = Some((out.clone(), now + T1, T1, 0));
+    }
+    out.clear();
+    t.by_call.insert(d.call_id.clone(), idx);
+    t.list.push(d);
+}
+
+/// The SIP watcher's side of a NOTIFY from the gateway (scenario b).
+fn on_notify(ctx: &Ctx, m: &Msg<'_>, peer: &Route) {
+    ctx.shared.inc(C::notify_rx);
+    let Some(i) = ctx.b_index(m.get("call-id")) else {
+        ctx.shared.inc(C::notify_unknown_dialog_rx);
+        respond(ctx, m, peer, 481, "Subscription Does Not Exist", "");
+        return;
+    };
+    respond(ctx, m, peer, 200, "OK", "");
+    match m.get("subscription-state").map(sip::token) {
+        Some(s) if s.eq_ignore_ascii_case("active") => {
+            ctx.shared.inc(C::notify_active_rx);
+            ctx.shared.mark_setup_done(i);
+        }
+        Some(s) if s.eq_ignore_ascii_case("pending") => ctx.shared.inc(C::notify_pending_rx),
+        Some(s) if s.eq_ignore_ascii_case("terminated") => ctx.shared.inc(C::notify_terminated_rx),
+        _ => {}
+    }
+    if let Some(seq) = sip::first_note(m.body).and_then(seq_of) {
+        ctx.shared.mark_delivered(seq);
+    }
+}
+
+/// Accepts SIP TCP connections on `--sip-listen` until stopped; one reader thread each.
+pub fn sip_tcp_accept_loop(ctx: Arc<Ctx>, listener: std::net::TcpListener) {
+    let mut threads = Vec::new();
+    while !ctx.shared.stopping() {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let c = ctx.clone();
+                threads.push(std::thread::spawn(move || sip_tcp_start(&c, stream)));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// Prepares an accepted or connected SIP TCP stream and reads it until stopped.
+pub fn sip_tcp_start(ctx: &Ctx, stream: TcpStream) {
+    let setup = stream
+        .set_nonblocking(false)
+        .and_then(|_| stream.set_nodelay(true))
+        .and_then(|_| stream.set_read_timeout(Some(Duration::from_millis(100))))
+        .and_then(|_| stream.try_clone());
+    let Ok(writer) = setup else {
+        return;
+    };
+    let Ok(conn) = TcpConn::new(writer) else {
+        return;
+    };
+    sip_tcp_read_loop(ctx, Arc::new(conn), stream);
+}
+
+/// Reads one SIP TCP connection: Content-Length framing, then the same handling as UDP.
+pub fn sip_tcp_read_loop(ctx: &Ctx, conn: Arc<TcpConn>, mut stream: TcpStream) {
+    let route = Route::Tcp(conn);
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut out = Vec::with_capacity(2048);
+    while !ctx.shared.stopping() {
+        match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                continue
+            }
+            Err(_) => return,
+        }
+        let mut used = 0;
+        loop {
+            match sip::frame(buf.get(used..).unwrap_or_default()) {
+                sip::Frame::Need => break,
+                sip::Frame::Skip(k) => used += k,
+                sip::Frame::Message(k) => {
+                    ctx.shared.inc(C::sip_rx);
+                    if let Some(m) = buf.get(used..used + k) {
+                        handle_sip(ctx, m, &route, &mut out);
+                    }
+                    used += k;
+                }
+                sip::Frame::Bad => {
+                    ctx.shared.inc(C::sip_unparsed);
+                    return;
+                }
+            }
+        }
+        buf.drain(..used);
+    }
+}
+
+/// Scenario b over TCP: connects to the gateway and returns the route for our SUBSCRIBEs;
+/// the reader runs on its own thread.
+pub fn sip_tcp_connect(
+    ctx: &Arc<Ctx>,
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+) -> Result<Route, String> {
+    let to = ctx.args.gateway_sip;
+    let stream = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .map_err(|e| format!("SIP TCP connect to {to}: {e}"))?;
+    let prepared = stream
+        .set_nodelay(true)
+        .and_then(|_| stream.set_read_timeout(Some(Duration::from_millis(100))))
+        .and_then(|_| stream.try_clone())
+        .and_then(TcpConn::new)
+        .map_err(|e| format!("SIP TCP socket: {e}"))?;
+    let conn = Arc::new(prepared);
+    let c = ctx.clone();
+    let reader_conn = conn.clone();
+    threads.push(std::thread::spawn(move || {
+        sip_tcp_read_loop(&c, reader_conn, stream)
+    }));
+    Ok(Route::Tcp(conn))
+}
+
+// ---- XMPP server side ------------------------------------------------------------------
+
+enum Phase {
+    Header,
+    Handshake,
+    Session,
+}
+
+/// Writes queued bytes on the component stream until the queue closes or the tool stops.
+pub fn xmpp_writer_loop(ctx: &Ctx, mut stream: TcpStream, rx: Receiver<Vec<u8>>) {
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(mut bytes) => {
+                // Coalesce what else is queued into one write.
+                while let Ok(more) = rx.try_recv() {
+                    bytes.extend_from_slice(&more);
+                    if bytes.len() > 1 << 20 {
+                        break;
+                    }
+                }
+                if stream.write_all(&bytes).is_err() {
+                    ctx.link.store(LINK_CLOSED, Ordering::Relaxed);
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) if ctx.shared.stopping() => break,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = stream.write_all(b"</stream:stream>");
+}
+
+/// Reads the component stream: handshake, then the gateway's stanzas.
+pub fn xmpp_reader_loop(ctx: &Ctx, mut stream: TcpStream) {
+    let mut sc = Scanner::default();
+    let mut phase = Phase::Header;
+    let stream_id = format!("bench{}", ctx.run);
+    let mut buf = vec![0u8; 65536];
+    while !ctx.shared.stopping() {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                continue
+            }
+            Err(_) => break,
+        };
+        let mut reply = String::new();
+        let mut refused = false;
+        let mut ended = false;
+        let r = sc.feed(buf.get(..n).unwrap_or_default(), |ev| match (&phase, ev) {
+            (Phase::Header, Ev::Start(_)) => {
+                let _ = write!(
+                    reply,
+                    "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' from='{}' id='{}'>",
+                    ctx.args.component, stream_id
+                );
+                phase = Phase::Handshake;
+            }
+            (Phase::Handshake, Ev::Element(el)) if xmpp::name_of(el) == b"handshake" => {
+                let want = xmpp::handshake_digest(&stream_id, &ctx.args.secret);
+                let got = xmpp::text_of(el).unwrap_or_default();
+                if got.trim().eq_ignore_ascii_case(&want) {
+                    reply.push_str("<handshake/>");
+                    phase = Phase::Session;
+                } else {
+                    reply.push_str("<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>");
+                    refused = true;
+                }
+            }
+            (Phase::Session, Ev::Element(el)) => on_stanza(ctx, el, &mut reply),
+            (_, Ev::End) => ended = true,
+            _ => {}
+        });
+        if !reply.is_empty() {
+            // Before the session the writer may not exist yet: write directly.
+            if matches!(phase, Phase::Session) && ctx.link_state() == LINK_UP {
+                ctx.send_xmpp(reply.into_bytes());
+            } else if stream.write_all(reply.as_bytes()).is_err() {
+                break;
+            }
+        }
+        if matches!(phase, Phase::Session) && ctx.link_state() == LINK_WAITING {
+            ctx.link.store(LINK_UP, Ordering::Relaxed);
+        }
+        if refused {
+            ctx.link.store(LINK_REFUSED, Ordering::Relaxed);
+            return;
+        }
+        if r.is_err() || ended {
+            break;
+        }
+    }
+    if ctx.link_state() != LINK_REFUSED {
+        ctx.link.store(LINK_CLOSED, Ordering::Relaxed);
+    }
+}
+
+/// One stanza from the gateway.
+fn on_stanza(ctx: &Ctx, el: &[u8], reply: &mut String) {
+    let s = &ctx.shared;
+    s.inc(C::stanza_rx);
+    if xmpp::name_of(el) != b"presence" {
+        s.inc(C::stanza_non_presence_rx);
+        return;
+    }
+    let typ = xmpp::attr_str(el, "type");
+    let from = xmpp::attr_str(el, "from").unwrap_or("");
+    let to = xmpp::attr_str(el, "to").unwrap_or("");
+    let a = &ctx.args;
+    match typ {
+        None => {
+            s.inc(C::stanza_available_rx);
+            if let Some(seq) = xmpp::child_text(el, "status").as_deref().and_then(seq_of) {
+                s.mark_delivered(seq);
+            }
+        }
+        Some("unavailable") => s.inc(C::stanza_unavailable_rx),
+        Some("subscribed") => {
+            s.inc(C::stanza_subscribed_rx);
+            if a.scenario == Scenario::A {
+                if let Some(i) = index_of(from, "p", &ctx.a_presentity_suffix()) {
+                    s.mark_setup_done(i);
+                }
+            }
+        }
+        Some("subscribe") => {
+            s.inc(C::stanza_subscribe_rx);
+            // Scenario b: the SIP watcher asks the XMPP user; the user approves at once and
+            // its server pushes its current presence, as a real server would.
+            let user = to.split('/').next().unwrap_or("");
+            if let Some(i) = index_of(user, "u", &format!("@{}", a.xmpp_domain)) {
+                let _ = write!(
+                    reply,
+                    "<presence type='subscribed' from='{user}' to='{}'/>",
+                    from.split('/').next().unwrap_or(from)
+                );
+                ctx.write_b_presence(reply, i, "init", 0);
+                s.add(C::stanza_tx, 2);
+            }
+        }
+        Some("probe") => {
+            s.inc(C::stanza_probe_rx);
+            let user = to.split('/').next().unwrap_or("");
+            if let Some(i) = index_of(user, "u", &format!("@{}", a.xmpp_domain)) {
+                ctx.write_b_presence(reply, i, "init", 0);
+                s.inc(C::stanza_tx);
+            }
+        }
+        Some("unsubscribe") => s.inc(C::stanza_unsubscribe_rx),
+        Some("unsubscribed") => s.inc(C::stanza_unsubscribed_rx),
+        Some("error") => s.inc(C::stanza_error_rx),
+        Some(_) => s.inc(C::stanza_non_presence_rx),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Option<Ctx> {
+        let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
+        let args = Args::default();
+        Some(Ctx {
+            run: "r1".into(),
+            shared: Shared::new(1, 1),
+            sock,
+            dialogs: Mutex::new(Dialogs::default()),
+            link: AtomicU8::new(LINK_WAITING),
+            xmpp_tx: Mutex::new(None),
+            b_route: Mutex::new(Route::Udp(args.gateway_sip)),
+            args,
+        })
+    }
+
+    fn dialog() -> Dialog {
+        Dialog {
+            call_id: "c1@gw".into(),
+            our_tag: "ps0.r1".into(),
+            local_uri: "sip:p0@sip.bench".into(),
+            remote: "<sip:w0*xmpp.bench@gw.bench.local>;tag=gw-1".into(),
+            target: "sip:w0*xmpp.bench@127.0.0.1:15080".into(),
+            dest: Route::Udp(SocketAddr::from(([127, 0, 0, 1], 15080))),
+            cseq: 1,
+            expires_at: Instant::now() + Duration::from_millis(3_600_500),
+            alive: true,
+            initial: None,
+            tmpl: None,
+        }
+    }
+
+    #[test]
+    fn templated_update_is_byte_identical_to_a_formatted_notify() {
+        let Some(c) = ctx() else { return };
+        for seq in [0u64, 7, 12345] {
+            let (mut d1, mut d2) = (dialog(), dialog());
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            c.write_notify(
+                &mut a,
+                &mut d1,
+                &format!("n{seq}.r1"),
+                "active",
+                &format!("n{seq}"),
+                seq,
+            );
+            c.write_update(&mut b, &mut d2, seq);
+            assert_eq!(String::from_utf8_lossy(&b), String::from_utf8_lossy(&a));
+            assert_eq!(d1.cseq, d2.cseq);
+        }
+    }
+
+    #[test]
+    fn notify_wire_format() {
+        let Some(c) = ctx() else { return };
+        let mut d = dialog();
+        let mut out = Vec::new();
+        c.write_update(&mut out, &mut d, 5);
+        let text = String::from_utf8_lossy(&out);
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" entity=\"sip:p0@sip.bench\"><tuple id=\"t1\"><status><basic>open</basic></status><note>n5</note></tuple><dm:person id=\"p1\"><rpid:activities><rpid:busy/></rpid:activities></dm:person></presence>";
+        let want = format!(
+            "NOTIFY sip:w0*xmpp.bench@127.0.0.1:15080 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:15060;branch=z9hG4bKn5.r1\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:p0@sip.bench>;tag=ps0.r1\r\n\
+To: <sip:w0*xmpp.bench@gw.bench.local>;tag=gw-1\r\n\
+Call-ID: c1@gw\r\n\
+CSeq: 2 NOTIFY\r\n\
+Contact: <sip:p0@127.0.0.1:15060>\r\n\
+Event: presence\r\n\
+Subscription-State: active;expires=3600\r\n\
+Content-Type: application/pidf+xml\r\n\
+Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(text, want);
+        let Some(m) = sip::parse(&out) else {
+            panic!("unparseable NOTIFY")
+        };
+        assert_eq!(sip::first_note(m.body), Some("n5"));
+    }
+}
