@@ -126,7 +126,11 @@ impl NotifierDialog {
             local_cseq,
             remote_cseq,
             event_id,
-            state: if active { DialogState::Active } else { DialogState::Pending },
+            state: if active {
+                DialogState::Active
+            } else {
+                DialogState::Pending
+            },
             expires_at: now,
             inflight: None,
             dirty: false,
@@ -245,6 +249,21 @@ impl Presentity {
         d.closed = false;
         self.dialogs.retain(|x| x.call_id != d.call_id);
         self.dialogs.push(d);
+    }
+
+    /// After a restart X's presence is unknown: probe X from one approved watcher so the XMPP
+    /// server sends it again (it does so for a contact with a `from` subscription).
+    pub fn probe_after_restart(&mut self) {
+        let approved = self
+            .relations
+            .iter()
+            .filter(|(_, r)| r.state == WatcherRelation::Approved)
+            .map(|(w, _)| w)
+            .min_by(|a, b| a.as_str().cmp(b.as_str()))
+            .cloned();
+        if let Some(w) = approved {
+            self.send_probe(&w);
+        }
     }
 
     pub fn restore_relation(&mut self, watcher: BareJid, state: WatcherRelation) {

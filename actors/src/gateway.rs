@@ -3,7 +3,9 @@
 use crate::component::{ComponentConfig, XmppComponent};
 use crate::config::Config;
 use crate::messages::ComponentStatus;
+use crate::messages::Restore;
 use crate::registry::{Mode, Registry, RegistryConfig};
+use crate::store::{load_snapshot, SqliteStore, StoreHandle};
 use crate::transport::{SipTransport, TransportConfig};
 use actix::prelude::*;
 use pua_xmpp::address::{AddressMapper, MappingConfig};
@@ -73,8 +75,17 @@ fn seed() -> u64 {
     t ^ (u64::from(std::process::id()) << 32)
 }
 
-/// Starts every actor inside the current actix system.
-pub async fn start(config: &Config) -> io::Result<()> {
+/// What the caller keeps of a started gateway: the store, to flush it at shutdown.
+pub struct Running {
+    pub store: StoreHandle,
+}
+
+/// Starts every actor inside the current actix system, after restoring the persisted state.
+pub async fn start(config: &Config) -> io::Result<Running> {
+    let store_path = std::path::Path::new(&config.store.path);
+    let snapshot = load_snapshot(store_path).map_err(|e| invalid(format!("store.path: {e}")))?;
+    let sqlite = SqliteStore::open(store_path).map_err(|e| invalid(format!("store.path: {e}")))?;
+    let (store, _writer) = StoreHandle::start(Box::new(sqlite));
     let mapping = MappingConfig {
         separator: config
             .mapping
@@ -178,8 +189,10 @@ pub async fn start(config: &Config) -> io::Result<()> {
         transport.clone().recipient(),
         transport.recipient(),
         component.recipient(),
+        store.clone(),
     );
-    reg_ctx.run(reg);
+    let registry_addr = reg_ctx.run(reg);
+    registry_addr.do_send(Restore(snapshot));
     let http_listen: SocketAddr = config
         .http
         .listen
@@ -187,17 +200,26 @@ pub async fn start(config: &Config) -> io::Result<()> {
         .map_err(|e| invalid(format!("http.listen: {e}")))?;
     crate::http::start(http_listen, registry, status.clone())?;
     tracing::info!(%http_listen, "HTTP listening");
-    Ok(())
+    Ok(Running { store })
 }
 
 /// Runs the gateway until SIGINT or SIGTERM.
 pub fn run(config: Config) -> io::Result<()> {
     let sys = actix_rt::System::new();
+    let grace = Duration::from_secs(10);
     sys.block_on(async {
-        start(&config).await?;
-        actix_rt::spawn(async {
+        let running = start(&config).await?;
+        actix_rt::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("shutting down");
+            tracing::info!("shutting down: flushing the store");
+            // The store thread commits what the actors sent so far; bounded wait.
+            let store = running.store.clone();
+            let flushed = tokio::task::spawn_blocking(move || store.flush_timeout(grace)).await;
+            match flushed {
+                Ok(Ok(())) => tracing::info!("store flushed"),
+                Ok(Err(e)) => tracing::error!(error = %e, "store flush failed at shutdown"),
+                Err(e) => tracing::error!(error = %e, "store flush task failed"),
+            }
             System::current().stop();
         });
         Ok::<(), io::Error>(())

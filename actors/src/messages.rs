@@ -122,3 +122,28 @@ pub struct ReqWinfo {
     pub expires: u32,
     pub watcher: Option<String>,
 }
+
+/// Restores persisted subscriber pairs into a SIP presentity translator, after `delay` (restarts
+/// are staggered so a million leases are not refreshed in one burst).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct RestorePairs {
+    pub pairs: Vec<(pua_xmpp::subscriber::SubscriptionRecord, Option<u32>)>,
+    pub delay: std::time::Duration,
+}
+
+/// Restores persisted relations and dialogs into a notifier translator.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct RestoreNotifier {
+    pub relations: Vec<(
+        pua_xmpp::stanza::BareJid,
+        pua_xmpp::notifier::WatcherRelation,
+    )>,
+    pub dialogs: Vec<crate::store::StoredNotifierDialog>,
+}
+
+/// Restores persisted state at start-up.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Restore(pub crate::store::Snapshot);

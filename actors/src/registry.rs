@@ -5,6 +5,7 @@
 //! translator, and SIP Call-ID → translator. It holds no protocol state of its own.
 
 use crate::messages::*;
+use crate::store::{lease_left_at, StoreHandle, StoreOp};
 use crate::translator::{Links, PuaTranslator, SipPresentityTranslator, XmppPresentityTranslator};
 use actix::prelude::*;
 use pua_xmpp::address::AddressMapper;
@@ -64,6 +65,7 @@ pub struct Registry {
     requests: Recipient<SendRequest>,
     responses: Recipient<SendResponse>,
     stanzas: Recipient<SendPresence>,
+    store: StoreHandle,
     sip_presentities: HashMap<BareJid, Addr<SipPresentityTranslator>>,
     xmpp_presentities: HashMap<BareJid, Addr<XmppPresentityTranslator>>,
     pua_presentities: HashMap<BareJid, Addr<PuaTranslator>>,
@@ -78,6 +80,7 @@ impl Registry {
         requests: Recipient<SendRequest>,
         responses: Recipient<SendResponse>,
         stanzas: Recipient<SendPresence>,
+        store: StoreHandle,
     ) -> Registry {
         Registry {
             seed: cfg.seed,
@@ -86,6 +89,7 @@ impl Registry {
             requests,
             responses,
             stanzas,
+            store,
             sip_presentities: HashMap::new(),
             xmpp_presentities: HashMap::new(),
             pua_presentities: HashMap::new(),
@@ -99,6 +103,7 @@ impl Registry {
             responses: self.responses.clone(),
             stanzas: self.stanzas.clone(),
             registry: ctx.address(),
+            store: self.store.clone(),
         }
     }
 
@@ -173,6 +178,26 @@ impl Registry {
         Ok(addr)
     }
 
+    fn sip_translator(
+        &mut self,
+        presentity: &BareJid,
+        ctx: &Context<Self>,
+    ) -> Addr<SipPresentityTranslator> {
+        if let Some(a) = self.sip_presentities.get(presentity) {
+            return a.clone();
+        }
+        let seed = self.next_seed();
+        let t = SipPresentityTranslator::new(
+            presentity.clone(),
+            self.cfg.subscriber.clone(),
+            self.links(ctx),
+            seed,
+        );
+        let a = t.start();
+        self.sip_presentities.insert(presentity.clone(), a.clone());
+        a
+    }
+
     fn on_subscriber_stanza(&mut self, p: InPresence, ctx: &Context<Self>) {
         let presentity = p.to.to_bare();
         let presentity_uri = match self.mapper.jid_to_sip(&presentity) {
@@ -197,21 +222,7 @@ impl Registry {
             presentity: presentity.clone(),
             presentity_uri,
         };
-        let addr = match self.sip_presentities.get(&presentity) {
-            Some(a) => a.clone(),
-            None => {
-                let seed = self.next_seed();
-                let t = SipPresentityTranslator::new(
-                    presentity.clone(),
-                    self.cfg.subscriber.clone(),
-                    self.links(ctx),
-                    seed,
-                );
-                let a = t.start();
-                self.sip_presentities.insert(presentity, a.clone());
-                a
-            }
-        };
+        let addr = self.sip_translator(&presentity, ctx);
         addr.do_send(ToSubscriber { pair, stanza: p });
     }
 
@@ -387,7 +398,81 @@ impl Handler<ReqWinfo> for Registry {
             .map_err(|e| format!("{}: {e}", msg.uri))?;
         let addr = self.pua_translator(&x, ctx)?;
         tracing::info!(presentity = %x, expires = msg.expires, watcher = ?msg.watcher, "req_winfo");
+        self.store.send(StoreOp::PutWinfo {
+            presentity: x.clone(),
+            wanted: msg.expires > 0,
+        });
         addr.do_send(msg);
         Ok(())
+    }
+}
+
+impl Handler<Restore> for Registry {
+    type Result = ();
+    fn handle(&mut self, Restore(snap): Restore, ctx: &mut Context<Self>) {
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        // Subscriber pairs, grouped by presentity, staggered over a window that grows with
+        // their number (§6.3: "SUBSCRIBE again (staggered)").
+        let mut by_presentity: HashMap<BareJid, Vec<_>> = HashMap::new();
+        let count = snap.subscriptions.len();
+        for (rec, exp) in snap.subscriptions {
+            let left = lease_left_at(exp, now_unix);
+            by_presentity
+                .entry(rec.pair.presentity.clone())
+                .or_default()
+                .push((rec, left));
+        }
+        let window_ms = (count as u64).min(60_000);
+        let groups = by_presentity.len().max(1) as u64;
+        for (i, (presentity, pairs)) in by_presentity.into_iter().enumerate() {
+            let delay = std::time::Duration::from_millis(window_ms * i as u64 / groups);
+            self.sip_translator(&presentity, ctx)
+                .do_send(RestorePairs { pairs, delay });
+        }
+        // Notifier relations and dialogs.
+        let mut relations: HashMap<BareJid, Vec<_>> = HashMap::new();
+        for (x, w, state) in snap.relations {
+            relations.entry(x).or_default().push((w, state));
+        }
+        let mut dialogs: HashMap<BareJid, Vec<_>> = HashMap::new();
+        for (x, d) in snap.notifier_dialogs {
+            dialogs.entry(x).or_default().push(d);
+        }
+        let mut xs: Vec<BareJid> = relations.keys().chain(dialogs.keys()).cloned().collect();
+        xs.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        xs.dedup();
+        let notifier_count = xs.len();
+        if self.cfg.mode == Mode::Notifier {
+            for x in xs {
+                if let Some(a) = self.xmpp_translator(&x, ctx) {
+                    a.do_send(RestoreNotifier {
+                        relations: relations.remove(&x).unwrap_or_default(),
+                        dialogs: dialogs.remove(&x).unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        let winfo = snap.winfo.len();
+        if self.cfg.mode == Mode::Pua {
+            for x in snap.winfo {
+                if let Ok(a) = self.pua_translator(&x, ctx) {
+                    let uri = self.mapper.xmpp_to_sip(&x).unwrap_or_default();
+                    a.do_send(ReqWinfo {
+                        uri,
+                        expires: self.cfg.pua.winfo_expires,
+                        watcher: None,
+                    });
+                }
+            }
+        }
+        tracing::info!(
+            subscriptions = count,
+            notifier_presentities = notifier_count,
+            winfo,
+            "state restored from the store"
+        );
     }
 }

@@ -9,6 +9,7 @@
 
 use crate::messages::*;
 use crate::registry::{Registry, RegistryEvent};
+use crate::store::{StoreHandle, StoreOp};
 use actix::prelude::*;
 use pua_xmpp::address::AddressMapper;
 use pua_xmpp::notifier::{self, NotifierConfig, Presentity};
@@ -26,6 +27,7 @@ pub struct Links {
     pub responses: Recipient<SendResponse>,
     pub stanzas: Recipient<SendPresence>,
     pub registry: Addr<Registry>,
+    pub store: StoreHandle,
 }
 
 fn unix_now() -> i64 {
@@ -144,10 +146,16 @@ impl SipPresentityTranslator {
                 }
                 subscriber::Output::Stanza(p) => self.links.stanzas.do_send(SendPresence(p)),
                 subscriber::Output::Persist(rec) => {
-                    tracing::debug!(watcher = %rec.pair.watcher, presentity = %rec.pair.presentity, relation = ?rec.relation, "persist subscription");
+                    self.links
+                        .store
+                        .send(StoreOp::subscription(rec, unix_now()));
                 }
                 subscriber::Output::Forget => {
                     tracing::info!(%watcher, presentity = %self.presentity, "subscription relation ended");
+                    self.links.store.send(StoreOp::DeleteSubscription {
+                        watcher: watcher.clone(),
+                        presentity: self.presentity.clone(),
+                    });
                 }
             }
         }
@@ -306,6 +314,26 @@ impl XmppPresentityTranslator {
         self.drain(txn, ctx);
     }
 
+    /// Keeps the registry's Call-ID index in step with the dialogs.
+    fn index(&mut self, op: notifier::PersistOp, ctx: &mut Context<Self>) {
+        match op {
+            notifier::PersistOp::Dialog(d) => {
+                self.links.registry.do_send(RegistryEvent::DialogXmpp {
+                    call_id: d.call_id.clone(),
+                    owner: ctx.address(),
+                });
+            }
+            notifier::PersistOp::DialogGone { call_id } => {
+                self.links
+                    .registry
+                    .do_send(RegistryEvent::DialogGone { call_id });
+            }
+            notifier::PersistOp::Relation { watcher, state } => {
+                tracing::info!(%watcher, presentity = %self.machine.jid(), ?state, "watcher relation");
+            }
+        }
+    }
+
     fn drain(&mut self, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
         while let Some(out) = self.machine.poll_output() {
             match out {
@@ -321,22 +349,12 @@ impl XmppPresentityTranslator {
                     }
                 }
                 notifier::Output::Stanza(p) => self.links.stanzas.do_send(SendPresence(p)),
-                notifier::Output::Persist(op) => match op {
-                    notifier::PersistOp::Dialog(d) => {
-                        self.links.registry.do_send(RegistryEvent::DialogXmpp {
-                            call_id: d.call_id.clone(),
-                            owner: ctx.address(),
-                        });
-                    }
-                    notifier::PersistOp::DialogGone { call_id } => {
-                        self.links
-                            .registry
-                            .do_send(RegistryEvent::DialogGone { call_id });
-                    }
-                    notifier::PersistOp::Relation { watcher, state } => {
-                        tracing::info!(%watcher, presentity = %self.machine.jid(), ?state, "watcher relation");
-                    }
-                },
+                notifier::Output::Persist(op) => {
+                    let store_op =
+                        StoreOp::from_persist(self.machine.jid(), &op, Instant::now(), unix_now());
+                    self.links.store.send(store_op);
+                    self.index(op, ctx);
+                }
             }
         }
         let next = self.machine.poll_timeout();
@@ -528,5 +546,67 @@ impl Handler<TransactionOutcome> for PuaTranslator {
                 ctx,
             ),
         }
+    }
+}
+
+fn unix_to_left(expires_at_unix: i64) -> std::time::Duration {
+    std::time::Duration::from_secs(expires_at_unix.saturating_sub(unix_now()).max(0) as u64)
+}
+
+impl Handler<RestorePairs> for SipPresentityTranslator {
+    type Result = ();
+    fn handle(&mut self, msg: RestorePairs, ctx: &mut Context<Self>) {
+        ctx.run_later(msg.delay, move |a, ctx| {
+            for (mut rec, left) in msg.pairs {
+                rec.lease_left = left;
+                let watcher = rec.pair.watcher.clone();
+                a.seed = a.seed.wrapping_add(0x9E37_79B9);
+                let sub = Subscription::restore(a.cfg.clone(), rec, a.seed, Instant::now());
+                a.pairs.insert(watcher.clone(), sub);
+                a.drain(&watcher, None, ctx);
+            }
+        });
+    }
+}
+
+impl Handler<RestoreNotifier> for XmppPresentityTranslator {
+    type Result = ();
+    fn handle(&mut self, msg: RestoreNotifier, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        for (watcher, state) in msg.relations {
+            self.machine.restore_relation(watcher, state);
+        }
+        for d in msg.dialogs {
+            let left = unix_to_left(d.expires_at_unix);
+            if left.is_zero() {
+                continue;
+            }
+            let call_id = d.call_id.clone();
+            let dialog = pua_xmpp::notifier::NotifierDialog::stored(
+                d.call_id,
+                d.local_tag,
+                d.remote_tag,
+                pua_xmpp::sip::NameAddr {
+                    display: d.remote_display,
+                    uri: d.remote_uri,
+                    tag: None,
+                },
+                d.watcher,
+                d.remote_target,
+                d.route_set,
+                d.local_cseq,
+                d.remote_cseq,
+                d.event_id,
+                d.active,
+                now,
+            );
+            self.machine.restore_dialog(dialog, left, now);
+            self.links.registry.do_send(RegistryEvent::DialogXmpp {
+                call_id,
+                owner: ctx.address(),
+            });
+        }
+        self.machine.probe_after_restart();
+        self.drain(None, ctx);
     }
 }
