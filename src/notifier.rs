@@ -241,6 +241,9 @@ impl Presentity {
     #[allow(clippy::too_many_arguments)]
     pub fn restore_dialog(&mut self, mut d: NotifierDialog, left: Duration, now: Instant) {
         d.expires_at = now + left;
+        // NOTIFYs sent after the last write are not in the store: skip ahead so the watcher
+        // never sees a CSeq it already had (it would answer 500).
+        d.local_cseq = d.local_cseq.saturating_add(100);
         d.inflight = None;
         d.dirty = false;
         d.next_allowed = None;
@@ -571,6 +574,9 @@ impl Presentity {
                     if !d.closed && d.watcher == to && d.state == DialogState::Pending {
                         self.dialogs[i].state = DialogState::Active;
                         if self.dialogs[i].fetch_deadline.is_none() {
+                            // The store must know the dialog is active, for a restart.
+                            let persisted = PersistOp::Dialog(Box::new(self.dialogs[i].clone()));
+                            self.out.push_back(Output::Persist(persisted));
                             self.send_notify(i, now);
                         }
                     }

@@ -213,6 +213,24 @@ class Lab:
         if mode == "pua":
             time.sleep(0.5)  # let it send its presence.winfo SUBSCRIBEs (if any) first
 
+    def kill9_and_restart_gateway(self):
+        """`kill -9` the gateway and start it again on the same run dir, config and store
+        (issue 6). Waits until the new process has authenticated its component again."""
+        assert self.gateway is not None and self.gateway.poll() is None, "gateway not running"
+        prosody_log = os.path.join(self.run_dir, "prosody.log")
+
+        def auths():
+            with open(prosody_log, encoding="utf-8", errors="replace") as f:
+                return f.read().count("External component successfully authenticated")
+
+        before = auths()
+        self.gateway.kill()  # SIGKILL: no shutdown code runs
+        self.gateway.wait(5)
+        os.replace(self.gateway_log, self.gateway_log + ".before-kill")
+        self._start_gateway(self.mode)
+        if not wait_until(lambda: auths() > before, 15):
+            raise RuntimeError("restarted gateway did not authenticate\n" + tail(self.gateway_log))
+
     def stop_gateway(self):
         if self.gateway is None:
             return
