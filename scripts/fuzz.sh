@@ -68,7 +68,7 @@ for t in "${targets[@]}"; do
     if ! (cd fuzz && cargo fuzz run "$t" "$work" "$seeds" -- \
         -max_total_time="$FUZZ_SECS" -timeout=10 -print_final_stats=1 ${FUZZ_ARGS:-}) \
         >"$log" 2>&1; then
-        artifact=$(grep -o 'Test unit written to [^ ]*' "$log" | tail -1 | sed 's/Test unit written to //')
+        artifact=$(grep -ao 'Test unit written to [^ ]*' "$log" | tail -1 | sed 's/Test unit written to //')
         if [ "$status" = ok ]; then
             status="CRASH ${artifact:-(see $log)}"
         else
@@ -76,12 +76,12 @@ for t in "${targets[@]}"; do
         fi
         failed=1
     fi
-    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-    eps=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-    last=$(grep -E '^#[0-9]+' "$log" | tail -1)
-    cov=$(grep -o 'cov: [0-9]*' <<<"$last" | grep -o '[0-9]*')
-    ft=$(grep -o 'ft: [0-9]*' <<<"$last" | grep -o '[0-9]*')
-    corp=$(grep -o 'corp: [0-9]*' <<<"$last" | grep -o '[0-9]*')
+    runs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -ao '[0-9]*$' | tail -1)
+    eps=$(grep -ao 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -ao '[0-9]*$' | tail -1)
+    last=$(grep -aE '^#[0-9]+' "$log" | tail -1)
+    cov=$(grep -ao 'cov: [0-9]*' <<<"$last" | grep -ao '[0-9]*')
+    ft=$(grep -ao 'ft: [0-9]*' <<<"$last" | grep -ao '[0-9]*')
+    corp=$(grep -ao 'corp: [0-9]*' <<<"$last" | grep -ao '[0-9]*')
     line=$(printf '%-12s %-8s execs=%s exec/s=%s cov=%s ft=%s corpus=%s' \
         "$t" "${status%% *}" "${runs:-?}" "${eps:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}")
     [ "$status" != ok ] && line="$line  ${status#* }"
