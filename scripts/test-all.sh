@@ -10,14 +10,14 @@ step() { printf '\n==== %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo build --release (gateway binary)"
-cargo build --release --workspace --bins
-
 step "cargo clippy -D warnings"
-cargo clippy --release --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo test (unit, property, in-process integration)"
+# One release build: `cargo test --release` also builds the binaries (the actors' integration
+# tests run the real `pua-xmpp`), and the end-to-end tests below use that same binary.
+step "cargo test --release (unit, property, in-process integration; builds the gateway)"
 cargo test --release --workspace
+test -x target/release/pua-xmpp
 
 if [ "${SKIP_E2E:-0}" = 1 ]; then
 	echo "SKIP_E2E=1: end-to-end tests not run"

@@ -444,6 +444,17 @@ fn build_jid(local: &str, ascii_domain: &str) -> Result<BareJid, MapError> {
         JidError::NodeEmpty => MapError::EmptyUser,
         other => MapError::Precis(other.to_string()),
     })?;
+    // nodeprep's NFKC can turn an allowed character into a refused one (`¼` → `1⁄4`): check
+    // the prepared form too, or the JID could not be mapped back after a restart.
+    if let Some(c) = xep0106_unescape(node.as_str())
+        .chars()
+        .find(|c| !c.is_ascii() && !c.is_alphabetic() && !c.is_numeric())
+    {
+        return Err(MapError::Precis(format!(
+            "character U+{:04X} is not a letter or digit (after normalization)",
+            u32::from(c)
+        )));
+    }
     let uni = host_to_unicode(ascii_domain)?;
     let domain = DomainPart::new(&uni).map_err(|_| MapError::BadHost)?;
     Ok(BareJid::from_parts(Some(&node), &domain))
@@ -473,7 +484,7 @@ fn host_to_ascii(host: &str) -> Result<String, MapError> {
             && l.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
     };
-    if ascii.is_empty() || !ascii.split('.').all(valid_label) {
+    if ascii.is_empty() || ascii.len() > 253 || !ascii.split('.').all(valid_label) {
         return Err(MapError::BadHost);
     }
     Ok(ascii)

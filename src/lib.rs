@@ -24,3 +24,6 @@ pub mod subscriber;
 pub mod timers;
 pub mod winfo;
 pub mod xml;
+
+#[cfg(test)]
+mod fuzz_regressions;

@@ -143,6 +143,8 @@ pub enum Output {
     Persist(SubscriptionRecord),
     /// The relation is gone: delete it from the store.
     Forget,
+    /// Something worth counting went wrong (a metric label, e.g. `pidf_not_well_formed`).
+    Problem(&'static str),
 }
 
 /// One XMPP watcher's subscription to one SIP presentity.
@@ -236,6 +238,11 @@ impl Subscription {
     /// True once the machine has finished and can be dropped.
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done
+    }
+
+    /// Time left on the SIP lease, if one is running.
+    pub fn lease_left(&self, now: Instant) -> Option<Duration> {
+        self.expires_at.map(|t| t.saturating_duration_since(now))
     }
 
     /// The record to persist now.
@@ -683,6 +690,13 @@ impl Subscription {
             match pidf::parse(&req.body, self.cfg.max_body) {
                 Ok(doc) => Some(presence::view_pidf(&doc, now_unix)),
                 Err(e) => {
+                    self.out.push_back(Output::Problem(match e {
+                        pidf::PidfError::TooLarge => "pidf_too_large",
+                        pidf::PidfError::Doctype => "pidf_doctype",
+                        pidf::PidfError::NotWellFormed(_) => "pidf_not_well_formed",
+                        pidf::PidfError::NotPidf => "pidf_not_pidf",
+                        pidf::PidfError::TooManyElements => "pidf_too_many_elements",
+                    }));
                     // Case 68/69: keep the previous state; a non-2xx could kill the subscription.
                     tracing::warn!(presentity = %self.pair.presentity_uri, error = %e, "NOTIFY body rejected, previous state kept");
                     None

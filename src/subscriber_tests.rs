@@ -454,6 +454,8 @@ fn case_068_069_bad_bodies_get_200_and_keep_state() {
         let out = t.notify(cseq, "active;expires=1700", Some(body));
         assert_eq!(responses(&out), vec![200]);
         assert!(stanzas(&out).is_empty());
+        let problem = if body.contains("DOCTYPE") { "pidf_doctype" } else { "pidf_not_well_formed" };
+        assert!(out.contains(&Output::Problem(problem)), "{out:?}");
     }
     // The previous state is still what a probe gets.
     let out = t.stanza("probe");

@@ -3,38 +3,53 @@
 //! Output is built with `String` pushes rather than a DOM because it is on the hot path of
 //! every presence update; escaping lives here, in one place, so no caller can forget it.
 
-/// Appends `s` escaped for element content (`&`, `<`, `>`).
+/// U+FFFD, written for characters XML 1.0 cannot carry.
+const REPLACEMENT: &str = "\u{FFFD}";
+
+/// Appends `s` escaped for element content (`&`, `<`, `>`). Characters outside XML 1.0's
+/// `Char` (controls other than tab/LF/CR, U+FFFE, U+FFFF) become U+FFFD: a SIP peer must never
+/// be able to make us write a document the XMPP server rejects (that ends the whole stream).
 pub fn escape_text(out: &mut String, s: &str) {
-    let mut last = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let rep = match b {
-            b'&' => "&amp;",
-            b'<' => "&lt;",
-            b'>' => "&gt;",
-            _ => continue,
-        };
-        out.push_str(&s[last..i]);
-        out.push_str(rep);
-        last = i + 1;
-    }
-    out.push_str(&s[last..]);
+    escape(out, s, false)
 }
 
-/// Appends `s` escaped for an attribute value in either quote style.
+/// Appends `s` escaped for an attribute value in either quote style (and sanitized as above).
 pub fn escape_attr(out: &mut String, s: &str) {
+    escape(out, s, true)
+}
+
+fn escape(out: &mut String, s: &str, attr: bool) {
+    let bytes = s.as_bytes();
     let mut last = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let rep = match b {
-            b'&' => "&amp;",
-            b'<' => "&lt;",
-            b'>' => "&gt;",
-            b'\'' => "&apos;",
-            b'"' => "&quot;",
-            _ => continue,
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let (rep, len) = match b {
+            b'&' => ("&amp;", 1),
+            b'<' => ("&lt;", 1),
+            b'>' => ("&gt;", 1),
+            b'\'' if attr => ("&apos;", 1),
+            b'"' if attr => ("&quot;", 1),
+            b'\t' | b'\n' | b'\r' => {
+                i += 1;
+                continue;
+            }
+            0..=0x1f => (REPLACEMENT, 1),
+            // U+FFFE and U+FFFF are EF BF BE / EF BF BF in UTF-8.
+            0xef if bytes.get(i + 1) == Some(&0xbf)
+                && matches!(bytes.get(i + 2), Some(0xbe | 0xbf)) =>
+            {
+                (REPLACEMENT, 3)
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.push_str(&s[last..i]);
         out.push_str(rep);
-        last = i + 1;
+        i += len;
+        last = i;
     }
     out.push_str(&s[last..]);
 }
@@ -59,6 +74,16 @@ mod tests {
         let mut s = String::new();
         escape_attr(&mut s, "a'b\"c");
         assert_eq!(s, "a&apos;b&quot;c");
+    }
+
+    #[test]
+    fn characters_xml_cannot_carry_are_replaced() {
+        let mut s = String::new();
+        escape_text(&mut s, "\u{0}a\u{1}b\tc\u{FFFE}d\u{FFFF}e\u{FFFD}");
+        assert_eq!(s, "\u{FFFD}a\u{FFFD}b\tc\u{FFFD}d\u{FFFD}e\u{FFFD}");
+        let mut s = String::new();
+        escape_attr(&mut s, "x\u{7}'");
+        assert_eq!(s, "x\u{FFFD}&apos;");
     }
 
     #[test]

@@ -277,6 +277,7 @@ impl Handler<SendPresence> for XmppComponent {
         }
         let mut s = String::with_capacity(160);
         msg.0.write_xml(&mut s);
+        metrics::counter!("pua_xmpp_stanzas_out_total", "type" => msg.0.kind.as_attr().unwrap_or("available")).increment(1);
         self.outbox.push(s);
     }
 }
@@ -617,6 +618,7 @@ impl Link {
             if was_online {
                 self.status.do_send(ComponentStatus { online: false });
             }
+            metrics::counter!("pua_xmpp_component_reconnects_total").increment(1);
             let fatal = err.is_fatal();
             let delay = backoff.next_delay(fatal);
             self.log_end(&err, delay);
@@ -746,7 +748,14 @@ async fn run_session(link: &Link, s: &mut Session) -> Result<std::convert::Infal
                                 break;
                             }
                             match classify_inbound(&link.cfg.domain, &el) {
-                                Inbound::Presence(p) => link.inbound.do_send(StanzaIn(*p)),
+                                Inbound::Presence(p) => {
+                                    let kind = match &p.kind {
+                                        Ok(k) => k.as_attr().unwrap_or("available"),
+                                        Err(_) => "unknown",
+                                    };
+                                    metrics::counter!("pua_xmpp_stanzas_in_total", "type" => kind).increment(1);
+                                    link.inbound.do_send(StanzaIn(*p))
+                                }
                                 Inbound::Reply(r) => replies.push_str(&r),
                                 Inbound::Ignore => {}
                             }

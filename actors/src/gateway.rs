@@ -82,6 +82,7 @@ pub struct Running {
 
 /// Starts every actor inside the current actix system, after restoring the persisted state.
 pub async fn start(config: &Config) -> io::Result<Running> {
+    crate::http::install_metrics();
     let store_path = std::path::Path::new(&config.store.path);
     let snapshot = load_snapshot(store_path).map_err(|e| invalid(format!("store.path: {e}")))?;
     let sqlite = SqliteStore::open(store_path).map_err(|e| invalid(format!("store.path: {e}")))?;

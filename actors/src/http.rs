@@ -14,6 +14,60 @@ struct State {
     link: Addr<LinkStatus>,
 }
 
+/// The Prometheus recorder of this process (installed once; tests start several gateways).
+fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let buckets = [
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            32.0,
+        ];
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&buckets)
+            .map(|b| b.build_recorder())
+            .unwrap_or_else(|_| {
+                metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()
+            });
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!(
+                "a metrics recorder was already installed; /metrics shows this one's view"
+            );
+        }
+        handle
+    })
+}
+
+/// Installs the metrics recorder; call before any actor records anything.
+pub fn install_metrics() {
+    let _ = prometheus();
+}
+
+async fn metrics_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(prometheus().render())
+}
+
+async fn subscriptions(
+    state: web::Data<State>,
+    query: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let Some(user) = query.get("user").filter(|u| !u.is_empty()).cloned() else {
+        return HttpResponse::BadRequest().body("missing parameter: user (a JID or a SIP URI)\n");
+    };
+    match state
+        .registry
+        .send(crate::messages::ListSubscriptions { user })
+        .await
+    {
+        Ok(Ok(list)) => HttpResponse::Ok().json(list),
+        Ok(Err(e)) => HttpResponse::BadRequest().body(format!("{e}\n")),
+        Err(e) => HttpResponse::ServiceUnavailable().body(format!("{e}\n")),
+    }
+}
+
 /// Accepts `uri`, `expires` and optional `watcher` as an urlencoded form body or query string.
 async fn req_winfo(
     state: web::Data<State>,
@@ -100,6 +154,8 @@ pub fn start(
             .app_data(data.clone())
             .route("/pua/req_winfo", web::post().to(req_winfo))
             .route("/health", web::get().to(health))
+            .route("/metrics", web::get().to(metrics_page))
+            .route("/subscriptions", web::get().to(subscriptions))
     })
     .workers(1)
     .disable_signals()

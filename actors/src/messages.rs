@@ -147,3 +147,33 @@ pub struct RestoreNotifier {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Restore(pub crate::store::Snapshot);
+
+/// One live subscription, as `GET /subscriptions` shows it.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct SubscriptionInfo {
+    /// `xmpp_to_sip` (an XMPP user watches a SIP user) or `sip_to_xmpp`.
+    pub direction: &'static str,
+    pub watcher: String,
+    pub presentity: String,
+    /// Relation (`pending`, `approved`, ...) and lease state (`active`, `waiting`, ...).
+    pub relation: String,
+    pub state: String,
+    pub call_id: Option<String>,
+    /// Seconds until the SIP lease ends, if there is one.
+    pub expires_in: Option<u64>,
+}
+
+/// `GET /subscriptions?user=`: every subscription where `user` (a JID or a SIP URI) is the
+/// watcher or the presentity.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Vec<SubscriptionInfo>, String>")]
+pub struct ListSubscriptions {
+    pub user: String,
+}
+
+/// Asks a translator for its subscriptions, optionally only those of one watcher.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Vec<SubscriptionInfo>")]
+pub struct DumpSubscriptions {
+    pub watcher: Option<pua_xmpp::stanza::BareJid>,
+}

@@ -8,6 +8,7 @@ use crate::messages::*;
 use crate::store::{lease_left_at, StoreHandle, StoreOp};
 use crate::translator::{Links, PuaTranslator, SipPresentityTranslator, XmppPresentityTranslator};
 use actix::prelude::*;
+use futures::FutureExt;
 use pua_xmpp::address::AddressMapper;
 use pua_xmpp::notifier::{self, NotifierConfig};
 use pua_xmpp::pua::PuaConfig;
@@ -70,6 +71,10 @@ pub struct Registry {
     xmpp_presentities: HashMap<BareJid, Addr<XmppPresentityTranslator>>,
     pua_presentities: HashMap<BareJid, Addr<PuaTranslator>>,
     dialogs: HashMap<String, Owner>,
+    /// XMPP watcher X → SIP presentities S' it subscribed to (for `/subscriptions`).
+    watching: HashMap<BareJid, std::collections::HashSet<BareJid>>,
+    /// SIP watcher S' → XMPP presentities X it subscribed to (notifier mode).
+    sip_watching: HashMap<BareJid, std::collections::HashSet<BareJid>>,
     seed: u64,
 }
 
@@ -94,6 +99,8 @@ impl Registry {
             xmpp_presentities: HashMap::new(),
             pua_presentities: HashMap::new(),
             dialogs: HashMap::new(),
+            watching: HashMap::new(),
+            sip_watching: HashMap::new(),
         }
     }
 
@@ -223,6 +230,10 @@ impl Registry {
             presentity_uri,
         };
         let addr = self.sip_translator(&presentity, ctx);
+        self.watching
+            .entry(pair.watcher.clone())
+            .or_default()
+            .insert(pair.presentity.clone());
         addr.do_send(ToSubscriber { pair, stanza: p });
     }
 
@@ -258,6 +269,10 @@ impl Registry {
                 return self.respond(txn, resp);
             }
         };
+        self.sip_watching
+            .entry(watcher.clone())
+            .or_default()
+            .insert(presentity.clone());
         match self.xmpp_translator(&presentity, ctx) {
             Some(a) => a.do_send(DialogRequest {
                 req,
@@ -474,5 +489,65 @@ impl Handler<Restore> for Registry {
             winfo,
             "state restored from the store"
         );
+    }
+}
+
+impl Handler<ListSubscriptions> for Registry {
+    type Result = ResponseFuture<Result<Vec<SubscriptionInfo>, String>>;
+    fn handle(&mut self, msg: ListSubscriptions, _: &mut Context<Self>) -> Self::Result {
+        let user = msg.user.trim();
+        let jid =
+            if user.starts_with("sip:") || user.starts_with("sips:") || user.starts_with("pres:") {
+                if self.mapper.is_gateway_uri(user) {
+                    self.mapper.sip_to_xmpp(user)
+                } else {
+                    self.mapper.sip_to_jid(user)
+                }
+                .map_err(|e| format!("{user}: {e}"))
+            } else {
+                BareJid::new(user).map_err(|e| format!("{user}: not a JID ({e})"))
+            };
+        let jid = match jid {
+            Ok(j) => j,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let mut asks = Vec::new();
+        // As a SIP presentity (S') or an XMPP presentity (X): everything of that translator.
+        if let Some(a) = self.sip_presentities.get(&jid) {
+            asks.push(a.send(DumpSubscriptions { watcher: None }).boxed_local());
+        }
+        if let Some(a) = self.xmpp_presentities.get(&jid) {
+            asks.push(a.send(DumpSubscriptions { watcher: None }).boxed_local());
+        }
+        // As an XMPP watcher (X) or a SIP watcher (S'): that watcher's pairs.
+        for s in self.watching.get(&jid).into_iter().flatten() {
+            if let Some(a) = self.sip_presentities.get(s) {
+                asks.push(
+                    a.send(DumpSubscriptions {
+                        watcher: Some(jid.clone()),
+                    })
+                    .boxed_local(),
+                );
+            }
+        }
+        for x in self.sip_watching.get(&jid).into_iter().flatten() {
+            if let Some(a) = self.xmpp_presentities.get(x) {
+                asks.push(
+                    a.send(DumpSubscriptions {
+                        watcher: Some(jid.clone()),
+                    })
+                    .boxed_local(),
+                );
+            }
+        }
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for ask in asks {
+                if let Ok(list) = ask.await {
+                    out.extend(list);
+                }
+            }
+            Ok(out)
+        })
     }
 }

@@ -30,6 +30,43 @@ pub struct Links {
     pub store: StoreHandle,
 }
 
+/// The state label of a subscriber pair, for the `pua_xmpp_subscriptions` gauge.
+fn phase_label(p: subscriber::Phase) -> &'static str {
+    match p {
+        subscriber::Phase::Idle => "idle",
+        subscriber::Phase::Waiting { .. } => "waiting",
+        subscriber::Phase::Pending => "pending",
+        subscriber::Phase::Active => "active",
+        subscriber::Phase::Unsubscribing => "ending",
+        subscriber::Phase::Backoff => "retrying",
+        subscriber::Phase::Done => "done",
+    }
+}
+
+fn gauge_move(direction: &'static str, from: Option<&'static str>, to: Option<&'static str>) {
+    if from == to {
+        return;
+    }
+    if let Some(f) = from {
+        metrics::gauge!("pua_xmpp_subscriptions", "direction" => direction, "state" => f)
+            .decrement(1.0);
+    }
+    if let Some(t) = to {
+        metrics::gauge!("pua_xmpp_subscriptions", "direction" => direction, "state" => t)
+            .increment(1.0);
+    }
+}
+
+/// Records how long a request of ours took to get its final response.
+fn observe_latency(method: &Method, sent: Instant) {
+    let secs = sent.elapsed().as_secs_f64();
+    match method {
+        Method::Notify => metrics::histogram!("pua_xmpp_notify_latency_seconds").record(secs),
+        Method::Publish => metrics::histogram!("pua_xmpp_publish_latency_seconds").record(secs),
+        _ => metrics::histogram!("pua_xmpp_subscribe_latency_seconds").record(secs),
+    }
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -77,7 +114,7 @@ pub struct SipPresentityTranslator {
     /// Call-ID of each pair's current dialog, to keep the registry's index right.
     call_ids: HashMap<BareJid, String>,
     /// Transaction key → (watcher, Call-ID, CSeq).
-    txns: HashMap<u64, (BareJid, String, u32)>,
+    txns: HashMap<u64, (BareJid, String, u32, Instant)>,
     next_key: u64,
     seed: u64,
     wakeup: Wakeup,
@@ -109,8 +146,11 @@ impl SipPresentityTranslator {
         let Some(sub) = self.pairs.get_mut(watcher) else {
             return;
         };
+        let before = phase_label(sub.phase());
         sub.handle_input(input, now);
         self.drain(watcher, txn, ctx);
+        let after = self.pairs.get(watcher).map(|s| phase_label(s.phase()));
+        gauge_move("xmpp_to_sip", Some(before), after);
     }
 
     fn drain(&mut self, watcher: &BareJid, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
@@ -135,8 +175,15 @@ impl SipPresentityTranslator {
                             owner: ctx.address(),
                         });
                     }
-                    self.txns
-                        .insert(key, (watcher.clone(), req.call_id.clone(), req.cseq));
+                    self.txns.insert(
+                        key,
+                        (
+                            watcher.clone(),
+                            req.call_id.clone(),
+                            req.cseq,
+                            Instant::now(),
+                        ),
+                    );
                     send_request(&self.links, req, key, ctx.address().recipient());
                 }
                 subscriber::Output::Response(resp) => {
@@ -149,6 +196,10 @@ impl SipPresentityTranslator {
                     self.links
                         .store
                         .send(StoreOp::subscription(rec, unix_now()));
+                }
+                subscriber::Output::Problem(kind) => {
+                    metrics::counter!("pua_xmpp_translation_errors_total", "kind" => kind)
+                        .increment(1);
                 }
                 subscriber::Output::Forget => {
                     tracing::info!(%watcher, presentity = %self.presentity, "subscription relation ended");
@@ -225,6 +276,11 @@ impl Handler<ToSubscriber> for SipPresentityTranslator {
             self.seed = self.seed.wrapping_add(0x9E37_79B9);
             let sub = Subscription::new(self.cfg.clone(), msg.pair, relation, self.seed);
             self.pairs.insert(watcher.clone(), sub);
+            gauge_move(
+                "xmpp_to_sip",
+                None,
+                Some(phase_label(subscriber::Phase::Idle)),
+            );
         }
         self.with_pair(&watcher, subscriber::Input::Stanza(&msg.stanza), None, ctx);
     }
@@ -259,9 +315,12 @@ impl Handler<DialogRequest> for SipPresentityTranslator {
 impl Handler<TransactionOutcome> for SipPresentityTranslator {
     type Result = ();
     fn handle(&mut self, msg: TransactionOutcome, ctx: &mut Context<Self>) {
-        let Some((watcher, call_id, cseq)) = self.txns.remove(&msg.key) else {
+        let Some((watcher, call_id, cseq, sent)) = self.txns.remove(&msg.key) else {
             return;
         };
+        if matches!(msg.result, TxnResult::Response(_)) {
+            observe_latency(&Method::Subscribe, sent);
+        }
         match msg.result {
             TxnResult::Response(r) => {
                 self.with_pair(&watcher, subscriber::Input::Response(&r), None, ctx)
@@ -282,7 +341,7 @@ impl Handler<TransactionOutcome> for SipPresentityTranslator {
 pub struct XmppPresentityTranslator {
     machine: Presentity,
     links: Links,
-    txns: HashMap<u64, (String, u32)>,
+    txns: HashMap<u64, (String, u32, Method, Instant)>,
     next_key: u64,
     wakeup: Wakeup,
 }
@@ -310,8 +369,34 @@ impl XmppPresentityTranslator {
         txn: Option<ServerTxnId>,
         ctx: &mut Context<Self>,
     ) {
+        let before = self.dialog_counts();
         self.machine.handle_input(input, Instant::now());
         self.drain(txn, ctx);
+        self.gauge_dialogs(before);
+    }
+
+    /// (pending, active) dialogs, for the `pua_xmpp_subscriptions` gauge.
+    fn dialog_counts(&self) -> (i64, i64) {
+        self.machine
+            .dialogs()
+            .iter()
+            .fold((0, 0), |(p, a), d| match d.state {
+                notifier::DialogState::Pending => (p + 1, a),
+                notifier::DialogState::Active => (p, a + 1),
+            })
+    }
+
+    fn gauge_dialogs(&self, before: (i64, i64)) {
+        let after = self.dialog_counts();
+        for (state, delta) in [
+            ("pending", after.0 - before.0),
+            ("active", after.1 - before.1),
+        ] {
+            if delta != 0 {
+                metrics::gauge!("pua_xmpp_subscriptions", "direction" => "sip_to_xmpp", "state" => state)
+                    .increment(delta as f64);
+            }
+        }
     }
 
     /// Keeps the registry's Call-ID index in step with the dialogs.
@@ -340,7 +425,15 @@ impl XmppPresentityTranslator {
                 notifier::Output::Request(req) => {
                     let key = self.next_key;
                     self.next_key += 1;
-                    self.txns.insert(key, (req.call_id.clone(), req.cseq));
+                    self.txns.insert(
+                        key,
+                        (
+                            req.call_id.clone(),
+                            req.cseq,
+                            req.method.clone(),
+                            Instant::now(),
+                        ),
+                    );
                     send_request(&self.links, req, key, ctx.address().recipient());
                 }
                 notifier::Output::Response(resp) => {
@@ -403,9 +496,12 @@ impl Handler<FromPresentity> for XmppPresentityTranslator {
 impl Handler<TransactionOutcome> for XmppPresentityTranslator {
     type Result = ();
     fn handle(&mut self, msg: TransactionOutcome, ctx: &mut Context<Self>) {
-        let Some((call_id, cseq)) = self.txns.remove(&msg.key) else {
+        let Some((call_id, cseq, method, sent)) = self.txns.remove(&msg.key) else {
             return;
         };
+        if matches!(msg.result, TxnResult::Response(_)) {
+            observe_latency(&method, sent);
+        }
         match msg.result {
             TxnResult::Response(r) => self.input(notifier::Input::Response(&r), None, ctx),
             TxnResult::Timeout | TxnResult::TransportError(_) => self.input(
@@ -425,7 +521,7 @@ impl Handler<TransactionOutcome> for XmppPresentityTranslator {
 pub struct PuaTranslator {
     machine: PuaPresentity,
     links: Links,
-    txns: HashMap<u64, (String, u32)>,
+    txns: HashMap<u64, (String, u32, Method, Instant)>,
     next_key: u64,
     winfo_call_id: Option<String>,
     wakeup: Wakeup,
@@ -457,7 +553,15 @@ impl PuaTranslator {
                 pua::Output::Request(req) => {
                     let key = self.next_key;
                     self.next_key += 1;
-                    self.txns.insert(key, (req.call_id.clone(), req.cseq));
+                    self.txns.insert(
+                        key,
+                        (
+                            req.call_id.clone(),
+                            req.cseq,
+                            req.method.clone(),
+                            Instant::now(),
+                        ),
+                    );
                     send_request(&self.links, req, key, ctx.address().recipient());
                 }
                 pua::Output::Response(resp) => {
@@ -532,9 +636,12 @@ impl Handler<DialogRequest> for PuaTranslator {
 impl Handler<TransactionOutcome> for PuaTranslator {
     type Result = ();
     fn handle(&mut self, msg: TransactionOutcome, ctx: &mut Context<Self>) {
-        let Some((call_id, cseq)) = self.txns.remove(&msg.key) else {
+        let Some((call_id, cseq, method, sent)) = self.txns.remove(&msg.key) else {
             return;
         };
+        if matches!(msg.result, TxnResult::Response(_)) {
+            observe_latency(&method, sent);
+        }
         match msg.result {
             TxnResult::Response(r) => self.input(pua::Input::Response(&r), None, ctx),
             TxnResult::Timeout | TxnResult::TransportError(_) => self.input(
@@ -564,6 +671,8 @@ impl Handler<RestorePairs> for SipPresentityTranslator {
                 let sub = Subscription::restore(a.cfg.clone(), rec, a.seed, Instant::now());
                 a.pairs.insert(watcher.clone(), sub);
                 a.drain(&watcher, None, ctx);
+                let after = a.pairs.get(&watcher).map(|s| phase_label(s.phase()));
+                gauge_move("xmpp_to_sip", None, after);
             }
         });
     }
@@ -608,5 +717,68 @@ impl Handler<RestoreNotifier> for XmppPresentityTranslator {
         }
         self.machine.probe_after_restart();
         self.drain(None, ctx);
+        self.gauge_dialogs((0, 0));
+    }
+}
+
+fn relation_label(r: subscriber::Relation) -> &'static str {
+    match r {
+        subscriber::Relation::Pending => "pending",
+        subscriber::Relation::Approved => "approved",
+        subscriber::Relation::Unknown => "unknown",
+    }
+}
+
+impl Handler<DumpSubscriptions> for SipPresentityTranslator {
+    type Result = MessageResult<DumpSubscriptions>;
+    fn handle(&mut self, msg: DumpSubscriptions, _: &mut Context<Self>) -> Self::Result {
+        let now = Instant::now();
+        let list = self
+            .pairs
+            .values()
+            .filter(|s| msg.watcher.as_ref().is_none_or(|w| &s.pair().watcher == w))
+            .map(|s| SubscriptionInfo {
+                direction: "xmpp_to_sip",
+                watcher: s.pair().watcher.to_string(),
+                presentity: s.pair().presentity_uri.clone(),
+                relation: relation_label(s.relation()).to_owned(),
+                state: phase_label(s.phase()).to_owned(),
+                call_id: s.dialog().map(|d| d.call_id.clone()),
+                expires_in: s.lease_left(now).map(|d| d.as_secs()),
+            })
+            .collect();
+        MessageResult(list)
+    }
+}
+
+impl Handler<DumpSubscriptions> for XmppPresentityTranslator {
+    type Result = MessageResult<DumpSubscriptions>;
+    fn handle(&mut self, msg: DumpSubscriptions, _: &mut Context<Self>) -> Self::Result {
+        let now = Instant::now();
+        let list = self
+            .machine
+            .dialogs()
+            .iter()
+            .filter(|d| msg.watcher.as_ref().is_none_or(|w| &d.watcher == w))
+            .map(|d| SubscriptionInfo {
+                direction: "sip_to_xmpp",
+                watcher: d.remote.uri.clone(),
+                presentity: self.machine.jid().to_string(),
+                relation: match self.machine.relation(&d.watcher) {
+                    Some(notifier::WatcherRelation::Approved) => "approved",
+                    Some(notifier::WatcherRelation::Denied) => "denied",
+                    _ => "pending",
+                }
+                .to_owned(),
+                state: match d.state {
+                    notifier::DialogState::Active => "active",
+                    notifier::DialogState::Pending => "pending",
+                }
+                .to_owned(),
+                call_id: Some(d.call_id.clone()),
+                expires_in: Some(d.expires_at.saturating_duration_since(now).as_secs()),
+            })
+            .collect();
+        MessageResult(list)
     }
 }

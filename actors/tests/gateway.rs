@@ -1668,3 +1668,86 @@ async fn case_031_033_subscribe_answered_423_retries_and_489_gives_an_error() {
     gw.xmpp.quiet().await;
     gw.proxy.quiet().await;
 }
+
+/// A plain HTTP/1.1 GET on loopback; returns (status, body).
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect http");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf))
+        .await
+        .expect("http timeout")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Issue 5: `/health`, `/subscriptions?user=` and `/metrics` on the HTTP listener, with a live
+/// XMPP → SIP subscription behind them.
+#[actix_rt::test]
+async fn http_health_subscriptions_and_metrics() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let http = format!("127.0.0.1:{port}");
+    let h = http.clone();
+    let mut gw = start_with(move |c| c.http.listen = h).await;
+    let sub = establish_d1(&mut gw).await;
+
+    let (status, body) = http_get(&http, "/health").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+
+    let (status, body) = http_get(&http, &format!("/subscriptions?user={ROMEO}")).await;
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let entries = list.as_array().expect("array");
+    assert_eq!(entries.len(), 1, "{body}");
+    let e = &entries[0];
+    assert_eq!(e["direction"], "xmpp_to_sip");
+    assert_eq!(e["watcher"], ROMEO);
+    assert_eq!(e["presentity"], JULIET_URI);
+    assert_eq!(e["relation"], "approved");
+    assert_eq!(e["state"], "active");
+    assert_eq!(e["call_id"], sub.call_id.as_str());
+    assert!(
+        e["expires_in"]
+            .as_u64()
+            .is_some_and(|s| s > 1700 && s <= 1740),
+        "{body}"
+    );
+    // The same subscription seen from the SIP presentity's side.
+    let (_, body) = http_get(&http, &format!("/subscriptions?user={JULIET_URI}")).await;
+    assert!(body.contains(&sub.call_id), "{body}");
+    // A user with nothing, and a bad one.
+    assert_eq!(
+        http_get(&http, "/subscriptions?user=nobody@example.net").await,
+        (200, "[]".to_owned())
+    );
+    assert_eq!(http_get(&http, "/subscriptions").await.0, 400);
+
+    let (status, metrics) = http_get(&http, "/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        "pua_xmpp_sip_requests_out_total{method=\"SUBSCRIBE\"}",
+        "pua_xmpp_sip_requests_in_total{method=\"NOTIFY\"}",
+        "pua_xmpp_sip_responses_out_total{code=\"200\"}",
+        "pua_xmpp_stanzas_in_total{type=\"subscribe\"}",
+        "pua_xmpp_stanzas_out_total{type=\"subscribed\"}",
+        "pua_xmpp_subscriptions{direction=\"xmpp_to_sip\",state=\"active\"}",
+        "pua_xmpp_subscribe_latency_seconds_bucket",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing in\n{metrics}");
+    }
+}

@@ -98,8 +98,12 @@ fn normalize(head: &[u8]) -> Result<Vec<u8>, &'static str> {
                 if !in_header {
                     return Err("Continuation line without a header");
                 }
+                let cont = line.trim_ascii();
+                if cont.is_empty() {
+                    continue; // a blank folded line adds nothing (not even a space)
+                }
                 out.push(b' ');
-                out.extend_from_slice(line.trim_ascii());
+                out.extend_from_slice(cont);
             }
             Some(_) => {
                 let Some(colon) = line.iter().position(|&b| b == b':') else {

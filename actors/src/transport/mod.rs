@@ -295,6 +295,7 @@ impl SipTransport {
         let deadline = Instant::now() + self.timer_f();
         let id = self.server.insert(key, source.clone(), deadline);
         self.timers.server.push_back((deadline, id));
+        metrics::counter!("pua_xmpp_sip_requests_in_total", "method" => req.method.as_str().to_owned()).increment(1);
         self.inbound.do_send(SipRequestIn {
             req,
             source,
@@ -303,6 +304,8 @@ impl SipTransport {
     }
 
     fn on_response(&mut self, resp: SipResponse, source: &Source) {
+        metrics::counter!("pua_xmpp_sip_responses_in_total", "code" => resp.status.to_string())
+            .increment(1);
         let id = resp
             .via
             .first()
@@ -442,6 +445,7 @@ impl SipTransport {
         );
         let mut bytes = Vec::with_capacity(1024);
         encode_request(&msg.req, &via, &mut bytes);
+        metrics::counter!("pua_xmpp_sip_requests_out_total", "method" => msg.req.method.as_str().to_owned()).increment(1);
         let now = Instant::now();
         let mut t = ClientTxn {
             key: msg.key,
@@ -571,6 +575,7 @@ impl Handler<SendResponse> for SipTransport {
         let source = t.source.clone();
         self.out.clear();
         encode_response(&msg.resp, &mut self.out);
+        metrics::counter!("pua_xmpp_sip_responses_out_total", "code" => msg.resp.status.to_string()).increment(1);
         let bytes = std::mem::take(&mut self.out);
         if let Err(e) = self.send_to_source(&bytes, &source) {
             warn!(peer = %source.peer, error = %e, "response send failed");
