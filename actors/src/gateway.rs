@@ -192,7 +192,12 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         component.recipient(),
         store.clone(),
     );
-    let registry_addr = reg_ctx.run(reg);
+    // One worker arbiter (thread) per core beyond the main one, for the translators.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers: Vec<actix::ArbiterHandle> = (1..cores.max(2))
+        .map(|_| actix::Arbiter::new().handle())
+        .collect();
+    let registry_addr = reg_ctx.run(reg.with_workers(workers));
     registry_addr.do_send(Restore(snapshot));
     let http_listen: SocketAddr = config
         .http

@@ -73,6 +73,11 @@ pub struct Registry {
     dialogs: HashMap<String, Owner>,
     /// XMPP watcher X → SIP presentities S' it subscribed to (for `/subscriptions`).
     watching: HashMap<BareJid, std::collections::HashSet<BareJid>>,
+    /// Worker threads the translators run on (one actix Arbiter per core): the registry,
+    /// the transport and the component stay on the main thread; parsing and translation
+    /// spread over the workers.
+    workers: Vec<actix::ArbiterHandle>,
+    next_worker: usize,
     /// SIP watcher S' → XMPP presentities X it subscribed to (notifier mode).
     sip_watching: HashMap<BareJid, std::collections::HashSet<BareJid>>,
     seed: u64,
@@ -100,8 +105,28 @@ impl Registry {
             pua_presentities: HashMap::new(),
             dialogs: HashMap::new(),
             watching: HashMap::new(),
+            workers: Vec::new(),
+            next_worker: 0,
             sip_watching: HashMap::new(),
         }
+    }
+
+    /// Runs translators on these arbiters (round robin) instead of the registry's thread.
+    pub fn with_workers(mut self, workers: Vec<actix::ArbiterHandle>) -> Registry {
+        self.workers = workers;
+        self
+    }
+
+    fn spawn<A>(&mut self, actor: A) -> Addr<A>
+    where
+        A: Actor<Context = Context<A>> + Send,
+    {
+        if self.workers.is_empty() {
+            return actor.start();
+        }
+        let i = self.next_worker % self.workers.len();
+        self.next_worker = self.next_worker.wrapping_add(1);
+        A::start_in_arbiter(&self.workers[i], move |_| actor)
     }
 
     fn links(&self, ctx: &Context<Self>) -> Links {
@@ -157,7 +182,7 @@ impl Registry {
             self.links(ctx),
             seed,
         );
-        let addr = t.start();
+        let addr = self.spawn(t);
         self.xmpp_presentities.insert(x.clone(), addr.clone());
         Some(addr)
     }
@@ -180,7 +205,7 @@ impl Registry {
             self.links(ctx),
             seed,
         );
-        let addr = t.start();
+        let addr = self.spawn(t);
         self.pua_presentities.insert(x.clone(), addr.clone());
         Ok(addr)
     }
@@ -200,7 +225,7 @@ impl Registry {
             self.links(ctx),
             seed,
         );
-        let a = t.start();
+        let a = self.spawn(t);
         self.sip_presentities.insert(presentity.clone(), a.clone());
         a
     }
