@@ -40,7 +40,7 @@ def test_xmpp_watcher_keeps_receiving_after_kill9(gw_notifier, xmpp, bob):
 def test_sip_watcher_dialog_gets_next_notify_after_kill9(gw_notifier, xmpp, sip):
     alice = xmpp("alice")
     alice.presence(show="away", status="Before the crash")
-    sub = approved_watcher(sip, alice, "erin", "notifier")
+    sub = approved_watcher(sip, alice, "rita", "notifier")
     time.sleep(STORE_SETTLE)
 
     gw_notifier.kill9_and_restart_gateway()

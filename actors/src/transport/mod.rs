@@ -495,11 +495,31 @@ fn strip_brackets(s: &str) -> &str {
     }
 }
 
+/// Socket buffers of the UDP socket: the kernel default (about 200 KiB, a hundred or so small
+/// datagrams) overflows during subscription bursts, and every drop costs a retransmission.
+const UDP_BUFFER: usize = 8 << 20;
+
+fn enlarge_buffers(udp: &UdpSocket) {
+    let sock = socket2::SockRef::from(udp);
+    for (what, r) in [
+        ("receive", sock.set_recv_buffer_size(UDP_BUFFER)),
+        ("send", sock.set_send_buffer_size(UDP_BUFFER)),
+    ] {
+        if let Err(e) = r {
+            warn!(error = %e, "cannot set the UDP {what} buffer size");
+        }
+    }
+    if let Ok(n) = sock.recv_buffer_size() {
+        debug!(bytes = n, "UDP receive buffer");
+    }
+}
+
 /// Binds UDP then TCP on the same port; with port 0, retries until a port is free for both.
 async fn bind_pair(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
     let mut last_err = None;
     for _ in 0..16 {
         let udp = UdpSocket::bind(listen).await?;
+        enlarge_buffers(&udp);
         let port = udp.local_addr()?.port();
         match TcpListener::bind(SocketAddr::new(listen.ip(), port)).await {
             Ok(tcp) => return Ok((udp, tcp)),
