@@ -13,7 +13,8 @@ pub const ENV_PREFIX: &str = "PUA_XMPP";
 /// Secret shipped as default; starting with it gets a loud warning.
 pub const DEFAULT_SECRET: &str = "secret";
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 3] = [
+const LIST_KEYS: [&str; 4] = [
+    "sip.trusted_peers",
     "mapping.gwmap",
     "mapping.allowed_sip_domains",
     "mapping.allowed_xmpp_domains",
@@ -46,6 +47,9 @@ pub struct SipConfig {
     pub contact_host: String,
     /// Transport of requests we originate: `udp` or `tcp`.
     pub transport: String,
+    /// IP addresses allowed to send us SIP requests (the Kamailio proxy); empty = anyone.
+    /// Requests from others get 403.
+    pub trusted_peers: Vec<String>,
 }
 
 impl Default for SipConfig {
@@ -56,6 +60,7 @@ impl Default for SipConfig {
             gateway_domain: "sip-xmpp.localhost".into(),
             contact_host: String::new(),
             transport: "udp".into(),
+            trusted_peers: Vec::new(),
         }
     }
 }
@@ -408,6 +413,7 @@ impl Config {
     fn key_template() -> Config {
         let mut t = Config::default();
         t.mapping.gwmap = vec!["a=b".into()];
+        t.sip.trusted_peers = vec!["127.0.0.1".into()];
         t.mapping.allowed_sip_domains = vec!["a".into()];
         t.mapping.allowed_xmpp_domains = vec!["a".into()];
         t
@@ -560,6 +566,14 @@ impl Config {
         for d in &m.allowed_sip_domains {
             domain("mapping.allowed_sip_domains", d)?;
         }
+        for ip in &self.sip.trusted_peers {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    "sip.trusted_peers",
+                    format!("expected IP addresses such as \"127.0.0.1\", got {ip:?}"),
+                ));
+            }
+        }
         for d in &m.allowed_xmpp_domains {
             domain("mapping.allowed_xmpp_domains", d)?;
         }
@@ -642,6 +656,7 @@ impl Config {
         t.str("gateway_domain", &s.gateway_domain);
         t.str("contact_host", &s.contact_host);
         t.str("transport", &s.transport);
+        t.list("trusted_peers", &self.sip.trusted_peers);
         let x = &self.xmpp;
         t.section("xmpp");
         t.str("component_domain", &x.component_domain);

@@ -185,6 +185,16 @@ pub async fn start(config: &Config) -> io::Result<Running> {
             notifier,
             pua,
             seed: seed(),
+            limits: crate::registry::Limits {
+                trusted_peers: config
+                    .sip
+                    .trusted_peers
+                    .iter()
+                    .filter_map(|ip| ip.parse().ok())
+                    .collect(),
+                max_subscriptions: config.limits.max_subscriptions,
+                max_per_user: config.limits.max_subscriptions_per_user,
+            },
         },
         mapper,
         transport.clone().recipient(),

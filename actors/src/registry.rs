@@ -31,6 +31,29 @@ pub struct RegistryConfig {
     pub notifier: NotifierConfig,
     pub pua: PuaConfig,
     pub seed: u64,
+    pub limits: Limits,
+}
+
+/// What one instance accepts (issue 6): beyond these, new subscriptions are refused with 503 +
+/// Retry-After (SIP) or `resource-constraint` (XMPP), and a log line.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Peers allowed to send SIP requests; empty = anyone.
+    pub trusted_peers: Vec<std::net::IpAddr>,
+    /// Subscriptions in each direction.
+    pub max_subscriptions: usize,
+    /// Subscriptions of one watcher in each direction.
+    pub max_per_user: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            trusted_peers: Vec::new(),
+            max_subscriptions: 1_000_000,
+            max_per_user: 1000,
+        }
+    }
 }
 
 enum Owner {
@@ -58,6 +81,11 @@ pub enum RegistryEvent {
     DialogGone {
         call_id: String,
     },
+    /// A subscriber pair ended (its relation is gone).
+    PairGone {
+        watcher: BareJid,
+        presentity: BareJid,
+    },
 }
 
 pub struct Registry {
@@ -78,6 +106,9 @@ pub struct Registry {
     /// spread over the workers.
     workers: Vec<actix::ArbiterHandle>,
     next_worker: usize,
+    /// Pairs in `watching`, and notifier dialogs in `dialogs` (for the limits).
+    xmpp_to_sip: usize,
+    sip_to_xmpp: usize,
     /// SIP watcher S' → XMPP presentities X it subscribed to (notifier mode).
     sip_watching: HashMap<BareJid, std::collections::HashSet<BareJid>>,
     seed: u64,
@@ -107,6 +138,8 @@ impl Registry {
             watching: HashMap::new(),
             workers: Vec::new(),
             next_worker: 0,
+            xmpp_to_sip: 0,
+            sip_to_xmpp: 0,
             sip_watching: HashMap::new(),
         }
     }
@@ -255,10 +288,32 @@ impl Registry {
             presentity_uri,
         };
         let addr = self.sip_translator(&presentity, ctx);
-        self.watching
+        let known = self
+            .watching
+            .get(&pair.watcher)
+            .is_some_and(|s| s.contains(&pair.presentity));
+        if !known && p.kind == Ok(PresenceType::Subscribe) {
+            let mine = self.watching.get(&pair.watcher).map_or(0, |s| s.len());
+            let limits = &self.cfg.limits;
+            if mine >= limits.max_per_user || self.xmpp_to_sip >= limits.max_subscriptions {
+                tracing::warn!(watcher = %pair.watcher, presentity = %pair.presentity, mine, total = self.xmpp_to_sip, "subscription refused: limit reached");
+                metrics::counter!("pua_xmpp_limit_refusals_total", "direction" => "xmpp_to_sip")
+                    .increment(1);
+                return self.error_reply(
+                    &p,
+                    DefinedCondition::ResourceConstraint,
+                    "too many subscriptions".to_owned(),
+                );
+            }
+        }
+        if self
+            .watching
             .entry(pair.watcher.clone())
             .or_default()
-            .insert(pair.presentity.clone());
+            .insert(pair.presentity.clone())
+        {
+            self.xmpp_to_sip += 1;
+        }
         addr.do_send(ToSubscriber { pair, stanza: p });
     }
 
@@ -294,6 +349,21 @@ impl Registry {
                 return self.respond(txn, resp);
             }
         };
+        let known = self
+            .sip_watching
+            .get(&watcher)
+            .is_some_and(|s| s.contains(&presentity));
+        let mine = self.sip_watching.get(&watcher).map_or(0, |s| s.len());
+        let limits = &self.cfg.limits;
+        if !known && (mine >= limits.max_per_user || self.sip_to_xmpp >= limits.max_subscriptions) {
+            tracing::warn!(%watcher, %presentity, mine, total = self.sip_to_xmpp, "SUBSCRIBE refused: limit reached");
+            metrics::counter!("pua_xmpp_limit_refusals_total", "direction" => "sip_to_xmpp")
+                .increment(1);
+            let resp = OutResponse::to_request(&req, 503, None)
+                .with_reason("Too Many Subscriptions")
+                .with_header("Retry-After", "3600");
+            return self.respond(txn, resp);
+        }
         self.sip_watching
             .entry(watcher.clone())
             .or_default()
@@ -370,7 +440,13 @@ impl Handler<StanzaIn> for Registry {
 impl Handler<SipRequestIn> for Registry {
     type Result = ();
     fn handle(&mut self, msg: SipRequestIn, ctx: &mut Context<Self>) {
-        let SipRequestIn { req, txn, .. } = msg;
+        let SipRequestIn { req, txn, source } = msg;
+        let trusted = &self.cfg.limits.trusted_peers;
+        if !trusted.is_empty() && !trusted.contains(&source.peer.ip()) {
+            tracing::warn!(peer = %source.peer, method = req.method.as_str(), "SIP request from an untrusted peer refused");
+            let resp = OutResponse::to_request(&req, 403, None).with_reason("Untrusted Peer");
+            return self.respond(txn, resp);
+        }
         match req.method {
             Method::Notify => match self.dialogs.get(&req.call_id) {
                 Some(Owner::Sip(a)) => a.do_send(DialogRequest {
@@ -414,13 +490,30 @@ impl Handler<RegistryEvent> for Registry {
                 self.dialogs.insert(call_id, Owner::Sip(owner));
             }
             RegistryEvent::DialogXmpp { call_id, owner } => {
-                self.dialogs.insert(call_id, Owner::Xmpp(owner));
+                if self.dialogs.insert(call_id, Owner::Xmpp(owner)).is_none() {
+                    self.sip_to_xmpp += 1;
+                }
             }
             RegistryEvent::DialogPua { call_id, owner } => {
                 self.dialogs.insert(call_id, Owner::Pua(owner));
             }
             RegistryEvent::DialogGone { call_id } => {
-                self.dialogs.remove(&call_id);
+                if let Some(Owner::Xmpp(_)) = self.dialogs.remove(&call_id) {
+                    self.sip_to_xmpp = self.sip_to_xmpp.saturating_sub(1);
+                }
+            }
+            RegistryEvent::PairGone {
+                watcher,
+                presentity,
+            } => {
+                if let Some(set) = self.watching.get_mut(&watcher) {
+                    if set.remove(&presentity) {
+                        self.xmpp_to_sip = self.xmpp_to_sip.saturating_sub(1);
+                    }
+                    if set.is_empty() {
+                        self.watching.remove(&watcher);
+                    }
+                }
             }
         }
     }

@@ -212,6 +212,10 @@ impl SipPresentityTranslator {
         }
         if sub.is_done() {
             self.pairs.remove(watcher);
+            self.links.registry.do_send(RegistryEvent::PairGone {
+                watcher: watcher.clone(),
+                presentity: self.presentity.clone(),
+            });
             if let Some(old) = self.call_ids.remove(watcher) {
                 self.links
                     .registry

@@ -1751,3 +1751,48 @@ async fn http_health_subscriptions_and_metrics() {
         assert!(metrics.contains(needle), "{needle} missing in\n{metrics}");
     }
 }
+
+/// Issue 6: with `sip.trusted_peers` set, a request from any other address gets 403.
+#[actix_rt::test]
+async fn requests_from_untrusted_peers_get_403() {
+    let mut gw = start_with(|c| c.sip.trusted_peers = vec!["127.0.0.2".into()]).await;
+    let p = gw.proxy.addr;
+    let (resp, raw) = gw
+        .proxy
+        .transact(&juliet_subscribe(
+            p,
+            ROMEO_URI,
+            "z9hG4bK-untrusted",
+            "presence",
+        ))
+        .await;
+    assert_eq!(
+        (resp.status, resp.reason.as_str()),
+        (403, "Untrusted Peer"),
+        "{raw}"
+    );
+    gw.xmpp.quiet().await;
+}
+
+/// Issue 6: one XMPP user may hold at most `limits.max_subscriptions_per_user` subscriptions;
+/// the next one is refused with `resource-constraint` and no SIP.
+#[actix_rt::test]
+async fn subscriptions_beyond_the_per_user_limit_get_resource_constraint() {
+    let mut gw = start_with(|c| c.limits.max_subscriptions_per_user = 1).await;
+    establish_d1(&mut gw).await;
+    gw.xmpp
+        .send(&format!(
+            "<presence from='{ROMEO}' to='nurse*example.com@{COMPONENT}' type='subscribe' id='s2'/>"
+        ))
+        .await;
+    let err = gw.xmpp.stanza().await;
+    assert_eq!(
+        err,
+        format!(
+            "<presence from='nurse*example.com@{COMPONENT}' to='{ROMEO}' type='error' id='s2'>\
+<error type='wait' by='{COMPONENT}'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>too many subscriptions</text></error></presence>"
+        )
+    );
+    gw.proxy.quiet().await;
+}
