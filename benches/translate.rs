@@ -1,6 +1,7 @@
 //! Hot paths of one presence update, each way:
 //! (a) NOTIFY body → PIDF parse → view → stanzas → serialized XML;
-//! (b) inbound XMPP presence → aggregate → PIDF document.
+//! (b) inbound XMPP presence → aggregate → PIDF document;
+//! (c) the whole NOTIFY: SIP bytes → parse → PIDF → stanzas → XML, plus the encoded 200 OK.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pua_xmpp::pidf::{parse, write_from_xmpp};
@@ -81,5 +82,46 @@ fn sip_to_xmpp(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sip_to_xmpp);
+fn notify_to_stanzas(c: &mut Criterion) {
+    let from = BareJid::new("juliet*example.com@sip.example.net").unwrap();
+    let to = Jid::new("romeo@example.net").unwrap();
+    let notify = format!(
+        "NOTIFY sip:romeo*example.net@gw.xmpp.example.com:5060 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK5471.38fed0050eb238c9b70863934fe0601d.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:5070;received=127.0.0.1;branch=z9hG4bK7e36f70f3a3a49cca;rport=5070\r\n\
+         Max-Forwards: 69\r\nFrom: <sip:juliet@example.com>;tag=ps-91aa07\r\n\
+         To: <sip:romeo*example.net@xmpp.example.com>;tag=gw-5d1c8a\r\n\
+         Call-ID: 8c41f0e2b7d94e1a@gw.xmpp.example.com\r\nCSeq: 102 NOTIFY\r\n\
+         Contact: <sip:ps1.example.com:5060;transport=tcp>\r\nEvent: presence\r\n\
+         Subscription-State: active;expires=1740\r\nContent-Type: application/pidf+xml\r\n\
+         Content-Length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let mut out = String::with_capacity(1024);
+    let mut wire = Vec::with_capacity(1024);
+    let mut g = c.benchmark_group("translate");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("notify_bytes_to_stanzas_and_200", |b| {
+        b.iter(|| {
+            let msg = pua_xmpp::sip::parse::parse_message(black_box(notify.as_bytes())).unwrap();
+            let pua_xmpp::sip::SipMessage::Request(req) = msg else {
+                unreachable!()
+            };
+            let resp = pua_xmpp::sip::OutResponse::to_request(&req, 200, None);
+            wire.clear();
+            pua_xmpp::sip::encode::encode_response(&resp, &mut wire);
+            let doc = parse(&req.body, 65536).unwrap();
+            let view = view_pidf(&doc, NOW);
+            let mut announced = Announced::default();
+            out.clear();
+            for s in stanzas_for_pidf(&view, &mut announced, &from, &to, false) {
+                s.write_xml(&mut out);
+            }
+            black_box((out.len(), wire.len()))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, sip_to_xmpp, notify_to_stanzas);
 criterion_main!(benches);
