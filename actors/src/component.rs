@@ -11,8 +11,12 @@
 //! stanza without telling why, and never answers not-well-formed XML (case 97).
 //!
 //! Structure: the actor owns an [`Outbox`] (bounded queue shared with its I/O task) and the I/O
-//! task; the task runs connect → handshake → session → backoff forever, and reports to the
-//! gateway through the `inbound` and `status` recipients.
+//! task; the task runs connect → handshake → session → backoff until [`CloseStream`], and
+//! reports to the gateway through the `inbound` and `status` recipients.
+//!
+//! Shutdown is two messages: [`StopInbound`] (inbound stanzas are no longer forwarded, so no new
+//! SIP work starts; outbound ones still go out) and [`CloseStream`] (write what is queued, then
+//! `</stream:stream>`, wait briefly for the server's closing tag, end the task).
 
 use crate::messages::{ComponentStatus, SendPresence, StanzaIn};
 use actix::prelude::*;
@@ -23,11 +27,12 @@ use pua_xmpp::stanza::{InPresence, NS_COMPONENT, NS_STANZAS};
 use pua_xmpp::xml::escape_attr;
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 /// Namespace of the stream element and `<stream:error/>`.
 pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
@@ -212,13 +217,59 @@ impl Outbox {
     }
 }
 
+/// Shutdown switches shared by the actor and its I/O task.
+struct Control {
+    /// Set by [`StopInbound`]: inbound presence is dropped instead of forwarded.
+    draining: AtomicBool,
+    /// Inbound presences dropped while draining (reported in the close log line).
+    dropped_inbound: AtomicU64,
+}
+
 /// The component actor: queues outbound presence, owns the I/O task.
 pub struct XmppComponent {
     cfg: Arc<ComponentConfig>,
     outbox: Arc<Outbox>,
     inbound: Recipient<StanzaIn>,
     status: Recipient<ComponentStatus>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    control: Arc<Control>,
+    /// `Some(wait)` once [`CloseStream`] arrived: close, waiting up to `wait` for the server.
+    close_tx: watch::Sender<Option<Duration>>,
+    close_rx: watch::Receiver<Option<Duration>>,
+    task: Option<tokio::task::JoinHandle<CloseOutcome>>,
+}
+
+/// Graceful shutdown, first step: stop forwarding inbound stanzas (they would start new SIP
+/// transactions the shutdown would not wait for). Outbound presence still goes out.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct StopInbound;
+
+/// Graceful shutdown, last step for the link: write the queued stanzas and
+/// `</stream:stream>`, wait up to `timeout` for the server's `</stream:stream>`, then end the
+/// I/O task for good (no reconnect). The reply comes within about `timeout`.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "CloseOutcome")]
+pub struct CloseStream {
+    pub timeout: Duration,
+}
+
+/// How [`CloseStream`] went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseOutcome {
+    /// `</stream:stream>` was written after `flushed` queued stanzas; `server_closed` says
+    /// whether the server answered with its own closing tag in time. `dropped_inbound`:
+    /// presences that arrived after [`StopInbound`] and were not forwarded.
+    Closed {
+        flushed: usize,
+        server_closed: bool,
+        dropped_inbound: u64,
+    },
+    /// No session was up (server unreachable): nothing to close; `queued` stanzas are lost.
+    NotConnected { queued: usize },
+    /// Writing the close failed (the connection was already broken).
+    WriteFailed(String),
+    /// The I/O task did not end within the timeout and was aborted.
+    TimedOut,
 }
 
 impl XmppComponent {
@@ -229,11 +280,18 @@ impl XmppComponent {
         status: Recipient<ComponentStatus>,
     ) -> Addr<XmppComponent> {
         let outbox = Arc::new(Outbox::new(cfg.queue_limit));
+        let (close_tx, close_rx) = watch::channel(None);
         XmppComponent {
             cfg: Arc::new(cfg),
             outbox,
             inbound,
             status,
+            control: Arc::new(Control {
+                draining: AtomicBool::new(false),
+                dropped_inbound: AtomicU64::new(0),
+            }),
+            close_tx,
+            close_rx,
             task: None,
         }
         .start()
@@ -249,8 +307,9 @@ impl Actor for XmppComponent {
             outbox: self.outbox.clone(),
             inbound: self.inbound.clone(),
             status: self.status.clone(),
+            control: self.control.clone(),
         };
-        self.task = Some(actix::spawn(link.run()));
+        self.task = Some(actix::spawn(link.run(self.close_rx.clone())));
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -279,6 +338,37 @@ impl Handler<SendPresence> for XmppComponent {
         msg.0.write_xml(&mut s);
         metrics::counter!("pua_xmpp_stanzas_out_total", "type" => msg.0.kind.as_attr().unwrap_or("available")).increment(1);
         self.outbox.push(s);
+    }
+}
+
+impl Handler<StopInbound> for XmppComponent {
+    type Result = ();
+    fn handle(&mut self, _: StopInbound, _ctx: &mut Self::Context) {
+        self.control.draining.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Handler<CloseStream> for XmppComponent {
+    type Result = ResponseFuture<CloseOutcome>;
+    fn handle(&mut self, msg: CloseStream, _ctx: &mut Self::Context) -> Self::Result {
+        self.control.draining.store(true, Ordering::SeqCst);
+        self.close_tx.send_replace(Some(msg.timeout));
+        let queued = self.outbox.len();
+        let Some(mut task) = self.task.take() else {
+            return Box::pin(async move { CloseOutcome::NotConnected { queued } });
+        };
+        // The task waits `timeout` for the server itself; the margin covers the final writes.
+        let limit = msg.timeout + Duration::from_millis(500);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, &mut task).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(e)) => CloseOutcome::WriteFailed(format!("I/O task failed: {e}")),
+                Err(_) => {
+                    task.abort();
+                    CloseOutcome::TimedOut
+                }
+            }
+        })
     }
 }
 
@@ -588,6 +678,21 @@ struct Link {
     outbox: Arc<Outbox>,
     inbound: Recipient<StanzaIn>,
     status: Recipient<ComponentStatus>,
+    control: Arc<Control>,
+}
+
+/// Resolves once a close was requested, with the time to wait for the server's closing tag.
+/// Cancel-safe (used in `select!`).
+async fn close_requested(rx: &mut watch::Receiver<Option<Duration>>) -> Duration {
+    loop {
+        if let Some(d) = *rx.borrow_and_update() {
+            return d;
+        }
+        if rx.changed().await.is_err() {
+            // The actor is gone; it aborts this task when it stops.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// An authenticated connection.
@@ -597,15 +702,28 @@ struct Session {
 }
 
 impl Link {
-    async fn run(self) {
+    /// Connects and reconnects until a close is requested; returns how the close went.
+    async fn run(self, mut close: watch::Receiver<Option<Duration>>) -> CloseOutcome {
         let mut backoff = Backoff::new(&self.cfg);
         loop {
-            let (err, was_online) = match self.handshake().await {
+            let handshake = tokio::select! {
+                r = self.handshake() => r,
+                _ = close_requested(&mut close) => {
+                    return CloseOutcome::NotConnected { queued: self.outbox.len() };
+                }
+            };
+            let (err, was_online) = match handshake {
                 Ok(mut session) => {
                     let up_at = tokio::time::Instant::now();
                     tracing::info!(component = %self.cfg.domain, server = %self.cfg.server, "XMPP component link up (handshake accepted)");
                     self.status.do_send(ComponentStatus { online: true });
-                    let err = self.session(&mut session).await;
+                    let err = match run_session(&self, &mut session, &mut close).await {
+                        Ok(outcome) => {
+                            self.status.do_send(ComponentStatus { online: false });
+                            return outcome;
+                        }
+                        Err(e) => e,
+                    };
                     // Only a session that lasted resets the delay: a server that accepts and
                     // then drops us at once must not cause a 1 s reconnect loop forever.
                     if up_at.elapsed() >= STABLE_SESSION {
@@ -622,7 +740,12 @@ impl Link {
             let fatal = err.is_fatal();
             let delay = backoff.next_delay(fatal);
             self.log_end(&err, delay);
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = close_requested(&mut close) => {
+                    return CloseOutcome::NotConnected { queued: self.outbox.len() };
+                }
+            }
         }
     }
 
@@ -701,18 +824,15 @@ impl Link {
             Ok(Ok(other)) => Err(unexpected(other)),
         }
     }
-
-    /// Runs an authenticated session until it fails; returns why.
-    async fn session(&self, s: &mut Session) -> LinkError {
-        match run_session(self, s).await {
-            Err(e) => e,
-            Ok(never) => match never {},
-        }
-    }
 }
 
-/// The session loop: flush the outbox, read and dispatch, keepalive.
-async fn run_session(link: &Link, s: &mut Session) -> Result<std::convert::Infallible, LinkError> {
+/// The session loop: flush the outbox, read and dispatch, keepalive. Ends with `Err` when the
+/// session fails, with `Ok` only after a requested close.
+async fn run_session(
+    link: &Link,
+    s: &mut Session,
+    close: &mut watch::Receiver<Option<Duration>>,
+) -> Result<CloseOutcome, LinkError> {
     let period = link.cfg.keepalive.max(Duration::from_millis(10));
     let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -748,6 +868,14 @@ async fn run_session(link: &Link, s: &mut Session) -> Result<std::convert::Infal
                                 break;
                             }
                             match classify_inbound(&link.cfg.domain, &el) {
+                                Inbound::Presence(p) if link.control.draining.load(Ordering::SeqCst) => {
+                                    let n = link.control.dropped_inbound.fetch_add(1, Ordering::SeqCst);
+                                    if n == 0 {
+                                        tracing::info!(from = %p.from, to = %p.to, "shutting down: inbound presence no longer forwarded");
+                                    } else {
+                                        tracing::debug!(from = %p.from, to = %p.to, "shutting down: inbound presence dropped");
+                                    }
+                                }
                                 Inbound::Presence(p) => {
                                     let kind = match &p.kind {
                                         Ok(k) => k.as_attr().unwrap_or("available"),
@@ -780,10 +908,56 @@ async fn run_session(link: &Link, s: &mut Session) -> Result<std::convert::Infal
                 }
             }
             _ = link.outbox.notify.notified() => {}
+            wait = close_requested(close) => {
+                return Ok(close_session(link, s, wait).await);
+            }
             _ = keepalive.tick() => {
                 s.sock.write_all(b" ").await.map_err(LinkError::Io)?;
             }
         }
+    }
+}
+
+/// Requested close: write what is queued and `</stream:stream>` in one write, then wait up to
+/// `wait` for the server's `</stream:stream>` (RFC 6120 §4.4: the initiating side waits for
+/// the other side's closing tag before closing TCP). Inbound stanzas meanwhile are dropped.
+async fn close_session(link: &Link, s: &mut Session, wait: Duration) -> CloseOutcome {
+    let batch = link.outbox.take_all();
+    let flushed = batch.len();
+    let mut bytes: String = batch.concat();
+    bytes.push_str("</stream:stream>");
+    if let Err(e) = s.sock.write_all(bytes.as_bytes()).await {
+        return CloseOutcome::WriteFailed(e.to_string());
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    let server_closed = tokio::time::timeout(wait, async {
+        loop {
+            while let Some(ev) = s.parser.next_event() {
+                match ev {
+                    StreamEvent::End => return true,
+                    StreamEvent::Element(el) if el.name() == "presence" => {
+                        link.control.dropped_inbound.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
+            }
+            match s.sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => {
+                    if s.parser.feed(buf.get(..n).unwrap_or_default()).is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    let _ = s.sock.shutdown().await;
+    CloseOutcome::Closed {
+        flushed,
+        server_closed,
+        dropped_inbound: link.control.dropped_inbound.load(Ordering::SeqCst),
     }
 }
 

@@ -32,6 +32,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+    pub runtime: RuntimeConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -266,6 +267,29 @@ impl Default for LimitsConfig {
             max_subscriptions: 1_000_000,
             max_subscriptions_per_user: 1000,
         }
+    }
+}
+
+/// Process lifecycle settings.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RuntimeConfig {
+    /// Upper bound, seconds, from SIGTERM/SIGINT to exit: in-flight SIP transactions get about
+    /// half of it, then the XMPP stream is closed and the store flushed in what is left.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    pub fn shutdown_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.shutdown_timeout_secs)
     }
 }
 
@@ -638,6 +662,12 @@ impl Config {
             1,
             l.max_subscriptions as u64,
         )?;
+        range(
+            "runtime.shutdown_timeout_secs",
+            self.runtime.shutdown_timeout_secs,
+            1,
+            300,
+        )?;
         Ok(())
     }
 
@@ -690,6 +720,8 @@ impl Config {
         t.num("max_status_chars", l.max_status_chars);
         t.num("max_subscriptions", l.max_subscriptions);
         t.num("max_subscriptions_per_user", l.max_subscriptions_per_user);
+        t.section("runtime");
+        t.num("shutdown_timeout_secs", self.runtime.shutdown_timeout_secs);
         t.out
     }
 
@@ -707,7 +739,7 @@ impl Config {
             leaf_keys("", &tree, &mut out);
         }
         let tables: BTreeMap<&str, ()> = [
-            "sip", "xmpp", "mapping", "presence", "store", "http", "log", "limits",
+            "sip", "xmpp", "mapping", "presence", "store", "http", "log", "limits", "runtime",
         ]
         .into_iter()
         .map(|s| (s, ()))
@@ -769,5 +801,46 @@ impl TomlOut {
             self.quoted(e);
         }
         self.out.push_str("]\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load_with_env(
+            None,
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn shutdown_timeout_defaults_to_10_and_is_set_by_its_env_var() {
+        assert_eq!(Config::default().runtime.shutdown_timeout_secs, 10);
+        let c = with_env(&[("PUA_XMPP__RUNTIME__SHUTDOWN_TIMEOUT_SECS", "300")]).unwrap();
+        assert_eq!(
+            c.runtime.shutdown_timeout(),
+            std::time::Duration::from_secs(300)
+        );
+        assert!(Config::keys().contains(&"runtime.shutdown_timeout_secs".to_owned()));
+        assert!(c
+            .redacted()
+            .ends_with("\n[runtime]\nshutdown_timeout_secs = 300\n"));
+    }
+
+    #[test]
+    fn shutdown_timeout_outside_1_to_300_names_the_key() {
+        for v in ["0", "301"] {
+            assert_eq!(
+                with_env(&[("PUA_XMPP__RUNTIME__SHUTDOWN_TIMEOUT_SECS", v)])
+                    .unwrap_err()
+                    .to_string(),
+                format!("runtime.shutdown_timeout_secs: expected a number from 1 to 300, got {v}")
+            );
+        }
     }
 }

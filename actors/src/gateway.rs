@@ -1,12 +1,13 @@
-//! Wires the actors together and runs them: SIP transport, XMPP component, registry.
+//! Wires the actors together and runs them: SIP transport, XMPP component, registry; and stops
+//! them gracefully on SIGTERM/SIGINT within `runtime.shutdown_timeout_secs`.
 
-use crate::component::{ComponentConfig, XmppComponent};
+use crate::component::{CloseOutcome, CloseStream, ComponentConfig, StopInbound, XmppComponent};
 use crate::config::Config;
 use crate::messages::ComponentStatus;
 use crate::messages::Restore;
 use crate::registry::{Mode, Registry, RegistryConfig};
 use crate::store::{load_snapshot, SqliteStore, StoreHandle};
-use crate::transport::{SipTransport, TransportConfig};
+use crate::transport::{GetStats, SipTransport, TransportConfig};
 use actix::prelude::*;
 use pua_xmpp::address::{AddressMapper, MappingConfig};
 use pua_xmpp::notifier::NotifierConfig;
@@ -21,9 +22,22 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
-/// Tracks whether the component link is up (for logs now, `/health` later).
+/// Tracks whether the component link is up (for logs and `GET /health`). Stopped first at
+/// shutdown, so `/health` answers 503 "shutting down" from then on.
 pub struct LinkStatus {
     pub online: bool,
+}
+
+/// Stops the [`LinkStatus`] actor (graceful shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopLinkStatus;
+
+impl Handler<StopLinkStatus> for LinkStatus {
+    type Result = ();
+    fn handle(&mut self, _: StopLinkStatus, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
 }
 
 impl Actor for LinkStatus {
@@ -75,9 +89,12 @@ fn seed() -> u64 {
     t ^ (u64::from(std::process::id()) << 32)
 }
 
-/// What the caller keeps of a started gateway: the store, to flush it at shutdown.
+/// What the caller keeps of a started gateway: what [`shutdown`] needs.
 pub struct Running {
     pub store: StoreHandle,
+    pub transport: Addr<SipTransport>,
+    pub component: Addr<XmppComponent>,
+    pub status: Addr<LinkStatus>,
 }
 
 /// Starts every actor inside the current actix system, after restoring the persisted state.
@@ -151,6 +168,7 @@ pub async fn start(config: &Config) -> io::Result<Running> {
     .await?;
     tracing::info!(%listen, proxy = %proxy, "SIP transport listening (UDP and TCP)");
     let status = LinkStatus { online: false }.start();
+    let transport_addr = transport.clone();
     let component = XmppComponent::start(
         ComponentConfig::from_xmpp(&config.xmpp),
         registry.clone().recipient(),
@@ -199,7 +217,7 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         mapper,
         transport.clone().recipient(),
         transport.recipient(),
-        component.recipient(),
+        component.clone().recipient(),
         store.clone(),
     );
     // One worker arbiter (thread) per core beyond the main one, for the translators.
@@ -216,26 +234,178 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         .map_err(|e| invalid(format!("http.listen: {e}")))?;
     crate::http::start(http_listen, registry, status.clone())?;
     tracing::info!(%http_listen, "HTTP listening");
-    Ok(Running { store })
+    Ok(Running {
+        store,
+        transport: transport_addr,
+        component,
+        status,
+    })
 }
 
-/// Runs the gateway until SIGINT or SIGTERM.
+/// How long [`shutdown`] polls the transport between two looks at its transaction count.
+const TXN_POLL: Duration = Duration::from_millis(20);
+/// Longest wait for the server's `</stream:stream>`: a dead server must not eat the budget.
+const MAX_CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// The store flush always gets at least this, even when the earlier steps used the budget up.
+const MIN_FLUSH: Duration = Duration::from_millis(200);
+
+/// Whether every step of [`shutdown`] completed in its share of the time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Client transactions still open when the wait for them ended (0: all finished).
+    pub client_txns_left: usize,
+    pub stream: CloseOutcome,
+    /// `None` when the store committed everything; else why not.
+    pub store_error: Option<String>,
+}
+
+/// Graceful shutdown in four logged steps, bounded by `timeout` (plus at most [`MIN_FLUSH`]):
+/// 1. stop new work: inbound XMPP stanzas are no longer forwarded, `/health` says 503;
+/// 2. wait until the SIP transport has no client transaction, for at most half the budget
+///    (SIP requests keep being answered meanwhile, so in-flight dialogs complete);
+/// 3. close the XEP-0114 stream: queued stanzas, then `</stream:stream>`;
+/// 4. flush the store with what is left of the budget.
+///
+/// The caller stops the actix system afterwards.
+pub async fn shutdown(running: &Running, timeout: Duration) -> ShutdownReport {
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    tracing::info!(
+        timeout_secs = timeout.as_secs_f64(),
+        "shutdown 1/4: no new work (inbound XMPP presence no longer forwarded, /health 503)"
+    );
+    running.component.do_send(StopInbound);
+    running.status.do_send(StopLinkStatus);
+
+    let txn_deadline = started + timeout / 2;
+    let left = loop {
+        let left = match running.transport.send(GetStats).await {
+            Ok(stats) => stats.client_txns,
+            Err(e) => {
+                tracing::warn!(error = %e, "shutdown: SIP transport not answering");
+                break 0;
+            }
+        };
+        if left == 0 || tokio::time::Instant::now() >= txn_deadline {
+            break left;
+        }
+        tokio::time::sleep(TXN_POLL).await;
+    };
+    if left == 0 {
+        tracing::info!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            "shutdown 2/4: no SIP client transaction in flight"
+        );
+    } else {
+        tracing::warn!(
+            client_txns = left,
+            waited_ms = started.elapsed().as_millis() as u64,
+            "shutdown 2/4: gave up waiting for SIP client transactions"
+        );
+    }
+
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let close_wait = (remaining / 4).min(MAX_CLOSE_WAIT);
+    let stream = match running
+        .component
+        .send(CloseStream {
+            timeout: close_wait,
+        })
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(e) => CloseOutcome::WriteFailed(format!("component actor gone: {e}")),
+    };
+    match &stream {
+        CloseOutcome::Closed {
+            flushed,
+            server_closed,
+            dropped_inbound,
+        } => tracing::info!(
+            flushed_stanzas = flushed,
+            server_closed,
+            dropped_inbound,
+            "shutdown 3/4: XMPP stream closed (</stream:stream> sent)"
+        ),
+        CloseOutcome::NotConnected { queued } => tracing::warn!(
+            lost_stanzas = queued,
+            "shutdown 3/4: XMPP component was not connected; nothing to close"
+        ),
+        CloseOutcome::WriteFailed(e) => {
+            tracing::warn!(error = %e, "shutdown 3/4: could not close the XMPP stream")
+        }
+        CloseOutcome::TimedOut => {
+            tracing::warn!("shutdown 3/4: XMPP stream close timed out; connection dropped")
+        }
+    }
+
+    // The store thread commits what the actors sent so far. A std thread, not
+    // spawn_blocking: the runtime would wait for a blocking task at exit.
+    let budget = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(MIN_FLUSH);
+    let store = running.store.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("store-flush".to_owned())
+        .spawn(move || {
+            let _ = tx.send(store.flush_timeout(budget));
+        });
+    let store_error = match spawned {
+        Err(e) => Some(format!("could not start the flush thread: {e}")),
+        Ok(_) => match rx.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("flush thread ended without an answer".to_owned()),
+        },
+    };
+    match &store_error {
+        None => tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shutdown 4/4: store flushed; exiting"
+        ),
+        Some(e) => tracing::error!(
+            error = %e,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shutdown 4/4: store flush failed; exiting (changes since the last commit are lost)"
+        ),
+    }
+    ShutdownReport {
+        client_txns_left: left,
+        stream,
+        store_error,
+    }
+}
+
+/// Runs the gateway until SIGINT or SIGTERM, then shuts down gracefully within
+/// `runtime.shutdown_timeout_secs`. A second signal, or a shutdown that overruns the budget
+/// by a second, exits the process at once with status 1.
 pub fn run(config: Config) -> io::Result<()> {
     let sys = actix_rt::System::new();
-    let grace = Duration::from_secs(10);
+    let timeout = config.runtime.shutdown_timeout();
     sys.block_on(async {
+        // Installed before anything starts: a signal during start-up must not kill the
+        // process with the default action.
+        let mut signals = Signals::install();
         let running = start(&config).await?;
         actix_rt::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down: flushing the store");
-            // The store thread commits what the actors sent so far; bounded wait.
-            let store = running.store.clone();
-            let flushed = tokio::task::spawn_blocking(move || store.flush_timeout(grace)).await;
-            match flushed {
-                Ok(Ok(())) => tracing::info!("store flushed"),
-                Ok(Err(e)) => tracing::error!(error = %e, "store flush failed at shutdown"),
-                Err(e) => tracing::error!(error = %e, "store flush task failed"),
-            }
+            signals.recv().await;
+            tracing::info!("signal received: shutting down");
+            std::thread::Builder::new()
+                .name("shutdown-watchdog".to_owned())
+                .spawn(move || {
+                    std::thread::sleep(timeout + Duration::from_secs(1));
+                    tracing::error!("shutdown overran runtime.shutdown_timeout_secs: exiting now");
+                    std::process::exit(1);
+                })
+                .map_err(|e| tracing::error!(error = %e, "could not start the shutdown watchdog"))
+                .ok();
+            actix_rt::spawn(async move {
+                signals.recv().await;
+                tracing::warn!("second signal: exiting now without finishing the shutdown");
+                std::process::exit(1);
+            });
+            shutdown(&running, timeout).await;
             System::current().stop();
         });
         Ok::<(), io::Error>(())
@@ -243,24 +413,55 @@ pub fn run(config: Config) -> io::Result<()> {
     sys.run()
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, registered when created.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate())
+                .map_err(|e| tracing::error!(error = %e, "cannot handle SIGTERM"))
+                .ok();
+            let int = signal(SignalKind::interrupt())
+                .map_err(|e| tracing::error!(error = %e, "cannot handle SIGINT"))
+                .ok();
+            Signals { term, int }
+        }
+        #[cfg(not(unix))]
+        {
+            Signals {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        if s.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => {}
+                _ = next(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
