@@ -270,12 +270,12 @@ pub struct ShutdownReport {
 pub async fn shutdown(running: &Running, timeout: Duration) -> ShutdownReport {
     let started = tokio::time::Instant::now();
     let deadline = started + timeout;
+    running.component.do_send(StopInbound);
+    running.status.do_send(StopLinkStatus);
     tracing::info!(
         timeout_secs = timeout.as_secs_f64(),
         "shutdown 1/4: no new work (inbound XMPP presence no longer forwarded, /health 503)"
     );
-    running.component.do_send(StopInbound);
-    running.status.do_send(StopLinkStatus);
 
     let txn_deadline = started + timeout / 2;
     let left = loop {

@@ -479,3 +479,67 @@ async fn sigterm_without_an_xmpp_server_still_exits_0_in_time() {
     );
     assert_eq!(stored_pairs(&gw.store_path()), []);
 }
+
+#[actix_rt::test]
+async fn sigterm_gives_up_on_an_unanswered_subscribe_after_half_the_budget_and_exits_0() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind xmpp");
+    let proxy = Proxy::bind().await;
+    let xmpp_addr = listener.local_addr().expect("addr").to_string();
+    let mut gw = Gateway::spawn(&xmpp_addr, proxy.addr, 2);
+    let mut xmpp = Xmpp::accept(&listener).await;
+    xmpp.send(&subscribe_stanza(JULIET_JID, "s1")).await;
+    let _sub = proxy.subscribe().await;
+    // Never answered: Timer F (32 s) is far beyond the budget.
+    let signalled = Instant::now();
+    gw.sigterm();
+    xmpp.read_until("</stream:stream>").await;
+    xmpp.send("</stream:stream>").await;
+    let status = gw.wait_exit(gw.exit_bound()).await;
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "log:\n{}", gw.log());
+    // Half of 2 s for the transaction, then the close and the flush.
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("shutdown 2/4: gave up waiting for SIP client transactions client_txns=1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("shutdown 4/4: store flushed; exiting"),
+        "{log}"
+    );
+}
+
+#[actix_rt::test]
+async fn second_sigterm_exits_at_once_with_status_1() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind xmpp");
+    let proxy = Proxy::bind().await;
+    let xmpp_addr = listener.local_addr().expect("addr").to_string();
+    let mut gw = Gateway::spawn(&xmpp_addr, proxy.addr, 30);
+    let mut xmpp = Xmpp::accept(&listener).await;
+    xmpp.send(&subscribe_stanza(JULIET_JID, "s1")).await;
+    let _sub = proxy.subscribe().await;
+    gw.sigterm();
+    // The shutdown now waits up to 15 s for the unanswered SUBSCRIBE.
+    gw.wait_log("shutdown 1/4", WAIT).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(gw.exited(), None);
+    let again = Instant::now();
+    gw.sigterm();
+    let status = gw.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(1), "log:\n{}", gw.log());
+    assert!(
+        again.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        again.elapsed()
+    );
+    assert!(
+        gw.log()
+            .contains("second signal: exiting now without finishing the shutdown"),
+        "{}",
+        gw.log()
+    );
+}

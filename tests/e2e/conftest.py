@@ -99,6 +99,15 @@ def wait_until(cond, timeout, step=0.1):
     return cond()
 
 
+def _alive(pid):
+    """Running and not a zombie (like stop.sh's alive())."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except OSError:
+        return False
+
+
 class Lab:
     """Runs the lab (and optionally the gateway) in one mode at a time. Each start
     gets a fresh run dir BASE_DIR/NN-mode, kept afterwards for the logs."""
@@ -230,6 +239,41 @@ class Lab:
         self._start_gateway(self.mode)
         if not wait_until(lambda: auths() > before, 15):
             raise RuntimeError("restarted gateway did not authenticate\n" + tail(self.gateway_log))
+
+    def prosody_alive(self):
+        pid = self._pid("prosody")
+        return pid is not None and _alive(pid)
+
+    def stop_prosody(self, timeout=5):
+        """Stop only Prosody, by its recorded PID, as tests/lab/stop.sh does (TERM, then
+        KILL after `timeout`); Kamailio and the gateway keep running (issue 5: /health)."""
+        pid = self._pid("prosody")
+        assert pid is not None and _alive(pid), "prosody is not running"
+        with open("/proc/%d/comm" % pid) as f:  # PID reuse: only the program we started
+            comm = f.read().strip()
+        assert comm == "prosody" or comm.startswith("lua5.") or comm == "setsid", comm
+        os.kill(pid, signal.SIGTERM)
+        if not wait_until(lambda: not _alive(pid), timeout):
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: not _alive(pid), 5)
+        os.remove(os.path.join(self.run_dir, "prosody.pid"))
+
+    def start_prosody(self, timeout=15):
+        """Start Prosody again exactly as tests/lab/start.sh does (same rendered config and
+        data dir: accounts and rosters survive) and record its PID in the run dir."""
+        cfg = os.path.join(self.run_dir, "prosody.cfg.lua")
+        out = os.path.join(self.run_dir, "prosody.out")
+        env = dict(os.environ, PATH=os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin")
+        # detached through a shell that exits at once, like start.sh's `setsid prosody &`
+        st = subprocess.run(["bash", "-c", 'setsid prosody -F --config "$1" < /dev/null >> "$2" 2>&1 & echo $!',
+                             "start_prosody", cfg, out], env=env, capture_output=True, text=True, check=True)
+        with open(os.path.join(self.run_dir, "prosody.pid"), "w") as f:
+            f.write(st.stdout.strip() + "\n")
+        for port in (5222, 5347):
+            addr = "%s:%d" % (LAB_IP, port)
+            if not wait_until(lambda: listening("t", addr), timeout):
+                raise RuntimeError("prosody not listening on %s after %s s\n%s"
+                                   % (addr, timeout, tail(os.path.join(self.run_dir, "prosody.log"))))
 
     def stop_gateway(self):
         if self.gateway is None:
