@@ -698,7 +698,11 @@ impl Subscription {
                         pidf::PidfError::TooManyElements => "pidf_too_many_elements",
                     }));
                     // Case 68/69: keep the previous state; a non-2xx could kill the subscription.
-                    tracing::warn!(presentity = %self.pair.presentity_uri, error = %e, "NOTIFY body rejected, previous state kept");
+                    let excerpt: String = String::from_utf8_lossy(&req.body)
+                        .chars()
+                        .take(120)
+                        .collect();
+                    tracing::warn!(presentity = %self.pair.presentity_uri, error = %e, body = %excerpt.escape_debug(), "NOTIFY body rejected, previous state kept");
                     None
                 }
             }

@@ -278,6 +278,7 @@ impl Handler<ToSubscriber> for SipPresentityTranslator {
                 }
             };
             self.seed = self.seed.wrapping_add(0x9E37_79B9);
+            tracing::info!(%watcher, presentity = %self.presentity, sip = %msg.pair.presentity_uri, ?relation, "subscription created (XMPP watcher of a SIP user)");
             let sub = Subscription::new(self.cfg.clone(), msg.pair, relation, self.seed);
             self.pairs.insert(watcher.clone(), sub);
             gauge_move(
@@ -407,12 +408,14 @@ impl XmppPresentityTranslator {
     fn index(&mut self, op: notifier::PersistOp, ctx: &mut Context<Self>) {
         match op {
             notifier::PersistOp::Dialog(d) => {
+                tracing::info!(call_id = %d.call_id, watcher = %d.remote.uri, presentity = %self.machine.jid(), state = ?d.state, "SIP watcher subscription (created, refreshed or approved)");
                 self.links.registry.do_send(RegistryEvent::DialogXmpp {
                     call_id: d.call_id.clone(),
                     owner: ctx.address(),
                 });
             }
             notifier::PersistOp::DialogGone { call_id } => {
+                tracing::info!(%call_id, presentity = %self.machine.jid(), "SIP watcher subscription ended");
                 self.links
                     .registry
                     .do_send(RegistryEvent::DialogGone { call_id });
