@@ -67,6 +67,37 @@ fn observe_latency(method: &Method, sent: Instant) {
     }
 }
 
+/// Requests of a translator awaiting their outcome: key → (Call-ID, CSeq, method, sent at).
+#[derive(Default)]
+struct Outstanding {
+    txns: HashMap<u64, (String, u32, Method, Instant)>,
+    next_key: u64,
+}
+
+impl Outstanding {
+    fn send(&mut self, links: &Links, req: OutRequest, reply_to: Recipient<TransactionOutcome>) {
+        self.next_key += 1;
+        let key = self.next_key;
+        let entry = (
+            req.call_id.clone(),
+            req.cseq,
+            req.method.clone(),
+            Instant::now(),
+        );
+        self.txns.insert(key, entry);
+        send_request(links, req, key, reply_to);
+    }
+
+    /// The (Call-ID, CSeq) an outcome belongs to; records the request's latency.
+    fn finish(&mut self, msg: &TransactionOutcome) -> Option<(String, u32)> {
+        let (call_id, cseq, method, sent) = self.txns.remove(&msg.key)?;
+        if matches!(msg.result, TxnResult::Response(_)) {
+            observe_latency(&method, sent);
+        }
+        Some((call_id, cseq))
+    }
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -346,8 +377,7 @@ impl Handler<TransactionOutcome> for SipPresentityTranslator {
 pub struct XmppPresentityTranslator {
     machine: Presentity,
     links: Links,
-    txns: HashMap<u64, (String, u32, Method, Instant)>,
-    next_key: u64,
+    outstanding: Outstanding,
     wakeup: Wakeup,
 }
 
@@ -362,8 +392,7 @@ impl XmppPresentityTranslator {
         XmppPresentityTranslator {
             machine: Presentity::new(cfg, jid, sip_uri, seed),
             links,
-            txns: HashMap::new(),
-            next_key: 1,
+            outstanding: Outstanding::default(),
             wakeup: Wakeup::default(),
         }
     }
@@ -430,18 +459,8 @@ impl XmppPresentityTranslator {
         while let Some(out) = self.machine.poll_output() {
             match out {
                 notifier::Output::Request(req) => {
-                    let key = self.next_key;
-                    self.next_key += 1;
-                    self.txns.insert(
-                        key,
-                        (
-                            req.call_id.clone(),
-                            req.cseq,
-                            req.method.clone(),
-                            Instant::now(),
-                        ),
-                    );
-                    send_request(&self.links, req, key, ctx.address().recipient());
+                    let reply_to = ctx.address().recipient();
+                    self.outstanding.send(&self.links, req, reply_to);
                 }
                 notifier::Output::Response(resp) => {
                     if let Some(txn) = txn {
@@ -503,12 +522,9 @@ impl Handler<FromPresentity> for XmppPresentityTranslator {
 impl Handler<TransactionOutcome> for XmppPresentityTranslator {
     type Result = ();
     fn handle(&mut self, msg: TransactionOutcome, ctx: &mut Context<Self>) {
-        let Some((call_id, cseq, method, sent)) = self.txns.remove(&msg.key) else {
+        let Some((call_id, cseq)) = self.outstanding.finish(&msg) else {
             return;
         };
-        if matches!(msg.result, TxnResult::Response(_)) {
-            observe_latency(&method, sent);
-        }
         match msg.result {
             TxnResult::Response(r) => self.input(notifier::Input::Response(&r), None, ctx),
             TxnResult::Timeout | TxnResult::TransportError(_) => self.input(
@@ -528,8 +544,7 @@ impl Handler<TransactionOutcome> for XmppPresentityTranslator {
 pub struct PuaTranslator {
     machine: PuaPresentity,
     links: Links,
-    txns: HashMap<u64, (String, u32, Method, Instant)>,
-    next_key: u64,
+    outstanding: Outstanding,
     winfo_call_id: Option<String>,
     wakeup: Wakeup,
 }
@@ -546,8 +561,7 @@ impl PuaTranslator {
         PuaTranslator {
             machine: PuaPresentity::new(cfg, jid, uri, mapper, seed),
             links,
-            txns: HashMap::new(),
-            next_key: 1,
+            outstanding: Outstanding::default(),
             winfo_call_id: None,
             wakeup: Wakeup::default(),
         }
@@ -558,18 +572,8 @@ impl PuaTranslator {
         while let Some(out) = self.machine.poll_output() {
             match out {
                 pua::Output::Request(req) => {
-                    let key = self.next_key;
-                    self.next_key += 1;
-                    self.txns.insert(
-                        key,
-                        (
-                            req.call_id.clone(),
-                            req.cseq,
-                            req.method.clone(),
-                            Instant::now(),
-                        ),
-                    );
-                    send_request(&self.links, req, key, ctx.address().recipient());
+                    let reply_to = ctx.address().recipient();
+                    self.outstanding.send(&self.links, req, reply_to);
                 }
                 pua::Output::Response(resp) => {
                     if let Some(txn) = txn {
@@ -643,12 +647,9 @@ impl Handler<DialogRequest> for PuaTranslator {
 impl Handler<TransactionOutcome> for PuaTranslator {
     type Result = ();
     fn handle(&mut self, msg: TransactionOutcome, ctx: &mut Context<Self>) {
-        let Some((call_id, cseq, method, sent)) = self.txns.remove(&msg.key) else {
+        let Some((call_id, cseq)) = self.outstanding.finish(&msg) else {
             return;
         };
-        if matches!(msg.result, TxnResult::Response(_)) {
-            observe_latency(&method, sent);
-        }
         match msg.result {
             TxnResult::Response(r) => self.input(pua::Input::Response(&r), None, ctx),
             TxnResult::Timeout | TxnResult::TransportError(_) => self.input(
