@@ -1154,7 +1154,9 @@ mod tests {
         // Labels with "--" in positions 3-4 are reserved (IDNA: `xn--` A-labels must be valid
         // punycode, and other R-LDH labels are refused): not valid hosts, so not generated.
         "[a-z][a-z0-9-]{0,10}[a-z0-9](\\.[a-z][a-z0-9]{0,8}){1,3}"
-            .prop_filter("reserved label", |h| h.split('.').all(|l| l.get(2..4) != Some("--")))
+            .prop_filter("reserved label", |h| {
+                h.split('.').all(|l| l.get(2..4) != Some("--"))
+            })
     }
 
     proptest! {

@@ -241,6 +241,7 @@ impl SipPresentityTranslator {
                 }
             }
         }
+        sub.shrink();
         if sub.is_done() {
             self.pairs.remove(watcher);
             self.links.registry.do_send(RegistryEvent::PairGone {
