@@ -26,6 +26,8 @@ fn invalid(msg: String) -> io::Error {
 /// shutdown, so `/health` answers 503 "shutting down" from then on.
 pub struct LinkStatus {
     pub online: bool,
+    /// Also told every change, to probe XMPP presentities again after a reconnect.
+    pub registry: Option<Recipient<ComponentStatus>>,
 }
 
 /// Stops the [`LinkStatus`] actor (graceful shutdown).
@@ -61,6 +63,9 @@ impl Handler<ComponentStatus> for LinkStatus {
     fn handle(&mut self, msg: ComponentStatus, _: &mut Context<Self>) {
         if msg.online != self.online {
             tracing::info!(online = msg.online, "XMPP component link");
+        }
+        if let Some(registry) = &self.registry {
+            registry.do_send(msg);
         }
         self.online = msg.online;
     }
@@ -167,7 +172,11 @@ pub async fn start(config: &Config) -> io::Result<Running> {
     )
     .await?;
     tracing::info!(%listen, proxy = %proxy, "SIP transport listening (UDP and TCP)");
-    let status = LinkStatus { online: false }.start();
+    let status = LinkStatus {
+        online: false,
+        registry: Some(registry.clone().recipient()),
+    }
+    .start();
     let transport_addr = transport.clone();
     let component = XmppComponent::start(
         ComponentConfig::from_xmpp(&config.xmpp),

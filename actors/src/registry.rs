@@ -112,7 +112,18 @@ pub struct Registry {
     /// SIP watcher S' → XMPP presentities X it subscribed to (notifier mode).
     sip_watching: HashMap<BareJid, std::collections::HashSet<BareJid>>,
     seed: u64,
+    /// The component link has been up at least once, and went down since it was last up:
+    /// the XMPP server may have restarted and forgotten every presence it had (§6.3).
+    link_was_up: bool,
+    link_dropped: bool,
 }
+
+/// Tells an XMPP presentity translator that the component link came back after being down:
+/// the server may have restarted, so the presentity is probed again (the core decides from
+/// which watcher: `Presentity::probe_after_restart`).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ProbeAfterReconnect;
 
 impl Registry {
     pub fn new(
@@ -141,6 +152,8 @@ impl Registry {
             xmpp_to_sip: 0,
             sip_to_xmpp: 0,
             sip_watching: HashMap::new(),
+            link_was_up: false,
+            link_dropped: false,
         }
     }
 
@@ -537,6 +550,29 @@ impl Handler<ReqWinfo> for Registry {
         });
         addr.do_send(msg);
         Ok(())
+    }
+}
+
+/// Probes every XMPP presentity again when the link is back after having been up and down.
+/// The first link-up needs none: [`Restore`] already probed, and stanzas wait for the link.
+impl Handler<ComponentStatus> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: ComponentStatus, _: &mut Context<Self>) {
+        if !msg.online {
+            self.link_dropped |= self.link_was_up;
+            return;
+        }
+        self.link_was_up = true;
+        if !std::mem::take(&mut self.link_dropped) {
+            return;
+        }
+        tracing::info!(
+            presentities = self.xmpp_presentities.len(),
+            "XMPP component link back: probing XMPP presentities again"
+        );
+        for addr in self.xmpp_presentities.values() {
+            addr.do_send(ProbeAfterReconnect);
+        }
     }
 }
 

@@ -730,6 +730,14 @@ impl Handler<RestoreNotifier> for XmppPresentityTranslator {
     }
 }
 
+impl Handler<crate::registry::ProbeAfterReconnect> for XmppPresentityTranslator {
+    type Result = ();
+    fn handle(&mut self, _: crate::registry::ProbeAfterReconnect, ctx: &mut Context<Self>) {
+        self.machine.probe_after_restart();
+        self.drain(None, ctx);
+    }
+}
+
 fn relation_label(r: subscriber::Relation) -> &'static str {
     match r {
         subscriber::Relation::Pending => "pending",

@@ -1796,3 +1796,28 @@ async fn subscriptions_beyond_the_per_user_limit_get_resource_constraint() {
     );
     gw.proxy.quiet().await;
 }
+
+#[actix_rt::test]
+async fn case_097_component_link_back_after_a_drop_probes_xmpp_presentities_again() {
+    let mut gw = start().await;
+    let gw_tag = establish_d2_pending(&mut gw).await;
+    gw.xmpp
+        .send(&format!(
+            "<presence from='{ROMEO}' to='{JULIET_JID}' type='subscribed'/>"
+        ))
+        .await;
+    let (_, state) = d2_notify(&gw, &gw_tag, 2).await;
+    assert_active_remaining(&state);
+    gw.xmpp.quiet().await;
+    // The XMPP server restarts: it forgot romeo's presence, so the gateway must ask again.
+    gw.xmpp.sock.shutdown().await.expect("shutdown");
+    drop(gw.xmpp);
+    let mut xmpp = Xmpp::accept(&gw.listener).await;
+    assert_eq!(
+        xmpp.stanza().await,
+        "<presence from='juliet*example.com@sip.example.net' to='romeo@example.net' \
+         type='probe'/>"
+    );
+    xmpp.quiet().await;
+    gw.proxy.quiet().await;
+}

@@ -3,7 +3,7 @@
 //! actor's context (no channel, no task per message); only TCP writes need their own task,
 //! one per connection, because a write may wait for the peer.
 
-use pua_xmpp::sip::framing::{frame_datagram, StreamFramer};
+use pua_xmpp::sip::framing::{frame_datagram, FrameError, StreamFramer};
 use pua_xmpp::sip::parse::parse_message;
 use pua_xmpp::sip::{OutResponse, SipMessage, SipRequest, SipResponse};
 use std::net::SocketAddr;
@@ -29,6 +29,8 @@ pub(crate) enum Incoming {
     Accepted(TcpStream, SocketAddr),
     /// A framing error on a stream: the connection is closed.
     StreamBroken(u64, String),
+    /// An oversize message on a stream whose head parsed: answer (413), then close.
+    RejectAndClose(Box<OutResponse>, Source, String),
     Closed(u64),
 }
 
@@ -67,6 +69,16 @@ fn decode_datagram(data: &[u8], peer: SocketAddr, max_message: usize) -> Incomin
     };
     match frame_datagram(data, max_message) {
         Ok(msg) => decode(msg, source),
+        Err(FrameError::TooLarge { size }) => match super::too_large_answer(data) {
+            Some(resp) => {
+                warn!(%peer, size, max_message, "oversize SIP request; answering 413");
+                Incoming::Reject(Box::new(resp), source)
+            }
+            None => {
+                warn!(%peer, size, max_message, excerpt = %excerpt(data), "oversize SIP datagram dropped");
+                Incoming::Nothing
+            }
+        },
         Err(e) => {
             warn!(%peer, reason = %e, excerpt = %excerpt(data), "bad SIP datagram");
             Incoming::Nothing
@@ -115,6 +127,9 @@ pub(crate) fn accept_stream(listener: TcpListener) -> impl futures::Stream<Item 
 pub(crate) struct TcpReader {
     rd: OwnedReadHalf,
     framer: StreamFramer,
+    /// The bytes the framer holds (since the last message it returned): when it reports a
+    /// message too large, it has dropped them, and the head is needed for the 413.
+    unframed: Vec<u8>,
     buf: Box<[u8]>,
     conn: u64,
     peer: SocketAddr,
@@ -126,10 +141,37 @@ impl TcpReader {
         TcpReader {
             rd,
             framer: StreamFramer::new(max_message),
+            unframed: Vec::new(),
             buf: vec![0u8; 16 * 1024].into_boxed_slice(),
             conn,
             peer,
             done: false,
+        }
+    }
+}
+
+impl TcpReader {
+    fn source(&self) -> Source {
+        Source {
+            transport: Transport::Tcp,
+            peer: self.peer,
+            conn_id: Some(self.conn),
+        }
+    }
+
+    /// Forgets `msg` and the CRLF keepalives the framer skipped before it.
+    fn consumed(&mut self, msg: &[u8]) {
+        let crlf = |b: &&u8| **b == b'\r' || **b == b'\n';
+        let skipped = self
+            .unframed
+            .iter()
+            .take_while(crlf)
+            .count()
+            .saturating_sub(msg.iter().take_while(crlf).count());
+        let n = skipped.saturating_add(msg.len()).min(self.unframed.len());
+        self.unframed.drain(..n);
+        if self.unframed.is_empty() && self.unframed.capacity() > 64 * 1024 {
+            self.unframed = Vec::new();
         }
     }
 }
@@ -145,16 +187,22 @@ impl futures::Stream for TcpReader {
         loop {
             match this.framer.next_message() {
                 Some(Ok(msg)) => {
-                    let source = Source {
-                        transport: Transport::Tcp,
-                        peer: this.peer,
-                        conn_id: Some(this.conn),
-                    };
-                    return Poll::Ready(Some(decode(&msg, source)));
+                    this.consumed(&msg);
+                    return Poll::Ready(Some(decode(&msg, this.source())));
                 }
                 Some(Err(e)) => {
                     this.done = true;
-                    return Poll::Ready(Some(Incoming::StreamBroken(this.conn, e.to_string())));
+                    let answer = match e {
+                        FrameError::TooLarge { .. } => super::too_large_answer(&this.unframed),
+                        _ => None,
+                    };
+                    this.unframed = Vec::new();
+                    return Poll::Ready(Some(match answer {
+                        Some(resp) => {
+                            Incoming::RejectAndClose(Box::new(resp), this.source(), e.to_string())
+                        }
+                        None => Incoming::StreamBroken(this.conn, e.to_string()),
+                    }));
                 }
                 None => {}
             }
@@ -166,7 +214,13 @@ impl futures::Stream for TcpReader {
                         this.done = true;
                         return Poll::Ready(Some(Incoming::Closed(this.conn)));
                     }
-                    this.framer.push(this.buf.get(..n).unwrap_or_default());
+                    let data = this.buf.get(..n).unwrap_or_default();
+                    this.framer.push(data);
+                    // Keepalives alone are skipped by the framer: do not let them pile up.
+                    if this.unframed.iter().all(|b| *b == b'\r' || *b == b'\n') {
+                        this.unframed.clear();
+                    }
+                    this.unframed.extend_from_slice(data);
                 }
                 Poll::Ready(Err(e)) => {
                     debug!(peer = %this.peer, error = %e, "TCP read error");

@@ -62,6 +62,45 @@ impl TransportConfig {
     }
 }
 
+/// The `413 Request Entity Too Large` for an oversize message (RFC 3261 §21.4.11), built from
+/// its header section alone: the body, possibly cut short by the receive buffer, is never
+/// read. `None` when the head does not parse, or for a response or an ACK (never answered).
+pub(crate) fn too_large_answer(data: &[u8]) -> Option<pua_xmpp::sip::OutResponse> {
+    let lead = data
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    let data = data.get(lead..)?;
+    // The header section ends at the first empty line (CRLF CRLF, or bare LFs).
+    let end = data
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| i + 1)
+        .into_iter()
+        .chain(data.windows(3).position(|w| w == b"\n\r\n").map(|i| i + 1))
+        .min()?;
+    let head = std::str::from_utf8(data.get(..end)?).ok()?;
+    // The head with Content-Length 0, so the parser sees a complete body-less message.
+    let mut text = String::with_capacity(head.len() + 24);
+    for line in head.lines() {
+        let name = line.split_once(':').map(|(n, _)| n.trim());
+        if name.is_some_and(|n| {
+            n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("l")
+        }) {
+            continue;
+        }
+        text.push_str(line);
+        text.push_str("\r\n");
+    }
+    text.push_str("Content-Length: 0\r\n\r\n");
+    match pua_xmpp::sip::parse::parse_message(text.as_bytes()) {
+        Ok(pua_xmpp::sip::SipMessage::Request(req)) if req.method != Method::Ack => {
+            Some(pua_xmpp::sip::OutResponse::to_request(&req, 413, None))
+        }
+        _ => None,
+    }
+}
+
 /// Queue length (messages) of one TCP connection's writer; beyond it sends fail rather than
 /// buffer without bound.
 const TCP_QUEUE: usize = 1024;
@@ -552,7 +591,7 @@ impl StreamHandler<Incoming> for SipTransport {
                 encode_response(&resp, &mut self.out);
                 let bytes = std::mem::take(&mut self.out);
                 if let Err(e) = self.send_to_source(&bytes, &source) {
-                    warn!(error = %e, "400 send failed");
+                    warn!(error = %e, status = resp.status, "error response send failed");
                 }
                 self.out = bytes;
             }
@@ -562,6 +601,20 @@ impl StreamHandler<Incoming> for SipTransport {
                 self.next_conn += 1;
                 debug!(%peer, conn_id, "TCP connection accepted");
                 self.register_stream(stream, peer, conn_id, false, ctx);
+            }
+            Incoming::RejectAndClose(resp, source, reason) => {
+                let conn_id = source.conn_id;
+                self.out.clear();
+                encode_response(&resp, &mut self.out);
+                let bytes = std::mem::take(&mut self.out);
+                if let Err(e) = self.send_to_source(&bytes, &source) {
+                    warn!(error = %e, status = resp.status, "error response send failed");
+                }
+                self.out = bytes;
+                warn!(peer = %source.peer, %reason, "SIP framing error; answered {} and closing the TCP connection", resp.status);
+                if let Some(conn_id) = conn_id {
+                    self.drop_conn(conn_id);
+                }
             }
             Incoming::StreamBroken(conn_id, reason) => {
                 let peer = self.conns.get(&conn_id).map(|c| c.peer);
