@@ -51,6 +51,8 @@ pub struct SipConfig {
     /// IP addresses allowed to send us SIP requests (the Kamailio proxy); empty = anyone.
     /// Requests from others get 403.
     pub trusted_peers: Vec<String>,
+    /// RFC 3261 T1 in milliseconds (retransmission and timeout timers scale with it).
+    pub t1_ms: u64,
 }
 
 impl Default for SipConfig {
@@ -62,6 +64,7 @@ impl Default for SipConfig {
             contact_host: String::new(),
             transport: "udp".into(),
             trusted_peers: Vec::new(),
+            t1_ms: 500,
         }
     }
 }
@@ -590,6 +593,7 @@ impl Config {
         for d in &m.allowed_sip_domains {
             domain("mapping.allowed_sip_domains", d)?;
         }
+        range("sip.t1_ms", self.sip.t1_ms, 10, 5000)?;
         for ip in &self.sip.trusted_peers {
             if ip.parse::<std::net::IpAddr>().is_err() {
                 return Err(invalid(
@@ -687,6 +691,7 @@ impl Config {
         t.str("contact_host", &s.contact_host);
         t.str("transport", &s.transport);
         t.list("trusted_peers", &self.sip.trusted_peers);
+        t.num("t1_ms", self.sip.t1_ms);
         let x = &self.xmpp;
         t.section("xmpp");
         t.str("component_domain", &x.component_domain);

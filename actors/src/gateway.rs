@@ -164,7 +164,7 @@ pub async fn start(config: &Config) -> io::Result<Running> {
                 crate::messages::Transport::Udp
             },
             max_message: config.limits.max_sip_message,
-            t1: Duration::from_millis(500),
+            t1: Duration::from_millis(config.sip.t1_ms),
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
         },

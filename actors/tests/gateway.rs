@@ -1821,3 +1821,48 @@ async fn case_097_component_link_back_after_a_drop_probes_xmpp_presentities_agai
     xmpp.quiet().await;
     gw.proxy.quiet().await;
 }
+
+/// Issue 6: a SIP peer that never answers. The SUBSCRIBE is retransmitted over UDP (Timer E,
+/// identical copies), the transaction times out after 64*T1 (Timer F), and the pair backs off
+/// (state `retrying`) without any stanza to the watcher (an error comes only after 5 failures);
+/// the gateway keeps serving.
+#[actix_rt::test]
+async fn unanswered_subscribe_is_retransmitted_times_out_and_the_pair_backs_off() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let http = format!("127.0.0.1:{port}");
+    let h = http.clone();
+    let mut gw = start_with(move |c| {
+        c.sip.t1_ms = 20;
+        c.http.listen = h;
+    })
+    .await;
+    gw.xmpp.send(&subscribe_stanza("subscribe", "s1")).await;
+    let (first, first_raw) = gw.proxy.request(Method::Subscribe).await;
+    let started = Instant::now();
+    let mut copies = 0;
+    // Timer F = 64 * T1 = 1.28 s; collect what arrives until a little after it.
+    while let Some(raw) = gw
+        .proxy
+        .recv_within(Duration::from_millis(1600).saturating_sub(started.elapsed()))
+        .await
+    {
+        assert_eq!(raw, first_raw, "a retransmission is an identical copy");
+        copies += 1;
+    }
+    // T1 doubling: 20, 40, 80, 160, 320, 640 ms → 6 copies before 1.28 s.
+    assert!((4..=7).contains(&copies), "{copies} retransmissions");
+    let (status, body) = http_get(&http, &format!("/subscriptions?user={ROMEO}")).await;
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(list[0]["state"], "retrying", "{body}");
+    assert_eq!(list[0]["relation"], "pending", "{body}");
+    assert_ne!(list[0]["call_id"], serde_json::Value::Null);
+    assert_eq!(first.call_id, list[0]["call_id"].as_str().unwrap_or(""));
+    // No stanza to romeo for a transport failure (§6.3), and the gateway still serves.
+    gw.xmpp.quiet().await;
+    let (status, _) = http_get(&http, "/health").await;
+    assert_eq!(status, 200);
+}
