@@ -66,6 +66,8 @@ pub struct ComponentConfig {
     pub fatal_backoff: Duration,
     /// Limit for TCP connect, and separately for the server's header and handshake reply.
     pub connect_timeout: Duration,
+    /// Largest inbound stanza accepted; a larger one ends the session (`limits.max_stanza_bytes`).
+    pub max_stanza: usize,
 }
 
 impl fmt::Debug for ComponentConfig {
@@ -97,7 +99,14 @@ impl ComponentConfig {
             reconnect_initial: Duration::from_secs(1),
             fatal_backoff: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
+            max_stanza: MAX_STANZA_BYTES,
         }
+    }
+
+    /// The same with the stanza size limit of `limits.max_stanza_bytes`.
+    pub fn with_max_stanza(mut self, max: usize) -> ComponentConfig {
+        self.max_stanza = max.max(1024);
+        self
     }
 }
 
@@ -448,6 +457,7 @@ pub struct StreamParser {
     tree: TreeBuilder,
     depth: usize,
     stanza_bytes: usize,
+    max_stanza: usize,
     events: VecDeque<StreamEvent>,
 }
 
@@ -459,11 +469,17 @@ impl Default for StreamParser {
 
 impl StreamParser {
     pub fn new() -> StreamParser {
+        StreamParser::with_limit(MAX_STANZA_BYTES)
+    }
+
+    /// A parser that refuses stanzas larger than `max_stanza` bytes.
+    pub fn with_limit(max_stanza: usize) -> StreamParser {
         StreamParser {
             parser: rxml::RawParser::new(),
             tree: TreeBuilder::new(),
             depth: 0,
             stanza_bytes: 0,
+            max_stanza,
             events: VecDeque::new(),
         }
     }
@@ -476,8 +492,11 @@ impl StreamParser {
             let r = self.parser.parse(&mut data, false);
             if self.depth >= 2 {
                 self.stanza_bytes += before - data.len();
-                if self.stanza_bytes > MAX_STANZA_BYTES {
-                    return Err(format!("stanza larger than {MAX_STANZA_BYTES} bytes"));
+                if self.stanza_bytes > self.max_stanza {
+                    return Err(format!(
+                        "stanza larger than {} bytes (limits.max_stanza_bytes)",
+                        self.max_stanza
+                    ));
                 }
             }
             match r {
@@ -795,7 +814,7 @@ impl Link {
             .map_err(LinkError::Io)?;
         let mut session = Session {
             sock,
-            parser: StreamParser::new(),
+            parser: StreamParser::with_limit(self.cfg.max_stanza),
         };
         let id = match tokio::time::timeout(t, read_event(&mut session)).await {
             Err(_) => return Err(LinkError::Timeout("the server's stream header")),

@@ -259,6 +259,8 @@ pub struct LimitsConfig {
     pub max_status_chars: usize,
     pub max_subscriptions: usize,
     pub max_subscriptions_per_user: usize,
+    /// Largest inbound XMPP stanza; a larger one ends the component session (logged).
+    pub max_stanza_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -269,6 +271,7 @@ impl Default for LimitsConfig {
             max_status_chars: 1024,
             max_subscriptions: 1_000_000,
             max_subscriptions_per_user: 1000,
+            max_stanza_bytes: 1 << 20,
         }
     }
 }
@@ -667,6 +670,12 @@ impl Config {
             l.max_subscriptions as u64,
         )?;
         range(
+            "limits.max_stanza_bytes",
+            l.max_stanza_bytes as u64,
+            1024,
+            64 << 20,
+        )?;
+        range(
             "runtime.shutdown_timeout_secs",
             self.runtime.shutdown_timeout_secs,
             1,
@@ -725,6 +734,7 @@ impl Config {
         t.num("max_status_chars", l.max_status_chars);
         t.num("max_subscriptions", l.max_subscriptions);
         t.num("max_subscriptions_per_user", l.max_subscriptions_per_user);
+        t.num("max_stanza_bytes", l.max_stanza_bytes);
         t.section("runtime");
         t.num("shutdown_timeout_secs", self.runtime.shutdown_timeout_secs);
         t.out

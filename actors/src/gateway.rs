@@ -179,7 +179,7 @@ pub async fn start(config: &Config) -> io::Result<Running> {
     .start();
     let transport_addr = transport.clone();
     let component = XmppComponent::start(
-        ComponentConfig::from_xmpp(&config.xmpp),
+        ComponentConfig::from_xmpp(&config.xmpp).with_max_stanza(config.limits.max_stanza_bytes),
         registry.clone().recipient(),
         status.clone().recipient(),
     );

@@ -58,6 +58,7 @@ fn test_config(server: String, secret: &str) -> ComponentConfig {
         reconnect_initial: Duration::from_millis(50),
         fatal_backoff: Duration::from_millis(300),
         connect_timeout: Duration::from_secs(5),
+        max_stanza: 1 << 20,
     }
 }
 
@@ -640,4 +641,23 @@ async fn live_server_rejects_wrong_secret_with_not_authorized_then_accepts_the_r
         status.try_recv().is_err(),
         "the link went down after sending"
     );
+}
+
+/// Issue 6: an inbound stanza over `max_stanza` ends the session (the link goes down and comes
+/// back); stanzas within the limit are delivered.
+#[actix_rt::test]
+async fn stanza_over_the_size_limit_ends_the_session_and_the_link_comes_back() {
+    let mut h = start(|c| c.max_stanza = 2048, SECRET).await;
+    let mut c = accept_login(&mut h, "big1").await;
+    c.send("<presence from='alice@xmpp.test' to='bob*sip.test@sip.xmpp.test' type='probe'/>")
+        .await;
+    let p = h.presences.recv().await.expect("small stanza delivered");
+    assert_eq!(p.from.as_str(), "alice@xmpp.test");
+    let big = format!(
+        "<presence from='alice@xmpp.test' to='bob*sip.test@sip.xmpp.test'><status>{}</status></presence>",
+        "x".repeat(4096)
+    );
+    c.send(&big).await;
+    assert!(!next(&mut h.status).await, "expected offline status");
+    let _c2 = accept_login(&mut h, "big2").await;
 }
