@@ -8,6 +8,7 @@ The gateway runs with `[presence] subscribe_expires = 60` here (Kamailio's prese
 has no min_expires set, i.e. 0, so 60 is granted): it refreshes when the remaining time is
 <= clamp(granted/4, 32 s, 600 s), i.e. about 28 s after the grant.
 """
+import os
 import re
 import sqlite3
 import time
@@ -36,7 +37,9 @@ def sent_subscribes(log_path):
 
 def bob_publications(run_dir):
     """Rows of bob in Kamailio's presentity table (the publications it aggregates)."""
-    db = sqlite3.connect("file:%s/kamailio.sqlite?mode=ro" % run_dir, uri=True)
+    # a plain connection: a read-only one cannot open a WAL database whose -shm file is
+    # missing (SQLite removes it when the last connection closes, e.g. Kamailio stopping)
+    db = sqlite3.connect(os.path.join(run_dir, "kamailio.sqlite"), timeout=5)
     try:
         return db.execute("SELECT etag FROM presentity WHERE username='bob' AND domain='sip.test'").fetchall()
     finally:
