@@ -188,8 +188,10 @@ class Lab:
             raise RuntimeError("gateway binary not found: %s" % GATEWAY_BIN)
         cfg = os.path.join(self.run_dir, "pua-xmpp.toml")
         with open(cfg, "w") as f:
-            f.write(getattr(self, "gateway_toml", GATEWAY_TOML).format(gw_addr=GW_ADDR, lab_ip=LAB_IP, secret=SECRET, mode=mode,
-                                        run_dir=self.run_dir, gw_http=GW_HTTP))
+            # `gateway_toml`: an optional per-lab template override (set before start())
+            template = getattr(self, "gateway_toml", GATEWAY_TOML)
+            f.write(template.format(gw_addr=GW_ADDR, lab_ip=LAB_IP, secret=SECRET, mode=mode,
+                                    run_dir=self.run_dir, gw_http=GW_HTTP))
         self.gateway_log = os.path.join(self.run_dir, "gateway.log")
         args = [GATEWAY_BIN] + [a.replace("{config}", cfg) for a in shlex.split(GATEWAY_ARGS)]
         env = dict(os.environ, PUA_XMPP_CONFIG=cfg, RUST_BACKTRACE="1")
