@@ -11,6 +11,7 @@ Tests marked `gateway` are collected always and skipped (with the reason) only w
 binary is missing. On a failure the tails of kamailio.log, prosody.log and gateway.log
 are added to the report.
 """
+import glob
 import os
 import shlex
 import shutil
@@ -187,8 +188,10 @@ class Lab:
             raise RuntimeError("gateway binary not found: %s" % GATEWAY_BIN)
         cfg = os.path.join(self.run_dir, "pua-xmpp.toml")
         with open(cfg, "w") as f:
-            f.write(GATEWAY_TOML.format(gw_addr=GW_ADDR, lab_ip=LAB_IP, secret=SECRET, mode=mode,
-                                        run_dir=self.run_dir, gw_http=GW_HTTP))
+            # `gateway_toml`: an optional per-lab template override (set before start())
+            template = getattr(self, "gateway_toml", GATEWAY_TOML)
+            f.write(template.format(gw_addr=GW_ADDR, lab_ip=LAB_IP, secret=SECRET, mode=mode,
+                                    run_dir=self.run_dir, gw_http=GW_HTTP))
         self.gateway_log = os.path.join(self.run_dir, "gateway.log")
         args = [GATEWAY_BIN] + [a.replace("{config}", cfg) for a in shlex.split(GATEWAY_ARGS)]
         env = dict(os.environ, PUA_XMPP_CONFIG=cfg, RUST_BACKTRACE="1")
@@ -274,6 +277,63 @@ class Lab:
             if not wait_until(lambda: listening("t", addr), timeout):
                 raise RuntimeError("prosody not listening on %s after %s s\n%s"
                                    % (addr, timeout, tail(os.path.join(self.run_dir, "prosody.log"))))
+
+    def kamailio_alive(self):
+        pid = self._pid("kamailio")
+        return pid is not None and _alive(pid)
+
+    def restart_kamailio(self, timeout=10):
+        """Kill Kamailio by its recorded PID (TERM, then KILL) and start it again exactly as
+        tests/lab/start.sh does (same -A defines, sqlite DB, run dir), then re-add the
+        permanent DNS cache entries (issue 6). Subscriptions (subs_db_mode=0) are lost."""
+        pid = self._pid("kamailio")
+        assert pid is not None and _alive(pid), "kamailio is not running"
+        with open("/proc/%d/comm" % pid) as f:  # PID reuse: only the program we started
+            comm = f.read().strip()
+        assert comm in ("kamailio", "setsid"), comm
+        os.kill(pid, signal.SIGTERM)
+        if not wait_until(lambda: not _alive(pid), 5):
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: not _alive(pid), 5)
+        os.remove(os.path.join(self.run_dir, "kamailio.pid"))
+        addr = "%s:5060" % LAB_IP
+        wait_until(lambda: not listening("u", addr) and not listening("t", addr), 5)
+        env = dict(os.environ, PATH=os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin")
+        with open(os.path.join(self.run_dir, "lab.env")) as f:
+            cfg = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+        kmod_dir = next((d for d in sorted(glob.glob("/usr/lib/*/kamailio/modules"))
+                         + ["/usr/lib64/kamailio/modules", "/usr/lib/kamailio/modules"]
+                         if os.path.isfile(os.path.join(d, "tm.so"))),
+                        "/usr/lib/x86_64-linux-gnu/kamailio/modules")
+        kmode = "GW_MODE_PUA" if self.mode == "pua" else "GW_MODE_NOTIFIER"
+        kdefs = ["-A", "LAB_IP=%s" % LAB_IP, "-A", 'SRV_URI="sip:%s:5060"' % LAB_IP,
+                 "-A", 'GW_ADDR="%s"' % GW_ADDR, "-A", 'GW_HTTP="%s"' % GW_HTTP,
+                 "-A", 'DBURL="sqlite:///%s/kamailio.sqlite"' % self.run_dir,
+                 "-A", 'CTL_SOCK="unix:%s/kamailio_ctl"' % self.run_dir,
+                 "-A", 'MPATH="%s/"' % kmod_dir, "-A", kmode]
+        args = ["kamailio", "-DD", "-E", "-f", cfg["KAMAILIO_CFG"]] + kdefs + \
+            ["-Y", self.run_dir, "-w", self.run_dir, "-m", "64", "-M", "16"]
+        log = os.path.join(self.run_dir, "kamailio.log")
+        # detached through a shell that exits at once, like start.sh's `setsid kamailio &`
+        st = subprocess.run(["bash", "-c", 'log="$1"; shift; setsid "$@" < /dev/null >> "$log" 2>&1 & echo $!',
+                             "start_kamailio", log] + args, env=env, capture_output=True, text=True, check=True)
+        with open(os.path.join(self.run_dir, "kamailio.pid"), "w") as f:
+            f.write(st.stdout.strip() + "\n")
+        kamcmd = ["kamcmd", "-s", "unix:%s/kamailio_ctl" % self.run_dir]
+
+        def ctl_up():
+            return subprocess.run(kamcmd + ["core.uptime"], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL).returncode == 0
+        for what, cond in (("udp " + addr, lambda: listening("u", addr)),
+                           ("tcp " + addr, lambda: listening("t", addr)), ("ctl socket", ctl_up)):
+            if not wait_until(cond, timeout):
+                raise RuntimeError("restarted kamailio: no %s after %s s\n%s" % (what, timeout, tail(log)))
+        for d in ("sip.test", "sip-xmpp.test"):
+            subprocess.run(kamcmd + ["dns.add_a", d, "86400", LAB_IP, "2"], env=env,
+                           stdout=subprocess.DEVNULL, check=True)
+            for t in ("udp", "tcp"):
+                subprocess.run(kamcmd + ["dns.add_srv", "_sip._%s.%s" % (t, d), "86400", "10", "10", "5060", d, "2"],
+                               env=env, stdout=subprocess.DEVNULL, check=True)
 
     def stop_gateway(self):
         if self.gateway is None:
