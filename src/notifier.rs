@@ -238,7 +238,6 @@ impl Presentity {
     /// Restores a persisted dialog (after a restart) with `left` of its lease. The dialog
     /// resumes as it was: the watcher's next refresh is accepted and the next change of X is
     /// NOTIFYed in it; nothing is sent now (the watcher already has our last state).
-    #[allow(clippy::too_many_arguments)]
     pub fn restore_dialog(&mut self, mut d: NotifierDialog, left: Duration, now: Instant) {
         d.expires_at = now + left;
         // NOTIFYs sent after the last write are not in the store: skip ahead so the watcher

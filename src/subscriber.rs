@@ -564,7 +564,7 @@ impl Subscription {
             408 | 480 | 486 | 500 | 503 | 504 => {
                 if fetch {
                     self.answer_probes(PresenceType::Unavailable);
-                    self.finish_or_idle(now);
+                    self.finish_or_idle();
                     return;
                 }
                 self.schedule_retry(retry_after, code, now);
@@ -609,7 +609,7 @@ impl Subscription {
         self.retry_at = Some(now + wait);
     }
 
-    fn finish_or_idle(&mut self, _now: Instant) {
+    fn finish_or_idle(&mut self) {
         if self.relation == Relation::Unknown {
             self.finish();
         } else {
@@ -891,7 +891,7 @@ impl Subscription {
             let fetch = matches!(self.phase, Phase::Waiting { fetch: true });
             if fetch {
                 self.answer_probes(PresenceType::Unavailable);
-                self.finish_or_idle(now);
+                self.finish_or_idle();
             } else {
                 self.schedule_retry(None, 408, now);
             }

@@ -145,8 +145,7 @@ pub struct SipPresentityTranslator {
     /// Call-ID of each pair's current dialog, to keep the registry's index right.
     call_ids: HashMap<BareJid, String>,
     /// Transaction key → (watcher, Call-ID, CSeq).
-    txns: HashMap<u64, (BareJid, String, u32, Instant)>,
-    next_key: u64,
+    outstanding: Outstanding,
     seed: u64,
     wakeup: Wakeup,
 }
@@ -159,8 +158,7 @@ impl SipPresentityTranslator {
             links,
             pairs: HashMap::new(),
             call_ids: HashMap::new(),
-            txns: HashMap::new(),
-            next_key: 1,
+            outstanding: Outstanding::default(),
             seed,
             wakeup: Wakeup::default(),
         }
@@ -184,6 +182,14 @@ impl SipPresentityTranslator {
         gauge_move("xmpp_to_sip", Some(before), after);
     }
 
+    /// The watcher whose current dialog has this Call-ID.
+    fn watcher_of(&self, call_id: &str) -> Option<BareJid> {
+        self.call_ids
+            .iter()
+            .find(|(_, c)| c.as_str() == call_id)
+            .map(|(w, _)| w.clone())
+    }
+
     fn drain(&mut self, watcher: &BareJid, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
         let Some(sub) = self.pairs.get_mut(watcher) else {
             return;
@@ -191,8 +197,6 @@ impl SipPresentityTranslator {
         while let Some(out) = sub.poll_output() {
             match out {
                 subscriber::Output::Request(req) => {
-                    let key = self.next_key;
-                    self.next_key += 1;
                     if self.call_ids.get(watcher) != Some(&req.call_id) {
                         if let Some(old) =
                             self.call_ids.insert(watcher.clone(), req.call_id.clone())
@@ -206,16 +210,8 @@ impl SipPresentityTranslator {
                             owner: ctx.address(),
                         });
                     }
-                    self.txns.insert(
-                        key,
-                        (
-                            watcher.clone(),
-                            req.call_id.clone(),
-                            req.cseq,
-                            Instant::now(),
-                        ),
-                    );
-                    send_request(&self.links, req, key, ctx.address().recipient());
+                    let reply_to = ctx.address().recipient();
+                    self.outstanding.send(&self.links, req, reply_to);
                 }
                 subscriber::Output::Response(resp) => {
                     if let Some(txn) = txn {
@@ -326,11 +322,7 @@ impl Handler<ToSubscriber> for SipPresentityTranslator {
 impl Handler<DialogRequest> for SipPresentityTranslator {
     type Result = ();
     fn handle(&mut self, msg: DialogRequest, ctx: &mut Context<Self>) {
-        let watcher = self
-            .call_ids
-            .iter()
-            .find(|(_, c)| **c == msg.req.call_id)
-            .map(|(w, _)| w.clone());
+        let watcher = self.watcher_of(&msg.req.call_id);
         match watcher {
             Some(w) if msg.req.method == Method::Notify => {
                 let input = subscriber::Input::Notify {
@@ -352,12 +344,13 @@ impl Handler<DialogRequest> for SipPresentityTranslator {
 impl Handler<TransactionOutcome> for SipPresentityTranslator {
     type Result = ();
     fn handle(&mut self, msg: TransactionOutcome, ctx: &mut Context<Self>) {
-        let Some((watcher, call_id, cseq, sent)) = self.txns.remove(&msg.key) else {
+        let Some((call_id, cseq)) = self.outstanding.finish(&msg) else {
             return;
         };
-        if matches!(msg.result, TxnResult::Response(_)) {
-            observe_latency(&Method::Subscribe, sent);
-        }
+        // The pair whose current dialog it is; an outcome of a replaced dialog is stale.
+        let Some(watcher) = self.watcher_of(&call_id) else {
+            return;
+        };
         match msg.result {
             TxnResult::Response(r) => {
                 self.with_pair(&watcher, subscriber::Input::Response(&r), None, ctx)
