@@ -30,16 +30,20 @@ impl IdGen {
 
     /// A tag with a prefix, e.g. `gw-5d1c8a…`.
     pub fn tag(&mut self, prefix: &str) -> String {
-        format!("{prefix}{:012x}", self.next_u64() & 0xffff_ffff_ffff)
+        let mut t = format!("{prefix}{:012x}", self.next_u64() & 0xffff_ffff_ffff);
+        t.shrink_to_fit(); // kept for the dialog's life: no spare capacity per subscription
+        t
     }
 
     /// A Call-ID `token@host`.
     pub fn call_id(&mut self, host: &str) -> String {
-        format!(
+        let mut c = format!(
             "{:016x}{:08x}@{host}",
             self.next_u64(),
             self.next_u64() as u32
-        )
+        );
+        c.shrink_to_fit();
+        c
     }
 
     /// A value in `[0, n)` (for jitter).

@@ -224,6 +224,10 @@ impl Announced {
     pub fn is_empty(&self) -> bool {
         self.resources.is_empty()
     }
+    /// Drops spare capacity: the record lives as long as its subscription.
+    pub fn shrink(&mut self) {
+        self.resources.shrink_to_fit();
+    }
     /// Resources announced as available, in announcement order.
     pub fn resources(&self) -> impl Iterator<Item = &str> {
         self.resources.iter().map(|(r, _)| &**r)

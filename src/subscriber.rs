@@ -21,6 +21,7 @@ use crate::stanza::{
 };
 use crate::timers::{self, Backoff};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Settings shared by every subscription of a gateway.
@@ -147,10 +148,25 @@ pub enum Output {
     Problem(&'static str),
 }
 
+/// The cached view trimmed to its length: it lives as long as the pair, and the vectors the
+/// parser grew by doubling would otherwise hold several times the room they need.
+fn compact(mut view: Vec<TupleView>) -> Vec<TupleView> {
+    for t in &mut view {
+        t.resource.shrink_to_fit();
+        t.state.statuses.shrink_to_fit();
+        for s in &mut t.state.statuses {
+            s.text.shrink_to_fit();
+        }
+    }
+    view.shrink_to_fit();
+    view
+}
+
 /// One XMPP watcher's subscription to one SIP presentity.
 #[derive(Debug)]
 pub struct Subscription {
-    cfg: SubscriberConfig,
+    /// Shared by every pair of the gateway: a million pairs must not hold a million copies.
+    cfg: Arc<SubscriberConfig>,
     pair: Pair,
     relation: Relation,
     phase: Phase,
@@ -175,9 +191,14 @@ pub struct Subscription {
 impl Subscription {
     /// A machine for a pair with the given relation; call [`Subscription::handle_input`] with the
     /// stanza that created it. `seed` feeds tags, Call-IDs and jitter.
-    pub fn new(cfg: SubscriberConfig, pair: Pair, relation: Relation, seed: u64) -> Subscription {
+    pub fn new(
+        cfg: impl Into<Arc<SubscriberConfig>>,
+        pair: Pair,
+        relation: Relation,
+        seed: u64,
+    ) -> Subscription {
         Subscription {
-            cfg,
+            cfg: cfg.into(),
             pair,
             relation,
             phase: Phase::Idle,
@@ -200,7 +221,7 @@ impl Subscription {
     /// Resumes a persisted pair after a restart: a dialog with lease left is refreshed in-dialog
     /// (same Call-ID), anything else subscribes anew (§6.3). The runtime staggers the calls.
     pub fn restore(
-        cfg: SubscriberConfig,
+        cfg: impl Into<Arc<SubscriberConfig>>,
         rec: SubscriptionRecord,
         seed: u64,
         now: Instant,
@@ -245,6 +266,7 @@ impl Subscription {
         if self.probe_waiters.is_empty() {
             self.probe_waiters = Vec::new();
         }
+        self.announced.shrink();
     }
 
     /// True once the machine has finished and can be dropped.
@@ -785,7 +807,7 @@ impl Subscription {
             probe,
         );
         self.out.extend(stanzas.into_iter().map(Output::Stanza));
-        self.last_view = Some(view);
+        self.last_view = Some(compact(view));
         for w in waiters {
             if w != watcher {
                 self.resend_cached(w);

@@ -7,6 +7,7 @@ pub mod gateway;
 pub mod http;
 pub mod messages;
 pub mod registry;
+pub mod shard;
 pub mod store;
 pub mod translator;
 pub mod transport;

@@ -108,6 +108,20 @@ pub struct DialogRequest {
     pub watcher: Option<pua_xmpp::stanza::BareJid>,
 }
 
+/// A NOTIFY for an XMPP-watches-SIP dialog, on its way through the subscriber shards: the
+/// registry sends it to shard `first` (the one of its To URI); a shard that does not know the
+/// Call-ID hands it back to the registry for the next one until `tried == shards`, and the
+/// last one answers 481.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ShardNotify {
+    pub req: SipRequest,
+    pub txn: ServerTxnId,
+    pub first: usize,
+    pub tried: usize,
+    pub shards: usize,
+}
+
 /// A presence stanza from the XMPP presentity X (presence or a decision about a watcher).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
@@ -123,7 +137,7 @@ pub struct ReqWinfo {
     pub watcher: Option<String>,
 }
 
-/// Restores persisted subscriber pairs into a SIP presentity translator, after `delay` (restarts
+/// Restores persisted subscriber pairs into a subscriber shard, after `delay` (restarts
 /// are staggered so a million leases are not refreshed in one burst).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
@@ -169,6 +183,14 @@ pub struct SubscriptionInfo {
 #[rtype(result = "Result<Vec<SubscriptionInfo>, String>")]
 pub struct ListSubscriptions {
     pub user: String,
+}
+
+/// Asks a subscriber shard for every pair where `user` is the XMPP watcher or the SIP
+/// presentity (S').
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Vec<SubscriptionInfo>")]
+pub struct DumpPairs {
+    pub user: pua_xmpp::stanza::BareJid,
 }
 
 /// Asks a translator for its subscriptions, optionally only those of one watcher.

@@ -1,12 +1,15 @@
 //! The subscription registry: routes every inbound stanza and SIP request to the translator
 //! that owns it, and answers what belongs to nobody (481, 404, `item-not-found`).
 //!
-//! It owns the address mapper (and its learned-spelling table) and two indexes: presentity →
-//! translator, and SIP Call-ID → translator. It holds no protocol state of its own.
+//! It owns the address mapper (and its learned-spelling table), the subscriber shards (the
+//! XMPP-watches-SIP pairs, spread over the worker threads by watcher, see [`crate::shard`]),
+//! and two indexes for the XMPP presentities: presentity → translator and SIP Call-ID →
+//! translator. It holds no protocol state of its own.
 
 use crate::messages::*;
+use crate::shard::{shard_for, ShardConfig, SubscriberShard};
 use crate::store::{lease_left_at, StoreHandle, StoreOp};
-use crate::translator::{Links, PuaTranslator, SipPresentityTranslator, XmppPresentityTranslator};
+use crate::translator::{Links, PuaTranslator, XmppPresentityTranslator};
 use actix::prelude::*;
 use futures::FutureExt;
 use pua_xmpp::address::AddressMapper;
@@ -16,6 +19,8 @@ use pua_xmpp::sip::{Method, OutResponse, SipRequest};
 use pua_xmpp::stanza::{BareJid, DefinedCondition, InPresence, OutPresence, PresenceType};
 use pua_xmpp::subscriber::{Pair, SubscriberConfig};
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 /// Who serves SIP watchers of XMPP users (§1.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +62,6 @@ impl Default for Limits {
 }
 
 enum Owner {
-    Sip(Addr<SipPresentityTranslator>),
     Xmpp(Addr<XmppPresentityTranslator>),
     Pua(Addr<PuaTranslator>),
 }
@@ -66,10 +70,6 @@ enum Owner {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum RegistryEvent {
-    DialogSip {
-        call_id: String,
-        owner: Addr<SipPresentityTranslator>,
-    },
     DialogXmpp {
         call_id: String,
         owner: Addr<XmppPresentityTranslator>,
@@ -81,11 +81,6 @@ pub enum RegistryEvent {
     DialogGone {
         call_id: String,
     },
-    /// A subscriber pair ended (its relation is gone).
-    PairGone {
-        watcher: BareJid,
-        presentity: BareJid,
-    },
 }
 
 pub struct Registry {
@@ -95,19 +90,19 @@ pub struct Registry {
     responses: Recipient<SendResponse>,
     stanzas: Recipient<SendPresence>,
     store: StoreHandle,
-    sip_presentities: HashMap<BareJid, Addr<SipPresentityTranslator>>,
+    /// The XMPP-watches-SIP pairs, by [`shard_for`] of the watcher's SIP URI.
+    shards: Vec<Addr<SubscriberShard>>,
+    /// Pairs in the shards (the `max_subscriptions` limit of that direction).
+    subscriber_total: Arc<AtomicUsize>,
     xmpp_presentities: HashMap<BareJid, Addr<XmppPresentityTranslator>>,
     pua_presentities: HashMap<BareJid, Addr<PuaTranslator>>,
     dialogs: HashMap<String, Owner>,
-    /// XMPP watcher X → SIP presentities S' it subscribed to (for `/subscriptions`).
-    watching: HashMap<BareJid, std::collections::HashSet<BareJid>>,
     /// Worker threads the translators run on (one actix Arbiter per core): the registry,
     /// the transport and the component stay on the main thread; parsing and translation
     /// spread over the workers.
     workers: Vec<actix::ArbiterHandle>,
     next_worker: usize,
-    /// Pairs in `watching`, and notifier dialogs in `dialogs` (for the limits).
-    xmpp_to_sip: usize,
+    /// Notifier dialogs in `dialogs` (for the limits).
     sip_to_xmpp: usize,
     /// SIP watcher S' → XMPP presentities X it subscribed to (notifier mode).
     sip_watching: HashMap<BareJid, std::collections::HashSet<BareJid>>,
@@ -142,14 +137,13 @@ impl Registry {
             responses,
             stanzas,
             store,
-            sip_presentities: HashMap::new(),
+            shards: Vec::new(),
+            subscriber_total: Arc::new(AtomicUsize::new(0)),
             xmpp_presentities: HashMap::new(),
             pua_presentities: HashMap::new(),
             dialogs: HashMap::new(),
-            watching: HashMap::new(),
             workers: Vec::new(),
             next_worker: 0,
-            xmpp_to_sip: 0,
             sip_to_xmpp: 0,
             sip_watching: HashMap::new(),
             link_was_up: false,
@@ -256,27 +250,7 @@ impl Registry {
         Ok(addr)
     }
 
-    fn sip_translator(
-        &mut self,
-        presentity: &BareJid,
-        ctx: &Context<Self>,
-    ) -> Addr<SipPresentityTranslator> {
-        if let Some(a) = self.sip_presentities.get(presentity) {
-            return a.clone();
-        }
-        let seed = self.next_seed();
-        let t = SipPresentityTranslator::new(
-            presentity.clone(),
-            self.cfg.subscriber.clone(),
-            self.links(ctx),
-            seed,
-        );
-        let a = self.spawn(t);
-        self.sip_presentities.insert(presentity.clone(), a.clone());
-        a
-    }
-
-    fn on_subscriber_stanza(&mut self, p: InPresence, ctx: &Context<Self>) {
+    fn on_subscriber_stanza(&mut self, p: InPresence) {
         let presentity = p.to.to_bare();
         let presentity_uri = match self.mapper.jid_to_sip(&presentity) {
             Ok(u) => u,
@@ -300,34 +274,12 @@ impl Registry {
             presentity: presentity.clone(),
             presentity_uri,
         };
-        let addr = self.sip_translator(&presentity, ctx);
-        let known = self
-            .watching
-            .get(&pair.watcher)
-            .is_some_and(|s| s.contains(&pair.presentity));
-        if !known && p.kind == Ok(PresenceType::Subscribe) {
-            let mine = self.watching.get(&pair.watcher).map_or(0, |s| s.len());
-            let limits = &self.cfg.limits;
-            if mine >= limits.max_per_user || self.xmpp_to_sip >= limits.max_subscriptions {
-                tracing::warn!(watcher = %pair.watcher, presentity = %pair.presentity, mine, total = self.xmpp_to_sip, "subscription refused: limit reached");
-                metrics::counter!("pua_xmpp_limit_refusals_total", "direction" => "xmpp_to_sip")
-                    .increment(1);
-                return self.error_reply(
-                    &p,
-                    DefinedCondition::ResourceConstraint,
-                    "too many subscriptions".to_owned(),
-                );
-            }
+        // Limits are checked by the shard: it holds every pair of this watcher.
+        let i = shard_for(&pair.watcher_uri, self.shards.len());
+        match self.shards.get(i) {
+            Some(shard) => shard.do_send(ToSubscriber { pair, stanza: p }),
+            None => tracing::error!("no subscriber shard running"),
         }
-        if self
-            .watching
-            .entry(pair.watcher.clone())
-            .or_default()
-            .insert(pair.presentity.clone())
-        {
-            self.xmpp_to_sip += 1;
-        }
-        addr.do_send(ToSubscriber { pair, stanza: p });
     }
 
     fn on_subscribe(&mut self, req: SipRequest, txn: ServerTxnId, ctx: &Context<Self>) {
@@ -394,6 +346,26 @@ impl Registry {
 
 impl Actor for Registry {
     type Context = Context<Self>;
+
+    /// Starts one subscriber shard per worker thread (two on the registry's own thread when
+    /// there are no workers, as in the in-process tests).
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let cfg = ShardConfig {
+            subscriber: Arc::new(self.cfg.subscriber.clone()),
+            max_per_user: self.cfg.limits.max_per_user,
+            max_total: self.cfg.limits.max_subscriptions,
+            total: Arc::clone(&self.subscriber_total),
+        };
+        let count = self.workers.len().max(2);
+        for i in 0..count {
+            let shard = SubscriberShard::new(cfg.clone(), self.links(ctx), self.next_seed());
+            let addr = match self.workers.get(i) {
+                Some(w) => SubscriberShard::start_in_arbiter(w, move |_| shard),
+                None => shard.start(),
+            };
+            self.shards.push(addr);
+        }
+    }
 }
 
 impl Handler<StanzaIn> for Registry {
@@ -413,7 +385,7 @@ impl Handler<StanzaIn> for Registry {
         };
         match kind {
             PresenceType::Subscribe | PresenceType::Unsubscribe | PresenceType::Probe => {
-                self.on_subscriber_stanza(p, ctx)
+                self.on_subscriber_stanza(p)
             }
             PresenceType::Available
             | PresenceType::Unavailable
@@ -462,16 +434,23 @@ impl Handler<SipRequestIn> for Registry {
         }
         match req.method {
             Method::Notify => match self.dialogs.get(&req.call_id) {
-                Some(Owner::Sip(a)) => a.do_send(DialogRequest {
-                    req,
-                    txn,
-                    watcher: None,
-                }),
                 Some(Owner::Pua(a)) => a.do_send(DialogRequest {
                     req,
                     txn,
                     watcher: None,
                 }),
+                _ if !self.shards.is_empty() => {
+                    // Our From (X') comes back as the NOTIFY's To: its shard has the dialog.
+                    let shards = self.shards.len();
+                    let first = shard_for(&req.to.uri, shards);
+                    self.shards[first].do_send(ShardNotify {
+                        req,
+                        txn,
+                        first,
+                        tried: 1,
+                        shards,
+                    });
+                }
                 _ => {
                     // Case 73.
                     tracing::debug!(call_id = %req.call_id, "NOTIFY for no subscription");
@@ -499,9 +478,6 @@ impl Handler<RegistryEvent> for Registry {
     type Result = ();
     fn handle(&mut self, ev: RegistryEvent, _ctx: &mut Context<Self>) {
         match ev {
-            RegistryEvent::DialogSip { call_id, owner } => {
-                self.dialogs.insert(call_id, Owner::Sip(owner));
-            }
             RegistryEvent::DialogXmpp { call_id, owner } => {
                 if self.dialogs.insert(call_id, Owner::Xmpp(owner)).is_none() {
                     self.sip_to_xmpp += 1;
@@ -515,19 +491,19 @@ impl Handler<RegistryEvent> for Registry {
                     self.sip_to_xmpp = self.sip_to_xmpp.saturating_sub(1);
                 }
             }
-            RegistryEvent::PairGone {
-                watcher,
-                presentity,
-            } => {
-                if let Some(set) = self.watching.get_mut(&watcher) {
-                    if set.remove(&presentity) {
-                        self.xmpp_to_sip = self.xmpp_to_sip.saturating_sub(1);
-                    }
-                    if set.is_empty() {
-                        self.watching.remove(&watcher);
-                    }
-                }
-            }
+        }
+    }
+}
+
+/// A NOTIFY the shard it was sent to did not know: on to the next shard.
+impl Handler<ShardNotify> for Registry {
+    type Result = ();
+    fn handle(&mut self, mut msg: ShardNotify, _: &mut Context<Self>) {
+        let next = (msg.first + msg.tried) % self.shards.len().max(1);
+        msg.tried += 1;
+        match self.shards.get(next) {
+            Some(shard) => shard.do_send(msg),
+            None => self.respond(msg.txn, OutResponse::to_request(&msg.req, 481, None)),
         }
     }
 }
@@ -583,23 +559,34 @@ impl Handler<Restore> for Registry {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        // Subscriber pairs, grouped by presentity, staggered over a window that grows with
-        // their number (§6.3: "SUBSCRIBE again (staggered)").
-        let mut by_presentity: HashMap<BareJid, Vec<_>> = HashMap::new();
+        // Subscriber pairs, each to its shard, in batches staggered over a window that grows
+        // with their number (§6.3: "SUBSCRIBE again (staggered)").
         let count = snap.subscriptions.len();
+        let shards = self.shards.len().max(1);
+        let mut per_shard: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
         for (rec, exp) in snap.subscriptions {
             let left = lease_left_at(exp, now_unix);
-            by_presentity
-                .entry(rec.pair.presentity.clone())
-                .or_default()
-                .push((rec, left));
+            let i = shard_for(&rec.pair.watcher_uri, shards);
+            per_shard[i].push((rec, left));
         }
+        const BATCH: usize = 500;
         let window_ms = (count as u64).min(60_000);
-        let groups = by_presentity.len().max(1) as u64;
-        for (i, (presentity, pairs)) in by_presentity.into_iter().enumerate() {
-            let delay = std::time::Duration::from_millis(window_ms * i as u64 / groups);
-            self.sip_translator(&presentity, ctx)
-                .do_send(RestorePairs { pairs, delay });
+        let batches = count.div_ceil(BATCH).max(1) as u64;
+        let mut n = 0u64;
+        for (i, pairs) in per_shard.into_iter().enumerate() {
+            let Some(shard) = self.shards.get(i) else {
+                continue;
+            };
+            let mut pairs = pairs.into_iter().peekable();
+            while pairs.peek().is_some() {
+                let batch: Vec<_> = pairs.by_ref().take(BATCH).collect();
+                let delay = std::time::Duration::from_millis(window_ms * n / batches);
+                shard.do_send(RestorePairs {
+                    pairs: batch,
+                    delay,
+                });
+                n += 1;
+            }
         }
         // Notifier relations and dialogs.
         let mut relations: HashMap<BareJid, Vec<_>> = HashMap::new();
@@ -666,24 +653,15 @@ impl Handler<ListSubscriptions> for Registry {
             Err(e) => return Box::pin(async move { Err(e) }),
         };
         let mut asks = Vec::new();
-        // As a SIP presentity (S') or an XMPP presentity (X): everything of that translator.
-        if let Some(a) = self.sip_presentities.get(&jid) {
-            asks.push(a.send(DumpSubscriptions { watcher: None }).boxed_local());
+        // As an XMPP watcher (X) or a SIP presentity (S'): the shards scan their pairs.
+        for shard in &self.shards {
+            asks.push(shard.send(DumpPairs { user: jid.clone() }).boxed_local());
         }
+        // As an XMPP presentity (X): everything of that translator.
         if let Some(a) = self.xmpp_presentities.get(&jid) {
             asks.push(a.send(DumpSubscriptions { watcher: None }).boxed_local());
         }
-        // As an XMPP watcher (X) or a SIP watcher (S'): that watcher's pairs.
-        for s in self.watching.get(&jid).into_iter().flatten() {
-            if let Some(a) = self.sip_presentities.get(s) {
-                asks.push(
-                    a.send(DumpSubscriptions {
-                        watcher: Some(jid.clone()),
-                    })
-                    .boxed_local(),
-                );
-            }
-        }
+        // As a SIP watcher (S'): that watcher's dialogs.
         for x in self.sip_watching.get(&jid).into_iter().flatten() {
             if let Some(a) = self.xmpp_presentities.get(x) {
                 asks.push(

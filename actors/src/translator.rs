@@ -1,9 +1,10 @@
-//! Per-presentity translator actors: thin shells around the core state machines.
+//! Per-presentity translator actors for the XMPP presentities: thin shells around the core
+//! state machines.
 //!
-//! [`SipPresentityTranslator`]: one per SIP presentity S' in use; it holds one
-//! [`pua_xmpp::subscriber::Subscription`] per XMPP watcher, each with its own lifecycle and
-//! timers. [`XmppPresentityTranslator`]: one per XMPP presentity X in notifier mode; it holds
-//! the [`pua_xmpp::notifier::Presentity`] that fans X's presence out to its SIP watchers.
+//! [`XmppPresentityTranslator`]: one per XMPP presentity X in notifier mode; it holds the
+//! [`pua_xmpp::notifier::Presentity`] that fans X's presence out to its SIP watchers.
+//! [`PuaTranslator`]: one per XMPP presentity in PUA mode (PUBLISH + presence.winfo).
+//! The XMPP-watches-SIP pairs, by far the most numerous, live in [`crate::shard`] instead.
 //! The actors own the clock (`Instant::now()`, wall time for RPID) and one wake-up timer each;
 //! every protocol decision is in the core.
 
@@ -16,7 +17,7 @@ use pua_xmpp::notifier::{self, NotifierConfig, Presentity};
 use pua_xmpp::pua::{self, PuaConfig, PuaPresentity};
 use pua_xmpp::sip::{Method, OutRequest};
 use pua_xmpp::stanza::BareJid;
-use pua_xmpp::subscriber::{self, SubscriberConfig, Subscription};
+use pua_xmpp::subscriber;
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,7 +32,7 @@ pub struct Links {
 }
 
 /// The state label of a subscriber pair, for the `pua_xmpp_subscriptions` gauge.
-fn phase_label(p: subscriber::Phase) -> &'static str {
+pub(crate) fn phase_label(p: subscriber::Phase) -> &'static str {
     match p {
         subscriber::Phase::Idle => "idle",
         subscriber::Phase::Waiting { .. } => "waiting",
@@ -43,7 +44,11 @@ fn phase_label(p: subscriber::Phase) -> &'static str {
     }
 }
 
-fn gauge_move(direction: &'static str, from: Option<&'static str>, to: Option<&'static str>) {
+pub(crate) fn gauge_move(
+    direction: &'static str,
+    from: Option<&'static str>,
+    to: Option<&'static str>,
+) {
     if from == to {
         return;
     }
@@ -69,13 +74,18 @@ fn observe_latency(method: &Method, sent: Instant) {
 
 /// Requests of a translator awaiting their outcome: key → (Call-ID, CSeq, method, sent at).
 #[derive(Default)]
-struct Outstanding {
+pub(crate) struct Outstanding {
     txns: HashMap<u64, (String, u32, Method, Instant)>,
     next_key: u64,
 }
 
 impl Outstanding {
-    fn send(&mut self, links: &Links, req: OutRequest, reply_to: Recipient<TransactionOutcome>) {
+    pub(crate) fn send(
+        &mut self,
+        links: &Links,
+        req: OutRequest,
+        reply_to: Recipient<TransactionOutcome>,
+    ) {
         self.next_key += 1;
         let key = self.next_key;
         let entry = (
@@ -89,7 +99,7 @@ impl Outstanding {
     }
 
     /// The (Call-ID, CSeq) an outcome belongs to; records the request's latency.
-    fn finish(&mut self, msg: &TransactionOutcome) -> Option<(String, u32)> {
+    pub(crate) fn finish(&mut self, msg: &TransactionOutcome) -> Option<(String, u32)> {
         let (call_id, cseq, method, sent) = self.txns.remove(&msg.key)?;
         if matches!(msg.result, TxnResult::Response(_)) {
             observe_latency(&method, sent);
@@ -98,7 +108,7 @@ impl Outstanding {
     }
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -107,13 +117,13 @@ fn unix_now() -> i64 {
 
 /// Keeps a single wake-up armed at the earliest deadline of the machines.
 #[derive(Default)]
-struct Wakeup {
-    at: Option<Instant>,
-    handle: Option<SpawnHandle>,
+pub(crate) struct Wakeup {
+    pub(crate) at: Option<Instant>,
+    pub(crate) handle: Option<SpawnHandle>,
 }
 
 impl Wakeup {
-    fn arm<A>(
+    pub(crate) fn arm<A>(
         &mut self,
         next: Option<Instant>,
         ctx: &mut Context<A>,
@@ -135,235 +145,14 @@ impl Wakeup {
     }
 }
 
-// ==== SIP presentity: XMPP watchers of one SIP user ================================================
-
-pub struct SipPresentityTranslator {
-    presentity: BareJid,
-    cfg: SubscriberConfig,
-    links: Links,
-    pairs: HashMap<BareJid, Subscription>,
-    /// Call-ID of each pair's current dialog, to keep the registry's index right.
-    call_ids: HashMap<BareJid, String>,
-    /// Transaction key → (watcher, Call-ID, CSeq).
-    outstanding: Outstanding,
-    seed: u64,
-    wakeup: Wakeup,
-}
-
-impl SipPresentityTranslator {
-    pub fn new(presentity: BareJid, cfg: SubscriberConfig, links: Links, seed: u64) -> Self {
-        SipPresentityTranslator {
-            presentity,
-            cfg,
-            links,
-            pairs: HashMap::new(),
-            call_ids: HashMap::new(),
-            outstanding: Outstanding::default(),
-            seed,
-            wakeup: Wakeup::default(),
-        }
-    }
-
-    fn with_pair(
-        &mut self,
-        watcher: &BareJid,
-        input: subscriber::Input<'_>,
-        txn: Option<ServerTxnId>,
-        ctx: &mut Context<Self>,
-    ) {
-        let now = Instant::now();
-        let Some(sub) = self.pairs.get_mut(watcher) else {
-            return;
-        };
-        let before = phase_label(sub.phase());
-        sub.handle_input(input, now);
-        self.drain(watcher, txn, ctx);
-        let after = self.pairs.get(watcher).map(|s| phase_label(s.phase()));
-        gauge_move("xmpp_to_sip", Some(before), after);
-    }
-
-    /// The watcher whose current dialog has this Call-ID.
-    fn watcher_of(&self, call_id: &str) -> Option<BareJid> {
-        self.call_ids
-            .iter()
-            .find(|(_, c)| c.as_str() == call_id)
-            .map(|(w, _)| w.clone())
-    }
-
-    fn drain(&mut self, watcher: &BareJid, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
-        let Some(sub) = self.pairs.get_mut(watcher) else {
-            return;
-        };
-        while let Some(out) = sub.poll_output() {
-            match out {
-                subscriber::Output::Request(req) => {
-                    if self.call_ids.get(watcher) != Some(&req.call_id) {
-                        if let Some(old) =
-                            self.call_ids.insert(watcher.clone(), req.call_id.clone())
-                        {
-                            self.links
-                                .registry
-                                .do_send(RegistryEvent::DialogGone { call_id: old });
-                        }
-                        self.links.registry.do_send(RegistryEvent::DialogSip {
-                            call_id: req.call_id.clone(),
-                            owner: ctx.address(),
-                        });
-                    }
-                    let reply_to = ctx.address().recipient();
-                    self.outstanding.send(&self.links, req, reply_to);
-                }
-                subscriber::Output::Response(resp) => {
-                    if let Some(txn) = txn {
-                        self.links.responses.do_send(SendResponse { txn, resp });
-                    }
-                }
-                subscriber::Output::Stanza(p) => self.links.stanzas.do_send(SendPresence(p)),
-                subscriber::Output::Persist(rec) => {
-                    self.links
-                        .store
-                        .send(StoreOp::subscription(rec, unix_now()));
-                }
-                subscriber::Output::Problem(kind) => {
-                    metrics::counter!("pua_xmpp_translation_errors_total", "kind" => kind)
-                        .increment(1);
-                }
-                subscriber::Output::Forget => {
-                    tracing::info!(%watcher, presentity = %self.presentity, "subscription relation ended");
-                    self.links.store.send(StoreOp::DeleteSubscription {
-                        watcher: watcher.clone(),
-                        presentity: self.presentity.clone(),
-                    });
-                }
-            }
-        }
-        sub.shrink();
-        if sub.is_done() {
-            self.pairs.remove(watcher);
-            self.links.registry.do_send(RegistryEvent::PairGone {
-                watcher: watcher.clone(),
-                presentity: self.presentity.clone(),
-            });
-            if let Some(old) = self.call_ids.remove(watcher) {
-                self.links
-                    .registry
-                    .do_send(RegistryEvent::DialogGone { call_id: old });
-            }
-        }
-        self.rearm(ctx);
-    }
-
-    fn rearm(&mut self, ctx: &mut Context<Self>) {
-        let next = self
-            .pairs
-            .values()
-            .filter_map(Subscription::poll_timeout)
-            .min();
-        self.wakeup.arm(next, ctx, |a, ctx| {
-            a.wakeup.at = None;
-            a.wakeup.handle = None;
-            a.on_wakeup(ctx)
-        });
-    }
-
-    fn on_wakeup(&mut self, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        let due: Vec<BareJid> = self
-            .pairs
-            .iter()
-            .filter(|(_, s)| s.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(w, _)| w.clone())
-            .collect();
-        for w in due {
-            self.with_pair(&w, subscriber::Input::Timeout, None, ctx);
-        }
-        self.rearm(ctx);
-    }
-}
-
-fn send_request(links: &Links, req: OutRequest, key: u64, reply_to: Recipient<TransactionOutcome>) {
+pub(crate) fn send_request(
+    links: &Links,
+    req: OutRequest,
+    key: u64,
+    reply_to: Recipient<TransactionOutcome>,
+) {
     tracing::debug!(method = req.method.as_str(), uri = %req.uri, call_id = %req.call_id, cseq = req.cseq, "sending request");
     links.requests.do_send(SendRequest { req, key, reply_to });
-}
-
-impl Actor for SipPresentityTranslator {
-    type Context = Context<Self>;
-}
-
-impl Handler<ToSubscriber> for SipPresentityTranslator {
-    type Result = ();
-    fn handle(&mut self, msg: ToSubscriber, ctx: &mut Context<Self>) {
-        let watcher = msg.pair.watcher.clone();
-        if !self.pairs.contains_key(&watcher) {
-            use pua_xmpp::stanza::PresenceType as T;
-            let relation = match msg.stanza.kind {
-                Ok(T::Subscribe) => subscriber::Relation::Pending,
-                Ok(T::Probe) => subscriber::Relation::Unknown,
-                _ => {
-                    // Case 25: unsubscribe (or anything else) with no state: no output.
-                    tracing::debug!(%watcher, presentity = %self.presentity, "stanza for unknown pair ignored");
-                    return self.rearm(ctx);
-                }
-            };
-            self.seed = self.seed.wrapping_add(0x9E37_79B9);
-            tracing::info!(%watcher, presentity = %self.presentity, sip = %msg.pair.presentity_uri, ?relation, "subscription created (XMPP watcher of a SIP user)");
-            let sub = Subscription::new(self.cfg.clone(), msg.pair, relation, self.seed);
-            self.pairs.insert(watcher.clone(), sub);
-            gauge_move(
-                "xmpp_to_sip",
-                None,
-                Some(phase_label(subscriber::Phase::Idle)),
-            );
-        }
-        self.with_pair(&watcher, subscriber::Input::Stanza(&msg.stanza), None, ctx);
-    }
-}
-
-impl Handler<DialogRequest> for SipPresentityTranslator {
-    type Result = ();
-    fn handle(&mut self, msg: DialogRequest, ctx: &mut Context<Self>) {
-        let watcher = self.watcher_of(&msg.req.call_id);
-        match watcher {
-            Some(w) if msg.req.method == Method::Notify => {
-                let input = subscriber::Input::Notify {
-                    req: &msg.req,
-                    now_unix: unix_now(),
-                };
-                self.with_pair(&w, input, Some(msg.txn), ctx);
-            }
-            _ => {
-                let resp = pua_xmpp::sip::OutResponse::to_request(&msg.req, 481, None);
-                self.links
-                    .responses
-                    .do_send(SendResponse { txn: msg.txn, resp });
-            }
-        }
-    }
-}
-
-impl Handler<TransactionOutcome> for SipPresentityTranslator {
-    type Result = ();
-    fn handle(&mut self, msg: TransactionOutcome, ctx: &mut Context<Self>) {
-        let Some((call_id, cseq)) = self.outstanding.finish(&msg) else {
-            return;
-        };
-        // The pair whose current dialog it is; an outcome of a replaced dialog is stale.
-        let Some(watcher) = self.watcher_of(&call_id) else {
-            return;
-        };
-        match msg.result {
-            TxnResult::Response(r) => {
-                self.with_pair(&watcher, subscriber::Input::Response(&r), None, ctx)
-            }
-            TxnResult::Timeout | TxnResult::TransportError(_) => {
-                let input = subscriber::Input::RequestFailed {
-                    call_id: &call_id,
-                    cseq,
-                };
-                self.with_pair(&watcher, input, None, ctx)
-            }
-        }
-    }
 }
 
 // ==== XMPP presentity: SIP watchers of one XMPP user (notifier mode) ===============================
@@ -662,24 +451,6 @@ fn unix_to_left(expires_at_unix: i64) -> std::time::Duration {
     std::time::Duration::from_secs(expires_at_unix.saturating_sub(unix_now()).max(0) as u64)
 }
 
-impl Handler<RestorePairs> for SipPresentityTranslator {
-    type Result = ();
-    fn handle(&mut self, msg: RestorePairs, ctx: &mut Context<Self>) {
-        ctx.run_later(msg.delay, move |a, ctx| {
-            for (mut rec, left) in msg.pairs {
-                rec.lease_left = left;
-                let watcher = rec.pair.watcher.clone();
-                a.seed = a.seed.wrapping_add(0x9E37_79B9);
-                let sub = Subscription::restore(a.cfg.clone(), rec, a.seed, Instant::now());
-                a.pairs.insert(watcher.clone(), sub);
-                a.drain(&watcher, None, ctx);
-                let after = a.pairs.get(&watcher).map(|s| phase_label(s.phase()));
-                gauge_move("xmpp_to_sip", None, after);
-            }
-        });
-    }
-}
-
 impl Handler<RestoreNotifier> for XmppPresentityTranslator {
     type Result = ();
     fn handle(&mut self, msg: RestoreNotifier, ctx: &mut Context<Self>) {
@@ -728,36 +499,6 @@ impl Handler<crate::registry::ProbeAfterReconnect> for XmppPresentityTranslator 
     fn handle(&mut self, _: crate::registry::ProbeAfterReconnect, ctx: &mut Context<Self>) {
         self.machine.probe_after_restart();
         self.drain(None, ctx);
-    }
-}
-
-fn relation_label(r: subscriber::Relation) -> &'static str {
-    match r {
-        subscriber::Relation::Pending => "pending",
-        subscriber::Relation::Approved => "approved",
-        subscriber::Relation::Unknown => "unknown",
-    }
-}
-
-impl Handler<DumpSubscriptions> for SipPresentityTranslator {
-    type Result = MessageResult<DumpSubscriptions>;
-    fn handle(&mut self, msg: DumpSubscriptions, _: &mut Context<Self>) -> Self::Result {
-        let now = Instant::now();
-        let list = self
-            .pairs
-            .values()
-            .filter(|s| msg.watcher.as_ref().is_none_or(|w| &s.pair().watcher == w))
-            .map(|s| SubscriptionInfo {
-                direction: "xmpp_to_sip",
-                watcher: s.pair().watcher.to_string(),
-                presentity: s.pair().presentity_uri.clone(),
-                relation: relation_label(s.relation()).to_owned(),
-                state: phase_label(s.phase()).to_owned(),
-                call_id: s.dialog().map(|d| d.call_id.clone()),
-                expires_in: s.lease_left(now).map(|d| d.as_secs()),
-            })
-            .collect();
-        MessageResult(list)
     }
 }
 

@@ -1866,3 +1866,45 @@ async fn unanswered_subscribe_is_retransmitted_times_out_and_the_pair_backs_off(
     let (status, _) = http_get(&http, "/health").await;
     assert_eq!(status, 200);
 }
+
+/// Issue 7 (subscriber shards): NOTIFYs are routed to the shard of their To URI, our own From
+/// (X'). A proxy that rewrites that URI (here: a `;transport` parameter, or the host in capitals)
+/// must still reach the pair: the shard that does not know the Call-ID passes the NOTIFY on, and
+/// the presence comes out exactly as for an untouched To. Both spellings are chosen so that at
+/// least one of them hashes to the other shard (the in-process gateway runs two).
+#[actix_rt::test]
+async fn notify_with_a_rewritten_to_uri_still_reaches_its_pair_through_the_shards() {
+    use pua_xmpp_actors::shard::shard_for;
+    let mut gw = start().await;
+    let sub = establish_d1(&mut gw).await;
+    let home = shard_for(ROMEO_URI, 2);
+    let rewritten = [
+        format!("{ROMEO_URI};transport=udp"),
+        ROMEO_URI.replace("xmpp.example.com", "XMPP.EXAMPLE.COM"),
+        format!("{ROMEO_URI};lr"),
+        format!("{ROMEO_URI};x=1"),
+    ];
+    let away = rewritten
+        .iter()
+        .find(|u| shard_for(u, 2) != home)
+        .expect("one spelling hashes to the other shard");
+    let garden = PIDF_BALCONY.replace("On the balcony", "In the garden");
+    let n2 = gw
+        .proxy
+        .notify(&sub, 102, "active;expires=1700", Some(&garden))
+        .replace(&format!("To: <{ROMEO_URI}>"), &format!("To: <{away}>"));
+    assert!(n2.contains(&format!("To: <{away}>")), "{n2}");
+    let (resp, raw) = gw.proxy.transact(&n2).await;
+    check_notify_ok(&resp, &raw, &n2, 102);
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        PRESENCE_BALCONY.replace("On the balcony", "In the garden")
+    );
+    // A NOTIFY that no shard knows is still 481 (case 73), whatever its To.
+    let stray = n2
+        .replace(&sub.call_id, "no-such-call@127.0.0.1")
+        .replace("branch=z9hG4bK-ps-102", "branch=z9hG4bK-ps-stray");
+    let (resp, raw) = gw.proxy.transact(&stray).await;
+    assert_eq!(resp.status, 481, "{raw}");
+    gw.xmpp.quiet().await;
+}

@@ -1,0 +1,520 @@
+//! Subscriber shards: the XMPP-watches-SIP pairs (X → S), the gateway's most numerous state.
+//!
+//! One [`SubscriberShard`] actor per worker arbiter owns the pairs whose watcher URI (X') hashes
+//! to it ([`shard_for`]). Inside, a pair is its boxed core machine
+//! ([`pua_xmpp::subscriber::Subscription`]) in a slab slot plus a few words: two hash tables
+//! of slot numbers (pair → slot, current Call-ID → slot), one ordered timer queue and one armed
+//! wake-up for the whole shard. A pair costs no actor, task, mailbox or timer of its own, which
+//! is what lets one instance hold a million subscriptions (issue 7).
+//!
+//! Routing: stanzas come from the registry (which maps the addresses); NOTIFYs come from the
+//! registry to the shard of their To URI (our own X', echoed by the notifier). A shard that
+//! does not know the Call-ID hands the NOTIFY back for the next shard, so a peer that rewrites
+//! the To URI still reaches the pair; the last shard asked answers 481 (case 73).
+
+use crate::messages::*;
+use crate::registry::Registry;
+use crate::store::StoreOp;
+use crate::translator::{gauge_move, phase_label, unix_now, Links, Outstanding, Wakeup};
+use actix::prelude::*;
+use hashbrown::HashTable;
+use pua_xmpp::sip::{Method, OutResponse};
+use pua_xmpp::stanza::{DefinedCondition, OutPresence, PresenceType};
+use pua_xmpp::subscriber::{self, SubscriberConfig, Subscription};
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The shard that owns the pairs of the watcher whose SIP URI (X') is `watcher_uri`.
+/// Deterministic (SipHash with fixed keys), so the registry and every shard agree.
+pub fn shard_for(watcher_uri: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    watcher_uri.hash(&mut h);
+    (h.finish() % shards as u64) as usize
+}
+
+/// Settings shared by the shards of one gateway.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub subscriber: Arc<SubscriberConfig>,
+    /// Pairs one XMPP watcher may have (all its pairs are in one shard).
+    pub max_per_user: usize,
+    /// Pairs across all shards.
+    pub max_total: usize,
+    /// The live count behind `max_total`, shared by the shards.
+    pub total: Arc<AtomicUsize>,
+}
+
+/// One pair: the machine and what the shard's indexes need to find it again.
+struct Slot {
+    sub: Box<Subscription>,
+    /// Hash of (watcher, presentity), the key of `by_pair`.
+    pair_hash: u64,
+    /// Hash of the Call-ID indexed in `by_call` (the pair's current dialog), if any.
+    call_hash: Option<u64>,
+    /// The deadline this slot has in `timers`.
+    due: Option<Instant>,
+}
+
+pub struct SubscriberShard {
+    cfg: ShardConfig,
+    links: Links,
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    by_pair: HashTable<u32>,
+    by_call: HashTable<u32>,
+    /// (deadline, slot), earliest first: one armed wake-up serves every pair of the shard.
+    timers: BTreeSet<(Instant, u32)>,
+    /// Pairs per watcher (by hash of the bare JID), for `max_subscriptions_per_user`.
+    per_watcher: HashMap<u64, u32>,
+    outstanding: Outstanding,
+    hasher: std::hash::RandomState,
+    seed: u64,
+    wakeup: Wakeup,
+}
+
+impl SubscriberShard {
+    pub fn new(cfg: ShardConfig, links: Links, seed: u64) -> SubscriberShard {
+        SubscriberShard {
+            cfg,
+            links,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_pair: HashTable::new(),
+            by_call: HashTable::new(),
+            timers: BTreeSet::new(),
+            per_watcher: HashMap::new(),
+            outstanding: Outstanding::default(),
+            hasher: std::hash::RandomState::new(),
+            seed,
+            wakeup: Wakeup::default(),
+        }
+    }
+
+    fn registry(&self) -> &Addr<Registry> {
+        &self.links.registry
+    }
+
+    fn pair_hash(&self, watcher: &str, presentity: &str) -> u64 {
+        self.hasher.hash_one((watcher, presentity))
+    }
+
+    fn slot(&self, idx: u32) -> Option<&Slot> {
+        self.slots.get(idx as usize).and_then(Option::as_ref)
+    }
+
+    fn find_pair(&self, watcher: &str, presentity: &str) -> Option<u32> {
+        let h = self.pair_hash(watcher, presentity);
+        let slots = &self.slots;
+        self.by_pair
+            .find(h, |&i| {
+                slots
+                    .get(i as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| {
+                        let p = s.sub.pair();
+                        p.watcher.as_str() == watcher && p.presentity.as_str() == presentity
+                    })
+            })
+            .copied()
+    }
+
+    /// The pair whose current dialog has this Call-ID.
+    fn find_call(&self, call_id: &str) -> Option<u32> {
+        let h = self.hasher.hash_one(call_id);
+        let slots = &self.slots;
+        self.by_call
+            .find(h, |&i| {
+                slots
+                    .get(i as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| {
+                        s.call_hash == Some(h)
+                            && s.sub.dialog().is_some_and(|d| d.call_id == call_id)
+                    })
+            })
+            .copied()
+    }
+
+    fn insert(&mut self, sub: Subscription) -> u32 {
+        let p = sub.pair();
+        let pair_hash = self.pair_hash(p.watcher.as_str(), p.presentity.as_str());
+        let watcher_hash = self.hasher.hash_one(p.watcher.as_str());
+        let slot = Slot {
+            sub: Box::new(sub),
+            pair_hash,
+            call_hash: None,
+            due: None,
+        };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slots = &self.slots;
+        self.by_pair.insert_unique(pair_hash, idx, |&i| {
+            slots
+                .get(i as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |s| s.pair_hash)
+        });
+        *self.per_watcher.entry(watcher_hash).or_default() += 1;
+        idx
+    }
+
+    fn unindex_call(&mut self, idx: u32) {
+        let Some(h) = self
+            .slots
+            .get_mut(idx as usize)
+            .and_then(Option::as_mut)
+            .and_then(|s| s.call_hash.take())
+        else {
+            return;
+        };
+        if let Ok(e) = self.by_call.find_entry(h, |&i| i == idx) {
+            e.remove();
+        }
+    }
+
+    /// Points `by_call` at this slot for `call_id` (a request of the pair's current dialog).
+    fn index_call(&mut self, idx: u32, call_id: &str) {
+        let h = self.hasher.hash_one(call_id);
+        if self.slot(idx).is_some_and(|s| s.call_hash == Some(h)) {
+            return;
+        }
+        self.unindex_call(idx);
+        let slots = &mut self.slots;
+        if let Some(s) = slots.get_mut(idx as usize).and_then(Option::as_mut) {
+            s.call_hash = Some(h);
+        }
+        let slots = &self.slots;
+        self.by_call.insert_unique(h, idx, |&i| {
+            slots
+                .get(i as usize)
+                .and_then(Option::as_ref)
+                .and_then(|s| s.call_hash)
+                .unwrap_or(0)
+        });
+    }
+
+    fn remove(&mut self, idx: u32) {
+        self.unindex_call(idx);
+        let Some(slot) = self.slots.get_mut(idx as usize).and_then(Option::take) else {
+            return;
+        };
+        if let Ok(e) = self.by_pair.find_entry(slot.pair_hash, |&i| i == idx) {
+            e.remove();
+        }
+        if let Some(t) = slot.due {
+            self.timers.remove(&(t, idx));
+        }
+        let wh = self.hasher.hash_one(slot.sub.pair().watcher.as_str());
+        if let Some(n) = self.per_watcher.get_mut(&wh) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_watcher.remove(&wh);
+            }
+        }
+        self.cfg.total.fetch_sub(1, Ordering::Relaxed);
+        self.free.push(idx);
+    }
+
+    /// Feeds one input to the pair in `idx` and carries out what it asks for.
+    fn input(
+        &mut self,
+        idx: u32,
+        input: subscriber::Input<'_>,
+        txn: Option<ServerTxnId>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = Instant::now();
+        let Some(slot) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let before = phase_label(slot.sub.phase());
+        slot.sub.handle_input(input, now);
+        let after = self.drain(idx, txn, ctx);
+        gauge_move("xmpp_to_sip", Some(before), after);
+    }
+
+    /// Drains the pair's outputs; returns its phase label, or `None` if it ended.
+    fn drain(
+        &mut self,
+        idx: u32,
+        txn: Option<ServerTxnId>,
+        ctx: &mut Context<Self>,
+    ) -> Option<&'static str> {
+        loop {
+            let Some(slot) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) else {
+                return None;
+            };
+            let Some(out) = slot.sub.poll_output() else {
+                break;
+            };
+            match out {
+                subscriber::Output::Request(req) => {
+                    self.index_call(idx, &req.call_id);
+                    let reply_to = ctx.address().recipient();
+                    self.outstanding.send(&self.links, req, reply_to);
+                }
+                subscriber::Output::Response(resp) => {
+                    if let Some(txn) = txn {
+                        self.links.responses.do_send(SendResponse { txn, resp });
+                    }
+                }
+                subscriber::Output::Stanza(p) => self.links.stanzas.do_send(SendPresence(p)),
+                subscriber::Output::Persist(rec) => {
+                    self.links
+                        .store
+                        .send(StoreOp::subscription(rec, unix_now()));
+                }
+                subscriber::Output::Problem(kind) => {
+                    metrics::counter!("pua_xmpp_translation_errors_total", "kind" => kind)
+                        .increment(1);
+                }
+                subscriber::Output::Forget => {
+                    let p = slot.sub.pair();
+                    tracing::info!(watcher = %p.watcher, presentity = %p.presentity, "subscription relation ended");
+                    let op = StoreOp::DeleteSubscription {
+                        watcher: p.watcher.clone(),
+                        presentity: p.presentity.clone(),
+                    };
+                    self.links.store.send(op);
+                }
+            }
+        }
+        let slot = self.slots.get_mut(idx as usize).and_then(Option::as_mut)?;
+        slot.sub.shrink();
+        if slot.sub.is_done() {
+            self.remove(idx);
+            self.rearm(ctx);
+            return None;
+        }
+        let label = phase_label(slot.sub.phase());
+        let next = slot.sub.poll_timeout();
+        if next != slot.due {
+            let old = std::mem::replace(&mut slot.due, next);
+            if let Some(t) = old {
+                self.timers.remove(&(t, idx));
+            }
+            if let Some(t) = next {
+                self.timers.insert((t, idx));
+            }
+            self.rearm(ctx);
+        }
+        Some(label)
+    }
+
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        let next = self.timers.first().map(|(t, _)| *t);
+        self.wakeup.arm(next, ctx, |a, ctx| {
+            a.wakeup.at = None;
+            a.wakeup.handle = None;
+            a.on_wakeup(ctx)
+        });
+    }
+
+    fn on_wakeup(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        while let Some(&(t, idx)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(s) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) {
+                s.due = None;
+            }
+            self.input(idx, subscriber::Input::Timeout, None, ctx);
+        }
+        self.rearm(ctx);
+    }
+
+    fn refuse(&self, p: &pua_xmpp::stanza::InPresence) {
+        self.links
+            .stanzas
+            .do_send(SendPresence(OutPresence::error_reply(
+                p,
+                DefinedCondition::ResourceConstraint,
+                Some("too many subscriptions".to_owned()),
+            )));
+    }
+
+    fn next_seed(&mut self) -> u64 {
+        self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.seed
+    }
+}
+
+impl Actor for SubscriberShard {
+    type Context = Context<Self>;
+}
+
+impl Handler<ToSubscriber> for SubscriberShard {
+    type Result = ();
+    fn handle(&mut self, msg: ToSubscriber, ctx: &mut Context<Self>) {
+        let (w, s) = (msg.pair.watcher.as_str(), msg.pair.presentity.as_str());
+        let idx = match self.find_pair(w, s) {
+            Some(i) => i,
+            None => {
+                let relation = match msg.stanza.kind {
+                    Ok(PresenceType::Subscribe) => subscriber::Relation::Pending,
+                    Ok(PresenceType::Probe) => subscriber::Relation::Unknown,
+                    _ => {
+                        // Case 25: unsubscribe (or anything else) with no state: no output.
+                        tracing::debug!(
+                            watcher = w,
+                            presentity = s,
+                            "stanza for unknown pair ignored"
+                        );
+                        return;
+                    }
+                };
+                if relation == subscriber::Relation::Pending {
+                    let mine = self
+                        .per_watcher
+                        .get(&self.hasher.hash_one(w))
+                        .copied()
+                        .unwrap_or(0) as usize;
+                    let total = self.cfg.total.load(Ordering::Relaxed);
+                    if mine >= self.cfg.max_per_user || total >= self.cfg.max_total {
+                        tracing::warn!(
+                            watcher = w,
+                            presentity = s,
+                            mine,
+                            total,
+                            "subscription refused: limit reached"
+                        );
+                        metrics::counter!("pua_xmpp_limit_refusals_total", "direction" => "xmpp_to_sip")
+                            .increment(1);
+                        return self.refuse(&msg.stanza);
+                    }
+                }
+                tracing::info!(watcher = w, presentity = s, sip = %msg.pair.presentity_uri, ?relation, "subscription created (XMPP watcher of a SIP user)");
+                self.cfg.total.fetch_add(1, Ordering::Relaxed);
+                let seed = self.next_seed();
+                let cfg = Arc::clone(&self.cfg.subscriber);
+                let sub = Subscription::new(cfg, msg.pair, relation, seed);
+                gauge_move("xmpp_to_sip", None, Some(phase_label(sub.phase())));
+                self.insert(sub)
+            }
+        };
+        self.input(idx, subscriber::Input::Stanza(&msg.stanza), None, ctx);
+    }
+}
+
+impl Handler<ShardNotify> for SubscriberShard {
+    type Result = ();
+    fn handle(&mut self, msg: ShardNotify, ctx: &mut Context<Self>) {
+        let found = match msg.req.method {
+            Method::Notify => self.find_call(&msg.req.call_id),
+            _ => None,
+        };
+        match found {
+            Some(idx) => {
+                let input = subscriber::Input::Notify {
+                    req: &msg.req,
+                    now_unix: unix_now(),
+                };
+                self.input(idx, input, Some(msg.txn), ctx);
+            }
+            None if msg.tried < msg.shards => self.registry().do_send(msg),
+            None => {
+                // Case 73: a NOTIFY for no subscription.
+                tracing::debug!(call_id = %msg.req.call_id, "NOTIFY for no subscription");
+                let resp = OutResponse::to_request(&msg.req, 481, None);
+                self.links
+                    .responses
+                    .do_send(SendResponse { txn: msg.txn, resp });
+            }
+        }
+    }
+}
+
+impl Handler<TransactionOutcome> for SubscriberShard {
+    type Result = ();
+    fn handle(&mut self, msg: TransactionOutcome, ctx: &mut Context<Self>) {
+        let Some((call_id, cseq)) = self.outstanding.finish(&msg) else {
+            return;
+        };
+        // The pair whose current dialog it is; an outcome of a replaced dialog is stale.
+        let Some(idx) = self.find_call(&call_id) else {
+            return;
+        };
+        match msg.result {
+            TxnResult::Response(r) => self.input(idx, subscriber::Input::Response(&r), None, ctx),
+            TxnResult::Timeout | TxnResult::TransportError(_) => {
+                let input = subscriber::Input::RequestFailed {
+                    call_id: &call_id,
+                    cseq,
+                };
+                self.input(idx, input, None, ctx)
+            }
+        }
+    }
+}
+
+impl Handler<RestorePairs> for SubscriberShard {
+    type Result = ();
+    fn handle(&mut self, msg: RestorePairs, ctx: &mut Context<Self>) {
+        ctx.run_later(msg.delay, move |a, ctx| {
+            let now = Instant::now();
+            for (mut rec, left) in msg.pairs {
+                rec.lease_left = left;
+                if a.find_pair(rec.pair.watcher.as_str(), rec.pair.presentity.as_str())
+                    .is_some()
+                {
+                    continue; // already live (a stanza came first)
+                }
+                a.cfg.total.fetch_add(1, Ordering::Relaxed);
+                let seed = a.next_seed();
+                let cfg = Arc::clone(&a.cfg.subscriber);
+                let sub = Subscription::restore(cfg, rec, seed, now);
+                let idx = a.insert(sub);
+                let after = a.drain(idx, None, ctx);
+                gauge_move("xmpp_to_sip", None, after);
+            }
+        });
+    }
+}
+
+fn relation_label(r: subscriber::Relation) -> &'static str {
+    match r {
+        subscriber::Relation::Pending => "pending",
+        subscriber::Relation::Approved => "approved",
+        subscriber::Relation::Unknown => "unknown",
+    }
+}
+
+impl Handler<DumpPairs> for SubscriberShard {
+    type Result = MessageResult<DumpPairs>;
+    fn handle(&mut self, msg: DumpPairs, _: &mut Context<Self>) -> Self::Result {
+        let now = Instant::now();
+        let list = self
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| &s.sub)
+            .filter(|s| s.pair().watcher == msg.user || s.pair().presentity == msg.user)
+            .map(|s| SubscriptionInfo {
+                direction: "xmpp_to_sip",
+                watcher: s.pair().watcher.to_string(),
+                presentity: s.pair().presentity_uri.clone(),
+                relation: relation_label(s.relation()).to_owned(),
+                state: phase_label(s.phase()).to_owned(),
+                call_id: s.dialog().map(|d| d.call_id.clone()),
+                expires_in: s.lease_left(now).map(|d: Duration| d.as_secs()),
+            })
+            .collect();
+        MessageResult(list)
+    }
+}
