@@ -283,12 +283,17 @@ pub struct RuntimeConfig {
     /// Upper bound, seconds, from SIGTERM/SIGINT to exit: in-flight SIP transactions get about
     /// half of it, then the XMPP stream is closed and the store flushed in what is left.
     pub shutdown_timeout_secs: u64,
+    /// Threads for the actors, the main one included (it runs the sockets, the registry and one
+    /// subscriber shard; each further thread is an actix arbiter with a shard and translators).
+    /// 0 = one per core; 1 = everything on the main thread.
+    pub threads: u64,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             shutdown_timeout_secs: 10,
+            threads: 0,
         }
     }
 }
@@ -681,6 +686,7 @@ impl Config {
             1,
             300,
         )?;
+        range("runtime.threads", self.runtime.threads, 0, 256)?;
         Ok(())
     }
 
@@ -737,6 +743,7 @@ impl Config {
         t.num("max_stanza_bytes", l.max_stanza_bytes);
         t.section("runtime");
         t.num("shutdown_timeout_secs", self.runtime.shutdown_timeout_secs);
+        t.num("threads", self.runtime.threads);
         t.out
     }
 
@@ -844,7 +851,7 @@ mod tests {
         assert!(Config::keys().contains(&"runtime.shutdown_timeout_secs".to_owned()));
         assert!(c
             .redacted()
-            .ends_with("\n[runtime]\nshutdown_timeout_secs = 300\n"));
+            .ends_with("\n[runtime]\nshutdown_timeout_secs = 300\nthreads = 0\n"));
     }
 
     #[test]
@@ -857,5 +864,18 @@ mod tests {
                 format!("runtime.shutdown_timeout_secs: expected a number from 1 to 300, got {v}")
             );
         }
+    }
+
+    #[test]
+    fn threads_default_to_0_meaning_one_per_core_and_outside_0_to_256_name_the_key() {
+        assert_eq!(Config::default().runtime.threads, 0);
+        let c = with_env(&[("PUA_XMPP__RUNTIME__THREADS", "1")]).unwrap();
+        assert_eq!(c.runtime.threads, 1);
+        assert_eq!(
+            with_env(&[("PUA_XMPP__RUNTIME__THREADS", "257")])
+                .unwrap_err()
+                .to_string(),
+            "runtime.threads: expected a number from 0 to 256, got 257"
+        );
     }
 }

@@ -229,9 +229,15 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         component.clone().recipient(),
         store.clone(),
     );
-    // One worker arbiter (thread) per core beyond the main one, for the translators.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers: Vec<actix::ArbiterHandle> = (1..cores.max(2))
+    // Worker arbiters (threads) for the shards and translators, beyond the main thread: by
+    // default one per core beyond the main one.
+    let threads = match config.runtime.threads {
+        0 => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .max(2),
+        n => n as usize,
+    };
+    let workers: Vec<actix::ArbiterHandle> = (1..threads)
         .map(|_| actix::Arbiter::new().handle())
         .collect();
     let registry_addr = reg_ctx.run(reg.with_workers(workers));

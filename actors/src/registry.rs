@@ -347,8 +347,8 @@ impl Registry {
 impl Actor for Registry {
     type Context = Context<Self>;
 
-    /// Starts one subscriber shard per worker thread (two on the registry's own thread when
-    /// there are no workers, as in the in-process tests).
+    /// Starts one subscriber shard per worker thread and one on the registry's own thread (at
+    /// least two shards, so the in-process tests exercise the hand-over between shards).
     fn started(&mut self, ctx: &mut Context<Self>) {
         let cfg = ShardConfig {
             subscriber: Arc::new(self.cfg.subscriber.clone()),
@@ -356,7 +356,7 @@ impl Actor for Registry {
             max_total: self.cfg.limits.max_subscriptions,
             total: Arc::clone(&self.subscriber_total),
         };
-        let count = self.workers.len().max(2);
+        let count = (self.workers.len() + 1).max(2);
         for i in 0..count {
             let shard = SubscriberShard::new(cfg.clone(), self.links(ctx), self.next_seed());
             let addr = match self.workers.get(i) {

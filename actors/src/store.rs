@@ -50,7 +50,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -957,9 +957,7 @@ impl Inbox {
         }
         let got = match due {
             None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(due) => self
-                .rx
-                .recv_timeout(due.saturating_duration_since(Instant::now())),
+            Some(due) => Self::poll_until(&self.rx, due),
         };
         match got {
             Ok(m) => Some(m),
@@ -969,6 +967,25 @@ impl Inbox {
                 self.closing = true;
                 None
             }
+        }
+    }
+
+    /// The next message before `due`. While a batch is open the writer naps in short steps and
+    /// drains what arrived, rather than blocking in `recv_timeout`: a blocked receiver makes
+    /// every `send` a futex wake-up and a context switch, one per op in a burst of thousands.
+    fn poll_until(rx: &Receiver<Msg>, due: Instant) -> Result<Msg, RecvTimeoutError> {
+        const NAP: Duration = Duration::from_millis(2);
+        loop {
+            match rx.try_recv() {
+                Ok(m) => return Ok(m),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {}
+            }
+            let left = due.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RecvTimeoutError::Timeout);
+            }
+            std::thread::sleep(left.min(NAP));
         }
     }
 
