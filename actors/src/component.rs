@@ -350,6 +350,16 @@ impl Handler<SendPresence> for XmppComponent {
     }
 }
 
+/// A batch of stanzas: each as [`SendPresence`], queued together for one write.
+impl Handler<crate::messages::SendPresences> for XmppComponent {
+    type Result = ();
+    fn handle(&mut self, msg: crate::messages::SendPresences, ctx: &mut Self::Context) {
+        for p in msg.0 {
+            <Self as Handler<SendPresence>>::handle(self, SendPresence(p), ctx);
+        }
+    }
+}
+
 impl Handler<StopInbound> for XmppComponent {
     type Result = ();
     fn handle(&mut self, _: StopInbound, _ctx: &mut Self::Context) {

@@ -224,9 +224,13 @@ pub async fn start(config: &Config) -> io::Result<Running> {
             },
         },
         mapper,
-        transport.clone().recipient(),
-        transport.recipient(),
-        component.clone().recipient(),
+        crate::registry::Peers {
+            requests: transport.clone().recipient(),
+            responses: transport.clone().recipient(),
+            response_batches: transport.recipient(),
+            stanzas: component.clone().recipient(),
+            stanza_batches: component.clone().recipient(),
+        },
         store.clone(),
     );
     // Worker arbiters (threads) for the shards and translators, beyond the main thread: by

@@ -35,6 +35,12 @@ pub struct SipRequestIn {
     pub txn: ServerTxnId,
 }
 
+/// Several inbound requests read together (one TCP read or one batch of datagrams): one
+/// message, so a burst crosses each actor boundary once rather than once per request.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SipRequestsIn(pub Vec<SipRequestIn>);
+
 /// Sends the final response of server transaction `txn`.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
@@ -42,6 +48,11 @@ pub struct SendResponse {
     pub txn: ServerTxnId,
     pub resp: OutResponse,
 }
+
+/// Several [`SendResponse`]s at once (what a shard produced for one batch of requests).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SendResponses(pub Vec<SendResponse>);
 
 /// Starts a client transaction. Provisional responses are swallowed; the final response, a
 /// timeout (Timer F / B) or a transport error comes back to `reply_to` tagged with `key`.
@@ -79,6 +90,11 @@ pub struct StanzaIn(pub InPresence);
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct SendPresence(pub OutPresence);
+
+/// Several presence stanzas at once, written to the stream in one go.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SendPresences(pub Vec<OutPresence>);
 
 /// The component link went up (authenticated) or down.
 #[derive(Message, Debug, Clone, Copy)]
@@ -121,6 +137,11 @@ pub struct ShardNotify {
     pub tried: usize,
     pub shards: usize,
 }
+
+/// NOTIFYs for one shard, from one batch of inbound requests.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ShardNotifies(pub Vec<ShardNotify>);
 
 /// A presence stanza from the XMPP presentity X (presence or a decision about a watcher).
 #[derive(Message, Debug)]

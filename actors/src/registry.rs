@@ -83,12 +83,23 @@ pub enum RegistryEvent {
     },
 }
 
+/// The actors the registry and its translators send to: the SIP transport and the component.
+pub struct Peers {
+    pub requests: Recipient<SendRequest>,
+    pub responses: Recipient<SendResponse>,
+    pub stanzas: Recipient<SendPresence>,
+    pub response_batches: Recipient<SendResponses>,
+    pub stanza_batches: Recipient<SendPresences>,
+}
+
 pub struct Registry {
     cfg: RegistryConfig,
     mapper: AddressMapper,
     requests: Recipient<SendRequest>,
     responses: Recipient<SendResponse>,
     stanzas: Recipient<SendPresence>,
+    response_batches: Recipient<SendResponses>,
+    stanza_batches: Recipient<SendPresences>,
     store: StoreHandle,
     /// The XMPP-watches-SIP pairs, by [`shard_for`] of the watcher's SIP URI.
     shards: Vec<Addr<SubscriberShard>>,
@@ -124,18 +135,18 @@ impl Registry {
     pub fn new(
         cfg: RegistryConfig,
         mapper: AddressMapper,
-        requests: Recipient<SendRequest>,
-        responses: Recipient<SendResponse>,
-        stanzas: Recipient<SendPresence>,
+        peers: Peers,
         store: StoreHandle,
     ) -> Registry {
         Registry {
             seed: cfg.seed,
             cfg,
             mapper,
-            requests,
-            responses,
-            stanzas,
+            requests: peers.requests,
+            responses: peers.responses,
+            stanzas: peers.stanzas,
+            response_batches: peers.response_batches,
+            stanza_batches: peers.stanza_batches,
             store,
             shards: Vec::new(),
             subscriber_total: Arc::new(AtomicUsize::new(0)),
@@ -174,6 +185,8 @@ impl Registry {
             requests: self.requests.clone(),
             responses: self.responses.clone(),
             stanzas: self.stanzas.clone(),
+            response_batches: self.response_batches.clone(),
+            stanza_batches: self.stanza_batches.clone(),
             registry: ctx.address(),
             store: self.store.clone(),
         }
@@ -422,9 +435,15 @@ impl Handler<StanzaIn> for Registry {
     }
 }
 
-impl Handler<SipRequestIn> for Registry {
-    type Result = ();
-    fn handle(&mut self, msg: SipRequestIn, ctx: &mut Context<Self>) {
+impl Registry {
+    /// Routes one inbound request; NOTIFYs for the subscriber shards are collected in
+    /// `to_shards` (one list per shard) and sent by the caller, one message per shard.
+    fn route(
+        &mut self,
+        msg: SipRequestIn,
+        ctx: &Context<Self>,
+        to_shards: &mut [Vec<ShardNotify>],
+    ) {
         let SipRequestIn { req, txn, source } = msg;
         let trusted = &self.cfg.limits.trusted_peers;
         if !trusted.is_empty() && !trusted.contains(&source.peer.ip()) {
@@ -443,13 +462,15 @@ impl Handler<SipRequestIn> for Registry {
                     // Our From (X') comes back as the NOTIFY's To: its shard has the dialog.
                     let shards = self.shards.len();
                     let first = shard_for(&req.to.uri, shards);
-                    self.shards[first].do_send(ShardNotify {
-                        req,
-                        txn,
-                        first,
-                        tried: 1,
-                        shards,
-                    });
+                    if let Some(list) = to_shards.get_mut(first) {
+                        list.push(ShardNotify {
+                            req,
+                            txn,
+                            first,
+                            tried: 1,
+                            shards,
+                        });
+                    }
                 }
                 _ => {
                     // Case 73.
@@ -471,6 +492,41 @@ impl Handler<SipRequestIn> for Registry {
                 self.respond(txn, resp);
             }
         }
+    }
+
+    fn send_to_shards(&self, to_shards: Vec<Vec<ShardNotify>>) {
+        for (shard, mut list) in self.shards.iter().zip(to_shards) {
+            match list.len() {
+                0 => {}
+                1 => {
+                    if let Some(n) = list.pop() {
+                        shard.do_send(n);
+                    }
+                }
+                _ => shard.do_send(ShardNotifies(list)),
+            }
+        }
+    }
+}
+
+impl Handler<SipRequestIn> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: SipRequestIn, ctx: &mut Context<Self>) {
+        let mut to_shards: Vec<Vec<ShardNotify>> = self.shards.iter().map(|_| Vec::new()).collect();
+        self.route(msg, ctx, &mut to_shards);
+        self.send_to_shards(to_shards);
+    }
+}
+
+/// A batch read by the transport: routed like single requests, one message per shard.
+impl Handler<SipRequestsIn> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: SipRequestsIn, ctx: &mut Context<Self>) {
+        let mut to_shards: Vec<Vec<ShardNotify>> = self.shards.iter().map(|_| Vec::new()).collect();
+        for m in msg.0 {
+            self.route(m, ctx, &mut to_shards);
+        }
+        self.send_to_shards(to_shards);
     }
 }
 

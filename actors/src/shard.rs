@@ -76,6 +76,10 @@ pub struct SubscriberShard {
     hasher: std::hash::RandomState,
     seed: u64,
     wakeup: Wakeup,
+    /// Responses and stanzas of the batch being handled, sent as one message each by
+    /// [`SubscriberShard::flush`] when the handler ends.
+    out_responses: Vec<SendResponse>,
+    out_stanzas: Vec<OutPresence>,
 }
 
 impl SubscriberShard {
@@ -93,6 +97,8 @@ impl SubscriberShard {
             hasher: std::hash::RandomState::new(),
             seed,
             wakeup: Wakeup::default(),
+            out_responses: Vec::new(),
+            out_stanzas: Vec::new(),
         }
     }
 
@@ -263,16 +269,19 @@ impl SubscriberShard {
             };
             match out {
                 subscriber::Output::Request(req) => {
+                    // Keep the order the core asked for: responses produced before this
+                    // request leave first (both go to the transport).
+                    self.flush_responses();
                     self.index_call(idx, &req.call_id);
                     let reply_to = ctx.address().recipient();
                     self.outstanding.send(&self.links, req, reply_to);
                 }
                 subscriber::Output::Response(resp) => {
                     if let Some(txn) = txn {
-                        self.links.responses.do_send(SendResponse { txn, resp });
+                        self.out_responses.push(SendResponse { txn, resp });
                     }
                 }
-                subscriber::Output::Stanza(p) => self.links.stanzas.do_send(SendPresence(p)),
+                subscriber::Output::Stanza(p) => self.out_stanzas.push(p),
                 subscriber::Output::Persist(rec) => {
                     self.links
                         .store
@@ -315,6 +324,39 @@ impl SubscriberShard {
         Some(label)
     }
 
+    /// Sends what the handled batch produced: one message per peer actor, however many
+    /// NOTIFYs the batch held (a cross-thread hand-off costs a wake-up, not the data).
+    fn flush(&mut self) {
+        self.flush_responses();
+        match self.out_stanzas.len() {
+            0 => {}
+            1 => {
+                if let Some(p) = self.out_stanzas.pop() {
+                    self.links.stanzas.do_send(SendPresence(p));
+                }
+            }
+            _ => {
+                let batch = std::mem::take(&mut self.out_stanzas);
+                self.links.stanza_batches.do_send(SendPresences(batch));
+            }
+        }
+    }
+
+    fn flush_responses(&mut self) {
+        match self.out_responses.len() {
+            0 => {}
+            1 => {
+                if let Some(r) = self.out_responses.pop() {
+                    self.links.responses.do_send(r);
+                }
+            }
+            _ => {
+                let batch = std::mem::take(&mut self.out_responses);
+                self.links.response_batches.do_send(SendResponses(batch));
+            }
+        }
+    }
+
     fn rearm(&mut self, ctx: &mut Context<Self>) {
         let next = self.timers.first().map(|(t, _)| *t);
         self.wakeup.arm(next, ctx, |a, ctx| {
@@ -336,6 +378,7 @@ impl SubscriberShard {
             }
             self.input(idx, subscriber::Input::Timeout, None, ctx);
         }
+        self.flush();
         self.rearm(ctx);
     }
 
@@ -409,12 +452,13 @@ impl Handler<ToSubscriber> for SubscriberShard {
             }
         };
         self.input(idx, subscriber::Input::Stanza(&msg.stanza), None, ctx);
+        self.flush();
     }
 }
 
-impl Handler<ShardNotify> for SubscriberShard {
-    type Result = ();
-    fn handle(&mut self, msg: ShardNotify, ctx: &mut Context<Self>) {
+impl SubscriberShard {
+    /// One NOTIFY: to its pair, else on to the next shard, else 481.
+    fn notify(&mut self, msg: ShardNotify, ctx: &mut Context<Self>) {
         let found = match msg.req.method {
             Method::Notify => self.find_call(&msg.req.call_id),
             _ => None,
@@ -432,11 +476,27 @@ impl Handler<ShardNotify> for SubscriberShard {
                 // Case 73: a NOTIFY for no subscription.
                 tracing::debug!(call_id = %msg.req.call_id, "NOTIFY for no subscription");
                 let resp = OutResponse::to_request(&msg.req, 481, None);
-                self.links
-                    .responses
-                    .do_send(SendResponse { txn: msg.txn, resp });
+                self.out_responses.push(SendResponse { txn: msg.txn, resp });
             }
         }
+    }
+}
+
+impl Handler<ShardNotify> for SubscriberShard {
+    type Result = ();
+    fn handle(&mut self, msg: ShardNotify, ctx: &mut Context<Self>) {
+        self.notify(msg, ctx);
+        self.flush();
+    }
+}
+
+impl Handler<ShardNotifies> for SubscriberShard {
+    type Result = ();
+    fn handle(&mut self, msg: ShardNotifies, ctx: &mut Context<Self>) {
+        for n in msg.0 {
+            self.notify(n, ctx);
+        }
+        self.flush();
     }
 }
 
@@ -460,6 +520,7 @@ impl Handler<TransactionOutcome> for SubscriberShard {
                 self.input(idx, input, None, ctx)
             }
         }
+        self.flush();
     }
 }
 
@@ -483,6 +544,7 @@ impl Handler<RestorePairs> for SubscriberShard {
                 let after = a.drain(idx, None, ctx);
                 gauge_move("xmpp_to_sip", None, after);
             }
+            a.flush();
         });
     }
 }

@@ -27,6 +27,9 @@ pub struct Links {
     pub requests: Recipient<SendRequest>,
     pub responses: Recipient<SendResponse>,
     pub stanzas: Recipient<SendPresence>,
+    /// The same two, for batches (the subscriber shards' hot path).
+    pub response_batches: Recipient<SendResponses>,
+    pub stanza_batches: Recipient<SendPresences>,
     pub registry: Addr<Registry>,
     pub store: StoreHandle,
 }

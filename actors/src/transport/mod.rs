@@ -780,3 +780,14 @@ impl Handler<GetStats> for SipTransport {
         })
     }
 }
+
+/// A batch of responses: each as [`SendResponse`].
+impl Handler<crate::messages::SendResponses> for SipTransport {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::messages::SendResponses, ctx: &mut Context<Self>) {
+        for r in msg.0 {
+            <Self as Handler<SendResponse>>::handle(self, r, ctx);
+        }
+    }
+}
