@@ -296,6 +296,18 @@ impl Presentity {
         self.out.pop_front()
     }
 
+    /// Releases spare capacity once the outputs are drained. A presentity spends its life idle
+    /// between events; a drained queue that once held a few outputs (~700 bytes each) and a
+    /// dialog list grown by doubling would otherwise dominate its memory.
+    pub fn shrink(&mut self) {
+        if self.out.is_empty() {
+            self.out = VecDeque::new();
+        }
+        if self.dialogs.capacity() >= 2 * self.dialogs.len() + 2 {
+            self.dialogs.shrink_to_fit();
+        }
+    }
+
     /// The next instant at which [`Input::Timeout`] has work to do. Only timers that can fire
     /// are reported: a fetch waits for its deadline only (its lease is already over), and a
     /// dialog whose final NOTIFY waits behind an outstanding one waits for that response, so a

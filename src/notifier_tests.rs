@@ -1187,3 +1187,21 @@ fn error_bounce_of_probe_ends_active_dialog_too() {
     assert!(reqs[0].body.is_empty());
     assert!(t.p.dialogs().is_empty());
 }
+
+/// Issue 7: a drained presentity keeps no spare room (the runtime calls `shrink` after every
+/// drain), and behaves the same afterwards: the next change is NOTIFYed in the same dialog.
+#[test]
+fn shrink_after_drain_keeps_dialogs_and_behaviour() {
+    let mut t = T::approved();
+    let n = t.active();
+    t.p.shrink();
+    assert_eq!(t.p.dialogs().len(), 1);
+    t.advance(Duration::from_secs(10));
+    let out = t.presence("balcony", "<show>away</show>");
+    let r = requests(&out);
+    assert_eq!(r.len(), 1, "{out:?}");
+    assert_eq!(
+        (r[0].call_id.as_str(), r[0].cseq),
+        (n.call_id.as_str(), n.cseq + 1)
+    );
+}

@@ -262,6 +262,7 @@ impl XmppPresentityTranslator {
                 }
             }
         }
+        self.machine.shrink();
         let next = self.machine.poll_timeout();
         self.wakeup.arm(next, ctx, |a, ctx| {
             a.wakeup.at = None;
