@@ -1866,3 +1866,25 @@ async fn unanswered_subscribe_is_retransmitted_times_out_and_the_pair_backs_off(
     let (status, _) = http_get(&http, "/health").await;
     assert_eq!(status, 200);
 }
+
+/// Issue 6: `limits.max_status_chars` governs the `<status>` made from a PIDF note: with 5,
+/// "On the balcony" reaches romeo as "On th".
+#[actix_rt::test]
+async fn limits_max_status_chars_cuts_the_status_of_the_presence_stanza() {
+    let mut gw = start_with(|c| c.limits.max_status_chars = 5).await;
+    gw.xmpp.send(&subscribe_stanza("subscribe", "s1")).await;
+    let (sub, _) = gw.proxy.request(Method::Subscribe).await;
+    gw.proxy.answer(&sub, 200, "OK", &["Expires: 1800"]).await;
+    let notify = gw
+        .proxy
+        .notify(&sub, 101, "active;expires=1740", Some(PIDF_BALCONY));
+    let (resp, raw) = gw.proxy.transact(&notify).await;
+    check_notify_ok(&resp, &raw, &notify, 101);
+    assert_eq!(gw.xmpp.stanza().await, SUBSCRIBED);
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        "<presence from='juliet*example.com@sip.example.net/t-desk' to='romeo@example.net'>\
+         <show>dnd</show><status xml:lang='en'>On th</status><priority>80</priority></presence>"
+    );
+    gw.xmpp.quiet().await;
+}
