@@ -91,3 +91,45 @@ fn fuzz_sip_parse_folded_blank_line_call_id() {
         }
     }
 }
+
+/// The `winfo` target's round trip: what we parse, `winfo::write` writes back identically.
+fn winfo_round_trip(input: &[u8]) -> Option<crate::winfo::WatcherInfo> {
+    let doc = crate::winfo::parse(input, 65536).ok()?;
+    let written = crate::winfo::write(&doc);
+    assert_eq!(
+        crate::winfo::parse(written.as_bytes(), usize::MAX).ok(),
+        Some(doc.clone()),
+        "{written}"
+    );
+    Some(doc)
+}
+
+#[test]
+fn fuzz_winfo_control_char_in_resource() {
+    let doc = winfo_round_trip(include_bytes!(
+        "../fuzz/regressions/winfo/control_char_in_resource"
+    ));
+    let resource = doc.map(|d| d.lists[0].resource.clone());
+    assert_eq!(
+        resource.as_deref(),
+        Some("sip:alice*xmpp\u{fffd}.test@gw.sip.test")
+    );
+}
+
+#[test]
+fn fuzz_winfo_char_refs_to_controls_and_line_ends_round_trip() {
+    let doc = winfo_round_trip(
+        b"<watcherinfo xmlns='urn:ietf:params:xml:ns:watcherinfo' version='1' state='full'>\
+<watcher-list resource='sip:a&#9;b&#13;c' package='presence'>\
+<watcher id='w&#1;' status='pending' event='subscribe'>sip:x&#13;y&#1;z</watcher>\
+</watcher-list></watcherinfo>",
+    );
+    let l = doc.map(|d| d.lists[0].clone());
+    let l = l.as_ref();
+    assert_eq!(l.map(|l| l.resource.as_str()), Some("sip:a b c"));
+    assert_eq!(l.map(|l| l.watchers[0].id.as_str()), Some("w\u{fffd}"));
+    assert_eq!(
+        l.map(|l| l.watchers[0].uri.as_str()),
+        Some("sip:x\ny\u{fffd}z")
+    );
+}

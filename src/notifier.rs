@@ -28,6 +28,8 @@ pub struct NotifierConfig {
     pub fetch_wait: Duration,
     /// `host:port` put in our Contact.
     pub contact_host: String,
+    /// X's statuses are cut to this many characters in the PIDF (`limits.max_status_chars`).
+    pub max_status_chars: usize,
 }
 
 impl Default for NotifierConfig {
@@ -40,6 +42,7 @@ impl Default for NotifierConfig {
             resubscribe_interval: Duration::from_secs(24 * 3600),
             fetch_wait: Duration::from_secs(2),
             contact_host: "127.0.0.1:5080".to_owned(),
+            max_status_chars: crate::pidf::MAX_STATUS_CHARS,
         }
     }
 }
@@ -222,10 +225,10 @@ pub struct Presentity {
 impl Presentity {
     pub fn new(cfg: NotifierConfig, jid: BareJid, sip_uri: String, seed: u64) -> Presentity {
         Presentity {
+            agg: XmppAggregate::with_max_status_chars(cfg.max_status_chars),
             cfg,
             jid,
             sip_uri,
-            agg: XmppAggregate::new(),
             presence_known: false,
             relations: HashMap::new(),
             dialogs: Vec::new(),

@@ -1205,3 +1205,32 @@ fn shrink_after_drain_keeps_dialogs_and_behaviour() {
         (n.call_id.as_str(), n.cseq + 1)
     );
 }
+
+/// Issue 6: `limits.max_status_chars` cuts X's `<status>` in the PIDF of the NOTIFY, on a char
+/// boundary (5 characters of "Déjeuner" are "Déjeu").
+#[test]
+fn max_status_chars_cuts_the_note_made_from_the_xmpp_status() {
+    let mut t = T::approved();
+    t.p = Presentity::new(
+        NotifierConfig {
+            max_status_chars: 5,
+            ..cfg()
+        },
+        jid(X),
+        X_SIP.to_owned(),
+        42,
+    );
+    t.p.restore_relation(jid(S), WatcherRelation::Approved);
+    t.active();
+    t.now += Duration::from_secs(10);
+    let out = t.presence("orchard", "<status>Déjeuner</status>");
+    let r = requests(&out)[0];
+    let note = "<note>Déjeu</note>";
+    assert_eq!(
+        body(r),
+        format!(
+            "{HEAD}  <tuple id=\"ID-orchard\">\n    <status><basic>open</basic></status>\n    \
+             <contact>{X_SIP}</contact>\n    {note}\n  </tuple>\n  {note}\n</presence>"
+        )
+    );
+}

@@ -25,7 +25,8 @@ pub const NS_RPID_LEGACY: &str = "urn:ietf:params:xml:ns:pidf:status:rpid-status
 pub const MAX_ELEMENTS: usize = 2048;
 /// Nesting allowed; PIDF needs about 5 levels.
 pub const MAX_DEPTH: usize = 32;
-/// ◆ §4.6 / §5.3: status and note text longer than this is cut (on a char boundary).
+/// ◆ §4.6 / §5.3: the default of `limits.max_status_chars`: status and note text longer than
+/// this is cut (on a char boundary) where it becomes a `<status>` or a `<note>`.
 pub const MAX_STATUS_CHARS: usize = 1024;
 
 /// `<basic>` of a tuple. A missing or unrecognized value is `Unknown`, never open (§5.3 step 8).
@@ -527,7 +528,8 @@ impl Parser {
         if text.is_empty() {
             return None;
         }
-        let text = truncate(text).to_owned();
+        // Cut where it becomes a `<status>` (the configured limit); `push_text` bounds it here.
+        let text = text.to_owned();
         let lang = match self.langs.last() {
             Some((d, _)) if *d == depth => self.langs.pop().map(|(_, l)| l),
             _ => self.lang(),
@@ -596,7 +598,6 @@ impl Parser {
             }
             Kind::ActivityOther => {
                 let t = trim_xml(&self.text);
-                let t = truncate(t);
                 if let Some((_, a)) = &mut self.acts {
                     a.items.push(Activity {
                         name: "other".to_owned(),
@@ -737,12 +738,13 @@ impl<'e> Attrs<'e> {
     }
 }
 
-/// ◆ 1024 characters at most; byte length bounds char count, so short text is not scanned.
-pub(crate) fn truncate(s: &str) -> &str {
-    if s.len() <= MAX_STATUS_CHARS {
+/// ◆ `max` characters at most (`limits.max_status_chars`); byte length bounds char count, so
+/// short text is not scanned.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
         s
     } else {
-        crate::xml::truncate_chars(s, MAX_STATUS_CHARS)
+        crate::xml::truncate_chars(s, max)
     }
 }
 
@@ -888,7 +890,8 @@ fn write_note(indent: &str, lang: Option<&str>, text: &str, out: &mut String) {
         out.push('"');
     }
     out.push('>');
-    escape_text(out, truncate(text));
+    // Already cut to the limit by the aggregate (`XmppAggregate::with_max_status_chars`).
+    escape_text(out, text);
     out.push_str("</note>");
 }
 

@@ -63,8 +63,8 @@ fn note_show(text: &str) -> Option<Show> {
     }
 }
 
-/// One `<status>` per language, from the first non-empty source.
-fn statuses_from(notes: &[Note]) -> Vec<Status> {
+/// One `<status>` per language, from the first non-empty source, cut to `max` characters.
+fn statuses_from(notes: &[Note], max: usize) -> Vec<Status> {
     let mut out: Vec<Status> = Vec::new();
     for n in notes {
         let text = n.text.trim();
@@ -73,7 +73,7 @@ fn statuses_from(notes: &[Note]) -> Vec<Status> {
         }
         out.push(Status {
             lang: n.lang.clone(),
-            text: crate::pidf::truncate(text).to_owned(),
+            text: crate::pidf::truncate(text, max).to_owned(),
         });
     }
     out
@@ -97,8 +97,14 @@ fn hashed_resource(id: &str) -> String {
 }
 
 /// §5.3 steps 1–6: what each tuple says, as XMPP availability. Tuples whose id maps to a
-/// resource already seen are dropped unless they are the first open one.
+/// resource already seen are dropped unless they are the first open one. Statuses are cut at
+/// the default [`crate::pidf::MAX_STATUS_CHARS`]; see [`view_pidf_with`].
 pub fn view_pidf(doc: &PidfDoc, now_unix: i64) -> Vec<TupleView> {
+    view_pidf_with(doc, now_unix, crate::pidf::MAX_STATUS_CHARS)
+}
+
+/// [`view_pidf`] with statuses cut to `max_status_chars` characters (`limits.max_status_chars`).
+pub fn view_pidf_with(doc: &PidfDoc, now_unix: i64, max_status_chars: usize) -> Vec<TupleView> {
     let person = doc.person.as_ref();
     let person_acts = person
         .and_then(|p| p.activities.as_ref())
@@ -137,7 +143,7 @@ pub fn view_pidf(doc: &PidfDoc, now_unix: i64) -> Vec<TupleView> {
             acts_notes,
         ]
         .into_iter()
-        .map(statuses_from)
+        .map(|notes| statuses_from(notes, max_status_chars))
         .find(|s| !s.is_empty())
         .unwrap_or_default();
         let show = acts.and_then(strongest).or(idle_show).or_else(|| {
@@ -364,18 +370,26 @@ impl Entry {
 }
 
 /// The presence of one XMPP user over all its resources: the input of one PIDF (§4.6).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct XmppAggregate {
     /// Available resources, sorted by priority (descending) then name.
     entries: Vec<Entry>,
     seq: u32,
     /// Statuses of the last `unavailable` that left no resource (the closed document's note).
     offline: Vec<Status>,
+    /// Statuses are cut to this many characters on the way in (`limits.max_status_chars`).
+    max_status_chars: usize,
+}
+
+impl Default for XmppAggregate {
+    fn default() -> Self {
+        Self::with_max_status_chars(crate::pidf::MAX_STATUS_CHARS)
+    }
 }
 
 /// Statuses as the PIDF will carry them: default language filled in from the stanza, one per
-/// language, truncated (§4.6).
-fn normalize(body: &Availability, lang: Option<&str>) -> Availability {
+/// language, cut to `max` characters (§4.6).
+fn normalize(body: &Availability, lang: Option<&str>, max: usize) -> Availability {
     let mut statuses: Vec<Status> = Vec::with_capacity(body.statuses.len());
     for s in &body.statuses {
         let l = s.lang.as_deref().or(lang).filter(|l| !l.is_empty());
@@ -384,7 +398,7 @@ fn normalize(body: &Availability, lang: Option<&str>) -> Availability {
         }
         statuses.push(Status {
             lang: l.map(str::to_owned),
-            text: crate::pidf::truncate(&s.text).to_owned(),
+            text: crate::pidf::truncate(&s.text, max).to_owned(),
         });
     }
     Availability {
@@ -397,6 +411,16 @@ fn normalize(body: &Availability, lang: Option<&str>) -> Availability {
 impl XmppAggregate {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty aggregate whose statuses are cut to `max` characters (`limits.max_status_chars`).
+    pub fn with_max_status_chars(max: usize) -> Self {
+        XmppAggregate {
+            entries: Vec::new(),
+            seq: 0,
+            offline: Vec::new(),
+            max_status_chars: max,
+        }
     }
 
     /// Applies an available/unavailable presence from resource `resource` (None = bare JID).
@@ -412,7 +436,7 @@ impl XmppAggregate {
         let name = resource.unwrap_or("");
         match kind {
             PresenceType::Available => {
-                let avail = normalize(body, lang);
+                let avail = normalize(body, lang, self.max_status_chars);
                 let pos = self.entries.iter().position(|e| &*e.resource == name);
                 if let Some(i) = pos {
                     if self.entries[i].avail == avail {
@@ -449,7 +473,7 @@ impl XmppAggregate {
                 self.entries.retain(|e| &*e.resource != r);
                 let mut changed = self.entries.len() != before;
                 if self.entries.is_empty() {
-                    let st = normalize(body, lang).statuses;
+                    let st = normalize(body, lang, self.max_status_chars).statuses;
                     if st != self.offline {
                         self.offline = st;
                         changed = true;

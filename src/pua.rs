@@ -11,7 +11,7 @@ use crate::address::AddressMapper;
 use crate::ids::IdGen;
 use crate::pidf;
 use crate::presence::XmppAggregate;
-use crate::publisher::{self, Publication, PublisherConfig};
+use crate::publisher::{self, Publication, PublicationRecord, PublisherConfig};
 use crate::sip::{
     Destination, Method, NameAddr, OutRequest, OutResponse, SipRequest, SipResponse, SubState,
 };
@@ -30,6 +30,8 @@ pub struct PuaConfig {
     pub contact_host: String,
     pub call_id_host: String,
     pub max_body: usize,
+    /// X's statuses are cut to this many characters in the PIDF (`limits.max_status_chars`).
+    pub max_status_chars: usize,
 }
 
 #[derive(Debug)]
@@ -58,6 +60,8 @@ pub enum Output {
     Request(OutRequest),
     Response(OutResponse),
     Stanza(OutPresence),
+    /// The publication changed (a 2xx to a PUBLISH): store it, to resume it after a restart.
+    Persist(PublicationRecord),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,11 +106,11 @@ impl PuaPresentity {
     ) -> PuaPresentity {
         let publication = Publication::new(cfg.publisher.clone(), uri.clone(), seed ^ 0x5555);
         PuaPresentity {
+            agg: XmppAggregate::with_max_status_chars(cfg.max_status_chars),
             cfg,
             jid,
             uri,
             mapper,
-            agg: XmppAggregate::new(),
             publication,
             winfo: None,
             winfo_wanted: false,
@@ -133,11 +137,23 @@ impl PuaPresentity {
         &self.publication
     }
 
+    /// Resumes X's stored publication after a restart (issue 6): refreshed at once, or
+    /// published anew with the stored body ([`Publication::restore`]); `rec.lease_left` is
+    /// what is left now. Ignored if this presentity has published since it was created.
+    pub fn restore_publication(&mut self, rec: PublicationRecord, now: Instant) {
+        if !self.publication.is_unused() {
+            return;
+        }
+        let seed = self.rng.next_u64();
+        self.publication = Publication::restore(self.cfg.publisher.clone(), rec, seed, now);
+    }
+
     pub fn poll_output(&mut self) -> Option<Output> {
         while let Some(o) = self.publication.poll_output() {
-            if let publisher::Output::Request(r) = o {
-                self.out.push_back(Output::Request(r));
-            }
+            self.out.push_back(match o {
+                publisher::Output::Request(r) => Output::Request(r),
+                publisher::Output::Persist(rec) => Output::Persist(rec),
+            });
         }
         self.out.pop_front()
     }

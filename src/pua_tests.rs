@@ -5,14 +5,22 @@ use crate::address::MappingConfig;
 use crate::sip::parse::parse_message;
 use crate::sip::SipMessage;
 
-fn machine() -> PuaPresentity {
-    let cfg = PuaConfig {
+fn cfg() -> PuaConfig {
+    PuaConfig {
         publisher: PublisherConfig::default(),
         winfo_expires: 3600,
         contact_host: "gw.xmpp.example.com:5060".into(),
         call_id_host: "gw.xmpp.example.com".into(),
         max_body: 65536,
-    };
+        max_status_chars: crate::pidf::MAX_STATUS_CHARS,
+    }
+}
+
+fn machine() -> PuaPresentity {
+    machine_with(cfg())
+}
+
+fn machine_with(cfg: PuaConfig) -> PuaPresentity {
     let mapper = AddressMapper::new(MappingConfig::encoded(
         "sip.example.net",
         "xmpp.example.com",
@@ -231,4 +239,90 @@ fn one_publish_per_change_however_many_copies_arrive() {
         m.handle_input(Input::Stanza(&copy), now);
         assert!(drain(&mut m).is_empty());
     }
+}
+
+/// Issue 6: `limits.max_status_chars` cuts X's `<status>` in the PUBLISHed PIDF, on a char
+/// boundary (5 characters of "Déjeuner" are "Déjeu").
+#[test]
+fn max_status_chars_cuts_the_note_in_the_publish() {
+    let mut m = machine_with(PuaConfig {
+        max_status_chars: 5,
+        ..cfg()
+    });
+    let p = InPresence::from_xml(
+        "<presence from='romeo@example.net/orchard' to='juliet*example.com@sip.example.net'><status>Déjeuner</status></presence>",
+    )
+    .unwrap();
+    m.handle_input(Input::Stanza(&p), Instant::now());
+    let out = drain(&mut m);
+    let reqs = requests(&out);
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(
+        String::from_utf8(reqs[0].body.clone()).unwrap(),
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"pres:romeo*example.net@xmpp.example.com\">\n  \
+<tuple id=\"ID-orchard\">\n    <status><basic>open</basic></status>\n    \
+<contact>sip:romeo*example.net@xmpp.example.com</contact>\n    <note>Déjeu</note>\n  </tuple>\n  \
+<note>Déjeu</note>\n</presence>"
+    );
+}
+
+/// Issue 6: after a restart the stored publication is refreshed without any stanza from X,
+/// and its 2xx is persisted again.
+#[test]
+fn restored_publication_is_refreshed_at_once_and_persisted() {
+    let mut m = machine();
+    let now = Instant::now();
+    let rec = PublicationRecord {
+        uri: "sip:romeo*example.net@xmpp.example.com".into(),
+        etag: Some("kwj449x".into()),
+        call_id: "p7a3c1e09@gw.xmpp.example.com".into(),
+        cseq: 4,
+        body: Some("<presence/>".into()),
+        available: true,
+        lease_left: Some(1200),
+    };
+    m.restore_publication(rec.clone(), now);
+    let out = drain(&mut m);
+    let reqs = requests(&out);
+    assert_eq!(reqs.len(), 1, "{out:?}");
+    let r = reqs[0].clone();
+    assert_eq!(r.method, Method::Publish);
+    assert_eq!(
+        (r.call_id.as_str(), r.cseq),
+        ("p7a3c1e09@gw.xmpp.example.com", 5)
+    );
+    assert_eq!(
+        r.headers,
+        vec![
+            ("Event", "presence".to_owned()),
+            ("SIP-If-Match", "kwj449x".to_owned()),
+            ("Expires", "3600".to_owned()),
+        ]
+    );
+    assert!(r.body.is_empty());
+    let text = format!(
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP gw.xmpp.example.com:5060;branch=z9hG4bK-p\r\n\
+         From: <{0}>;tag={1}\r\nTo: <{0}>;tag=ps-1\r\nCall-ID: {2}\r\nCSeq: 5 PUBLISH\r\n\
+         SIP-ETag: r0t\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n",
+        r.uri,
+        r.from.tag.as_deref().unwrap(),
+        r.call_id
+    );
+    let Ok(SipMessage::Response(resp)) = parse_message(text.as_bytes()) else {
+        panic!("bad test response")
+    };
+    m.handle_input(Input::Response(&resp), now);
+    assert_eq!(
+        drain(&mut m),
+        vec![Output::Persist(PublicationRecord {
+            etag: Some("r0t".into()),
+            cseq: 5,
+            lease_left: Some(3600),
+            ..rec.clone()
+        })]
+    );
+    // A second restore (a late message) does not replace the live publication.
+    m.restore_publication(rec, now);
+    assert!(drain(&mut m).is_empty());
 }

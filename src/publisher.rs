@@ -40,13 +40,22 @@ pub enum PublishKind {
     Remove,
 }
 
-/// What is persisted of a publication.
+/// What is persisted of a publication: enough to refresh it after a restart (issue 6) without
+/// waiting for X to send presence again ([`Publication::restore`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicationRecord {
     pub uri: String,
     pub etag: Option<String>,
     pub call_id: String,
     pub cseq: u32,
+    /// The document the server holds under `etag`: X's last presence sent. `None` after a
+    /// removal.
+    pub body: Option<String>,
+    /// Whether X was available (an unavailable document is removed `remove_after` later).
+    pub available: bool,
+    /// Seconds of the publication left: as granted when written; when restoring, what is
+    /// left now (0 or `None`: gone from the server).
+    pub lease_left: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -132,8 +141,48 @@ impl Publication {
         }
     }
 
+    /// Resumes a stored publication after a restart (issue 6, RFC 3903 §4.3). While the server
+    /// still holds it (an entity-tag and `lease_left` > 0) it is refreshed at once:
+    /// `SIP-If-Match` with the stored entity-tag and no body; a 412 publishes the stored body
+    /// anew (case 89). An expired one is published anew with its body, unless X was
+    /// unavailable (its removal was due anyway). An unavailable document is removed
+    /// `remove_after` from `now`. Same Call-ID, CSeq continued.
+    pub fn restore(
+        cfg: PublisherConfig,
+        rec: PublicationRecord,
+        seed: u64,
+        now: Instant,
+    ) -> Publication {
+        let mut p = Publication::new(cfg, rec.uri, seed);
+        p.call_id = rec.call_id;
+        p.cseq = rec.cseq;
+        let Some(body) = rec.body else {
+            return p;
+        };
+        let alive = rec.etag.is_some() && rec.lease_left.is_some_and(|l| l > 0);
+        if !alive && !rec.available {
+            return p;
+        }
+        if !rec.available {
+            p.remove_at = Some(now + p.cfg.remove_after);
+        }
+        p.body = Some(body);
+        if alive {
+            p.etag = rec.etag;
+            p.published = p.body.clone();
+            p.send(PublishKind::Refresh, p.expires);
+        } else {
+            p.send(PublishKind::Initial, p.expires);
+        }
+        p
+    }
+
     pub fn etag(&self) -> Option<&str> {
         self.etag.as_deref()
+    }
+    /// Nothing was ever sent or asked of this publication (a restore may replace it).
+    pub fn is_unused(&self) -> bool {
+        self.cseq == 0 && self.body.is_none()
     }
     /// False after the server said 489 (no presence package): PUA mode is off for it.
     pub fn is_enabled(&self) -> bool {
@@ -290,6 +339,12 @@ impl Publication {
                     etag: self.etag.clone(),
                     call_id: self.call_id.clone(),
                     cseq: self.cseq,
+                    body: self.published.clone(),
+                    available: self.remove_at.is_none(),
+                    lease_left: self
+                        .published
+                        .is_some()
+                        .then(|| r.expires.map_or(requested, |e| e.min(requested))),
                 }));
                 if self.queued {
                     self.send_change();

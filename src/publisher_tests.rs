@@ -161,6 +161,9 @@ fn case_087_initial_publish_has_body_and_no_if_match_then_etag_is_stored() {
             etag: Some("kwj449x".to_owned()),
             call_id: r.call_id.clone(),
             cseq: 1,
+            body: Some(OPEN.to_owned()),
+            available: true,
+            lease_left: Some(3600),
         })]
     );
 }
@@ -430,4 +433,123 @@ fn responses_for_other_requests_are_ignored() {
     assert_eq!(t.p.etag(), None);
     t.ok(&r, "kwj449x");
     assert_eq!(t.p.etag(), Some("kwj449x"));
+}
+
+// ---- restore after a restart (issue 6) --------------------------------------------------------
+
+const STORED_CALL_ID: &str = "p7a3c1e09@gw.xmpp.example.com";
+
+fn stored(etag: Option<&str>, body: Option<&str>, available: bool, left: u32) -> PublicationRecord {
+    PublicationRecord {
+        uri: X_SIP.to_owned(),
+        etag: etag.map(str::to_owned),
+        call_id: STORED_CALL_ID.to_owned(),
+        cseq: 4,
+        body: body.map(str::to_owned),
+        available,
+        lease_left: Some(left),
+    }
+}
+
+impl T {
+    fn restored(rec: PublicationRecord) -> (T, Vec<Output>) {
+        let now = Instant::now();
+        let mut t = T {
+            p: Publication::restore(cfg(), rec, 42, now),
+            now,
+            t0: now,
+        };
+        let out = t.drain();
+        (t, out)
+    }
+}
+
+#[test]
+fn restore_of_a_live_publication_refreshes_it_at_once_with_the_stored_etag() {
+    let (mut t, out) = T::restored(stored(Some("kwj449x"), Some(OPEN), true, 1200));
+    let r = only_request(&out);
+    let via = "SIP/2.0/UDP gw.xmpp.example.com:5060;branch=z9hG4bK-pub-0005";
+    assert_eq!(
+        wire(&r, via),
+        format!(
+            "PUBLISH sip:romeo*example.net@xmpp.example.com SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n\
+             From: <sip:romeo*example.net@xmpp.example.com>;tag={}\r\n\
+             To: <sip:romeo*example.net@xmpp.example.com>\r\nCall-ID: {STORED_CALL_ID}\r\nCSeq: 5 PUBLISH\r\n\
+             Event: presence\r\nSIP-If-Match: kwj449x\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n",
+            r.from.tag.as_deref().unwrap(),
+        )
+    );
+    assert_eq!(
+        t.ok(&r, "r0t"),
+        vec![Output::Persist(PublicationRecord {
+            uri: X_SIP.to_owned(),
+            etag: Some("r0t".to_owned()),
+            call_id: STORED_CALL_ID.to_owned(),
+            cseq: 5,
+            body: Some(OPEN.to_owned()),
+            available: true,
+            lease_left: Some(3600),
+        })]
+    );
+    // The server holds the stored document: the same presence again is no change, a new one
+    // is a modify of the refreshed entity-tag.
+    assert!(t.update(OPEN, true).is_empty());
+    let r = only_request(&t.update(AWAY, true));
+    assert_eq!(r.cseq, 6);
+    assert_eq!(r.header("SIP-If-Match"), Some("r0t"));
+    assert_eq!(body(&r), AWAY);
+}
+
+#[test]
+fn case_089_restored_refresh_answered_412_publishes_the_stored_body_anew() {
+    let (mut t, out) = T::restored(stored(Some("kwj449x"), Some(AWAY), true, 1200));
+    let refresh = only_request(&out);
+    assert_eq!(refresh.header("SIP-If-Match"), Some("kwj449x"));
+    let r = only_request(&t.answer(&refresh, 412, ""));
+    assert_eq!((r.call_id.as_str(), r.cseq), (STORED_CALL_ID, 6));
+    assert_eq!(
+        r.headers,
+        vec![
+            ("Event", "presence".to_owned()),
+            ("Expires", "3600".to_owned()),
+        ]
+    );
+    assert_eq!(r.content_type, Some("application/pidf+xml"));
+    assert_eq!(body(&r), AWAY);
+    t.ok(&r, "n3w");
+    assert_eq!(t.p.etag(), Some("n3w"));
+}
+
+#[test]
+fn restore_of_an_expired_publication_publishes_the_stored_body_anew() {
+    let (_, out) = T::restored(stored(Some("kwj449x"), Some(OPEN), true, 0));
+    let r = only_request(&out);
+    assert_eq!(r.cseq, 5);
+    assert_eq!(r.header("SIP-If-Match"), None);
+    assert_eq!(r.header("Expires"), Some("3600"));
+    assert_eq!(body(&r), OPEN);
+}
+
+#[test]
+fn restore_of_an_unavailable_publication_refreshes_then_removes_it_after_60_s() {
+    let (mut t, out) = T::restored(stored(Some("kwj449x"), Some(CLOSED), false, 1200));
+    let r = only_request(&out);
+    assert_eq!(r.header("SIP-If-Match"), Some("kwj449x"));
+    t.ok(&r, "c10");
+    let restored_at = t.now;
+    let r = only_request(&t.advance_to_timeout());
+    assert_eq!(t.now - restored_at, Duration::from_secs(60));
+    assert_eq!(r.header("SIP-If-Match"), Some("c10"));
+    assert_eq!(r.header("Expires"), Some("0"));
+    assert!(r.body.is_empty());
+}
+
+#[test]
+fn restore_sends_nothing_for_a_removed_or_expired_unavailable_publication() {
+    let (t, out) = T::restored(stored(None, None, true, 0));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(t.p.poll_timeout(), None);
+    let (t, out) = T::restored(stored(Some("kwj449x"), Some(CLOSED), false, 0));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(t.p.poll_timeout(), None);
 }

@@ -35,6 +35,8 @@ pub struct SubscriberConfig {
     pub call_id_host: String,
     /// Largest NOTIFY body accepted (413 above).
     pub max_body: usize,
+    /// `<status>` texts are cut to this many characters (`limits.max_status_chars`).
+    pub max_status_chars: usize,
 }
 
 impl SubscriberConfig {
@@ -44,6 +46,7 @@ impl SubscriberConfig {
             contact_host: contact_host.to_owned(),
             call_id_host: call_id_host.to_owned(),
             max_body: 65536,
+            max_status_chars: crate::pidf::MAX_STATUS_CHARS,
         }
     }
 }
@@ -722,7 +725,11 @@ impl Subscription {
             None
         } else {
             match pidf::parse(&req.body, self.cfg.max_body) {
-                Ok(doc) => Some(presence::view_pidf(&doc, now_unix)),
+                Ok(doc) => Some(presence::view_pidf_with(
+                    &doc,
+                    now_unix,
+                    self.cfg.max_status_chars,
+                )),
                 Err(e) => {
                     self.out.push_back(Output::Problem(match e {
                         pidf::PidfError::TooLarge => "pidf_too_large",

@@ -741,3 +741,32 @@ fn timeout_or_restart_never_sends_roster_changes() {
         assert!(!s.contains("unsubscribe"), "{s}");
     }
 }
+
+/// Issue 6: `limits.max_status_chars` cuts the `<status>` made from a PIDF note, on a char
+/// boundary (5 characters of "Été au balcon" are "Été a").
+#[test]
+fn max_status_chars_cuts_the_status_made_from_the_pidf_note() {
+    let mut cfg = cfg();
+    cfg.max_status_chars = 5;
+    let mut t = T::new(Relation::Approved);
+    t.sub = Subscription::new(cfg, pair(), Relation::Approved, 42);
+    t.stanza("subscribe");
+    t.respond(200, "Expires: 1800\r\n");
+    let pidf = PIDF_42.replace("On the balcony", "Été au balcon");
+    let out = t.notify(102, "active;expires=1740", Some(&pidf));
+    let stanzas: Vec<String> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Stanza(s) => Some(s.to_xml()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        stanzas,
+        vec![
+            "<presence from='juliet*example.com@sip.example.net/t-desk' to='romeo@example.net'>\
+<show>dnd</show><status xml:lang='en'>Été a</status><priority>80</priority></presence>"
+                .to_owned()
+        ]
+    );
+}

@@ -165,11 +165,26 @@ fn attrs(e: &BytesStart<'_>) -> Result<Vec<(String, String)>, WinfoError> {
         let key = a.key.local_name().as_ref().to_string();
         let value = a
             .normalized_value(XmlVersion::Implicit1_0)
-            .map_err(xml_err)?
-            .into_owned();
-        out.push((key, value));
+            .map_err(xml_err)?;
+        out.push((key, writable(&value, true)));
     }
     Ok(out)
+}
+
+/// A value as our writer (`xml::escape_*`) writes it back, so `parse(write(doc)) == doc`:
+/// characters XML 1.0 forbids (reachable through lenient parsing and character references)
+/// become U+FFFD; in an attribute, tab and line ends become spaces (attribute-value
+/// normalization turns the raw ones we write into spaces); in text, CR becomes LF.
+fn writable(s: &str, attr: bool) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\t' | '\n' | '\r' if attr => ' ',
+            '\r' => '\n',
+            '\t' | '\n' => c,
+            '\u{0}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}' => '\u{fffd}',
+            c => c,
+        })
+        .collect()
 }
 
 fn get<'a>(attrs: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -234,7 +249,7 @@ fn close_watcher(open: OpenWatcher) -> Result<Watcher, WinfoError> {
         return Err(WinfoError::EmptyWatcherUri);
     }
     Ok(Watcher {
-        uri: uri.to_string(),
+        uri: writable(uri, false),
         ..open.w
     })
 }

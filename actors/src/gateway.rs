@@ -189,6 +189,7 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         &listen.ip().to_string(),
     );
     subscriber.max_body = config.limits.max_pidf_body;
+    subscriber.max_status_chars = config.limits.max_status_chars;
     let pua = PuaConfig {
         publisher: PublisherConfig {
             expires: config.presence.subscribe_expires,
@@ -199,10 +200,12 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         contact_host: contact_host.clone(),
         call_id_host: listen.ip().to_string(),
         max_body: config.limits.max_pidf_body,
+        max_status_chars: config.limits.max_status_chars,
     };
     let notifier = NotifierConfig {
         min_interval: Duration::from_secs(config.presence.notify_min_interval_secs),
         contact_host,
+        max_status_chars: config.limits.max_status_chars,
         ..NotifierConfig::default()
     };
     let reg = Registry::new(

@@ -82,10 +82,11 @@ pub enum StoreOp {
     DeleteNotifierDialog {
         call_id: String,
     },
-    /// Key presentity X.
+    /// Key presentity X. `expires_at_unix`: wall-clock end of the publication.
     PutPublication {
         presentity: BareJid,
         rec: PublicationRecord,
+        expires_at_unix: Option<i64>,
     },
     /// Key presentity X; `wanted: false` deletes the row.
     PutWinfo {
@@ -99,6 +100,16 @@ impl StoreOp {
     pub fn subscription(rec: SubscriptionRecord, now_unix: i64) -> StoreOp {
         let expires_at_unix = rec.lease_left.map(|left| now_unix + i64::from(left));
         StoreOp::PutSubscription {
+            rec,
+            expires_at_unix,
+        }
+    }
+
+    /// The op for a publication record of `presentity`; its end is computed from `lease_left`.
+    pub fn publication(presentity: BareJid, rec: PublicationRecord, now_unix: i64) -> StoreOp {
+        let expires_at_unix = rec.lease_left.map(|left| now_unix + i64::from(left));
+        StoreOp::PutPublication {
+            presentity,
             rec,
             expires_at_unix,
         }
@@ -232,7 +243,8 @@ pub struct Snapshot {
     pub relations: Vec<(BareJid, BareJid, WatcherRelation)>,
     /// (presentity X, dialog).
     pub notifier_dialogs: Vec<(BareJid, StoredNotifierDialog)>,
-    pub publications: Vec<(BareJid, PublicationRecord)>,
+    /// (presentity X, record as written, wall-clock end of the publication).
+    pub publications: Vec<(BareJid, PublicationRecord, Option<i64>)>,
     /// Presentities whose presence.winfo is wanted.
     pub winfo: Vec<BareJid>,
 }
@@ -313,7 +325,7 @@ pub trait Store: Send + 'static {
 
 /// Schema migrations, applied in order: `(version, SQL)`. Add a change as the next entry;
 /// never edit an applied one.
-pub const MIGRATIONS: &[(u32, &str)] = &[(1, MIGRATION_1)];
+pub const MIGRATIONS: &[(u32, &str)] = &[(1, MIGRATION_1), (2, MIGRATION_2)];
 
 const MIGRATION_1: &str = "
 CREATE TABLE subscription (
@@ -368,6 +380,15 @@ CREATE TABLE winfo (
 ) WITHOUT ROWID;
 ";
 
+/// PUA mode resumes a publication after a restart: the document the server holds (X's last
+/// presence sent), whether X was available, and the lease (as written, and its wall-clock end).
+const MIGRATION_2: &str = "
+ALTER TABLE publication ADD COLUMN body TEXT;
+ALTER TABLE publication ADD COLUMN available INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE publication ADD COLUMN lease_left INTEGER;
+ALTER TABLE publication ADD COLUMN expires_at INTEGER;
+";
+
 const PUT_SUBSCRIPTION: &str = "INSERT INTO subscription (watcher, presentity, watcher_uri,
     presentity_uri, relation, lease_left, expires_at, call_id, local_tag, remote_tag, local_cseq,
     remote_cseq, remote_target, route_set, requested)
@@ -394,9 +415,12 @@ const PUT_DIALOG: &str = "INSERT INTO notifier_dialog (call_id, presentity, loca
     remote_cseq = excluded.remote_cseq, event_id = excluded.event_id,
     active = excluded.active, expires_at = excluded.expires_at";
 const DELETE_DIALOG: &str = "DELETE FROM notifier_dialog WHERE call_id = ?1";
-const PUT_PUBLICATION: &str = "INSERT INTO publication (presentity, uri, etag, call_id, cseq)
-  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (presentity) DO UPDATE SET uri = excluded.uri,
-    etag = excluded.etag, call_id = excluded.call_id, cseq = excluded.cseq";
+const PUT_PUBLICATION: &str = "INSERT INTO publication (presentity, uri, etag, call_id, cseq,
+    body, available, lease_left, expires_at)
+  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (presentity) DO UPDATE SET
+    uri = excluded.uri, etag = excluded.etag, call_id = excluded.call_id, cseq = excluded.cseq,
+    body = excluded.body, available = excluded.available, lease_left = excluded.lease_left,
+    expires_at = excluded.expires_at";
 const PUT_WINFO: &str = "INSERT INTO winfo (presentity) VALUES (?1) ON CONFLICT DO NOTHING";
 const DELETE_WINFO: &str = "DELETE FROM winfo WHERE presentity = ?1";
 
@@ -618,13 +642,21 @@ impl Store for SqliteStore {
                 StoreOp::DeleteNotifierDialog { call_id } => {
                     tx.prepare_cached(DELETE_DIALOG)?.execute([call_id])?;
                 }
-                StoreOp::PutPublication { presentity, rec } => {
+                StoreOp::PutPublication {
+                    presentity,
+                    rec,
+                    expires_at_unix,
+                } => {
                     tx.prepare_cached(PUT_PUBLICATION)?.execute(params![
                         presentity.as_str(),
                         rec.uri,
                         rec.etag,
                         rec.call_id,
-                        rec.cseq
+                        rec.cseq,
+                        rec.body,
+                        rec.available,
+                        rec.lease_left,
+                        expires_at_unix,
                     ])?;
                 }
                 StoreOp::PutWinfo { presentity, wanted } => {
@@ -674,7 +706,9 @@ impl Store for SqliteStore {
             publications: load_rows(
                 conn,
                 "publication",
-                "SELECT presentity, uri, etag, call_id, cseq FROM publication ORDER BY presentity",
+                "SELECT presentity, uri, etag, call_id, cseq, body, available, lease_left,
+                   expires_at
+                 FROM publication ORDER BY presentity",
                 |r| {
                     Ok((
                         jid(r, 0, "presentity")?,
@@ -683,7 +717,11 @@ impl Store for SqliteStore {
                             etag: col(r, 2, "etag")?,
                             call_id: col(r, 3, "call_id")?,
                             cseq: col(r, 4, "cseq")?,
+                            body: col(r, 5, "body")?,
+                            available: col(r, 6, "available")?,
+                            lease_left: col(r, 7, "lease_left")?,
                         },
+                        col(r, 8, "expires_at")?,
                     ))
                 },
             )?,

@@ -356,6 +356,10 @@ impl PuaTranslator {
 
     fn input(&mut self, input: pua::Input<'_>, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
         self.machine.handle_input(input, Instant::now());
+        self.drain(txn, ctx);
+    }
+
+    fn drain(&mut self, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
         while let Some(out) = self.machine.poll_output() {
             match out {
                 pua::Output::Request(req) => {
@@ -368,6 +372,11 @@ impl PuaTranslator {
                     }
                 }
                 pua::Output::Stanza(p) => self.links.stanzas.do_send(SendPresence(p)),
+                pua::Output::Persist(rec) => self.links.store.send(StoreOp::publication(
+                    self.machine.jid().clone(),
+                    rec,
+                    unix_now(),
+                )),
             }
         }
         let current = self.machine.winfo_call_id().map(str::to_owned);
@@ -396,6 +405,25 @@ impl PuaTranslator {
 
 impl Actor for PuaTranslator {
     type Context = Context<Self>;
+}
+
+/// Resumes the stored publication of a PUA-mode presentity after `delay` (restarts are
+/// staggered); `rec.lease_left` is what is left of it now.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct RestorePublication {
+    pub rec: pua_xmpp::publisher::PublicationRecord,
+    pub delay: std::time::Duration,
+}
+
+impl Handler<RestorePublication> for PuaTranslator {
+    type Result = ();
+    fn handle(&mut self, msg: RestorePublication, ctx: &mut Context<Self>) {
+        ctx.run_later(msg.delay, move |a, ctx| {
+            a.machine.restore_publication(msg.rec, Instant::now());
+            a.drain(None, ctx);
+        });
+    }
 }
 
 impl Handler<FromPresentity> for PuaTranslator {

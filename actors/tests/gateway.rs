@@ -1908,3 +1908,108 @@ async fn notify_with_a_rewritten_to_uri_still_reaches_its_pair_through_the_shard
     assert_eq!(resp.status, 481, "{raw}");
     gw.xmpp.quiet().await;
 }
+
+/// Issue 6: `limits.max_status_chars` governs the `<status>` made from a PIDF note: with 5,
+/// "On the balcony" reaches romeo as "On th".
+#[actix_rt::test]
+async fn limits_max_status_chars_cuts_the_status_of_the_presence_stanza() {
+    let mut gw = start_with(|c| c.limits.max_status_chars = 5).await;
+    gw.xmpp.send(&subscribe_stanza("subscribe", "s1")).await;
+    let (sub, _) = gw.proxy.request(Method::Subscribe).await;
+    gw.proxy.answer(&sub, 200, "OK", &["Expires: 1800"]).await;
+    let notify = gw
+        .proxy
+        .notify(&sub, 101, "active;expires=1740", Some(PIDF_BALCONY));
+    let (resp, raw) = gw.proxy.transact(&notify).await;
+    check_notify_ok(&resp, &raw, &notify, 101);
+    assert_eq!(gw.xmpp.stanza().await, SUBSCRIBED);
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        "<presence from='juliet*example.com@sip.example.net/t-desk' to='romeo@example.net'>\
+         <show>dnd</show><status xml:lang='en'>On th</status><priority>80</priority></presence>"
+    );
+    gw.xmpp.quiet().await;
+}
+
+/// Issue 6, PUA mode, restart: the store holds romeo's publication (ETag, Call-ID, CSeq, the
+/// document last sent, 20 min of lease left). At start the gateway refreshes it at once with
+/// `SIP-If-Match` and no body (RFC 3903 §4.3), without any stanza from romeo; the server has
+/// forgotten it (412), so the stored document is published anew; its new ETag is stored.
+#[actix_rt::test]
+async fn issue_6_pua_restart_refreshes_the_stored_publication_and_republishes_on_412() {
+    use pua_xmpp::publisher::PublicationRecord;
+    use pua_xmpp::stanza::BareJid;
+    use pua_xmpp_actors::store::{load_snapshot, SqliteStore, Store, StoreOp};
+    const DOC: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<presence \
+        xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"pres:romeo*example.net@xmpp.example.com\">\n  \
+        <tuple id=\"ID-orchard\"><status><basic>open</basic></status></tuple>\n</presence>";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("pua.db");
+    let romeo = BareJid::new(ROMEO).expect("jid");
+    let stored = PublicationRecord {
+        uri: ROMEO_URI.to_owned(),
+        etag: Some("etag-5".to_owned()),
+        call_id: "pub-1@127.0.0.1".to_owned(),
+        cseq: 4,
+        body: Some(DOC.to_owned()),
+        available: true,
+        lease_left: Some(3600),
+    };
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    {
+        let mut s = SqliteStore::open(&db).expect("open store");
+        s.apply(&[StoreOp::PutPublication {
+            presentity: romeo.clone(),
+            rec: stored.clone(),
+            expires_at_unix: Some(now_unix + 1200),
+        }])
+        .expect("apply");
+    }
+    let path = db.display().to_string();
+    let gw = start_with(move |c| {
+        c.presence.mode = "pua".into();
+        c.store.path = path;
+    })
+    .await;
+    let (refresh, raw) = gw.proxy.request(Method::Publish).await;
+    assert_eq!(refresh.uri, ROMEO_URI);
+    assert_eq!(
+        (refresh.call_id.as_str(), refresh.cseq),
+        ("pub-1@127.0.0.1", 5)
+    );
+    assert_eq!(header_values(&raw, "SIP-If-Match"), ["etag-5"]);
+    assert_eq!(header_values(&raw, "Event"), ["presence"]);
+    assert_eq!(refresh.expires, Some(3600));
+    assert!(refresh.body.is_empty(), "{raw}");
+    gw.proxy
+        .answer(&refresh, 412, "Conditional Request Failed", &[])
+        .await;
+    let (anew, raw) = gw.proxy.request(Method::Publish).await;
+    assert_eq!((anew.call_id.as_str(), anew.cseq), ("pub-1@127.0.0.1", 6));
+    assert_eq!(header_values(&raw, "SIP-If-Match"), Vec::<String>::new());
+    assert_eq!(
+        header_values(&raw, "Content-Type"),
+        ["application/pidf+xml"]
+    );
+    assert_eq!(std::str::from_utf8(&anew.body).expect("utf-8"), DOC);
+    gw.proxy
+        .answer(&anew, 200, "OK", &["SIP-ETag: etag-9", "Expires: 3600"])
+        .await;
+    gw.proxy.quiet().await;
+    let snap = load_snapshot(&db).expect("load");
+    let (x, rec, end) = snap.publications.first().cloned().expect("a publication");
+    assert_eq!(x, romeo);
+    assert_eq!(
+        rec,
+        PublicationRecord {
+            etag: Some("etag-9".to_owned()),
+            cseq: 6,
+            ..stored
+        }
+    );
+    let end = end.expect("an end");
+    assert!((now_unix + 3600..=now_unix + 3610).contains(&end), "{end}");
+}

@@ -87,8 +87,17 @@ fn publication() -> PublicationRecord {
         etag: Some("etag-5".to_owned()),
         call_id: "pub-1@gw.example.com".to_owned(),
         cseq: 4,
+        body: Some(PIDF_OPEN.to_owned()),
+        available: true,
+        lease_left: Some(3600),
     }
 }
+
+/// A published document (the last presence of romeo sent by PUBLISH).
+const PIDF_OPEN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<presence \
+    xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"pres:romeo*example.net@xmpp.example.com\">\n  \
+    <tuple id=\"ID-orchard\"><status><basic>open</basic></status><note>Déjeuner</note></tuple>\n\
+    </presence>";
 
 fn open(path: &Path) -> SqliteStore {
     match SqliteStore::open(path) {
@@ -162,6 +171,7 @@ fn issue_6_round_trip_of_every_op_kind_through_a_file() {
                 StoreOp::PutPublication {
                     presentity: jid("romeo@example.net"),
                     rec: publication(),
+                    expires_at_unix: Some(1_795_003_600),
                 },
                 StoreOp::PutPublication {
                     presentity: bob.clone(),
@@ -170,7 +180,11 @@ fn issue_6_round_trip_of_every_op_kind_through_a_file() {
                         etag: None,
                         call_id: "pub-2@gw".to_owned(),
                         cseq: 1,
+                        body: None,
+                        available: true,
+                        lease_left: None,
                     },
+                    expires_at_unix: None,
                 },
                 StoreOp::PutWinfo {
                     presentity: alice.clone(),
@@ -237,9 +251,13 @@ fn issue_6_round_trip_of_every_op_kind_through_a_file() {
                     etag: None,
                     call_id: "pub-2@gw".to_owned(),
                     cseq: 1,
-                }
+                    body: None,
+                    available: true,
+                    lease_left: None,
+                },
+                None
             ),
-            (jid("romeo@example.net"), publication()),
+            (jid("romeo@example.net"), publication(), Some(1_795_003_600)),
         ]
     );
     assert_eq!(snap.winfo, vec![alice, bob]);
@@ -324,6 +342,7 @@ fn issue_6_upsert_overwrites_the_row_of_the_same_key() {
             StoreOp::PutPublication {
                 presentity: alice.clone(),
                 rec: publication(),
+                expires_at_unix: Some(1_795_003_600),
             },
             StoreOp::PutWinfo {
                 presentity: alice.clone(),
@@ -349,6 +368,9 @@ fn issue_6_upsert_overwrites_the_row_of_the_same_key() {
     let republished = PublicationRecord {
         etag: Some("etag-6".to_owned()),
         cseq: 5,
+        body: Some(PIDF_OPEN.replace("open", "closed")),
+        available: false,
+        lease_left: Some(1800),
         ..publication()
     };
     apply(
@@ -367,10 +389,7 @@ fn issue_6_upsert_overwrites_the_row_of_the_same_key() {
                 presentity: alice.clone(),
                 dialog: refreshed.clone(),
             },
-            StoreOp::PutPublication {
-                presentity: alice.clone(),
-                rec: republished.clone(),
-            },
+            StoreOp::publication(alice.clone(), republished.clone(), 1_795_000_000),
             StoreOp::PutWinfo {
                 presentity: alice.clone(),
                 wanted: true,
@@ -384,7 +403,10 @@ fn issue_6_upsert_overwrites_the_row_of_the_same_key() {
         vec![(alice.clone(), carol, WatcherRelation::Approved)]
     );
     assert_eq!(snap.notifier_dialogs, vec![(alice.clone(), refreshed)]);
-    assert_eq!(snap.publications, vec![(alice.clone(), republished)]);
+    assert_eq!(
+        snap.publications,
+        vec![(alice.clone(), republished, Some(1_795_001_800))]
+    );
     assert_eq!(snap.winfo, vec![alice]);
 }
 
@@ -574,11 +596,11 @@ fn issue_6_coalesce_keeps_the_last_op_per_key_in_order() {
 }
 
 #[test]
-fn issue_6_schema_version_table_says_1_and_reopen_keeps_it() {
+fn issue_6_schema_version_table_lists_every_migration_and_reopen_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gw.sqlite");
-    assert_eq!(open(&path).schema_version().unwrap(), 1);
-    assert_eq!(open(&path).schema_version().unwrap(), 1);
+    assert_eq!(open(&path).schema_version().unwrap(), 2);
+    assert_eq!(open(&path).schema_version().unwrap(), 2);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let versions: Vec<u32> = conn
         .prepare("SELECT version FROM schema_version ORDER BY version")
@@ -587,7 +609,7 @@ fn issue_6_schema_version_table_says_1_and_reopen_keeps_it() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -609,7 +631,7 @@ fn issue_6_a_schema_newer_than_the_binary_is_refused() {
     match SqliteStore::open(&path) {
         Err(e) => assert_eq!(
             e.to_string(),
-            "store schema version 7 is newer than this binary knows (1)"
+            "store schema version 7 is newer than this binary knows (2)"
         ),
         Ok(_) => panic!("opened a newer schema"),
     }
@@ -908,4 +930,79 @@ Content-Length: 0\r\n\r\n";
             dialog: stored
         }
     );
+}
+
+/// Issue 6, PUA mode: a database of schema 1 (publication without body or lease) is migrated
+/// to 2 at open; its rows load with no body and no lease, so nothing is refreshed for them.
+#[test]
+fn issue_6_migration_2_keeps_schema_1_publications_without_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY,
+                applied_at INTEGER NOT NULL);
+             INSERT INTO schema_version VALUES (1, 0);",
+        )
+        .unwrap();
+        conn.execute_batch(pua_xmpp_actors::store::MIGRATIONS[0].1)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO publication VALUES ('romeo@example.net',
+                'sip:romeo*example.net@xmpp.example.com', 'etag-5', 'pub-1@gw.example.com', 4);",
+        )
+        .unwrap();
+    }
+    let mut store = open(&path);
+    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(
+        store.load().unwrap().publications,
+        vec![(
+            jid("romeo@example.net"),
+            PublicationRecord {
+                body: None,
+                lease_left: None,
+                ..publication()
+            },
+            None
+        )]
+    );
+}
+
+/// Issue 6, PUA mode: the publication record (ETag, Call-ID, CSeq, the document last sent,
+/// availability, lease) goes through the batched handle, survives a "kill -9" (the files as
+/// they are after the flush) and loads back exactly, with its wall-clock end.
+#[test]
+fn issue_6_pua_publication_with_its_last_document_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.sqlite");
+    let copy = dir.path().join("crashed.sqlite");
+    let (h, join) = start(open(&path), BatchConfig::default());
+    let romeo = jid("romeo@example.net");
+    let first = publication();
+    h.send(StoreOp::publication(romeo.clone(), first, 1_795_000_000));
+    let closed = PublicationRecord {
+        etag: Some("etag-6".to_owned()),
+        cseq: 5,
+        body: Some(PIDF_OPEN.replace("open", "closed")),
+        available: false,
+        lease_left: Some(1800),
+        ..publication()
+    };
+    h.send(StoreOp::publication(
+        romeo.clone(),
+        closed.clone(),
+        1_795_000_100,
+    ));
+    h.flush().unwrap();
+    copy_db(&path, &copy);
+    h.close();
+    join.join().unwrap();
+    let snap = load(&copy);
+    assert_eq!(
+        snap.publications,
+        vec![(romeo, closed, Some(1_795_001_900))]
+    );
+    assert_eq!(lease_left_at(Some(1_795_001_900), 1_795_001_000), Some(900));
 }
