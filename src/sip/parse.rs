@@ -660,8 +660,15 @@ fn tokenize_request_fast(norm: &[u8]) -> Option<RequestTokenizer<'_>> {
     }
     let (rem, method) = rsip::common::method::Tokenizer::<Bytes, u8>::tokenize(line).ok()?;
     let rem = rem.strip_prefix(b" ")?;
-    let (rem, uri) = rsip::common::uri::Tokenizer::<Bytes, u8>::tokenize(rem).ok()?;
-    let rem = rem.strip_prefix(b" ")?;
+    // The URI alone (up to the space before `SIP/2.0`): its scans stop at the same places as
+    // on the whole line, and the error that ends its parameter list formats nothing. On the
+    // line, rsip succeeds exactly when the URI tokenizer consumes all of it.
+    let uri_text = rem.get(..rem.len().checked_sub(b" SIP/2.0\r\n".len())?)?;
+    let (uri_rem, uri) = rsip::common::uri::Tokenizer::<Bytes, u8>::tokenize(uri_text).ok()?;
+    if !uri_rem.is_empty() {
+        return None;
+    }
+    let rem = rem.get(uri_text.len()..)?.strip_prefix(b" ")?;
     let (rem, version) = rsip::common::version::Tokenizer::<Bytes, u8>::tokenize(rem).ok()?;
     if rem != b"\r\n" {
         return None;
