@@ -170,6 +170,24 @@ fn callgrind_loop(iters: usize) {
     println!("{iters} iterations, {total} octets written");
 }
 
+/// PIDF parse alone, for `--toggle-collect='*pidf_only*'` with `PUA_CALLGRIND_PIDF=n`.
+#[inline(never)]
+fn pidf_only(body: &[u8]) -> usize {
+    parse(body, 65536).map_or(0, |d| d.tuples.len())
+}
+
+#[inline(never)]
+fn qx_only(body: &[u8]) -> usize {
+    let mut r = quick_xml::Reader::from_reader(body);
+    let mut n = 0;
+    loop {
+        match r.read_event() {
+            Ok(quick_xml::events::Event::Eof) | Err(_) => return n,
+            Ok(_) => n += 1,
+        }
+    }
+}
+
 criterion_group!(benches, sip_to_xmpp, notify_to_stanzas);
 
 fn main() {
@@ -178,6 +196,22 @@ fn main() {
         .and_then(|v| v.parse().ok())
     {
         callgrind_loop(n);
+        return;
+    }
+    if let Some(n) = std::env::var("PUA_CALLGRIND_QX")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let total: usize = (0..n).map(|_| qx_only(black_box(BODY.as_bytes()))).sum();
+        println!("{n} iterations, {total} events");
+        return;
+    }
+    if let Some(n) = std::env::var("PUA_CALLGRIND_PIDF")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let total: usize = (0..n).map(|_| pidf_only(black_box(BODY.as_bytes()))).sum();
+        println!("{n} iterations, {total} tuples");
         return;
     }
     benches();

@@ -756,12 +756,35 @@ impl<'e> Attrs<'e> {
     }
 }
 
+/// The index of the first octet at or after `i` below 0x28 (both quotes, `&`, tab, CR, LF, and
+/// a little punctuation), or `b.len()`: eight octets at a time, for the long values (namespace
+/// URIs) of a PIDF start tag.
+fn next_below_0x28(b: &[u8], mut i: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(w);
+        // Octets below 0x28 (the lowest flagged one is exact; octets >= 0x80 never flag).
+        let hit = x.wrapping_sub(LO * 0x28) & !x & HI;
+        if hit != 0 {
+            return i + (hit.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while b.get(i).is_some_and(|&c| c >= 0x28) {
+        i += 1;
+    }
+    i
+}
+
 /// Attributes read without quick-xml's iterator: a start tag has at most this many plain ones.
 const MAX_PLAIN_ATTRS: usize = 8;
 
 /// The attributes of a start tag, when every one is plain: `key="value"` or `key='value'` with
 /// nothing but XML whitespace between them, no whitespace around `=`, and values without
-/// references, `<` or line ends/tabs (which quick-xml's normalization would change). For such
+/// references or line ends/tabs (which quick-xml's normalization would change). For such
 /// tags, this is exactly what quick-xml's attribute iterator and `normalized_value` give,
 /// without their per-attribute cost. `None` for anything else (the caller then uses
 /// quick-xml, which also reports the errors).
@@ -795,9 +818,10 @@ fn plain_attributes<'e>(
         i += 2;
         let value_start = i;
         loop {
+            i = next_below_0x28(b, i);
             match *b.get(i)? {
                 c if c == quote => break,
-                b'&' | b'<' | b'\t' | b'\r' | b'\n' => return None,
+                b'&' | b'\t' | b'\r' | b'\n' => return None,
                 _ => i += 1,
             }
         }
@@ -1686,30 +1710,69 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
             /// Whenever the plain-attribute reader answers, quick-xml's iterator and
             /// normalization give the same keys and values.
             #[test]
-            fn plain_attributes_are_quick_xmls(raw in "[ab:x=\"' \t\n&<;]{0,40}") {
-                let mut plain = [("", ""); MAX_PLAIN_ATTRS];
-                if let Some(n) = plain_attributes(&raw, &mut plain) {
-                    let content = format!("e{raw}");
-                    let e = BytesStart::from_content(content.as_str(), 1);
-                    let theirs: Result<Vec<(String, String)>, String> = e
-                        .attributes()
-                        .with_checks(false)
-                        .map(|a| {
-                            let a = a.map_err(|e| e.to_string())?;
-                            let v = a
-                                .normalized_value(XmlVersion::Implicit1_0)
-                                .map_err(|e| e.to_string())?;
-                            Ok((a.key.into_inner().to_owned(), v.into_owned()))
-                        })
-                        .collect();
-                    let ours: Vec<(String, String)> = plain
-                        .iter()
-                        .take(n)
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                        .collect();
-                    prop_assert_eq!(theirs, Ok(ours));
-                }
+            fn plain_attributes_are_quick_xmls(raw in "[ab:x=\"' \t\n\r&<;%!#)(\u{e9}\u{80}]{0,60}") {
+                check_plain(&raw)?;
             }
+
+            /// The same on attribute lists that are mostly well-formed.
+            #[test]
+            fn plain_attributes_are_quick_xmls_on_lists(
+                attrs in proptest::collection::vec(
+                    ("[a-z:]{0,6}", "[ \t\n]{0,2}", "[a-z%!#)( :/.\u{e9}&\t<'\"]{0,24}", any::<bool>()),
+                    0..5,
+                ),
+                trailing in "[ \t\n]{0,2}",
+            ) {
+                let mut raw = String::new();
+                for (key, ws, value, double) in &attrs {
+                    let q = if *double { '"' } else { '\'' };
+                    raw.push_str(ws);
+                    raw.push(' ');
+                    raw.push_str(key);
+                    raw.push('=');
+                    raw.push(q);
+                    raw.push_str(value);
+                    raw.push(q);
+                }
+                raw.push_str(&trailing);
+                check_plain(&raw)?;
+            }
+        }
+
+        fn check_plain(raw: &str) -> Result<(), TestCaseError> {
+            let mut plain = [("", ""); MAX_PLAIN_ATTRS];
+            if let Some(n) = plain_attributes(raw, &mut plain) {
+                let content = format!("e{raw}");
+                let e = BytesStart::from_content(content.as_str(), 1);
+                let theirs: Result<Vec<(String, String)>, String> = e
+                    .attributes()
+                    .with_checks(false)
+                    .map(|a| {
+                        let a = a.map_err(|e| e.to_string())?;
+                        let v = a
+                            .normalized_value(XmlVersion::Implicit1_0)
+                            .map_err(|e| e.to_string())?;
+                        Ok((a.key.into_inner().to_owned(), v.into_owned()))
+                    })
+                    .collect();
+                let ours: Vec<(String, String)> = plain
+                    .iter()
+                    .take(n)
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect();
+                prop_assert_eq!(theirs, Ok(ours));
+            }
+            Ok(())
+        }
+
+        #[test]
+        fn octets_below_0x28_are_found() {
+            let b = b"abcdefghijklmnop'qrs";
+            assert_eq!(next_below_0x28(b, 0), 16);
+            assert_eq!(next_below_0x28(b, 17), b.len());
+            assert_eq!(next_below_0x28(b"\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9\"", 0), 8);
+            assert_eq!(next_below_0x28(b"a&", 0), 1);
+            assert_eq!(next_below_0x28(b"(((((((((\t", 2), 9);
         }
 
         #[test]
