@@ -1,7 +1,13 @@
 //! Hot paths of one presence update, each way:
 //! (a) NOTIFY body → PIDF parse → view → stanzas → serialized XML;
 //! (b) inbound XMPP presence → aggregate → PIDF document;
-//! (c) the whole NOTIFY: SIP bytes → parse → PIDF → stanzas → XML, plus the encoded 200 OK.
+//! (c) the whole NOTIFY: SIP bytes → parse → PIDF → stanzas → XML, plus the encoded 200 OK,
+//! and its SIP half alone (parse; 200 OK build + encode).
+//!
+//! Instruction counts (stable on a loaded machine), one mode per environment variable:
+//! `PUA_CALLGRIND_ITERS=n valgrind --tool=callgrind --toggle-collect='*whole_notify*' <bench>`
+//! (whole NOTIFY), `PUA_CALLGRIND_PIDF=n ... '*pidf_only*'` (PIDF parse), `PUA_CALLGRIND_QX=n
+//! ... '*qx_only*'` (quick-xml reading the same body with no work per event: the floor).
 
 use criterion::{criterion_group, Criterion, Throughput};
 use pua_xmpp::pidf::{parse, write_from_xmpp};
@@ -142,6 +148,23 @@ fn notify_to_stanzas(c: &mut Criterion) {
                 &mut out,
                 &mut wire,
             ))
+        })
+    });
+    // The SIP half alone: rsip + our layer, and the 200 OK built and encoded from the request.
+    g.bench_function("notify_sip_parse_only", |b| {
+        b.iter(|| pua_xmpp::sip::parse::parse_message(black_box(notify.as_bytes())).unwrap())
+    });
+    let pua_xmpp::sip::SipMessage::Request(req) =
+        pua_xmpp::sip::parse::parse_message(notify.as_bytes()).unwrap()
+    else {
+        unreachable!()
+    };
+    g.bench_function("ok_200_build_and_encode", |b| {
+        b.iter(|| {
+            let resp = pua_xmpp::sip::OutResponse::to_request(black_box(&req), 200, None);
+            wire.clear();
+            pua_xmpp::sip::encode::encode_response(&resp, &mut wire);
+            black_box(wire.len())
         })
     });
     g.finish();
