@@ -749,8 +749,11 @@ fn find_sub(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// whole input into an error string before trying the request line; choosing the tokenizer
 /// from the first octets avoids that (a third of the parse time).
 fn tokenize(norm: &[u8]) -> Result<MessageTokenizer<'_>, String> {
-    if let Some(t) = tokenize_request_fast(norm) {
-        return Ok(MessageTokenizer::Request(t));
+    // A status line goes to rsip's response tokenizer, as below.
+    if !norm.starts_with(b"SIP/") {
+        if let Some(t) = tokenize_request_fast(norm) {
+            return Ok(MessageTokenizer::Request(t));
+        }
     }
     let tokens = if norm.starts_with(b"SIP/") {
         ResponseTokenizer::tokenize(norm).map(|(_, t)| MessageTokenizer::Response(t))
