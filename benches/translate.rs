@@ -1,9 +1,15 @@
 //! Hot paths of one presence update, each way:
 //! (a) NOTIFY body → PIDF parse → view → stanzas → serialized XML;
 //! (b) inbound XMPP presence → aggregate → PIDF document;
-//! (c) the whole NOTIFY: SIP bytes → parse → PIDF → stanzas → XML, plus the encoded 200 OK.
+//! (c) the whole NOTIFY: SIP bytes → parse → PIDF → stanzas → XML, plus the encoded 200 OK,
+//! and its SIP half alone (parse; 200 OK build + encode).
+//!
+//! Instruction counts (stable on a loaded machine), one mode per environment variable:
+//! `PUA_CALLGRIND_ITERS=n valgrind --tool=callgrind --toggle-collect='*whole_notify*' <bench>`
+//! (whole NOTIFY), `PUA_CALLGRIND_PIDF=n ... '*pidf_only*'` (PIDF parse), `PUA_CALLGRIND_QX=n
+//! ... '*qx_only*'` (quick-xml reading the same body with no work per event: the floor).
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use pua_xmpp::pidf::{parse, write_from_xmpp};
 use pua_xmpp::presence::{stanzas_for_pidf, view_pidf, Announced, XmppAggregate};
 use pua_xmpp::stanza::{BareJid, InPresence, Jid};
@@ -82,10 +88,9 @@ fn sip_to_xmpp(c: &mut Criterion) {
     g.finish();
 }
 
-fn notify_to_stanzas(c: &mut Criterion) {
-    let from = BareJid::new("juliet*example.com@sip.example.net").unwrap();
-    let to = Jid::new("romeo@example.net").unwrap();
-    let notify = format!(
+/// The NOTIFY of the whole-message benches: Kamailio-like headers around [`BODY`].
+fn notify_bytes() -> String {
+    format!(
         "NOTIFY sip:romeo*example.net@gw.xmpp.example.com:5060 SIP/2.0\r\n\
          Via: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK5471.38fed0050eb238c9b70863934fe0601d.0\r\n\
          Via: SIP/2.0/UDP 127.0.0.1:5070;received=127.0.0.1;branch=z9hG4bK7e36f70f3a3a49cca;rport=5070\r\n\
@@ -96,32 +101,142 @@ fn notify_to_stanzas(c: &mut Criterion) {
          Subscription-State: active;expires=1740\r\nContent-Type: application/pidf+xml\r\n\
          Content-Length: {}\r\n\r\n{BODY}",
         BODY.len()
-    );
+    )
+}
+
+/// The whole NOTIFY path of one update: parse, 200 OK encoded, body → stanzas → XML. Not
+/// inlined, so callgrind can count exactly this function (`--toggle-collect=*whole_notify*`).
+#[inline(never)]
+fn whole_notify(
+    notify: &[u8],
+    from: &BareJid,
+    to: &Jid,
+    out: &mut String,
+    wire: &mut Vec<u8>,
+) -> (usize, usize) {
+    let msg = pua_xmpp::sip::parse::parse_message(notify).unwrap();
+    let pua_xmpp::sip::SipMessage::Request(req) = msg else {
+        unreachable!()
+    };
+    let resp = pua_xmpp::sip::OutResponse::to_request(&req, 200, None);
+    wire.clear();
+    pua_xmpp::sip::encode::encode_response(&resp, wire);
+    let doc = parse(&req.body, 65536).unwrap();
+    let view = view_pidf(&doc, NOW);
+    let mut announced = Announced::default();
+    out.clear();
+    for s in stanzas_for_pidf(&view, &mut announced, from, to, false) {
+        s.write_xml(out);
+    }
+    (out.len(), wire.len())
+}
+
+fn notify_to_stanzas(c: &mut Criterion) {
+    let from = BareJid::new("juliet*example.com@sip.example.net").unwrap();
+    let to = Jid::new("romeo@example.net").unwrap();
+    let notify = notify_bytes();
     let mut out = String::with_capacity(1024);
     let mut wire = Vec::with_capacity(1024);
     let mut g = c.benchmark_group("translate");
     g.throughput(Throughput::Elements(1));
     g.bench_function("notify_bytes_to_stanzas_and_200", |b| {
         b.iter(|| {
-            let msg = pua_xmpp::sip::parse::parse_message(black_box(notify.as_bytes())).unwrap();
-            let pua_xmpp::sip::SipMessage::Request(req) = msg else {
-                unreachable!()
-            };
-            let resp = pua_xmpp::sip::OutResponse::to_request(&req, 200, None);
+            black_box(whole_notify(
+                black_box(notify.as_bytes()),
+                &from,
+                &to,
+                &mut out,
+                &mut wire,
+            ))
+        })
+    });
+    // The SIP half alone: rsip + our layer, and the 200 OK built and encoded from the request.
+    g.bench_function("notify_sip_parse_only", |b| {
+        b.iter(|| pua_xmpp::sip::parse::parse_message(black_box(notify.as_bytes())).unwrap())
+    });
+    let pua_xmpp::sip::SipMessage::Request(req) =
+        pua_xmpp::sip::parse::parse_message(notify.as_bytes()).unwrap()
+    else {
+        unreachable!()
+    };
+    g.bench_function("ok_200_build_and_encode", |b| {
+        b.iter(|| {
+            let resp = pua_xmpp::sip::OutResponse::to_request(black_box(&req), 200, None);
             wire.clear();
             pua_xmpp::sip::encode::encode_response(&resp, &mut wire);
-            let doc = parse(&req.body, 65536).unwrap();
-            let view = view_pidf(&doc, NOW);
-            let mut announced = Announced::default();
-            out.clear();
-            for s in stanzas_for_pidf(&view, &mut announced, &from, &to, false) {
-                s.write_xml(&mut out);
-            }
-            black_box((out.len(), wire.len()))
+            black_box(wire.len())
         })
     });
     g.finish();
 }
 
+/// `PUA_CALLGRIND_ITERS=n` runs the whole-NOTIFY path n times and exits, for
+/// `valgrind --tool=callgrind --toggle-collect='*whole_notify*'` (instruction counts do not
+/// depend on machine load, unlike criterion's times).
+fn callgrind_loop(iters: usize) {
+    let from = BareJid::new("juliet*example.com@sip.example.net").unwrap();
+    let to = Jid::new("romeo@example.net").unwrap();
+    let notify = notify_bytes();
+    let mut out = String::with_capacity(1024);
+    let mut wire = Vec::with_capacity(1024);
+    let mut total = 0;
+    for _ in 0..iters {
+        let (a, b) = whole_notify(
+            black_box(notify.as_bytes()),
+            &from,
+            &to,
+            &mut out,
+            &mut wire,
+        );
+        total += a + b;
+    }
+    println!("{iters} iterations, {total} octets written");
+}
+
+/// PIDF parse alone, for `--toggle-collect='*pidf_only*'` with `PUA_CALLGRIND_PIDF=n`.
+#[inline(never)]
+fn pidf_only(body: &[u8]) -> usize {
+    parse(body, 65536).map_or(0, |d| d.tuples.len())
+}
+
+#[inline(never)]
+fn qx_only(body: &[u8]) -> usize {
+    let mut r = quick_xml::Reader::from_reader(body);
+    let mut n = 0;
+    loop {
+        match r.read_event() {
+            Ok(quick_xml::events::Event::Eof) | Err(_) => return n,
+            Ok(_) => n += 1,
+        }
+    }
+}
+
 criterion_group!(benches, sip_to_xmpp, notify_to_stanzas);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(n) = std::env::var("PUA_CALLGRIND_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        callgrind_loop(n);
+        return;
+    }
+    if let Some(n) = std::env::var("PUA_CALLGRIND_QX")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let total: usize = (0..n).map(|_| qx_only(black_box(BODY.as_bytes()))).sum();
+        println!("{n} iterations, {total} events");
+        return;
+    }
+    if let Some(n) = std::env::var("PUA_CALLGRIND_PIDF")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let total: usize = (0..n).map(|_| pidf_only(black_box(BODY.as_bytes()))).sum();
+        println!("{n} iterations, {total} tuples");
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

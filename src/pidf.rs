@@ -421,10 +421,16 @@ impl Parser {
             return Ok(());
         }
         let at = Attrs::read(e, &mut self.bindings, self.stack.len())?;
-        let qname = e.name();
-        let (local, prefix) = qname.decompose();
-        let local = local.into_inner();
-        let ns = self.resolve(prefix.map_or("", |p| p.into_inner()));
+        // As `QName::decompose` (split at the first colon), on a name of a few octets.
+        let qname = e.name().0;
+        let (prefix, local) = match qname.bytes().position(|b| b == b':') {
+            Some(i) => (
+                qname.get(..i).unwrap_or_default(),
+                qname.get(i + 1..).unwrap_or_default(),
+            ),
+            None => ("", qname),
+        };
+        let ns = self.resolve(prefix);
         if parent.is_none() && (ns != Ns::Pidf || local != "presence") {
             // Read on, so a broken body is reported as such rather than as "not PIDF".
             self.not_pidf = true;
@@ -700,7 +706,15 @@ impl<'e> Attrs<'e> {
         depth: usize,
     ) -> Result<Attrs<'e>, PidfError> {
         let mut at = Attrs::default();
-        if e.attributes_raw().bytes().all(|b| b.is_ascii_whitespace()) {
+        let raw = e.attributes_raw();
+        if raw.bytes().all(|b| b.is_ascii_whitespace()) {
+            return Ok(at);
+        }
+        let mut plain = [("", ""); MAX_PLAIN_ATTRS];
+        if let Some(n) = plain_attributes(raw, &mut plain) {
+            for &(key, value) in plain.iter().take(n) {
+                at.set(bindings, depth, key, Cow::Borrowed(value));
+            }
             return Ok(at);
         }
         // Without the duplicate check, which allocates per element (a repeated attribute is
@@ -708,33 +722,113 @@ impl<'e> Attrs<'e> {
         for a in e.attributes().with_checks(false) {
             let a = a.map_err(nwf)?;
             let v = a.normalized_value(XmlVersion::Implicit1_0).map_err(nwf)?;
-            let slot = match a.key.into_inner() {
-                "entity" => &mut at.entity,
-                "id" => &mut at.id,
-                "priority" => &mut at.priority,
-                "from" => &mut at.from,
-                "until" => &mut at.until,
-                "last-input" => &mut at.last_input,
-                // The `xml` prefix is bound to the XML namespace by definition.
-                "xml:lang" => &mut at.lang,
-                "xmlns" => {
-                    bindings.push((depth, PrefixName::new(""), ns_of(&v)));
-                    continue;
-                }
-                k => {
-                    if let Some(prefix) = k.strip_prefix("xmlns:") {
-                        bindings.push((depth, PrefixName::new(prefix), ns_of(&v)));
-                    } else if a.key.local_name().into_inner() == "mustUnderstand"
-                        && matches!(trim_xml(&v), "true" | "1")
-                    {
-                        at.must_understand = true;
-                    }
-                    continue;
-                }
-            };
-            *slot = Some(v);
+            at.set(bindings, depth, a.key.into_inner(), v);
         }
         Ok(at)
+    }
+
+    /// Records one attribute (a namespace declaration goes to `bindings`).
+    fn set(&mut self, bindings: &mut Vec<Binding>, depth: usize, key: &str, v: Cow<'e, str>) {
+        let slot = match key {
+            "entity" => &mut self.entity,
+            "id" => &mut self.id,
+            "priority" => &mut self.priority,
+            "from" => &mut self.from,
+            "until" => &mut self.until,
+            "last-input" => &mut self.last_input,
+            // The `xml` prefix is bound to the XML namespace by definition.
+            "xml:lang" => &mut self.lang,
+            "xmlns" => {
+                bindings.push((depth, PrefixName::new(""), ns_of(&v)));
+                return;
+            }
+            k => {
+                // The local name as quick-xml's `QName::local_name`: after the first colon.
+                let local = k.split_once(':').map_or(k, |(_, l)| l);
+                if let Some(prefix) = k.strip_prefix("xmlns:") {
+                    bindings.push((depth, PrefixName::new(prefix), ns_of(&v)));
+                } else if local == "mustUnderstand" && matches!(trim_xml(&v), "true" | "1") {
+                    self.must_understand = true;
+                }
+                return;
+            }
+        };
+        *slot = Some(v);
+    }
+}
+
+/// The index of the first octet at or after `i` below 0x28 (both quotes, `&`, tab, CR, LF, and
+/// a little punctuation), or `b.len()`: eight octets at a time, for the long values (namespace
+/// URIs) of a PIDF start tag.
+fn next_below_0x28(b: &[u8], mut i: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(w);
+        // Octets below 0x28 (the lowest flagged one is exact; octets >= 0x80 never flag).
+        let hit = x.wrapping_sub(LO * 0x28) & !x & HI;
+        if hit != 0 {
+            return i + (hit.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while b.get(i).is_some_and(|&c| c >= 0x28) {
+        i += 1;
+    }
+    i
+}
+
+/// Attributes read without quick-xml's iterator: a start tag has at most this many plain ones.
+const MAX_PLAIN_ATTRS: usize = 8;
+
+/// The attributes of a start tag, when every one is plain: `key="value"` or `key='value'` with
+/// nothing but XML whitespace between them, no whitespace around `=`, and values without
+/// references or line ends/tabs (which quick-xml's normalization would change). For such
+/// tags, this is exactly what quick-xml's attribute iterator and `normalized_value` give,
+/// without their per-attribute cost. `None` for anything else (the caller then uses
+/// quick-xml, which also reports the errors).
+fn plain_attributes<'e>(
+    raw: &'e str,
+    out: &mut [(&'e str, &'e str); MAX_PLAIN_ATTRS],
+) -> Option<usize> {
+    let b = raw.as_bytes();
+    let is_ws = |c: u8| matches!(c, b' ' | b'\r' | b'\n' | b'\t');
+    let mut i = 0;
+    let mut n = 0;
+    loop {
+        while b.get(i).is_some_and(|&c| is_ws(c)) {
+            i += 1;
+        }
+        if i == b.len() {
+            return Some(n);
+        }
+        let key_start = i;
+        while b.get(i).is_some_and(|&c| c != b'=' && !is_ws(c)) {
+            i += 1;
+        }
+        if i == key_start || b.get(i) != Some(&b'=') {
+            return None;
+        }
+        let key = raw.get(key_start..i)?;
+        let quote = *b.get(i + 1)?;
+        if quote != b'"' && quote != b'\'' {
+            return None;
+        }
+        i += 2;
+        let value_start = i;
+        loop {
+            i = next_below_0x28(b, i);
+            match *b.get(i)? {
+                c if c == quote => break,
+                b'&' | b'\t' | b'\r' | b'\n' => return None,
+                _ => i += 1,
+            }
+        }
+        *out.get_mut(n)? = (key, raw.get(value_start..i)?);
+        n += 1;
+        i += 1;
     }
 }
 
@@ -1615,6 +1709,95 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
                     let _ = crate::presence::view_pidf(&d, 0);
                 }
             }
+
+            /// Whenever the plain-attribute reader answers, quick-xml's iterator and
+            /// normalization give the same keys and values.
+            #[test]
+            fn plain_attributes_are_quick_xmls(raw in "[ab:x=\"' \t\n\r&<;%!#)(\u{e9}\u{80}]{0,60}") {
+                check_plain(&raw)?;
+            }
+
+            /// The same on attribute lists that are mostly well-formed.
+            #[test]
+            fn plain_attributes_are_quick_xmls_on_lists(
+                attrs in proptest::collection::vec(
+                    ("[a-z:]{0,6}", "[ \t\n]{0,2}", "[a-z%!#)( :/.\u{e9}&\t<'\"]{0,24}", any::<bool>()),
+                    0..5,
+                ),
+                trailing in "[ \t\n]{0,2}",
+            ) {
+                let mut raw = String::new();
+                for (key, ws, value, double) in &attrs {
+                    let q = if *double { '"' } else { '\'' };
+                    raw.push_str(ws);
+                    raw.push(' ');
+                    raw.push_str(key);
+                    raw.push('=');
+                    raw.push(q);
+                    raw.push_str(value);
+                    raw.push(q);
+                }
+                raw.push_str(&trailing);
+                check_plain(&raw)?;
+            }
+        }
+
+        fn check_plain(raw: &str) -> Result<(), TestCaseError> {
+            let mut plain = [("", ""); MAX_PLAIN_ATTRS];
+            if let Some(n) = plain_attributes(raw, &mut plain) {
+                let content = format!("e{raw}");
+                let e = BytesStart::from_content(content.as_str(), 1);
+                let theirs: Result<Vec<(String, String)>, String> = e
+                    .attributes()
+                    .with_checks(false)
+                    .map(|a| {
+                        let a = a.map_err(|e| e.to_string())?;
+                        let v = a
+                            .normalized_value(XmlVersion::Implicit1_0)
+                            .map_err(|e| e.to_string())?;
+                        Ok((a.key.into_inner().to_owned(), v.into_owned()))
+                    })
+                    .collect();
+                let ours: Vec<(String, String)> = plain
+                    .iter()
+                    .take(n)
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect();
+                prop_assert_eq!(theirs, Ok(ours));
+            }
+            Ok(())
+        }
+
+        #[test]
+        fn octets_below_0x28_are_found() {
+            let b = b"abcdefghijklmnop'qrs";
+            assert_eq!(next_below_0x28(b, 0), 16);
+            assert_eq!(next_below_0x28(b, 17), b.len());
+            assert_eq!(next_below_0x28(b"\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9\"", 0), 8);
+            assert_eq!(next_below_0x28(b"a&", 0), 1);
+            assert_eq!(next_below_0x28(b"(((((((((\t", 2), 9);
+        }
+
+        #[test]
+        fn plain_attributes_examples() {
+            let mut plain = [("", ""); MAX_PLAIN_ATTRS];
+            assert_eq!(
+                plain_attributes(" id=\"t1\"\n\txml:lang='en' ", &mut plain),
+                Some(2)
+            );
+            assert_eq!(plain[..2], [("id", "t1"), ("xml:lang", "en")]);
+            for other in [
+                " a = \"x\"",
+                " a=\"x&amp;\"",
+                " a=x",
+                " a",
+                " a=\"x",
+                " =\"x\"",
+            ] {
+                assert_eq!(plain_attributes(other, &mut plain), None, "{other}");
+            }
+            let many = " a='1'".repeat(MAX_PLAIN_ATTRS + 1);
+            assert_eq!(plain_attributes(&many, &mut plain), None);
         }
     }
 }

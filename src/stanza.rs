@@ -7,7 +7,6 @@
 //! and a conversion to `minidom::Element` for libraries that want one.
 
 use crate::xml::{escape_attr, escape_text};
-use std::fmt::Write as _;
 pub use xmpp_parsers::jid::{BareJid, FullJid, Jid};
 pub use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
@@ -208,7 +207,9 @@ impl OutPresence {
             out.push_str("</status>");
         }
         if let Some(p) = b.priority {
-            let _ = write!(out, "<priority>{p}</priority>");
+            out.push_str("<priority>");
+            write_i8(out, p);
+            out.push_str("</priority>");
         }
         if let Some(e) = &self.error {
             out.push_str("<error type='");
@@ -249,6 +250,21 @@ impl OutPresence {
         xml.parse::<minidom::Element>()
             .unwrap_or_else(|_| minidom::Element::builder("presence", NS_COMPONENT).build())
     }
+}
+
+/// `p` in decimal, as `Display` writes it, without the formatting machinery.
+fn write_i8(out: &mut String, p: i8) {
+    if p < 0 {
+        out.push('-');
+    }
+    let v = p.unsigned_abs();
+    if v >= 100 {
+        out.push(char::from(b'0' + v / 100));
+    }
+    if v >= 10 {
+        out.push(char::from(b'0' + (v / 10) % 10));
+    }
+    out.push(char::from(b'0' + v % 10));
 }
 
 pub fn error_type_str(t: &ErrorType) -> &'static str {
@@ -462,6 +478,15 @@ impl InPresence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn priority_digits_as_display() {
+        for p in i8::MIN..=i8::MAX {
+            let mut s = String::new();
+            write_i8(&mut s, p);
+            assert_eq!(s, p.to_string());
+        }
+    }
 
     fn jid(s: &str) -> Jid {
         Jid::new(s).unwrap()

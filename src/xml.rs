@@ -18,12 +18,34 @@ pub fn escape_attr(out: &mut String, s: &str) {
     escape(out, s, true)
 }
 
+/// Octets that may need a replacement: the markup characters, C0 controls, and 0xEF (the
+/// first octet of U+FFFE/U+FFFF). Everything else is copied without a look at the `match`.
+static SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'&' as usize] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
+    t[b'\'' as usize] = true;
+    t[b'"' as usize] = true;
+    t[0xef] = true;
+    t
+};
+
 fn escape(out: &mut String, s: &str, attr: bool) {
     let bytes = s.as_bytes();
     let mut last = 0;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
+        if !SPECIAL[usize::from(b)] {
+            i += 1;
+            continue;
+        }
         let (rep, len) = match b {
             b'&' => ("&amp;", 1),
             b'<' => ("&lt;", 1),

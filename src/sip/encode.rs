@@ -35,9 +35,27 @@ fn name_addr(out: &mut Vec<u8>, name: &str, na: &NameAddr) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Decimal digits of `n`, without a `String` per number.
+fn decimal(out: &mut Vec<u8>, n: usize) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        if let Some(d) = buf.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(buf.get(i..).unwrap_or_default());
+}
+
 fn cseq(out: &mut Vec<u8>, n: u32, method: &str) {
     out.extend_from_slice(b"CSeq: ");
-    out.extend_from_slice(n.to_string().as_bytes());
+    decimal(out, n as usize);
     out.push(b' ');
     out.extend_from_slice(method.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -55,7 +73,9 @@ fn tail(
     if let Some(ct) = content_type {
         line(out, "Content-Type", ct);
     }
-    line(out, "Content-Length", &body.len().to_string());
+    out.extend_from_slice(b"Content-Length: ");
+    decimal(out, body.len());
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
 }
@@ -92,7 +112,7 @@ pub fn encode_request(req: &OutRequest, via: &str, out: &mut Vec<u8>) {
 pub fn encode_response(resp: &OutResponse, out: &mut Vec<u8>) {
     out.reserve(400 + resp.body.len());
     out.extend_from_slice(b"SIP/2.0 ");
-    out.extend_from_slice(resp.status.to_string().as_bytes());
+    decimal(out, usize::from(resp.status));
     out.push(b' ');
     out.extend_from_slice(resp.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -230,6 +250,15 @@ pub(crate) mod tests {
             content_type: None,
             body: vec![],
             destination: Destination::OutboundProxy,
+        }
+    }
+
+    #[test]
+    fn decimal_digits() {
+        for n in [0usize, 7, 10, 99, 100, 4_294_967_295, usize::MAX] {
+            let mut out = Vec::new();
+            decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
         }
     }
 

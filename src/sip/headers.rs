@@ -57,8 +57,13 @@ fn split_params(s: &str) -> (&str, impl Iterator<Item = (&str, Option<&str>)>) {
 /// RFC 3261 `token` characters.
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+                )
+        })
 }
 
 fn parse_delta(name: &str, v: Option<&str>) -> Result<u32, String> {
