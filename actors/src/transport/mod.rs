@@ -8,10 +8,11 @@
 
 mod io;
 mod txn;
+mod udp;
 
 use actix::prelude::*;
 use pua_xmpp::sip::encode::{encode_request, encode_response, uri_host_port, via_branch};
-use pua_xmpp::sip::{Destination, Method, OutRequest, SipRequest, SipResponse};
+use pua_xmpp::sip::{Destination, Method, OutRequest, OutResponse, SipResponse};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -23,9 +24,10 @@ use tracing::{debug, warn};
 use crate::messages::{
     SendRequest, SendResponse, SipRequestIn, Source, TransactionOutcome, Transport, TxnResult,
 };
-use io::Incoming;
+use io::{InRequest, Incoming};
 pub use txn::BranchGen;
-use txn::{ClientTxn, ServerTxns, Timers};
+use txn::{is_plain, ClientTxn, CompletedTxn, Found, KeyHasher, ServerTxns, Timers};
+use udp::{UdpBatch, UdpSender};
 
 /// Settings of the SIP transport.
 #[derive(Clone, Debug)]
@@ -118,7 +120,10 @@ struct Conn {
 pub struct SipTransport {
     cfg: TransportConfig,
     local: SocketAddr,
+    /// Kept open for the reader and sender threads, which use duplicates of its descriptor.
     udp: Arc<UdpSocket>,
+    udp_tx: UdpSender,
+    keys: KeyHasher,
     listener: Option<TcpListener>,
     inbound: Recipient<SipRequestIn>,
     server: ServerTxns,
@@ -130,8 +135,6 @@ pub struct SipTransport {
     /// Reusable connection per peer address (outbound ones, and inbound ones by source).
     conn_by_peer: HashMap<SocketAddr, u64>,
     next_conn: u64,
-    /// Reused encode buffer.
-    out: Vec<u8>,
 }
 
 impl SipTransport {
@@ -143,9 +146,12 @@ impl SipTransport {
     ) -> std::io::Result<Addr<SipTransport>> {
         let (udp, listener) = bind_pair(cfg.listen).await?;
         let local = udp.local_addr()?;
+        let udp_tx = UdpSender::spawn(&udp)?;
         let actor = SipTransport {
             local,
             udp: Arc::new(udp),
+            udp_tx,
+            keys: KeyHasher::new(),
             listener: Some(listener),
             inbound,
             server: ServerTxns::default(),
@@ -156,7 +162,6 @@ impl SipTransport {
             conns: HashMap::new(),
             conn_by_peer: HashMap::new(),
             next_conn: 1,
-            out: Vec::with_capacity(4096),
             cfg,
         };
         Ok(actor.start())
@@ -177,13 +182,10 @@ impl SipTransport {
 
     // ---- sending -------------------------------------------------------------------------
 
-    /// Sends bytes on UDP from our listening socket. Never waits: a full socket buffer drops
-    /// the datagram (retransmissions cover it).
-    fn send_udp(&self, bytes: &[u8], to: SocketAddr) -> Result<(), String> {
-        match self.udp.try_send_to(bytes, to) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!("UDP send to {to} failed: {e}")),
-        }
+    /// Sends bytes on UDP from our listening socket, through the sender thread. Never waits:
+    /// a full socket buffer drops the datagram (retransmissions cover it).
+    fn send_udp(&self, bytes: Vec<u8>, to: SocketAddr) -> Result<(), String> {
+        self.udp_tx.send(bytes, to)
     }
 
     fn send_conn(&mut self, conn_id: u64, bytes: Vec<u8>) -> Result<(), String> {
@@ -203,9 +205,9 @@ impl SipTransport {
         }
     }
 
-    fn send_to_source(&mut self, bytes: &[u8], source: &Source) -> Result<(), String> {
+    fn send_to_source(&mut self, bytes: Vec<u8>, source: &Source) -> Result<(), String> {
         match (source.transport, source.conn_id) {
-            (Transport::Tcp, Some(id)) => self.send_conn(id, bytes.to_vec()),
+            (Transport::Tcp, Some(id)) => self.send_conn(id, bytes),
             _ => self.send_udp(bytes, source.peer),
         }
     }
@@ -225,7 +227,13 @@ impl SipTransport {
         }
         let nodelay = stream.nodelay().unwrap_or(false);
         let (rd, wr) = stream.into_split();
-        ctx.add_stream(io::TcpReader::new(rd, conn_id, peer, self.cfg.max_message));
+        ctx.add_stream(io::TcpReader::new(
+            rd,
+            conn_id,
+            peer,
+            self.cfg.max_message,
+            self.keys.clone(),
+        ));
         let (tx, rx) = mpsc::channel(TCP_QUEUE);
         actix_rt::spawn(io::tcp_writer(wr, rx));
         self.conns.insert(
@@ -294,7 +302,13 @@ impl SipTransport {
                     }
                     let nodelay = stream.nodelay().unwrap_or(false);
                     let (rd, wr) = stream.into_split();
-                    ctx.add_stream(io::TcpReader::new(rd, conn_id, peer, act.cfg.max_message));
+                    ctx.add_stream(io::TcpReader::new(
+                        rd,
+                        conn_id,
+                        peer,
+                        act.cfg.max_message,
+                        act.keys.clone(),
+                    ));
                     actix_rt::spawn(io::tcp_writer(wr, rx));
                     if let Some(c) = act.conns.get_mut(&conn_id) {
                         c.nodelay = nodelay;
@@ -312,27 +326,37 @@ impl SipTransport {
 
     // ---- inbound -------------------------------------------------------------------------
 
-    fn on_request(&mut self, req: SipRequest, source: Source) {
+    fn on_request(&mut self, inreq: InRequest, source: Source) {
+        let InRequest { req, key, fp } = inreq;
         if req.method == Method::Ack {
             debug!(peer = %source.peer, call_id = %req.call_id, "ACK without INVITE transaction dropped");
             return;
         }
-        let key = txn::server_key(&req);
-        if let Some(id) = self.server.find(&key) {
-            // A retransmission: absorb it, or replay the final response.
-            let replay = self
-                .server
-                .get(id)
-                .and_then(|t| t.response.as_ref().map(|r| (r.clone(), t.source.clone())));
-            if let Some((bytes, src)) = replay {
-                if let Err(e) = self.send_to_source(&bytes, &src) {
+        match self.server.find(&key) {
+            // A retransmission before the gateway answered: absorbed (no 100 for non-INVITE).
+            Some(Found::Trying) => return,
+            // A retransmission after the final response: the same response again.
+            Some(Found::Completed(done)) => {
+                let bytes = match &done.bytes {
+                    Some(kept) => kept.to_vec(),
+                    None => {
+                        if done.fp != fp {
+                            debug!(peer = %source.peer, call_id = %req.call_id, "retransmission differs from its request in Via/From/To/Call-ID/CSeq; answered from the retransmission");
+                        }
+                        let mut out = Vec::new();
+                        encode_response(&OutResponse::to_request(&req, done.status, None), &mut out);
+                        out
+                    }
+                };
+                if let Err(e) = self.send_to_source(bytes, &source) {
                     warn!(error = %e, "response replay failed");
                 }
+                return;
             }
-            return;
+            None => {}
         }
         let deadline = Instant::now() + self.timer_f();
-        let id = self.server.insert(key, source.clone(), deadline);
+        let id = self.server.insert(key, source.clone(), fp, deadline);
         self.timers.server.push_back((deadline, id));
         metrics::counter!("pua_xmpp_sip_requests_in_total", "method" => req.method.as_str().to_owned()).increment(1);
         self.inbound.do_send(SipRequestIn {
@@ -381,20 +405,27 @@ impl SipTransport {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
-        // Server transactions: Timer J, or the TU never answered.
+        // Server transactions the TU never answered.
         while let Some(&(at, id)) = self.timers.server.front() {
             if at > now {
                 break;
             }
             self.timers.server.pop_front();
-            if let Some(t) = self.server.get(id) {
+            if let Some(t) = self.server.trying(id) {
                 if t.deadline == at {
-                    if t.response.is_none() {
-                        warn!(peer = %t.source.peer, txn = id, "no response from the gateway within 64*T1; transaction dropped");
-                    }
-                    self.server.remove(id);
+                    warn!(peer = %t.source.peer, txn = id, "no response from the gateway within 64*T1; transaction dropped");
+                    self.server.remove_trying(id);
                 }
             }
+        }
+        // Timer J.
+        let now_ms = self.timers.ms(now);
+        while let Some(&(at, key)) = self.timers.timer_j.front() {
+            if !Timers::due(at, now_ms) {
+                break;
+            }
+            self.timers.timer_j.pop_front();
+            self.server.expire_completed(&key);
         }
         // Timer F.
         while let Some(&(at, id)) = self.timers.client_f.front() {
@@ -422,7 +453,7 @@ impl SipTransport {
             let Some(bytes) = t.retransmit.as_ref() else {
                 continue;
             };
-            if let Err(e) = self.udp.try_send_to(bytes, t.target) {
+            if let Err(e) = self.udp_tx.send(bytes.to_vec(), t.target) {
                 debug!(target = %t.target, error = %e, "retransmission failed");
             }
             t.interval = (t.interval * 2).min(t2);
@@ -498,7 +529,7 @@ impl SipTransport {
         };
         let sent = match transport {
             Transport::Udp => {
-                let r = self.send_udp(&bytes, target);
+                let r = self.send_udp(bytes.clone(), target);
                 let at = now + self.cfg.t1;
                 t.next_retx = Some(at);
                 t.retransmit = Some(bytes.into_boxed_slice());
@@ -573,7 +604,12 @@ impl Actor for SipTransport {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.add_stream(io::udp_stream(self.udp.clone(), self.cfg.max_message));
+        match udp::spawn_reader(&self.udp, self.cfg.max_message, self.keys.clone()) {
+            Ok(mut rx) => {
+                ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+            }
+            Err(e) => warn!(error = %e, "cannot start the UDP reader thread; UDP is not read"),
+        }
         if let Some(listener) = self.listener.take() {
             ctx.add_stream(io::accept_stream(listener));
         }
@@ -581,19 +617,17 @@ impl Actor for SipTransport {
     }
 }
 
-impl StreamHandler<Incoming> for SipTransport {
-    fn handle(&mut self, item: Incoming, ctx: &mut Context<Self>) {
+impl SipTransport {
+    fn incoming(&mut self, item: Incoming, ctx: &mut Context<Self>) {
         match item {
             Incoming::Request(req, source) => self.on_request(*req, source),
             Incoming::Response(resp, source) => self.on_response(*resp, &source),
             Incoming::Reject(resp, source) => {
-                self.out.clear();
-                encode_response(&resp, &mut self.out);
-                let bytes = std::mem::take(&mut self.out);
-                if let Err(e) = self.send_to_source(&bytes, &source) {
+                let mut bytes = Vec::new();
+                encode_response(&resp, &mut bytes);
+                if let Err(e) = self.send_to_source(bytes, &source) {
                     warn!(error = %e, status = resp.status, "error response send failed");
                 }
-                self.out = bytes;
             }
             Incoming::Nothing => {}
             Incoming::Accepted(stream, peer) => {
@@ -604,13 +638,11 @@ impl StreamHandler<Incoming> for SipTransport {
             }
             Incoming::RejectAndClose(resp, source, reason) => {
                 let conn_id = source.conn_id;
-                self.out.clear();
-                encode_response(&resp, &mut self.out);
-                let bytes = std::mem::take(&mut self.out);
-                if let Err(e) = self.send_to_source(&bytes, &source) {
+                let mut bytes = Vec::new();
+                encode_response(&resp, &mut bytes);
+                if let Err(e) = self.send_to_source(bytes, &source) {
                     warn!(error = %e, status = resp.status, "error response send failed");
                 }
-                self.out = bytes;
                 warn!(peer = %source.peer, %reason, "SIP framing error; answered {} and closing the TCP connection", resp.status);
                 if let Some(conn_id) = conn_id {
                     self.drop_conn(conn_id);
@@ -624,8 +656,25 @@ impl StreamHandler<Incoming> for SipTransport {
             Incoming::Closed(conn_id) => self.drop_conn(conn_id),
         }
     }
+}
+
+impl StreamHandler<Incoming> for SipTransport {
+    fn handle(&mut self, item: Incoming, ctx: &mut Context<Self>) {
+        self.incoming(item, ctx);
+    }
 
     /// Each socket stream ending (a closed connection) must not stop the actor.
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
+}
+
+/// Parsed datagrams from the UDP reader thread.
+impl StreamHandler<UdpBatch> for SipTransport {
+    fn handle(&mut self, batch: UdpBatch, ctx: &mut Context<Self>) {
+        for item in batch.0 {
+            self.incoming(item, ctx);
+        }
+    }
+
     fn finished(&mut self, _ctx: &mut Context<Self>) {}
 }
 
@@ -633,38 +682,40 @@ impl Handler<SendResponse> for SipTransport {
     type Result = ();
 
     fn handle(&mut self, msg: SendResponse, _ctx: &mut Context<Self>) {
-        let Some(t) = self.server.get(msg.txn) else {
+        let Some(t) = self.server.trying(msg.txn) else {
             warn!(
                 txn = msg.txn,
                 status = msg.resp.status,
-                "response for an unknown or expired transaction dropped"
+                "response for an unknown, expired or already answered transaction dropped"
             );
             return;
         };
-        if t.response.is_some() && msg.resp.status >= 200 {
-            warn!(txn = msg.txn, "second final response dropped");
-            return;
-        }
         let source = t.source.clone();
-        self.out.clear();
-        encode_response(&msg.resp, &mut self.out);
+        let req_fp = t.fp;
+        let mut bytes = Vec::new();
+        encode_response(&msg.resp, &mut bytes);
         metrics::counter!("pua_xmpp_sip_responses_out_total", "code" => msg.resp.status.to_string()).increment(1);
-        let bytes = std::mem::take(&mut self.out);
-        if let Err(e) = self.send_to_source(&bytes, &source) {
-            warn!(peer = %source.peer, error = %e, "response send failed");
-        }
         if msg.resp.status >= 200 {
             if source.transport == Transport::Udp {
-                // Completed: keep the response for retransmissions until Timer J.
-                let at = Instant::now() + self.timer_f();
-                self.server
-                    .complete(msg.txn, bytes.clone().into_boxed_slice(), at);
-                self.timers.server.push_back((at, msg.txn));
+                // Completed: absorb retransmissions until Timer J. A plain response is rebuilt
+                // from the retransmission; any other is kept encoded.
+                let kept = (!is_plain(&msg.resp, req_fp)).then(|| Box::new(bytes.clone()));
+                let done = CompletedTxn {
+                    fp: req_fp,
+                    status: msg.resp.status,
+                    bytes: kept,
+                };
+                if let Some(key) = self.server.complete(msg.txn, done) {
+                    let at = self.timers.ms(Instant::now() + self.timer_f());
+                    self.timers.timer_j.push_back((at.wrapping_add(1), key));
+                }
             } else {
-                self.server.remove(msg.txn);
+                self.server.remove_trying(msg.txn);
             }
         }
-        self.out = bytes;
+        if let Err(e) = self.send_to_source(bytes, &source) {
+            warn!(peer = %source.peer, error = %e, "response send failed");
+        }
     }
 }
 
@@ -761,6 +812,8 @@ impl Handler<GetConnections> for SipTransport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransportStats {
     pub server_txns: usize,
+    /// Completed server transactions holding their encoded response (not rebuildable).
+    pub kept_responses: usize,
     pub client_txns: usize,
     pub connections: usize,
 }
@@ -775,6 +828,7 @@ impl Handler<GetStats> for SipTransport {
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
         MessageResult(TransportStats {
             server_txns: self.server.len(),
+            kept_responses: self.server.kept_responses(),
             client_txns: self.clients.len(),
             connections: self.conns.len(),
         })
