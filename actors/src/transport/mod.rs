@@ -27,7 +27,7 @@ use crate::messages::{
 use io::{InRequest, Incoming};
 pub use txn::BranchGen;
 use txn::{is_plain, ClientTxn, CompletedTxn, Found, KeyHasher, ServerTxns, Timers};
-use udp::{UdpBatch, UdpSender};
+use udp::{Datagram, UdpBatch, UdpSender};
 
 /// Settings of the SIP transport.
 #[derive(Clone, Debug)]
@@ -185,7 +185,7 @@ impl SipTransport {
     /// Sends bytes on UDP from our listening socket, through the sender thread. Never waits:
     /// a full socket buffer drops the datagram (retransmissions cover it).
     fn send_udp(&self, bytes: Vec<u8>, to: SocketAddr) -> Result<(), String> {
-        self.udp_tx.send(bytes, to)
+        self.udp_tx.send(Datagram::Bytes(bytes), to)
     }
 
     fn send_conn(&mut self, conn_id: u64, bytes: Vec<u8>) -> Result<(), String> {
@@ -202,6 +202,14 @@ impl SipTransport {
                 self.drop_conn(conn_id);
                 Err(format!("TCP connection to {peer} is closed"))
             }
+        }
+    }
+
+    /// Sends a datagram (UDP) or its encoding (TCP) to where `source` came from.
+    fn send_datagram(&mut self, datagram: Datagram, source: &Source) -> Result<(), String> {
+        match (source.transport, source.conn_id) {
+            (Transport::Tcp, Some(id)) => self.send_conn(id, datagram.into_bytes()),
+            _ => self.udp_tx.send(datagram, source.peer),
         }
     }
 
@@ -337,18 +345,17 @@ impl SipTransport {
             Some(Found::Trying) => return,
             // A retransmission after the final response: the same response again.
             Some(Found::Completed(done)) => {
-                let bytes = match &done.bytes {
-                    Some(kept) => kept.to_vec(),
+                let replay = match &done.bytes {
+                    Some(kept) => Datagram::Bytes(kept.to_vec()),
                     None => {
                         if done.fp != fp {
                             debug!(peer = %source.peer, call_id = %req.call_id, "retransmission differs from its request in Via/From/To/Call-ID/CSeq; answered from the retransmission");
                         }
-                        let mut out = Vec::new();
-                        encode_response(&OutResponse::to_request(&req, done.status, None), &mut out);
-                        out
+                        let resp = OutResponse::to_request(&req, done.status, None);
+                        Datagram::Response(Box::new(resp))
                     }
                 };
-                if let Err(e) = self.send_to_source(bytes, &source) {
+                if let Err(e) = self.send_datagram(replay, &source) {
                     warn!(error = %e, "response replay failed");
                 }
                 return;
@@ -453,7 +460,7 @@ impl SipTransport {
             let Some(bytes) = t.retransmit.as_ref() else {
                 continue;
             };
-            if let Err(e) = self.udp_tx.send(bytes.to_vec(), t.target) {
+            if let Err(e) = self.udp_tx.send(Datagram::Bytes(bytes.to_vec()), t.target) {
                 debug!(target = %t.target, error = %e, "retransmission failed");
             }
             t.interval = (t.interval * 2).min(t2);
@@ -692,28 +699,38 @@ impl Handler<SendResponse> for SipTransport {
         };
         let source = t.source.clone();
         let req_fp = t.fp;
-        let mut bytes = Vec::new();
-        encode_response(&msg.resp, &mut bytes);
-        metrics::counter!("pua_xmpp_sip_responses_out_total", "code" => msg.resp.status.to_string()).increment(1);
-        if msg.resp.status >= 200 {
-            if source.transport == Transport::Udp {
-                // Completed: absorb retransmissions until Timer J. A plain response is rebuilt
-                // from the retransmission; any other is kept encoded.
-                let kept = (!is_plain(&msg.resp, req_fp)).then(|| Box::new(bytes.clone()));
-                let done = CompletedTxn {
-                    fp: req_fp,
-                    status: msg.resp.status,
-                    bytes: kept,
-                };
-                if let Some(key) = self.server.complete(msg.txn, done) {
-                    let at = self.timers.ms(Instant::now() + self.timer_f());
-                    self.timers.timer_j.push_back((at.wrapping_add(1), key));
-                }
+        let status = msg.resp.status;
+        metrics::counter!("pua_xmpp_sip_responses_out_total", "code" => status.to_string())
+            .increment(1);
+        let out = if status >= 200 && source.transport == Transport::Udp {
+            // Completed: absorb retransmissions until Timer J. A plain response is rebuilt
+            // from the retransmission (and encoded by the sender thread); any other is kept.
+            let (out, kept) = if is_plain(&msg.resp, req_fp) {
+                (Datagram::Response(Box::new(msg.resp)), None)
             } else {
+                let mut bytes = Vec::new();
+                encode_response(&msg.resp, &mut bytes);
+                let kept = Some(Box::new(bytes.clone()));
+                (Datagram::Bytes(bytes), kept)
+            };
+            let done = CompletedTxn {
+                fp: req_fp,
+                status,
+                bytes: kept,
+            };
+            if let Some(key) = self.server.complete(msg.txn, done) {
+                let at = self.timers.ms(Instant::now() + self.timer_f());
+                self.timers.timer_j.push_back((at.wrapping_add(1), key));
+            }
+            out
+        } else {
+            if status >= 200 {
+                // Reliable transport: no Timer J (RFC 3261 §17.2.2).
                 self.server.remove_trying(msg.txn);
             }
-        }
-        if let Err(e) = self.send_to_source(bytes, &source) {
+            Datagram::Response(Box::new(msg.resp))
+        };
+        if let Err(e) = self.send_datagram(out, &source) {
             warn!(peer = %source.peer, error = %e, "response send failed");
         }
     }

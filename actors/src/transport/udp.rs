@@ -9,6 +9,8 @@
 //! their own duplicate of the socket's descriptor (same bound port: responses leave from the
 //! listening address, RFC 3261 §18.2.2).
 
+use pua_xmpp::sip::encode::encode_response;
+use pua_xmpp::sip::OutResponse;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -172,9 +174,29 @@ fn wait_for(fd: RawFd, events: libc::c_short, ms: i32) {
     unsafe { libc::poll(&mut p, 1, ms) };
 }
 
+/// One datagram to send: bytes, or a response the sender thread encodes (so the actor does
+/// not spend the encoding time on the hot path's `200 OK`s).
+pub(crate) enum Datagram {
+    Bytes(Vec<u8>),
+    Response(Box<OutResponse>),
+}
+
+impl Datagram {
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Datagram::Bytes(b) => b,
+            Datagram::Response(r) => {
+                let mut b = Vec::new();
+                encode_response(&r, &mut b);
+                b
+            }
+        }
+    }
+}
+
 /// The queue of datagrams to send; the sender thread ends when it is dropped.
 pub(crate) struct UdpSender {
-    tx: std_mpsc::Sender<(Vec<u8>, SocketAddr)>,
+    tx: std_mpsc::Sender<(Datagram, SocketAddr)>,
     local: SocketAddr,
 }
 
@@ -193,7 +215,7 @@ impl UdpSender {
     /// Queues a datagram. Never waits; the only errors are the ones known at once (an address
     /// the socket cannot reach, the thread gone). Later failures are logged by the thread and
     /// covered by retransmissions, like any lost datagram.
-    pub(crate) fn send(&self, bytes: Vec<u8>, to: SocketAddr) -> Result<(), String> {
+    pub(crate) fn send(&self, datagram: Datagram, to: SocketAddr) -> Result<(), String> {
         if to.is_ipv4() != self.local.is_ipv4() {
             return Err(format!(
                 "UDP send to {to} failed: not reachable from the socket on {}",
@@ -201,24 +223,24 @@ impl UdpSender {
             ));
         }
         self.tx
-            .send((bytes, to))
+            .send((datagram, to))
             .map_err(|_| format!("UDP send to {to} failed: the sender thread stopped"))
     }
 }
 
-fn sender_loop(sock: &socket2::Socket, rx: &std_mpsc::Receiver<(Vec<u8>, SocketAddr)>) {
+fn sender_loop(sock: &socket2::Socket, rx: &std_mpsc::Receiver<(Datagram, SocketAddr)>) {
     let fd = sock.as_raw_fd();
     let mut batch: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(BATCH);
     // SAFETY (zeroed): plain C structs for which all-zero bytes are a valid value.
     let mut addrs: Box<[libc::sockaddr_storage]> = vec![unsafe { zeroed() }; BATCH].into();
     let mut iovs: Box<[libc::iovec]> = vec![unsafe { zeroed() }; BATCH].into();
     let mut hdrs: Box<[libc::mmsghdr]> = vec![unsafe { zeroed() }; BATCH].into();
-    while let Ok(first) = rx.recv() {
+    while let Ok((first, to)) = rx.recv() {
         batch.clear();
-        batch.push(first);
+        batch.push((first.into_bytes(), to));
         while batch.len() < BATCH {
             match rx.try_recv() {
-                Ok(m) => batch.push(m),
+                Ok((m, to)) => batch.push((m.into_bytes(), to)),
                 Err(_) => break,
             }
         }
@@ -293,7 +315,8 @@ fn to_storage(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::sock
     // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_in and sockaddr_in6.
     match addr {
         SocketAddr::V4(a) => {
-            let sin = unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin =
+                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
             sin.sin_port = a.port().to_be();
             sin.sin_addr = libc::in_addr {
@@ -322,9 +345,13 @@ fn from_storage(st: &libc::sockaddr_storage) -> Option<SocketAddr> {
     // large enough and aligned for both.
     match i32::from(st.ss_family) {
         libc::AF_INET => {
-            let sin = unsafe { &*(st as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin =
+                unsafe { &*(st as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
         }
         libc::AF_INET6 => {
             let sin6 =
