@@ -56,7 +56,11 @@ pub(crate) fn decode(bytes: &[u8], source: Source, keys: &KeyHasher) -> Incoming
     match parse_message(bytes) {
         Ok(SipMessage::Request(req)) => {
             let key = keys.key(&req);
-            let fp = request_fp(&req);
+            // Only completed UDP transactions compare fingerprints (no Timer J on TCP).
+            let fp = match source.transport {
+                Transport::Udp => request_fp(&req),
+                Transport::Tcp => 0,
+            };
             Incoming::Request(Box::new(InRequest { req, key, fp }), source)
         }
         Ok(SipMessage::Response(r)) => Incoming::Response(Box::new(r), source),

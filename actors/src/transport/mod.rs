@@ -14,10 +14,11 @@ use actix::prelude::*;
 use pua_xmpp::sip::encode::{encode_request, encode_response, uri_host_port, via_branch};
 use pua_xmpp::sip::{Destination, Method, OutRequest, OutResponse, SipResponse};
 use std::collections::HashMap;
+use std::net::UdpSocket;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -120,7 +121,7 @@ struct Conn {
 pub struct SipTransport {
     cfg: TransportConfig,
     local: SocketAddr,
-    /// Kept open for the reader and sender threads, which use duplicates of its descriptor.
+    /// The UDP socket, shared with the reader and sender threads.
     udp: Arc<UdpSocket>,
     udp_tx: UdpSender,
     keys: KeyHasher,
@@ -135,6 +136,46 @@ pub struct SipTransport {
     /// Reusable connection per peer address (outbound ones, and inbound ones by source).
     conn_by_peer: HashMap<SocketAddr, u64>,
     next_conn: u64,
+    counters: Counters,
+}
+
+/// Counter handles by label value, made on first use: `counter!` with an owned label would
+/// allocate and look its key up in the registry for every message.
+struct Labelled<K> {
+    handles: Vec<(K, metrics::Counter)>,
+}
+
+impl<K: PartialEq + Clone> Labelled<K> {
+    /// Distinct label values kept (methods and status codes are few; beyond, no caching).
+    const MAX: usize = 64;
+
+    fn inc(&mut self, label: &K, make: impl FnOnce(&K) -> metrics::Counter) {
+        if let Some((_, c)) = self.handles.iter().find(|(k, _)| k == label) {
+            c.increment(1);
+            return;
+        }
+        let c = make(label);
+        c.increment(1);
+        if self.handles.len() < Self::MAX {
+            self.handles.push((label.clone(), c));
+        }
+    }
+}
+
+impl<K> Default for Labelled<K> {
+    fn default() -> Self {
+        Labelled {
+            handles: Vec::new(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    requests_in: Labelled<Method>,
+    responses_in: Labelled<u16>,
+    requests_out: Labelled<Method>,
+    responses_out: Labelled<u16>,
 }
 
 impl SipTransport {
@@ -146,10 +187,11 @@ impl SipTransport {
     ) -> std::io::Result<Addr<SipTransport>> {
         let (udp, listener) = bind_pair(cfg.listen).await?;
         let local = udp.local_addr()?;
-        let udp_tx = UdpSender::spawn(&udp)?;
+        let udp = Arc::new(udp);
+        let udp_tx = UdpSender::spawn(udp.clone())?;
         let actor = SipTransport {
             local,
-            udp: Arc::new(udp),
+            udp,
             udp_tx,
             keys: KeyHasher::new(),
             listener: Some(listener),
@@ -162,6 +204,7 @@ impl SipTransport {
             conns: HashMap::new(),
             conn_by_peer: HashMap::new(),
             next_conn: 1,
+            counters: Counters::default(),
             cfg,
         };
         Ok(actor.start())
@@ -365,7 +408,9 @@ impl SipTransport {
         let deadline = Instant::now() + self.timer_f();
         let id = self.server.insert(key, source.clone(), fp, deadline);
         self.timers.server.push_back((deadline, id));
-        metrics::counter!("pua_xmpp_sip_requests_in_total", "method" => req.method.as_str().to_owned()).increment(1);
+        self.counters.requests_in.inc(&req.method, |m| {
+            metrics::counter!("pua_xmpp_sip_requests_in_total", "method" => m.as_str().to_owned())
+        });
         self.inbound.do_send(SipRequestIn {
             req,
             source,
@@ -374,8 +419,10 @@ impl SipTransport {
     }
 
     fn on_response(&mut self, resp: SipResponse, source: &Source) {
-        metrics::counter!("pua_xmpp_sip_responses_in_total", "code" => resp.status.to_string())
-            .increment(1);
+        self.counters.responses_in.inc(
+            &resp.status,
+            |c| metrics::counter!("pua_xmpp_sip_responses_in_total", "code" => c.to_string()),
+        );
         let id = resp
             .via
             .first()
@@ -522,7 +569,9 @@ impl SipTransport {
         );
         let mut bytes = Vec::with_capacity(1024);
         encode_request(&msg.req, &via, &mut bytes);
-        metrics::counter!("pua_xmpp_sip_requests_out_total", "method" => msg.req.method.as_str().to_owned()).increment(1);
+        self.counters.requests_out.inc(&msg.req.method, |m| {
+            metrics::counter!("pua_xmpp_sip_requests_out_total", "method" => m.as_str().to_owned())
+        });
         let now = Instant::now();
         let mut t = ClientTxn {
             key: msg.key,
@@ -581,6 +630,14 @@ fn enlarge_buffers(udp: &UdpSocket) {
     for (what, r) in [
         ("receive", sock.set_recv_buffer_size(UDP_BUFFER)),
         ("send", sock.set_send_buffer_size(UDP_BUFFER)),
+        (
+            "receive timeout",
+            udp.set_read_timeout(Some(udp::RECV_TIMEOUT)),
+        ),
+        (
+            "send timeout",
+            udp.set_write_timeout(Some(udp::SEND_TIMEOUT)),
+        ),
     ] {
         if let Err(e) = r {
             warn!(error = %e, "cannot set the UDP {what} buffer size");
@@ -595,7 +652,8 @@ fn enlarge_buffers(udp: &UdpSocket) {
 async fn bind_pair(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
     let mut last_err = None;
     for _ in 0..16 {
-        let udp = UdpSocket::bind(listen).await?;
+        // A blocking socket: only the UDP threads use it, waiting in `recvmmsg` itself.
+        let udp = UdpSocket::bind(listen)?;
         enlarge_buffers(&udp);
         let port = udp.local_addr()?.port();
         match TcpListener::bind(SocketAddr::new(listen.ip(), port)).await {
@@ -611,7 +669,7 @@ impl Actor for SipTransport {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        match udp::spawn_reader(&self.udp, self.cfg.max_message, self.keys.clone()) {
+        match udp::spawn_reader(self.udp.clone(), self.cfg.max_message, self.keys.clone()) {
             Ok(mut rx) => {
                 ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
             }
@@ -700,8 +758,10 @@ impl Handler<SendResponse> for SipTransport {
         let source = t.source.clone();
         let req_fp = t.fp;
         let status = msg.resp.status;
-        metrics::counter!("pua_xmpp_sip_responses_out_total", "code" => status.to_string())
-            .increment(1);
+        self.counters.responses_out.inc(
+            &status,
+            |c| metrics::counter!("pua_xmpp_sip_responses_out_total", "code" => c.to_string()),
+        );
         let out = if status >= 200 && source.transport == Transport::Udp {
             // Completed: absorb retransmissions until Timer J. A plain response is rebuilt
             // from the retransmission (and encoded by the sender thread); any other is kept.

@@ -6,17 +6,19 @@
 //! syscall), frames and parses them, and hands the actor one batch of parsed messages, so the
 //! actor only matches transactions and dispatches. A sender thread drains a queue of
 //! outgoing datagrams with `sendmmsg`, so the actor makes no syscall per response. Both use
-//! their own duplicate of the socket's descriptor (same bound port: responses leave from the
-//! listening address, RFC 3261 §18.2.2).
+//! the one socket, which only they use and which is blocking: the threads wait in the
+//! syscalls themselves (responses leave from the listening address, RFC 3261 §18.2.2).
 
 use pua_xmpp::sip::encode::encode_response;
 use pua_xmpp::sip::OutResponse;
 use std::io;
 use std::mem::{size_of, zeroed};
+use std::net::UdpSocket;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc as std_mpsc;
-use tokio::net::UdpSocket;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -27,27 +29,30 @@ use super::txn::KeyHasher;
 pub(crate) const BATCH: usize = 64;
 
 /// Batches the reader may queue for the actor before it stops reading (the socket's receive
-/// buffer then absorbs bursts): about 16,000 messages.
-const QUEUE_BATCHES: usize = 256;
+/// buffer then absorbs bursts): at most 4,096 messages, so the queue adds little latency.
+const QUEUE_BATCHES: usize = 64;
 
-/// How often a blocked reader checks whether the actor is gone.
-const POLL_MS: i32 = 200;
+/// How often a blocked reader checks whether the actor is gone (the socket's SO_RCVTIMEO).
+pub(crate) const RECV_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How long a send may wait for room in a full send buffer (SO_SNDTIMEO); then the rest of
+/// the batch is dropped, as any lost datagram (retransmissions cover it).
+pub(crate) const SEND_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// Parsed datagrams, in arrival order.
 pub(crate) struct UdpBatch(pub Vec<Incoming>);
 
-/// Starts the reader thread on a duplicate of `sock`'s descriptor. It ends when the returned
-/// receiver is dropped (the actor stopped).
+/// Starts the reader thread on the (blocking) socket. It ends when the returned receiver is
+/// dropped (the actor stopped).
 pub(crate) fn spawn_reader(
-    sock: &UdpSocket,
+    sock: Arc<UdpSocket>,
     max_message: usize,
     keys: KeyHasher,
 ) -> io::Result<mpsc::Receiver<UdpBatch>> {
-    let dup = socket2::SockRef::from(sock).try_clone()?;
     let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
     std::thread::Builder::new()
         .name("sip-udp-rx".to_owned())
-        .spawn(move || reader_loop(&dup, max_message, &keys, &tx))?;
+        .spawn(move || reader_loop(&sock, max_message, &keys, &tx))?;
     Ok(rx)
 }
 
@@ -113,7 +118,7 @@ impl RecvBufs {
 }
 
 fn reader_loop(
-    sock: &socket2::Socket,
+    sock: &UdpSocket,
     max_message: usize,
     keys: &KeyHasher,
     tx: &mpsc::Sender<UdpBatch>,
@@ -126,21 +131,24 @@ fn reader_loop(
             return;
         }
         bufs.arm();
+        // Waits (at most RECV_TIMEOUT) for one datagram, then takes what else is queued: one
+        // syscall per batch.
         // SAFETY: `hdrs` holds BATCH headers pointing into live buffers of `bufs`.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
                 bufs.hdrs.as_mut_ptr(),
                 BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                libc::MSG_WAITFORONE,
                 std::ptr::null_mut(),
             )
         };
         if n < 0 {
             let e = io::Error::last_os_error();
             match e.kind() {
-                io::ErrorKind::WouldBlock => wait_for(fd, libc::POLLIN, POLL_MS),
-                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => {}
                 // E.g. ICMP port-unreachable reported for an earlier send.
                 _ => debug!(error = %e, "UDP receive error"),
             }
@@ -161,17 +169,6 @@ fn reader_loop(
             return;
         }
     }
-}
-
-/// Waits until `fd` is ready for `events`, at most `ms` milliseconds.
-fn wait_for(fd: RawFd, events: libc::c_short, ms: i32) {
-    let mut p = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut p, 1, ms) };
 }
 
 /// One datagram to send: bytes, or a response the sender thread encodes (so the actor does
@@ -201,14 +198,13 @@ pub(crate) struct UdpSender {
 }
 
 impl UdpSender {
-    /// Starts the sender thread on a duplicate of `sock`'s descriptor.
-    pub(crate) fn spawn(sock: &UdpSocket) -> io::Result<Self> {
+    /// Starts the sender thread on the (blocking) socket.
+    pub(crate) fn spawn(sock: Arc<UdpSocket>) -> io::Result<Self> {
         let local = sock.local_addr()?;
-        let dup = socket2::SockRef::from(sock).try_clone()?;
         let (tx, rx) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("sip-udp-tx".to_owned())
-            .spawn(move || sender_loop(&dup, &rx))?;
+            .spawn(move || sender_loop(&sock, &rx))?;
         Ok(UdpSender { tx, local })
     }
 
@@ -228,7 +224,7 @@ impl UdpSender {
     }
 }
 
-fn sender_loop(sock: &socket2::Socket, rx: &std_mpsc::Receiver<(Datagram, SocketAddr)>) {
+fn sender_loop(sock: &UdpSocket, rx: &std_mpsc::Receiver<(Datagram, SocketAddr)>) {
     let fd = sock.as_raw_fd();
     let mut batch: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(BATCH);
     // SAFETY (zeroed): plain C structs for which all-zero bytes are a valid value.
@@ -267,25 +263,18 @@ fn sender_loop(sock: &socket2::Socket, rx: &std_mpsc::Receiver<(Datagram, Socket
     }
 }
 
-/// Sends the first `n` prepared headers. A full send buffer is waited out briefly (then the
-/// rest is dropped: retransmissions cover it); a datagram the kernel refuses is skipped.
+/// Sends the first `n` prepared headers. A full send buffer is waited out for SEND_TIMEOUT
+/// (then the rest is dropped: retransmissions cover it); a datagram the kernel refuses is
+/// skipped.
 fn send_batch(fd: RawFd, hdrs: &mut [libc::mmsghdr], batch: &[(Vec<u8>, SocketAddr)], n: usize) {
     let mut off = 0;
-    let mut waits = 0;
     while off < n {
         let Some(rest) = hdrs.get_mut(off..n) else {
             return;
         };
         // SAFETY: `rest` holds prepared headers whose pointers target `addrs`, `iovs` and the
         // byte buffers of `batch`, all alive for this call.
-        let sent = unsafe {
-            libc::sendmmsg(
-                fd,
-                rest.as_mut_ptr(),
-                rest.len() as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
+        let sent = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as libc::c_uint, 0) };
         if sent > 0 {
             off += usize::try_from(sent).unwrap_or(1);
             continue;
@@ -293,11 +282,7 @@ fn send_batch(fd: RawFd, hdrs: &mut [libc::mmsghdr], batch: &[(Vec<u8>, SocketAd
         let e = io::Error::last_os_error();
         match e.kind() {
             io::ErrorKind::Interrupted => {}
-            io::ErrorKind::WouldBlock if waits < 5 => {
-                waits += 1;
-                wait_for(fd, libc::POLLOUT, 10);
-            }
-            io::ErrorKind::WouldBlock => {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                 warn!(dropped = n - off, "UDP send buffer full; datagrams dropped");
                 return;
             }
