@@ -3,6 +3,7 @@
 //! actor's context (no channel, no task per message); only TCP writes need their own task,
 //! one per connection, because a write may wait for the peer.
 
+use futures::{FutureExt, StreamExt};
 use pua_xmpp::sip::framing::{frame_datagram, FrameError, StreamFramer};
 use pua_xmpp::sip::parse::parse_message;
 use pua_xmpp::sip::{OutResponse, SipMessage, SipRequest, SipResponse};
@@ -42,6 +43,12 @@ pub(crate) enum Incoming {
     RejectAndClose(Box<OutResponse>, Source, String),
     Closed(u64),
 }
+
+/// Parsed messages, in arrival order (of one socket or connection).
+pub(crate) struct Batch(pub Vec<Incoming>);
+
+/// Messages handed to the actor at most per batch.
+const BATCH_MAX: usize = 64;
 
 /// A short, escaped excerpt of raw bytes for log lines.
 pub(crate) fn excerpt(bytes: &[u8]) -> String {
@@ -260,6 +267,50 @@ pub(crate) async fn tcp_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Ve
         if let Err(e) = wr.write_all(&batch).await {
             debug!(error = %e, "TCP write failed");
             break;
+        }
+    }
+}
+
+/// What the I/O thread needs to read one connection.
+pub(crate) struct ConnInfo {
+    pub conn: u64,
+    pub peer: SocketAddr,
+    pub max_message: usize,
+    pub keys: KeyHasher,
+}
+
+/// The I/O of one TCP connection on the TCP I/O thread: registers the socket there, starts
+/// its writer, and reads, frames and parses, handing the actor what is ready in one batch.
+/// Ends after `Closed` or `StreamBroken`, or when the actor is gone.
+pub(crate) async fn tcp_connection(
+    std: std::net::TcpStream,
+    info: ConnInfo,
+    out: mpsc::Receiver<Vec<u8>>,
+    to_actor: mpsc::Sender<Batch>,
+) {
+    let stream = match TcpStream::from_std(std) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(peer = %info.peer, error = %e, "cannot register the TCP connection");
+            let _ = to_actor
+                .send(Batch(vec![Incoming::Closed(info.conn)]))
+                .await;
+            return;
+        }
+    };
+    let (rd, wr) = stream.into_split();
+    actix_rt::spawn(tcp_writer(wr, out));
+    let mut reader = TcpReader::new(rd, info.conn, info.peer, info.max_message, info.keys);
+    while let Some(first) = reader.next().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match reader.next().now_or_never() {
+                Some(Some(msg)) => batch.push(msg),
+                _ => break,
+            }
+        }
+        if to_actor.send(Batch(batch)).await.is_err() {
+            return;
         }
     }
 }

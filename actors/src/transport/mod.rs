@@ -25,10 +25,11 @@ use tracing::{debug, warn};
 use crate::messages::{
     SendRequest, SendResponse, SipRequestIn, Source, TransactionOutcome, Transport, TxnResult,
 };
+use io::Batch;
 use io::{InRequest, Incoming};
 pub use txn::BranchGen;
 use txn::{is_plain, ClientTxn, CompletedTxn, Found, KeyHasher, ServerTxns, Timers};
-use udp::{Datagram, UdpBatch, UdpSender};
+use udp::{Datagram, UdpSender};
 
 /// Settings of the SIP transport.
 #[derive(Clone, Debug)]
@@ -108,6 +109,10 @@ pub(crate) fn too_large_answer(data: &[u8]) -> Option<pua_xmpp::sip::OutResponse
 /// buffer without bound.
 const TCP_QUEUE: usize = 1024;
 
+/// Batches of parsed TCP messages queued for the actor (all connections); when full, the
+/// connections stop reading and TCP flow control slows the peers.
+const TCP_BATCHES: usize = 64;
+
 /// One TCP connection, accepted or opened by us.
 struct Conn {
     peer: SocketAddr,
@@ -136,7 +141,25 @@ pub struct SipTransport {
     /// Reusable connection per peer address (outbound ones, and inbound ones by source).
     conn_by_peer: HashMap<SocketAddr, u64>,
     next_conn: u64,
+    /// One thread for the I/O of every TCP connection: reading, framing and parsing happen
+    /// off the actor's thread, as for UDP.
+    tcp_io: actix_rt::Arbiter,
+    tcp_in: mpsc::Sender<Batch>,
+    /// The receiving end of `tcp_in`, until `started` adds it as a stream.
+    tcp_in_rx: Option<mpsc::Receiver<Batch>>,
     counters: Counters,
+}
+
+/// Closes a connection that could not be set up (sent to ourselves).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CloseConn(u64);
+
+impl Handler<CloseConn> for SipTransport {
+    type Result = ();
+    fn handle(&mut self, msg: CloseConn, _: &mut Context<Self>) {
+        self.drop_conn(msg.0);
+    }
 }
 
 /// Counter handles by label value, made on first use: `counter!` with an owned label would
@@ -189,6 +212,7 @@ impl SipTransport {
         let local = udp.local_addr()?;
         let udp = Arc::new(udp);
         let udp_tx = UdpSender::spawn(udp.clone())?;
+        let (tcp_in, tcp_in_rx) = mpsc::channel(TCP_BATCHES);
         let actor = SipTransport {
             local,
             udp,
@@ -204,6 +228,9 @@ impl SipTransport {
             conns: HashMap::new(),
             conn_by_peer: HashMap::new(),
             next_conn: 1,
+            tcp_io: actix_rt::Arbiter::new(),
+            tcp_in,
+            tcp_in_rx: Some(tcp_in_rx),
             counters: Counters::default(),
             cfg,
         };
@@ -273,20 +300,8 @@ impl SipTransport {
         outbound: bool,
         ctx: &mut Context<Self>,
     ) {
-        if let Err(e) = stream.set_nodelay(true) {
-            warn!(%peer, error = %e, "cannot set TCP_NODELAY");
-        }
-        let nodelay = stream.nodelay().unwrap_or(false);
-        let (rd, wr) = stream.into_split();
-        ctx.add_stream(io::TcpReader::new(
-            rd,
-            conn_id,
-            peer,
-            self.cfg.max_message,
-            self.keys.clone(),
-        ));
         let (tx, rx) = mpsc::channel(TCP_QUEUE);
-        actix_rt::spawn(io::tcp_writer(wr, rx));
+        let nodelay = self.start_tcp_io(stream, peer, conn_id, rx, ctx);
         self.conns.insert(
             conn_id,
             Conn {
@@ -297,6 +312,45 @@ impl SipTransport {
             },
         );
         self.conn_by_peer.entry(peer).or_insert(conn_id);
+    }
+
+    /// Sets TCP_NODELAY (returns it as read back) and moves the connection's reading
+    /// (framing, parsing) and writing to the TCP I/O thread; parsed messages come back to the
+    /// actor in batches.
+    fn start_tcp_io(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        conn_id: u64,
+        out: mpsc::Receiver<Vec<u8>>,
+        ctx: &mut Context<Self>,
+    ) -> bool {
+        if let Err(e) = stream.set_nodelay(true) {
+            warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let nodelay = stream.nodelay().unwrap_or(false);
+        let max_message = self.cfg.max_message;
+        let keys = self.keys.clone();
+        let moved = stream.into_std().map(|std| {
+            let to_actor = self.tcp_in.clone();
+            self.tcp_io.spawn(io::tcp_connection(
+                std,
+                io::ConnInfo {
+                    conn: conn_id,
+                    peer,
+                    max_message,
+                    keys: keys.clone(),
+                },
+                out,
+                to_actor,
+            ))
+        });
+        if !matches!(moved, Ok(true)) {
+            // No I/O thread (stopped, or the socket could not move): the connection is lost.
+            warn!(%peer, "cannot hand the TCP connection to its I/O thread; closing it");
+            ctx.notify(CloseConn(conn_id));
+        }
+        nodelay
     }
 
     fn drop_conn(&mut self, conn_id: u64) {
@@ -348,19 +402,7 @@ impl SipTransport {
                     if !act.conns.contains_key(&conn_id) {
                         return; // closed meanwhile
                     }
-                    if let Err(e) = stream.set_nodelay(true) {
-                        warn!(%peer, error = %e, "cannot set TCP_NODELAY");
-                    }
-                    let nodelay = stream.nodelay().unwrap_or(false);
-                    let (rd, wr) = stream.into_split();
-                    ctx.add_stream(io::TcpReader::new(
-                        rd,
-                        conn_id,
-                        peer,
-                        act.cfg.max_message,
-                        act.keys.clone(),
-                    ));
-                    actix_rt::spawn(io::tcp_writer(wr, rx));
+                    let nodelay = act.start_tcp_io(stream, peer, conn_id, rx, ctx);
                     if let Some(c) = act.conns.get_mut(&conn_id) {
                         c.nodelay = nodelay;
                     }
@@ -668,12 +710,19 @@ async fn bind_pair(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListene
 impl Actor for SipTransport {
     type Context = Context<Self>;
 
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.tcp_io.stop();
+    }
+
     fn started(&mut self, ctx: &mut Context<Self>) {
         match udp::spawn_reader(self.udp.clone(), self.cfg.max_message, self.keys.clone()) {
             Ok(mut rx) => {
                 ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
             }
             Err(e) => warn!(error = %e, "cannot start the UDP reader thread; UDP is not read"),
+        }
+        if let Some(mut rx) = self.tcp_in_rx.take() {
+            ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
         }
         if let Some(listener) = self.listener.take() {
             ctx.add_stream(io::accept_stream(listener));
@@ -732,9 +781,9 @@ impl StreamHandler<Incoming> for SipTransport {
     fn finished(&mut self, _ctx: &mut Context<Self>) {}
 }
 
-/// Parsed datagrams from the UDP reader thread.
-impl StreamHandler<UdpBatch> for SipTransport {
-    fn handle(&mut self, batch: UdpBatch, ctx: &mut Context<Self>) {
+/// Parsed messages from the UDP reader thread and the TCP I/O thread.
+impl StreamHandler<Batch> for SipTransport {
+    fn handle(&mut self, batch: Batch, ctx: &mut Context<Self>) {
         for item in batch.0 {
             self.incoming(item, ctx);
         }

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::io::{decode_datagram, Incoming};
+use super::io::{decode_datagram, Batch, Incoming};
 use super::txn::KeyHasher;
 
 /// Datagrams per `recvmmsg` / `sendmmsg` call.
@@ -39,16 +39,13 @@ pub(crate) const RECV_TIMEOUT: Duration = Duration::from_millis(200);
 /// the batch is dropped, as any lost datagram (retransmissions cover it).
 pub(crate) const SEND_TIMEOUT: Duration = Duration::from_millis(50);
 
-/// Parsed datagrams, in arrival order.
-pub(crate) struct UdpBatch(pub Vec<Incoming>);
-
 /// Starts the reader thread on the (blocking) socket. It ends when the returned receiver is
 /// dropped (the actor stopped).
 pub(crate) fn spawn_reader(
     sock: Arc<UdpSocket>,
     max_message: usize,
     keys: KeyHasher,
-) -> io::Result<mpsc::Receiver<UdpBatch>> {
+) -> io::Result<mpsc::Receiver<Batch>> {
     let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
     std::thread::Builder::new()
         .name("sip-udp-rx".to_owned())
@@ -117,12 +114,7 @@ impl RecvBufs {
     }
 }
 
-fn reader_loop(
-    sock: &UdpSocket,
-    max_message: usize,
-    keys: &KeyHasher,
-    tx: &mpsc::Sender<UdpBatch>,
-) {
+fn reader_loop(sock: &UdpSocket, max_message: usize, keys: &KeyHasher, tx: &mpsc::Sender<Batch>) {
     let fd = sock.as_raw_fd();
     // One byte more than the largest message we accept, so an oversize one is recognised.
     let mut bufs = RecvBufs::new(max_message.clamp(1500, 65535) + 1);
@@ -165,7 +157,7 @@ fn reader_loop(
                 msg => batch.push(msg),
             }
         }
-        if !batch.is_empty() && tx.blocking_send(UdpBatch(batch)).is_err() {
+        if !batch.is_empty() && tx.blocking_send(Batch(batch)).is_err() {
             return;
         }
     }
