@@ -1,7 +1,7 @@
-//! Socket plumbing of the SIP transport: decoding, the TCP accept stream, the
-//! per-connection framed read stream and the per-connection writer task (UDP is in `udp`). Streams run inside the
-//! actor's context (no channel, no task per message); only TCP writes need their own task,
-//! one per connection, because a write may wait for the peer.
+//! Socket plumbing of the SIP transport: decoding (framing + parse + transaction key), the
+//! TCP accept stream (in the actor's context), and each TCP connection's reader and
+//! coalescing writer, which run on the TCP I/O thread and hand the actor batches of parsed
+//! messages. UDP is in `udp`.
 
 use futures::{FutureExt, StreamExt};
 use pua_xmpp::sip::framing::{frame_datagram, FrameError, StreamFramer};

@@ -2,6 +2,10 @@
 //! server transactions (§17.1.2, §17.2.2). It owns branches, retransmissions and timers so
 //! the gateway only sees new requests and final responses.
 //!
+//! The actor itself does no socket I/O and no parsing: UDP datagrams are received, parsed
+//! and sent by two threads (`udp`), TCP connections are served by one I/O thread (`io`);
+//! parsed messages arrive in batches, and the actor matches transactions and dispatches.
+//!
 //! Timers are driven by one periodic tick, not a task per transaction: fixed-duration timers
 //! (F, J, the server-side TU deadline) sit in FIFO queues because their deadlines arrive in
 //! order; only Timer E, whose interval doubles, needs a heap.
