@@ -154,7 +154,7 @@ pub async fn start(config: &Config) -> io::Result<Running> {
 
     let reg_ctx = Context::<Registry>::new();
     let registry = reg_ctx.address();
-    let transport = SipTransport::bind(
+    let transport = SipTransport::bind_batched(
         TransportConfig {
             listen,
             outbound_proxy: Some(proxy),
@@ -169,6 +169,7 @@ pub async fn start(config: &Config) -> io::Result<Running> {
             t4: Duration::from_secs(5),
         },
         registry.clone().recipient(),
+        Some(registry.clone().recipient()),
     )
     .await?;
     tracing::info!(%listen, proxy = %proxy, "SIP transport listening (UDP and TCP)");

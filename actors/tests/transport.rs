@@ -505,6 +505,42 @@ async fn tcp_inbound_framing_two_in_one_write_and_one_split_in_three() {
     );
 }
 
+/// Issue 7: with a batch recipient, the requests of one TCP read reach the registry as ONE
+/// `SipRequestsIn`, in order; a lone request still comes as a plain `SipRequestIn`.
+#[actix_rt::test]
+async fn tcp_requests_of_one_read_are_handed_over_as_one_batch() {
+    let (single, mut singles) = sink::<SipRequestIn>();
+    let (batch, mut batches) = sink::<pua_xmpp_actors::messages::SipRequestsIn>();
+    let addr = SipTransport::bind_batched(config(), single, Some(batch))
+        .await
+        .unwrap();
+    let local = addr.send(GetLocalAddr).await.unwrap();
+    let mut s = TcpStream::connect(local).await.unwrap();
+    let texts: Vec<String> = (1..=3)
+        .map(|i| {
+            subscribe_text(
+                &format!("z9hG4bKb{i}"),
+                &format!("batch-{i}"),
+                "127.0.0.1:5070",
+            )
+            .replace("/UDP", "/TCP")
+        })
+        .collect();
+    s.write_all(texts.concat().as_bytes()).await.unwrap();
+    let got = next(&mut batches, 2000).await.expect("one batch");
+    let ids: Vec<&str> = got.0.iter().map(|g| g.req.call_id.as_str()).collect();
+    assert_eq!(ids, ["batch-1", "batch-2", "batch-3"]);
+    assert!(
+        next(&mut singles, 150).await.is_none(),
+        "nothing sent one by one"
+    );
+    let lone = subscribe_text("z9hG4bKb4", "batch-4", "127.0.0.1:5070").replace("/UDP", "/TCP");
+    s.write_all(lone.as_bytes()).await.unwrap();
+    let one = next(&mut singles, 2000).await.expect("a lone request");
+    assert_eq!(one.req.call_id, "batch-4");
+    assert!(next(&mut batches, 150).await.is_none());
+}
+
 #[actix_rt::test]
 async fn tcp_framing_error_closes_the_connection_and_serving_continues() {
     let mut gw = start(config()).await;
@@ -887,4 +923,206 @@ async fn oversize_tcp_request_gets_413_then_the_connection_closes() {
     assert_eq!(resp.via, ["SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKt1"]);
     assert_eq!(read_tcp_message(&mut s, &mut pending).await, None);
     assert!(next(&mut gw.inbound, 100).await.is_none());
+}
+
+// ---- (c) completed UDP server transactions: compact records, exact replays (RFC 3261 §17.2.2)
+
+fn notify_text(branch: &str, call_id: &str) -> String {
+    format!(
+        "NOTIFY sip:romeo*example.net@127.0.0.1:5080 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:5070;branch={branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: \"Juliet\" <sip:juliet@example.com>;tag=jf1\r\n\
+         To: <sip:romeo*example.net@gw.example.com>;tag=gw1\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 8 NOTIFY\r\n\
+         Event: presence\r\n\
+         Subscription-State: active;expires=600\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// Sends `req_text`, answers it with `resp(req)`, then retransmits it `retx` times and returns
+/// the first response and every replay.
+async fn answer_and_retransmit(
+    gw: &mut Gw,
+    peer: &UdpSocket,
+    req_text: &str,
+    resp: impl FnOnce(&SipRequest) -> OutResponse,
+    retx: usize,
+) -> (String, Vec<String>) {
+    peer.send_to(req_text.as_bytes(), gw.local).await.unwrap();
+    let got = next(&mut gw.inbound, 2000)
+        .await
+        .expect("request delivered");
+    gw.addr.do_send(SendResponse {
+        txn: got.txn,
+        resp: resp(&got.req),
+    });
+    let (first, _) = recv_udp(peer, 2000).await.expect("response");
+    let mut replays = Vec::new();
+    for _ in 0..retx {
+        peer.send_to(req_text.as_bytes(), gw.local).await.unwrap();
+        let (r, from) = recv_udp(peer, 2000).await.expect("replayed response");
+        assert_eq!(from, gw.local);
+        replays.push(r);
+    }
+    assert!(next(&mut gw.inbound, 100).await.is_none(), "delivered once");
+    (first, replays)
+}
+
+#[actix_rt::test]
+async fn retransmitted_notify_after_200_gets_the_identical_200_rebuilt_without_keeping_it() {
+    let mut gw = start(config()).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let req_text = notify_text("z9hG4bKn1", "call-n@example.com");
+    let (first, replays) = answer_and_retransmit(
+        &mut gw,
+        &peer,
+        &req_text,
+        |req| OutResponse::to_request(req, 200, None),
+        3,
+    )
+    .await;
+    let expected = "SIP/2.0 200 OK\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKn1;rport\r\n\
+         From: \"Juliet\" <sip:juliet@example.com>;tag=jf1\r\n\
+         To: <sip:romeo*example.net@gw.example.com>;tag=gw1\r\n\
+         Call-ID: call-n@example.com\r\n\
+         CSeq: 8 NOTIFY\r\n\
+         Content-Length: 0\r\n\r\n";
+    assert_eq!(first, expected);
+    assert_eq!(replays, vec![expected.to_owned(); 3]);
+    let stats = gw.addr.send(GetStats).await.unwrap();
+    assert_eq!(stats.server_txns, 1, "completed, absorbing until Timer J");
+    assert_eq!(stats.kept_responses, 0, "a plain 200 is rebuilt, not kept");
+}
+
+#[actix_rt::test]
+async fn retransmitted_subscribe_without_to_tag_gets_the_same_derived_to_tag_again() {
+    let mut gw = start(config()).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let req_text = subscribe_text("z9hG4bKd1", "call-d@example.com", "127.0.0.1:5070");
+    let (first, replays) = answer_and_retransmit(
+        &mut gw,
+        &peer,
+        &req_text,
+        |req| OutResponse::to_request(req, 481, None),
+        2,
+    )
+    .await;
+    let to_tag = parse_message(first.as_bytes())
+        .ok()
+        .and_then(|m| match m {
+            SipMessage::Response(r) => r.to.tag,
+            _ => None,
+        })
+        .expect("a To tag");
+    assert!(to_tag.starts_with("sl-"), "derived tag: {to_tag}");
+    let expected = format!(
+        "SIP/2.0 481 Call/Transaction Does Not Exist\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKd1\r\n\
+         From: <sip:juliet@example.com>;tag=jf1\r\n\
+         To: <sip:romeo*example.net@gw.example.com>;tag={to_tag}\r\n\
+         Call-ID: call-d@example.com\r\n\
+         CSeq: 7 SUBSCRIBE\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    assert_eq!(first, expected);
+    assert_eq!(replays, vec![expected.clone(); 2]);
+    assert_eq!(gw.addr.send(GetStats).await.unwrap().kept_responses, 0);
+}
+
+#[actix_rt::test]
+async fn response_with_headers_own_tag_or_reason_is_kept_and_replayed_verbatim() {
+    let mut gw = start(config()).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // Our own To tag and headers: not what to_request rebuilds, so the bytes are kept.
+    let req_text = subscribe_text("z9hG4bKk1", "call-k@example.com", "127.0.0.1:5070");
+    let (first, replays) = answer_and_retransmit(
+        &mut gw,
+        &peer,
+        &req_text,
+        |req| {
+            OutResponse::to_request(req, 200, Some("gwtag7"))
+                .with_header("Expires", "600")
+                .with_header("Contact", "<sip:romeo*example.net@127.0.0.1:5080>")
+        },
+        2,
+    )
+    .await;
+    let expected = "SIP/2.0 200 OK\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKk1\r\n\
+         From: <sip:juliet@example.com>;tag=jf1\r\n\
+         To: <sip:romeo*example.net@gw.example.com>;tag=gwtag7\r\n\
+         Call-ID: call-k@example.com\r\n\
+         CSeq: 7 SUBSCRIBE\r\n\
+         Expires: 600\r\n\
+         Contact: <sip:romeo*example.net@127.0.0.1:5080>\r\n\
+         Content-Length: 0\r\n\r\n";
+    assert_eq!(first, expected);
+    assert_eq!(replays, vec![expected.to_owned(); 2]);
+    // A changed reason phrase alone is kept too.
+    let req_text = notify_text("z9hG4bKk2", "call-k2@example.com");
+    let (first, replays) = answer_and_retransmit(
+        &mut gw,
+        &peer,
+        &req_text,
+        |req| OutResponse::to_request(req, 489, None).with_reason("Unknown Event"),
+        1,
+    )
+    .await;
+    assert!(
+        first.starts_with("SIP/2.0 489 Unknown Event\r\n"),
+        "{first}"
+    );
+    assert_eq!(replays, vec![first.clone()]);
+    let stats = gw.addr.send(GetStats).await.unwrap();
+    assert_eq!(stats.server_txns, 2);
+    assert_eq!(stats.kept_responses, 2);
+    // Timer J ends both.
+    tokio::time::sleep(Duration::from_millis(64 * T1_MS + 200)).await;
+    let stats = gw.addr.send(GetStats).await.unwrap();
+    assert_eq!((stats.server_txns, stats.kept_responses), (0, 0));
+}
+
+#[actix_rt::test]
+async fn udp_burst_of_two_thousand_requests_is_delivered_once_each_and_answered() {
+    let mut gw = start(config()).await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // The 2000 responses arrive before we read them: room for all (the default is ~200 KB).
+    socket2::SockRef::from(&peer)
+        .set_recv_buffer_size(4 << 20)
+        .unwrap();
+    let n = 2000;
+    for i in 0..n {
+        let text = notify_text(&format!("z9hG4bKb{i}"), &format!("call-b{i}@example.com"));
+        peer.send_to(text.as_bytes(), gw.local).await.unwrap();
+    }
+    let mut call_ids = Vec::new();
+    while let Some(got) = next(&mut gw.inbound, 2000).await {
+        call_ids.push(got.req.call_id.clone());
+        gw.addr.do_send(SendResponse {
+            txn: got.txn,
+            resp: OutResponse::to_request(&got.req, 200, None),
+        });
+        if call_ids.len() == n {
+            break;
+        }
+    }
+    let expected: Vec<String> = (0..n).map(|i| format!("call-b{i}@example.com")).collect();
+    assert_eq!(call_ids, expected, "all delivered, in order");
+    let mut answered = 0;
+    while let Some((text, _)) = recv_udp(&peer, 1000).await {
+        let call_id = format!("Call-ID: call-b{answered}@example.com\r\n");
+        assert!(text.starts_with("SIP/2.0 200 OK\r\n"), "{text}");
+        assert!(text.contains(&call_id), "in order: {text}");
+        answered += 1;
+        if answered == n {
+            break;
+        }
+    }
+    assert_eq!(answered, n);
+    let stats = gw.addr.send(GetStats).await.unwrap();
+    assert_eq!((stats.server_txns, stats.kept_responses), (n, 0));
 }

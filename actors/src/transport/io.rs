@@ -1,26 +1,36 @@
-//! Socket plumbing of the SIP transport: the UDP receive stream, the TCP accept stream, the
-//! per-connection framed read stream and the per-connection writer task. Streams run inside the
-//! actor's context (no channel, no task per message); only TCP writes need their own task,
-//! one per connection, because a write may wait for the peer.
+//! Socket plumbing of the SIP transport: decoding (framing + parse + transaction key), the
+//! TCP accept stream (in the actor's context), and each TCP connection's reader and
+//! coalescing writer, which run on the TCP I/O thread and hand the actor batches of parsed
+//! messages. UDP is in `udp`.
 
+use futures::{FutureExt, StreamExt};
 use pua_xmpp::sip::framing::{frame_datagram, FrameError, StreamFramer};
 use pua_xmpp::sip::parse::parse_message;
 use pua_xmpp::sip::{OutResponse, SipMessage, SipRequest, SipResponse};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::txn::{request_fp, KeyHasher, TxnKey};
 use crate::messages::{Source, Transport};
+
+/// A parsed request with what the transaction layer needs, computed where it was parsed
+/// (for UDP: on the reader thread, not the actor's).
+pub(crate) struct InRequest {
+    pub req: SipRequest,
+    pub key: TxnKey,
+    /// [`super::txn::request_fp`] of `req`.
+    pub fp: u64,
+}
 
 /// What the socket streams hand to the actor.
 pub(crate) enum Incoming {
-    Request(Box<SipRequest>, Source),
+    Request(Box<InRequest>, Source),
     Response(Box<SipResponse>, Source),
     /// A request that failed to parse but can be answered (a ready 400).
     Reject(Box<OutResponse>, Source),
@@ -34,6 +44,12 @@ pub(crate) enum Incoming {
     Closed(u64),
 }
 
+/// Parsed messages, in arrival order (of one socket or connection).
+pub(crate) struct Batch(pub Vec<Incoming>);
+
+/// Messages handed to the actor at most per batch.
+const BATCH_MAX: usize = 64;
+
 /// A short, escaped excerpt of raw bytes for log lines.
 pub(crate) fn excerpt(bytes: &[u8]) -> String {
     let cut = bytes.len().min(80);
@@ -43,9 +59,17 @@ pub(crate) fn excerpt(bytes: &[u8]) -> String {
 }
 
 /// Parses one framed message; parse failures are logged here.
-pub(crate) fn decode(bytes: &[u8], source: Source) -> Incoming {
+pub(crate) fn decode(bytes: &[u8], source: Source, keys: &KeyHasher) -> Incoming {
     match parse_message(bytes) {
-        Ok(SipMessage::Request(r)) => Incoming::Request(Box::new(r), source),
+        Ok(SipMessage::Request(req)) => {
+            let key = keys.key(&req);
+            // Only completed UDP transactions compare fingerprints (no Timer J on TCP).
+            let fp = match source.transport {
+                Transport::Udp => request_fp(&req),
+                Transport::Tcp => 0,
+            };
+            Incoming::Request(Box::new(InRequest { req, key, fp }), source)
+        }
         Ok(SipMessage::Response(r)) => Incoming::Response(Box::new(r), source),
         Err(e) => {
             warn!(peer = %source.peer, reason = %e, excerpt = %excerpt(bytes), "unparseable SIP message");
@@ -57,7 +81,13 @@ pub(crate) fn decode(bytes: &[u8], source: Source) -> Incoming {
     }
 }
 
-fn decode_datagram(data: &[u8], peer: SocketAddr, max_message: usize) -> Incoming {
+/// Frames and parses one datagram.
+pub(crate) fn decode_datagram(
+    data: &[u8],
+    peer: SocketAddr,
+    max_message: usize,
+    keys: &KeyHasher,
+) -> Incoming {
     // RFC 5626 keepalives (CRLF) and empty datagrams are not messages.
     if data.iter().all(|b| b.is_ascii_whitespace()) {
         return Incoming::Nothing;
@@ -68,7 +98,7 @@ fn decode_datagram(data: &[u8], peer: SocketAddr, max_message: usize) -> Incomin
         conn_id: None,
     };
     match frame_datagram(data, max_message) {
-        Ok(msg) => decode(msg, source),
+        Ok(msg) => decode(msg, source, keys),
         Err(FrameError::TooLarge { size }) => match super::too_large_answer(data) {
             Some(resp) => {
                 warn!(%peer, size, max_message, "oversize SIP request; answering 413");
@@ -86,30 +116,6 @@ fn decode_datagram(data: &[u8], peer: SocketAddr, max_message: usize) -> Incomin
     }
 }
 
-/// Datagrams of the shared UDP socket, parsed. The stream never ends: receive errors (such as
-/// ICMP port-unreachable reported on Linux) are logged and skipped.
-pub(crate) fn udp_stream(
-    sock: Arc<UdpSocket>,
-    max_message: usize,
-) -> impl futures::Stream<Item = Incoming> {
-    let mut buf = vec![0u8; max_message.clamp(1500, 65535) + 1];
-    futures::stream::poll_fn(move |cx| {
-        let mut rb = ReadBuf::new(&mut buf);
-        match sock.poll_recv_from(cx, &mut rb) {
-            Poll::Ready(Ok(peer)) => {
-                let n = rb.filled().len();
-                let data = buf.get(..n).unwrap_or_default();
-                Poll::Ready(Some(decode_datagram(data, peer, max_message)))
-            }
-            Poll::Ready(Err(e)) => {
-                debug!(error = %e, "UDP receive error");
-                Poll::Ready(Some(Incoming::Nothing))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    })
-}
-
 /// Accepted TCP connections. Accept errors (e.g. out of file descriptors) are logged.
 pub(crate) fn accept_stream(listener: TcpListener) -> impl futures::Stream<Item = Incoming> {
     futures::stream::poll_fn(move |cx| match listener.poll_accept(cx) {
@@ -122,6 +128,9 @@ pub(crate) fn accept_stream(listener: TcpListener) -> impl futures::Stream<Item 
     })
 }
 
+/// Bytes one TCP read may return: large, so that a burst of small messages costs one syscall.
+const TCP_READ_BUFFER: usize = 64 * 1024;
+
 /// The read half of one TCP connection, framed by Content-Length and parsed. It ends after
 /// yielding `Closed` or `StreamBroken`.
 pub(crate) struct TcpReader {
@@ -133,18 +142,26 @@ pub(crate) struct TcpReader {
     buf: Box<[u8]>,
     conn: u64,
     peer: SocketAddr,
+    keys: KeyHasher,
     done: bool,
 }
 
 impl TcpReader {
-    pub(crate) fn new(rd: OwnedReadHalf, conn: u64, peer: SocketAddr, max_message: usize) -> Self {
+    pub(crate) fn new(
+        rd: OwnedReadHalf,
+        conn: u64,
+        peer: SocketAddr,
+        max_message: usize,
+        keys: KeyHasher,
+    ) -> Self {
         TcpReader {
             rd,
             framer: StreamFramer::new(max_message),
             unframed: Vec::new(),
-            buf: vec![0u8; 16 * 1024].into_boxed_slice(),
+            buf: vec![0u8; TCP_READ_BUFFER].into_boxed_slice(),
             conn,
             peer,
+            keys,
             done: false,
         }
     }
@@ -188,7 +205,7 @@ impl futures::Stream for TcpReader {
             match this.framer.next_message() {
                 Some(Ok(msg)) => {
                     this.consumed(&msg);
-                    return Poll::Ready(Some(decode(&msg, this.source())));
+                    return Poll::Ready(Some(decode(&msg, this.source(), &this.keys)));
                 }
                 Some(Err(e)) => {
                     this.done = true;
@@ -250,6 +267,50 @@ pub(crate) async fn tcp_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Ve
         if let Err(e) = wr.write_all(&batch).await {
             debug!(error = %e, "TCP write failed");
             break;
+        }
+    }
+}
+
+/// What the I/O thread needs to read one connection.
+pub(crate) struct ConnInfo {
+    pub conn: u64,
+    pub peer: SocketAddr,
+    pub max_message: usize,
+    pub keys: KeyHasher,
+}
+
+/// The I/O of one TCP connection on the TCP I/O thread: registers the socket there, starts
+/// its writer, and reads, frames and parses, handing the actor what is ready in one batch.
+/// Ends after `Closed` or `StreamBroken`, or when the actor is gone.
+pub(crate) async fn tcp_connection(
+    std: std::net::TcpStream,
+    info: ConnInfo,
+    out: mpsc::Receiver<Vec<u8>>,
+    to_actor: mpsc::Sender<Batch>,
+) {
+    let stream = match TcpStream::from_std(std) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(peer = %info.peer, error = %e, "cannot register the TCP connection");
+            let _ = to_actor
+                .send(Batch(vec![Incoming::Closed(info.conn)]))
+                .await;
+            return;
+        }
+    };
+    let (rd, wr) = stream.into_split();
+    actix_rt::spawn(tcp_writer(wr, out));
+    let mut reader = TcpReader::new(rd, info.conn, info.peer, info.max_message, info.keys);
+    while let Some(first) = reader.next().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match reader.next().now_or_never() {
+                Some(Some(msg)) => batch.push(msg),
+                _ => break,
+            }
+        }
+        if to_actor.send(Batch(batch)).await.is_err() {
+            return;
         }
     }
 }

@@ -2,30 +2,38 @@
 //! server transactions (§17.1.2, §17.2.2). It owns branches, retransmissions and timers so
 //! the gateway only sees new requests and final responses.
 //!
+//! The actor itself does no socket I/O and no parsing: UDP datagrams are received, parsed
+//! and sent by two threads (`udp`), TCP connections are served by one I/O thread (`io`);
+//! parsed messages arrive in batches, and the actor matches transactions and dispatches.
+//!
 //! Timers are driven by one periodic tick, not a task per transaction: fixed-duration timers
 //! (F, J, the server-side TU deadline) sit in FIFO queues because their deadlines arrive in
 //! order; only Timer E, whose interval doubles, needs a heap.
 
 mod io;
 mod txn;
+mod udp;
 
 use actix::prelude::*;
 use pua_xmpp::sip::encode::{encode_request, encode_response, uri_host_port, via_branch};
-use pua_xmpp::sip::{Destination, Method, OutRequest, SipRequest, SipResponse};
+use pua_xmpp::sip::{Destination, Method, OutRequest, OutResponse, SipResponse};
 use std::collections::HashMap;
+use std::net::UdpSocket;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::messages::{
     SendRequest, SendResponse, SipRequestIn, Source, TransactionOutcome, Transport, TxnResult,
 };
-use io::Incoming;
+use io::Batch;
+use io::{InRequest, Incoming};
 pub use txn::BranchGen;
-use txn::{ClientTxn, ServerTxns, Timers};
+use txn::{is_plain, ClientTxn, CompletedTxn, Found, KeyHasher, ServerTxns, Timers};
+use udp::{Datagram, UdpSender};
 
 /// Settings of the SIP transport.
 #[derive(Clone, Debug)]
@@ -105,6 +113,10 @@ pub(crate) fn too_large_answer(data: &[u8]) -> Option<pua_xmpp::sip::OutResponse
 /// buffer without bound.
 const TCP_QUEUE: usize = 1024;
 
+/// Batches of parsed TCP messages queued for the actor (all connections); when full, the
+/// connections stop reading and TCP flow control slows the peers.
+const TCP_BATCHES: usize = 64;
+
 /// One TCP connection, accepted or opened by us.
 struct Conn {
     peer: SocketAddr,
@@ -118,9 +130,15 @@ struct Conn {
 pub struct SipTransport {
     cfg: TransportConfig,
     local: SocketAddr,
+    /// The UDP socket, shared with the reader and sender threads.
     udp: Arc<UdpSocket>,
+    udp_tx: UdpSender,
+    keys: KeyHasher,
     listener: Option<TcpListener>,
     inbound: Recipient<SipRequestIn>,
+    inbound_batches: Option<Recipient<crate::messages::SipRequestsIn>>,
+    /// New requests of the batch being handled, sent by [`SipTransport::flush_inbound`].
+    pending_in: Vec<SipRequestIn>,
     server: ServerTxns,
     clients: HashMap<u64, ClientTxn>,
     timers: Timers,
@@ -130,8 +148,64 @@ pub struct SipTransport {
     /// Reusable connection per peer address (outbound ones, and inbound ones by source).
     conn_by_peer: HashMap<SocketAddr, u64>,
     next_conn: u64,
-    /// Reused encode buffer.
-    out: Vec<u8>,
+    /// One thread for the I/O of every TCP connection: reading, framing and parsing happen
+    /// off the actor's thread, as for UDP.
+    tcp_io: actix_rt::Arbiter,
+    tcp_in: mpsc::Sender<Batch>,
+    /// The receiving end of `tcp_in`, until `started` adds it as a stream.
+    tcp_in_rx: Option<mpsc::Receiver<Batch>>,
+    counters: Counters,
+}
+
+/// Closes a connection that could not be set up (sent to ourselves).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CloseConn(u64);
+
+impl Handler<CloseConn> for SipTransport {
+    type Result = ();
+    fn handle(&mut self, msg: CloseConn, _: &mut Context<Self>) {
+        self.drop_conn(msg.0);
+    }
+}
+
+/// Counter handles by label value, made on first use: `counter!` with an owned label would
+/// allocate and look its key up in the registry for every message.
+struct Labelled<K> {
+    handles: Vec<(K, metrics::Counter)>,
+}
+
+impl<K: PartialEq + Clone> Labelled<K> {
+    /// Distinct label values kept (methods and status codes are few; beyond, no caching).
+    const MAX: usize = 64;
+
+    fn inc(&mut self, label: &K, make: impl FnOnce(&K) -> metrics::Counter) {
+        if let Some((_, c)) = self.handles.iter().find(|(k, _)| k == label) {
+            c.increment(1);
+            return;
+        }
+        let c = make(label);
+        c.increment(1);
+        if self.handles.len() < Self::MAX {
+            self.handles.push((label.clone(), c));
+        }
+    }
+}
+
+impl<K> Default for Labelled<K> {
+    fn default() -> Self {
+        Labelled {
+            handles: Vec::new(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    requests_in: Labelled<Method>,
+    responses_in: Labelled<u16>,
+    requests_out: Labelled<Method>,
+    responses_out: Labelled<u16>,
 }
 
 impl SipTransport {
@@ -141,13 +215,31 @@ impl SipTransport {
         cfg: TransportConfig,
         inbound: Recipient<SipRequestIn>,
     ) -> std::io::Result<Addr<SipTransport>> {
+        Self::bind_batched(cfg, inbound, None).await
+    }
+
+    /// [`SipTransport::bind`], with the requests of one read (a batch of datagrams, one TCP
+    /// read) handed over as one [`SipRequestsIn`] to `batches`: the registry and the shards
+    /// then cross threads once per batch, not once per request.
+    pub async fn bind_batched(
+        cfg: TransportConfig,
+        inbound: Recipient<SipRequestIn>,
+        batches: Option<Recipient<crate::messages::SipRequestsIn>>,
+    ) -> std::io::Result<Addr<SipTransport>> {
         let (udp, listener) = bind_pair(cfg.listen).await?;
         let local = udp.local_addr()?;
+        let udp = Arc::new(udp);
+        let udp_tx = UdpSender::spawn(udp.clone())?;
+        let (tcp_in, tcp_in_rx) = mpsc::channel(TCP_BATCHES);
         let actor = SipTransport {
             local,
-            udp: Arc::new(udp),
+            udp,
+            udp_tx,
+            keys: KeyHasher::new(),
             listener: Some(listener),
             inbound,
+            inbound_batches: batches,
+            pending_in: Vec::new(),
             server: ServerTxns::default(),
             clients: HashMap::new(),
             timers: Timers::default(),
@@ -156,7 +248,10 @@ impl SipTransport {
             conns: HashMap::new(),
             conn_by_peer: HashMap::new(),
             next_conn: 1,
-            out: Vec::with_capacity(4096),
+            tcp_io: actix_rt::Arbiter::new(),
+            tcp_in,
+            tcp_in_rx: Some(tcp_in_rx),
+            counters: Counters::default(),
             cfg,
         };
         Ok(actor.start())
@@ -177,13 +272,10 @@ impl SipTransport {
 
     // ---- sending -------------------------------------------------------------------------
 
-    /// Sends bytes on UDP from our listening socket. Never waits: a full socket buffer drops
-    /// the datagram (retransmissions cover it).
-    fn send_udp(&self, bytes: &[u8], to: SocketAddr) -> Result<(), String> {
-        match self.udp.try_send_to(bytes, to) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!("UDP send to {to} failed: {e}")),
-        }
+    /// Sends bytes on UDP from our listening socket, through the sender thread. Never waits:
+    /// a full socket buffer drops the datagram (retransmissions cover it).
+    fn send_udp(&self, bytes: Vec<u8>, to: SocketAddr) -> Result<(), String> {
+        self.udp_tx.send(Datagram::Bytes(bytes), to)
     }
 
     fn send_conn(&mut self, conn_id: u64, bytes: Vec<u8>) -> Result<(), String> {
@@ -203,9 +295,17 @@ impl SipTransport {
         }
     }
 
-    fn send_to_source(&mut self, bytes: &[u8], source: &Source) -> Result<(), String> {
+    /// Sends a datagram (UDP) or its encoding (TCP) to where `source` came from.
+    fn send_datagram(&mut self, datagram: Datagram, source: &Source) -> Result<(), String> {
         match (source.transport, source.conn_id) {
-            (Transport::Tcp, Some(id)) => self.send_conn(id, bytes.to_vec()),
+            (Transport::Tcp, Some(id)) => self.send_conn(id, datagram.into_bytes()),
+            _ => self.udp_tx.send(datagram, source.peer),
+        }
+    }
+
+    fn send_to_source(&mut self, bytes: Vec<u8>, source: &Source) -> Result<(), String> {
+        match (source.transport, source.conn_id) {
+            (Transport::Tcp, Some(id)) => self.send_conn(id, bytes),
             _ => self.send_udp(bytes, source.peer),
         }
     }
@@ -220,14 +320,8 @@ impl SipTransport {
         outbound: bool,
         ctx: &mut Context<Self>,
     ) {
-        if let Err(e) = stream.set_nodelay(true) {
-            warn!(%peer, error = %e, "cannot set TCP_NODELAY");
-        }
-        let nodelay = stream.nodelay().unwrap_or(false);
-        let (rd, wr) = stream.into_split();
-        ctx.add_stream(io::TcpReader::new(rd, conn_id, peer, self.cfg.max_message));
         let (tx, rx) = mpsc::channel(TCP_QUEUE);
-        actix_rt::spawn(io::tcp_writer(wr, rx));
+        let nodelay = self.start_tcp_io(stream, peer, conn_id, rx, ctx);
         self.conns.insert(
             conn_id,
             Conn {
@@ -238,6 +332,45 @@ impl SipTransport {
             },
         );
         self.conn_by_peer.entry(peer).or_insert(conn_id);
+    }
+
+    /// Sets TCP_NODELAY (returns it as read back) and moves the connection's reading
+    /// (framing, parsing) and writing to the TCP I/O thread; parsed messages come back to the
+    /// actor in batches.
+    fn start_tcp_io(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        conn_id: u64,
+        out: mpsc::Receiver<Vec<u8>>,
+        ctx: &mut Context<Self>,
+    ) -> bool {
+        if let Err(e) = stream.set_nodelay(true) {
+            warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let nodelay = stream.nodelay().unwrap_or(false);
+        let max_message = self.cfg.max_message;
+        let keys = self.keys.clone();
+        let moved = stream.into_std().map(|std| {
+            let to_actor = self.tcp_in.clone();
+            self.tcp_io.spawn(io::tcp_connection(
+                std,
+                io::ConnInfo {
+                    conn: conn_id,
+                    peer,
+                    max_message,
+                    keys: keys.clone(),
+                },
+                out,
+                to_actor,
+            ))
+        });
+        if !matches!(moved, Ok(true)) {
+            // No I/O thread (stopped, or the socket could not move): the connection is lost.
+            warn!(%peer, "cannot hand the TCP connection to its I/O thread; closing it");
+            ctx.notify(CloseConn(conn_id));
+        }
+        nodelay
     }
 
     fn drop_conn(&mut self, conn_id: u64) {
@@ -289,13 +422,7 @@ impl SipTransport {
                     if !act.conns.contains_key(&conn_id) {
                         return; // closed meanwhile
                     }
-                    if let Err(e) = stream.set_nodelay(true) {
-                        warn!(%peer, error = %e, "cannot set TCP_NODELAY");
-                    }
-                    let nodelay = stream.nodelay().unwrap_or(false);
-                    let (rd, wr) = stream.into_split();
-                    ctx.add_stream(io::TcpReader::new(rd, conn_id, peer, act.cfg.max_message));
-                    actix_rt::spawn(io::tcp_writer(wr, rx));
+                    let nodelay = act.start_tcp_io(stream, peer, conn_id, rx, ctx);
                     if let Some(c) = act.conns.get_mut(&conn_id) {
                         c.nodelay = nodelay;
                     }
@@ -312,39 +439,71 @@ impl SipTransport {
 
     // ---- inbound -------------------------------------------------------------------------
 
-    fn on_request(&mut self, req: SipRequest, source: Source) {
+    fn on_request(&mut self, inreq: InRequest, source: Source) {
+        let InRequest { req, key, fp } = inreq;
         if req.method == Method::Ack {
             debug!(peer = %source.peer, call_id = %req.call_id, "ACK without INVITE transaction dropped");
             return;
         }
-        let key = txn::server_key(&req);
-        if let Some(id) = self.server.find(&key) {
-            // A retransmission: absorb it, or replay the final response.
-            let replay = self
-                .server
-                .get(id)
-                .and_then(|t| t.response.as_ref().map(|r| (r.clone(), t.source.clone())));
-            if let Some((bytes, src)) = replay {
-                if let Err(e) = self.send_to_source(&bytes, &src) {
+        match self.server.find(&key) {
+            // A retransmission before the gateway answered: absorbed (no 100 for non-INVITE).
+            Some(Found::Trying) => return,
+            // A retransmission after the final response: the same response again.
+            Some(Found::Completed(done)) => {
+                let replay = match &done.bytes {
+                    Some(kept) => Datagram::Bytes(kept.to_vec()),
+                    None => {
+                        if done.fp != fp {
+                            debug!(peer = %source.peer, call_id = %req.call_id, "retransmission differs from its request in Via/From/To/Call-ID/CSeq; answered from the retransmission");
+                        }
+                        let resp = OutResponse::to_request(&req, done.status, None);
+                        Datagram::Response(Box::new(resp))
+                    }
+                };
+                if let Err(e) = self.send_datagram(replay, &source) {
                     warn!(error = %e, "response replay failed");
                 }
+                return;
             }
-            return;
+            None => {}
         }
         let deadline = Instant::now() + self.timer_f();
-        let id = self.server.insert(key, source.clone(), deadline);
+        let id = self.server.insert(key, source.clone(), fp, deadline);
         self.timers.server.push_back((deadline, id));
-        metrics::counter!("pua_xmpp_sip_requests_in_total", "method" => req.method.as_str().to_owned()).increment(1);
-        self.inbound.do_send(SipRequestIn {
+        self.counters.requests_in.inc(&req.method, |m| {
+            metrics::counter!("pua_xmpp_sip_requests_in_total", "method" => m.as_str().to_owned())
+        });
+        self.pending_in.push(SipRequestIn {
             req,
             source,
             txn: id,
         });
     }
 
+    /// Hands the new requests of the batch just read to the registry: as one message when
+    /// batches are wanted, else one by one.
+    fn flush_inbound(&mut self) {
+        if self.pending_in.is_empty() {
+            return;
+        }
+        match &self.inbound_batches {
+            Some(b) if self.pending_in.len() > 1 => {
+                let batch = std::mem::take(&mut self.pending_in);
+                b.do_send(crate::messages::SipRequestsIn(batch));
+            }
+            _ => {
+                for r in self.pending_in.drain(..) {
+                    self.inbound.do_send(r);
+                }
+            }
+        }
+    }
+
     fn on_response(&mut self, resp: SipResponse, source: &Source) {
-        metrics::counter!("pua_xmpp_sip_responses_in_total", "code" => resp.status.to_string())
-            .increment(1);
+        self.counters.responses_in.inc(
+            &resp.status,
+            |c| metrics::counter!("pua_xmpp_sip_responses_in_total", "code" => c.to_string()),
+        );
         let id = resp
             .via
             .first()
@@ -381,20 +540,27 @@ impl SipTransport {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
-        // Server transactions: Timer J, or the TU never answered.
+        // Server transactions the TU never answered.
         while let Some(&(at, id)) = self.timers.server.front() {
             if at > now {
                 break;
             }
             self.timers.server.pop_front();
-            if let Some(t) = self.server.get(id) {
+            if let Some(t) = self.server.trying(id) {
                 if t.deadline == at {
-                    if t.response.is_none() {
-                        warn!(peer = %t.source.peer, txn = id, "no response from the gateway within 64*T1; transaction dropped");
-                    }
-                    self.server.remove(id);
+                    warn!(peer = %t.source.peer, txn = id, "no response from the gateway within 64*T1; transaction dropped");
+                    self.server.remove_trying(id);
                 }
             }
+        }
+        // Timer J.
+        let now_ms = self.timers.ms(now);
+        while let Some(&(at, key)) = self.timers.timer_j.front() {
+            if !Timers::due(at, now_ms) {
+                break;
+            }
+            self.timers.timer_j.pop_front();
+            self.server.expire_completed(&key);
         }
         // Timer F.
         while let Some(&(at, id)) = self.timers.client_f.front() {
@@ -422,7 +588,7 @@ impl SipTransport {
             let Some(bytes) = t.retransmit.as_ref() else {
                 continue;
             };
-            if let Err(e) = self.udp.try_send_to(bytes, t.target) {
+            if let Err(e) = self.udp_tx.send(Datagram::Bytes(bytes.to_vec()), t.target) {
                 debug!(target = %t.target, error = %e, "retransmission failed");
             }
             t.interval = (t.interval * 2).min(t2);
@@ -484,7 +650,9 @@ impl SipTransport {
         );
         let mut bytes = Vec::with_capacity(1024);
         encode_request(&msg.req, &via, &mut bytes);
-        metrics::counter!("pua_xmpp_sip_requests_out_total", "method" => msg.req.method.as_str().to_owned()).increment(1);
+        self.counters.requests_out.inc(&msg.req.method, |m| {
+            metrics::counter!("pua_xmpp_sip_requests_out_total", "method" => m.as_str().to_owned())
+        });
         let now = Instant::now();
         let mut t = ClientTxn {
             key: msg.key,
@@ -498,7 +666,7 @@ impl SipTransport {
         };
         let sent = match transport {
             Transport::Udp => {
-                let r = self.send_udp(&bytes, target);
+                let r = self.send_udp(bytes.clone(), target);
                 let at = now + self.cfg.t1;
                 t.next_retx = Some(at);
                 t.retransmit = Some(bytes.into_boxed_slice());
@@ -543,6 +711,14 @@ fn enlarge_buffers(udp: &UdpSocket) {
     for (what, r) in [
         ("receive", sock.set_recv_buffer_size(UDP_BUFFER)),
         ("send", sock.set_send_buffer_size(UDP_BUFFER)),
+        (
+            "receive timeout",
+            udp.set_read_timeout(Some(udp::RECV_TIMEOUT)),
+        ),
+        (
+            "send timeout",
+            udp.set_write_timeout(Some(udp::SEND_TIMEOUT)),
+        ),
     ] {
         if let Err(e) = r {
             warn!(error = %e, "cannot set the UDP {what} buffer size");
@@ -557,7 +733,8 @@ fn enlarge_buffers(udp: &UdpSocket) {
 async fn bind_pair(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
     let mut last_err = None;
     for _ in 0..16 {
-        let udp = UdpSocket::bind(listen).await?;
+        // A blocking socket: only the UDP threads use it, waiting in `recvmmsg` itself.
+        let udp = UdpSocket::bind(listen)?;
         enlarge_buffers(&udp);
         let port = udp.local_addr()?.port();
         match TcpListener::bind(SocketAddr::new(listen.ip(), port)).await {
@@ -572,8 +749,20 @@ async fn bind_pair(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListene
 impl Actor for SipTransport {
     type Context = Context<Self>;
 
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.tcp_io.stop();
+    }
+
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.add_stream(io::udp_stream(self.udp.clone(), self.cfg.max_message));
+        match udp::spawn_reader(self.udp.clone(), self.cfg.max_message, self.keys.clone()) {
+            Ok(mut rx) => {
+                ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+            }
+            Err(e) => warn!(error = %e, "cannot start the UDP reader thread; UDP is not read"),
+        }
+        if let Some(mut rx) = self.tcp_in_rx.take() {
+            ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        }
         if let Some(listener) = self.listener.take() {
             ctx.add_stream(io::accept_stream(listener));
         }
@@ -581,19 +770,17 @@ impl Actor for SipTransport {
     }
 }
 
-impl StreamHandler<Incoming> for SipTransport {
-    fn handle(&mut self, item: Incoming, ctx: &mut Context<Self>) {
+impl SipTransport {
+    fn incoming(&mut self, item: Incoming, ctx: &mut Context<Self>) {
         match item {
             Incoming::Request(req, source) => self.on_request(*req, source),
             Incoming::Response(resp, source) => self.on_response(*resp, &source),
             Incoming::Reject(resp, source) => {
-                self.out.clear();
-                encode_response(&resp, &mut self.out);
-                let bytes = std::mem::take(&mut self.out);
-                if let Err(e) = self.send_to_source(&bytes, &source) {
+                let mut bytes = Vec::new();
+                encode_response(&resp, &mut bytes);
+                if let Err(e) = self.send_to_source(bytes, &source) {
                     warn!(error = %e, status = resp.status, "error response send failed");
                 }
-                self.out = bytes;
             }
             Incoming::Nothing => {}
             Incoming::Accepted(stream, peer) => {
@@ -604,13 +791,11 @@ impl StreamHandler<Incoming> for SipTransport {
             }
             Incoming::RejectAndClose(resp, source, reason) => {
                 let conn_id = source.conn_id;
-                self.out.clear();
-                encode_response(&resp, &mut self.out);
-                let bytes = std::mem::take(&mut self.out);
-                if let Err(e) = self.send_to_source(&bytes, &source) {
+                let mut bytes = Vec::new();
+                encode_response(&resp, &mut bytes);
+                if let Err(e) = self.send_to_source(bytes, &source) {
                     warn!(error = %e, status = resp.status, "error response send failed");
                 }
-                self.out = bytes;
                 warn!(peer = %source.peer, %reason, "SIP framing error; answered {} and closing the TCP connection", resp.status);
                 if let Some(conn_id) = conn_id {
                     self.drop_conn(conn_id);
@@ -624,8 +809,27 @@ impl StreamHandler<Incoming> for SipTransport {
             Incoming::Closed(conn_id) => self.drop_conn(conn_id),
         }
     }
+}
+
+impl StreamHandler<Incoming> for SipTransport {
+    fn handle(&mut self, item: Incoming, ctx: &mut Context<Self>) {
+        self.incoming(item, ctx);
+        self.flush_inbound();
+    }
 
     /// Each socket stream ending (a closed connection) must not stop the actor.
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
+}
+
+/// Parsed messages from the UDP reader thread and the TCP I/O thread.
+impl StreamHandler<Batch> for SipTransport {
+    fn handle(&mut self, batch: Batch, ctx: &mut Context<Self>) {
+        for item in batch.0 {
+            self.incoming(item, ctx);
+        }
+        self.flush_inbound();
+    }
+
     fn finished(&mut self, _ctx: &mut Context<Self>) {}
 }
 
@@ -633,38 +837,52 @@ impl Handler<SendResponse> for SipTransport {
     type Result = ();
 
     fn handle(&mut self, msg: SendResponse, _ctx: &mut Context<Self>) {
-        let Some(t) = self.server.get(msg.txn) else {
+        let Some(t) = self.server.trying(msg.txn) else {
             warn!(
                 txn = msg.txn,
                 status = msg.resp.status,
-                "response for an unknown or expired transaction dropped"
+                "response for an unknown, expired or already answered transaction dropped"
             );
             return;
         };
-        if t.response.is_some() && msg.resp.status >= 200 {
-            warn!(txn = msg.txn, "second final response dropped");
-            return;
-        }
         let source = t.source.clone();
-        self.out.clear();
-        encode_response(&msg.resp, &mut self.out);
-        metrics::counter!("pua_xmpp_sip_responses_out_total", "code" => msg.resp.status.to_string()).increment(1);
-        let bytes = std::mem::take(&mut self.out);
-        if let Err(e) = self.send_to_source(&bytes, &source) {
+        let req_fp = t.fp;
+        let status = msg.resp.status;
+        self.counters.responses_out.inc(
+            &status,
+            |c| metrics::counter!("pua_xmpp_sip_responses_out_total", "code" => c.to_string()),
+        );
+        let out = if status >= 200 && source.transport == Transport::Udp {
+            // Completed: absorb retransmissions until Timer J. A plain response is rebuilt
+            // from the retransmission (and encoded by the sender thread); any other is kept.
+            let (out, kept) = if is_plain(&msg.resp, req_fp) {
+                (Datagram::Response(Box::new(msg.resp)), None)
+            } else {
+                let mut bytes = Vec::new();
+                encode_response(&msg.resp, &mut bytes);
+                let kept = Some(Box::new(bytes.clone()));
+                (Datagram::Bytes(bytes), kept)
+            };
+            let done = CompletedTxn {
+                fp: req_fp,
+                status,
+                bytes: kept,
+            };
+            if let Some(key) = self.server.complete(msg.txn, done) {
+                let at = self.timers.ms(Instant::now() + self.timer_f());
+                self.timers.timer_j.push_back((at.wrapping_add(1), key));
+            }
+            out
+        } else {
+            if status >= 200 {
+                // Reliable transport: no Timer J (RFC 3261 §17.2.2).
+                self.server.remove_trying(msg.txn);
+            }
+            Datagram::Response(Box::new(msg.resp))
+        };
+        if let Err(e) = self.send_datagram(out, &source) {
             warn!(peer = %source.peer, error = %e, "response send failed");
         }
-        if msg.resp.status >= 200 {
-            if source.transport == Transport::Udp {
-                // Completed: keep the response for retransmissions until Timer J.
-                let at = Instant::now() + self.timer_f();
-                self.server
-                    .complete(msg.txn, bytes.clone().into_boxed_slice(), at);
-                self.timers.server.push_back((at, msg.txn));
-            } else {
-                self.server.remove(msg.txn);
-            }
-        }
-        self.out = bytes;
     }
 }
 
@@ -761,6 +979,8 @@ impl Handler<GetConnections> for SipTransport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransportStats {
     pub server_txns: usize,
+    /// Completed server transactions holding their encoded response (not rebuildable).
+    pub kept_responses: usize,
     pub client_txns: usize,
     pub connections: usize,
 }
@@ -775,6 +995,7 @@ impl Handler<GetStats> for SipTransport {
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
         MessageResult(TransportStats {
             server_txns: self.server.len(),
+            kept_responses: self.server.kept_responses(),
             client_txns: self.clients.len(),
             connections: self.conns.len(),
         })

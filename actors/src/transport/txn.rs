@@ -3,11 +3,11 @@
 
 use actix::Recipient;
 use pua_xmpp::sip::encode::via_branch;
-use pua_xmpp::sip::{Method, SipRequest};
+use pua_xmpp::sip::{reason_phrase, Method, NameAddr, OutResponse, SipRequest};
 use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -59,80 +59,277 @@ fn sent_by(via: &str) -> &str {
     after_proto.split(';').next().unwrap_or("").trim()
 }
 
-/// Server transaction key (RFC 3261 §17.2.3): top Via branch, sent-by and method. For
-/// pre-RFC 3261 branches (no magic cookie) Call-ID, CSeq and From tag are added.
-pub fn server_key(req: &SipRequest) -> Box<str> {
-    let top = req.via.first().map(String::as_str).unwrap_or("");
-    let branch = via_branch(top).unwrap_or("");
-    let mut key = format!("{branch}\u{0}{}\u{0}{}", sent_by(top), req.method.as_str());
-    if !branch.starts_with(COOKIE) {
-        key.push('\u{0}');
-        key.push_str(&req.call_id);
-        key.push('\u{0}');
-        key.push_str(&req.cseq.to_string());
-        key.push('\u{0}');
-        key.push_str(req.from.tag.as_deref().unwrap_or(""));
-    }
-    key.into_boxed_str()
+/// A server transaction key (RFC 3261 §17.2.3) hashed to 128 bits with per-process random
+/// keys: 16 bytes per transaction instead of the key text, and no allocation to look it up.
+/// Two different keys collide with probability 2^-128 per pair, and the random keys make
+/// collisions impossible to aim at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TxnKey(u64, u64);
+
+/// Computes [`TxnKey`]s; cloned into the UDP reader thread so keys are hashed off the
+/// transport actor's thread.
+#[derive(Clone)]
+pub struct KeyHasher {
+    a: RandomState,
+    b: RandomState,
 }
 
-/// One non-INVITE server transaction: Trying until the gateway answers, then Completed (UDP
-/// only) holding the encoded final response for retransmissions until Timer J.
-pub struct ServerTxn {
-    key: Box<str>,
+impl KeyHasher {
+    pub fn new() -> Self {
+        KeyHasher {
+            a: RandomState::new(),
+            b: RandomState::new(),
+        }
+    }
+
+    /// The key of `req`: top Via branch, sent-by and method; for pre-RFC 3261 branches (no
+    /// magic cookie) Call-ID, CSeq and From tag are added.
+    pub fn key(&self, req: &SipRequest) -> TxnKey {
+        let top = req.via.first().map(String::as_str).unwrap_or("");
+        let branch = via_branch(top).unwrap_or("");
+        let method = req.method.as_str();
+        if branch.starts_with(COOKIE) {
+            let parts = (branch, sent_by(top), method);
+            TxnKey(self.a.hash_one(parts), self.b.hash_one(parts))
+        } else {
+            let parts = (
+                branch,
+                sent_by(top),
+                method,
+                req.call_id.as_str(),
+                req.cseq,
+                req.from.tag.as_deref().unwrap_or(""),
+            );
+            TxnKey(self.a.hash_one(parts), self.b.hash_one(parts))
+        }
+    }
+}
+
+impl Default for KeyHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A fast, deterministic 64-bit hasher (the rustc "Fx" mixing step) for fingerprints that
+/// only compare values the gateway itself copies; not for table keys an attacker chooses.
+#[derive(Default)]
+struct Fx(u64);
+
+impl Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w.get_mut(..rest.len())
+                .unwrap_or_default()
+                .copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
+        }
+    }
+}
+
+impl Fx {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+/// Fingerprint of the header fields a response copies from its request (Via, From, To,
+/// Call-ID, CSeq), as [`OutResponse::to_request`] copies them, with the final To tag.
+pub fn copied_fields_fp(
+    via: &[String],
+    from: &NameAddr,
+    to: &NameAddr,
+    to_tag: Option<&str>,
+    call_id: &str,
+    cseq: u32,
+    cseq_method: &Method,
+) -> u64 {
+    let mut h = Fx::default();
+    via.hash(&mut h);
+    from.display.hash(&mut h);
+    from.uri.hash(&mut h);
+    from.tag.hash(&mut h);
+    to.display.hash(&mut h);
+    to.uri.hash(&mut h);
+    to_tag.hash(&mut h);
+    call_id.hash(&mut h);
+    cseq.hash(&mut h);
+    cseq_method.as_str().hash(&mut h);
+    h.finish()
+}
+
+/// The fingerprint of the copied fields of `to_request(req, status >= 200, None)`.
+pub fn request_fp(req: &SipRequest) -> u64 {
+    let derived;
+    let to_tag = match req.to.tag.as_deref() {
+        Some(t) => Some(t),
+        None => {
+            // The tag `to_request` derives (stable per Call-ID and From tag).
+            derived = OutResponse::to_request(req, 200, None).to.tag;
+            derived.as_deref()
+        }
+    };
+    copied_fields_fp(
+        &req.via,
+        &req.from,
+        &req.to,
+        to_tag,
+        &req.call_id,
+        req.cseq,
+        &req.cseq_method,
+    )
+}
+
+/// The fingerprint of `resp`'s copied fields, comparable with [`request_fp`].
+pub fn response_fp(resp: &OutResponse) -> u64 {
+    copied_fields_fp(
+        &resp.via,
+        &resp.from,
+        &resp.to,
+        resp.to.tag.as_deref(),
+        &resp.call_id,
+        resp.cseq,
+        &resp.cseq_method,
+    )
+}
+
+/// True when `resp` is exactly `OutResponse::to_request(req, resp.status, None)` for the
+/// request whose [`request_fp`] is `req_fp`: then it can be rebuilt from a retransmission of
+/// that request, and need not be kept.
+pub fn is_plain(resp: &OutResponse, req_fp: u64) -> bool {
+    resp.reason == reason_phrase(resp.status)
+        && resp.contact.is_none()
+        && resp.record_route.is_empty()
+        && resp.headers.is_empty()
+        && resp.content_type.is_none()
+        && resp.body.is_empty()
+        && response_fp(resp) == req_fp
+}
+
+/// A non-INVITE server transaction in the Trying state (the gateway has not answered yet).
+pub struct TryingTxn {
+    key: TxnKey,
     pub source: Source,
-    pub response: Option<Box<[u8]>>,
-    /// When it is dropped: TU deadline while Trying, Timer J once Completed.
+    /// [`request_fp`] of the request.
+    pub fp: u64,
+    /// Dropped at this instant if the gateway never answers (64*T1).
     pub deadline: Instant,
 }
 
+/// A completed UDP server transaction, kept until Timer J to answer retransmissions
+/// (RFC 3261 §17.2.2). The response itself is kept only when it cannot be rebuilt: a plain
+/// `to_request` response (the 200 to a NOTIFY, most errors) is re-encoded from the
+/// retransmitted request, which carries every copied header field, byte for byte the same.
+pub struct CompletedTxn {
+    /// [`request_fp`] of the original request: a retransmission with other copied fields
+    /// (a broken peer) is logged.
+    pub fp: u64,
+    pub status: u16,
+    /// The encoded response when it is not plain. A thin pointer (8 bytes, not the 16 of a
+    /// `Box<[u8]>`): there is one record per request of the last 64*T1 seconds.
+    #[allow(clippy::box_collection)]
+    pub bytes: Option<Box<Vec<u8>>>,
+}
+
+/// What a key finds.
+pub enum Found<'a> {
+    Trying,
+    Completed(&'a CompletedTxn),
+}
+
+enum Entry {
+    Trying(ServerTxnId),
+    Completed(CompletedTxn),
+}
+
+/// The server transactions: Trying ones by id (the gateway answers by id) and by key;
+/// completed ones by key only (nothing refers to them by id any more).
 #[derive(Default)]
 pub struct ServerTxns {
-    by_key: HashMap<Box<str>, ServerTxnId>,
-    by_id: HashMap<ServerTxnId, ServerTxn>,
+    by_key: HashMap<TxnKey, Entry>,
+    trying: HashMap<ServerTxnId, TryingTxn>,
     next: ServerTxnId,
 }
 
 impl ServerTxns {
-    pub fn find(&self, key: &str) -> Option<ServerTxnId> {
-        self.by_key.get(key).copied()
+    pub fn find(&self, key: &TxnKey) -> Option<Found<'_>> {
+        match self.by_key.get(key)? {
+            Entry::Trying(_) => Some(Found::Trying),
+            Entry::Completed(c) => Some(Found::Completed(c)),
+        }
     }
 
-    pub fn get(&self, id: ServerTxnId) -> Option<&ServerTxn> {
-        self.by_id.get(&id)
+    pub fn trying(&self, id: ServerTxnId) -> Option<&TryingTxn> {
+        self.trying.get(&id)
     }
 
-    pub fn insert(&mut self, key: Box<str>, source: Source, deadline: Instant) -> ServerTxnId {
+    pub fn insert(
+        &mut self,
+        key: TxnKey,
+        source: Source,
+        fp: u64,
+        deadline: Instant,
+    ) -> ServerTxnId {
         self.next += 1;
         let id = self.next;
-        self.by_key.insert(key.clone(), id);
-        self.by_id.insert(
+        self.by_key.insert(key, Entry::Trying(id));
+        self.trying.insert(
             id,
-            ServerTxn {
+            TryingTxn {
                 key,
                 source,
-                response: None,
+                fp,
                 deadline,
             },
         );
         id
     }
 
-    pub fn complete(&mut self, id: ServerTxnId, response: Box<[u8]>, deadline: Instant) {
-        if let Some(t) = self.by_id.get_mut(&id) {
-            t.response = Some(response);
-            t.deadline = deadline;
+    /// Trying → Completed; returns the key for Timer J.
+    pub fn complete(&mut self, id: ServerTxnId, done: CompletedTxn) -> Option<TxnKey> {
+        let t = self.trying.remove(&id)?;
+        self.by_key.insert(t.key, Entry::Completed(done));
+        Some(t.key)
+    }
+
+    /// Removes a Trying transaction (answered on a reliable transport, or never answered).
+    pub fn remove_trying(&mut self, id: ServerTxnId) {
+        if let Some(t) = self.trying.remove(&id) {
+            if matches!(self.by_key.get(&t.key), Some(Entry::Trying(i)) if *i == id) {
+                self.by_key.remove(&t.key);
+            }
         }
     }
 
-    pub fn remove(&mut self, id: ServerTxnId) {
-        if let Some(t) = self.by_id.remove(&id) {
-            self.by_key.remove(&t.key);
+    /// Timer J fired for `key`.
+    pub fn expire_completed(&mut self, key: &TxnKey) {
+        if matches!(self.by_key.get(key), Some(Entry::Completed(_))) {
+            self.by_key.remove(key);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.by_key.len()
+    }
+
+    /// Completed transactions that keep their encoded response (not rebuildable).
+    pub fn kept_responses(&self) -> usize {
+        self.by_key
+            .values()
+            .filter(|e| matches!(e, Entry::Completed(c) if c.bytes.is_some()))
+            .count()
     }
 }
 
@@ -161,14 +358,45 @@ impl ClientTxn {
 
 /// Timer queues. Entries are not removed when a transaction ends; a popped entry is checked
 /// against the transaction's current state instead.
-#[derive(Default)]
 pub struct Timers {
-    /// Server deadlines, all `now + 64*T1`, hence in order.
+    /// Origin of the `timer_j` deadlines.
+    pub base: Instant,
+    /// Deadlines of Trying server transactions, all `now + 64*T1`, hence in order.
     pub server: VecDeque<(Instant, ServerTxnId)>,
+    /// Timer J of completed UDP server transactions, all `now + 64*T1`, hence in order.
+    /// Deadlines are milliseconds since `base` (24 bytes an entry: there may be millions).
+    pub timer_j: VecDeque<(u32, TxnKey)>,
     /// Timer F, all `now + 64*T1`, hence in order.
     pub client_f: VecDeque<(Instant, u64)>,
     /// Timer E retransmissions.
     pub retx: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            base: Instant::now(),
+            server: VecDeque::new(),
+            timer_j: VecDeque::new(),
+            client_f: VecDeque::new(),
+            retx: BinaryHeap::new(),
+        }
+    }
+}
+
+impl Timers {
+    /// `at` as whole milliseconds since `base`, wrapping every 49 days: compare with
+    /// [`Timers::due`], which is right while deadlines are within 24 days of now (they are
+    /// 64*T1 away). Deadlines add 1 so that they never fire early.
+    pub fn ms(&self, at: Instant) -> u32 {
+        let ms = at.saturating_duration_since(self.base).as_millis();
+        (ms & u128::from(u32::MAX)) as u32
+    }
+
+    /// Whether the deadline `at_ms` has come at `now_ms` (both from [`Timers::ms`]).
+    pub fn due(at_ms: u32, now_ms: u32) -> bool {
+        now_ms.wrapping_sub(at_ms) < 1 << 31
+    }
 }
 
 #[cfg(test)]
@@ -183,6 +411,24 @@ mod tests {
         assert_eq!(g.id_of(&b), Some(42));
         assert_eq!(g.id_of("z9hG4bKabc"), None);
         assert_eq!(g.id_of(&format!("{}zz", &b[..23])), None);
+    }
+
+    #[test]
+    fn completed_transaction_records_are_compact() {
+        // Per completed UDP transaction until Timer J: a 16-byte key, a 32-byte entry and a
+        // 24-byte Timer J slot (plus the hash table's spare capacity).
+        assert_eq!(std::mem::size_of::<TxnKey>(), 16);
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        assert_eq!(std::mem::size_of::<(u32, TxnKey)>(), 24);
+    }
+
+    #[test]
+    fn timer_j_deadlines_compare_across_the_wrap() {
+        assert!(Timers::due(5, 5));
+        assert!(Timers::due(5, 6));
+        assert!(!Timers::due(6, 5));
+        assert!(Timers::due(u32::MAX - 1, 3), "after the wrap");
+        assert!(!Timers::due(3, u32::MAX - 1), "before the wrap");
     }
 
     #[test]
