@@ -671,14 +671,13 @@ impl Handler<Restore> for Registry {
         let publications = snap.publications.len();
         if self.cfg.mode == Mode::Pua {
             // PUA publications: refreshed with their stored entity-tag (or published anew with
-            // their stored body) without waiting for X's next presence; staggered like pairs,
-            // after a short settle: the transport's first UDP sends right at start can fail
-            // with WouldBlock (tokio's try_send_to before the reactor saw the socket writable).
+            // their stored body) without waiting for X's next presence; staggered like pairs
+            // (a presence of X arriving first applies its restore at once).
             let window_ms = (publications as u64).min(60_000);
             let n = publications.max(1) as u64;
             for (i, (x, mut rec, exp)) in snap.publications.into_iter().enumerate() {
                 rec.lease_left = lease_left_at(exp, now_unix);
-                let delay = std::time::Duration::from_millis(200 + window_ms * i as u64 / n);
+                let delay = std::time::Duration::from_millis(window_ms * i as u64 / n);
                 if let Ok(a) = self.pua_translator(&x, ctx) {
                     a.do_send(crate::translator::RestorePublication { rec, delay });
                 }

@@ -334,6 +334,10 @@ pub struct PuaTranslator {
     outstanding: Outstanding,
     winfo_call_id: Option<String>,
     wakeup: Wakeup,
+    /// A stored publication waiting for its staggered restore. Applied early if X's presence
+    /// comes first, so that presence modifies the restored publication instead of creating a
+    /// second one next to it.
+    pending_restore: Option<pua_xmpp::publisher::PublicationRecord>,
 }
 
 impl PuaTranslator {
@@ -351,6 +355,14 @@ impl PuaTranslator {
             outstanding: Outstanding::default(),
             winfo_call_id: None,
             wakeup: Wakeup::default(),
+            pending_restore: None,
+        }
+    }
+
+    fn apply_pending_restore(&mut self, ctx: &mut Context<Self>) {
+        if let Some(rec) = self.pending_restore.take() {
+            self.machine.restore_publication(rec, Instant::now());
+            self.drain(None, ctx);
         }
     }
 
@@ -419,16 +431,18 @@ pub struct RestorePublication {
 impl Handler<RestorePublication> for PuaTranslator {
     type Result = ();
     fn handle(&mut self, msg: RestorePublication, ctx: &mut Context<Self>) {
-        ctx.run_later(msg.delay, move |a, ctx| {
-            a.machine.restore_publication(msg.rec, Instant::now());
-            a.drain(None, ctx);
-        });
+        self.pending_restore = Some(msg.rec);
+        if msg.delay.is_zero() {
+            return self.apply_pending_restore(ctx);
+        }
+        ctx.run_later(msg.delay, |a, ctx| a.apply_pending_restore(ctx));
     }
 }
 
 impl Handler<FromPresentity> for PuaTranslator {
     type Result = ();
     fn handle(&mut self, msg: FromPresentity, ctx: &mut Context<Self>) {
+        self.apply_pending_restore(ctx);
         self.input(pua::Input::Stanza(&msg.0), None, ctx);
     }
 }
