@@ -261,9 +261,7 @@ impl SubscriberShard {
         ctx: &mut Context<Self>,
     ) -> Option<&'static str> {
         loop {
-            let Some(slot) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) else {
-                return None;
-            };
+            let slot = self.slots.get_mut(idx as usize).and_then(Option::as_mut)?;
             let Some(out) = slot.sub.poll_output() else {
                 break;
             };
