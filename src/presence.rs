@@ -172,45 +172,8 @@ pub fn view_pidf_with(doc: &PidfDoc, now_unix: i64, max_status_chars: usize) -> 
     out
 }
 
-/// A 64-bit multiply-rotate hash (FxHash style): fingerprints our own stanza contents for
-/// duplicate suppression, where SipHash's flood resistance buys nothing and costs a third
-/// of `stanzas_for_pidf`.
-struct Fx(u64);
-
-impl Hasher for Fx {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let mut w = [0u8; 8];
-        let rest = chunks.remainder();
-        if let Some(dst) = w.get_mut(..rest.len()) {
-            dst.copy_from_slice(rest);
-        }
-        self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl Fx {
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
 fn fingerprint<T: Hash>(t: &T) -> u64 {
-    let mut h = Fx(0);
+    let mut h = crate::ids::FxHasher::default();
     t.hash(&mut h);
     h.finish()
 }

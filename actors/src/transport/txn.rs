@@ -111,40 +111,6 @@ impl Default for KeyHasher {
     }
 }
 
-/// A fast, deterministic 64-bit hasher (the rustc "Fx" mixing step) for fingerprints that
-/// only compare values the gateway itself copies; not for table keys an attacker chooses.
-#[derive(Default)]
-struct Fx(u64);
-
-impl Hasher for Fx {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w.get_mut(..rest.len())
-                .unwrap_or_default()
-                .copy_from_slice(rest);
-            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
-        }
-    }
-}
-
-impl Fx {
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
 /// Fingerprint of the header fields a response copies from its request (Via, From, To,
 /// Call-ID, CSeq), as [`OutResponse::to_request`] copies them, with the final To tag.
 pub fn copied_fields_fp(
@@ -156,7 +122,7 @@ pub fn copied_fields_fp(
     cseq: u32,
     cseq_method: &Method,
 ) -> u64 {
-    let mut h = Fx::default();
+    let mut h = pua_xmpp::ids::FxHasher::default();
     via.hash(&mut h);
     from.display.hash(&mut h);
     from.uri.hash(&mut h);
