@@ -104,6 +104,10 @@ impl Outstanding {
     /// The (Call-ID, CSeq) an outcome belongs to; records the request's latency.
     pub(crate) fn finish(&mut self, msg: &TransactionOutcome) -> Option<(String, u32)> {
         let (call_id, cseq, method, sent) = self.txns.remove(&msg.key)?;
+        if self.txns.is_empty() {
+            // A translator is idle nearly all its life: keep no table room between requests.
+            self.txns = HashMap::new();
+        }
         if matches!(msg.result, TxnResult::Response(_)) {
             observe_latency(&method, sent);
         }
