@@ -6,6 +6,7 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod messages;
+pub mod notifier_shard;
 pub mod registry;
 pub mod shard;
 pub mod store;

@@ -213,10 +213,3 @@ pub struct ListSubscriptions {
 pub struct DumpPairs {
     pub user: pua_xmpp::stanza::BareJid,
 }
-
-/// Asks a translator for its subscriptions, optionally only those of one watcher.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Vec<SubscriptionInfo>")]
-pub struct DumpSubscriptions {
-    pub watcher: Option<pua_xmpp::stanza::BareJid>,
-}

@@ -7,9 +7,10 @@
 //! translator. It holds no protocol state of its own.
 
 use crate::messages::*;
+use crate::notifier_shard::{DumpNotifier, NotifierEvent, NotifierShard, ToNotifier};
 use crate::shard::{shard_for, ShardConfig, SubscriberShard};
 use crate::store::{lease_left_at, StoreHandle, StoreOp};
-use crate::translator::{Links, PuaTranslator, XmppPresentityTranslator};
+use crate::translator::{Links, PuaTranslator};
 use actix::prelude::*;
 use futures::FutureExt;
 use pua_xmpp::address::AddressMapper;
@@ -62,7 +63,8 @@ impl Default for Limits {
 }
 
 enum Owner {
-    Xmpp(Addr<XmppPresentityTranslator>),
+    /// A notifier dialog, in this notifier shard.
+    Xmpp(usize),
     Pua(Addr<PuaTranslator>),
 }
 
@@ -72,7 +74,7 @@ enum Owner {
 pub enum RegistryEvent {
     DialogXmpp {
         call_id: String,
-        owner: Addr<XmppPresentityTranslator>,
+        shard: usize,
     },
     DialogPua {
         call_id: String,
@@ -105,7 +107,8 @@ pub struct Registry {
     shards: Vec<Addr<SubscriberShard>>,
     /// Pairs in the shards (the `max_subscriptions` limit of that direction).
     subscriber_total: Arc<AtomicUsize>,
-    xmpp_presentities: HashMap<BareJid, Addr<XmppPresentityTranslator>>,
+    /// The notifier-mode XMPP presentities, by [`shard_for`] of X.
+    notifier_shards: Vec<Addr<NotifierShard>>,
     pua_presentities: HashMap<BareJid, Addr<PuaTranslator>>,
     dialogs: HashMap<String, Owner>,
     /// Worker threads the translators run on (one actix Arbiter per core): the registry,
@@ -150,7 +153,7 @@ impl Registry {
             store,
             shards: Vec::new(),
             subscriber_total: Arc::new(AtomicUsize::new(0)),
-            xmpp_presentities: HashMap::new(),
+            notifier_shards: Vec::new(),
             pua_presentities: HashMap::new(),
             dialogs: HashMap::new(),
             workers: Vec::new(),
@@ -212,14 +215,8 @@ impl Registry {
             .do_send(SendPresence(OutPresence::error_reply(p, cond, Some(text))));
     }
 
-    fn xmpp_translator(
-        &mut self,
-        x: &BareJid,
-        ctx: &Context<Self>,
-    ) -> Option<Addr<XmppPresentityTranslator>> {
-        if let Some(a) = self.xmpp_presentities.get(x) {
-            return Some(a.clone());
-        }
+    /// The notifier shard of X and X's SIP URI (X'), or None if X cannot be mapped.
+    fn notifier_target(&self, x: &BareJid) -> Option<(usize, String)> {
         let sip_uri = match self.mapper.xmpp_to_sip(x) {
             Ok(u) => u,
             Err(e) => {
@@ -227,17 +224,14 @@ impl Registry {
                 return None;
             }
         };
-        let seed = self.next_seed();
-        let t = XmppPresentityTranslator::new(
-            x.clone(),
-            sip_uri,
-            self.cfg.notifier.clone(),
-            self.links(ctx),
-            seed,
-        );
-        let addr = self.spawn(t);
-        self.xmpp_presentities.insert(x.clone(), addr.clone());
-        Some(addr)
+        Some((shard_for(x.as_str(), self.notifier_shards.len()), sip_uri))
+    }
+
+    fn to_notifier(&self, shard: usize, x: Option<(BareJid, String)>, event: NotifierEvent) {
+        match self.notifier_shards.get(shard) {
+            Some(s) => s.do_send(ToNotifier { x, event }),
+            None => tracing::error!("no notifier shard running"),
+        }
     }
 
     fn pua_translator(
@@ -295,18 +289,21 @@ impl Registry {
         }
     }
 
-    fn on_subscribe(&mut self, req: SipRequest, txn: ServerTxnId, ctx: &Context<Self>) {
+    fn on_subscribe(&mut self, req: SipRequest, txn: ServerTxnId) {
         if let Some(resp) = notifier::pre_checks(&req) {
             return self.respond(txn, resp);
         }
         if req.to.tag.is_some() {
             // Case 58: a refresh must match a dialog.
             return match self.dialogs.get(&req.call_id) {
-                Some(Owner::Xmpp(a)) => a.do_send(DialogRequest {
-                    req,
-                    txn,
-                    watcher: None,
-                }),
+                Some(Owner::Xmpp(shard)) => {
+                    let event = NotifierEvent::Sip {
+                        req: Box::new(req),
+                        txn,
+                        watcher: None,
+                    };
+                    self.to_notifier(*shard, None, event)
+                }
                 _ => self.respond(txn, OutResponse::to_request(&req, 481, None)),
             };
         }
@@ -346,12 +343,15 @@ impl Registry {
             .entry(watcher.clone())
             .or_default()
             .insert(presentity.clone());
-        match self.xmpp_translator(&presentity, ctx) {
-            Some(a) => a.do_send(DialogRequest {
-                req,
-                txn,
-                watcher: Some(watcher),
-            }),
+        match self.notifier_target(&presentity) {
+            Some((shard, uri)) => {
+                let event = NotifierEvent::Sip {
+                    req: Box::new(req),
+                    txn,
+                    watcher: Some(watcher),
+                };
+                self.to_notifier(shard, Some((presentity, uri)), event)
+            }
             None => self.respond(txn, OutResponse::to_request(&req, 404, None)),
         }
     }
@@ -377,6 +377,19 @@ impl Actor for Registry {
                 None => shard.start(),
             };
             self.shards.push(addr);
+        }
+        for i in 0..count {
+            let shard = NotifierShard::new(
+                i,
+                self.cfg.notifier.clone(),
+                self.links(ctx),
+                self.next_seed(),
+            );
+            let addr = match self.workers.get(i) {
+                Some(w) => NotifierShard::start_in_arbiter(w, move |_| shard),
+                None => shard.start(),
+            };
+            self.notifier_shards.push(addr);
         }
     }
 }
@@ -408,14 +421,9 @@ impl Handler<StanzaIn> for Registry {
                 let x = p.from.to_bare();
                 match self.cfg.mode {
                     Mode::Notifier => {
-                        let existing = self.xmpp_presentities.get(&x).cloned();
-                        let addr = match (existing, kind) {
-                            (Some(a), _) => Some(a),
-                            (None, PresenceType::Error) => None,
-                            (None, _) => self.xmpp_translator(&x, ctx),
-                        };
-                        if let Some(a) = addr {
-                            a.do_send(FromPresentity(p));
+                        // The shard creates X for anything but an error (which needs state).
+                        if let Some((shard, uri)) = self.notifier_target(&x) {
+                            self.to_notifier(shard, Some((x, uri)), NotifierEvent::Stanza(p));
                         }
                     }
                     Mode::Pua => {
@@ -438,12 +446,7 @@ impl Handler<StanzaIn> for Registry {
 impl Registry {
     /// Routes one inbound request; NOTIFYs for the subscriber shards are collected in
     /// `to_shards` (one list per shard) and sent by the caller, one message per shard.
-    fn route(
-        &mut self,
-        msg: SipRequestIn,
-        ctx: &Context<Self>,
-        to_shards: &mut [Vec<ShardNotify>],
-    ) {
+    fn route(&mut self, msg: SipRequestIn, to_shards: &mut [Vec<ShardNotify>]) {
         let SipRequestIn { req, txn, source } = msg;
         let trusted = &self.cfg.limits.trusted_peers;
         if !trusted.is_empty() && !trusted.contains(&source.peer.ip()) {
@@ -478,7 +481,7 @@ impl Registry {
                     self.respond(txn, OutResponse::to_request(&req, 481, None));
                 }
             },
-            Method::Subscribe => self.on_subscribe(req, txn, ctx),
+            Method::Subscribe => self.on_subscribe(req, txn),
             Method::Options => {
                 let resp = OutResponse::to_request(&req, 200, None)
                     .with_header("Allow", "SUBSCRIBE, NOTIFY, OPTIONS")
@@ -511,9 +514,9 @@ impl Registry {
 
 impl Handler<SipRequestIn> for Registry {
     type Result = ();
-    fn handle(&mut self, msg: SipRequestIn, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: SipRequestIn, _: &mut Context<Self>) {
         let mut to_shards: Vec<Vec<ShardNotify>> = self.shards.iter().map(|_| Vec::new()).collect();
-        self.route(msg, ctx, &mut to_shards);
+        self.route(msg, &mut to_shards);
         self.send_to_shards(to_shards);
     }
 }
@@ -521,10 +524,10 @@ impl Handler<SipRequestIn> for Registry {
 /// A batch read by the transport: routed like single requests, one message per shard.
 impl Handler<SipRequestsIn> for Registry {
     type Result = ();
-    fn handle(&mut self, msg: SipRequestsIn, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: SipRequestsIn, _: &mut Context<Self>) {
         let mut to_shards: Vec<Vec<ShardNotify>> = self.shards.iter().map(|_| Vec::new()).collect();
         for m in msg.0 {
-            self.route(m, ctx, &mut to_shards);
+            self.route(m, &mut to_shards);
         }
         self.send_to_shards(to_shards);
     }
@@ -534,8 +537,8 @@ impl Handler<RegistryEvent> for Registry {
     type Result = ();
     fn handle(&mut self, ev: RegistryEvent, _ctx: &mut Context<Self>) {
         match ev {
-            RegistryEvent::DialogXmpp { call_id, owner } => {
-                if self.dialogs.insert(call_id, Owner::Xmpp(owner)).is_none() {
+            RegistryEvent::DialogXmpp { call_id, shard } => {
+                if self.dialogs.insert(call_id, Owner::Xmpp(shard)).is_none() {
                     self.sip_to_xmpp += 1;
                 }
             }
@@ -598,12 +601,9 @@ impl Handler<ComponentStatus> for Registry {
         if !std::mem::take(&mut self.link_dropped) {
             return;
         }
-        tracing::info!(
-            presentities = self.xmpp_presentities.len(),
-            "XMPP component link back: probing XMPP presentities again"
-        );
-        for addr in self.xmpp_presentities.values() {
-            addr.do_send(ProbeAfterReconnect);
+        tracing::info!("XMPP component link back: probing XMPP presentities again");
+        for shard in &self.notifier_shards {
+            shard.do_send(ProbeAfterReconnect);
         }
     }
 }
@@ -659,11 +659,12 @@ impl Handler<Restore> for Registry {
         let notifier_count = xs.len();
         if self.cfg.mode == Mode::Notifier {
             for x in xs {
-                if let Some(a) = self.xmpp_translator(&x, ctx) {
-                    a.do_send(RestoreNotifier {
+                if let Some((shard, uri)) = self.notifier_target(&x) {
+                    let event = NotifierEvent::Restore(RestoreNotifier {
                         relations: relations.remove(&x).unwrap_or_default(),
                         dialogs: dialogs.remove(&x).unwrap_or_default(),
                     });
+                    self.to_notifier(shard, Some((x, uri)), event);
                 }
             }
         }
@@ -727,19 +728,23 @@ impl Handler<ListSubscriptions> for Registry {
         for shard in &self.shards {
             asks.push(shard.send(DumpPairs { user: jid.clone() }).boxed_local());
         }
-        // As an XMPP presentity (X): everything of that translator.
-        if let Some(a) = self.xmpp_presentities.get(&jid) {
-            asks.push(a.send(DumpSubscriptions { watcher: None }).boxed_local());
+        // As an XMPP presentity (X): all its dialogs.
+        let shards = self.notifier_shards.len();
+        if let Some(s) = self.notifier_shards.get(shard_for(jid.as_str(), shards)) {
+            let ask = DumpNotifier {
+                x: jid.clone(),
+                watcher: None,
+            };
+            asks.push(s.send(ask).boxed_local());
         }
         // As a SIP watcher (S'): that watcher's dialogs.
         for x in self.sip_watching.get(&jid).into_iter().flatten() {
-            if let Some(a) = self.xmpp_presentities.get(x) {
-                asks.push(
-                    a.send(DumpSubscriptions {
-                        watcher: Some(jid.clone()),
-                    })
-                    .boxed_local(),
-                );
+            if let Some(s) = self.notifier_shards.get(shard_for(x.as_str(), shards)) {
+                let ask = DumpNotifier {
+                    x: x.clone(),
+                    watcher: Some(jid.clone()),
+                };
+                asks.push(s.send(ask).boxed_local());
             }
         }
         Box::pin(async move {

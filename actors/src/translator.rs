@@ -1,10 +1,7 @@
-//! Per-presentity translator actors for the XMPP presentities: thin shells around the core
-//! state machines.
-//!
-//! [`XmppPresentityTranslator`]: one per XMPP presentity X in notifier mode; it holds the
-//! [`pua_xmpp::notifier::Presentity`] that fans X's presence out to its SIP watchers.
-//! [`PuaTranslator`]: one per XMPP presentity in PUA mode (PUBLISH + presence.winfo).
-//! The XMPP-watches-SIP pairs, by far the most numerous, live in [`crate::shard`] instead.
+//! [`PuaTranslator`]: one actor per XMPP presentity in PUA mode (PUBLISH + presence.winfo), a
+//! thin shell around the core state machine; and what every translator shares (request
+//! bookkeeping, wake-ups, gauges). The XMPP-watches-SIP pairs live in [`crate::shard`], the
+//! notifier-mode XMPP presentities in [`crate::notifier_shard`].
 //! The actors own the clock (`Instant::now()`, wall time for RPID) and one wake-up timer each;
 //! every protocol decision is in the core.
 
@@ -13,7 +10,6 @@ use crate::registry::{Registry, RegistryEvent};
 use crate::store::{StoreHandle, StoreOp};
 use actix::prelude::*;
 use pua_xmpp::address::AddressMapper;
-use pua_xmpp::notifier::{self, NotifierConfig, Presentity};
 use pua_xmpp::pua::{self, PuaConfig, PuaPresentity};
 use pua_xmpp::sip::{Method, OutRequest};
 use pua_xmpp::stanza::BareJid;
@@ -66,7 +62,7 @@ pub(crate) fn gauge_move(
 }
 
 /// Records how long a request of ours took to get its final response.
-fn observe_latency(method: &Method, sent: Instant) {
+pub(crate) fn observe_latency(method: &Method, sent: Instant) {
     let secs = sent.elapsed().as_secs_f64();
     match method {
         Method::Notify => metrics::histogram!("pua_xmpp_notify_latency_seconds").record(secs),
@@ -160,174 +156,6 @@ pub(crate) fn send_request(
 ) {
     tracing::debug!(method = req.method.as_str(), uri = %req.uri, call_id = %req.call_id, cseq = req.cseq, "sending request");
     links.requests.do_send(SendRequest { req, key, reply_to });
-}
-
-// ==== XMPP presentity: SIP watchers of one XMPP user (notifier mode) ===============================
-
-pub struct XmppPresentityTranslator {
-    machine: Presentity,
-    links: Links,
-    outstanding: Outstanding,
-    wakeup: Wakeup,
-}
-
-impl XmppPresentityTranslator {
-    pub fn new(
-        jid: BareJid,
-        sip_uri: String,
-        cfg: NotifierConfig,
-        links: Links,
-        seed: u64,
-    ) -> Self {
-        XmppPresentityTranslator {
-            machine: Presentity::new(cfg, jid, sip_uri, seed),
-            links,
-            outstanding: Outstanding::default(),
-            wakeup: Wakeup::default(),
-        }
-    }
-
-    fn input(
-        &mut self,
-        input: notifier::Input<'_>,
-        txn: Option<ServerTxnId>,
-        ctx: &mut Context<Self>,
-    ) {
-        let before = self.dialog_counts();
-        self.machine.handle_input(input, Instant::now());
-        self.drain(txn, ctx);
-        self.gauge_dialogs(before);
-    }
-
-    /// (pending, active) dialogs, for the `pua_xmpp_subscriptions` gauge.
-    fn dialog_counts(&self) -> (i64, i64) {
-        self.machine
-            .dialogs()
-            .iter()
-            .fold((0, 0), |(p, a), d| match d.state {
-                notifier::DialogState::Pending => (p + 1, a),
-                notifier::DialogState::Active => (p, a + 1),
-            })
-    }
-
-    fn gauge_dialogs(&self, before: (i64, i64)) {
-        let after = self.dialog_counts();
-        for (state, delta) in [
-            ("pending", after.0 - before.0),
-            ("active", after.1 - before.1),
-        ] {
-            if delta != 0 {
-                metrics::gauge!("pua_xmpp_subscriptions", "direction" => "sip_to_xmpp", "state" => state)
-                    .increment(delta as f64);
-            }
-        }
-    }
-
-    /// Keeps the registry's Call-ID index in step with the dialogs.
-    fn index(&mut self, op: notifier::PersistOp, ctx: &mut Context<Self>) {
-        match op {
-            notifier::PersistOp::Dialog(d) => {
-                tracing::info!(call_id = %d.call_id, watcher = %d.remote.uri, presentity = %self.machine.jid(), state = ?d.state, "SIP watcher subscription (created, refreshed or approved)");
-                self.links.registry.do_send(RegistryEvent::DialogXmpp {
-                    call_id: d.call_id.clone(),
-                    owner: ctx.address(),
-                });
-            }
-            notifier::PersistOp::DialogGone { call_id } => {
-                tracing::info!(%call_id, presentity = %self.machine.jid(), "SIP watcher subscription ended");
-                self.links
-                    .registry
-                    .do_send(RegistryEvent::DialogGone { call_id });
-            }
-            notifier::PersistOp::Relation { watcher, state } => {
-                tracing::info!(%watcher, presentity = %self.machine.jid(), ?state, "watcher relation");
-            }
-        }
-    }
-
-    fn drain(&mut self, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
-        while let Some(out) = self.machine.poll_output() {
-            match out {
-                notifier::Output::Request(req) => {
-                    let reply_to = ctx.address().recipient();
-                    self.outstanding.send(&self.links, req, reply_to);
-                }
-                notifier::Output::Response(resp) => {
-                    if let Some(txn) = txn {
-                        self.links.responses.do_send(SendResponse { txn, resp });
-                    }
-                }
-                notifier::Output::Stanza(p) => self.links.stanzas.do_send(SendPresence(p)),
-                notifier::Output::Persist(op) => {
-                    let store_op =
-                        StoreOp::from_persist(self.machine.jid(), &op, Instant::now(), unix_now());
-                    self.links.store.send(store_op);
-                    self.index(op, ctx);
-                }
-            }
-        }
-        self.machine.shrink();
-        let next = self.machine.poll_timeout();
-        self.wakeup.arm(next, ctx, |a, ctx| {
-            a.wakeup.at = None;
-            a.wakeup.handle = None;
-            a.input(notifier::Input::Timeout, None, ctx);
-        });
-    }
-}
-
-impl Actor for XmppPresentityTranslator {
-    type Context = Context<Self>;
-}
-
-impl Handler<DialogRequest> for XmppPresentityTranslator {
-    type Result = ();
-    fn handle(&mut self, msg: DialogRequest, ctx: &mut Context<Self>) {
-        if msg.req.method != Method::Subscribe {
-            let resp = pua_xmpp::sip::OutResponse::to_request(&msg.req, 481, None);
-            self.links
-                .responses
-                .do_send(SendResponse { txn: msg.txn, resp });
-            return;
-        }
-        // In-dialog refreshes carry no mapped watcher; the dialog knows it.
-        let watcher = msg
-            .watcher
-            .clone()
-            .unwrap_or_else(|| self.machine.jid().clone());
-        let input = notifier::Input::Subscribe {
-            req: &msg.req,
-            watcher: &watcher,
-        };
-        self.input(input, Some(msg.txn), ctx);
-    }
-}
-
-impl Handler<FromPresentity> for XmppPresentityTranslator {
-    type Result = ();
-    fn handle(&mut self, msg: FromPresentity, ctx: &mut Context<Self>) {
-        self.input(notifier::Input::Stanza(&msg.0), None, ctx);
-    }
-}
-
-impl Handler<TransactionOutcome> for XmppPresentityTranslator {
-    type Result = ();
-    fn handle(&mut self, msg: TransactionOutcome, ctx: &mut Context<Self>) {
-        let Some((call_id, cseq)) = self.outstanding.finish(&msg) else {
-            return;
-        };
-        match msg.result {
-            TxnResult::Response(r) => self.input(notifier::Input::Response(&r), None, ctx),
-            TxnResult::Timeout | TxnResult::TransportError(_) => self.input(
-                notifier::Input::RequestFailed {
-                    call_id: &call_id,
-                    cseq,
-                },
-                None,
-                ctx,
-            ),
-        }
-    }
 }
 
 // ==== XMPP presentity in PUA mode: PUBLISH + presence.winfo ========================================
@@ -494,92 +322,5 @@ impl Handler<TransactionOutcome> for PuaTranslator {
                 ctx,
             ),
         }
-    }
-}
-
-fn unix_to_left(expires_at_unix: i64) -> std::time::Duration {
-    std::time::Duration::from_secs(expires_at_unix.saturating_sub(unix_now()).max(0) as u64)
-}
-
-impl Handler<RestoreNotifier> for XmppPresentityTranslator {
-    type Result = ();
-    fn handle(&mut self, msg: RestoreNotifier, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        for (watcher, state) in msg.relations {
-            self.machine.restore_relation(watcher, state);
-        }
-        for d in msg.dialogs {
-            let left = unix_to_left(d.expires_at_unix);
-            if left.is_zero() {
-                continue;
-            }
-            let call_id = d.call_id.clone();
-            let dialog = pua_xmpp::notifier::NotifierDialog::stored(
-                d.call_id,
-                d.local_tag,
-                d.remote_tag,
-                pua_xmpp::sip::NameAddr {
-                    display: d.remote_display,
-                    uri: d.remote_uri,
-                    tag: None,
-                },
-                d.watcher,
-                d.remote_target,
-                d.route_set,
-                d.local_cseq,
-                d.remote_cseq,
-                d.event_id,
-                d.active,
-                now,
-            );
-            self.machine.restore_dialog(dialog, left, now);
-            self.links.registry.do_send(RegistryEvent::DialogXmpp {
-                call_id,
-                owner: ctx.address(),
-            });
-        }
-        self.machine.probe_after_restart();
-        self.drain(None, ctx);
-        self.gauge_dialogs((0, 0));
-    }
-}
-
-impl Handler<crate::registry::ProbeAfterReconnect> for XmppPresentityTranslator {
-    type Result = ();
-    fn handle(&mut self, _: crate::registry::ProbeAfterReconnect, ctx: &mut Context<Self>) {
-        self.machine.probe_after_restart();
-        self.drain(None, ctx);
-    }
-}
-
-impl Handler<DumpSubscriptions> for XmppPresentityTranslator {
-    type Result = MessageResult<DumpSubscriptions>;
-    fn handle(&mut self, msg: DumpSubscriptions, _: &mut Context<Self>) -> Self::Result {
-        let now = Instant::now();
-        let list = self
-            .machine
-            .dialogs()
-            .iter()
-            .filter(|d| msg.watcher.as_ref().is_none_or(|w| &d.watcher == w))
-            .map(|d| SubscriptionInfo {
-                direction: "sip_to_xmpp",
-                watcher: d.remote.uri.clone(),
-                presentity: self.machine.jid().to_string(),
-                relation: match self.machine.relation(&d.watcher) {
-                    Some(notifier::WatcherRelation::Approved) => "approved",
-                    Some(notifier::WatcherRelation::Denied) => "denied",
-                    _ => "pending",
-                }
-                .to_owned(),
-                state: match d.state {
-                    notifier::DialogState::Active => "active",
-                    notifier::DialogState::Pending => "pending",
-                }
-                .to_owned(),
-                call_id: Some(d.call_id.clone()),
-                expires_in: Some(d.expires_at.saturating_duration_since(now).as_secs()),
-            })
-            .collect();
-        MessageResult(list)
     }
 }

@@ -1,0 +1,442 @@
+//! Notifier shards: the XMPP presentities of notifier mode (X, fanned out to its SIP watchers).
+//!
+//! One [`NotifierShard`] actor per thread owns the presentities whose bare JID hashes to it
+//! ([`crate::shard::shard_for`] of X). Inside, a presentity is its boxed core machine
+//! ([`pua_xmpp::notifier::Presentity`]) in a slab slot, found by JID or by the Call-ID of one
+//! of its dialogs, with one ordered timer queue and one wake-up for the whole shard: no actor,
+//! task, mailbox or timer per presentity (issue 7, the same pattern as [`crate::shard`]).
+
+use crate::messages::*;
+use crate::registry::{ProbeAfterReconnect, RegistryEvent};
+use crate::store::StoreOp;
+use crate::translator::{unix_now, Links, Wakeup};
+use actix::prelude::*;
+use pua_xmpp::notifier::{self, NotifierConfig, Presentity};
+use pua_xmpp::sip::{Method, OutResponse};
+use pua_xmpp::stanza::BareJid;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+/// What the registry hands to the shard of X.
+#[derive(Debug)]
+pub enum NotifierEvent {
+    /// An initial SUBSCRIBE (`watcher` = S') or an in-dialog one (`watcher` = None).
+    Sip {
+        req: Box<SipRequest>,
+        txn: ServerTxnId,
+        watcher: Option<BareJid>,
+    },
+    /// A presence stanza from X.
+    Stanza(InPresence),
+    /// Persisted relations and dialogs of X, at start.
+    Restore(RestoreNotifier),
+}
+
+/// An event for the presentity X. `x` names X and its SIP URI X' (to create it if new); an
+/// in-dialog request carries none and is found by its Call-ID.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ToNotifier {
+    pub x: Option<(BareJid, String)>,
+    pub event: NotifierEvent,
+}
+
+/// Asks a notifier shard for the dialogs of presentity `x`, optionally of one watcher only.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Vec<SubscriptionInfo>")]
+pub struct DumpNotifier {
+    pub x: BareJid,
+    pub watcher: Option<BareJid>,
+}
+
+use pua_xmpp::sip::SipRequest;
+use pua_xmpp::stanza::InPresence;
+
+struct Slot {
+    machine: Box<Presentity>,
+    /// The deadline this slot has in `timers`.
+    due: Option<Instant>,
+}
+
+/// A request of ours awaiting its outcome.
+struct Pending {
+    slot: u32,
+    call_id: String,
+    cseq: u32,
+    method: Method,
+    sent: Instant,
+}
+
+pub struct NotifierShard {
+    index: usize,
+    cfg: NotifierConfig,
+    links: Links,
+    slots: Vec<Slot>,
+    by_jid: HashMap<BareJid, u32>,
+    /// Call-ID of every live dialog → its presentity (in-dialog SUBSCRIBEs).
+    by_call: HashMap<String, u32>,
+    timers: BTreeSet<(Instant, u32)>,
+    pending: HashMap<u64, Pending>,
+    next_key: u64,
+    seed: u64,
+    wakeup: Wakeup,
+}
+
+impl NotifierShard {
+    pub fn new(index: usize, cfg: NotifierConfig, links: Links, seed: u64) -> NotifierShard {
+        NotifierShard {
+            index,
+            cfg,
+            links,
+            slots: Vec::new(),
+            by_jid: HashMap::new(),
+            by_call: HashMap::new(),
+            timers: BTreeSet::new(),
+            pending: HashMap::new(),
+            next_key: 0,
+            seed,
+            wakeup: Wakeup::default(),
+        }
+    }
+
+    /// The slot of X, created if `create` (presentities live as long as the process, as the
+    /// per-presentity actors did).
+    fn slot_of(&mut self, x: &BareJid, sip_uri: &str, create: bool) -> Option<u32> {
+        if let Some(&i) = self.by_jid.get(x) {
+            return Some(i);
+        }
+        if !create {
+            return None;
+        }
+        self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let machine = Presentity::new(self.cfg.clone(), x.clone(), sip_uri.to_owned(), self.seed);
+        let idx = self.slots.len() as u32;
+        self.slots.push(Slot {
+            machine: Box::new(machine),
+            due: None,
+        });
+        self.by_jid.insert(x.clone(), idx);
+        Some(idx)
+    }
+
+    fn input(
+        &mut self,
+        idx: u32,
+        input: notifier::Input<'_>,
+        txn: Option<ServerTxnId>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(slot) = self.slots.get_mut(idx as usize) else {
+            return;
+        };
+        let before = dialog_counts(&slot.machine);
+        slot.machine.handle_input(input, Instant::now());
+        self.drain(idx, txn, ctx);
+        if let Some(slot) = self.slots.get(idx as usize) {
+            gauge_dialogs(before, dialog_counts(&slot.machine));
+        }
+    }
+
+    fn drain(&mut self, idx: u32, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
+        loop {
+            let Some(slot) = self.slots.get_mut(idx as usize) else {
+                return;
+            };
+            let Some(out) = slot.machine.poll_output() else {
+                break;
+            };
+            match out {
+                notifier::Output::Request(req) => {
+                    self.next_key += 1;
+                    let key = self.next_key;
+                    self.pending.insert(
+                        key,
+                        Pending {
+                            slot: idx,
+                            call_id: req.call_id.clone(),
+                            cseq: req.cseq,
+                            method: req.method.clone(),
+                            sent: Instant::now(),
+                        },
+                    );
+                    let reply_to = ctx.address().recipient();
+                    crate::translator::send_request(&self.links, req, key, reply_to);
+                }
+                notifier::Output::Response(resp) => {
+                    if let Some(txn) = txn {
+                        self.links.responses.do_send(SendResponse { txn, resp });
+                    }
+                }
+                notifier::Output::Stanza(p) => self.links.stanzas.do_send(SendPresence(p)),
+                notifier::Output::Persist(op) => {
+                    let x = slot.machine.jid().clone();
+                    let store_op = StoreOp::from_persist(&x, &op, Instant::now(), unix_now());
+                    self.links.store.send(store_op);
+                    self.index_op(idx, &x, op);
+                }
+            }
+        }
+        let Some(slot) = self.slots.get_mut(idx as usize) else {
+            return;
+        };
+        slot.machine.shrink();
+        let next = slot.machine.poll_timeout();
+        if next != slot.due {
+            let old = std::mem::replace(&mut slot.due, next);
+            if let Some(t) = old {
+                self.timers.remove(&(t, idx));
+            }
+            if let Some(t) = next {
+                self.timers.insert((t, idx));
+            }
+            self.rearm(ctx);
+        }
+    }
+
+    /// Keeps the Call-ID indexes (this shard's and the registry's) in step with the dialogs.
+    fn index_op(&mut self, idx: u32, x: &BareJid, op: notifier::PersistOp) {
+        match op {
+            notifier::PersistOp::Dialog(d) => {
+                tracing::info!(call_id = %d.call_id, watcher = %d.remote.uri, presentity = %x, state = ?d.state, "SIP watcher subscription (created, refreshed or approved)");
+                if self.by_call.insert(d.call_id.clone(), idx).is_none() {
+                    self.links.registry.do_send(RegistryEvent::DialogXmpp {
+                        call_id: d.call_id.clone(),
+                        shard: self.index,
+                    });
+                }
+            }
+            notifier::PersistOp::DialogGone { call_id } => {
+                tracing::info!(%call_id, presentity = %x, "SIP watcher subscription ended");
+                self.by_call.remove(&call_id);
+                self.links
+                    .registry
+                    .do_send(RegistryEvent::DialogGone { call_id });
+            }
+            notifier::PersistOp::Relation { watcher, state } => {
+                tracing::info!(%watcher, presentity = %x, ?state, "watcher relation");
+            }
+        }
+    }
+
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        let next = self.timers.first().map(|(t, _)| *t);
+        self.wakeup.arm(next, ctx, |a, ctx| {
+            a.wakeup.at = None;
+            a.wakeup.handle = None;
+            a.on_wakeup(ctx)
+        });
+    }
+
+    fn on_wakeup(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        while let Some(&(t, idx)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(s) = self.slots.get_mut(idx as usize) {
+                s.due = None;
+            }
+            self.input(idx, notifier::Input::Timeout, None, ctx);
+        }
+        self.rearm(ctx);
+    }
+
+    fn restore(&mut self, idx: u32, msg: RestoreNotifier, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let Some(slot) = self.slots.get_mut(idx as usize) else {
+            return;
+        };
+        for (watcher, state) in msg.relations {
+            slot.machine.restore_relation(watcher, state);
+        }
+        let mut restored = Vec::new();
+        for d in msg.dialogs {
+            let left = std::time::Duration::from_secs(
+                d.expires_at_unix.saturating_sub(unix_now()).max(0) as u64,
+            );
+            if left.is_zero() {
+                continue;
+            }
+            restored.push(d.call_id.clone());
+            let dialog = notifier::NotifierDialog::stored(
+                d.call_id,
+                d.local_tag,
+                d.remote_tag,
+                pua_xmpp::sip::NameAddr {
+                    display: d.remote_display,
+                    uri: d.remote_uri,
+                    tag: None,
+                },
+                d.watcher,
+                d.remote_target,
+                d.route_set,
+                d.local_cseq,
+                d.remote_cseq,
+                d.event_id,
+                d.active,
+                now,
+            );
+            slot.machine.restore_dialog(dialog, left, now);
+        }
+        slot.machine.probe_after_restart();
+        for call_id in restored {
+            self.by_call.insert(call_id.clone(), idx);
+            self.links.registry.do_send(RegistryEvent::DialogXmpp {
+                call_id,
+                shard: self.index,
+            });
+        }
+        self.drain(idx, None, ctx);
+        if let Some(slot) = self.slots.get(idx as usize) {
+            gauge_dialogs((0, 0), dialog_counts(&slot.machine));
+        }
+    }
+}
+
+/// (pending, active) dialogs, for the `pua_xmpp_subscriptions` gauge.
+fn dialog_counts(p: &Presentity) -> (i64, i64) {
+    p.dialogs().iter().fold((0, 0), |(pe, a), d| match d.state {
+        notifier::DialogState::Pending => (pe + 1, a),
+        notifier::DialogState::Active => (pe, a + 1),
+    })
+}
+
+fn gauge_dialogs(before: (i64, i64), after: (i64, i64)) {
+    for (state, delta) in [
+        ("pending", after.0 - before.0),
+        ("active", after.1 - before.1),
+    ] {
+        if delta != 0 {
+            metrics::gauge!("pua_xmpp_subscriptions", "direction" => "sip_to_xmpp", "state" => state)
+                .increment(delta as f64);
+        }
+    }
+}
+
+impl Actor for NotifierShard {
+    type Context = Context<Self>;
+}
+
+impl Handler<ToNotifier> for NotifierShard {
+    type Result = ();
+    fn handle(&mut self, msg: ToNotifier, ctx: &mut Context<Self>) {
+        let create = !matches!(
+            &msg.event,
+            NotifierEvent::Stanza(p) if p.kind == Ok(pua_xmpp::stanza::PresenceType::Error)
+        );
+        let idx = match (&msg.x, &msg.event) {
+            (Some((x, uri)), _) => self.slot_of(x, uri, create),
+            (None, NotifierEvent::Sip { req, .. }) => self.by_call.get(&req.call_id).copied(),
+            (None, _) => None,
+        };
+        match msg.event {
+            NotifierEvent::Sip { req, txn, watcher } => {
+                let Some(idx) = idx.filter(|_| req.method == Method::Subscribe) else {
+                    let resp = OutResponse::to_request(&req, 481, None);
+                    return self.links.responses.do_send(SendResponse { txn, resp });
+                };
+                // In-dialog refreshes carry no mapped watcher; the dialog knows it.
+                let watcher = match watcher {
+                    Some(w) => w,
+                    None => match self.slots.get(idx as usize) {
+                        Some(s) => s.machine.jid().clone(),
+                        None => return,
+                    },
+                };
+                let input = notifier::Input::Subscribe {
+                    req: &req,
+                    watcher: &watcher,
+                };
+                self.input(idx, input, Some(txn), ctx);
+            }
+            NotifierEvent::Stanza(p) => {
+                if let Some(idx) = idx {
+                    self.input(idx, notifier::Input::Stanza(&p), None, ctx);
+                }
+            }
+            NotifierEvent::Restore(r) => {
+                if let Some(idx) = idx {
+                    self.restore(idx, r, ctx);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<TransactionOutcome> for NotifierShard {
+    type Result = ();
+    fn handle(&mut self, msg: TransactionOutcome, ctx: &mut Context<Self>) {
+        let Some(p) = self.pending.remove(&msg.key) else {
+            return;
+        };
+        if self.pending.is_empty() {
+            self.pending = HashMap::new();
+        }
+        match msg.result {
+            TxnResult::Response(r) => {
+                crate::translator::observe_latency(&p.method, p.sent);
+                self.input(p.slot, notifier::Input::Response(&r), None, ctx)
+            }
+            TxnResult::Timeout | TxnResult::TransportError(_) => {
+                let input = notifier::Input::RequestFailed {
+                    call_id: &p.call_id,
+                    cseq: p.cseq,
+                };
+                self.input(p.slot, input, None, ctx)
+            }
+        }
+    }
+}
+
+/// The component link came back after a drop: every presentity is probed again.
+impl Handler<ProbeAfterReconnect> for NotifierShard {
+    type Result = ();
+    fn handle(&mut self, _: ProbeAfterReconnect, ctx: &mut Context<Self>) {
+        for idx in 0..self.slots.len() as u32 {
+            if let Some(s) = self.slots.get_mut(idx as usize) {
+                s.machine.probe_after_restart();
+            }
+            self.drain(idx, None, ctx);
+        }
+    }
+}
+
+impl Handler<DumpNotifier> for NotifierShard {
+    type Result = MessageResult<DumpNotifier>;
+    fn handle(&mut self, msg: DumpNotifier, _: &mut Context<Self>) -> Self::Result {
+        let now = Instant::now();
+        let Some(slot) = self
+            .by_jid
+            .get(&msg.x)
+            .and_then(|&i| self.slots.get(i as usize))
+        else {
+            return MessageResult(Vec::new());
+        };
+        let m = &slot.machine;
+        let list = m
+            .dialogs()
+            .iter()
+            .filter(|d| msg.watcher.as_ref().is_none_or(|w| &d.watcher == w))
+            .map(|d| SubscriptionInfo {
+                direction: "sip_to_xmpp",
+                watcher: d.remote.uri.clone(),
+                presentity: m.jid().to_string(),
+                relation: match m.relation(&d.watcher) {
+                    Some(notifier::WatcherRelation::Approved) => "approved",
+                    Some(notifier::WatcherRelation::Denied) => "denied",
+                    _ => "pending",
+                }
+                .to_owned(),
+                state: match d.state {
+                    notifier::DialogState::Active => "active",
+                    notifier::DialogState::Pending => "pending",
+                }
+                .to_owned(),
+                call_id: Some(d.call_id.clone()),
+                expires_in: Some(d.expires_at.saturating_duration_since(now).as_secs()),
+            })
+            .collect();
+        MessageResult(list)
+    }
+}
