@@ -75,6 +75,19 @@ pub enum Relation {
     Unknown,
 }
 
+impl Relation {
+    /// The relation a stanza from X starts for a pair that has no state yet: `subscribe` asks
+    /// (pending), `probe` only fetches (unknown); anything else, e.g. an `unsubscribe`, starts
+    /// nothing and gets no output (case 25).
+    pub fn for_new_pair(kind: &Result<PresenceType, String>) -> Option<Relation> {
+        match kind {
+            Ok(PresenceType::Subscribe) => Some(Relation::Pending),
+            Ok(PresenceType::Probe) => Some(Relation::Unknown),
+            _ => None,
+        }
+    }
+}
+
 /// Where the SIP lease stands (§6.5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {

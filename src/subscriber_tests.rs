@@ -770,3 +770,27 @@ fn max_status_chars_cuts_the_status_made_from_the_pidf_note() {
         ]
     );
 }
+
+/// Case 25 and §4.1/§4.5: only `subscribe` (pending) and `probe` (unknown) start a pair.
+#[test]
+fn case_025_only_subscribe_and_probe_start_a_new_pair() {
+    use crate::stanza::PresenceType as T;
+    assert_eq!(
+        Relation::for_new_pair(&Ok(T::Subscribe)),
+        Some(Relation::Pending)
+    );
+    assert_eq!(
+        Relation::for_new_pair(&Ok(T::Probe)),
+        Some(Relation::Unknown)
+    );
+    for k in [
+        T::Unsubscribe,
+        T::Available,
+        T::Unavailable,
+        T::Subscribed,
+        T::Error,
+    ] {
+        assert_eq!(Relation::for_new_pair(&Ok(k)), None, "{k:?}");
+    }
+    assert_eq!(Relation::for_new_pair(&Err("bogus".to_owned())), None);
+}

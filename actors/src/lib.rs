@@ -3,6 +3,7 @@
 
 pub mod component;
 pub mod config;
+mod deadlines;
 pub mod gateway;
 pub mod http;
 pub mod messages;

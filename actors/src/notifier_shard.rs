@@ -6,15 +6,17 @@
 //! of its dialogs, with one ordered timer queue and one wake-up for the whole shard: no actor,
 //! task, mailbox or timer per presentity (issue 7, the same pattern as [`crate::shard`]).
 
+use crate::deadlines::Deadlines;
 use crate::messages::*;
 use crate::registry::{ProbeAfterReconnect, RegistryEvent};
 use crate::store::StoreOp;
 use crate::translator::{unix_now, Links, Wakeup};
 use actix::prelude::*;
+use pua_xmpp::address::AddressMapper;
 use pua_xmpp::notifier::{self, NotifierConfig, Presentity};
 use pua_xmpp::sip::{Method, OutResponse};
 use pua_xmpp::stanza::BareJid;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// What the registry hands to the shard of X.
@@ -32,12 +34,12 @@ pub enum NotifierEvent {
     Restore(RestoreNotifier),
 }
 
-/// An event for the presentity X. `x` names X and its SIP URI X' (to create it if new); an
-/// in-dialog request carries none and is found by its Call-ID.
+/// An event for the presentity X (created if new); an in-dialog request names none and is
+/// found by its Call-ID.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct ToNotifier {
-    pub x: Option<(BareJid, String)>,
+    pub x: Option<BareJid>,
     pub event: NotifierEvent,
 }
 
@@ -70,12 +72,14 @@ struct Pending {
 pub struct NotifierShard {
     index: usize,
     cfg: NotifierConfig,
+    /// For X' (X's SIP URI), computed once when X's presentity is created.
+    mapper: AddressMapper,
     links: Links,
     slots: Vec<Slot>,
     by_jid: HashMap<BareJid, u32>,
     /// Call-ID of every live dialog → its presentity (in-dialog SUBSCRIBEs).
     by_call: HashMap<String, u32>,
-    timers: BTreeSet<(Instant, u32)>,
+    timers: Deadlines,
     pending: HashMap<u64, Pending>,
     next_key: u64,
     seed: u64,
@@ -83,15 +87,22 @@ pub struct NotifierShard {
 }
 
 impl NotifierShard {
-    pub fn new(index: usize, cfg: NotifierConfig, links: Links, seed: u64) -> NotifierShard {
+    pub fn new(
+        index: usize,
+        cfg: NotifierConfig,
+        mapper: AddressMapper,
+        links: Links,
+        seed: u64,
+    ) -> NotifierShard {
         NotifierShard {
             index,
             cfg,
+            mapper,
             links,
             slots: Vec::new(),
             by_jid: HashMap::new(),
             by_call: HashMap::new(),
-            timers: BTreeSet::new(),
+            timers: Deadlines::default(),
             pending: HashMap::new(),
             next_key: 0,
             seed,
@@ -101,15 +112,22 @@ impl NotifierShard {
 
     /// The slot of X, created if `create` (presentities live as long as the process, as the
     /// per-presentity actors did).
-    fn slot_of(&mut self, x: &BareJid, sip_uri: &str, create: bool) -> Option<u32> {
+    fn slot_of(&mut self, x: &BareJid, create: bool) -> Option<u32> {
         if let Some(&i) = self.by_jid.get(x) {
             return Some(i);
         }
         if !create {
             return None;
         }
+        let sip_uri = match self.mapper.xmpp_to_sip(x) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(jid = %x, error = %e, "XMPP presentity cannot be mapped to SIP");
+                return None;
+            }
+        };
         self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let machine = Presentity::new(self.cfg.clone(), x.clone(), sip_uri.to_owned(), self.seed);
+        let machine = Presentity::new(self.cfg.clone(), x.clone(), sip_uri, self.seed);
         let idx = self.slots.len() as u32;
         self.slots.push(Slot {
             machine: Box::new(machine),
@@ -181,14 +199,7 @@ impl NotifierShard {
         };
         slot.machine.shrink();
         let next = slot.machine.poll_timeout();
-        if next != slot.due {
-            let old = std::mem::replace(&mut slot.due, next);
-            if let Some(t) = old {
-                self.timers.remove(&(t, idx));
-            }
-            if let Some(t) = next {
-                self.timers.insert((t, idx));
-            }
+        if self.timers.reschedule(idx, &mut slot.due, next) {
             self.rearm(ctx);
         }
     }
@@ -219,21 +230,16 @@ impl NotifierShard {
     }
 
     fn rearm(&mut self, ctx: &mut Context<Self>) {
-        let next = self.timers.first().map(|(t, _)| *t);
+        let next = self.timers.first();
         self.wakeup.arm(next, ctx, |a, ctx| {
-            a.wakeup.at = None;
-            a.wakeup.handle = None;
+            a.wakeup.fired();
             a.on_wakeup(ctx)
         });
     }
 
     fn on_wakeup(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        while let Some(&(t, idx)) = self.timers.first() {
-            if t > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some(idx) = self.timers.pop_due(now) {
             if let Some(s) = self.slots.get_mut(idx as usize) {
                 s.due = None;
             }
@@ -326,14 +332,16 @@ impl Handler<ToNotifier> for NotifierShard {
             NotifierEvent::Stanza(p) if p.kind == Ok(pua_xmpp::stanza::PresenceType::Error)
         );
         let idx = match (&msg.x, &msg.event) {
-            (Some((x, uri)), _) => self.slot_of(x, uri, create),
+            (Some(x), _) => self.slot_of(x, create),
             (None, NotifierEvent::Sip { req, .. }) => self.by_call.get(&req.call_id).copied(),
             (None, _) => None,
         };
         match msg.event {
             NotifierEvent::Sip { req, txn, watcher } => {
                 let Some(idx) = idx.filter(|_| req.method == Method::Subscribe) else {
-                    let resp = OutResponse::to_request(&req, 481, None);
+                    // An initial SUBSCRIBE for an X that cannot be mapped: 404; else no dialog.
+                    let code = if msg.x.is_some() { 404 } else { 481 };
+                    let resp = OutResponse::to_request(&req, code, None);
                     return self.links.responses.do_send(SendResponse { txn, resp });
                 };
                 // In-dialog refreshes carry no mapped watcher; the dialog knows it.

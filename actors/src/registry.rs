@@ -215,19 +215,12 @@ impl Registry {
             .do_send(SendPresence(OutPresence::error_reply(p, cond, Some(text))));
     }
 
-    /// The notifier shard of X and X's SIP URI (X'), or None if X cannot be mapped.
-    fn notifier_target(&self, x: &BareJid) -> Option<(usize, String)> {
-        let sip_uri = match self.mapper.xmpp_to_sip(x) {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(jid = %x, error = %e, "XMPP presentity cannot be mapped to SIP");
-                return None;
-            }
-        };
-        Some((shard_for(x.as_str(), self.notifier_shards.len()), sip_uri))
+    /// The notifier shard of X.
+    fn notifier_shard_of(&self, x: &BareJid) -> usize {
+        shard_for(x.as_str(), self.notifier_shards.len())
     }
 
-    fn to_notifier(&self, shard: usize, x: Option<(BareJid, String)>, event: NotifierEvent) {
+    fn to_notifier(&self, shard: usize, x: Option<BareJid>, event: NotifierEvent) {
         match self.notifier_shards.get(shard) {
             Some(s) => s.do_send(ToNotifier { x, event }),
             None => tracing::error!("no notifier shard running"),
@@ -343,17 +336,13 @@ impl Registry {
             .entry(watcher.clone())
             .or_default()
             .insert(presentity.clone());
-        match self.notifier_target(&presentity) {
-            Some((shard, uri)) => {
-                let event = NotifierEvent::Sip {
-                    req: Box::new(req),
-                    txn,
-                    watcher: Some(watcher),
-                };
-                self.to_notifier(shard, Some((presentity, uri)), event)
-            }
-            None => self.respond(txn, OutResponse::to_request(&req, 404, None)),
-        }
+        let shard = self.notifier_shard_of(&presentity);
+        let event = NotifierEvent::Sip {
+            req: Box::new(req),
+            txn,
+            watcher: Some(watcher),
+        };
+        self.to_notifier(shard, Some(presentity), event)
     }
 }
 
@@ -382,6 +371,7 @@ impl Actor for Registry {
             let shard = NotifierShard::new(
                 i,
                 self.cfg.notifier.clone(),
+                self.mapper.clone(),
                 self.links(ctx),
                 self.next_seed(),
             );
@@ -422,9 +412,8 @@ impl Handler<StanzaIn> for Registry {
                 match self.cfg.mode {
                     Mode::Notifier => {
                         // The shard creates X for anything but an error (which needs state).
-                        if let Some((shard, uri)) = self.notifier_target(&x) {
-                            self.to_notifier(shard, Some((x, uri)), NotifierEvent::Stanza(p));
-                        }
+                        let shard = self.notifier_shard_of(&x);
+                        self.to_notifier(shard, Some(x), NotifierEvent::Stanza(p));
                     }
                     Mode::Pua => {
                         let existing = self.pua_presentities.get(&x).cloned();
@@ -659,13 +648,11 @@ impl Handler<Restore> for Registry {
         let notifier_count = xs.len();
         if self.cfg.mode == Mode::Notifier {
             for x in xs {
-                if let Some((shard, uri)) = self.notifier_target(&x) {
-                    let event = NotifierEvent::Restore(RestoreNotifier {
-                        relations: relations.remove(&x).unwrap_or_default(),
-                        dialogs: dialogs.remove(&x).unwrap_or_default(),
-                    });
-                    self.to_notifier(shard, Some((x, uri)), event);
-                }
+                let event = NotifierEvent::Restore(RestoreNotifier {
+                    relations: relations.remove(&x).unwrap_or_default(),
+                    dialogs: dialogs.remove(&x).unwrap_or_default(),
+                });
+                self.to_notifier(self.notifier_shard_of(&x), Some(x), event);
             }
         }
         let winfo = snap.winfo.len();

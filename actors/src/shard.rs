@@ -12,6 +12,7 @@
 //! does not know the Call-ID hands the NOTIFY back for the next shard, so a peer that rewrites
 //! the To URI still reaches the pair; the last shard asked answers 481 (case 73).
 
+use crate::deadlines::Deadlines;
 use crate::messages::*;
 use crate::registry::Registry;
 use crate::store::StoreOp;
@@ -19,9 +20,9 @@ use crate::translator::{gauge_move, phase_label, unix_now, Links, Outstanding, W
 use actix::prelude::*;
 use hashbrown::HashTable;
 use pua_xmpp::sip::{Method, OutResponse};
-use pua_xmpp::stanza::{DefinedCondition, OutPresence, PresenceType};
+use pua_xmpp::stanza::{DefinedCondition, OutPresence};
 use pua_xmpp::subscriber::{self, SubscriberConfig, Subscription};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -69,7 +70,7 @@ pub struct SubscriberShard {
     by_pair: HashTable<u32>,
     by_call: HashTable<u32>,
     /// (deadline, slot), earliest first: one armed wake-up serves every pair of the shard.
-    timers: BTreeSet<(Instant, u32)>,
+    timers: Deadlines,
     /// Pairs per watcher (by hash of the bare JID), for `max_subscriptions_per_user`.
     per_watcher: HashMap<u64, u32>,
     outstanding: Outstanding,
@@ -91,7 +92,7 @@ impl SubscriberShard {
             free: Vec::new(),
             by_pair: HashTable::new(),
             by_call: HashTable::new(),
-            timers: BTreeSet::new(),
+            timers: Deadlines::default(),
             per_watcher: HashMap::new(),
             outstanding: Outstanding::default(),
             hasher: std::hash::RandomState::new(),
@@ -215,15 +216,13 @@ impl SubscriberShard {
 
     fn remove(&mut self, idx: u32) {
         self.unindex_call(idx);
-        let Some(slot) = self.slots.get_mut(idx as usize).and_then(Option::take) else {
+        let Some(mut slot) = self.slots.get_mut(idx as usize).and_then(Option::take) else {
             return;
         };
         if let Ok(e) = self.by_pair.find_entry(slot.pair_hash, |&i| i == idx) {
             e.remove();
         }
-        if let Some(t) = slot.due {
-            self.timers.remove(&(t, idx));
-        }
+        self.timers.reschedule(idx, &mut slot.due, None);
         let wh = self.hasher.hash_one(slot.sub.pair().watcher.as_str());
         if let Some(n) = self.per_watcher.get_mut(&wh) {
             *n = n.saturating_sub(1);
@@ -309,14 +308,7 @@ impl SubscriberShard {
         }
         let label = phase_label(slot.sub.phase());
         let next = slot.sub.poll_timeout();
-        if next != slot.due {
-            let old = std::mem::replace(&mut slot.due, next);
-            if let Some(t) = old {
-                self.timers.remove(&(t, idx));
-            }
-            if let Some(t) = next {
-                self.timers.insert((t, idx));
-            }
+        if self.timers.reschedule(idx, &mut slot.due, next) {
             self.rearm(ctx);
         }
         Some(label)
@@ -356,21 +348,16 @@ impl SubscriberShard {
     }
 
     fn rearm(&mut self, ctx: &mut Context<Self>) {
-        let next = self.timers.first().map(|(t, _)| *t);
+        let next = self.timers.first();
         self.wakeup.arm(next, ctx, |a, ctx| {
-            a.wakeup.at = None;
-            a.wakeup.handle = None;
+            a.wakeup.fired();
             a.on_wakeup(ctx)
         });
     }
 
     fn on_wakeup(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        while let Some(&(t, idx)) = self.timers.first() {
-            if t > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some(idx) = self.timers.pop_due(now) {
             if let Some(s) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) {
                 s.due = None;
             }
@@ -407,18 +394,14 @@ impl Handler<ToSubscriber> for SubscriberShard {
         let idx = match self.find_pair(w, s) {
             Some(i) => i,
             None => {
-                let relation = match msg.stanza.kind {
-                    Ok(PresenceType::Subscribe) => subscriber::Relation::Pending,
-                    Ok(PresenceType::Probe) => subscriber::Relation::Unknown,
-                    _ => {
-                        // Case 25: unsubscribe (or anything else) with no state: no output.
-                        tracing::debug!(
-                            watcher = w,
-                            presentity = s,
-                            "stanza for unknown pair ignored"
-                        );
-                        return;
-                    }
+                let Some(relation) = subscriber::Relation::for_new_pair(&msg.stanza.kind) else {
+                    // Case 25: unsubscribe (or anything else) with no state: no output.
+                    tracing::debug!(
+                        watcher = w,
+                        presentity = s,
+                        "stanza for unknown pair ignored"
+                    );
+                    return;
                 };
                 if relation == subscriber::Relation::Pending {
                     let mine = self

@@ -121,11 +121,17 @@ pub(crate) fn unix_now() -> i64 {
 /// Keeps a single wake-up armed at the earliest deadline of the machines.
 #[derive(Default)]
 pub(crate) struct Wakeup {
-    pub(crate) at: Option<Instant>,
-    pub(crate) handle: Option<SpawnHandle>,
+    at: Option<Instant>,
+    handle: Option<SpawnHandle>,
 }
 
 impl Wakeup {
+    /// Called first by the fire function: the armed timer is spent.
+    pub(crate) fn fired(&mut self) {
+        self.at = None;
+        self.handle = None;
+    }
+
     pub(crate) fn arm<A>(
         &mut self,
         next: Option<Instant>,
@@ -240,8 +246,7 @@ impl PuaTranslator {
         }
         let next = self.machine.poll_timeout();
         self.wakeup.arm(next, ctx, |a, ctx| {
-            a.wakeup.at = None;
-            a.wakeup.handle = None;
+            a.wakeup.fired();
             a.input(pua::Input::Timeout, None, ctx);
         });
     }
