@@ -14,6 +14,7 @@ pub mod address;
 pub mod error_map;
 pub mod ids;
 pub mod notifier;
+pub mod packed;
 pub mod pidf;
 pub mod presence;
 pub mod pua;

@@ -180,26 +180,124 @@ fn fingerprint<T: Hash>(t: &T) -> u64 {
 
 /// What has been announced to one XMPP watcher for one SIP presentity (per resource), for diffs
 /// and duplicate suppression.
+///
+/// It lives as long as the pair (a million of them), so it is one byte string, or nothing when
+/// there is nothing to remember: a flag and the fingerprint of the last "nothing is open"
+/// answer, then per resource announced as available (in announcement order) the fingerprint of
+/// its last presence, the resource's length (u16) and the resource.
 #[derive(Default, Clone, Debug, PartialEq, Eq)]
 pub struct Announced {
-    /// Resource, fingerprint of the last available presence sent from it.
-    resources: Vec<(Box<str>, u64)>,
-    /// Fingerprint of the statuses of the last "nothing is open" answer, if that is the state.
-    offline: Option<u64>,
+    packed: Option<Box<[u8]>>,
 }
+
+/// Bytes before the first resource entry.
+const ANN_HEAD: usize = 9;
 
 impl Announced {
     /// No resource is currently announced as available.
     pub fn is_empty(&self) -> bool {
-        self.resources.is_empty()
+        self.packed.as_ref().is_none_or(|p| p.len() <= ANN_HEAD)
     }
-    /// Drops spare capacity: the record lives as long as its subscription.
-    pub fn shrink(&mut self) {
-        self.resources.shrink_to_fit();
-    }
+    /// Kept for callers that trim idle state; the record is always exactly sized.
+    pub fn shrink(&mut self) {}
     /// Resources announced as available, in announcement order.
     pub fn resources(&self) -> impl Iterator<Item = &str> {
-        self.resources.iter().map(|(r, _)| &**r)
+        self.entries().map(|(r, _, _)| r)
+    }
+
+    /// (resource, fingerprint, offset of the fingerprint) of each entry.
+    fn entries(&self) -> impl Iterator<Item = (&str, u64, usize)> {
+        let bytes: &[u8] = self.packed.as_deref().unwrap_or(&[]);
+        let mut at = ANN_HEAD.min(bytes.len());
+        std::iter::from_fn(move || {
+            let fp = u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?);
+            let len = u16::from_le_bytes(bytes.get(at + 8..at + 10)?.try_into().ok()?) as usize;
+            let r = std::str::from_utf8(bytes.get(at + 10..at + 10 + len)?).ok()?;
+            let fp_at = at;
+            at += 10 + len;
+            Some((r, fp, fp_at))
+        })
+    }
+
+    fn offline(&self) -> Option<u64> {
+        let p = self.packed.as_deref()?;
+        if p.first() != Some(&1) {
+            return None;
+        }
+        Some(u64::from_le_bytes(p.get(1..9)?.try_into().ok()?))
+    }
+
+    /// Rebuilds the byte string from its parts (only when the resource set or the offline flag
+    /// changes; a changed fingerprint is written in place).
+    fn rebuild<'a>(&mut self, offline: Option<u64>, entries: impl Iterator<Item = (&'a str, u64)>) {
+        let mut out = Vec::with_capacity(ANN_HEAD + 16);
+        out.push(u8::from(offline.is_some()));
+        out.extend_from_slice(&offline.unwrap_or(0).to_le_bytes());
+        for (r, fp) in entries {
+            // A resourcepart is at most 1023 bytes (RFC 7622); longer ones were hashed before.
+            let r = r.get(..r.len().min(usize::from(u16::MAX))).unwrap_or("");
+            out.extend_from_slice(&fp.to_le_bytes());
+            out.extend_from_slice(&(r.len() as u16).to_le_bytes());
+            out.extend_from_slice(r.as_bytes());
+        }
+        self.packed = (offline.is_some() || out.len() > ANN_HEAD).then(|| out.into_boxed_slice());
+    }
+
+    fn set_offline(&mut self, offline: Option<u64>) {
+        if self.offline() == offline {
+            return;
+        }
+        let entries: Vec<(String, u64)> = self
+            .entries()
+            .map(|(r, fp, _)| (r.to_owned(), fp))
+            .collect();
+        self.rebuild(offline, entries.iter().map(|(r, fp)| (r.as_str(), *fp)));
+    }
+
+    fn fingerprint_of(&self, resource: &str) -> Option<u64> {
+        self.entries()
+            .find(|(r, _, _)| *r == resource)
+            .map(|(_, fp, _)| fp)
+    }
+
+    /// Records `fp` as the last presence announced from `resource`.
+    fn set_fingerprint(&mut self, resource: &str, fp: u64) {
+        let at = self
+            .entries()
+            .find(|(r, _, _)| *r == resource)
+            .map(|(_, _, at)| at);
+        match (at, self.packed.as_deref_mut()) {
+            (Some(at), Some(p)) => {
+                if let Some(slot) = p.get_mut(at..at + 8) {
+                    slot.copy_from_slice(&fp.to_le_bytes());
+                }
+            }
+            _ => {
+                let offline = self.offline();
+                let mut entries: Vec<(String, u64)> = self
+                    .entries()
+                    .map(|(r, fp, _)| (r.to_owned(), fp))
+                    .collect();
+                entries.push((resource.to_owned(), fp));
+                self.rebuild(offline, entries.iter().map(|(r, fp)| (r.as_str(), *fp)));
+            }
+        }
+    }
+
+    /// Forgets the resources `keep` says no to, returning them in announcement order.
+    fn remove_unless(&mut self, mut keep: impl FnMut(&str) -> bool) -> Vec<String> {
+        if self.entries().all(|(r, _, _)| keep(r)) {
+            return Vec::new();
+        }
+        let (kept, gone): (Vec<_>, Vec<_>) = self
+            .entries()
+            .map(|(r, fp, _)| (r.to_owned(), fp))
+            .partition(|(r, _)| keep(r));
+        if !gone.is_empty() {
+            let offline = self.offline();
+            self.rebuild(offline, kept.iter().map(|(r, fp)| (r.as_str(), *fp)));
+        }
+        gone.into_iter().map(|(r, _)| r).collect()
     }
 }
 
@@ -224,51 +322,40 @@ pub fn stanzas_for_pidf(
     probe: bool,
 ) -> Vec<OutPresence> {
     let mut out = Vec::new();
-    let had_announced = !announced.resources.is_empty();
+    let had_announced = !announced.is_empty();
     let is_open = |r: &str| {
         doc_view
             .iter()
             .any(|v| v.basic == Basic::Open && v.resource == r)
     };
     // Resources gone, closed or unknown: unavailable first.
-    announced.resources.retain(|(r, _)| {
-        if is_open(r) {
-            return true;
-        }
-        if let Some(from) = full_jid(from_bare, r) {
+    for r in announced.remove_unless(is_open) {
+        if let Some(from) = full_jid(from_bare, &r) {
             out.push(OutPresence::new(
                 from,
                 to.clone(),
                 PresenceType::Unavailable,
             ));
         }
-        false
-    });
+    }
     let mut any_open = false;
     for v in doc_view.iter().filter(|v| v.basic == Basic::Open) {
         any_open = true;
         let fp = fingerprint(&v.state);
-        let slot = announced
-            .resources
-            .iter_mut()
-            .find(|(r, _)| **r == *v.resource);
-        if !probe && slot.as_ref().is_some_and(|(_, f)| *f == fp) {
+        if !probe && announced.fingerprint_of(&v.resource) == Some(fp) {
             continue;
         }
         let Some(from) = full_jid(from_bare, &v.resource) else {
             continue;
         };
-        match slot {
-            Some(s) => s.1 = fp,
-            None => announced.resources.push((v.resource.as_str().into(), fp)),
-        }
+        announced.set_fingerprint(&v.resource, fp);
         out.push(OutPresence {
             body: v.state.clone(),
             ..OutPresence::new(from, to.clone(), PresenceType::Available)
         });
     }
     if any_open {
-        announced.offline = None;
+        announced.set_offline(None);
         return out;
     }
     // Nothing open: the status of the first tuple that has one (closed tuples carry the "gone"
@@ -280,7 +367,7 @@ pub fn stanzas_for_pidf(
         .cloned()
         .unwrap_or_default();
     let fp = fingerprint(&statuses);
-    if probe || (!had_announced && announced.offline != Some(fp)) {
+    if probe || (!had_announced && announced.offline() != Some(fp)) {
         out.push(OutPresence {
             body: Availability {
                 show: None,
@@ -294,7 +381,7 @@ pub fn stanzas_for_pidf(
             )
         });
     }
-    announced.offline = Some(fp);
+    announced.set_offline(Some(fp));
     out
 }
 
@@ -305,9 +392,8 @@ pub fn unavailable_for_announced(
     to: &Jid,
 ) -> Vec<OutPresence> {
     let out = announced
-        .resources
-        .iter()
-        .filter_map(|(r, _)| full_jid(from_bare, r))
+        .resources()
+        .filter_map(|r| full_jid(from_bare, r))
         .map(|from| OutPresence::new(from, to.clone(), PresenceType::Unavailable))
         .collect();
     *announced = Announced::default();
@@ -811,9 +897,31 @@ mod tests {
     }
 
     #[test]
+    fn announced_keeps_resources_in_order_and_fingerprints_in_place() {
+        let mut a = Announced::default();
+        assert!(a.is_empty() && a.packed.is_none() && a.offline().is_none());
+        a.set_offline(Some(7));
+        assert_eq!((a.offline(), a.is_empty()), (Some(7), true));
+        a.set_fingerprint("phone", 1);
+        a.set_fingerprint("desk", 2);
+        a.set_offline(None);
+        let block = a.packed.as_ref().map(|p| p.as_ptr());
+        a.set_fingerprint("phone", 3);
+        // Same block: a changed fingerprint is written in place.
+        assert_eq!(a.packed.as_ref().map(|p| p.as_ptr()), block);
+        assert_eq!(a.fingerprint_of("phone"), Some(3));
+        assert_eq!(a.fingerprint_of("desk"), Some(2));
+        assert_eq!(a.resources().collect::<Vec<_>>(), ["phone", "desk"]);
+        assert_eq!(a.remove_unless(|r| r == "desk"), ["phone"]);
+        assert_eq!(a.resources().collect::<Vec<_>>(), ["desk"]);
+        assert_eq!(a.remove_unless(|_| false), ["desk"]);
+        assert_eq!(a, Announced::default());
+    }
+
+    #[test]
     fn announced_and_aggregate_stay_small() {
         assert!(
-            std::mem::size_of::<Announced>() <= 48,
+            std::mem::size_of::<Announced>() <= 16,
             "{}",
             std::mem::size_of::<Announced>()
         );

@@ -11,6 +11,7 @@
 //! [`Subscription::poll_timeout`] is reached.
 
 use crate::ids::IdGen;
+use crate::packed::{Deadlines, Strs};
 use crate::pidf;
 use crate::presence::{self, Announced, TupleView};
 use crate::sip::{
@@ -164,42 +165,99 @@ pub enum Output {
     Problem(&'static str),
 }
 
-/// The cached view trimmed to its length: it lives as long as the pair, and the vectors the
-/// parser grew by doubling would otherwise hold several times the room they need.
-fn compact(mut view: Vec<TupleView>) -> Vec<TupleView> {
-    for t in &mut view {
-        t.resource.shrink_to_fit();
-        t.state.statuses.shrink_to_fit();
-        for s in &mut t.state.statuses {
-            s.text.shrink_to_fit();
+/// The pair's strings, in one heap block (one allocation per pair instead of eight): X' and
+/// S, the current dialog's Call-ID, tags, remote target and route set (joined by newlines,
+/// which no header value contains), and the cached presence view.
+const W_URI: usize = 0;
+const P_URI: usize = 1;
+const CALL_ID: usize = 2;
+const LOCAL_TAG: usize = 3;
+const REMOTE_TAG: usize = 4;
+const REMOTE_TARGET: usize = 5;
+const ROUTE_SET: usize = 6;
+const VIEW: usize = 7;
+
+/// The numbers of the current dialog; its strings are in the pair's block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct DialogNums {
+    has_remote_tag: bool,
+    has_remote_target: bool,
+    local_cseq: u32,
+    remote_cseq: Option<u32>,
+    requested: u32,
+}
+
+/// The current dialog, read from the pair.
+#[derive(Clone, Copy)]
+struct DialogRef<'a> {
+    n: &'a DialogNums,
+    s: &'a Strs<8>,
+}
+
+impl<'a> DialogRef<'a> {
+    fn unpack(self) -> Dialog {
+        Dialog {
+            call_id: self.call_id().to_owned(),
+            local_tag: self.local_tag().to_owned(),
+            remote_tag: self.remote_tag().map(str::to_owned),
+            local_cseq: self.n.local_cseq,
+            remote_cseq: self.n.remote_cseq,
+            remote_target: self.remote_target().map(str::to_owned),
+            route_set: self.route_set().map(str::to_owned).collect(),
+            requested: self.n.requested,
         }
     }
-    view.shrink_to_fit();
-    view
+    fn call_id(self) -> &'a str {
+        self.s.str(CALL_ID)
+    }
+    fn local_tag(self) -> &'a str {
+        self.s.str(LOCAL_TAG)
+    }
+    fn remote_tag(self) -> Option<&'a str> {
+        self.n.has_remote_tag.then(|| self.s.str(REMOTE_TAG))
+    }
+    fn remote_target(self) -> Option<&'a str> {
+        self.n.has_remote_target.then(|| self.s.str(REMOTE_TARGET))
+    }
+    fn route_set(self) -> impl Iterator<Item = &'a str> {
+        let r = self.s.str(ROUTE_SET);
+        r.split('\n').filter(move |_| !r.is_empty())
+    }
 }
+
+/// Indexes of the pair's deadlines.
+const TIMER_N: usize = 0;
+const REFRESH: usize = 1;
+const EXPIRES: usize = 2;
+const RETRY: usize = 3;
+const GIVE_UP: usize = 4;
 
 /// One XMPP watcher's subscription to one SIP presentity.
 #[derive(Debug)]
 pub struct Subscription {
     /// Shared by every pair of the gateway: a million pairs must not hold a million copies.
     cfg: Arc<SubscriberConfig>,
-    pair: Pair,
+    /// X.
+    watcher: BareJid,
+    /// S'.
+    presentity: BareJid,
+    /// X', S, the dialog's strings and the cached view (see [`VIEW`]).
+    strs: Strs<8>,
     relation: Relation,
     phase: Phase,
-    dialog: Option<Dialog>,
-    announced: Announced,
-    /// Last parsed state, for answering probes without SIP traffic (case 26).
-    last_view: Option<Vec<TupleView>>,
-    /// Probes waiting for the first NOTIFY (§4.5: answered from one result).
-    probe_waiters: Vec<Jid>,
-    backoff: Backoff,
-    /// The last failure's condition, for the error after too many failures (case 32).
-    timer_n_at: Option<Instant>,
-    refresh_at: Option<Instant>,
-    expires_at: Option<Instant>,
-    retry_at: Option<Instant>,
-    give_up_at: Option<Instant>,
     error_sent: bool,
+    dialog: Option<DialogNums>,
+    announced: Announced,
+    /// A NOTIFY's state is cached in the block, for answering probes without SIP traffic
+    /// (case 26).
+    has_view: bool,
+    /// Probes waiting for the first NOTIFY (§4.5: answered from one result). Boxed: rarely
+    /// any, and 8 bytes instead of 24 in every pair.
+    #[allow(clippy::box_collection)]
+    probe_waiters: Option<Box<Vec<Jid>>>,
+    backoff: Backoff,
+    /// Timer N, refresh, lease expiry, retry, unsubscribe give-up.
+    timers: Deadlines<5>,
     rng: IdGen,
     out: VecDeque<Output>,
 }
@@ -215,20 +273,27 @@ impl Subscription {
     ) -> Subscription {
         Subscription {
             cfg: cfg.into(),
-            pair,
+            strs: Strs::new([
+                pair.watcher_uri.as_bytes(),
+                pair.presentity_uri.as_bytes(),
+                b"",
+                b"",
+                b"",
+                b"",
+                b"",
+                b"",
+            ]),
+            watcher: pair.watcher,
+            presentity: pair.presentity,
             relation,
             phase: Phase::Idle,
+            error_sent: false,
             dialog: None,
             announced: Announced::default(),
-            last_view: None,
-            probe_waiters: Vec::new(),
+            has_view: false,
+            probe_waiters: None,
             backoff: Backoff::default(),
-            timer_n_at: None,
-            refresh_at: None,
-            expires_at: None,
-            retry_at: None,
-            give_up_at: None,
-            error_sent: false,
+            timers: Deadlines::default(),
             rng: IdGen::new(seed),
             out: VecDeque::new(),
         }
@@ -245,13 +310,14 @@ impl Subscription {
         let mut s = Subscription::new(cfg, rec.pair, rec.relation, seed);
         match (rec.dialog, rec.lease_left) {
             (Some(d), Some(left)) if left > 0 && d.remote_tag.is_some() => {
-                s.dialog = Some(d);
+                s.set_dialog(Some(&d));
                 s.phase = if rec.relation == Relation::Approved {
                     Phase::Active
                 } else {
                     Phase::Pending
                 };
-                s.expires_at = Some(now + Duration::from_secs(u64::from(left)));
+                s.timers
+                    .set(EXPIRES, Some(now + Duration::from_secs(u64::from(left))));
                 let requested = s.cfg.expires;
                 s.send_in_dialog(requested);
             }
@@ -260,8 +326,30 @@ impl Subscription {
         s
     }
 
-    pub fn pair(&self) -> &Pair {
-        &self.pair
+    /// The pair's identities (a copy: they are stored packed).
+    pub fn pair(&self) -> Pair {
+        Pair {
+            watcher: self.watcher.clone(),
+            watcher_uri: self.watcher_uri().to_owned(),
+            presentity: self.presentity.clone(),
+            presentity_uri: self.presentity_uri().to_owned(),
+        }
+    }
+    /// X.
+    pub fn watcher(&self) -> &BareJid {
+        &self.watcher
+    }
+    /// S'.
+    pub fn presentity(&self) -> &BareJid {
+        &self.presentity
+    }
+    /// X'.
+    pub fn watcher_uri(&self) -> &str {
+        self.strs.str(W_URI)
+    }
+    /// S.
+    pub fn presentity_uri(&self) -> &str {
+        self.strs.str(P_URI)
     }
     pub fn relation(&self) -> Relation {
         self.relation
@@ -269,9 +357,54 @@ impl Subscription {
     pub fn phase(&self) -> Phase {
         self.phase
     }
-    pub fn dialog(&self) -> Option<&Dialog> {
-        self.dialog.as_ref()
+    /// The current dialog (a copy: it is stored packed).
+    pub fn dialog(&self) -> Option<Dialog> {
+        self.dialog_ref().map(DialogRef::unpack)
     }
+    /// The Call-ID of the current dialog.
+    pub fn call_id(&self) -> Option<&str> {
+        self.dialog_ref().map(DialogRef::call_id)
+    }
+    fn dialog_ref(&self) -> Option<DialogRef<'_>> {
+        self.dialog.as_ref().map(|n| DialogRef { n, s: &self.strs })
+    }
+
+    /// Installs `d` as the current dialog (or none): one new block for the pair's strings.
+    fn set_dialog(&mut self, d: Option<&Dialog>) {
+        let routes = d.map(|d| d.route_set.join("\n")).unwrap_or_default();
+        let mut parts = self.strs.parts();
+        parts[CALL_ID] = d.map_or(&b""[..], |d| d.call_id.as_bytes());
+        parts[LOCAL_TAG] = d.map_or(&b""[..], |d| d.local_tag.as_bytes());
+        parts[REMOTE_TAG] = d
+            .and_then(|d| d.remote_tag.as_deref())
+            .map_or(&b""[..], str::as_bytes);
+        parts[REMOTE_TARGET] = d
+            .and_then(|d| d.remote_target.as_deref())
+            .map_or(&b""[..], str::as_bytes);
+        parts[ROUTE_SET] = routes.as_bytes();
+        self.strs = Strs::new(parts);
+        self.dialog = d.map(|d| DialogNums {
+            has_remote_tag: d.remote_tag.is_some(),
+            has_remote_target: d.remote_target.is_some(),
+            local_cseq: d.local_cseq,
+            remote_cseq: d.remote_cseq,
+            requested: d.requested,
+        });
+    }
+
+    fn set_view(&mut self, view: Option<&[TupleView]>) {
+        self.has_view = view.is_some();
+        let bytes = view.map(crate::packed::pack_view).unwrap_or_default();
+        self.strs.set(VIEW, &bytes);
+    }
+
+    fn cached_view(&self) -> Option<Vec<TupleView>> {
+        if !self.has_view {
+            return None;
+        }
+        crate::packed::unpack_view(self.strs.get(VIEW))
+    }
+
     /// Releases the memory of the drained output queue. A machine spends nearly all its life
     /// idle between events; keeping a queue's capacity (four requests, ~1.4 KB) per pair would
     /// dominate the memory of a million subscriptions.
@@ -279,8 +412,8 @@ impl Subscription {
         if self.out.is_empty() {
             self.out = VecDeque::new();
         }
-        if self.probe_waiters.is_empty() {
-            self.probe_waiters = Vec::new();
+        if self.probe_waiters.as_ref().is_some_and(|w| w.is_empty()) {
+            self.probe_waiters = None;
         }
         self.announced.shrink();
     }
@@ -292,17 +425,20 @@ impl Subscription {
 
     /// Time left on the SIP lease, if one is running.
     pub fn lease_left(&self, now: Instant) -> Option<Duration> {
-        self.expires_at.map(|t| t.saturating_duration_since(now))
+        self.timers
+            .get(EXPIRES)
+            .map(|t| t.saturating_duration_since(now))
     }
 
     /// The record to persist now.
     pub fn record(&self, now: Instant) -> SubscriptionRecord {
         SubscriptionRecord {
-            pair: self.pair.clone(),
+            pair: self.pair(),
             relation: self.relation,
-            dialog: self.dialog.clone(),
+            dialog: self.dialog(),
             lease_left: self
-                .expires_at
+                .timers
+                .get(EXPIRES)
                 .map(|t| t.saturating_duration_since(now).as_secs() as u32),
         }
     }
@@ -313,16 +449,7 @@ impl Subscription {
 
     /// The earliest instant at which [`Input::Timeout`] must be fed.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [
-            self.timer_n_at,
-            self.refresh_at,
-            self.expires_at,
-            self.retry_at,
-            self.give_up_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.timers.earliest()
     }
 
     pub fn handle_input(&mut self, input: Input<'_>, now: Instant) {
@@ -353,7 +480,7 @@ impl Subscription {
                 Phase::Active if self.relation == Relation::Approved => {
                     // Case 23: already approved; answer like RFC 6121's auto-reply.
                     self.stanza(PresenceType::Subscribed);
-                    self.resend_cached(Jid::from(self.pair.watcher.clone()));
+                    self.resend_cached(Jid::from(self.watcher.clone()));
                 }
                 Phase::Idle => {
                     if self.relation == Relation::Unknown {
@@ -372,7 +499,7 @@ impl Subscription {
             Ok(PresenceType::Unsubscribe) => self.unsubscribe(now),
             Ok(PresenceType::Probe) => self.on_probe(p, now),
             _ => {
-                tracing::debug!(watcher = %self.pair.watcher, kind = ?p.kind, "presence ignored by subscriber");
+                tracing::debug!(watcher = %self.watcher, kind = ?p.kind, "presence ignored by subscriber");
             }
         }
     }
@@ -383,11 +510,11 @@ impl Subscription {
                 self.resend_cached(p.from.clone());
             }
             Phase::Pending => self.push_stanza_to(PresenceType::Unavailable, p.from.clone()),
-            Phase::Waiting { .. } => self.probe_waiters.push(p.from.clone()),
+            Phase::Waiting { .. } => self.add_probe_waiter(p.from.clone()),
             Phase::Idle | Phase::Backoff => {
-                self.probe_waiters.push(p.from.clone());
+                self.add_probe_waiter(p.from.clone());
                 let fetch = self.relation == Relation::Unknown;
-                self.retry_at = None;
+                self.timers.set(RETRY, None);
                 self.start_subscribe(now, fetch);
             }
             Phase::Unsubscribing | Phase::Done => {}
@@ -395,18 +522,12 @@ impl Subscription {
     }
 
     fn resend_cached(&mut self, to: Jid) {
-        match &self.last_view {
+        match self.cached_view() {
             Some(view) => {
-                let view = view.clone();
                 let mut scratch = self.announced.clone();
-                let stanzas = presence::stanzas_for_pidf(
-                    &view,
-                    &mut scratch,
-                    &self.pair.presentity,
-                    &to,
-                    true,
-                );
-                if to == self.pair.watcher {
+                let stanzas =
+                    presence::stanzas_for_pidf(&view, &mut scratch, &self.presentity, &to, true);
+                if to == self.watcher {
                     self.announced = scratch;
                 }
                 self.out.extend(stanzas.into_iter().map(Output::Stanza));
@@ -418,20 +539,21 @@ impl Subscription {
     fn unsubscribe(&mut self, now: Instant) {
         for s in presence::unavailable_for_announced(
             &mut self.announced,
-            &self.pair.presentity,
-            &Jid::from(self.pair.watcher.clone()),
+            &self.presentity,
+            &Jid::from(self.watcher.clone()),
         ) {
             self.out.push_back(Output::Stanza(s));
         }
         self.out.push_back(Output::Forget);
         self.relation = Relation::Unknown;
-        self.last_view = None;
+        self.set_view(None);
         self.clear_timers();
         match self.phase {
             Phase::Waiting { .. } | Phase::Pending | Phase::Active if self.dialog.is_some() => {
                 self.send_in_dialog(0);
                 self.phase = Phase::Unsubscribing;
-                self.give_up_at = Some(now + timers::UNSUBSCRIBE_WAIT);
+                self.timers
+                    .set(GIVE_UP, Some(now + timers::UNSUBSCRIBE_WAIT));
             }
             _ => self.phase = Phase::Done,
         }
@@ -441,8 +563,7 @@ impl Subscription {
 
     fn contact(&self) -> String {
         let user = self
-            .pair
-            .watcher_uri
+            .watcher_uri()
             .split_once(':')
             .and_then(|(_, rest)| rest.split_once('@'))
             .map(|(u, _)| u)
@@ -462,11 +583,11 @@ impl Subscription {
             route_set: Vec::new(),
             requested: if fetch { 0 } else { self.cfg.expires },
         };
-        self.dialog = Some(dialog);
+        self.set_dialog(Some(&dialog));
         self.phase = Phase::Waiting { fetch };
-        self.refresh_at = None;
-        self.retry_at = None;
-        self.timer_n_at = Some(now + timers::TIMER_N);
+        self.timers.set(REFRESH, None);
+        self.timers.set(RETRY, None);
+        self.timers.set(TIMER_N, Some(now + timers::TIMER_N));
         let expires = if fetch { 0 } else { self.cfg.expires };
         self.send_subscribe(expires, false);
         if !fetch {
@@ -485,35 +606,38 @@ impl Subscription {
         };
         d.local_cseq += 1;
         d.requested = expires;
-        let established = in_dialog && d.remote_tag.is_some();
-        let uri = match (&d.remote_target, established) {
-            (Some(t), true) => t.clone(),
-            _ => self.pair.presentity_uri.clone(),
+        let Some(d) = self.dialog_ref() else {
+            return;
+        };
+        let established = in_dialog && d.remote_tag().is_some();
+        let uri = match (d.remote_target(), established) {
+            (Some(t), true) => t.to_owned(),
+            _ => self.presentity_uri().to_owned(),
         };
         let req = OutRequest {
             method: Method::Subscribe,
             uri,
             route: if established {
-                d.route_set.clone()
+                d.route_set().map(str::to_owned).collect()
             } else {
                 Vec::new()
             },
             from: NameAddr {
                 display: None,
-                uri: self.pair.watcher_uri.clone(),
-                tag: Some(d.local_tag.clone()),
+                uri: self.watcher_uri().to_owned(),
+                tag: Some(d.local_tag().to_owned()),
             },
             to: NameAddr {
                 display: None,
-                uri: self.pair.presentity_uri.clone(),
+                uri: self.presentity_uri().to_owned(),
                 tag: if established {
-                    d.remote_tag.clone()
+                    d.remote_tag().map(str::to_owned)
                 } else {
                     None
                 },
             },
-            call_id: d.call_id.clone(),
-            cseq: d.local_cseq,
+            call_id: d.call_id().to_owned(),
+            cseq: d.n.local_cseq,
             contact: Some(contact),
             headers: vec![
                 ("Event", "presence".to_owned()),
@@ -535,7 +659,7 @@ impl Subscription {
     fn is_current(&self, call_id: &str, cseq: u32) -> bool {
         self.dialog
             .as_ref()
-            .is_some_and(|d| d.call_id == call_id && d.local_cseq == cseq)
+            .is_some_and(|d| d.local_cseq == cseq && self.strs.get(CALL_ID) == call_id.as_bytes())
     }
 
     // ---- responses to our SUBSCRIBEs ----------------------------------------------------------
@@ -553,10 +677,12 @@ impl Subscription {
         }
         match r.status {
             200..=299 => {
-                let in_dialog = self.dialog.as_ref().is_some_and(|d| d.remote_tag.is_some());
+                let in_dialog = self.dialog.as_ref().is_some_and(|d| d.has_remote_tag);
                 if let Some(d) = self.dialog.as_mut() {
-                    if d.remote_tag.is_none() {
-                        d.remote_tag = r.to.tag.clone();
+                    if !d.has_remote_tag {
+                        d.has_remote_tag = r.to.tag.is_some();
+                        self.strs
+                            .set(REMOTE_TAG, r.to.tag.as_deref().unwrap_or("").as_bytes());
                     }
                 }
                 let requested = self.dialog.as_ref().map_or(0, |d| d.requested);
@@ -594,7 +720,7 @@ impl Subscription {
             403 | 603 | 404 | 604 | 410 | 484 | 485 => {
                 // Declined or no such presentity: a permanent decision (cases 29, 30).
                 // Subscription stanzas go to the bare JID, once, probers included.
-                self.probe_waiters.clear();
+                self.probe_waiters = None;
                 self.stanza(PresenceType::Unsubscribed);
                 self.out.push_back(Output::Forget);
                 self.finish();
@@ -637,14 +763,14 @@ impl Subscription {
             self.error_stanza_typed(cond, code, crate::stanza::ErrorType::Wait);
         }
         // §6.3: a lapsed lease means unknown state, announced resources go unavailable.
-        if self.expires_at.is_some_and(|t| t <= now + wait) {
+        if self.timers.get(EXPIRES).is_some_and(|t| t <= now + wait) {
             self.drop_announced();
         }
         self.answer_probes(PresenceType::Unavailable);
         self.phase = Phase::Backoff;
-        self.timer_n_at = None;
-        self.refresh_at = None;
-        self.retry_at = Some(now + wait);
+        self.timers.set(TIMER_N, None);
+        self.timers.set(REFRESH, None);
+        self.timers.set(RETRY, Some(now + wait));
     }
 
     fn finish_or_idle(&mut self) {
@@ -662,16 +788,16 @@ impl Subscription {
     }
 
     fn clear_timers(&mut self) {
-        self.timer_n_at = None;
-        self.refresh_at = None;
-        self.expires_at = None;
-        self.retry_at = None;
-        self.give_up_at = None;
+        self.timers.clear();
     }
 
     fn set_lease(&mut self, granted: u32, now: Instant) {
-        self.expires_at = Some(now + Duration::from_secs(u64::from(granted)));
-        self.refresh_at = Some(now + timers::refresh_after(granted, &mut self.rng));
+        self.timers
+            .set(EXPIRES, Some(now + Duration::from_secs(u64::from(granted))));
+        self.timers.set(
+            REFRESH,
+            Some(now + timers::refresh_after(granted, &mut self.rng)),
+        );
     }
 
     // ---- NOTIFY -------------------------------------------------------------------------------
@@ -696,20 +822,19 @@ impl Subscription {
             Some(Ok(s)) => s.clone(),
             _ => return self.respond(req, 400, None),
         };
-        let Some(dialog) = self.dialog.as_mut() else {
+        let Some(dialog) = self.dialog_ref() else {
             return self.respond(req, 481, None);
         };
-        if req.to.tag.as_deref() != Some(dialog.local_tag.as_str()) || req.call_id != dialog.call_id
-        {
+        if req.to.tag.as_deref() != Some(dialog.local_tag()) || req.call_id != dialog.call_id() {
             return self.respond(req, 481, None);
         }
-        if let (Some(ours), Some(theirs)) = (&dialog.remote_tag, &req.from.tag) {
-            if ours != theirs && dialog.remote_cseq.is_some() {
+        if let (Some(ours), Some(theirs)) = (dialog.remote_tag(), req.from.tag.as_deref()) {
+            if ours != theirs && dialog.n.remote_cseq.is_some() {
                 // A second fork after the dialog was set up: not supported, refuse it.
                 return self.respond(req, 481, None);
             }
         }
-        if dialog.remote_cseq.is_some_and(|c| req.cseq <= c) {
+        if dialog.n.remote_cseq.is_some_and(|c| req.cseq <= c) {
             return self.respond(req, 500, None);
         }
         if !req.body.is_empty() {
@@ -722,17 +847,24 @@ impl Subscription {
             }
         }
         // The NOTIFY is accepted: it creates or updates the dialog (UAS rules, §6.4).
-        let first = dialog.remote_cseq.is_none();
-        dialog.remote_cseq = Some(req.cseq);
-        dialog.remote_tag = req.from.tag.clone().or(dialog.remote_tag.take());
-        if let Some(c) = &req.contact {
-            dialog.remote_target = Some(c.uri.clone());
+        let first = dialog.n.remote_cseq.is_none();
+        if let Some(d) = self.dialog.as_mut() {
+            d.remote_cseq = Some(req.cseq);
+            if let Some(tag) = req.from.tag.as_deref() {
+                d.has_remote_tag = true;
+                self.strs.set(REMOTE_TAG, tag.as_bytes());
+            }
+            if let Some(c) = &req.contact {
+                d.has_remote_target = true;
+                self.strs.set(REMOTE_TARGET, c.uri.as_bytes());
+            }
         }
         if first {
-            dialog.route_set = req.record_route.clone();
+            self.strs
+                .set(ROUTE_SET, req.record_route.join("\n").as_bytes());
         }
         self.respond(req, 200, None);
-        self.timer_n_at = None;
+        self.timers.set(TIMER_N, None);
 
         let view = if req.body.is_empty() {
             None
@@ -756,7 +888,7 @@ impl Subscription {
                         .chars()
                         .take(120)
                         .collect();
-                    tracing::warn!(presentity = %self.pair.presentity_uri, error = %e, body = %excerpt.escape_debug(), "NOTIFY body rejected, previous state kept");
+                    tracing::warn!(presentity = %self.presentity_uri(), error = %e, body = %excerpt.escape_debug(), "NOTIFY body rejected, previous state kept");
                     None
                 }
             }
@@ -810,24 +942,24 @@ impl Subscription {
 
     /// Turns a parsed NOTIFY body into stanzas for X (and waiting probers).
     fn deliver(&mut self, view: Option<Vec<TupleView>>) {
-        let waiters = std::mem::take(&mut self.probe_waiters);
+        let waiters = self.take_probe_waiters();
         let Some(view) = view else {
             for w in waiters {
                 self.resend_cached(w);
             }
             return;
         };
-        let watcher = Jid::from(self.pair.watcher.clone());
+        let watcher = Jid::from(self.watcher.clone());
         let probe = !waiters.is_empty();
         let stanzas = presence::stanzas_for_pidf(
             &view,
             &mut self.announced,
-            &self.pair.presentity,
+            &self.presentity,
             &watcher,
             probe,
         );
         self.out.extend(stanzas.into_iter().map(Output::Stanza));
-        self.last_view = Some(compact(view));
+        self.set_view(Some(&view));
         for w in waiters {
             if w != watcher {
                 self.resend_cached(w);
@@ -845,7 +977,7 @@ impl Subscription {
         let reason = state.reason.as_deref().unwrap_or("");
         match reason {
             "rejected" | "noresource" => {
-                self.probe_waiters.clear();
+                self.probe_waiters = None;
                 self.stanza(PresenceType::Unsubscribed);
                 self.out.push_back(Output::Forget);
                 self.finish();
@@ -888,7 +1020,7 @@ impl Subscription {
                 // Case 81: the state is final; keep it, never retry.
                 self.phase = Phase::Idle;
                 self.clear_timers();
-                self.dialog = None;
+                self.set_dialog(None);
                 self.persist(now);
             }
             _ => self.wait_then_resubscribe(None, now),
@@ -901,34 +1033,31 @@ impl Subscription {
             None => self.backoff.fail(None, &mut self.rng),
         };
         self.phase = Phase::Backoff;
-        self.dialog = None;
-        self.timer_n_at = None;
-        self.refresh_at = None;
-        self.expires_at = None;
-        self.retry_at = Some(now + wait);
+        self.set_dialog(None);
+        self.timers.set(TIMER_N, None);
+        self.timers.set(REFRESH, None);
+        self.timers.set(EXPIRES, None);
+        self.timers.set(RETRY, Some(now + wait));
         self.persist(now);
     }
 
     fn drop_announced(&mut self) {
-        let watcher = Jid::from(self.pair.watcher.clone());
-        let stanzas = presence::unavailable_for_announced(
-            &mut self.announced,
-            &self.pair.presentity,
-            &watcher,
-        );
+        let watcher = Jid::from(self.watcher.clone());
+        let stanzas =
+            presence::unavailable_for_announced(&mut self.announced, &self.presentity, &watcher);
         self.out.extend(stanzas.into_iter().map(Output::Stanza));
     }
 
     // ---- timers -------------------------------------------------------------------------------
 
     fn on_timeout(&mut self, now: Instant) {
-        if self.give_up_at.is_some_and(|t| t <= now) {
+        if self.timers.get(GIVE_UP).is_some_and(|t| t <= now) {
             // No final NOTIFY after our Expires: 0; we are done anyway.
             self.finish();
             return;
         }
-        if self.timer_n_at.is_some_and(|t| t <= now) {
-            self.timer_n_at = None;
+        if self.timers.get(TIMER_N).is_some_and(|t| t <= now) {
+            self.timers.set(TIMER_N, None);
             // Case 19: no NOTIFY within Timer N: failure, retry later with a new Call-ID.
             let fetch = matches!(self.phase, Phase::Waiting { fetch: true });
             if fetch {
@@ -939,21 +1068,21 @@ impl Subscription {
             }
             return;
         }
-        if self.retry_at.is_some_and(|t| t <= now) {
-            self.retry_at = None;
+        if self.timers.get(RETRY).is_some_and(|t| t <= now) {
+            self.timers.set(RETRY, None);
             let fetch = self.relation == Relation::Unknown;
             self.start_subscribe(now, fetch);
             return;
         }
-        if self.expires_at.is_some_and(|t| t <= now) {
+        if self.timers.get(EXPIRES).is_some_and(|t| t <= now) {
             // §6.3: the lease lapsed without a successful refresh.
-            self.expires_at = None;
+            self.timers.set(EXPIRES, None);
             self.drop_announced();
             self.start_subscribe(now, false);
             return;
         }
-        if self.refresh_at.is_some_and(|t| t <= now) {
-            self.refresh_at = None;
+        if self.timers.get(REFRESH).is_some_and(|t| t <= now) {
+            self.timers.set(REFRESH, None);
             let expires = self.cfg.expires;
             self.send_in_dialog(expires);
         }
@@ -961,19 +1090,27 @@ impl Subscription {
 
     // ---- helpers ------------------------------------------------------------------------------
 
+    fn add_probe_waiter(&mut self, who: Jid) {
+        self.probe_waiters.get_or_insert_default().push(who);
+    }
+
+    fn take_probe_waiters(&mut self) -> Vec<Jid> {
+        self.probe_waiters.take().map(|w| *w).unwrap_or_default()
+    }
+
     fn answer_probes(&mut self, kind: PresenceType) {
-        for w in std::mem::take(&mut self.probe_waiters) {
+        for w in self.take_probe_waiters() {
             self.push_stanza_to(kind, w);
         }
     }
 
     fn stanza(&mut self, kind: PresenceType) {
-        let to = Jid::from(self.pair.watcher.clone());
+        let to = Jid::from(self.watcher.clone());
         self.push_stanza_to(kind, to);
     }
 
     fn push_stanza_to(&mut self, kind: PresenceType, to: Jid) {
-        let from = Jid::from(self.pair.presentity.clone());
+        let from = Jid::from(self.presentity.clone());
         self.out
             .push_back(Output::Stanza(OutPresence::new(from, to, kind)));
     }
@@ -990,15 +1127,15 @@ impl Subscription {
         kind: crate::stanza::ErrorType,
     ) {
         let mut p = OutPresence::new(
-            Jid::from(self.pair.presentity.clone()),
-            Jid::from(self.pair.watcher.clone()),
+            Jid::from(self.presentity.clone()),
+            Jid::from(self.watcher.clone()),
             PresenceType::Error,
         );
         p.error = Some(StanzaErrorOut {
             kind,
             condition: cond,
             text: Some(format!("SIP {code} {}", crate::sip::reason_phrase(code))),
-            by: Some(self.pair.presentity.domain().to_string()),
+            by: Some(self.presentity.domain().to_string()),
         });
         self.out.push_back(Output::Stanza(p));
     }

@@ -75,7 +75,7 @@ impl T {
         self.input(Input::Timeout)
     }
     fn dialog(&self) -> Dialog {
-        self.sub.dialog().cloned().expect("dialog")
+        self.sub.dialog().expect("dialog")
     }
     /// A NOTIFY in the current dialog from the presence server.
     fn notify(&mut self, cseq: u32, state: &str, body: Option<&str>) -> Vec<Output> {
@@ -729,7 +729,7 @@ fn timeout_or_restart_never_sends_roster_changes() {
     for _ in 0..10 {
         all.extend(t.advance_to_timeout());
         let _ = t.sub.dialog().map(|d| (d.call_id.clone(), d.local_cseq));
-        if let Some(d) = t.sub.dialog().cloned() {
+        if let Some(d) = t.sub.dialog() {
             let out = t.input(Input::RequestFailed {
                 call_id: &d.call_id,
                 cseq: d.local_cseq,

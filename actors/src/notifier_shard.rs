@@ -6,7 +6,7 @@
 //! of its dialogs, with one ordered timer queue and one wake-up for the whole shard: no actor,
 //! task, mailbox or timer per presentity (issue 7, the same pattern as [`crate::shard`]).
 
-use crate::deadlines::Deadlines;
+use crate::deadlines::{Deadlines, Due};
 use crate::messages::*;
 use crate::registry::{ProbeAfterReconnect, RegistryEvent};
 use crate::store::StoreOp;
@@ -57,7 +57,7 @@ use pua_xmpp::stanza::InPresence;
 struct Slot {
     machine: Box<Presentity>,
     /// The deadline this slot has in `timers`.
-    due: Option<Instant>,
+    due: Due,
 }
 
 /// A request of ours awaiting its outcome.
@@ -131,7 +131,7 @@ impl NotifierShard {
         let idx = self.slots.len() as u32;
         self.slots.push(Slot {
             machine: Box::new(machine),
-            due: None,
+            due: Due::NONE,
         });
         self.by_jid.insert(x.clone(), idx);
         Some(idx)
@@ -241,7 +241,7 @@ impl NotifierShard {
         let now = Instant::now();
         while let Some(idx) = self.timers.pop_due(now) {
             if let Some(s) = self.slots.get_mut(idx as usize) {
-                s.due = None;
+                s.due = Due::NONE;
             }
             self.input(idx, notifier::Input::Timeout, None, ctx);
         }

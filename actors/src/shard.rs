@@ -12,7 +12,7 @@
 //! does not know the Call-ID hands the NOTIFY back for the next shard, so a peer that rewrites
 //! the To URI still reaches the pair; the last shard asked answers 481 (case 73).
 
-use crate::deadlines::Deadlines;
+use crate::deadlines::{Deadlines, Due};
 use crate::messages::*;
 use crate::registry::Registry;
 use crate::store::StoreOp;
@@ -56,11 +56,14 @@ struct Slot {
     sub: Box<Subscription>,
     /// Hash of (watcher, presentity), the key of `by_pair`.
     pair_hash: u64,
-    /// Hash of the Call-ID indexed in `by_call` (the pair's current dialog), if any.
-    call_hash: Option<u64>,
+    /// Hash of the Call-ID indexed in `by_call` (the pair's current dialog); [`NO_CALL`] if
+    /// none (a real hash of 0 is stored as 1).
+    call_hash: u64,
     /// The deadline this slot has in `timers`.
-    due: Option<Instant>,
+    due: Due,
 }
+
+const NO_CALL: u64 = 0;
 
 pub struct SubscriberShard {
     cfg: ShardConfig,
@@ -124,39 +127,39 @@ impl SubscriberShard {
                     .get(i as usize)
                     .and_then(Option::as_ref)
                     .is_some_and(|s| {
-                        let p = s.sub.pair();
-                        p.watcher.as_str() == watcher && p.presentity.as_str() == presentity
+                        s.sub.watcher().as_str() == watcher
+                            && s.sub.presentity().as_str() == presentity
                     })
             })
             .copied()
     }
 
     /// The pair whose current dialog has this Call-ID.
+    fn call_hash(&self, call_id: &str) -> u64 {
+        self.hasher.hash_one(call_id).max(1)
+    }
+
     fn find_call(&self, call_id: &str) -> Option<u32> {
-        let h = self.hasher.hash_one(call_id);
+        let h = self.call_hash(call_id);
         let slots = &self.slots;
         self.by_call
             .find(h, |&i| {
                 slots
                     .get(i as usize)
                     .and_then(Option::as_ref)
-                    .is_some_and(|s| {
-                        s.call_hash == Some(h)
-                            && s.sub.dialog().is_some_and(|d| d.call_id == call_id)
-                    })
+                    .is_some_and(|s| s.call_hash == h && s.sub.call_id() == Some(call_id))
             })
             .copied()
     }
 
     fn insert(&mut self, sub: Subscription) -> u32 {
-        let p = sub.pair();
-        let pair_hash = self.pair_hash(p.watcher.as_str(), p.presentity.as_str());
-        let watcher_hash = self.hasher.hash_one(p.watcher.as_str());
+        let pair_hash = self.pair_hash(sub.watcher().as_str(), sub.presentity().as_str());
+        let watcher_hash = self.hasher.hash_one(sub.watcher().as_str());
         let slot = Slot {
             sub: Box::new(sub),
             pair_hash,
-            call_hash: None,
-            due: None,
+            call_hash: NO_CALL,
+            due: Due::NONE,
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -184,7 +187,8 @@ impl SubscriberShard {
             .slots
             .get_mut(idx as usize)
             .and_then(Option::as_mut)
-            .and_then(|s| s.call_hash.take())
+            .map(|s| std::mem::replace(&mut s.call_hash, NO_CALL))
+            .filter(|&h| h != NO_CALL)
         else {
             return;
         };
@@ -195,22 +199,21 @@ impl SubscriberShard {
 
     /// Points `by_call` at this slot for `call_id` (a request of the pair's current dialog).
     fn index_call(&mut self, idx: u32, call_id: &str) {
-        let h = self.hasher.hash_one(call_id);
-        if self.slot(idx).is_some_and(|s| s.call_hash == Some(h)) {
+        let h = self.call_hash(call_id);
+        if self.slot(idx).is_some_and(|s| s.call_hash == h) {
             return;
         }
         self.unindex_call(idx);
         let slots = &mut self.slots;
         if let Some(s) = slots.get_mut(idx as usize).and_then(Option::as_mut) {
-            s.call_hash = Some(h);
+            s.call_hash = h;
         }
         let slots = &self.slots;
         self.by_call.insert_unique(h, idx, |&i| {
             slots
                 .get(i as usize)
                 .and_then(Option::as_ref)
-                .and_then(|s| s.call_hash)
-                .unwrap_or(0)
+                .map_or(0, |s| s.call_hash)
         });
     }
 
@@ -223,7 +226,7 @@ impl SubscriberShard {
             e.remove();
         }
         self.timers.reschedule(idx, &mut slot.due, None);
-        let wh = self.hasher.hash_one(slot.sub.pair().watcher.as_str());
+        let wh = self.hasher.hash_one(slot.sub.watcher().as_str());
         if let Some(n) = self.per_watcher.get_mut(&wh) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -289,11 +292,11 @@ impl SubscriberShard {
                         .increment(1);
                 }
                 subscriber::Output::Forget => {
-                    let p = slot.sub.pair();
-                    tracing::info!(watcher = %p.watcher, presentity = %p.presentity, "subscription relation ended");
+                    let (watcher, presentity) = (slot.sub.watcher(), slot.sub.presentity());
+                    tracing::info!(%watcher, %presentity, "subscription relation ended");
                     let op = StoreOp::DeleteSubscription {
-                        watcher: p.watcher.clone(),
-                        presentity: p.presentity.clone(),
+                        watcher: watcher.clone(),
+                        presentity: presentity.clone(),
                     };
                     self.links.store.send(op);
                 }
@@ -359,7 +362,7 @@ impl SubscriberShard {
         let now = Instant::now();
         while let Some(idx) = self.timers.pop_due(now) {
             if let Some(s) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) {
-                s.due = None;
+                s.due = Due::NONE;
             }
             self.input(idx, subscriber::Input::Timeout, None, ctx);
         }
@@ -547,14 +550,14 @@ impl Handler<DumpPairs> for SubscriberShard {
             .iter()
             .flatten()
             .map(|s| &s.sub)
-            .filter(|s| s.pair().watcher == msg.user || s.pair().presentity == msg.user)
+            .filter(|s| *s.watcher() == msg.user || *s.presentity() == msg.user)
             .map(|s| SubscriptionInfo {
                 direction: "xmpp_to_sip",
-                watcher: s.pair().watcher.to_string(),
-                presentity: s.pair().presentity_uri.clone(),
+                watcher: s.watcher().to_string(),
+                presentity: s.presentity_uri().to_owned(),
                 relation: relation_label(s.relation()).to_owned(),
                 state: phase_label(s.phase()).to_owned(),
-                call_id: s.dialog().map(|d| d.call_id.clone()),
+                call_id: s.call_id().map(str::to_owned),
                 expires_in: s.lease_left(now).map(|d: Duration| d.as_secs()),
             })
             .collect();

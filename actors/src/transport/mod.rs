@@ -540,19 +540,22 @@ impl SipTransport {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
-        // Server transactions the TU never answered.
+        // Server transactions the TU never answered. Entries of answered ones are dropped as
+        // they reach the front (nearly all are answered within milliseconds), so the queue
+        // holds about the transactions in flight, not 64*T1 worth of traffic.
         while let Some(&(at, id)) = self.timers.server.front() {
-            if at > now {
-                break;
-            }
-            self.timers.server.pop_front();
-            if let Some(t) = self.server.trying(id) {
-                if t.deadline == at {
+            let live = self.server.trying(id).filter(|t| t.deadline == at);
+            match live {
+                Some(_) if at > now => break,
+                Some(t) => {
                     warn!(peer = %t.source.peer, txn = id, "no response from the gateway within 64*T1; transaction dropped");
                     self.server.remove_trying(id);
                 }
+                None => {}
             }
+            self.timers.server.pop_front();
         }
+        release_spare(&mut self.timers.server);
         // Timer J.
         let now_ms = self.timers.ms(now);
         while let Some(&(at, key)) = self.timers.timer_j.front() {
@@ -562,16 +565,20 @@ impl SipTransport {
             self.timers.timer_j.pop_front();
             self.server.expire_completed(&key);
         }
-        // Timer F.
+        release_spare(&mut self.timers.timer_j);
+        // Timer F; entries of finished transactions are dropped as they reach the front.
         while let Some(&(at, id)) = self.timers.client_f.front() {
-            if at > now {
-                break;
+            if self.clients.contains_key(&id) {
+                if at > now {
+                    break;
+                }
+                if let Some(t) = self.clients.remove(&id) {
+                    t.finish(TxnResult::Timeout);
+                }
             }
             self.timers.client_f.pop_front();
-            if let Some(t) = self.clients.remove(&id) {
-                t.finish(TxnResult::Timeout);
-            }
         }
+        release_spare(&mut self.timers.client_f);
         // Timer E.
         while let Some(std::cmp::Reverse((at, id))) = self.timers.retx.peek().copied() {
             if at > now {
@@ -686,6 +693,14 @@ impl SipTransport {
         }
         self.clients.insert(id, t);
         self.timers.client_f.push_back((now + self.timer_f(), id));
+    }
+}
+
+/// Gives back most of a timer queue's room once a burst has drained: a set-up burst of
+/// 100,000 transactions must not pin megabytes for the life of the process.
+fn release_spare<T>(q: &mut std::collections::VecDeque<T>) {
+    if q.capacity() > 4096 && q.len() < q.capacity() / 8 {
+        q.shrink_to(q.len() * 2);
     }
 }
 
