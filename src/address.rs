@@ -276,7 +276,11 @@ impl AddressMapper {
             build_jid(&joined, &self.cfg.component_domain)?
         };
         let canonical = format!("sip:{raw_user}@{}", addr.host);
-        if self.learned.len() < MAX_LEARNED || self.learned.contains_key(&jid) {
+        // Only spellings the algorithm would not give back are worth remembering: most URIs
+        // are spelled canonically, and a million SIP watchers must not mean a million entries.
+        if self.derive_sip(&jid).as_deref() == Ok(canonical.as_str()) {
+            self.learned.remove(&jid);
+        } else if self.learned.len() < MAX_LEARNED || self.learned.contains_key(&jid) {
             self.learned.insert(jid.clone(), canonical);
         }
         Ok(jid)
@@ -288,6 +292,11 @@ impl AddressMapper {
         if let Some(uri) = self.learned.get(jid) {
             return Ok(uri.clone());
         }
+        self.derive_sip(jid)
+    }
+
+    /// [`Self::jid_to_sip`] by the algorithm alone.
+    fn derive_sip(&self, jid: &BareJid) -> Result<String, MapError> {
         let domain = host_to_ascii(jid.domain().as_str()).map_err(|_| MapError::BadHost)?;
         let node = jid.node().ok_or(MapError::NoUserPart)?;
         let local = xep0106_unescape(node.as_str());
@@ -815,6 +824,22 @@ mod tests {
         // Without the table the algorithm can only give the folded form.
         assert_eq!(
             mapper().jid_to_sip(&jid("juliet*example.com@sip.example.net")),
+            Ok("sip:juliet@example.com".to_string())
+        );
+    }
+
+    #[test]
+    fn case_009_only_spellings_the_algorithm_cannot_give_back_are_kept() {
+        let mut m = mapper();
+        let _ = m.sip_to_jid("sip:juliet@example.com");
+        assert_eq!(m.learned.len(), 0);
+        let _ = m.sip_to_jid("sip:Juliet@example.com");
+        assert_eq!(m.learned.len(), 1);
+        // Spelled canonically again: the old spelling is forgotten, the algorithm answers.
+        let _ = m.sip_to_jid("sip:juliet@example.com");
+        assert_eq!(m.learned.len(), 0);
+        assert_eq!(
+            m.jid_to_sip(&jid("juliet*example.com@sip.example.net")),
             Ok("sip:juliet@example.com".to_string())
         );
     }

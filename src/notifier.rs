@@ -208,7 +208,8 @@ pub fn pre_checks(req: &SipRequest) -> Option<OutResponse> {
 /// The notifier state of one XMPP presentity.
 #[derive(Debug)]
 pub struct Presentity {
-    cfg: NotifierConfig,
+    /// Shared by every presentity of the gateway.
+    cfg: std::sync::Arc<NotifierConfig>,
     /// X.
     jid: BareJid,
     /// X' (`sip:romeo*example.net@xmpp.example.com`).
@@ -223,7 +224,13 @@ pub struct Presentity {
 }
 
 impl Presentity {
-    pub fn new(cfg: NotifierConfig, jid: BareJid, sip_uri: String, seed: u64) -> Presentity {
+    pub fn new(
+        cfg: impl Into<std::sync::Arc<NotifierConfig>>,
+        jid: BareJid,
+        sip_uri: String,
+        seed: u64,
+    ) -> Presentity {
+        let cfg = cfg.into();
         Presentity {
             agg: XmppAggregate::with_max_status_chars(cfg.max_status_chars),
             cfg,

@@ -17,6 +17,7 @@ use pua_xmpp::notifier::{self, NotifierConfig, Presentity};
 use pua_xmpp::sip::{Method, OutResponse};
 use pua_xmpp::stanza::BareJid;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What the registry hands to the shard of X.
@@ -71,7 +72,7 @@ struct Pending {
 
 pub struct NotifierShard {
     index: usize,
-    cfg: NotifierConfig,
+    cfg: Arc<NotifierConfig>,
     /// For X' (X's SIP URI), computed once when X's presentity is created.
     mapper: AddressMapper,
     links: Links,
@@ -96,7 +97,7 @@ impl NotifierShard {
     ) -> NotifierShard {
         NotifierShard {
             index,
-            cfg,
+            cfg: Arc::new(cfg),
             mapper,
             links,
             slots: Vec::new(),
@@ -127,7 +128,7 @@ impl NotifierShard {
             }
         };
         self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let machine = Presentity::new(self.cfg.clone(), x.clone(), sip_uri, self.seed);
+        let machine = Presentity::new(Arc::clone(&self.cfg), x.clone(), sip_uri, self.seed);
         let idx = self.slots.len() as u32;
         self.slots.push(Slot {
             machine: Box::new(machine),

@@ -119,7 +119,9 @@ pub struct Registry {
     /// Notifier dialogs in `dialogs` (for the limits).
     sip_to_xmpp: usize,
     /// SIP watcher S' → XMPP presentities X it subscribed to (notifier mode).
-    sip_watching: HashMap<BareJid, std::collections::HashSet<BareJid>>,
+    /// A list, not a set: most SIP watchers watch a few XMPP users, and an empty hash set
+    /// alone costs more than a short list (the per-user limit bounds the scan).
+    sip_watching: HashMap<BareJid, Vec<BareJid>>,
     seed: u64,
     /// The component link has been up at least once, and went down since it was last up:
     /// the XMPP server may have restarted and forgotten every presence it had (§6.3).
@@ -332,10 +334,11 @@ impl Registry {
                 .with_header("Retry-After", "3600");
             return self.respond(txn, resp);
         }
-        self.sip_watching
-            .entry(watcher.clone())
-            .or_default()
-            .insert(presentity.clone());
+        if !known {
+            let list = self.sip_watching.entry(watcher.clone()).or_default();
+            list.push(presentity.clone());
+            list.shrink_to_fit();
+        }
         let shard = self.notifier_shard_of(&presentity);
         let event = NotifierEvent::Sip {
             req: Box::new(req),
