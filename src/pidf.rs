@@ -505,10 +505,11 @@ impl<'a> FastReader<'a> {
                 }
                 // Trailing whitespace is trimmed, unless the name is nothing else.
                 let raw = s.get(i + 2..j).ok_or(Bail)?;
-                let name = match raw.trim_end_matches([' ', '\t', '\r', '\n']) {
-                    "" => raw,
-                    n => n,
-                };
+                let mut n = raw.len();
+                while n > 0 && matches!(raw.as_bytes().get(n - 1), Some(b' ' | b'\t' | b'\r' | b'\n')) {
+                    n -= 1;
+                }
+                let name = if n == 0 { raw } else { raw.get(..n).ok_or(Bail)? };
                 let (os, oe) = *self
                     .depth
                     .checked_sub(1)
@@ -619,7 +620,13 @@ impl Parser {
             return Err(nwf("text outside the root element"));
         }
         if self.capturing() {
-            self.push_text(&t.xml10_content());
+            // Line ends are normalized only where there is a CR (else the text is as it is).
+            let raw: &str = t;
+            if find3(raw.as_bytes(), 0, b'\r', b'\r', b'\r') == raw.len() {
+                self.push_text(raw);
+            } else {
+                self.push_text(&t.xml10_content());
+            }
         }
         Ok(())
     }

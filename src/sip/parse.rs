@@ -761,7 +761,7 @@ fn tokenize_header(part: &[u8]) -> Option<(&[u8], HeaderTokenizer<'_>)> {
 
 /// rsip's `token` octet (RFC 3261 §25.1): alphanumeric or one of ``-.!%*_+`'~``.
 fn rsip_is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
 }
 
 /// Position of the first occurrence of `needle` (2 or 4 octets, starting with CR) in `hay`.
