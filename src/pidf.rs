@@ -1090,6 +1090,10 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
 }
 
 fn trim_xml(s: &str) -> &str {
+    let ws = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t' | b'\r' | b'\n'));
+    if !ws(s.as_bytes().first()) && !ws(s.as_bytes().last()) {
+        return s;
+    }
     s.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
 }
 

@@ -1,6 +1,8 @@
 //! Typed values of the headers rsip 0.4 leaves untyped: `Event` (with `id`) and
 //! `Subscription-State` (RFC 6665 §8.2.3 / §4.1.3).
 
+use super::parse::trim;
+
 /// `Event: package;id=x`. Packages compare case-sensitively (RFC 6665 §8.2.1).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Event {
@@ -33,20 +35,20 @@ pub struct SubscriptionState {
 /// trimmed. Values may be quoted strings; the quotes are removed.
 fn split_params(s: &str) -> (&str, impl Iterator<Item = (&str, Option<&str>)>) {
     let mut parts = s.split(';');
-    let first = parts.next().unwrap_or("").trim();
+    let first = trim(parts.next().unwrap_or(""));
     let params = parts.filter_map(|p| {
-        let p = p.trim();
+        let p = trim(p);
         if p.is_empty() {
             return None;
         }
         match p.split_once('=') {
             Some((n, v)) => {
-                let v = v.trim();
+                let v = trim(v);
                 let v = v
                     .strip_prefix('"')
                     .and_then(|v| v.strip_suffix('"'))
                     .unwrap_or(v);
-                Some((n.trim(), Some(v)))
+                Some((trim(n), Some(v)))
             }
             None => Some((p, None)),
         }

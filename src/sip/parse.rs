@@ -195,12 +195,23 @@ fn normalize(head: &[u8]) -> Result<Vec<u8>, &'static str> {
     Ok(out)
 }
 
+/// `str::trim`, with a shortcut: a piece whose first and last octets are visible ASCII has
+/// nothing to trim (nearly every header piece), so the Unicode whitespace scan is skipped.
+pub(crate) fn trim(s: &str) -> &str {
+    let visible = |b: Option<&u8>| b.is_some_and(|&b| (0x21..0x7f).contains(&b));
+    if visible(s.as_bytes().first()) && visible(s.as_bytes().last()) {
+        s
+    } else {
+        s.trim()
+    }
+}
+
 /// Calls `f` with each comma-separated item of a header value, trimmed, skipping empty ones.
 /// Commas inside `<...>` and quoted strings do not separate.
 fn for_each_item<'a>(s: &'a str, mut f: impl FnMut(&'a str)) {
     // Without a comma there is one item (the common case: one Via, one Contact per header).
     if find_byte(s.as_bytes(), b',').is_none() {
-        let item = s.trim();
+        let item = trim(s);
         if !item.is_empty() {
             f(item);
         }
@@ -224,7 +235,7 @@ fn for_each_item<'a>(s: &'a str, mut f: impl FnMut(&'a str)) {
             b'<' => angle = true,
             b'>' => angle = false,
             b',' if !angle => {
-                let item = s.get(start..i).unwrap_or_default().trim();
+                let item = trim(s.get(start..i).unwrap_or_default());
                 if !item.is_empty() {
                     f(item);
                 }
@@ -233,7 +244,7 @@ fn for_each_item<'a>(s: &'a str, mut f: impl FnMut(&'a str)) {
             _ => {}
         }
     }
-    let item = s.get(start..).unwrap_or_default().trim();
+    let item = trim(s.get(start..).unwrap_or_default());
     if !item.is_empty() {
         f(item);
     }
@@ -284,14 +295,14 @@ fn plausible_uri(uri: &str) -> bool {
 /// `"Juliet" <sip:juliet@example.com>;tag=x`, `<sip:a@b>`, `sip:a@b;tag=x` (addr-spec form:
 /// params after URI are header params)
 pub fn parse_name_addr(s: &str) -> Option<NameAddr> {
-    let s = s.trim();
+    let s = trim(s);
     let (display, uri, params) = if let Some(rest) = s.strip_prefix('"') {
         let (display, after) = unquote(rest)?;
         let inner = after.trim_start().strip_prefix('<')?;
         let close = byte_pos(inner, b'>')?;
         (Some(display), inner.get(..close)?, inner.get(close + 1..)?)
     } else if let Some(open) = byte_pos(s, b'<') {
-        let display = s.get(..open)?.trim();
+        let display = trim(s.get(..open)?);
         let inner = s.get(open + 1..)?;
         let close = byte_pos(inner, b'>')?;
         let display = (!display.is_empty()).then(|| display.to_owned());
@@ -300,8 +311,8 @@ pub fn parse_name_addr(s: &str) -> Option<NameAddr> {
         let end = byte_pos(s, b';').unwrap_or(s.len());
         (None, s.get(..end)?, s.get(end..)?)
     };
-    let uri = uri.trim();
-    let params = params.trim();
+    let uri = trim(uri);
+    let params = trim(params);
     if !plausible_uri(uri) || !(params.is_empty() || params.starts_with(';')) {
         return None;
     }
@@ -320,8 +331,8 @@ fn tag_param(params: &str) -> Option<String> {
         rest = rest.get(semi + 1..)?;
         let p = rest.get(..byte_pos(rest, b';').unwrap_or(rest.len()))?;
         if let Some(eq) = byte_pos(p, b'=') {
-            let (n, v) = (p.get(..eq)?, p.get(eq + 1..)?.trim());
-            if n.trim().eq_ignore_ascii_case("tag") && !v.is_empty() {
+            let (n, v) = (p.get(..eq)?, trim(p.get(eq + 1..)?));
+            if trim(n).eq_ignore_ascii_case("tag") && !v.is_empty() {
                 return Some(v.to_owned());
             }
         }
@@ -337,7 +348,7 @@ fn byte_pos(s: &str, c: u8) -> Option<usize> {
 
 /// delta-seconds; values beyond u32 saturate (RFC 3261 §20.19, §20.33).
 fn delta_seconds(s: &str) -> Option<u32> {
-    let s = s.trim();
+    let s = trim(s);
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -495,11 +506,18 @@ impl Fields {
 
     /// Reads one header; `lenient` (responses) turns malformed optional values into `None`.
     fn read(&mut self, name: &[u8], value: &[u8], lenient: bool) {
+        self.read_in(None, name, value, lenient);
+    }
+
+    /// [`Fields::read`], where `section` is the header section the value was tokenized from,
+    /// if all of it is UTF-8: then the value is not checked a second time.
+    fn read_in(&mut self, section: Option<&str>, name: &[u8], value: &[u8], lenient: bool) {
         let kind = Kind::of(name);
         if kind == Kind::Other {
             return;
         }
-        let Ok(v) = std::str::from_utf8(value) else {
+        let checked = section.and_then(|s| within(s, value));
+        let Some(v) = checked.or_else(|| std::str::from_utf8(value).ok()) else {
             self.bad(kind.name());
             return;
         };
@@ -619,6 +637,14 @@ impl Fields {
             .map(|(n, _)| format!("Missing {n}"))
             .or_else(|| self.malformed.clone())
     }
+}
+
+/// `part` as a `&str` when it is a slice of `whole` on char boundaries (a token of a section
+/// that was checked as UTF-8 as a whole), else `None` (the caller checks `part` itself).
+fn within<'a>(whole: &'a str, part: &[u8]) -> Option<&'a str> {
+    let off = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let s = whole.get(off..off.checked_add(part.len())?)?;
+    (s.as_ptr() == part.as_ptr()).then_some(s)
 }
 
 fn empty_name_addr() -> NameAddr {
@@ -892,8 +918,10 @@ pub fn parse_message(bytes: &[u8]) -> Result<SipMessage, ParseError> {
                 .ok_or_else(|| garbage("Malformed Request-URI"))?
                 .to_owned();
             let mut f = Fields::default();
+            // One UTF-8 check for the section rather than one per header value.
+            let section = std::str::from_utf8(norm).ok();
             for h in &t.headers {
-                f.read(h.name, h.value, false);
+                f.read_in(section, h.name, h.value, false);
             }
             if let Some(reason) = f.problem() {
                 if f.via.is_empty() {
@@ -1532,6 +1560,26 @@ Call-ID: c1\r\n";
         assert_eq!(Kind::of(b"User-Agent"), Kind::Other);
         assert_eq!(Kind::of(b"Tx"), Kind::Other);
         assert_eq!(Kind::of(b""), Kind::Other);
+    }
+
+    #[test]
+    fn within_gives_slices_of_a_checked_section_only() {
+        let whole = "Via: a\r\nTo: é<sip:x>";
+        let b = whole.as_bytes();
+        assert_eq!(within(whole, &b[5..6]), Some("a"));
+        assert_eq!(within(whole, &b[12..14]), Some("é"));
+        assert_eq!(within(whole, &b[b.len()..]), Some(""));
+        // Not on a char boundary, or not inside `whole`: the caller checks the octets itself.
+        assert_eq!(within(whole, &b[12..13]), None);
+        let copy = b.to_vec();
+        assert_eq!(within(whole, &copy[5..6]), None);
+    }
+
+    #[test]
+    fn trim_is_str_trim() {
+        for s in ["", " ", "a", " a ", "a\t", "\u{a0}a", "a\u{3000}", "\u{b}x\u{b}", "é", "x y"] {
+            assert_eq!(trim(s), s.trim(), "{s:?}");
+        }
     }
 
     #[test]
