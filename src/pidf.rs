@@ -667,7 +667,8 @@ impl Parser {
             self.stack.push(Kind::Other);
             return Ok(());
         }
-        let at = Attrs::read(e, &mut self.bindings, self.stack.len())?;
+        let mut at = Attrs::default();
+        at.read(e, &mut self.bindings, self.stack.len())?;
         // As `QName::decompose` (split at the first colon), on a name of a few octets.
         let qname = e.name().0;
         let (prefix, local) = match qname.bytes().position(|b| b == b':') {
@@ -946,32 +947,38 @@ struct Attrs<'e> {
 }
 
 impl<'e> Attrs<'e> {
-    /// Also records the element's namespace declarations in `bindings` at `depth`.
+    /// Reads the attributes of `e` into `self` (empty on entry) and records the element's
+    /// namespace declarations in `bindings` at `depth`.
     fn read(
+        &mut self,
         e: &'e BytesStart<'_>,
         bindings: &mut Vec<Binding>,
         depth: usize,
-    ) -> Result<Attrs<'e>, PidfError> {
-        let mut at = Attrs::default();
+    ) -> Result<(), PidfError> {
         let raw = e.attributes_raw();
         if raw.bytes().all(|b| b.is_ascii_whitespace()) {
-            return Ok(at);
+            return Ok(());
         }
-        let mut plain = [("", ""); MAX_PLAIN_ATTRS];
-        if let Some(n) = plain_attributes(raw, &mut plain) {
-            for &(key, value) in plain.iter().take(n) {
-                at.set(bindings, depth, key, Cow::Borrowed(value));
-            }
-            return Ok(at);
+        // Plain attributes are recorded as they are found; if one is not plain, what was
+        // recorded is undone and quick-xml reads them all.
+        let mark = bindings.len();
+        if each_plain_attribute(raw, |key, value| {
+            self.set(bindings, depth, key, Cow::Borrowed(value))
+        })
+        .is_some()
+        {
+            return Ok(());
         }
+        bindings.truncate(mark);
+        *self = Attrs::default();
         // Without the duplicate check, which allocates per element (a repeated attribute is
         // not well-formed, but the last value winning is harmless here).
         for a in e.attributes().with_checks(false) {
             let a = a.map_err(nwf)?;
             let v = a.normalized_value(XmlVersion::Implicit1_0).map_err(nwf)?;
-            at.set(bindings, depth, a.key.into_inner(), v);
+            self.set(bindings, depth, a.key.into_inner(), v);
         }
-        Ok(at)
+        Ok(())
     }
 
     /// Records one attribute (a namespace declaration goes to `bindings`).
@@ -1030,16 +1037,29 @@ fn next_below_0x28(b: &[u8], mut i: usize) -> usize {
 /// Attributes read without quick-xml's iterator: a start tag has at most this many plain ones.
 const MAX_PLAIN_ATTRS: usize = 8;
 
-/// The attributes of a start tag, when every one is plain: `key="value"` or `key='value'` with
-/// nothing but XML whitespace between them, no whitespace around `=`, and values without
-/// references or line ends/tabs (which quick-xml's normalization would change). For such
-/// tags, this is exactly what quick-xml's attribute iterator and `normalized_value` give,
-/// without their per-attribute cost. `None` for anything else (the caller then uses
-/// quick-xml, which also reports the errors).
+/// [`each_plain_attribute`] into an array, for the tests.
+#[cfg(test)]
 fn plain_attributes<'e>(
     raw: &'e str,
     out: &mut [(&'e str, &'e str); MAX_PLAIN_ATTRS],
 ) -> Option<usize> {
+    let mut n = 0;
+    each_plain_attribute(raw, |k, v| {
+        if let Some(slot) = out.get_mut(n) {
+            *slot = (k, v);
+        }
+        n += 1;
+    })
+}
+
+/// The attributes of a start tag, when every one is plain: `key="value"` or `key='value'` with
+/// nothing but XML whitespace between them, no whitespace around `=`, and values without
+/// references or line ends/tabs (which quick-xml's normalization would change). For such
+/// tags, this is exactly what quick-xml's attribute iterator and `normalized_value` give,
+/// without their per-attribute cost. `f` gets each (key, value) as it is found; the answer is
+/// their number, or `None` for anything else (the caller then undoes what `f` did and uses
+/// quick-xml, which also reports the errors).
+fn each_plain_attribute<'e>(raw: &'e str, mut f: impl FnMut(&'e str, &'e str)) -> Option<usize> {
     let b = raw.as_bytes();
     let is_ws = |c: u8| matches!(c, b' ' | b'\r' | b'\n' | b'\t');
     let mut i = 0;
@@ -1073,7 +1093,10 @@ fn plain_attributes<'e>(
                 _ => i += 1,
             }
         }
-        *out.get_mut(n)? = (key, raw.get(value_start..i)?);
+        if n == MAX_PLAIN_ATTRS {
+            return None;
+        }
+        f(key, raw.get(value_start..i)?);
         n += 1;
         i += 1;
     }
@@ -1875,6 +1898,25 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
             parse(b"<x:presence xmlns:x='urn:other'/>", 65536),
             Err(PidfError::NotPidf)
         );
+    }
+
+    /// A start tag whose later attribute has a reference: what the plain reader recorded for
+    /// the earlier ones is undone and quick-xml reads them all (no duplicate declaration).
+    #[test]
+    fn attributes_after_a_reference_are_read_by_quick_xml() {
+        let body = "<presence xmlns='urn:ietf:params:xml:ns:pidf' xmlns:x='urn:x' \
+                    entity='pres:a&amp;b'><tuple id='t&#49;'><status><basic>open</basic>\
+                    </status></tuple></presence>";
+        let d = parse(body.as_bytes(), 65536).unwrap();
+        assert_eq!(d.entity, "pres:a&b");
+        assert_eq!(d.tuples[0].id, "t1");
+        assert_eq!(d.tuples[0].basic, Basic::Open);
+        let mut bindings = Vec::new();
+        let e = BytesStart::from_content("p xmlns='urn:ietf:params:xml:ns:pidf' id='a&amp;'", 1);
+        let mut at = Attrs::default();
+        at.read(&e, &mut bindings, 0).unwrap();
+        assert_eq!(bindings.len(), 1);
+        assert_eq!(at.id.as_deref(), Some("a&"));
     }
 
     #[test]
