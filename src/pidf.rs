@@ -359,7 +359,8 @@ impl Parser {
         }
     }
 
-    /// One event; `true` at the end of the input.
+    /// One event; `true` at the end of the input. Inlined: it is the body of both read loops.
+    #[inline(always)]
     fn feed(&mut self, ev: Event<'_>) -> Result<bool, PidfError> {
         match ev {
             Event::Start(e) => self.start(&e)?,
@@ -451,6 +452,7 @@ impl<'a> FastReader<'a> {
         })
     }
 
+    #[inline]
     fn next_event(&mut self) -> Result<Event<'a>, Bail> {
         loop {
             if self.done {
