@@ -508,10 +508,19 @@ impl<'a> FastReader<'a> {
                 // Trailing whitespace is trimmed, unless the name is nothing else.
                 let raw = s.get(i + 2..j).ok_or(Bail)?;
                 let mut n = raw.len();
-                while n > 0 && matches!(raw.as_bytes().get(n - 1), Some(b' ' | b'\t' | b'\r' | b'\n')) {
+                while n > 0
+                    && matches!(
+                        raw.as_bytes().get(n - 1),
+                        Some(b' ' | b'\t' | b'\r' | b'\n')
+                    )
+                {
                     n -= 1;
                 }
-                let name = if n == 0 { raw } else { raw.get(..n).ok_or(Bail)? };
+                let name = if n == 0 {
+                    raw
+                } else {
+                    raw.get(..n).ok_or(Bail)?
+                };
                 let (os, oe) = *self
                     .depth
                     .checked_sub(1)
@@ -536,7 +545,8 @@ impl<'a> FastReader<'a> {
                         Some(_) => j += 1,
                     }
                 }
-                if j - i + 1 <= 3 {
+                // `<?>` (three octets) is an error in quick-xml.
+                if j - i < 3 {
                     return Err(Bail);
                 }
                 self.pos = j + 1;
@@ -594,8 +604,9 @@ fn find3(b: &[u8], mut i: usize, x: u8, y: u8, z: u8) -> usize {
         let v = u64::from_le_bytes(w);
         // Zero octets of v ^ c: the lowest flagged octet is exact (borrows only run upwards).
         let (tx, ty, tz) = (v ^ bx, v ^ by, v ^ bz);
-        let hit = (tx.wrapping_sub(LO) & !tx | ty.wrapping_sub(LO) & !ty | tz.wrapping_sub(LO) & !tz)
-            & HI;
+        let hit =
+            (tx.wrapping_sub(LO) & !tx | ty.wrapping_sub(LO) & !ty | tz.wrapping_sub(LO) & !tz)
+                & HI;
         if hit != 0 {
             return i + (hit.trailing_zeros() / 8) as usize;
         }
@@ -2153,7 +2164,11 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
                 prop_assert!(ours.len() <= theirs.len(), "{:?} / {:?}", ours, theirs);
                 prop_assert_eq!(&ours[..], &theirs[..ours.len()]);
             } else {
-                prop_assert!(!their_error, "quick-xml failed where the fast reader did not: {:?}", ours);
+                prop_assert!(
+                    !their_error,
+                    "quick-xml failed where the fast reader did not: {:?}",
+                    ours
+                );
                 prop_assert_eq!(ours, theirs);
             }
             Ok(())
@@ -2182,7 +2197,16 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
                     Event::End(BytesEnd::new("a")),
                 ]
             );
-            for other in ["<!-- c --><a/>", "<a></b>", "</a>", "<a x='1", "&amp", "<?>", "<", "<a><![CDATA[x]]></a>"] {
+            for other in [
+                "<!-- c --><a/>",
+                "<a></b>",
+                "</a>",
+                "<a x='1",
+                "&amp",
+                "<?>",
+                "<",
+                "<a><![CDATA[x]]></a>",
+            ] {
                 let mut r = FastReader::new(other.as_bytes()).unwrap();
                 let mut bailed = false;
                 for _ in 0..8 {

@@ -1577,7 +1577,18 @@ Call-ID: c1\r\n";
 
     #[test]
     fn trim_is_str_trim() {
-        for s in ["", " ", "a", " a ", "a\t", "\u{a0}a", "a\u{3000}", "\u{b}x\u{b}", "é", "x y"] {
+        for s in [
+            "",
+            " ",
+            "a",
+            " a ",
+            "a\t",
+            "\u{a0}a",
+            "a\u{3000}",
+            "\u{b}x\u{b}",
+            "é",
+            "x y",
+        ] {
             assert_eq!(trim(s), s.trim(), "{s:?}");
         }
     }
