@@ -594,6 +594,7 @@ impl<'a> FastReader<'a> {
 
 /// The index of the first of `x`, `y`, `z` at or after `i`, or `b.len()`: eight octets at a
 /// time (the long runs are namespace URIs and whitespace).
+#[inline]
 fn find3(b: &[u8], mut i: usize, x: u8, y: u8, z: u8) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
@@ -1027,6 +1028,7 @@ impl<'e> Attrs<'e> {
 /// The index of the first octet at or after `i` below 0x28 (both quotes, `&`, tab, CR, LF, and
 /// a little punctuation), or `b.len()`: eight octets at a time, for the long values (namespace
 /// URIs) of a PIDF start tag.
+#[inline]
 fn next_below_0x28(b: &[u8], mut i: usize) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
@@ -1125,6 +1127,7 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
+#[inline]
 fn trim_xml(s: &str) -> &str {
     let ws = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t' | b'\r' | b'\n'));
     if !ws(s.as_bytes().first()) && !ws(s.as_bytes().last()) {

@@ -120,6 +120,7 @@ fn normal_head_end(bytes: &[u8]) -> Option<usize> {
 
 /// Position of the first `needle` in `hay`, eight octets at a time (header sections are scanned
 /// once per message; a byte loop costs three times as much).
+#[inline]
 pub(crate) fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
@@ -197,6 +198,7 @@ fn normalize(head: &[u8]) -> Result<Vec<u8>, &'static str> {
 
 /// `str::trim`, with a shortcut: a piece whose first and last octets are visible ASCII has
 /// nothing to trim (nearly every header piece), so the Unicode whitespace scan is skipped.
+#[inline]
 pub(crate) fn trim(s: &str) -> &str {
     let visible = |b: Option<&u8>| b.is_some_and(|&b| (0x21..0x7f).contains(&b));
     if visible(s.as_bytes().first()) && visible(s.as_bytes().last()) {
@@ -786,11 +788,13 @@ fn tokenize_header(part: &[u8]) -> Option<(&[u8], HeaderTokenizer<'_>)> {
 }
 
 /// rsip's `token` octet (RFC 3261 §25.1): alphanumeric or one of ``-.!%*_+`'~``.
+#[inline]
 fn rsip_is_token(b: u8) -> bool {
     matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
 }
 
 /// Position of the first occurrence of `needle` (2 or 4 octets, starting with CR) in `hay`.
+#[inline]
 fn find_sub(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let first = *needle.first()?;
     let mut at = 0;
