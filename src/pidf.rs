@@ -626,6 +626,7 @@ impl Parser {
 
     /// Raw text between markup: whitespace between elements is skipped without copying; only
     /// text inside an element we read is line-end normalized and kept.
+    #[inline(always)]
     fn text_event(&mut self, t: &quick_xml::events::BytesText<'_>) -> Result<(), PidfError> {
         if self.stack.is_empty() {
             if t.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
