@@ -468,7 +468,11 @@ impl Kind {
         candidates
             .iter()
             .copied()
-            .find(|k| k.name().as_bytes().eq_ignore_ascii_case(name))
+            .find(|k| {
+                // Senders nearly always use the canonical spelling: compare exactly first.
+                let n = k.name().as_bytes();
+                n == name || n.eq_ignore_ascii_case(name)
+            })
             .unwrap_or(Kind::Other)
     }
 }
