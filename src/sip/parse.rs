@@ -104,7 +104,7 @@ fn normal_head_end(bytes: &[u8]) -> Option<usize> {
         if matches!(line.first(), Some(b' ' | b'\t')) {
             return None;
         }
-        let colon = line.iter().position(|&b| b == b':')?;
+        let colon = find_byte(line, b':')?;
         let name = line.get(..colon)?;
         if name.len() < 2 || name.last().is_some_and(u8::is_ascii_whitespace) {
             return None;
@@ -804,7 +804,10 @@ static TOKEN: [bool; 256] = {
     while i < 256 {
         let b = i as u8;
         t[i] = b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
         i += 1;
     }
     t
