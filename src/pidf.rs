@@ -2210,6 +2210,8 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
                 "<?>",
                 "<",
                 "<a><![CDATA[x]]></a>",
+                // An end tag of whitespace only keeps it (quick-xml trims nothing then).
+                "< ></ >",
             ] {
                 let mut r = FastReader::new(other.as_bytes()).unwrap();
                 let mut bailed = false;
