@@ -9,7 +9,7 @@
 use crate::presence::XmppAggregate;
 use crate::stanza::Show;
 use crate::xml::{escape_attr, escape_text};
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::{BytesEnd, BytesRef, BytesStart, BytesText, Event};
 use quick_xml::{Reader, XmlVersion};
 use sha1::{Digest, Sha1};
 use std::borrow::Cow;
@@ -286,82 +286,337 @@ struct Parser {
 }
 
 /// Parses a PIDF body of at most `max_size` octets.
+///
+/// Bodies made only of what SIP presence servers send (tags, text, references, an XML
+/// declaration) are tokenized by [`FastReader`], which gives exactly the events quick-xml
+/// gives for them but validates the UTF-8 once for the whole body rather than per event;
+/// anything else (comments, CDATA, DOCTYPE, any error) is read again from the start by
+/// quick-xml, so errors and unusual input take the general path.
 pub fn parse(body: &[u8], max_size: usize) -> Result<PidfDoc, PidfError> {
     if body.len() > max_size {
         return Err(PidfError::TooLarge);
     }
+    match parse_fast(body) {
+        Some(r) => r,
+        None => parse_general(body),
+    }
+}
+
+/// The body read by [`FastReader`]; `None` when it met something it leaves to quick-xml.
+fn parse_fast(body: &[u8]) -> Option<Result<PidfDoc, PidfError>> {
+    let mut reader = FastReader::new(body)?;
+    let mut p = Parser::new();
+    loop {
+        let ev = reader.next_event().ok()?;
+        match p.feed(ev) {
+            Ok(true) => return Some(p.finish()),
+            Ok(false) => {}
+            Err(e) => return Some(Err(e)),
+        }
+    }
+}
+
+/// The body read by quick-xml's reader: every input, every error.
+fn parse_general(body: &[u8]) -> Result<PidfDoc, PidfError> {
     // A plain `Reader` with our own prefix bindings: `NsReader` iterates the attributes of
     // every start tag a second time and resolves every end tag, which we do not need.
     // Matching is still by namespace URI, never by prefix.
     let mut reader = Reader::from_reader(body);
-    let mut p = Parser {
-        doc: PidfDoc {
-            entity: String::new(),
-            tuples: Vec::new(),
-            person: None,
-            notes: Vec::new(),
-        },
-        stack: Stack {
-            kinds: [Kind::Other; MAX_DEPTH],
-            len: 0,
-        },
-        langs: Vec::new(),
-        bindings: Vec::with_capacity(4),
-        text: String::with_capacity(128),
-        tuple: None,
-        person: None,
-        person_poisoned: false,
-        acts: None,
-        acts_poisoned: false,
-        user_input_poisoned: false,
-        user_input_last: None,
-        elements: 0,
-        root_done: false,
-        not_pidf: false,
-    };
+    let mut p = Parser::new();
     loop {
-        match reader.read_event().map_err(nwf)? {
-            Event::Start(e) => p.start(&e)?,
+        if p.feed(reader.read_event().map_err(nwf)?)? {
+            return p.finish();
+        }
+    }
+}
+
+impl Parser {
+    fn new() -> Parser {
+        Parser {
+            doc: PidfDoc {
+                entity: String::new(),
+                tuples: Vec::new(),
+                person: None,
+                notes: Vec::new(),
+            },
+            stack: Stack {
+                kinds: [Kind::Other; MAX_DEPTH],
+                len: 0,
+            },
+            langs: Vec::new(),
+            bindings: Vec::with_capacity(4),
+            text: String::with_capacity(128),
+            tuple: None,
+            person: None,
+            person_poisoned: false,
+            acts: None,
+            acts_poisoned: false,
+            user_input_poisoned: false,
+            user_input_last: None,
+            elements: 0,
+            root_done: false,
+            not_pidf: false,
+        }
+    }
+
+    /// One event; `true` at the end of the input. Inlined: it is the body of both read loops.
+    #[inline(always)]
+    fn feed(&mut self, ev: Event<'_>) -> Result<bool, PidfError> {
+        match ev {
+            Event::Start(e) => self.start(&e)?,
             Event::Empty(e) => {
-                p.start(&e)?;
-                p.end();
+                self.start(&e)?;
+                self.end();
             }
-            Event::End(_) => p.end(),
-            Event::Text(t) => p.text_event(&t)?,
+            Event::End(_) => self.end(),
+            Event::Text(t) => self.text_event(&t)?,
             Event::CData(t) => {
-                if p.stack.is_empty() {
+                if self.stack.is_empty() {
                     return Err(nwf("CDATA outside the root element"));
                 }
-                if p.capturing() {
-                    p.push_text(&t.xml10_content());
+                if self.capturing() {
+                    self.push_text(&t.xml10_content());
                 }
             }
             Event::GeneralRef(r) => {
-                if p.stack.is_empty() {
+                if self.stack.is_empty() {
                     return Err(nwf("reference outside the root element"));
                 }
                 let mut buf = [0u8; 4];
                 match r.resolve_char_ref().map_err(nwf)? {
-                    Some(ch) => p.push_text(ch.encode_utf8(&mut buf)),
+                    Some(ch) => self.push_text(ch.encode_utf8(&mut buf)),
                     None => match quick_xml::escape::resolve_predefined_entity(&r) {
-                        Some(s) => p.push_text(s),
+                        Some(s) => self.push_text(s),
                         None => return Err(nwf(format_args!("undefined entity &{};", &*r))),
                     },
                 }
             }
             Event::DocType(_) => return Err(PidfError::Doctype),
             Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
-            Event::Eof => break,
+            Event::Eof => return Ok(true),
+        }
+        Ok(false)
+    }
+
+    /// The document once the input has ended.
+    fn finish(self) -> Result<PidfDoc, PidfError> {
+        if !self.root_done || !self.stack.is_empty() {
+            return Err(nwf("unexpected end of document"));
+        }
+        if self.not_pidf {
+            return Err(PidfError::NotPidf);
+        }
+        let mut doc = self.doc;
+        doc.person = self.person;
+        Ok(doc)
+    }
+}
+
+/// [`FastReader`] met something it leaves to quick-xml.
+#[derive(Debug, PartialEq, Eq)]
+struct Bail;
+
+/// Open elements [`FastReader`] tracks for the end-tag check; deeper bodies go to quick-xml
+/// (the parser refuses more than [`MAX_DEPTH`] anyway).
+const FAST_DEPTH: usize = 2 * MAX_DEPTH;
+
+/// A tokenizer for the plain subset of XML, over a body validated as UTF-8 once. For that
+/// subset each event is exactly the one quick-xml's `Reader` (default configuration) gives
+/// at the same point, by the same rules (the proptests check this against quick-xml):
+/// text runs up to `<` or `&`; a reference runs from `&` to `;`; a tag ends at the first `>`
+/// outside quotes; an end tag's name is trimmed at the end and must match the open element;
+/// the name of a start tag ends at the first XML whitespace; a UTF-8 BOM is skipped. It
+/// answers [`Bail`] for comments, CDATA, DOCTYPE, processing instructions that quick-xml
+/// would refuse, and every error; declarations and processing instructions are skipped (the
+/// parser ignores them).
+struct FastReader<'a> {
+    s: &'a str,
+    pos: usize,
+    /// Name spans of the open elements.
+    open: [(usize, usize); FAST_DEPTH],
+    depth: usize,
+    done: bool,
+}
+
+impl<'a> FastReader<'a> {
+    /// `None` if the body is not UTF-8 (quick-xml reports where).
+    fn new(body: &'a [u8]) -> Option<FastReader<'a>> {
+        let s = std::str::from_utf8(body).ok()?;
+        let s = s.strip_prefix('\u{feff}').unwrap_or(s);
+        Some(FastReader {
+            s,
+            pos: 0,
+            open: [(0, 0); FAST_DEPTH],
+            depth: 0,
+            done: false,
+        })
+    }
+
+    #[inline]
+    fn next_event(&mut self) -> Result<Event<'a>, Bail> {
+        loop {
+            if self.done {
+                return Ok(Event::Eof);
+            }
+            let s = self.s;
+            let b = s.as_bytes();
+            let i = self.pos;
+            match b.get(i) {
+                None => {
+                    self.done = true;
+                    return Ok(Event::Eof);
+                }
+                Some(b'<') => {
+                    if let Some(ev) = self.markup()? {
+                        return Ok(ev);
+                    }
+                }
+                Some(b'&') => {
+                    // quick-xml: up to the first of `;`, `&`, `<`; only `;` ends a reference.
+                    let j = find3(b, i + 1, b';', b'&', b'<');
+                    if b.get(j) != Some(&b';') {
+                        return Err(Bail);
+                    }
+                    self.pos = j + 1;
+                    return Ok(Event::GeneralRef(BytesRef::new(
+                        s.get(i + 1..j).ok_or(Bail)?,
+                    )));
+                }
+                Some(_) => {
+                    let j = find3(b, i, b'<', b'&', b'<');
+                    self.pos = j;
+                    return Ok(Event::Text(BytesText::from_escaped(
+                        s.get(i..j).ok_or(Bail)?,
+                    )));
+                }
+            }
         }
     }
-    if !p.root_done || !p.stack.is_empty() {
-        return Err(nwf("unexpected end of document"));
+
+    /// At `<`: a start, empty or end tag, or `None` for a skipped declaration.
+    fn markup(&mut self) -> Result<Option<Event<'a>>, Bail> {
+        let s = self.s;
+        let b = s.as_bytes();
+        let i = self.pos;
+        match b.get(i + 1) {
+            Some(b'/') => {
+                // An end tag: no quotes (quick-xml would skip `>` inside them).
+                let j = find3(b, i + 2, b'>', b'"', b'\'');
+                if b.get(j) != Some(&b'>') {
+                    return Err(Bail);
+                }
+                // Trailing whitespace is trimmed, unless the name is nothing else.
+                let raw = s.get(i + 2..j).ok_or(Bail)?;
+                let mut n = raw.len();
+                while n > 0
+                    && matches!(
+                        raw.as_bytes().get(n - 1),
+                        Some(b' ' | b'\t' | b'\r' | b'\n')
+                    )
+                {
+                    n -= 1;
+                }
+                let name = if n == 0 {
+                    raw
+                } else {
+                    raw.get(..n).ok_or(Bail)?
+                };
+                let (os, oe) = *self
+                    .depth
+                    .checked_sub(1)
+                    .and_then(|d| self.open.get(d))
+                    .ok_or(Bail)?;
+                if s.get(os..oe) != Some(name) {
+                    return Err(Bail);
+                }
+                self.depth -= 1;
+                self.pos = j + 1;
+                Ok(Some(Event::End(BytesEnd::new(name))))
+            }
+            Some(b'?') => {
+                // As quick-xml's `PiParser`: the first `>` right after a `?` (not the one of
+                // `<?`); `<?>` is an error there.
+                let mut j = i + 2;
+                loop {
+                    j = find3(b, j, b'>', b'>', b'>');
+                    match b.get(j) {
+                        None => return Err(Bail),
+                        Some(_) if b.get(j - 1) == Some(&b'?') => break,
+                        Some(_) => j += 1,
+                    }
+                }
+                // `<?>` (three octets) is an error in quick-xml.
+                if j - i < 3 {
+                    return Err(Bail);
+                }
+                self.pos = j + 1;
+                Ok(None)
+            }
+            Some(b'!') | None => Err(Bail),
+            Some(_) => {
+                // As quick-xml's `ElementParser`: the first `>` outside quotes.
+                let mut j = i + 1;
+                loop {
+                    j = find3(b, j, b'>', b'"', b'\'');
+                    match b.get(j) {
+                        None => return Err(Bail),
+                        Some(b'>') => break,
+                        Some(&q) => {
+                            j = find3(b, j + 1, q, q, q);
+                            if j >= b.len() {
+                                return Err(Bail);
+                            }
+                            j += 1;
+                        }
+                    }
+                }
+                self.pos = j + 1;
+                let (content, empty) = match s.get(i + 1..j).ok_or(Bail)? {
+                    c if c.ends_with('/') => (c.get(..c.len() - 1).ok_or(Bail)?, true),
+                    c => (c, false),
+                };
+                let name_len = content
+                    .bytes()
+                    .position(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+                    .unwrap_or(content.len());
+                let e = BytesStart::from_content(content, name_len);
+                if empty {
+                    return Ok(Some(Event::Empty(e)));
+                }
+                let slot = self.open.get_mut(self.depth).ok_or(Bail)?;
+                *slot = (i + 1, i + 1 + name_len);
+                self.depth += 1;
+                Ok(Some(Event::Start(e)))
+            }
+        }
     }
-    if p.not_pidf {
-        return Err(PidfError::NotPidf);
+}
+
+/// The index of the first of `x`, `y`, `z` at or after `i`, or `b.len()`: eight octets at a
+/// time (the long runs are namespace URIs and whitespace).
+#[inline]
+fn find3(b: &[u8], mut i: usize, x: u8, y: u8, z: u8) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let (bx, by, bz) = (LO * u64::from(x), LO * u64::from(y), LO * u64::from(z));
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(w);
+        // Zero octets of v ^ c: the lowest flagged octet is exact (borrows only run upwards).
+        let (tx, ty, tz) = (v ^ bx, v ^ by, v ^ bz);
+        let hit =
+            (tx.wrapping_sub(LO) & !tx | ty.wrapping_sub(LO) & !ty | tz.wrapping_sub(LO) & !tz)
+                & HI;
+        if hit != 0 {
+            return i + (hit.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
     }
-    p.doc.person = p.person;
-    Ok(p.doc)
+    while b.get(i).is_some_and(|&c| c != x && c != y && c != z) {
+        i += 1;
+    }
+    i.min(b.len())
 }
 
 impl Parser {
@@ -371,6 +626,7 @@ impl Parser {
 
     /// Raw text between markup: whitespace between elements is skipped without copying; only
     /// text inside an element we read is line-end normalized and kept.
+    #[inline(always)]
     fn text_event(&mut self, t: &quick_xml::events::BytesText<'_>) -> Result<(), PidfError> {
         if self.stack.is_empty() {
             if t.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
@@ -379,7 +635,13 @@ impl Parser {
             return Err(nwf("text outside the root element"));
         }
         if self.capturing() {
-            self.push_text(&t.xml10_content());
+            // Line ends are normalized only where there is a CR (else the text is as it is).
+            let raw: &str = t;
+            if find3(raw.as_bytes(), 0, b'\r', b'\r', b'\r') == raw.len() {
+                self.push_text(raw);
+            } else {
+                self.push_text(&t.xml10_content());
+            }
         }
         Ok(())
     }
@@ -420,7 +682,8 @@ impl Parser {
             self.stack.push(Kind::Other);
             return Ok(());
         }
-        let at = Attrs::read(e, &mut self.bindings, self.stack.len())?;
+        let mut at = Attrs::default();
+        at.read(e, &mut self.bindings, self.stack.len())?;
         // As `QName::decompose` (split at the first colon), on a name of a few octets.
         let qname = e.name().0;
         let (prefix, local) = match qname.bytes().position(|b| b == b':') {
@@ -699,32 +962,38 @@ struct Attrs<'e> {
 }
 
 impl<'e> Attrs<'e> {
-    /// Also records the element's namespace declarations in `bindings` at `depth`.
+    /// Reads the attributes of `e` into `self` (empty on entry) and records the element's
+    /// namespace declarations in `bindings` at `depth`.
     fn read(
+        &mut self,
         e: &'e BytesStart<'_>,
         bindings: &mut Vec<Binding>,
         depth: usize,
-    ) -> Result<Attrs<'e>, PidfError> {
-        let mut at = Attrs::default();
+    ) -> Result<(), PidfError> {
         let raw = e.attributes_raw();
         if raw.bytes().all(|b| b.is_ascii_whitespace()) {
-            return Ok(at);
+            return Ok(());
         }
-        let mut plain = [("", ""); MAX_PLAIN_ATTRS];
-        if let Some(n) = plain_attributes(raw, &mut plain) {
-            for &(key, value) in plain.iter().take(n) {
-                at.set(bindings, depth, key, Cow::Borrowed(value));
-            }
-            return Ok(at);
+        // Plain attributes are recorded as they are found; if one is not plain, what was
+        // recorded is undone and quick-xml reads them all.
+        let mark = bindings.len();
+        if each_plain_attribute(raw, |key, value| {
+            self.set(bindings, depth, key, Cow::Borrowed(value))
+        })
+        .is_some()
+        {
+            return Ok(());
         }
+        bindings.truncate(mark);
+        *self = Attrs::default();
         // Without the duplicate check, which allocates per element (a repeated attribute is
         // not well-formed, but the last value winning is harmless here).
         for a in e.attributes().with_checks(false) {
             let a = a.map_err(nwf)?;
             let v = a.normalized_value(XmlVersion::Implicit1_0).map_err(nwf)?;
-            at.set(bindings, depth, a.key.into_inner(), v);
+            self.set(bindings, depth, a.key.into_inner(), v);
         }
-        Ok(at)
+        Ok(())
     }
 
     /// Records one attribute (a namespace declaration goes to `bindings`).
@@ -760,6 +1029,7 @@ impl<'e> Attrs<'e> {
 /// The index of the first octet at or after `i` below 0x28 (both quotes, `&`, tab, CR, LF, and
 /// a little punctuation), or `b.len()`: eight octets at a time, for the long values (namespace
 /// URIs) of a PIDF start tag.
+#[inline]
 fn next_below_0x28(b: &[u8], mut i: usize) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
@@ -783,16 +1053,29 @@ fn next_below_0x28(b: &[u8], mut i: usize) -> usize {
 /// Attributes read without quick-xml's iterator: a start tag has at most this many plain ones.
 const MAX_PLAIN_ATTRS: usize = 8;
 
-/// The attributes of a start tag, when every one is plain: `key="value"` or `key='value'` with
-/// nothing but XML whitespace between them, no whitespace around `=`, and values without
-/// references or line ends/tabs (which quick-xml's normalization would change). For such
-/// tags, this is exactly what quick-xml's attribute iterator and `normalized_value` give,
-/// without their per-attribute cost. `None` for anything else (the caller then uses
-/// quick-xml, which also reports the errors).
+/// [`each_plain_attribute`] into an array, for the tests.
+#[cfg(test)]
 fn plain_attributes<'e>(
     raw: &'e str,
     out: &mut [(&'e str, &'e str); MAX_PLAIN_ATTRS],
 ) -> Option<usize> {
+    let mut n = 0;
+    each_plain_attribute(raw, |k, v| {
+        if let Some(slot) = out.get_mut(n) {
+            *slot = (k, v);
+        }
+        n += 1;
+    })
+}
+
+/// The attributes of a start tag, when every one is plain: `key="value"` or `key='value'` with
+/// nothing but XML whitespace between them, no whitespace around `=`, and values without
+/// references or line ends/tabs (which quick-xml's normalization would change). For such
+/// tags, this is exactly what quick-xml's attribute iterator and `normalized_value` give,
+/// without their per-attribute cost. `f` gets each (key, value) as it is found; the answer is
+/// their number, or `None` for anything else (the caller then undoes what `f` did and uses
+/// quick-xml, which also reports the errors).
+fn each_plain_attribute<'e>(raw: &'e str, mut f: impl FnMut(&'e str, &'e str)) -> Option<usize> {
     let b = raw.as_bytes();
     let is_ws = |c: u8| matches!(c, b' ' | b'\r' | b'\n' | b'\t');
     let mut i = 0;
@@ -826,7 +1109,10 @@ fn plain_attributes<'e>(
                 _ => i += 1,
             }
         }
-        *out.get_mut(n)? = (key, raw.get(value_start..i)?);
+        if n == MAX_PLAIN_ATTRS {
+            return None;
+        }
+        f(key, raw.get(value_start..i)?);
         n += 1;
         i += 1;
     }
@@ -842,7 +1128,12 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
+#[inline]
 fn trim_xml(s: &str) -> &str {
+    let ws = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t' | b'\r' | b'\n'));
+    if !ws(s.as_bytes().first()) && !ws(s.as_bytes().last()) {
+        return s;
+    }
     s.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
 }
 
@@ -1626,6 +1917,25 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
         );
     }
 
+    /// A start tag whose later attribute has a reference: what the plain reader recorded for
+    /// the earlier ones is undone and quick-xml reads them all (no duplicate declaration).
+    #[test]
+    fn attributes_after_a_reference_are_read_by_quick_xml() {
+        let body = "<presence xmlns='urn:ietf:params:xml:ns:pidf' xmlns:x='urn:x' \
+                    entity='pres:a&amp;b'><tuple id='t&#49;'><status><basic>open</basic>\
+                    </status></tuple></presence>";
+        let d = parse(body.as_bytes(), 65536).unwrap();
+        assert_eq!(d.entity, "pres:a&b");
+        assert_eq!(d.tuples[0].id, "t1");
+        assert_eq!(d.tuples[0].basic, Basic::Open);
+        let mut bindings = Vec::new();
+        let e = BytesStart::from_content("p xmlns='urn:ietf:params:xml:ns:pidf' id='a&amp;'", 1);
+        let mut at = Attrs::default();
+        at.read(&e, &mut bindings, 0).unwrap();
+        assert_eq!(bindings.len(), 1);
+        assert_eq!(at.id.as_deref(), Some("a&"));
+    }
+
     #[test]
     fn case_069_doctype_refused() {
         let body = br#"<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;">]><presence xmlns="urn:ietf:params:xml:ns:pidf" entity="x"><note>&b;</note></presence>"#;
@@ -1740,6 +2050,198 @@ entity=\"pres:romeo*example.net@xmpp.example.com\">\n";
                 raw.push_str(&trailing);
                 check_plain(&raw)?;
             }
+            /// The fast tokenizer gives quick-xml's events (or leaves the body to it), on
+            /// strings of markup characters.
+            #[test]
+            fn fast_reader_is_quick_xml_on_markup_soup(
+                body in "[<>/?!&;#a-z:= \"'\t\n\r\u{e9}\u{feff}x-]{0,80}"
+            ) {
+                check_fast(body.as_bytes())?;
+            }
+
+            /// The same on arbitrary octets (invalid UTF-8 goes to quick-xml).
+            #[test]
+            fn fast_reader_is_quick_xml_on_bytes(body in proptest::collection::vec(any::<u8>(), 0..96)) {
+                check_fast(&body)?;
+            }
+
+            /// The same on mostly well-formed element trees, with odd names, attribute
+            /// quoting, references and whitespace in end tags.
+            #[test]
+            fn fast_reader_is_quick_xml_on_trees(
+                decl in any::<bool>(),
+                parts in proptest::collection::vec(
+                    (0u8..6, "[a-z:]{0,3}", "[ \t\n]{0,2}", "[a-z&#;<>'\"/ =\u{e9}]{0,12}"),
+                    0..24,
+                ),
+            ) {
+                let mut body = String::new();
+                if decl {
+                    body.push_str("<?xml version='1.0'?>\n");
+                }
+                let mut open: Vec<String> = Vec::new();
+                for (kind, name, ws, text) in &parts {
+                    match kind {
+                        0 => {
+                            body.push_str(&format!("<{name}{ws} a='{text}'>"));
+                            open.push(name.clone());
+                        }
+                        1 => body.push_str(&format!("<{name} b=\"{text}\"{ws}/>")),
+                        2 => {
+                            let n = open.pop().unwrap_or_else(|| name.clone());
+                            body.push_str(&format!("</{n}{ws}>"));
+                        }
+                        3 => body.push_str(text),
+                        4 => body.push_str(&format!("&{name};")),
+                        _ => body.push_str(&format!("<!--{text}-->")),
+                    }
+                }
+                while let Some(n) = open.pop() {
+                    body.push_str(&format!("</{n}>"));
+                }
+                check_fast(body.as_bytes())?;
+            }
+
+            /// Whenever the fast path answers, the whole parse is the general path's.
+            #[test]
+            fn fast_parse_is_general_parse_in_a_skeleton(
+                a in "[a-z &;#0-9\u{e9}]{0,24}",
+                b in "[<>&;#a-z0-9 \"'/=:\t\r\n]{0,24}",
+                c in "[a-z:-]{0,12}",
+            ) {
+                let body = format!(
+                    "\u{feff}<?xml version='1.0'?><presence xmlns='urn:ietf:params:xml:ns:pidf' xmlns:dm='urn:ietf:params:xml:ns:pidf:data-model' \
+                     xmlns:rpid='urn:ietf:params:xml:ns:pidf:rpid' entity='{a}'><tuple id='{b}'><status><basic>{a}</basic>\
+                     </status><contact priority='{c}'>{a}</contact><note xml:lang='{c}'>{b}</note></tuple><dm:person>\
+                     <rpid:activities from='{a}' until='{c}'><rpid:{c}/>{b}<rpid:other>{a}</rpid:other></rpid:activities>\
+                     <rpid:user-input last-input='{b}'>{a}</rpid:user-input></dm:person><{c}>{b}</{c} ></presence>{b}"
+                );
+                if let Some(fast) = parse_fast(body.as_bytes()) {
+                    prop_assert_eq!(fast, parse_general(body.as_bytes()));
+                }
+            }
+        }
+
+        /// quick-xml's events up to its first error (`true` if one ended them), without
+        /// declarations and processing instructions (which the fast reader skips: the parser
+        /// ignores them).
+        fn quick_events(body: &[u8]) -> (Vec<Event<'static>>, bool) {
+            let mut r = Reader::from_reader(body);
+            let mut out = Vec::new();
+            for _ in 0..4096 {
+                match r.read_event() {
+                    Ok(Event::Eof) => {
+                        out.push(Event::Eof);
+                        return (out, false);
+                    }
+                    Ok(Event::Decl(_) | Event::PI(_)) => {}
+                    Ok(e) => out.push(e.into_owned()),
+                    Err(_) => return (out, true),
+                }
+            }
+            (out, true)
+        }
+
+        /// Every event the fast reader gives is quick-xml's; if it reaches the end, so does
+        /// quick-xml, without an error and with the same events.
+        fn check_fast(body: &[u8]) -> Result<(), TestCaseError> {
+            let (theirs, their_error) = quick_events(body);
+            let Some(mut fast) = FastReader::new(body) else {
+                return Ok(());
+            };
+            let mut ours = Vec::new();
+            let mut bailed = false;
+            for _ in 0..4096 {
+                match fast.next_event() {
+                    Ok(Event::Eof) => {
+                        ours.push(Event::Eof);
+                        break;
+                    }
+                    Ok(e) => ours.push(e.into_owned()),
+                    Err(Bail) => {
+                        bailed = true;
+                        break;
+                    }
+                }
+            }
+            if bailed {
+                prop_assert!(ours.len() <= theirs.len(), "{:?} / {:?}", ours, theirs);
+                prop_assert_eq!(&ours[..], &theirs[..ours.len()]);
+            } else {
+                prop_assert!(
+                    !their_error,
+                    "quick-xml failed where the fast reader did not: {:?}",
+                    ours
+                );
+                prop_assert_eq!(ours, theirs);
+            }
+            Ok(())
+        }
+
+        #[test]
+        fn fast_reader_examples() {
+            let body = "\u{feff}<?xml version='1.0'?>\n<a x='>' y=\"'\">t&amp;u<b/></a >";
+            let mut r = FastReader::new(body.as_bytes()).unwrap();
+            let mut ev = Vec::new();
+            loop {
+                match r.next_event().unwrap() {
+                    Event::Eof => break,
+                    e => ev.push(e),
+                }
+            }
+            assert_eq!(
+                ev,
+                vec![
+                    Event::Text(BytesText::from_escaped("\n")),
+                    Event::Start(BytesStart::from_content("a x='>' y=\"'\"", 1)),
+                    Event::Text(BytesText::from_escaped("t")),
+                    Event::GeneralRef(BytesRef::new("amp")),
+                    Event::Text(BytesText::from_escaped("u")),
+                    Event::Empty(BytesStart::from_content("b", 1)),
+                    Event::End(BytesEnd::new("a")),
+                ]
+            );
+            for other in [
+                "<!-- c --><a/>",
+                "<a></b>",
+                "</a>",
+                "<a x='1",
+                "&amp",
+                "<?>",
+                "<",
+                "<a><![CDATA[x]]></a>",
+                // An end tag of whitespace only keeps it (quick-xml trims nothing then).
+                "< ></ >",
+            ] {
+                let mut r = FastReader::new(other.as_bytes()).unwrap();
+                let mut bailed = false;
+                for _ in 0..8 {
+                    match r.next_event() {
+                        Err(Bail) => bailed = true,
+                        Ok(Event::Eof) => break,
+                        Ok(_) => continue,
+                    }
+                    break;
+                }
+                assert!(bailed, "{other}");
+            }
+            assert!(FastReader::new(b"<a>\xff</a>").is_none());
+        }
+
+        /// The bodies servers send take the fast path (else the speed-up is silently lost).
+        #[test]
+        fn typical_bodies_take_the_fast_path() {
+            let body = br#"<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
+  xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" entity="pres:juliet@example.com">
+  <tuple id="t-desk"><status><basic>open</basic></status>
+    <contact priority="0.8">sip:juliet@ua7.example.com</contact>
+    <note xml:lang="en">On the balcony &amp; away</note></tuple>
+  <dm:person id="p1"><rpid:activities><rpid:on-the-phone/></rpid:activities></dm:person>
+</presence>"#;
+            let fast = parse_fast(body).expect("fast path");
+            assert_eq!(fast, parse_general(body));
+            assert_eq!(fast.map(|d| d.tuples.len()), Ok(1));
         }
 
         fn check_plain(raw: &str) -> Result<(), TestCaseError> {

@@ -44,13 +44,13 @@ fn show_rank(s: Show) -> u8 {
 fn strongest(acts: &Activities) -> Option<Show> {
     acts.items
         .iter()
-        .filter_map(|a| activity_show(a.name.trim()))
+        .filter_map(|a| activity_show(crate::sip::parse::trim(&a.name)))
         .max_by_key(|s| show_rank(*s))
 }
 
 /// ◆ Optional fallback for legacy publishers (old pua_xmpp) that send only a note.
 fn note_show(text: &str) -> Option<Show> {
-    let t = text.trim();
+    let t = crate::sip::parse::trim(text);
     if t.eq_ignore_ascii_case("away") {
         Some(Show::Away)
     } else if ["busy", "on the phone", "do not disturb", "dnd"]
@@ -67,7 +67,7 @@ fn note_show(text: &str) -> Option<Show> {
 fn statuses_from(notes: &[Note], max: usize) -> Vec<Status> {
     let mut out: Vec<Status> = Vec::new();
     for n in notes {
-        let text = n.text.trim();
+        let text = crate::sip::parse::trim(&n.text);
         if text.is_empty() || out.iter().any(|s| s.lang == n.lang) {
             continue;
         }

@@ -36,6 +36,41 @@ static SPECIAL: [bool; 256] = {
     t
 };
 
+/// The index of the first octet at or after `i` that [`SPECIAL`] flags, or `b.len()`: eight
+/// octets at a time (the text between specials is most of every stanza).
+fn next_special(b: &[u8], mut i: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    // A zero octet of `v ^ c` is an octet equal to `c`.
+    let eq = |v: u64, c: u8| {
+        let t = v ^ (LO * u64::from(c));
+        t.wrapping_sub(LO) & !t
+    };
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(w);
+        // Octets below 0x20, and the six markup/0xEF octets. In each test the lowest flagged
+        // octet is exact (borrows only run upwards), so the lowest of all of them is too.
+        let hit = (v.wrapping_sub(LO * 0x20) & !v
+            | eq(v, b'&')
+            | eq(v, b'<')
+            | eq(v, b'>')
+            | eq(v, b'\'')
+            | eq(v, b'"')
+            | eq(v, 0xef))
+            & HI;
+        if hit != 0 {
+            return i + (hit.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while b.get(i).is_some_and(|&c| !SPECIAL[usize::from(c)]) {
+        i += 1;
+    }
+    i.min(b.len())
+}
+
 fn escape(out: &mut String, s: &str, attr: bool) {
     let bytes = s.as_bytes();
     let mut last = 0;
@@ -43,7 +78,7 @@ fn escape(out: &mut String, s: &str, attr: bool) {
     while i < bytes.len() {
         let b = bytes[i];
         if !SPECIAL[usize::from(b)] {
-            i += 1;
+            i = next_special(bytes, i + 1);
             continue;
         }
         let (rep, len) = match b {
@@ -106,6 +141,37 @@ mod tests {
         let mut s = String::new();
         escape_attr(&mut s, "x\u{7}'");
         assert_eq!(s, "x\u{FFFD}&apos;");
+    }
+
+    #[test]
+    fn next_special_finds_the_first() {
+        let b = b"abcdefghijklmnop&qrs";
+        assert_eq!(next_special(b, 0), 16);
+        assert_eq!(next_special(b, 17), b.len());
+        assert_eq!(next_special(b"\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xef", 0), 8);
+        assert_eq!(next_special(b"12345678\x1f", 0), 8);
+        assert_eq!(next_special(b"1234567\x7f ", 0), 9);
+        assert_eq!(next_special(b"a\"", 0), 1);
+    }
+
+    proptest::proptest! {
+        /// The octet-at-a-time scan finds the same octets as the table alone.
+        #[test]
+        fn next_special_is_the_table(
+            s in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(b"&<>'\"\x00\x1f\x20\t\xef\xbf\xbeaZ".to_vec()),
+                    proptest::prelude::any::<u8>(),
+                ],
+                0..40,
+            ),
+            from in 0usize..40,
+        ) {
+            let want = (from..s.len())
+                .find(|&i| SPECIAL[usize::from(s[i])])
+                .unwrap_or(s.len().max(from.min(s.len())));
+            proptest::prop_assert_eq!(next_special(&s, from.min(s.len())), want);
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Typed values of the headers rsip 0.4 leaves untyped: `Event` (with `id`) and
 //! `Subscription-State` (RFC 6665 §8.2.3 / §4.1.3).
 
+use super::parse::trim;
+
 /// `Event: package;id=x`. Packages compare case-sensitively (RFC 6665 §8.2.1).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Event {
@@ -32,26 +34,48 @@ pub struct SubscriptionState {
 /// Splits `value;p1=v1;p2` into the first item and an iterator of `(name, value)` pairs, both
 /// trimmed. Values may be quoted strings; the quotes are removed.
 fn split_params(s: &str) -> (&str, impl Iterator<Item = (&str, Option<&str>)>) {
-    let mut parts = s.split(';');
-    let first = parts.next().unwrap_or("").trim();
+    let mut parts = Semis(Some(s));
+    let first = trim(parts.next().unwrap_or(""));
     let params = parts.filter_map(|p| {
-        let p = p.trim();
+        let p = trim(p);
         if p.is_empty() {
             return None;
         }
-        match p.split_once('=') {
+        let eq = p.bytes().position(|b| b == b'=');
+        match eq.and_then(|i| Some((p.get(..i)?, p.get(i + 1..)?))) {
             Some((n, v)) => {
-                let v = v.trim();
+                let v = trim(v);
                 let v = v
                     .strip_prefix('"')
                     .and_then(|v| v.strip_suffix('"'))
                     .unwrap_or(v);
-                Some((n.trim(), Some(v)))
+                Some((trim(n), Some(v)))
             }
             None => Some((p, None)),
         }
     });
     (first, params)
+}
+
+/// `str::split(';')` by a byte loop: the pieces are a few octets, shorter than the set-up of
+/// the searcher `split` uses.
+struct Semis<'a>(Option<&'a str>);
+
+impl<'a> Iterator for Semis<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.0?;
+        match rest.bytes().position(|b| b == b';') {
+            Some(i) => {
+                self.0 = rest.get(i + 1..);
+                rest.get(..i)
+            }
+            None => {
+                self.0 = None;
+                Some(rest)
+            }
+        }
+    }
 }
 
 /// RFC 3261 `token` characters.
@@ -179,6 +203,24 @@ impl std::fmt::Display for SubscriptionState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn semis_are_str_split(s in "[a;=é \t]{0,24}") {
+            let ours: Vec<&str> = Semis(Some(&s)).collect();
+            let theirs: Vec<&str> = s.split(';').collect();
+            proptest::prop_assert_eq!(ours, theirs);
+        }
+    }
+
+    #[test]
+    fn semis_split_as_str_split() {
+        for s in ["", ";", "a", "a;b", ";a;;b;", "é;x=é;", "a;b=c;d"] {
+            let ours: Vec<&str> = Semis(Some(s)).collect();
+            let theirs: Vec<&str> = s.split(';').collect();
+            assert_eq!(ours, theirs, "{s:?}");
+        }
+    }
 
     #[test]
     fn event_with_id_round_trips() {

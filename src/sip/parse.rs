@@ -104,7 +104,7 @@ fn normal_head_end(bytes: &[u8]) -> Option<usize> {
         if matches!(line.first(), Some(b' ' | b'\t')) {
             return None;
         }
-        let colon = line.iter().position(|&b| b == b':')?;
+        let colon = find_byte(line, b':')?;
         let name = line.get(..colon)?;
         if name.len() < 2 || name.last().is_some_and(u8::is_ascii_whitespace) {
             return None;
@@ -120,6 +120,7 @@ fn normal_head_end(bytes: &[u8]) -> Option<usize> {
 
 /// Position of the first `needle` in `hay`, eight octets at a time (header sections are scanned
 /// once per message; a byte loop costs three times as much).
+#[inline]
 pub(crate) fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
@@ -195,12 +196,24 @@ fn normalize(head: &[u8]) -> Result<Vec<u8>, &'static str> {
     Ok(out)
 }
 
+/// `str::trim`, with a shortcut: a piece whose first and last octets are visible ASCII has
+/// nothing to trim (nearly every header piece), so the Unicode whitespace scan is skipped.
+#[inline]
+pub(crate) fn trim(s: &str) -> &str {
+    let visible = |b: Option<&u8>| b.is_some_and(|&b| (0x21..0x7f).contains(&b));
+    if visible(s.as_bytes().first()) && visible(s.as_bytes().last()) {
+        s
+    } else {
+        s.trim()
+    }
+}
+
 /// Calls `f` with each comma-separated item of a header value, trimmed, skipping empty ones.
 /// Commas inside `<...>` and quoted strings do not separate.
 fn for_each_item<'a>(s: &'a str, mut f: impl FnMut(&'a str)) {
     // Without a comma there is one item (the common case: one Via, one Contact per header).
     if find_byte(s.as_bytes(), b',').is_none() {
-        let item = s.trim();
+        let item = trim(s);
         if !item.is_empty() {
             f(item);
         }
@@ -224,7 +237,7 @@ fn for_each_item<'a>(s: &'a str, mut f: impl FnMut(&'a str)) {
             b'<' => angle = true,
             b'>' => angle = false,
             b',' if !angle => {
-                let item = s.get(start..i).unwrap_or_default().trim();
+                let item = trim(s.get(start..i).unwrap_or_default());
                 if !item.is_empty() {
                     f(item);
                 }
@@ -233,7 +246,7 @@ fn for_each_item<'a>(s: &'a str, mut f: impl FnMut(&'a str)) {
             _ => {}
         }
     }
-    let item = s.get(start..).unwrap_or_default().trim();
+    let item = trim(s.get(start..).unwrap_or_default());
     if !item.is_empty() {
         f(item);
     }
@@ -284,14 +297,14 @@ fn plausible_uri(uri: &str) -> bool {
 /// `"Juliet" <sip:juliet@example.com>;tag=x`, `<sip:a@b>`, `sip:a@b;tag=x` (addr-spec form:
 /// params after URI are header params)
 pub fn parse_name_addr(s: &str) -> Option<NameAddr> {
-    let s = s.trim();
+    let s = trim(s);
     let (display, uri, params) = if let Some(rest) = s.strip_prefix('"') {
         let (display, after) = unquote(rest)?;
         let inner = after.trim_start().strip_prefix('<')?;
         let close = byte_pos(inner, b'>')?;
         (Some(display), inner.get(..close)?, inner.get(close + 1..)?)
     } else if let Some(open) = byte_pos(s, b'<') {
-        let display = s.get(..open)?.trim();
+        let display = trim(s.get(..open)?);
         let inner = s.get(open + 1..)?;
         let close = byte_pos(inner, b'>')?;
         let display = (!display.is_empty()).then(|| display.to_owned());
@@ -300,8 +313,8 @@ pub fn parse_name_addr(s: &str) -> Option<NameAddr> {
         let end = byte_pos(s, b';').unwrap_or(s.len());
         (None, s.get(..end)?, s.get(end..)?)
     };
-    let uri = uri.trim();
-    let params = params.trim();
+    let uri = trim(uri);
+    let params = trim(params);
     if !plausible_uri(uri) || !(params.is_empty() || params.starts_with(';')) {
         return None;
     }
@@ -320,8 +333,8 @@ fn tag_param(params: &str) -> Option<String> {
         rest = rest.get(semi + 1..)?;
         let p = rest.get(..byte_pos(rest, b';').unwrap_or(rest.len()))?;
         if let Some(eq) = byte_pos(p, b'=') {
-            let (n, v) = (p.get(..eq)?, p.get(eq + 1..)?.trim());
-            if n.trim().eq_ignore_ascii_case("tag") && !v.is_empty() {
+            let (n, v) = (p.get(..eq)?, trim(p.get(eq + 1..)?));
+            if trim(n).eq_ignore_ascii_case("tag") && !v.is_empty() {
                 return Some(v.to_owned());
             }
         }
@@ -337,7 +350,7 @@ fn byte_pos(s: &str, c: u8) -> Option<usize> {
 
 /// delta-seconds; values beyond u32 saturate (RFC 3261 §20.19, §20.33).
 fn delta_seconds(s: &str) -> Option<u32> {
-    let s = s.trim();
+    let s = trim(s);
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -455,7 +468,11 @@ impl Kind {
         candidates
             .iter()
             .copied()
-            .find(|k| k.name().as_bytes().eq_ignore_ascii_case(name))
+            .find(|k| {
+                // Senders nearly always use the canonical spelling: compare exactly first.
+                let n = k.name().as_bytes();
+                n == name || n.eq_ignore_ascii_case(name)
+            })
             .unwrap_or(Kind::Other)
     }
 }
@@ -495,11 +512,18 @@ impl Fields {
 
     /// Reads one header; `lenient` (responses) turns malformed optional values into `None`.
     fn read(&mut self, name: &[u8], value: &[u8], lenient: bool) {
+        self.read_in(None, name, value, lenient);
+    }
+
+    /// [`Fields::read`], where `section` is the header section the value was tokenized from,
+    /// if all of it is UTF-8: then the value is not checked a second time.
+    fn read_in(&mut self, section: Option<&str>, name: &[u8], value: &[u8], lenient: bool) {
         let kind = Kind::of(name);
         if kind == Kind::Other {
             return;
         }
-        let Ok(v) = std::str::from_utf8(value) else {
+        let checked = section.and_then(|s| within(s, value));
+        let Some(v) = checked.or_else(|| std::str::from_utf8(value).ok()) else {
             self.bad(kind.name());
             return;
         };
@@ -621,6 +645,14 @@ impl Fields {
     }
 }
 
+/// `part` as a `&str` when it is a slice of `whole` on char boundaries (a token of a section
+/// that was checked as UTF-8 as a whole), else `None` (the caller checks `part` itself).
+fn within<'a>(whole: &'a str, part: &[u8]) -> Option<&'a str> {
+    let off = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let s = whole.get(off..off.checked_add(part.len())?)?;
+    (s.as_ptr() == part.as_ptr()).then_some(s)
+}
+
 fn empty_name_addr() -> NameAddr {
     NameAddr {
         display: None,
@@ -715,8 +747,8 @@ fn tokenize_request_fast(norm: &[u8]) -> Option<RequestTokenizer<'_>> {
     // nothing is left. (An empty remainder never tokenizes, so it is not tried.)
     let mut headers = Vec::with_capacity(16);
     while !raw.is_empty() {
-        match HeaderTokenizer::tokenize(raw) {
-            Ok((r, h)) if r.len() < raw.len() => {
+        match tokenize_header(raw) {
+            Some((r, h)) if r.len() < raw.len() => {
                 headers.push(h);
                 raw = r;
             }
@@ -732,7 +764,57 @@ fn tokenize_request_fast(norm: &[u8]) -> Option<RequestTokenizer<'_>> {
     })
 }
 
+/// rsip's header tokenizer (`HeaderTokenizer::tokenize`) written out without nom, for the
+/// request fast path: its grammar is `token ":" *(SP / HTAB) value`, the value running to the
+/// first CRLF (which is consumed) or to the end. rsip's version builds its error (formatting
+/// the input) and runs nom's combinators per header line, a fifth of the SIP parse. `None`
+/// exactly where rsip gives an error (a proptest compares the two); the caller then takes
+/// rsip's own path, which reports it.
+fn tokenize_header(part: &[u8]) -> Option<(&[u8], HeaderTokenizer<'_>)> {
+    let name_len = part
+        .iter()
+        .position(|&b| !rsip_is_token(b))
+        .unwrap_or(part.len());
+    if name_len == 0 || part.get(name_len) != Some(&b':') {
+        return None;
+    }
+    let name = part.get(..name_len)?;
+    let mut i = name_len + 1;
+    while matches!(part.get(i), Some(b' ' | b'\t')) {
+        i += 1;
+    }
+    let rest = part.get(i..)?;
+    let (value, rem) = match find_sub(rest, b"\r\n") {
+        Some(end) => (rest.get(..end)?, rest.get(end + 2..)?),
+        None => (rest, &b""[..]),
+    };
+    Some((rem, (name, value).into()))
+}
+
+/// rsip's `token` octet (RFC 3261 §25.1): alphanumeric or one of ``-.!%*_+`'~``.
+#[inline]
+fn rsip_is_token(b: u8) -> bool {
+    TOKEN[usize::from(b)]
+}
+
+/// [`rsip_is_token`] as a table: one load per octet of a header name.
+static TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        i += 1;
+    }
+    t
+};
+
 /// Position of the first occurrence of `needle` (2 or 4 octets, starting with CR) in `hay`.
+#[inline]
 fn find_sub(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let first = *needle.first()?;
     let mut at = 0;
@@ -860,8 +942,10 @@ pub fn parse_message(bytes: &[u8]) -> Result<SipMessage, ParseError> {
                 .ok_or_else(|| garbage("Malformed Request-URI"))?
                 .to_owned();
             let mut f = Fields::default();
+            // One UTF-8 check for the section rather than one per header value.
+            let section = std::str::from_utf8(norm).ok();
             for h in &t.headers {
-                f.read(h.name, h.value, false);
+                f.read_in(section, h.name, h.value, false);
             }
             if let Some(reason) = f.problem() {
                 if f.via.is_empty() {
@@ -1503,6 +1587,37 @@ Call-ID: c1\r\n";
     }
 
     #[test]
+    fn within_gives_slices_of_a_checked_section_only() {
+        let whole = "Via: a\r\nTo: é<sip:x>";
+        let b = whole.as_bytes();
+        assert_eq!(within(whole, &b[5..6]), Some("a"));
+        assert_eq!(within(whole, &b[12..14]), Some("é"));
+        assert_eq!(within(whole, &b[b.len()..]), Some(""));
+        // Not on a char boundary, or not inside `whole`: the caller checks the octets itself.
+        assert_eq!(within(whole, &b[12..13]), None);
+        let copy = b.to_vec();
+        assert_eq!(within(whole, &copy[5..6]), None);
+    }
+
+    #[test]
+    fn trim_is_str_trim() {
+        for s in [
+            "",
+            " ",
+            "a",
+            " a ",
+            "a\t",
+            "\u{a0}a",
+            "a\u{3000}",
+            "\u{b}x\u{b}",
+            "é",
+            "x y",
+        ] {
+            assert_eq!(trim(s), s.trim(), "{s:?}");
+        }
+    }
+
+    #[test]
     fn find_byte_finds_the_first() {
         let hay = b"0123456789abcdef\nxyz\n";
         assert_eq!(find_byte(hay, b'\n'), Some(16));
@@ -1531,6 +1646,23 @@ Call-ID: c1\r\n";
         let head = &bytes[..end];
         let fast = tokenize_request_fast(head).unwrap();
         assert_eq!(fast, RequestTokenizer::tokenize(head).unwrap().1);
+        for line in [
+            &b"Via: SIP/2.0/UDP h\r\nTo: x"[..],
+            b"Max-Forwards:\t 70",
+            b"X-Empty:",
+            b"X-Lone-CR: a\rb\r\n",
+            b"Bad Name: x",
+            b": no name",
+            b"NoColon",
+            b"\xe9: x",
+        ] {
+            assert_eq!(
+                tokenize_header(line),
+                HeaderTokenizer::tokenize(line).ok(),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
         // Compact forms, folding and a bare-LF message are not in normal form.
         for m in [
             KAMAILIO_NOTIFY.replace("Call-ID:", "i:"),
@@ -1578,6 +1710,23 @@ Call-ID: c1\r\n";
                 let norm = normalize(head);
                 prop_assert_eq!(norm.as_deref(), Ok(head));
             }
+        }
+
+        /// The header tokenizer is rsip's: the same tokens, and `None` exactly where rsip fails.
+        #[test]
+        fn header_tokens_are_rsips(
+            line in proptest::collection::vec(
+                prop_oneof![
+                    proptest::sample::select(b" \t\r\n:;-.!%*_+`'~aZ09,<>\"=".to_vec()),
+                    any::<u8>(),
+                ],
+                0..40,
+            ),
+        ) {
+            prop_assert_eq!(
+                tokenize_header(&line),
+                HeaderTokenizer::tokenize(&line).ok()
+            );
         }
 
         /// Whenever the fast request tokenizer answers, rsip's whole-message tokenizer gives the
