@@ -57,6 +57,18 @@ impl Deadlines {
         true
     }
 
+    /// Like [`Deadlines::reschedule`], but only ever moves a queued deadline earlier: a later
+    /// one (or none) leaves the queued entry in place, and the slot then wakes once early, has
+    /// nothing due, and is queued at its real deadline. Every NOTIFY that carries `expires`
+    /// pushes a pair's refresh out; this makes that free instead of a queue remove + insert.
+    /// A slot that is removed must use [`Deadlines::reschedule`] with `None`.
+    pub(crate) fn advance(&mut self, slot: u32, due: &mut Due, next: Option<Instant>) -> bool {
+        if *due != Due::NONE && next.is_none_or(|t| self.ms(t) >= due.0) {
+            return false;
+        }
+        self.reschedule(slot, due, next)
+    }
+
     /// The earliest deadline, for the wake-up.
     pub(crate) fn first(&self) -> Option<Instant> {
         self.queue.first().map(|&(t, _)| self.instant(t))
@@ -101,5 +113,21 @@ mod tests {
         assert_eq!(d, Due(3));
         assert_eq!(q.pop_due(t0 + Duration::from_micros(2900)), None);
         assert_eq!(q.pop_due(t0 + Duration::from_millis(3)), Some(4));
+    }
+
+    #[test]
+    fn advance_only_moves_a_deadline_earlier() {
+        let mut q = Deadlines::default();
+        let t0 = q.epoch;
+        let at = |ms| Some(t0 + Duration::from_millis(ms));
+        let mut a = Due::NONE;
+        assert!(q.advance(1, &mut a, at(100)));
+        assert!(!q.advance(1, &mut a, at(3000)));
+        assert!(!q.advance(1, &mut a, None));
+        assert_eq!((a, q.first()), (Due(100), at(100)));
+        assert!(q.advance(1, &mut a, at(40)));
+        assert_eq!((a, q.first()), (Due(40), at(40)));
+        assert_eq!(q.pop_due(t0 + Duration::from_millis(40)), Some(1));
+        assert_eq!(q.first(), None);
     }
 }

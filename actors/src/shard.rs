@@ -311,7 +311,7 @@ impl SubscriberShard {
         }
         let label = phase_label(slot.sub.phase());
         let next = slot.sub.poll_timeout();
-        if self.timers.reschedule(idx, &mut slot.due, next) {
+        if self.timers.advance(idx, &mut slot.due, next) {
             self.rearm(ctx);
         }
         Some(label)
