@@ -1022,3 +1022,108 @@ impl Handler<crate::messages::SendResponses> for SipTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pua_xmpp::sip::NameAddr;
+    use tokio::io::AsyncReadExt;
+
+    /// Outcomes are not looked at here: the test reads the wire.
+    struct Ignore;
+    impl Actor for Ignore {
+        type Context = Context<Self>;
+    }
+    impl Handler<TransactionOutcome> for Ignore {
+        type Result = ();
+        fn handle(&mut self, _: TransactionOutcome, _: &mut Context<Self>) {}
+    }
+
+    fn subscribe(i: u32) -> OutRequest {
+        let na = |uri: &str, tag: Option<&str>| NameAddr {
+            display: None,
+            uri: uri.to_owned(),
+            tag: tag.map(str::to_owned),
+        };
+        OutRequest {
+            method: Method::Subscribe,
+            uri: format!("sip:p{i}@example.com"),
+            route: Vec::new(),
+            from: na("sip:romeo*example.net@gw.example.com", Some("gwtag1")),
+            to: na(&format!("sip:p{i}@example.com"), None),
+            call_id: format!("burst-{i}"),
+            cseq: 1,
+            contact: None,
+            headers: vec![("Event", "presence".to_owned())],
+            content_type: None,
+            body: Vec::new(),
+            destination: Destination::OutboundProxy,
+        }
+    }
+
+    /// Requests sent to the transport in one burst (a set-up burst: one SUBSCRIBE per new pair)
+    /// all go out on the one proxy connection, whole and in the order sent.
+    #[actix_rt::test]
+    async fn a_tcp_burst_of_requests_arrives_whole_and_in_order() {
+        let Ok(listener) = TcpListener::bind("127.0.0.1:0").await else {
+            return;
+        };
+        let Ok(proxy) = listener.local_addr() else {
+            return;
+        };
+        let mut cfg = TransportConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+        cfg.outbound_proxy = Some(proxy);
+        cfg.request_transport = Transport::Tcp;
+        let sink = Ignore.start().recipient::<TransactionOutcome>();
+        let Ok(gw) = SipTransport::bind(cfg, Ignore2.start().recipient()).await else {
+            panic!("bind");
+        };
+        for i in 0..50 {
+            gw.do_send(SendRequest {
+                req: subscribe(i),
+                key: u64::from(i),
+                reply_to: sink.clone(),
+            });
+        }
+        let accepted = tokio::time::timeout(Duration::from_secs(2), listener.accept()).await;
+        let Ok(Ok((mut s, _))) = accepted else {
+            panic!("no connection");
+        };
+        let mut wire = Vec::new();
+        let mut buf = [0u8; 16384];
+        while wire.windows(9).filter(|w| w == b"SUBSCRIBE").count() < 100 {
+            // Each request names SUBSCRIBE twice (request line and CSeq).
+            let read = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+            match read {
+                Ok(Ok(n)) if n > 0 => wire.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&wire);
+        let call_ids: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("Call-ID: "))
+            .collect();
+        let want: Vec<String> = (0..50).map(|i| format!("burst-{i}")).collect();
+        assert_eq!(call_ids, want);
+        let messages: Vec<&str> = text.split("SUBSCRIBE sip:").skip(1).collect();
+        assert_eq!(messages.len(), 50);
+        for (i, m) in messages.iter().enumerate() {
+            assert!(
+                m.starts_with(&format!("p{i}@example.com SIP/2.0\r\n")),
+                "message {i}: {m}"
+            );
+            assert!(m.ends_with("Content-Length: 0\r\n\r\n"), "message {i}: {m}");
+        }
+    }
+
+    /// Inbound requests are not expected.
+    struct Ignore2;
+    impl Actor for Ignore2 {
+        type Context = Context<Self>;
+    }
+    impl Handler<SipRequestIn> for Ignore2 {
+        type Result = ();
+        fn handle(&mut self, _: SipRequestIn, _: &mut Context<Self>) {}
+    }
+}
