@@ -226,6 +226,25 @@ impl Outbox {
     }
 }
 
+/// Counter handles by stanza type, made on first use: `counter!` builds its key and looks it
+/// up in the recorder's registry on every call, a cost paid twice per subscription set-up.
+#[derive(Default)]
+struct TypeCounters {
+    handles: Vec<(&'static str, metrics::Counter)>,
+}
+
+impl TypeCounters {
+    fn inc(&mut self, kind: &'static str, make: impl FnOnce(&'static str) -> metrics::Counter) {
+        if let Some((_, c)) = self.handles.iter().find(|(k, _)| *k == kind) {
+            c.increment(1);
+            return;
+        }
+        let c = make(kind);
+        c.increment(1);
+        self.handles.push((kind, c));
+    }
+}
+
 /// Shutdown switches shared by the actor and its I/O task.
 struct Control {
     /// Set by [`StopInbound`]: inbound presence is dropped instead of forwarded.
@@ -245,6 +264,7 @@ pub struct XmppComponent {
     close_tx: watch::Sender<Option<Duration>>,
     close_rx: watch::Receiver<Option<Duration>>,
     task: Option<tokio::task::JoinHandle<CloseOutcome>>,
+    out_counters: TypeCounters,
 }
 
 /// Graceful shutdown, first step: stop forwarding inbound stanzas (they would start new SIP
@@ -302,6 +322,7 @@ impl XmppComponent {
             close_tx,
             close_rx,
             task: None,
+            out_counters: TypeCounters::default(),
         }
         .start()
     }
@@ -345,7 +366,11 @@ impl Handler<SendPresence> for XmppComponent {
         }
         let mut s = String::with_capacity(160);
         msg.0.write_xml(&mut s);
-        metrics::counter!("pua_xmpp_stanzas_out_total", "type" => msg.0.kind.as_attr().unwrap_or("available")).increment(1);
+        let kind = msg.0.kind.as_attr().unwrap_or("available");
+        self.out_counters.inc(
+            kind,
+            |k| metrics::counter!("pua_xmpp_stanzas_out_total", "type" => k),
+        );
         self.outbox.push(s);
     }
 }
@@ -866,6 +891,7 @@ async fn run_session(
     let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; 16 * 1024];
+    let mut in_counters = TypeCounters::default();
     loop {
         // Flush whatever is queued as one write (coalescing: one syscall per batch).
         let batch = link.outbox.take_all();
@@ -910,7 +936,9 @@ async fn run_session(
                                         Ok(k) => k.as_attr().unwrap_or("available"),
                                         Err(_) => "unknown",
                                     };
-                                    metrics::counter!("pua_xmpp_stanzas_in_total", "type" => kind).increment(1);
+                                    in_counters.inc(kind, |k| {
+                                        metrics::counter!("pua_xmpp_stanzas_in_total", "type" => k)
+                                    });
                                     link.inbound.do_send(StanzaIn(*p))
                                 }
                                 Inbound::Reply(r) => replies.push_str(&r),
@@ -1026,5 +1054,32 @@ async fn read_event(s: &mut Session) -> Result<StreamEvent, LinkError> {
             send_not_well_formed(&mut s.sock).await;
             return Err(LinkError::BadXml(e));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TypeCounters;
+
+    /// One handle per stanza type, made once and reused.
+    #[test]
+    fn type_counters_make_one_handle_per_type() {
+        let mut c = TypeCounters::default();
+        let mut made = Vec::new();
+        for kind in [
+            "available",
+            "subscribed",
+            "available",
+            "available",
+            "subscribed",
+        ] {
+            c.inc(kind, |k| {
+                made.push(k);
+                metrics::Counter::noop()
+            });
+        }
+        assert_eq!(made, vec!["available", "subscribed"]);
+        let kinds: Vec<&str> = c.handles.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, vec!["available", "subscribed"]);
     }
 }

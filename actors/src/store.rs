@@ -45,7 +45,7 @@
 use pua_xmpp::notifier::{DialogState, NotifierDialog, PersistOp, WatcherRelation};
 use pua_xmpp::publisher::PublicationRecord;
 use pua_xmpp::subscriber::{Dialog, Pair, Relation, SubscriptionRecord};
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, CachedStatement, Connection, Row};
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -424,6 +424,54 @@ const PUT_PUBLICATION: &str = "INSERT INTO publication (presentity, uri, etag, c
 const PUT_WINFO: &str = "INSERT INTO winfo (presentity) VALUES (?1) ON CONFLICT DO NOTHING";
 const DELETE_WINFO: &str = "DELETE FROM winfo WHERE presentity = ?1";
 
+/// The write statements, by their index in [`BatchStatements`].
+const STATEMENTS: [&str; 8] = [
+    PUT_SUBSCRIPTION,
+    DELETE_SUBSCRIPTION,
+    PUT_RELATION,
+    PUT_DIALOG,
+    DELETE_DIALOG,
+    PUT_PUBLICATION,
+    PUT_WINFO,
+    DELETE_WINFO,
+];
+const S_PUT_SUBSCRIPTION: usize = 0;
+const S_DELETE_SUBSCRIPTION: usize = 1;
+const S_PUT_RELATION: usize = 2;
+const S_PUT_DIALOG: usize = 3;
+const S_DELETE_DIALOG: usize = 4;
+const S_PUT_PUBLICATION: usize = 5;
+const S_PUT_WINFO: usize = 6;
+const S_DELETE_WINFO: usize = 7;
+
+/// The statements of one batch, each taken from the connection's cache once per batch rather
+/// than once per op: every `prepare_cached` trims and hashes the SQL text twice and copies it
+/// into a new `Arc<str>` key (rusqlite 0.43), which cost more than binding the row.
+struct BatchStatements<'c> {
+    conn: &'c Connection,
+    stmts: [Option<CachedStatement<'c>>; STATEMENTS.len()],
+}
+
+impl<'c> BatchStatements<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        BatchStatements {
+            conn,
+            stmts: Default::default(),
+        }
+    }
+
+    fn get(&mut self, which: usize) -> Result<&mut CachedStatement<'c>, StoreError> {
+        let (Some(slot), Some(sql)) = (self.stmts.get_mut(which), STATEMENTS.get(which)) else {
+            return Err(StoreError::Backend(format!("no statement {which}")));
+        };
+        let stmt = match slot.take() {
+            Some(s) => s,
+            None => self.conn.prepare_cached(sql)?,
+        };
+        Ok(slot.insert(stmt))
+    }
+}
+
 /// The SQLite backend (one file per gateway instance).
 pub struct SqliteStore {
     conn: Connection,
@@ -573,6 +621,7 @@ fn col<T: rusqlite::types::FromSql>(row: &Row<'_>, idx: usize, name: &str) -> Re
 impl Store for SqliteStore {
     fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
+        let mut stmts = BatchStatements::new(&tx);
         for op in ops {
             match op {
                 StoreOp::PutSubscription {
@@ -584,7 +633,7 @@ impl Store for SqliteStore {
                         Some(d) => encode_routes(&d.route_set)?,
                         None => None,
                     };
-                    tx.prepare_cached(PUT_SUBSCRIPTION)?.execute(params![
+                    stmts.get(S_PUT_SUBSCRIPTION)?.execute(params![
                         rec.pair.watcher.as_str(),
                         rec.pair.presentity.as_str(),
                         rec.pair.watcher_uri,
@@ -606,7 +655,8 @@ impl Store for SqliteStore {
                     watcher,
                     presentity,
                 } => {
-                    tx.prepare_cached(DELETE_SUBSCRIPTION)?
+                    stmts
+                        .get(S_DELETE_SUBSCRIPTION)?
                         .execute(params![watcher.as_str(), presentity.as_str()])?;
                 }
                 StoreOp::PutRelation {
@@ -614,7 +664,7 @@ impl Store for SqliteStore {
                     watcher,
                     state,
                 } => {
-                    tx.prepare_cached(PUT_RELATION)?.execute(params![
+                    stmts.get(S_PUT_RELATION)?.execute(params![
                         presentity.as_str(),
                         watcher.as_str(),
                         watcher_code(*state)
@@ -622,7 +672,7 @@ impl Store for SqliteStore {
                 }
                 StoreOp::PutNotifierDialog { presentity, dialog } => {
                     let d = dialog;
-                    tx.prepare_cached(PUT_DIALOG)?.execute(params![
+                    stmts.get(S_PUT_DIALOG)?.execute(params![
                         d.call_id,
                         presentity.as_str(),
                         d.local_tag,
@@ -640,14 +690,14 @@ impl Store for SqliteStore {
                     ])?;
                 }
                 StoreOp::DeleteNotifierDialog { call_id } => {
-                    tx.prepare_cached(DELETE_DIALOG)?.execute([call_id])?;
+                    stmts.get(S_DELETE_DIALOG)?.execute([call_id])?;
                 }
                 StoreOp::PutPublication {
                     presentity,
                     rec,
                     expires_at_unix,
                 } => {
-                    tx.prepare_cached(PUT_PUBLICATION)?.execute(params![
+                    stmts.get(S_PUT_PUBLICATION)?.execute(params![
                         presentity.as_str(),
                         rec.uri,
                         rec.etag,
@@ -660,11 +710,12 @@ impl Store for SqliteStore {
                     ])?;
                 }
                 StoreOp::PutWinfo { presentity, wanted } => {
-                    let sql = if *wanted { PUT_WINFO } else { DELETE_WINFO };
-                    tx.prepare_cached(sql)?.execute([presentity.as_str()])?;
+                    let which = if *wanted { S_PUT_WINFO } else { S_DELETE_WINFO };
+                    stmts.get(which)?.execute([presentity.as_str()])?;
                 }
             }
         }
+        drop(stmts);
         tx.commit()?;
         Ok(())
     }
@@ -1184,4 +1235,101 @@ fn take(
 /// passed): what [`pua_xmpp::subscriber::Subscription::restore`] needs after a restart.
 pub fn lease_left_at(expires_at_unix: Option<i64>, now_unix: i64) -> Option<u32> {
     expires_at_unix.map(|end| u32::try_from((end - now_unix).max(0)).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jid(s: &str) -> BareJid {
+        match BareJid::new(s) {
+            Ok(j) => j,
+            Err(e) => panic!("test JID {s}: {e}"),
+        }
+    }
+
+    fn record(i: u32, dialog: bool) -> SubscriptionRecord {
+        SubscriptionRecord {
+            pair: Pair {
+                watcher: jid(&format!("w{i}@example.net")),
+                watcher_uri: format!("sip:w{i}*example.net@xmpp.example.com"),
+                presentity: jid(&format!("p{i}*example.com@sip.example.net")),
+                presentity_uri: format!("sip:p{i}@example.com"),
+            },
+            relation: Relation::Approved,
+            dialog: dialog.then(|| Dialog {
+                call_id: format!("c{i}@gw"),
+                local_tag: format!("gw-{i}"),
+                remote_tag: Some(format!("r{i}")),
+                local_cseq: i,
+                remote_cseq: Some(i + 1),
+                remote_target: Some(format!("sip:p{i}@192.0.2.4")),
+                route_set: vec!["<sip:p1.example.com;lr>".to_owned()],
+                requested: 3600,
+            }),
+            lease_left: Some(60),
+        }
+    }
+
+    /// One statement serves every op of its kind in a batch: each op binds all of its own
+    /// values (a row without a dialog after one with a dialog gets NULLs, not the previous
+    /// row's), and a put, a delete and a put again of one key in one batch end as a put.
+    #[test]
+    fn issue_6_statements_reused_within_a_batch_bind_each_row_afresh() {
+        let mut store = match SqliteStore::open_in_memory() {
+            Ok(s) => s,
+            Err(e) => panic!("open: {e}"),
+        };
+        let x = jid("romeo@example.net");
+        let ops = vec![
+            StoreOp::subscription(record(1, true), 1000),
+            StoreOp::subscription(record(2, false), 1000),
+            StoreOp::subscription(record(3, true), 1000),
+            StoreOp::DeleteSubscription {
+                watcher: jid("w3@example.net"),
+                presentity: jid("p3*example.com@sip.example.net"),
+            },
+            StoreOp::PutWinfo {
+                presentity: x.clone(),
+                wanted: true,
+            },
+            StoreOp::PutWinfo {
+                presentity: x.clone(),
+                wanted: false,
+            },
+            StoreOp::PutWinfo {
+                presentity: x.clone(),
+                wanted: true,
+            },
+        ];
+        if let Err(e) = store.apply(&ops) {
+            panic!("apply: {e}");
+        }
+        let snap = match store.load() {
+            Ok(s) => s,
+            Err(e) => panic!("load: {e}"),
+        };
+        assert_eq!(
+            snap.subscriptions,
+            vec![
+                (record(1, true), Some(1060)),
+                (record(2, false), Some(1060)),
+            ]
+        );
+        assert_eq!(snap.winfo, vec![x]);
+        // A second batch takes the statements from the connection's cache again.
+        let more = vec![StoreOp::subscription(record(3, false), 2000)];
+        if let Err(e) = store.apply(&more) {
+            panic!("apply: {e}");
+        }
+        let snap = match store.load() {
+            Ok(s) => s,
+            Err(e) => panic!("load: {e}"),
+        };
+        assert_eq!(snap.subscriptions.len(), 3);
+        assert_eq!(
+            snap.subscriptions.get(2),
+            Some(&(record(3, false), Some(2060)))
+        );
+    }
 }

@@ -6,6 +6,7 @@ use crate::cli::{Args, Scenario};
 use crate::shared::{index_of, seq_of, Shared, C};
 use crate::sip::{self, First, Msg};
 use crate::xmpp::{self, Ev, Scanner};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -42,6 +43,88 @@ impl TcpConn {
             peer: stream.peer_addr()?,
             stream: Mutex::new(stream),
         })
+    }
+}
+
+thread_local! {
+    /// Messages for the TCP connection this thread is reading, held until the read's messages
+    /// are all handled and then written at once ([`Cork`]): a 200 and its NOTIFY, and the
+    /// answers to a burst, cost one `write` instead of one each. The pair count is kept.
+    static CORK: RefCell<Option<(*const TcpConn, Vec<u8>, u64)>> = const { RefCell::new(None) };
+}
+
+/// Appends `bytes` to this thread's cork when it is open for `conn`.
+fn cork_append(conn: &Arc<TcpConn>, bytes: &[u8]) -> bool {
+    CORK.with(|c| match c.borrow_mut().as_mut() {
+        Some((p, buf, n)) if std::ptr::eq(*p, Arc::as_ptr(conn)) => {
+            buf.extend_from_slice(bytes);
+            *n += 1;
+            true
+        }
+        _ => false,
+    })
+}
+
+/// Holds this thread's writes to one connection until [`Cork::flush`] (or drop).
+pub struct Cork<'a> {
+    ctx: &'a Ctx,
+    conn: Arc<TcpConn>,
+}
+
+impl<'a> Cork<'a> {
+    pub fn open(ctx: &'a Ctx, conn: Arc<TcpConn>) -> Cork<'a> {
+        CORK.with(|c| {
+            *c.borrow_mut() = Some((Arc::as_ptr(&conn), Vec::with_capacity(64 * 1024), 0))
+        });
+        Cork { ctx, conn }
+    }
+
+    /// Writes what was held, counting each message as sent (or failed).
+    pub fn flush(&self) {
+        let held = CORK.with(|c| {
+            c.borrow_mut()
+                .as_mut()
+                .map(|(_, buf, n)| (std::mem::take(buf), std::mem::take(n)))
+        });
+        let Some((buf, n)) = held else {
+            return;
+        };
+        if n == 0 {
+            CORK.with(|c| {
+                if let Some((_, b, _)) = c.borrow_mut().as_mut() {
+                    *b = buf;
+                }
+            });
+            return;
+        }
+        let r = self
+            .conn
+            .stream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(&buf);
+        self.ctx.shared.add(
+            if r.is_ok() {
+                C::sip_tx
+            } else {
+                C::sip_send_errors
+            },
+            n,
+        );
+        CORK.with(|c| {
+            if let Some((_, b, _)) = c.borrow_mut().as_mut() {
+                let mut buf = buf;
+                buf.clear();
+                *b = buf;
+            }
+        });
+    }
+}
+
+impl Drop for Cork<'_> {
+    fn drop(&mut self) {
+        self.flush();
+        CORK.with(|c| *c.borrow_mut() = None);
     }
 }
 
@@ -118,6 +201,9 @@ fn digits(mut n: u64) -> usize {
 pub struct Dialogs {
     pub list: Vec<Dialog>,
     by_call: HashMap<String, usize>,
+    /// Dialogs whose initial NOTIFY may still need retransmitting (UDP): the periodic scan
+    /// walks these, not every dialog, so it does not hold the lock for O(N) during set-up.
+    awaiting: Vec<usize>,
 }
 
 /// Everything the threads share.
@@ -151,6 +237,11 @@ impl Ctx {
     // ---- sending -----------------------------------------------------------------------
 
     pub fn send_sip(&self, bytes: &[u8], to: &Route) {
+        if let Route::Tcp(c) = to {
+            if c.peer.ip().is_loopback() && cork_append(c, bytes) {
+                return;
+            }
+        }
         let r = match to {
             Route::Udp(a) if !a.ip().is_loopback() => {
                 self.shared.inc(C::sip_dropped_non_loopback);
@@ -356,17 +447,22 @@ Event: presence\r\n",
     /// Retransmits unanswered initial NOTIFYs that are due (called during the set-up).
     pub fn retransmit_initial(&self) {
         let now = Instant::now();
-        let mut t = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
-        for d in t.list.iter_mut() {
+        let mut guard = self.dialogs.lock().unwrap_or_else(|e| e.into_inner());
+        let t = &mut *guard;
+        let (list, awaiting) = (&mut t.list, &mut t.awaiting);
+        awaiting.retain(|&i| {
+            let Some(d) = list.get_mut(i) else {
+                return false;
+            };
             let Some((bytes, next, interval, tries)) = d.initial.as_mut() else {
-                continue;
+                return false;
             };
             if *next > now {
-                continue;
+                return true;
             }
             if *tries >= MAX_RETX {
                 d.initial = None;
-                continue;
+                return false;
             }
             *tries += 1;
             *interval = (*interval * 2).min(T2);
@@ -378,7 +474,8 @@ Event: presence\r\n",
             };
             self.shared
                 .inc(if r { C::sip_tx } else { C::sip_send_errors });
-        }
+            true
+        });
     }
 
     // ---- scenario b: SUBSCRIBEs and presence ----------------------------------------------
@@ -625,6 +722,7 @@ fn on_subscribe(ctx: &Ctx, m: &Msg<'_>, peer: &Route, out: &mut Vec<u8>) {
     ctx.send_sip(out, peer);
     if matches!(peer, Route::Udp(_)) {
         d.initial = Some((out.clone(), now + T1, T1, 0));
+        t.awaiting.push(idx);
     }
     out.clear();
     t.by_call.insert(d.call_id.clone(), idx);
@@ -689,6 +787,7 @@ pub fn sip_tcp_start(ctx: &Ctx, stream: TcpStream) {
 
 /// Reads one SIP TCP connection: Content-Length framing, then the same handling as UDP.
 pub fn sip_tcp_read_loop(ctx: &Ctx, conn: Arc<TcpConn>, mut stream: TcpStream) {
+    let cork = Cork::open(ctx, conn.clone());
     let route = Route::Tcp(conn);
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
     let mut chunk = vec![0u8; 1 << 16];
@@ -723,6 +822,7 @@ pub fn sip_tcp_read_loop(ctx: &Ctx, conn: Arc<TcpConn>, mut stream: TcpStream) {
                 }
             }
         }
+        cork.flush();
         buf.drain(..used);
     }
 }
@@ -994,5 +1094,93 @@ Content-Length: {}\r\n\r\n{body}",
             panic!("unparseable NOTIFY")
         };
         assert_eq!(sip::first_note(m.body), Some("n5"));
+    }
+
+    const SUBSCRIBE: &str = "SUBSCRIBE sip:p7@sip.bench SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:15080;branch=z9hG4bK-1;rport\r\n\
+From: <sip:w7*xmpp.bench@gw.bench.local>;tag=gw-1\r\n\
+To: <sip:p7@sip.bench>\r\n\
+Call-ID: c7@gw\r\n\
+CSeq: 1 SUBSCRIBE\r\n\
+Contact: <sip:w7*xmpp.bench@127.0.0.1:15080>\r\n\
+Event: presence\r\n\
+Expires: 3600\r\n\
+Content-Length: 0\r\n\r\n";
+
+    /// Over UDP the initial NOTIFY waits for its answer in `awaiting`; once answered, the
+    /// next retransmission pass drops it and no longer walks it.
+    #[test]
+    fn answered_initial_notify_leaves_the_retransmission_list() {
+        let Some(c) = ctx() else { return };
+        let Ok(gw) = UdpSocket::bind("127.0.0.1:0") else {
+            return;
+        };
+        let Ok(gw_addr) = gw.local_addr() else { return };
+        let mut out = Vec::new();
+        handle_sip(&c, SUBSCRIBE.as_bytes(), &Route::Udp(gw_addr), &mut out);
+        assert_eq!(
+            c.dialogs.lock().map(|t| t.awaiting.clone()).ok(),
+            Some(vec![0])
+        );
+        c.retransmit_initial(); // not due yet: kept
+        assert_eq!(
+            c.dialogs.lock().map(|t| t.awaiting.clone()).ok(),
+            Some(vec![0])
+        );
+        c.initial_answered("c7@gw");
+        c.retransmit_initial();
+        assert_eq!(
+            c.dialogs.lock().map(|t| t.awaiting.clone()).ok(),
+            Some(vec![])
+        );
+        assert_eq!(c.shared.get(C::notify_retransmissions), 0);
+        assert_eq!(c.shared.get(C::sip_tx), 2); // the 200 and the NOTIFY
+    }
+
+    /// While a cork is open for a TCP connection, this thread's messages to it are held and
+    /// written together, in order, at the flush; each still counts as one message sent.
+    #[test]
+    fn corked_tcp_messages_leave_in_one_write_at_the_flush() {
+        let Some(c) = ctx() else { return };
+        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            return;
+        };
+        let Ok(addr) = listener.local_addr() else {
+            return;
+        };
+        let Ok(client) = TcpStream::connect(addr) else {
+            return;
+        };
+        let Ok((mut server, _)) = listener.accept() else {
+            return;
+        };
+        let Ok(conn) = TcpConn::new(client) else {
+            return;
+        };
+        let conn = Arc::new(conn);
+        let route = Route::Tcp(conn.clone());
+        let _ = server.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut buf = [0u8; 64];
+        {
+            let cork = Cork::open(&c, conn.clone());
+            c.send_sip(b"200 ", &route);
+            c.send_sip(b"NOTIFY", &route);
+            assert_eq!(c.shared.get(C::sip_tx), 0);
+            server.set_nonblocking(true).ok();
+            assert!(
+                server.read(&mut buf).is_err(),
+                "nothing written before the flush"
+            );
+            server.set_nonblocking(false).ok();
+            cork.flush();
+            assert_eq!(c.shared.get(C::sip_tx), 2);
+            let n = server.read(&mut buf).unwrap_or(0);
+            assert_eq!(buf.get(..n), Some(&b"200 NOTIFY"[..]));
+        }
+        // Closed: written at once again.
+        c.send_sip(b"ACK", &route);
+        assert_eq!(c.shared.get(C::sip_tx), 3);
+        let n = server.read(&mut buf).unwrap_or(0);
+        assert_eq!(buf.get(..n), Some(&b"ACK"[..]));
     }
 }
