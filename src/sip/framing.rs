@@ -104,6 +104,9 @@ pub struct StreamFramer {
     max_message: usize,
     /// Once an error is returned, it is returned again and input is ignored.
     failed: Option<FrameError>,
+    /// The header section of a message refused as `TooLarge`: its 413 must echo the Via,
+    /// From, To, Call-ID and CSeq, and the rest of the buffer is dropped with the error.
+    rejected_head: Vec<u8>,
 }
 
 impl StreamFramer {
@@ -114,6 +117,7 @@ impl StreamFramer {
             scanned: 0,
             max_message,
             failed: None,
+            rejected_head: Vec::new(),
         }
     }
 
@@ -175,6 +179,7 @@ impl StreamFramer {
             .ok_or(FrameError::MissingContentLength)?;
         let size = head_len.saturating_add(declared);
         if size > self.max_message {
+            self.rejected_head = pending.get(..head_len).unwrap_or_default().to_vec();
             return Err(FrameError::TooLarge { size });
         }
         let Some(msg) = pending.get(..size) else {
@@ -190,6 +195,12 @@ impl StreamFramer {
     /// Octets held that do not yet form a message.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start
+    }
+
+    /// After a `TooLarge` error: the refused message's header section (blank line included),
+    /// for the 413. Empty otherwise.
+    pub fn rejected_head(&self) -> &[u8] {
+        &self.rejected_head
     }
 }
 
@@ -303,6 +314,21 @@ mod tests {
             f.next_message(),
             Some(Err(FrameError::TooLarge { size: 128 }))
         );
+        assert_eq!(
+            f.rejected_head(),
+            b"SIP/2.0 200 OK\r\nContent-Length: 90\r\n\r\n"
+        );
+
+        let mut f = StreamFramer::new(100);
+        f.push(
+            b"OPTIONS sip:a SIP/2.0\r\nl: 0\r\n\r\n\r\n\r\nOPTIONS sip:b SIP/2.0\r\nl: 99\r\n\r\n",
+        );
+        assert!(matches!(f.next_message(), Some(Ok(_))));
+        assert_eq!(
+            f.next_message(),
+            Some(Err(FrameError::TooLarge { size: 131 }))
+        );
+        assert_eq!(f.rejected_head(), b"OPTIONS sip:b SIP/2.0\r\nl: 99\r\n\r\n");
 
         let mut f = StreamFramer::new(100);
         f.push(&[b'a'; 60]);

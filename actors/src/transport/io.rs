@@ -128,61 +128,6 @@ pub(crate) fn accept_stream(listener: TcpListener) -> impl futures::Stream<Item 
     })
 }
 
-/// A copy of the bytes a connection's framer holds (read, not yet returned as a message),
-/// kept for the 413 of a message that turns out too large. Returned messages are skipped by
-/// an offset and removed once per read: removing each from the front moved the rest of the
-/// read every time, quadratic in the messages per read (a burst brings dozens per read).
-#[derive(Default)]
-pub(crate) struct Unframed {
-    buf: Vec<u8>,
-    /// Bytes of `buf` already returned as messages.
-    start: usize,
-}
-
-impl Unframed {
-    /// The bytes the framer holds.
-    pub(crate) fn pending(&self) -> &[u8] {
-        self.buf.get(self.start..).unwrap_or_default()
-    }
-
-    /// Forgets `msg` (just returned by the framer) and the CRLF keepalives it skipped before.
-    pub(crate) fn consumed(&mut self, msg: &[u8]) {
-        let crlf = |b: &&u8| **b == b'\r' || **b == b'\n';
-        let pending = self.pending();
-        let skipped = pending
-            .iter()
-            .take_while(crlf)
-            .count()
-            .saturating_sub(msg.iter().take_while(crlf).count());
-        let n = skipped.saturating_add(msg.len()).min(pending.len());
-        self.start += n;
-        if self.start >= self.buf.len() {
-            self.clear();
-        }
-    }
-
-    /// Adds the bytes of a read, first dropping what was already returned.
-    pub(crate) fn append(&mut self, data: &[u8]) {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        // Keepalives alone are skipped by the framer: do not let them pile up.
-        if self.buf.iter().all(|b| *b == b'\r' || *b == b'\n') {
-            self.buf.clear();
-        }
-        self.buf.extend_from_slice(data);
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.buf.clear();
-        self.start = 0;
-        if self.buf.capacity() > 64 * 1024 {
-            self.buf = Vec::new();
-        }
-    }
-}
-
 /// Bytes one TCP read may return: large, so that a burst of small messages costs one syscall.
 const TCP_READ_BUFFER: usize = 64 * 1024;
 
@@ -191,9 +136,6 @@ const TCP_READ_BUFFER: usize = 64 * 1024;
 pub(crate) struct TcpReader {
     rd: OwnedReadHalf,
     framer: StreamFramer,
-    /// The bytes the framer holds (since the last message it returned): when it reports a
-    /// message too large, it has dropped them, and the head is needed for the 413.
-    unframed: Unframed,
     buf: Box<[u8]>,
     conn: u64,
     peer: SocketAddr,
@@ -212,7 +154,6 @@ impl TcpReader {
         TcpReader {
             rd,
             framer: StreamFramer::new(max_message),
-            unframed: Unframed::default(),
             buf: vec![0u8; TCP_READ_BUFFER].into_boxed_slice(),
             conn,
             peer,
@@ -243,18 +184,16 @@ impl futures::Stream for TcpReader {
         loop {
             match this.framer.next_message() {
                 Some(Ok(msg)) => {
-                    this.unframed.consumed(&msg);
                     return Poll::Ready(Some(decode(&msg, this.source(), &this.keys)));
                 }
                 Some(Err(e)) => {
                     this.done = true;
                     let answer = match e {
                         FrameError::TooLarge { .. } => {
-                            super::too_large_answer(this.unframed.pending())
+                            super::too_large_answer(this.framer.rejected_head())
                         }
                         _ => None,
                     };
-                    this.unframed = Unframed::default();
                     return Poll::Ready(Some(match answer {
                         Some(resp) => {
                             Incoming::RejectAndClose(Box::new(resp), this.source(), e.to_string())
@@ -274,7 +213,6 @@ impl futures::Stream for TcpReader {
                     }
                     let data = this.buf.get(..n).unwrap_or_default();
                     this.framer.push(data);
-                    this.unframed.append(data);
                 }
                 Poll::Ready(Err(e)) => {
                     debug!(peer = %this.peer, error = %e, "TCP read error");
@@ -349,62 +287,5 @@ pub(crate) async fn tcp_connection(
         if to_actor.send(Batch(batch)).await.is_err() {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Unframed;
-    use pua_xmpp::sip::framing::{StreamFramer, DEFAULT_MAX_MESSAGE};
-
-    const M1: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n";
-    const M2: &[u8] = b"OPTIONS sip:c@d SIP/2.0\r\nContent-Length: 2\r\n\r\nhi";
-
-    /// The copy follows the framer through messages, keepalives and a message split across
-    /// reads: after each message it holds exactly the bytes the framer still holds.
-    #[test]
-    fn unframed_tracks_the_framer_across_messages_keepalives_and_reads() {
-        let mut framer = StreamFramer::new(DEFAULT_MAX_MESSAGE);
-        let mut copy = Unframed::default();
-        let mut read1 = Vec::new();
-        read1.extend_from_slice(M1);
-        read1.extend_from_slice(b"\r\n\r\n");
-        read1.extend_from_slice(M2);
-        read1.extend_from_slice(b"OPTIONS sip:e");
-        framer.push(&read1);
-        copy.append(&read1);
-        let mut got = Vec::new();
-        while let Some(Ok(m)) = framer.next_message() {
-            copy.consumed(&m);
-            got.push(m);
-        }
-        assert_eq!(got, vec![M1.to_vec(), M2.to_vec()]);
-        assert_eq!(copy.pending(), b"OPTIONS sip:e");
-        let read2 = b"@f SIP/2.0\r\nContent-Length: 0\r\n\r\n";
-        framer.push(read2);
-        copy.append(read2);
-        assert_eq!(
-            copy.pending(),
-            b"OPTIONS sip:e@f SIP/2.0\r\nContent-Length: 0\r\n\r\n"
-        );
-        let Some(Ok(m)) = framer.next_message() else {
-            panic!("third message not framed");
-        };
-        copy.consumed(&m);
-        assert_eq!(
-            m,
-            b"OPTIONS sip:e@f SIP/2.0\r\nContent-Length: 0\r\n\r\n".to_vec()
-        );
-        assert_eq!(copy.pending(), b"");
-    }
-
-    /// Keepalives alone do not pile up between messages.
-    #[test]
-    fn unframed_drops_keepalives_alone() {
-        let mut copy = Unframed::default();
-        copy.append(b"\r\n\r\n");
-        copy.append(b"\r\n");
-        copy.append(b"OPT");
-        assert_eq!(copy.pending(), b"OPT");
     }
 }
