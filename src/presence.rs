@@ -198,8 +198,6 @@ impl Announced {
     pub fn is_empty(&self) -> bool {
         self.packed.as_ref().is_none_or(|p| p.len() <= ANN_HEAD)
     }
-    /// Kept for callers that trim idle state; the record is always exactly sized.
-    pub fn shrink(&mut self) {}
     /// Resources announced as available, in announcement order.
     pub fn resources(&self) -> impl Iterator<Item = &str> {
         self.entries().map(|(r, _, _)| r)
@@ -227,13 +225,19 @@ impl Announced {
         Some(u64::from_le_bytes(p.get(1..9)?.try_into().ok()?))
     }
 
-    /// Rebuilds the byte string from its parts (only when the resource set or the offline flag
-    /// changes; a changed fingerprint is written in place).
-    fn rebuild<'a>(&mut self, offline: Option<u64>, entries: impl Iterator<Item = (&'a str, u64)>) {
+    /// Rewrites the byte string with the offline flag and the entries changed by `f` (only
+    /// when the resource set or the flag changes; a changed fingerprint is written in place).
+    fn edit<T>(&mut self, f: impl FnOnce(&mut Option<u64>, &mut Vec<(String, u64)>) -> T) -> T {
+        let mut offline = self.offline();
+        let mut entries: Vec<(String, u64)> = self
+            .entries()
+            .map(|(r, fp, _)| (r.to_owned(), fp))
+            .collect();
+        let result = f(&mut offline, &mut entries);
         let mut out = Vec::with_capacity(ANN_HEAD + 16);
         out.push(u8::from(offline.is_some()));
         out.extend_from_slice(&offline.unwrap_or(0).to_le_bytes());
-        for (r, fp) in entries {
+        for (r, fp) in &entries {
             // A resourcepart is at most 1023 bytes (RFC 7622); longer ones were hashed before.
             let r = r.get(..r.len().min(usize::from(u16::MAX))).unwrap_or("");
             out.extend_from_slice(&fp.to_le_bytes());
@@ -241,17 +245,13 @@ impl Announced {
             out.extend_from_slice(r.as_bytes());
         }
         self.packed = (offline.is_some() || out.len() > ANN_HEAD).then(|| out.into_boxed_slice());
+        result
     }
 
     fn set_offline(&mut self, offline: Option<u64>) {
-        if self.offline() == offline {
-            return;
+        if self.offline() != offline {
+            self.edit(|o, _| *o = offline);
         }
-        let entries: Vec<(String, u64)> = self
-            .entries()
-            .map(|(r, fp, _)| (r.to_owned(), fp))
-            .collect();
-        self.rebuild(offline, entries.iter().map(|(r, fp)| (r.as_str(), *fp)));
     }
 
     fn fingerprint_of(&self, resource: &str) -> Option<u64> {
@@ -272,15 +272,7 @@ impl Announced {
                     slot.copy_from_slice(&fp.to_le_bytes());
                 }
             }
-            _ => {
-                let offline = self.offline();
-                let mut entries: Vec<(String, u64)> = self
-                    .entries()
-                    .map(|(r, fp, _)| (r.to_owned(), fp))
-                    .collect();
-                entries.push((resource.to_owned(), fp));
-                self.rebuild(offline, entries.iter().map(|(r, fp)| (r.as_str(), *fp)));
-            }
+            _ => self.edit(|_, entries| entries.push((resource.to_owned(), fp))),
         }
     }
 
@@ -289,15 +281,13 @@ impl Announced {
         if self.entries().all(|(r, _, _)| keep(r)) {
             return Vec::new();
         }
-        let (kept, gone): (Vec<_>, Vec<_>) = self
-            .entries()
-            .map(|(r, fp, _)| (r.to_owned(), fp))
-            .partition(|(r, _)| keep(r));
-        if !gone.is_empty() {
-            let offline = self.offline();
-            self.rebuild(offline, kept.iter().map(|(r, fp)| (r.as_str(), *fp)));
-        }
-        gone.into_iter().map(|(r, _)| r).collect()
+        self.edit(|_, entries| {
+            let (kept, gone) = std::mem::take(entries)
+                .into_iter()
+                .partition(|(r, _)| keep(r));
+            *entries = kept;
+            gone.into_iter().map(|(r, _)| r).collect()
+        })
     }
 }
 

@@ -412,10 +412,6 @@ impl Subscription {
         if self.out.is_empty() {
             self.out = VecDeque::new();
         }
-        if self.probe_waiters.as_ref().is_some_and(|w| w.is_empty()) {
-            self.probe_waiters = None;
-        }
-        self.announced.shrink();
     }
 
     /// True once the machine has finished and can be dropped.

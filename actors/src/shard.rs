@@ -65,6 +65,11 @@ struct Slot {
 
 const NO_CALL: u64 = 0;
 
+/// The live slot `i` of a slab (the hash tables' closures borrow the slab, not the shard).
+fn slot_at(slots: &[Option<Slot>], i: u32) -> Option<&Slot> {
+    slots.get(i as usize).and_then(Option::as_ref)
+}
+
 pub struct SubscriberShard {
     cfg: ShardConfig,
     links: Links,
@@ -115,7 +120,7 @@ impl SubscriberShard {
     }
 
     fn slot(&self, idx: u32) -> Option<&Slot> {
-        self.slots.get(idx as usize).and_then(Option::as_ref)
+        slot_at(&self.slots, idx)
     }
 
     fn find_pair(&self, watcher: &str, presentity: &str) -> Option<u32> {
@@ -123,30 +128,25 @@ impl SubscriberShard {
         let slots = &self.slots;
         self.by_pair
             .find(h, |&i| {
-                slots
-                    .get(i as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|s| {
-                        s.sub.watcher().as_str() == watcher
-                            && s.sub.presentity().as_str() == presentity
-                    })
+                slot_at(slots, i).is_some_and(|s| {
+                    s.sub.watcher().as_str() == watcher && s.sub.presentity().as_str() == presentity
+                })
             })
             .copied()
     }
 
-    /// The pair whose current dialog has this Call-ID.
+    /// The key of `by_call`; never [`NO_CALL`].
     fn call_hash(&self, call_id: &str) -> u64 {
         self.hasher.hash_one(call_id).max(1)
     }
 
+    /// The pair whose current dialog has this Call-ID.
     fn find_call(&self, call_id: &str) -> Option<u32> {
         let h = self.call_hash(call_id);
         let slots = &self.slots;
         self.by_call
             .find(h, |&i| {
-                slots
-                    .get(i as usize)
-                    .and_then(Option::as_ref)
+                slot_at(slots, i)
                     .is_some_and(|s| s.call_hash == h && s.sub.call_id() == Some(call_id))
             })
             .copied()
@@ -173,10 +173,7 @@ impl SubscriberShard {
         };
         let slots = &self.slots;
         self.by_pair.insert_unique(pair_hash, idx, |&i| {
-            slots
-                .get(i as usize)
-                .and_then(Option::as_ref)
-                .map_or(0, |s| s.pair_hash)
+            slot_at(slots, i).map_or(0, |s| s.pair_hash)
         });
         *self.per_watcher.entry(watcher_hash).or_default() += 1;
         idx
@@ -209,12 +206,8 @@ impl SubscriberShard {
             s.call_hash = h;
         }
         let slots = &self.slots;
-        self.by_call.insert_unique(h, idx, |&i| {
-            slots
-                .get(i as usize)
-                .and_then(Option::as_ref)
-                .map_or(0, |s| s.call_hash)
-        });
+        self.by_call
+            .insert_unique(h, idx, |&i| slot_at(slots, i).map_or(0, |s| s.call_hash));
     }
 
     fn remove(&mut self, idx: u32) {
