@@ -158,7 +158,10 @@ pub enum Output {
     /// The response to the request just handled.
     Response(OutResponse),
     Stanza(OutPresence),
-    Persist(SubscriptionRecord),
+    /// What the store must hold for this pair changed: write [`Subscription::record`]. The
+    /// runtime may do so later and once for several of these (a set-up asks three to four
+    /// times within milliseconds), as long as it writes before it deletes or shuts down.
+    Persist,
     /// The relation is gone: delete it from the store.
     Forget,
     /// Something worth counting went wrong (a metric label, e.g. `pidf_not_well_formed`).
@@ -488,7 +491,7 @@ impl Subscription {
                     // Pending, waiting or backing off: do not duplicate (§4.1).
                     if self.relation == Relation::Unknown {
                         self.relation = Relation::Pending;
-                        self.persist(now);
+                        self.persist();
                     }
                 }
             },
@@ -587,7 +590,7 @@ impl Subscription {
         let expires = if fetch { 0 } else { self.cfg.expires };
         self.send_subscribe(expires, false);
         if !fetch {
-            self.persist(now);
+            self.persist();
         }
     }
 
@@ -690,7 +693,7 @@ impl Subscription {
                 if in_dialog {
                     self.backoff.reset();
                 }
-                self.persist(now);
+                self.persist();
             }
             423 => {
                 let min = r.min_expires.unwrap_or(self.cfg.expires.max(60));
@@ -902,7 +905,7 @@ impl Subscription {
                 if let Some(e) = state.expires {
                     self.set_lease(e, now);
                 }
-                self.became_approved(now);
+                self.became_approved();
                 self.deliver(view);
             }
             SubState::Pending | SubState::Other(_) => {
@@ -914,7 +917,7 @@ impl Subscription {
                     self.set_lease(e, now);
                 }
                 self.answer_probes(PresenceType::Unavailable);
-                self.persist(now);
+                self.persist();
             }
             SubState::Terminated => {
                 if self.phase == Phase::Unsubscribing {
@@ -925,14 +928,14 @@ impl Subscription {
         }
     }
 
-    fn became_approved(&mut self, now: Instant) {
+    fn became_approved(&mut self) {
         if self.relation != Relation::Approved {
             let tell = self.relation == Relation::Pending;
             self.relation = Relation::Approved;
             if tell {
                 self.stanza(PresenceType::Subscribed);
             }
-            self.persist(now);
+            self.persist();
         }
     }
 
@@ -1017,7 +1020,7 @@ impl Subscription {
                 self.phase = Phase::Idle;
                 self.clear_timers();
                 self.set_dialog(None);
-                self.persist(now);
+                self.persist();
             }
             _ => self.wait_then_resubscribe(None, now),
         }
@@ -1034,7 +1037,7 @@ impl Subscription {
         self.timers.set(REFRESH, None);
         self.timers.set(EXPIRES, None);
         self.timers.set(RETRY, Some(now + wait));
-        self.persist(now);
+        self.persist();
     }
 
     fn drop_announced(&mut self) {
@@ -1136,10 +1139,20 @@ impl Subscription {
         self.out.push_back(Output::Stanza(p));
     }
 
-    fn persist(&mut self, now: Instant) {
-        if self.relation != Relation::Unknown {
-            let rec = self.record(now);
-            self.out.push_back(Output::Persist(rec));
+    /// Asks for a write, once per batch of outputs: a `Persist` already queued and not
+    /// followed by a `Forget` covers this change too (the runtime reads the record later).
+    fn persist(&mut self) {
+        if self.relation == Relation::Unknown {
+            return;
+        }
+        let queued = self
+            .out
+            .iter()
+            .rev()
+            .find(|o| matches!(o, Output::Persist | Output::Forget))
+            .is_some_and(|o| matches!(o, Output::Persist));
+        if !queued {
+            self.out.push_back(Output::Persist);
         }
     }
 }

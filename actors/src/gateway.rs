@@ -4,7 +4,7 @@
 use crate::component::{CloseOutcome, CloseStream, ComponentConfig, StopInbound, XmppComponent};
 use crate::config::Config;
 use crate::messages::ComponentStatus;
-use crate::messages::Restore;
+use crate::messages::{FlushPersists, Restore};
 use crate::registry::{Mode, Registry, RegistryConfig};
 use crate::store::{load_snapshot, SqliteStore, StoreHandle};
 use crate::transport::{GetStats, SipTransport, TransportConfig};
@@ -97,6 +97,8 @@ fn seed() -> u64 {
 /// What the caller keeps of a started gateway: what [`shutdown`] needs.
 pub struct Running {
     pub store: StoreHandle,
+    /// To have the shards write the records they hold back ([`FlushPersists`]).
+    pub registry: Addr<Registry>,
     pub transport: Addr<SipTransport>,
     pub component: Addr<XmppComponent>,
     pub status: Addr<LinkStatus>,
@@ -216,6 +218,7 @@ pub async fn start(config: &Config) -> io::Result<Running> {
             notifier,
             pua,
             seed: seed(),
+            persist_delay: Duration::from_millis(config.store.coalesce_ms),
             limits: crate::registry::Limits {
                 trusted_peers: config
                     .sip
@@ -259,6 +262,7 @@ pub async fn start(config: &Config) -> io::Result<Running> {
     tracing::info!(%http_listen, "HTTP listening");
     Ok(Running {
         store,
+        registry: registry_addr,
         transport: transport_addr,
         component,
         status,
@@ -362,8 +366,12 @@ pub async fn shutdown(running: &Running, timeout: Duration) -> ShutdownReport {
         }
     }
 
-    // The store thread commits what the actors sent so far. A std thread, not
-    // spawn_blocking: the runtime would wait for a blocking task at exit.
+    // The shards hand over the records they hold back for coalescing; then the store thread
+    // commits what the actors sent so far.
+    if let Err(e) = running.registry.send(FlushPersists).await {
+        tracing::warn!(error = %e, "shutdown: registry not answering; held-back records lost");
+    }
+    // The flush waits on a std thread, not spawn_blocking: the runtime would wait for a blocking task at exit.
     let budget = deadline
         .saturating_duration_since(tokio::time::Instant::now())
         .max(MIN_FLUSH);

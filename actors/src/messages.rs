@@ -213,3 +213,9 @@ pub struct ListSubscriptions {
 pub struct DumpPairs {
     pub user: pua_xmpp::stanza::BareJid,
 }
+
+/// Write now every record a shard still holds back for coalescing (before the store's final
+/// flush at shutdown). To the registry: it asks every shard and answers once all have.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct FlushPersists;

@@ -22,6 +22,7 @@ use pua_xmpp::subscriber::{Pair, SubscriberConfig};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Who serves SIP watchers of XMPP users (§1.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +39,9 @@ pub struct RegistryConfig {
     pub pua: PuaConfig,
     pub seed: u64,
     pub limits: Limits,
+    /// How long a subscriber pair's changed record waits for more changes before it is
+    /// written (`store.coalesce_ms`).
+    pub persist_delay: Duration,
 }
 
 /// What one instance accepts (issue 6): beyond these, new subscriptions are refused with 503 +
@@ -352,24 +356,30 @@ impl Registry {
 impl Actor for Registry {
     type Context = Context<Self>;
 
-    /// Starts one subscriber shard per worker thread and one on the registry's own thread (at
-    /// least two shards, so the in-process tests exercise the hand-over between shards).
+    /// Starts the subscriber shards on the worker threads only (at least two shards, so the
+    /// in-process tests exercise the hand-over between shards): the registry's own thread also
+    /// runs the SIP transport and the XMPP component, and with a shard of its own it was the
+    /// first to saturate (set-up 41,000/s against 48,000/s, 137,000-142,000 updates/s against
+    /// 149,800/s at the 150,000 step, 2 cores; BENCHMARKS.md). Without workers (`threads = 1`)
+    /// everything runs here. The notifier shards: one per worker and one here.
     fn started(&mut self, ctx: &mut Context<Self>) {
         let cfg = ShardConfig {
             subscriber: Arc::new(self.cfg.subscriber.clone()),
             max_per_user: self.cfg.limits.max_per_user,
             max_total: self.cfg.limits.max_subscriptions,
             total: Arc::clone(&self.subscriber_total),
+            persist_delay: self.cfg.persist_delay,
         };
-        let count = (self.workers.len() + 1).max(2);
-        for i in 0..count {
+        let subscriber_shards = self.workers.len().max(2);
+        for i in 0..subscriber_shards {
             let shard = SubscriberShard::new(cfg.clone(), self.links(ctx), self.next_seed());
-            let addr = match self.workers.get(i) {
+            let addr = match self.workers.get(i % self.workers.len().max(1)) {
                 Some(w) => SubscriberShard::start_in_arbiter(w, move |_| shard),
                 None => shard.start(),
             };
             self.shards.push(addr);
         }
+        let count = (self.workers.len() + 1).max(2);
         for i in 0..count {
             let shard = NotifierShard::new(
                 i,
@@ -691,6 +701,20 @@ impl Handler<Restore> for Registry {
             publications,
             "state restored from the store"
         );
+    }
+}
+
+impl Handler<FlushPersists> for Registry {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: FlushPersists, _: &mut Context<Self>) -> Self::Result {
+        let asks: Vec<_> = self.shards.iter().map(|s| s.send(msg)).collect();
+        Box::pin(async move {
+            for a in asks {
+                if let Err(e) = a.await {
+                    tracing::warn!(error = %e, "a subscriber shard did not flush its records");
+                }
+            }
+        })
     }
 }
 

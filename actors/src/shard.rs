@@ -49,6 +49,10 @@ pub struct ShardConfig {
     pub max_total: usize,
     /// The live count behind `max_total`, shared by the shards.
     pub total: Arc<AtomicUsize>,
+    /// How long a changed record waits for more changes of its pair before it goes to the
+    /// store (whose own batch adds at most `store::BatchConfig::max_delay`); shutdown writes
+    /// the waiting ones first ([`FlushPersists`]).
+    pub persist_delay: Duration,
 }
 
 /// One pair: the machine and what the shard's indexes need to find it again.
@@ -89,6 +93,10 @@ pub struct SubscriberShard {
     /// [`SubscriberShard::flush`] when the handler ends.
     out_responses: Vec<SendResponse>,
     out_stanzas: Vec<OutPresence>,
+    /// Slots whose record changed since the last write ([`subscriber::Output::Persist`]),
+    /// written together `persist_delay` after the first: a set-up asks three to four times
+    /// within milliseconds and becomes one row write instead of four records built and sent.
+    dirty: Vec<u32>,
 }
 
 impl SubscriberShard {
@@ -108,7 +116,30 @@ impl SubscriberShard {
             wakeup: Wakeup::default(),
             out_responses: Vec::new(),
             out_stanzas: Vec::new(),
+            dirty: Vec::new(),
         }
+    }
+
+    /// Writes the record of every pair changed since the last call (once each).
+    fn write_dirty(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        let (now, unix) = (Instant::now(), unix_now());
+        for &i in &dirty {
+            if let Some(s) = slot_at(&self.slots, i) {
+                let op = StoreOp::subscription(s.sub.record(now), unix);
+                self.links.store.send(op);
+            }
+        }
+        dirty.clear();
+        if dirty.capacity() > 4096 {
+            dirty.shrink_to(4096);
+        }
+        self.dirty = dirty;
     }
 
     fn registry(&self) -> &Addr<Registry> {
@@ -212,6 +243,10 @@ impl SubscriberShard {
 
     fn remove(&mut self, idx: u32) {
         self.unindex_call(idx);
+        if !self.dirty.is_empty() {
+            // The slot may be reused before the write: it must not write the next pair early.
+            self.dirty.retain(|&i| i != idx);
+        }
         let Some(mut slot) = self.slots.get_mut(idx as usize).and_then(Option::take) else {
             return;
         };
@@ -275,10 +310,11 @@ impl SubscriberShard {
                     }
                 }
                 subscriber::Output::Stanza(p) => self.out_stanzas.push(p),
-                subscriber::Output::Persist(rec) => {
-                    self.links
-                        .store
-                        .send(StoreOp::subscription(rec, unix_now()));
+                subscriber::Output::Persist => {
+                    if self.dirty.is_empty() {
+                        ctx.run_later(self.cfg.persist_delay, |a, _| a.write_dirty());
+                    }
+                    self.dirty.push(idx);
                 }
                 subscriber::Output::Problem(kind) => {
                     metrics::counter!("pua_xmpp_translation_errors_total", "kind" => kind)
@@ -291,6 +327,8 @@ impl SubscriberShard {
                         watcher: watcher.clone(),
                         presentity: presentity.clone(),
                     };
+                    // A write still waiting would come after the delete: drop it.
+                    self.dirty.retain(|&i| i != idx);
                     self.links.store.send(op);
                 }
             }
@@ -381,6 +419,10 @@ impl SubscriberShard {
 
 impl Actor for SubscriberShard {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.write_dirty();
+    }
 }
 
 impl Handler<ToSubscriber> for SubscriberShard {
@@ -531,6 +573,13 @@ fn relation_label(r: subscriber::Relation) -> &'static str {
         subscriber::Relation::Pending => "pending",
         subscriber::Relation::Approved => "approved",
         subscriber::Relation::Unknown => "unknown",
+    }
+}
+
+impl Handler<FlushPersists> for SubscriberShard {
+    type Result = ();
+    fn handle(&mut self, _: FlushPersists, _: &mut Context<Self>) {
+        self.write_dirty();
     }
 }
 

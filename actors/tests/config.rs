@@ -91,6 +91,7 @@ fn file_then_env_override() {
         env(&[
             ("PUA_XMPP__XMPP__SECRET", "from-env"),
             ("PUA_XMPP__XMPP__KEEPALIVE_SECS", "30"),
+            ("PUA_XMPP__STORE__COALESCE_MS", "5"),
             ("PUA_XMPP__SIP__LISTEN", "0.0.0.0:5090"),
             ("PUA_XMPP__MAPPING__GWMAP", "a.test=b.test, c.test=d.test"),
             ("UNRELATED", "x"),
@@ -99,6 +100,7 @@ fn file_then_env_override() {
     .unwrap();
     assert_eq!(c.xmpp.secret, "from-env");
     assert_eq!(c.xmpp.keepalive_secs, 30);
+    assert_eq!(c.store.coalesce_ms, 5);
     assert_eq!(c.sip.listen, "0.0.0.0:5090");
     assert_eq!(c.xmpp.component_domain, "sip.example.net");
     assert_eq!(
@@ -145,6 +147,10 @@ fn bad_values_name_the_key() {
     assert_eq!(
         load_err("[xmpp]\nkeepalive_secs = 0\n", "ka.toml"),
         "xmpp.keepalive_secs: expected a number from 1 to 3600, got 0"
+    );
+    assert_eq!(
+        load_err("[store]\ncoalesce_ms = 60000\n", "co.toml"),
+        "store.coalesce_ms: expected a number from 0 to 10000, got 60000"
     );
     assert_eq!(
         load_err("[xmpp]\nkeepalive_secs = \"often\"\n", "ka2.toml"),

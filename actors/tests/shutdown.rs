@@ -61,6 +61,11 @@ fn free_port() -> u16 {
 impl Gateway {
     /// Starts the binary with a config naming the scripted peers.
     fn spawn(xmpp: &str, proxy: SocketAddr, timeout_secs: u64) -> Gateway {
+        Gateway::spawn_with(xmpp, proxy, timeout_secs, "")
+    }
+
+    /// `store_extra`: more lines for the `[store]` section.
+    fn spawn_with(xmpp: &str, proxy: SocketAddr, timeout_secs: u64, store_extra: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let sip: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let toml = format!(
@@ -69,7 +74,7 @@ impl Gateway {
              [xmpp]\ncomponent_domain = \"{COMPONENT}\"\nserver = \"{xmpp}\"\n\
              secret = \"{SECRET}\"\n\
              [presence]\nnotify_min_interval_secs = 1\n\
-             [store]\npath = \"{}\"\n\
+             [store]\npath = \"{}\"\n{store_extra}\
              [http]\nlisten = \"127.0.0.1:0\"\n\
              [runtime]\nshutdown_timeout_secs = {timeout_secs}\n",
             dir.path().join("store.db").display()
@@ -375,6 +380,46 @@ async fn sigterm_closes_the_stream_flushes_the_subscription_and_exits_0() {
     ] {
         assert!(log.contains(step), "log lacks {step:?}:\n{log}");
     }
+}
+
+/// A pair's record waits `store.coalesce_ms` for more changes before the shard writes it: with
+/// a long wait nothing is in the file while the subscription is up, and SIGTERM still writes
+/// the record (the shards hand over what they hold back before the store's last flush).
+#[actix_rt::test]
+async fn sigterm_writes_the_records_the_shards_hold_back() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind xmpp");
+    let proxy = Proxy::bind().await;
+    let xmpp_addr = listener.local_addr().expect("addr").to_string();
+    let mut gw = Gateway::spawn_with(&xmpp_addr, proxy.addr, 3, "coalesce_ms = 10000\n");
+    let mut xmpp = Xmpp::accept(&listener).await;
+
+    xmpp.send(&subscribe_stanza(JULIET_JID, "s1")).await;
+    let sub = proxy.subscribe().await;
+    proxy.send(gw.sip, &Proxy::ok(&sub)).await;
+    proxy.send(gw.sip, &proxy.notify(&sub)).await;
+    xmpp.read_until(&format!(
+        "<presence from='{JULIET_JID}' to='{ROMEO}' type='subscribed'/>"
+    ))
+    .await;
+    xmpp.read_until("On the balcony</status>").await;
+    // Well past the store's own 20 ms batch: what is not in the file is held by the shard.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stored_pairs(&gw.store_path()), []);
+
+    gw.sigterm();
+    xmpp.read_until("</stream:stream>").await;
+    xmpp.send("</stream:stream>").await;
+    let status = gw.wait_exit(gw.exit_bound()).await;
+    assert_eq!(status.code(), Some(0), "log:\n{}", gw.log());
+    assert_eq!(
+        stored_pairs(&gw.store_path()),
+        [(
+            ROMEO.to_owned(),
+            JULIET_JID.to_owned(),
+            Relation::Approved,
+            Some(sub.call_id.clone())
+        )]
+    );
 }
 
 #[actix_rt::test]

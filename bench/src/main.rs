@@ -328,6 +328,8 @@ fn run_setup(ctx: &Ctx) -> Setup {
     let a = &ctx.args;
     let s = &ctx.shared;
     let drops0 = drops(a);
+    let pid = Some(a.gateway_pid.as_slice());
+    let (gw0, me0) = (CpuMark::now(pid), CpuMark::now(None));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(a.setup_timeout_secs);
     let mut next = 0usize;
@@ -364,6 +366,7 @@ fn run_setup(ctx: &Ctx) -> Setup {
         }
         std::thread::sleep(tick);
     }
+    let (gw1, me1) = (CpuMark::now(pid), CpuMark::now(None));
     let mut first = u64::MAX;
     let mut last = 0u64;
     let mut lats = Vec::with_capacity(a.n);
@@ -399,6 +402,8 @@ fn run_setup(ctx: &Ctx) -> Setup {
         timed_out,
         gateway_udp_drops: delta(drops0.0, drops(a).0),
         tool_udp_drops: delta(drops0.1, drops(a).1),
+        gateway_cpu_pct: gw0.pct_until(&gw1),
+        tool_cpu_pct: me0.pct_until(&me1),
     }
 }
 

@@ -42,6 +42,9 @@ pub struct Setup {
     /// Datagrams dropped by the kernel at the gateway's / the tool's SIP socket during set-up.
     pub gateway_udp_drops: Option<u64>,
     pub tool_udp_drops: Option<u64>,
+    /// CPU% (100 = one core) of the gateway and of this tool over the set-up (from /proc).
+    pub gateway_cpu_pct: Option<f64>,
+    pub tool_cpu_pct: Option<f64>,
 }
 
 #[derive(Serialize, Default, Debug)]
@@ -118,6 +121,18 @@ pub fn print(r: &Report) {
         s.latency.max_ms,
         if s.timed_out { " (TIMED OUT)" } else { "" }
     );
+    if let (Some(g), Some(t)) = (s.gateway_cpu_pct, s.tool_cpu_pct) {
+        // CPU% over the set-up loop, which ends with the last confirmation.
+        let per = if s.per_sec > 0.0 {
+            format!(
+                ", gateway {:.1} µs of CPU per subscription",
+                g * 1e4 / s.per_sec
+            )
+        } else {
+            String::new()
+        };
+        println!("set-up CPU: gateway {g:.0} %, tool {t:.0} %{per}");
+    }
     if s.gateway_udp_drops.unwrap_or(0) + s.tool_udp_drops.unwrap_or(0) > 0 {
         println!(
             "set-up UDP drops (receive buffer full): gateway {}, tool {}",

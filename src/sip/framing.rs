@@ -44,7 +44,7 @@ pub(crate) fn header_end(data: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while i < data.len() {
         // Find the next LF, then check whether an empty line follows it.
-        let lf = i + data.get(i..)?.iter().position(|&b| b == b'\n')?;
+        let lf = i + memchr::memchr(b'\n', data.get(i..)?)?;
         match data.get(lf + 1) {
             Some(b'\n') => return Some(lf + 2),
             Some(b'\r') if data.get(lf + 2) == Some(&b'\n') => return Some(lf + 3),
@@ -59,8 +59,17 @@ pub(crate) fn header_end(data: &[u8], from: usize) -> Option<usize> {
 /// Content-Length).
 fn content_length(head: &[u8]) -> Result<Option<usize>, FrameError> {
     let mut found: Option<usize> = None;
-    for line in head.split(|&b| b == b'\n') {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+    let mut rest = head;
+    while !rest.is_empty() {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(lf) => (
+                rest.get(..lf).unwrap_or_default(),
+                rest.get(lf + 1..).unwrap_or_default(),
+            ),
+            None => (rest, &[][..]),
+        };
+        rest = next;
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
         let (name, value) = line.split_at(colon);
@@ -136,11 +145,17 @@ impl StreamFramer {
     /// The next complete message, `None` when more bytes are needed, or an error (fatal: the
     /// connection must be closed).
     pub fn next_message(&mut self) -> Option<Result<Vec<u8>, FrameError>> {
+        self.next_frame().map(|r| r.map(<[u8]>::to_vec))
+    }
+
+    /// [`StreamFramer::next_message`] without the copy: the message is borrowed from the
+    /// framer's buffer until the next call or [`StreamFramer::push`].
+    pub fn next_frame(&mut self) -> Option<Result<&[u8], FrameError>> {
         if let Some(e) = &self.failed {
             return Some(Err(e.clone()));
         }
         match self.try_next() {
-            Ok(Some(msg)) => Some(Ok(msg)),
+            Ok(Some(range)) => Some(Ok(self.buf.get(range).unwrap_or_default())),
             Ok(None) => None,
             Err(e) => {
                 self.failed = Some(e.clone());
@@ -152,7 +167,8 @@ impl StreamFramer {
         }
     }
 
-    fn try_next(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+    /// The range of `buf` holding the next complete message, already consumed.
+    fn try_next(&mut self) -> Result<Option<std::ops::Range<usize>>, FrameError> {
         let pending = self.buf.get(self.start..).unwrap_or_default();
         let skip = leading_crlf(pending);
         if skip > 0 {
@@ -182,11 +198,11 @@ impl StreamFramer {
             self.rejected_head = pending.get(..head_len).unwrap_or_default().to_vec();
             return Err(FrameError::TooLarge { size });
         }
-        let Some(msg) = pending.get(..size) else {
+        if pending.len() < size {
             self.scanned = head_len;
             return Ok(None);
-        };
-        let msg = msg.to_vec();
+        }
+        let msg = self.start..self.start + size;
         self.start += size;
         self.scanned = 0;
         Ok(Some(msg))

@@ -182,9 +182,10 @@ impl futures::Stream for TcpReader {
             return Poll::Ready(None);
         }
         loop {
-            match this.framer.next_message() {
+            let source = this.source();
+            match this.framer.next_frame() {
                 Some(Ok(msg)) => {
-                    return Poll::Ready(Some(decode(&msg, this.source(), &this.keys)));
+                    return Poll::Ready(Some(decode(msg, source, &this.keys)));
                 }
                 Some(Err(e)) => {
                     this.done = true;
