@@ -272,10 +272,12 @@ impl AddressMapper {
                 return Err(MapError::Loop);
             }
             self.check_sip_allowed(&addr.host)?;
-            let joined = format!("{user}{}{}", self.cfg.separator, addr.host);
+            let mut sep = [0u8; 4];
+            let sep = self.cfg.separator.encode_utf8(&mut sep);
+            let joined = crate::text::concat(&[&user, sep, &addr.host]);
             build_jid(&joined, &self.cfg.component_domain)?
         };
-        let canonical = format!("sip:{raw_user}@{}", addr.host);
+        let canonical = crate::text::concat(&["sip:", &raw_user, "@", &addr.host]);
         // Only spellings the algorithm would not give back are worth remembering: most URIs
         // are spelled canonically, and a million SIP watchers must not mean a million entries.
         if self.derive_sip(&jid).as_deref() == Ok(canonical.as_str()) {
@@ -309,14 +311,24 @@ impl AddressMapper {
                 .map(|(s, _)| s.clone())
                 .unwrap_or(domain);
             self.check_sip_allowed(&sdomain)?;
-            return Ok(format!("sip:{}@{sdomain}", pct_encode_user(&local)));
+            return Ok(crate::text::concat(&[
+                "sip:",
+                &pct_encode_user(&local),
+                "@",
+                &sdomain,
+            ]));
         }
         if domain != self.cfg.component_domain {
             return Err(MapError::NotOurDomain);
         }
         let (user, host) = self.split_encoded(&local)?;
         self.check_sip_allowed(&host)?;
-        Ok(format!("sip:{}@{host}", pct_encode_user(user)))
+        Ok(crate::text::concat(&[
+            "sip:",
+            &pct_encode_user(user),
+            "@",
+            &host,
+        ]))
     }
 
     /// An XMPP user (`alice@xmpp.example`) → how SIP sees it:
@@ -334,21 +346,29 @@ impl AddressMapper {
                 .find(|(_, x)| *x == domain)
                 .map(|(s, _)| s.clone())
                 .unwrap_or(domain);
-            return Ok(format!("sip:{}@{sdomain}", pct_encode_user(&local)));
+            return Ok(crate::text::concat(&[
+                "sip:",
+                &pct_encode_user(&local),
+                "@",
+                &sdomain,
+            ]));
         }
         if self.is_own_domain(&domain) {
             return Err(MapError::Loop);
         }
         self.check_xmpp_allowed(&domain)?;
-        let user = format!("{local}{}{domain}", self.cfg.separator);
+        let mut sep = [0u8; 4];
+        let sep = self.cfg.separator.encode_utf8(&mut sep);
+        let user = crate::text::concat(&[&local, sep, &domain]);
         if user.len() > 3 * MAX_PART {
             return Err(MapError::TooLong);
         }
-        Ok(format!(
-            "sip:{}@{}",
-            pct_encode_user(&user),
-            self.cfg.gateway_domain
-        ))
+        Ok(crate::text::concat(&[
+            "sip:",
+            &pct_encode_user(&user),
+            "@",
+            &self.cfg.gateway_domain,
+        ]))
     }
 
     /// A SIP URI in the gateway domain (`sip:alice*xmpp.example@gateway_domain`) → the XMPP
@@ -670,7 +690,7 @@ pub fn pct_encode_user(s: &str) -> String {
         if sip_user_literal(b) {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            crate::text::push_pct(&mut out, b);
         }
     }
     out

@@ -25,24 +25,28 @@ impl IdGen {
 
     /// A 16-hex-digit token.
     pub fn token(&mut self) -> String {
-        format!("{:016x}", self.next_u64())
+        let mut t = String::with_capacity(16);
+        crate::text::push_hex(&mut t, self.next_u64(), 16);
+        t
     }
 
     /// A tag with a prefix, e.g. `gw-5d1c8a…`.
     pub fn tag(&mut self, prefix: &str) -> String {
-        let mut t = format!("{prefix}{:012x}", self.next_u64() & 0xffff_ffff_ffff);
-        t.shrink_to_fit(); // kept for the dialog's life: no spare capacity per subscription
+        // Exact capacity: kept for the dialog's life, no spare room per subscription.
+        let mut t = String::with_capacity(prefix.len() + 12);
+        t.push_str(prefix);
+        crate::text::push_hex(&mut t, self.next_u64() & 0xffff_ffff_ffff, 12);
         t
     }
 
     /// A Call-ID `token@host`.
     pub fn call_id(&mut self, host: &str) -> String {
-        let mut c = format!(
-            "{:016x}{:08x}@{host}",
-            self.next_u64(),
-            self.next_u64() as u32
-        );
-        c.shrink_to_fit();
+        let (a, b) = (self.next_u64(), self.next_u64() as u32);
+        let mut c = String::with_capacity(25 + host.len());
+        crate::text::push_hex(&mut c, a, 16);
+        crate::text::push_hex(&mut c, u64::from(b), 8);
+        c.push('@');
+        c.push_str(host);
         c
     }
 

@@ -22,6 +22,7 @@ pub mod publisher;
 pub mod sip;
 pub mod stanza;
 pub mod subscriber;
+pub mod text;
 pub mod timers;
 pub mod winfo;
 pub mod xml;

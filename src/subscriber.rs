@@ -567,7 +567,7 @@ impl Subscription {
             .and_then(|(_, rest)| rest.split_once('@'))
             .map(|(u, _)| u)
             .unwrap_or("gw");
-        format!("sip:{user}@{}", self.cfg.contact_host)
+        crate::text::concat(&["sip:", user, "@", &self.cfg.contact_host])
     }
 
     /// A new subscription: new Call-ID, new From-tag, CSeq 1 (§6.4: never reuse a dialog).

@@ -727,12 +727,24 @@ fn tokenize_request_fast(norm: &[u8]) -> Option<RequestTokenizer<'_>> {
     if rem != b"\r\n" {
         return None;
     }
+    let (headers, body) = tokenize_header_section(norm.get(eol + 1..)?)?;
+    Some(RequestTokenizer {
+        method,
+        uri,
+        version,
+        headers,
+        body,
+    })
+}
+
+/// The header lines and body after the start line, as rsip's message tokenizers split them
+/// (both take the same steps after their start line); `None` where rsip would fail.
+fn tokenize_header_section(rest: &[u8]) -> Option<(Vec<HeaderTokenizer<'_>>, &[u8])> {
     // As rsip: the header lines end at the first empty line, else at the first line end. A
     // header section from `normal_head_end` or `normalize` ends with its only empty line; that
     // is confirmed below (an earlier empty line would stop the header loop), so the section is
     // not searched for it here. `raw` must not end with CRLF: then the first empty line would
     // start two octets earlier.
-    let rest = norm.get(eol + 1..)?;
     let (mut raw, body) = match rest.strip_suffix(b"\r\n\r\n") {
         Some(raw) if !raw.ends_with(b"\r\n") => (raw, &b""[..]),
         _ => match find_sub(rest, b"\r\n\r\n") {
@@ -755,10 +767,36 @@ fn tokenize_request_fast(norm: &[u8]) -> Option<RequestTokenizer<'_>> {
             _ => return None,
         }
     }
-    Some(RequestTokenizer {
-        method,
-        uri,
+    Some((headers, body))
+}
+
+/// rsip's response tokenizer (`ResponseTokenizer::tokenize`) for a message in normal form: the
+/// status line by rsip's own version and status tokenizers, the header lines as
+/// [`tokenize_request_fast`] does. `None` sends the message the general way (rsip's, which
+/// also reports the error). A proptest compares the tokens with rsip's.
+fn tokenize_response_fast(norm: &[u8]) -> Option<ResponseTokenizer<'_>> {
+    type Bytes<'a> = &'a [u8];
+    let eol = find_byte(norm, b'\n')?;
+    let line = norm.get(..eol + 1)?;
+    if !line.ends_with(b"\r\n") {
+        return None;
+    }
+    // rsip: version, space1 (spaces or tabs), status code and reason, CRLF. The status
+    // tokenizer's reason runs to the first CRLF, which is this line's end on both inputs.
+    let (rem, version) = rsip::common::version::Tokenizer::<Bytes, u8>::tokenize(line).ok()?;
+    let sp = rem.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+    if sp == 0 {
+        return None;
+    }
+    let (rem, status_code) =
+        rsip::common::status_code::Tokenizer::<Bytes, u8>::tokenize(rem.get(sp..)?).ok()?;
+    if rem != b"\r\n" {
+        return None;
+    }
+    let (headers, body) = tokenize_header_section(norm.get(eol + 1..)?)?;
+    Some(ResponseTokenizer {
         version,
+        status_code,
         headers,
         body,
     })
@@ -831,11 +869,12 @@ fn find_sub(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// whole input into an error string before trying the request line; choosing the tokenizer
 /// from the first octets avoids that (a third of the parse time).
 fn tokenize(norm: &[u8]) -> Result<MessageTokenizer<'_>, String> {
-    // A status line goes to rsip's response tokenizer, as below.
-    if !norm.starts_with(b"SIP/") {
-        if let Some(t) = tokenize_request_fast(norm) {
-            return Ok(MessageTokenizer::Request(t));
+    if norm.starts_with(b"SIP/") {
+        if let Some(t) = tokenize_response_fast(norm) {
+            return Ok(MessageTokenizer::Response(t));
         }
+    } else if let Some(t) = tokenize_request_fast(norm) {
+        return Ok(MessageTokenizer::Request(t));
     }
     let tokens = if norm.starts_with(b"SIP/") {
         ResponseTokenizer::tokenize(norm).map(|(_, t)| MessageTokenizer::Response(t))
@@ -1076,6 +1115,43 @@ Content-Type: application/pidf+xml\r\n\
 <presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:bob@sip.test\">\n\
 <tuple id=\"t1\"><status><basic>open</basic></status><note>On the phone</note></tuple>\n\
 </presence>\n";
+
+    const KAMAILIO_200: &str = "SIP/2.0 200 OK\r\n\
+Via: SIP/2.0/TCP 127.0.0.1:5080;branch=z9hG4bK9f2c4e6a1b3d5f70a1;rport=5080\r\n\
+From: <sip:romeo*xmpp.test@sip-xmpp.test>;tag=gw-4be1c2d3e4f5\r\n\
+To: <sip:bob@sip.test>;tag=a6a1c5f60faecf035a1ae5b6e96e979a-1f2e\r\n\
+Call-ID: 6f1e2d3c4b5a69780a1b2c3d@127.0.0.1\r\n\
+CSeq: 1 SUBSCRIBE\r\n\
+Expires: 600\r\n\
+Contact: <sip:127.0.0.2:5060;transport=tcp>\r\n\
+Server: kamailio (5.6.3 (x86_64/linux))\r\n\
+Content-Length: 0\r\n\
+\r\n";
+
+    #[test]
+    fn kamailio_200_takes_the_fast_path() {
+        let bytes = KAMAILIO_200.as_bytes();
+        let end = normal_head_end(bytes).unwrap();
+        let fast = tokenize_response_fast(&bytes[..end]).unwrap();
+        assert_eq!(fast, ResponseTokenizer::tokenize(&bytes[..end]).unwrap().1);
+        assert_eq!(fast.headers.len(), 9);
+        // Not taken: a tab-separated or malformed status line, a bare-LF line end.
+        for bad in [
+            KAMAILIO_200.replace("SIP/2.0 200", "SIP/2.0\t\t200"),
+            KAMAILIO_200.replace("200 OK", "20 OK"),
+            KAMAILIO_200.replace("SIP/2.0 200", "SIP/x 200"),
+        ] {
+            let b = bad.as_bytes();
+            let end = header_end(b, 0).unwrap();
+            assert_eq!(
+                tokenize_response_fast(&b[..end]),
+                ResponseTokenizer::tokenize(&b[..end]).ok().map(|t| t.1),
+                "{bad}"
+            );
+        }
+        let lf = KAMAILIO_200.replacen("OK\r\n", "OK\n", 1);
+        assert_eq!(tokenize_response_fast(lf.as_bytes()), None);
+    }
 
     #[test]
     fn kamailio_notify_without_via_port() {
@@ -1742,6 +1818,25 @@ Call-ID: c1\r\n";
             if let Ok(norm) = normalize(&m[..end]) {
                 if let Some(fast) = tokenize_request_fast(&norm) {
                     prop_assert_eq!(Some(fast), RequestTokenizer::tokenize(&norm).ok().map(|t| t.1));
+                }
+            }
+        }
+
+        /// Whenever the fast response tokenizer answers, rsip's gives the same tokens; and it
+        /// answers for every status line rsip takes whose separator is one space.
+        #[test]
+        fn fast_response_tokens_are_rsips(
+            edits in proptest::collection::vec((0usize..400, 0usize..4, sip_byte()), 1..4),
+        ) {
+            let m = mutate(KAMAILIO_200, &edits);
+            let skip = m.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+            let m = &m[skip..];
+            let end = header_end(m, 0).unwrap_or(m.len());
+            if let Ok(norm) = normalize(&m[..end]) {
+                let rsip = ResponseTokenizer::tokenize(&norm).ok().map(|t| t.1);
+                match tokenize_response_fast(&norm) {
+                    Some(fast) => prop_assert_eq!(Some(fast), rsip),
+                    None => prop_assert!(rsip.is_none() || !norm.contains(&b'\n')),
                 }
             }
         }

@@ -134,6 +134,8 @@ struct Conn {
 pub struct SipTransport {
     cfg: TransportConfig,
     local: SocketAddr,
+    /// `local` as text, for the Via of every request we send.
+    local_text: String,
     /// The UDP socket, shared with the reader and sender threads.
     udp: Arc<UdpSocket>,
     udp_tx: UdpSender,
@@ -241,6 +243,7 @@ impl SipTransport {
         let (tcp_in, tcp_in_rx) = mpsc::channel(TCP_BATCHES);
         let actor = SipTransport {
             local,
+            local_text: local.to_string(),
             udp,
             udp_tx,
             keys: KeyHasher::new(),
@@ -659,11 +662,15 @@ impl SipTransport {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
         };
-        let via = format!(
-            "SIP/2.0/{proto} {};branch={};rport",
-            self.local,
-            self.branches.branch(id)
-        );
+        let via = pua_xmpp::text::concat(&[
+            "SIP/2.0/",
+            proto,
+            " ",
+            &self.local_text,
+            ";branch=",
+            &self.branches.branch(id),
+            ";rport",
+        ]);
         self.scratch.clear();
         encode_request(&msg.req, &via, &mut self.scratch);
         let bytes = self.scratch.to_vec();

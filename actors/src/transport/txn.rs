@@ -31,7 +31,10 @@ impl BranchGen {
     }
 
     pub fn branch(&self, id: u64) -> String {
-        format!("{}{id:x}", self.prefix)
+        let mut b = String::with_capacity(self.prefix.len() + 16);
+        b.push_str(&self.prefix);
+        pua_xmpp::text::push_hex(&mut b, id, 0);
+        b
     }
 
     /// The transaction id a branch of ours carries; `None` for anyone else's branch.
