@@ -1,6 +1,7 @@
 //! The actix runtime of pua-xmpp: the actors own sockets and timers and feed the sans-IO
 //! state machines of the `pua_xmpp` core. See ARCHITECTURE.md for the message flow.
 
+pub mod backlog;
 pub mod component;
 pub mod config;
 mod deadlines;

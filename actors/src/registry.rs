@@ -501,6 +501,7 @@ impl Registry {
 
     fn send_to_shards(&self, to_shards: Vec<Vec<ShardNotify>>) {
         for (shard, mut list) in self.shards.iter().zip(to_shards) {
+            crate::backlog::queued(list.len());
             match list.len() {
                 0 => {}
                 1 => {
@@ -563,7 +564,10 @@ impl Handler<ShardNotify> for Registry {
         let next = (msg.first + msg.tried) % self.shards.len().max(1);
         msg.tried += 1;
         match self.shards.get(next) {
-            Some(shard) => shard.do_send(msg),
+            Some(shard) => {
+                crate::backlog::queued(1);
+                shard.do_send(msg)
+            }
             None => self.respond(msg.txn, OutResponse::to_request(&msg.req, 481, None)),
         }
     }

@@ -506,16 +506,19 @@ impl Handler<ShardNotify> for SubscriberShard {
     fn handle(&mut self, msg: ShardNotify, ctx: &mut Context<Self>) {
         self.notify(msg, ctx);
         self.flush();
+        crate::backlog::handled(1);
     }
 }
 
 impl Handler<ShardNotifies> for SubscriberShard {
     type Result = ();
     fn handle(&mut self, msg: ShardNotifies, ctx: &mut Context<Self>) {
-        for n in msg.0 {
-            self.notify(n, ctx);
+        let n = msg.0.len();
+        for one in msg.0 {
+            self.notify(one, ctx);
         }
         self.flush();
+        crate::backlog::handled(n);
     }
 }
 

@@ -7,6 +7,7 @@ use futures::{FutureExt, StreamExt};
 use pua_xmpp::sip::framing::{frame_datagram, FrameError, StreamFramer};
 use pua_xmpp::sip::parse::parse_message;
 use pua_xmpp::sip::{OutResponse, SipMessage, SipRequest, SipResponse};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -141,7 +142,12 @@ pub(crate) struct TcpReader {
     peer: SocketAddr,
     keys: KeyHasher,
     done: bool,
+    /// Set while reads are paused because the shards are behind (`backlog`): the next look.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How often a paused reader looks at the backlog again.
+const PAUSE_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl TcpReader {
     pub(crate) fn new(
@@ -159,6 +165,7 @@ impl TcpReader {
             peer,
             keys,
             done: false,
+            pause: None,
         }
     }
 }
@@ -204,6 +211,27 @@ impl futures::Stream for TcpReader {
                 }
                 None => {}
             }
+            if crate::backlog::over() {
+                // The shards are behind: leave the bytes in the socket, so TCP flow control
+                // slows the peer down instead of the mailboxes growing (see `backlog`).
+                if this.pause.is_none() {
+                    metrics::counter!("pua_xmpp_sip_read_pauses_total").increment(1);
+                    debug!(peer = %this.peer, waiting = crate::backlog::waiting(), "SIP reads paused: shards behind");
+                }
+                let pause = this
+                    .pause
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(PAUSE_POLL)));
+                match pause.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => {
+                        pause
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + PAUSE_POLL);
+                        continue;
+                    }
+                }
+            }
+            this.pause = None;
             let mut rb = ReadBuf::new(&mut this.buf);
             match Pin::new(&mut this.rd).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
