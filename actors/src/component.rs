@@ -18,7 +18,7 @@
 //! SIP work starts; outbound ones still go out) and [`CloseStream`] (write what is queued, then
 //! `</stream:stream>`, wait briefly for the server's closing tag, end the task).
 
-use crate::messages::{ComponentStatus, SendPresence, StanzaIn};
+use crate::messages::{ComponentStatus, SendPresence, StanzaIn, StanzasIn};
 use actix::prelude::*;
 use minidom::rxml::{self, Parse as _};
 use minidom::tree_builder::TreeBuilder;
@@ -258,6 +258,7 @@ pub struct XmppComponent {
     cfg: Arc<ComponentConfig>,
     outbox: Arc<Outbox>,
     inbound: Recipient<StanzaIn>,
+    inbound_batches: Option<Recipient<StanzasIn>>,
     status: Recipient<ComponentStatus>,
     control: Arc<Control>,
     /// `Some(wait)` once [`CloseStream`] arrived: close, waiting up to `wait` for the server.
@@ -308,12 +309,24 @@ impl XmppComponent {
         inbound: Recipient<StanzaIn>,
         status: Recipient<ComponentStatus>,
     ) -> Addr<XmppComponent> {
+        XmppComponent::start_batched(cfg, inbound, None, status)
+    }
+
+    /// [`XmppComponent::start`], with the presence stanzas of one read handed to `batches` as
+    /// one [`StanzasIn`] when there are several (a lone stanza still goes to `inbound`).
+    pub fn start_batched(
+        cfg: ComponentConfig,
+        inbound: Recipient<StanzaIn>,
+        batches: Option<Recipient<StanzasIn>>,
+        status: Recipient<ComponentStatus>,
+    ) -> Addr<XmppComponent> {
         let outbox = Arc::new(Outbox::new(cfg.queue_limit));
         let (close_tx, close_rx) = watch::channel(None);
         XmppComponent {
             cfg: Arc::new(cfg),
             outbox,
             inbound,
+            inbound_batches: batches,
             status,
             control: Arc::new(Control {
                 draining: AtomicBool::new(false),
@@ -336,6 +349,7 @@ impl Actor for XmppComponent {
             cfg: self.cfg.clone(),
             outbox: self.outbox.clone(),
             inbound: self.inbound.clone(),
+            inbound_batches: self.inbound_batches.clone(),
             status: self.status.clone(),
             control: self.control.clone(),
         };
@@ -731,6 +745,7 @@ struct Link {
     cfg: Arc<ComponentConfig>,
     outbox: Arc<Outbox>,
     inbound: Recipient<StanzaIn>,
+    inbound_batches: Option<Recipient<StanzasIn>>,
     status: Recipient<ComponentStatus>,
     control: Arc<Control>,
 }
@@ -915,6 +930,7 @@ async fn run_session(
                 }
                 let mut replies = String::new();
                 let mut end = None;
+                let mut presences = Vec::new();
                 while let Some(ev) = s.parser.next_event() {
                     match ev {
                         StreamEvent::Element(el) => {
@@ -939,7 +955,7 @@ async fn run_session(
                                     in_counters.inc(kind, |k| {
                                         metrics::counter!("pua_xmpp_stanzas_in_total", "type" => k)
                                     });
-                                    link.inbound.do_send(StanzaIn(*p))
+                                    presences.push(*p);
                                 }
                                 Inbound::Reply(r) => replies.push_str(&r),
                                 Inbound::Ignore => {}
@@ -952,6 +968,14 @@ async fn run_session(
                         StreamEvent::Header { .. } => {
                             end = Some(LinkError::Protocol("second stream header".into()));
                             break;
+                        }
+                    }
+                }
+                match &link.inbound_batches {
+                    Some(b) if presences.len() > 1 => b.do_send(StanzasIn(presences)),
+                    _ => {
+                        for p in presences {
+                            link.inbound.do_send(StanzaIn(p));
                         }
                     }
                 }

@@ -181,9 +181,10 @@ pub async fn start(config: &Config) -> io::Result<Running> {
     }
     .start();
     let transport_addr = transport.clone();
-    let component = XmppComponent::start(
+    let component = XmppComponent::start_batched(
         ComponentConfig::from_xmpp(&config.xmpp).with_max_stanza(config.limits.max_stanza_bytes),
         registry.clone().recipient(),
+        Some(registry.clone().recipient()),
         status.clone().recipient(),
     );
     let mut subscriber = SubscriberConfig::new(

@@ -86,6 +86,12 @@ pub struct TransactionOutcome {
 #[rtype(result = "()")]
 pub struct StanzaIn(pub InPresence);
 
+/// The presence stanzas of one read of the component stream, in order: one message instead
+/// of one per stanza (a set-up burst brings hundreds per read).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct StanzasIn(pub Vec<InPresence>);
+
 /// A presence stanza to send on the component stream (queued while the link is down).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
@@ -113,6 +119,11 @@ pub struct ToSubscriber {
     pub pair: pua_xmpp::subscriber::Pair,
     pub stanza: InPresence,
 }
+
+/// Several [`ToSubscriber`] for one shard, in the order the stanzas came.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ToSubscribers(pub Vec<ToSubscriber>);
 
 /// An in-dialog request (NOTIFY to a subscriber, refresh SUBSCRIBE to a notifier) routed by
 /// Call-ID, or an initial SUBSCRIBE for an XMPP presentity (`watcher` = S').

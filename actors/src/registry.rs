@@ -109,6 +109,9 @@ pub struct Registry {
     store: StoreHandle,
     /// The XMPP-watches-SIP pairs, by [`shard_for`] of the watcher's SIP URI.
     shards: Vec<Addr<SubscriberShard>>,
+    /// While a [`StanzasIn`] batch is routed: its stanzas for the subscriber shards, one list
+    /// per shard, sent as one message per shard at the end.
+    sub_batch: Option<Vec<Vec<ToSubscriber>>>,
     /// Pairs in the shards (the `max_subscriptions` limit of that direction).
     subscriber_total: Arc<AtomicUsize>,
     /// The notifier-mode XMPP presentities, by [`shard_for`] of X.
@@ -158,6 +161,7 @@ impl Registry {
             stanza_batches: peers.stanza_batches,
             store,
             shards: Vec::new(),
+            sub_batch: None,
             subscriber_total: Arc::new(AtomicUsize::new(0)),
             notifier_shards: Vec::new(),
             pua_presentities: HashMap::new(),
@@ -282,8 +286,12 @@ impl Registry {
         };
         // Limits are checked by the shard: it holds every pair of this watcher.
         let i = shard_for(&pair.watcher_uri, self.shards.len());
+        let msg = ToSubscriber { pair, stanza: p };
+        if let Some(list) = self.sub_batch.as_mut().and_then(|b| b.get_mut(i)) {
+            return list.push(msg);
+        }
         match self.shards.get(i) {
-            Some(shard) => shard.do_send(ToSubscriber { pair, stanza: p }),
+            Some(shard) => shard.do_send(msg),
             None => tracing::error!("no subscriber shard running"),
         }
     }
@@ -397,9 +405,40 @@ impl Actor for Registry {
     }
 }
 
+/// One read's stanzas: each routed as a [`StanzaIn`], those for the subscriber shards sent as
+/// one [`ToSubscribers`] per shard, in order.
+impl Handler<StanzasIn> for Registry {
+    type Result = ();
+    fn handle(&mut self, StanzasIn(list): StanzasIn, ctx: &mut Context<Self>) {
+        self.sub_batch = Some(self.shards.iter().map(|_| Vec::new()).collect());
+        for p in list {
+            self.on_stanza(p, ctx);
+        }
+        let batch = self.sub_batch.take().unwrap_or_default();
+        for (shard, mut list) in self.shards.iter().zip(batch) {
+            match list.len() {
+                0 => {}
+                1 => {
+                    if let Some(one) = list.pop() {
+                        shard.do_send(one);
+                    }
+                }
+                _ => shard.do_send(ToSubscribers(list)),
+            }
+        }
+    }
+}
+
 impl Handler<StanzaIn> for Registry {
     type Result = ();
     fn handle(&mut self, StanzaIn(p): StanzaIn, ctx: &mut Context<Self>) {
+        self.on_stanza(p, ctx);
+    }
+}
+
+impl Registry {
+    /// Routes one inbound presence stanza (subscription handling or X's own presence).
+    fn on_stanza(&mut self, p: InPresence, ctx: &mut Context<Self>) {
         let kind = match &p.kind {
             Ok(k) => *k,
             Err(t) => {

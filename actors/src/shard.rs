@@ -401,14 +401,13 @@ impl SubscriberShard {
         self.rearm(ctx);
     }
 
-    fn refuse(&self, p: &pua_xmpp::stanza::InPresence) {
-        self.links
-            .stanzas
-            .do_send(SendPresence(OutPresence::error_reply(
-                p,
-                DefinedCondition::ResourceConstraint,
-                Some("too many subscriptions".to_owned()),
-            )));
+    /// The error for a stanza over the limits, in order with the batch's other stanzas.
+    fn refuse(&mut self, p: &pua_xmpp::stanza::InPresence) {
+        self.out_stanzas.push(OutPresence::error_reply(
+            p,
+            DefinedCondition::ResourceConstraint,
+            Some("too many subscriptions".to_owned()),
+        ));
     }
 
     fn next_seed(&mut self) -> u64 {
@@ -428,6 +427,25 @@ impl Actor for SubscriberShard {
 impl Handler<ToSubscriber> for SubscriberShard {
     type Result = ();
     fn handle(&mut self, msg: ToSubscriber, ctx: &mut Context<Self>) {
+        self.on_stanza(msg, ctx);
+        self.flush();
+    }
+}
+
+impl Handler<ToSubscribers> for SubscriberShard {
+    type Result = ();
+    fn handle(&mut self, msg: ToSubscribers, ctx: &mut Context<Self>) {
+        for one in msg.0 {
+            self.on_stanza(one, ctx);
+        }
+        self.flush();
+    }
+}
+
+impl SubscriberShard {
+    /// One stanza for a pair: found or created (within the limits), then fed to its machine.
+    /// The outputs wait in the shard's batch until [`SubscriberShard::flush`].
+    fn on_stanza(&mut self, msg: ToSubscriber, ctx: &mut Context<Self>) {
         let (w, s) = (msg.pair.watcher.as_str(), msg.pair.presentity.as_str());
         let idx = match self.find_pair(w, s) {
             Some(i) => i,
@@ -471,7 +489,6 @@ impl Handler<ToSubscriber> for SubscriberShard {
             }
         };
         self.input(idx, subscriber::Input::Stanza(&msg.stanza), None, ctx);
-        self.flush();
     }
 }
 

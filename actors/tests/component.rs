@@ -6,7 +6,7 @@ use pua_xmpp::stanza::{Availability, InPresence, Jid, OutPresence, PresenceType,
 use pua_xmpp_actors::component::{
     handshake_digest, Backoff, ComponentConfig, StreamEvent, StreamParser, XmppComponent,
 };
-use pua_xmpp_actors::messages::{ComponentStatus, SendPresence, StanzaIn};
+use pua_xmpp_actors::messages::{ComponentStatus, SendPresence, StanzaIn, StanzasIn};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,6 +30,29 @@ impl Handler<StanzaIn> for Collector {
     type Result = ();
     fn handle(&mut self, msg: StanzaIn, _: &mut Context<Self>) {
         let _ = self.presences.send(msg.0);
+    }
+}
+
+/// Batches are told apart from single stanzas: (true, ids) for a `StanzasIn`.
+struct BatchCollector(UnboundedSender<(bool, Vec<Option<String>>)>);
+
+impl Actor for BatchCollector {
+    type Context = Context<Self>;
+}
+
+impl Handler<StanzaIn> for BatchCollector {
+    type Result = ();
+    fn handle(&mut self, msg: StanzaIn, _: &mut Context<Self>) {
+        let _ = self.0.send((false, vec![msg.0.id]));
+    }
+}
+
+impl Handler<StanzasIn> for BatchCollector {
+    type Result = ();
+    fn handle(&mut self, msg: StanzasIn, _: &mut Context<Self>) {
+        let _ = self
+            .0
+            .send((true, msg.0.into_iter().map(|p| p.id).collect()));
     }
 }
 
@@ -205,6 +228,48 @@ async fn case_093_handshake_then_subscribe_is_forwarded_as_stanza_in() {
             error: None,
         }
     );
+}
+
+/// Issue 7: with a batch recipient, the presences of one read reach the gateway as ONE
+/// `StanzasIn`, in order (an element in between that is not presence does not split them); a
+/// lone presence still comes as a plain `StanzaIn`.
+#[actix_rt::test]
+async fn presences_of_one_read_are_handed_over_as_one_batch() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = test_config(listener.local_addr().unwrap().to_string(), SECRET);
+    let (ptx, mut got) = unbounded_channel();
+    let (stx, mut status) = unbounded_channel();
+    let batches = BatchCollector(ptx).start();
+    let collector = Collector {
+        presences: unbounded_channel().0,
+        status: stx,
+    }
+    .start();
+    let _comp = XmppComponent::start_batched(
+        cfg,
+        batches.clone().recipient(),
+        Some(batches.recipient()),
+        collector.recipient(),
+    );
+    let (mut c, value) = accept_header(&listener, "b1").await;
+    assert_eq!(value, handshake_digest("b1", SECRET));
+    c.send("<handshake/>").await;
+    assert!(next(&mut status).await, "expected online status");
+
+    let p = |id: &str| {
+        format!("<presence type='subscribe' from='alice@xmpp.test' to='{id}*sip.test@sip.xmpp.test' id='{id}'/>")
+    };
+    c.send(&format!(
+        "{}{}<message from='alice@xmpp.test' to='x@sip.xmpp.test' type='error'/>{}",
+        p("a"),
+        p("b"),
+        p("c")
+    ))
+    .await;
+    let some = |v: &[&str]| v.iter().map(|s| Some((*s).to_owned())).collect::<Vec<_>>();
+    assert_eq!(next(&mut got).await, (true, some(&["a", "b", "c"])));
+    c.send(&p("d")).await;
+    assert_eq!(next(&mut got).await, (false, some(&["d"])));
 }
 
 #[actix_rt::test]
