@@ -415,17 +415,27 @@ impl Handler<StanzasIn> for Registry {
             self.on_stanza(p, ctx);
         }
         let batch = self.sub_batch.take().unwrap_or_default();
-        for (shard, mut list) in self.shards.iter().zip(batch) {
-            match list.len() {
-                0 => {}
-                1 => {
-                    if let Some(one) = list.pop() {
-                        shard.do_send(one);
-                    }
-                }
-                _ => shard.do_send(ToSubscribers(list)),
+        for (shard, list) in self.shards.iter().zip(batch) {
+            send_list(shard, list, ToSubscribers);
+        }
+    }
+}
+
+/// Sends one shard its list: nothing, a lone message as itself, or several as one batch.
+fn send_list<M, B>(shard: &Addr<SubscriberShard>, mut list: Vec<M>, batch: fn(Vec<M>) -> B)
+where
+    M: Message<Result = ()> + Send + 'static,
+    B: Message<Result = ()> + Send + 'static,
+    SubscriberShard: Handler<M> + Handler<B>,
+{
+    match list.len() {
+        0 => {}
+        1 => {
+            if let Some(one) = list.pop() {
+                shard.do_send(one);
             }
         }
+        _ => shard.do_send(batch(list)),
     }
 }
 
@@ -539,17 +549,9 @@ impl Registry {
     }
 
     fn send_to_shards(&self, to_shards: Vec<Vec<ShardNotify>>) {
-        for (shard, mut list) in self.shards.iter().zip(to_shards) {
+        for (shard, list) in self.shards.iter().zip(to_shards) {
             crate::backlog::queued(list.len());
-            match list.len() {
-                0 => {}
-                1 => {
-                    if let Some(n) = list.pop() {
-                        shard.do_send(n);
-                    }
-                }
-                _ => shard.do_send(ShardNotifies(list)),
-            }
+            send_list(shard, list, ShardNotifies);
         }
     }
 }
