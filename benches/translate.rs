@@ -90,6 +90,21 @@ fn sip_to_xmpp(c: &mut Criterion) {
 }
 
 /// The NOTIFY of the whole-message benches: Kamailio-like headers around [`BODY`].
+/// A Kamailio-style 200 to a SUBSCRIBE of ours (TCP).
+fn subscribe_200_bytes() -> String {
+    "SIP/2.0 200 OK\r\n\
+     Via: SIP/2.0/TCP 127.0.0.1:5080;branch=z9hG4bK9f2c4e6a1b3d5f70a1;rport=5080\r\n\
+     From: <sip:romeo*example.net@sip.example.net>;tag=gw-4be1c2d3e4f5\r\n\
+     To: <sip:juliet@example.com>;tag=a6a1c5f60faecf035a1ae5b6e96e979a-1f2e\r\n\
+     Call-ID: 6f1e2d3c4b5a69780a1b2c3d@127.0.0.1\r\n\
+     CSeq: 1 SUBSCRIBE\r\n\
+     Expires: 600\r\n\
+     Contact: <sip:127.0.0.2:5060;transport=tcp>\r\n\
+     Server: kamailio (5.6.3 (x86_64/linux))\r\n\
+     Content-Length: 0\r\n\r\n"
+        .to_owned()
+}
+
 fn notify_bytes() -> String {
     format!(
         "NOTIFY sip:romeo*example.net@gw.xmpp.example.com:5060 SIP/2.0\r\n\
@@ -167,6 +182,11 @@ fn notify_to_stanzas(c: &mut Criterion) {
             pua_xmpp::sip::encode::encode_response(&resp, &mut wire);
             black_box(wire.len())
         })
+    });
+    // The set-up path parses one response per subscription: the 200 to our SUBSCRIBE.
+    let ok = subscribe_200_bytes();
+    g.bench_function("subscribe_200_parse", |b| {
+        b.iter(|| pua_xmpp::sip::parse::parse_message(black_box(ok.as_bytes())).unwrap())
     });
     g.finish();
 }
