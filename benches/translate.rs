@@ -89,7 +89,6 @@ fn sip_to_xmpp(c: &mut Criterion) {
     g.finish();
 }
 
-/// The NOTIFY of the whole-message benches: Kamailio-like headers around [`BODY`].
 /// A Kamailio-style 200 to a SUBSCRIBE of ours (TCP).
 fn subscribe_200_bytes() -> String {
     "SIP/2.0 200 OK\r\n\
@@ -105,6 +104,7 @@ fn subscribe_200_bytes() -> String {
         .to_owned()
 }
 
+/// The NOTIFY of the whole-message benches: Kamailio-like headers around [`BODY`].
 fn notify_bytes() -> String {
     format!(
         "NOTIFY sip:romeo*example.net@gw.xmpp.example.com:5060 SIP/2.0\r\n\

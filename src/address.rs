@@ -231,6 +231,14 @@ impl AddressMapper {
         &self.cfg
     }
 
+    /// `user` + the domain separator + `domain`: the user part of the `domain_separator`
+    /// encoding (`bob*sip.example`).
+    fn join_domain(&self, user: &str, domain: &str) -> String {
+        let mut sep = [0u8; 4];
+        let sep = self.cfg.separator.encode_utf8(&mut sep);
+        crate::text::concat(&[user, sep, domain])
+    }
+
     fn gwmap_mode(&self) -> bool {
         !self.cfg.gwmap.is_empty()
     }
@@ -272,12 +280,10 @@ impl AddressMapper {
                 return Err(MapError::Loop);
             }
             self.check_sip_allowed(&addr.host)?;
-            let mut sep = [0u8; 4];
-            let sep = self.cfg.separator.encode_utf8(&mut sep);
-            let joined = crate::text::concat(&[&user, sep, &addr.host]);
+            let joined = self.join_domain(&user, &addr.host);
             build_jid(&joined, &self.cfg.component_domain)?
         };
-        let canonical = crate::text::concat(&["sip:", &raw_user, "@", &addr.host]);
+        let canonical = sip_uri_of(&raw_user, &addr.host);
         // Only spellings the algorithm would not give back are worth remembering: most URIs
         // are spelled canonically, and a million SIP watchers must not mean a million entries.
         if self.derive_sip(&jid).as_deref() == Ok(canonical.as_str()) {
@@ -311,24 +317,14 @@ impl AddressMapper {
                 .map(|(s, _)| s.clone())
                 .unwrap_or(domain);
             self.check_sip_allowed(&sdomain)?;
-            return Ok(crate::text::concat(&[
-                "sip:",
-                &pct_encode_user(&local),
-                "@",
-                &sdomain,
-            ]));
+            return Ok(sip_uri_of(&pct_encode_user(&local), &sdomain));
         }
         if domain != self.cfg.component_domain {
             return Err(MapError::NotOurDomain);
         }
         let (user, host) = self.split_encoded(&local)?;
         self.check_sip_allowed(&host)?;
-        Ok(crate::text::concat(&[
-            "sip:",
-            &pct_encode_user(user),
-            "@",
-            &host,
-        ]))
+        Ok(sip_uri_of(&pct_encode_user(user), &host))
     }
 
     /// An XMPP user (`alice@xmpp.example`) → how SIP sees it:
@@ -346,29 +342,20 @@ impl AddressMapper {
                 .find(|(_, x)| *x == domain)
                 .map(|(s, _)| s.clone())
                 .unwrap_or(domain);
-            return Ok(crate::text::concat(&[
-                "sip:",
-                &pct_encode_user(&local),
-                "@",
-                &sdomain,
-            ]));
+            return Ok(sip_uri_of(&pct_encode_user(&local), &sdomain));
         }
         if self.is_own_domain(&domain) {
             return Err(MapError::Loop);
         }
         self.check_xmpp_allowed(&domain)?;
-        let mut sep = [0u8; 4];
-        let sep = self.cfg.separator.encode_utf8(&mut sep);
-        let user = crate::text::concat(&[&local, sep, &domain]);
+        let user = self.join_domain(&local, &domain);
         if user.len() > 3 * MAX_PART {
             return Err(MapError::TooLong);
         }
-        Ok(crate::text::concat(&[
-            "sip:",
+        Ok(sip_uri_of(
             &pct_encode_user(&user),
-            "@",
             &self.cfg.gateway_domain,
-        ]))
+        ))
     }
 
     /// A SIP URI in the gateway domain (`sip:alice*xmpp.example@gateway_domain`) → the XMPP
@@ -523,6 +510,11 @@ fn host_to_ascii(host: &str) -> Result<String, MapError> {
         return Err(MapError::BadHost);
     }
     Ok(ascii)
+}
+
+/// `sip:user@host` (`user` already percent-encoded).
+fn sip_uri_of(user: &str, host: &str) -> String {
+    crate::text::concat(&["sip:", user, "@", host])
 }
 
 /// Whether `idna::domain_to_ascii` would return `host` as it is: lower-case letters, digits,

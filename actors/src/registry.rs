@@ -109,9 +109,6 @@ pub struct Registry {
     store: StoreHandle,
     /// The XMPP-watches-SIP pairs, by [`shard_for`] of the watcher's SIP URI.
     shards: Vec<Addr<SubscriberShard>>,
-    /// While a [`StanzasIn`] batch is routed: its stanzas for the subscriber shards, one list
-    /// per shard, sent as one message per shard at the end.
-    sub_batch: Option<Vec<Vec<ToSubscriber>>>,
     /// Pairs in the shards (the `max_subscriptions` limit of that direction).
     subscriber_total: Arc<AtomicUsize>,
     /// The notifier-mode XMPP presentities, by [`shard_for`] of X.
@@ -161,7 +158,6 @@ impl Registry {
             stanza_batches: peers.stanza_batches,
             store,
             shards: Vec::new(),
-            sub_batch: None,
             subscriber_total: Arc::new(AtomicUsize::new(0)),
             notifier_shards: Vec::new(),
             pua_presentities: HashMap::new(),
@@ -260,7 +256,8 @@ impl Registry {
         Ok(addr)
     }
 
-    fn on_subscriber_stanza(&mut self, p: InPresence) {
+    /// Maps the pair of a subscription stanza; the message for its shard joins `to_shards`.
+    fn on_subscriber_stanza(&mut self, p: InPresence, to_shards: &mut [Vec<ToSubscriber>]) {
         let presentity = p.to.to_bare();
         let presentity_uri = match self.mapper.jid_to_sip(&presentity) {
             Ok(u) => u,
@@ -286,12 +283,8 @@ impl Registry {
         };
         // Limits are checked by the shard: it holds every pair of this watcher.
         let i = shard_for(&pair.watcher_uri, self.shards.len());
-        let msg = ToSubscriber { pair, stanza: p };
-        if let Some(list) = self.sub_batch.as_mut().and_then(|b| b.get_mut(i)) {
-            return list.push(msg);
-        }
-        match self.shards.get(i) {
-            Some(shard) => shard.do_send(msg),
+        match to_shards.get_mut(i) {
+            Some(list) => list.push(ToSubscriber { pair, stanza: p }),
             None => tracing::error!("no subscriber shard running"),
         }
     }
@@ -367,8 +360,9 @@ impl Actor for Registry {
     /// Starts the subscriber shards on the worker threads only (at least two shards, so the
     /// in-process tests exercise the hand-over between shards): the registry's own thread also
     /// runs the SIP transport and the XMPP component, and with a shard of its own it was the
-    /// first to saturate (set-up 41,000/s against 48,000/s, 137,000-142,000 updates/s against
-    /// 149,800/s at the 150,000 step, 2 cores; BENCHMARKS.md). Without workers (`threads = 1`)
+    /// first to saturate (2 cores, BENCHMARKS.md session 4: set-up 38,000-43,000/s against
+    /// 46,000-51,000/s; at the 150,000/s step 139,500-144,000 against 147,000-150,000
+    /// delivered). Without workers (`threads = 1`)
     /// everything runs here. The notifier shards: one per worker and one here.
     fn started(&mut self, ctx: &mut Context<Self>) {
         let cfg = ShardConfig {
@@ -410,14 +404,7 @@ impl Actor for Registry {
 impl Handler<StanzasIn> for Registry {
     type Result = ();
     fn handle(&mut self, StanzasIn(list): StanzasIn, ctx: &mut Context<Self>) {
-        self.sub_batch = Some(self.shards.iter().map(|_| Vec::new()).collect());
-        for p in list {
-            self.on_stanza(p, ctx);
-        }
-        let batch = self.sub_batch.take().unwrap_or_default();
-        for (shard, list) in self.shards.iter().zip(batch) {
-            send_list(shard, list, ToSubscribers);
-        }
+        self.route_stanzas(list, ctx);
     }
 }
 
@@ -442,13 +429,31 @@ where
 impl Handler<StanzaIn> for Registry {
     type Result = ();
     fn handle(&mut self, StanzaIn(p): StanzaIn, ctx: &mut Context<Self>) {
-        self.on_stanza(p, ctx);
+        self.route_stanzas(vec![p], ctx);
     }
 }
 
 impl Registry {
+    /// Routes inbound presence stanzas in order; those for the subscriber shards leave as one
+    /// message per shard at the end.
+    fn route_stanzas(&mut self, list: Vec<InPresence>, ctx: &mut Context<Self>) {
+        let mut to_shards: Vec<Vec<ToSubscriber>> =
+            self.shards.iter().map(|_| Vec::new()).collect();
+        for p in list {
+            self.on_stanza(p, ctx, &mut to_shards);
+        }
+        for (shard, list) in self.shards.iter().zip(to_shards) {
+            send_list(shard, list, ToSubscribers);
+        }
+    }
+
     /// Routes one inbound presence stanza (subscription handling or X's own presence).
-    fn on_stanza(&mut self, p: InPresence, ctx: &mut Context<Self>) {
+    fn on_stanza(
+        &mut self,
+        p: InPresence,
+        ctx: &mut Context<Self>,
+        to_shards: &mut [Vec<ToSubscriber>],
+    ) {
         let kind = match &p.kind {
             Ok(k) => *k,
             Err(t) => {
@@ -463,7 +468,7 @@ impl Registry {
         };
         match kind {
             PresenceType::Subscribe | PresenceType::Unsubscribe | PresenceType::Probe => {
-                self.on_subscriber_stanza(p)
+                self.on_subscriber_stanza(p, to_shards)
             }
             PresenceType::Available
             | PresenceType::Unavailable

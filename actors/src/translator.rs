@@ -72,20 +72,16 @@ thread_local! {
 
 fn with_gauge(direction: &'static str, state: &'static str, f: impl FnOnce(&metrics::Gauge)) {
     GAUGES.with_borrow_mut(|cache| {
-        let found = cache
+        if let Some((_, _, g)) = cache
             .iter()
-            .position(|(d, s, _)| *d == direction && *s == state);
-        let i = match found {
-            Some(i) => i,
-            None => {
-                let g = metrics::gauge!("pua_xmpp_subscriptions", "direction" => direction, "state" => state);
-                cache.push((direction, state, g));
-                cache.len() - 1
-            }
-        };
-        if let Some((_, _, g)) = cache.get(i) {
-            f(g);
+            .find(|(d, s, _)| *d == direction && *s == state)
+        {
+            return f(g);
         }
+        let g =
+            metrics::gauge!("pua_xmpp_subscriptions", "direction" => direction, "state" => state);
+        f(&g);
+        cache.push((direction, state, g));
     });
 }
 

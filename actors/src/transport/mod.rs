@@ -1051,7 +1051,7 @@ mod tests {
     use pua_xmpp::sip::NameAddr;
     use tokio::io::AsyncReadExt;
 
-    /// Outcomes are not looked at here: the test reads the wire.
+    /// Outcomes and inbound requests are not looked at here: the test reads the wire.
     struct Ignore;
     impl Actor for Ignore {
         type Context = Context<Self>;
@@ -1059,6 +1059,10 @@ mod tests {
     impl Handler<TransactionOutcome> for Ignore {
         type Result = ();
         fn handle(&mut self, _: TransactionOutcome, _: &mut Context<Self>) {}
+    }
+    impl Handler<SipRequestIn> for Ignore {
+        type Result = ();
+        fn handle(&mut self, _: SipRequestIn, _: &mut Context<Self>) {}
     }
 
     fn subscribe(i: u32) -> OutRequest {
@@ -1097,7 +1101,7 @@ mod tests {
         cfg.outbound_proxy = Some(proxy);
         cfg.request_transport = Transport::Tcp;
         let sink = Ignore.start().recipient::<TransactionOutcome>();
-        let Ok(gw) = SipTransport::bind(cfg, Ignore2.start().recipient()).await else {
+        let Ok(gw) = SipTransport::bind(cfg, Ignore.start().recipient()).await else {
             panic!("bind");
         };
         for i in 0..50 {
@@ -1137,15 +1141,5 @@ mod tests {
             );
             assert!(m.ends_with("Content-Length: 0\r\n\r\n"), "message {i}: {m}");
         }
-    }
-
-    /// Inbound requests are not expected.
-    struct Ignore2;
-    impl Actor for Ignore2 {
-        type Context = Context<Self>;
-    }
-    impl Handler<SipRequestIn> for Ignore2 {
-        type Result = ();
-        fn handle(&mut self, _: SipRequestIn, _: &mut Context<Self>) {}
     }
 }
