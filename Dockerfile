@@ -13,8 +13,8 @@ COPY . .
 # cache mounts (BuildKit): the registry and target/ survive between builds
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p pua-xmpp-actors \
-    && install -m 0755 target/release/pua-xmpp /usr/local/bin/pua-xmpp
+    cargo build --profile dist --locked -p pua-xmpp-actors \
+    && install -m 0755 target/dist/pua-xmpp /usr/local/bin/pua-xmpp
 
 FROM debian:bookworm-slim
 # the binary needs only libc and libgcc_s (SQLite is bundled); bash, sed, timeout and

@@ -560,7 +560,7 @@ impl Presentity {
             Ok(k) => *k,
             Err(_) => return,
         };
-        let to = p.to.to_bare();
+        let to = p.to_bare();
         match kind {
             PresenceType::Available | PresenceType::Unavailable => {
                 // Cases 37/38: a bad show or priority counts as absent; logged, never an error.

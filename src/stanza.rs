@@ -386,6 +386,17 @@ fn xml_lang(e: &minidom::Element) -> Option<String> {
 }
 
 impl InPresence {
+    /// `from` without its resource. `Jid::to_bare` formats the parts anew; a clone cut at the
+    /// slash is several times cheaper (two per subscription set-up, measured).
+    pub fn from_bare(&self) -> BareJid {
+        self.from.clone().into_bare()
+    }
+
+    /// `to` without its resource (see [`InPresence::from_bare`]).
+    pub fn to_bare(&self) -> BareJid {
+        self.to.clone().into_bare()
+    }
+
     /// Parses a `<presence/>` element from the component stream. Child elements are matched by
     /// local name in the stanza's own namespace; unknown children are ignored.
     pub fn from_element(e: &minidom::Element) -> Result<InPresence, StanzaError> {
@@ -490,6 +501,20 @@ mod tests {
 
     fn jid(s: &str) -> Jid {
         Jid::new(s).unwrap()
+    }
+
+    #[test]
+    fn bare_addresses_of_an_inbound_presence() {
+        let el: minidom::Element =
+            "<presence xmlns='jabber:component:accept' from='romeo@example.net/orchard' to='juliet*example.com@sip.example.net'/>"
+                .parse()
+                .unwrap();
+        let p = InPresence::from_element(&el).unwrap();
+        assert_eq!(p.from_bare(), BareJid::new("romeo@example.net").unwrap());
+        assert_eq!(p.from_bare(), p.from.to_bare());
+        assert_eq!(p.from_bare().as_str(), "romeo@example.net");
+        assert_eq!(p.to_bare().as_str(), "juliet*example.com@sip.example.net");
+        assert_eq!(p.to_bare(), p.to.to_bare());
     }
 
     #[test]

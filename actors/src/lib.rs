@@ -7,6 +7,7 @@ pub mod config;
 mod deadlines;
 pub mod gateway;
 pub mod http;
+pub mod idhash;
 pub mod messages;
 pub mod notifier_shard;
 pub mod registry;

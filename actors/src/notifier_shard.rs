@@ -7,6 +7,7 @@
 //! task, mailbox or timer per presentity (issue 7, the same pattern as [`crate::shard`]).
 
 use crate::deadlines::{Deadlines, Due};
+use crate::idhash::IdMap;
 use crate::messages::*;
 use crate::registry::{ProbeAfterReconnect, RegistryEvent};
 use crate::store::StoreOp;
@@ -81,7 +82,7 @@ pub struct NotifierShard {
     /// Call-ID of every live dialog → its presentity (in-dialog SUBSCRIBEs).
     by_call: HashMap<String, u32>,
     timers: Deadlines,
-    pending: HashMap<u64, Pending>,
+    pending: IdMap<u64, Pending>,
     next_key: u64,
     seed: u64,
     wakeup: Wakeup,
@@ -104,7 +105,7 @@ impl NotifierShard {
             by_jid: HashMap::new(),
             by_call: HashMap::new(),
             timers: Deadlines::default(),
-            pending: HashMap::new(),
+            pending: IdMap::default(),
             next_key: 0,
             seed,
             wakeup: Wakeup::default(),
@@ -380,7 +381,7 @@ impl Handler<TransactionOutcome> for NotifierShard {
             return;
         };
         if self.pending.is_empty() {
-            self.pending = HashMap::new();
+            self.pending = IdMap::default();
         }
         match msg.result {
             TxnResult::Response(r) => {

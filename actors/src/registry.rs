@@ -258,7 +258,7 @@ impl Registry {
 
     /// Maps the pair of a subscription stanza; the message for its shard joins `to_shards`.
     fn on_subscriber_stanza(&mut self, p: InPresence, to_shards: &mut [Vec<ToSubscriber>]) {
-        let presentity = p.to.to_bare();
+        let presentity = p.to_bare();
         let presentity_uri = match self.mapper.jid_to_sip(&presentity) {
             Ok(u) => u,
             Err(e) => {
@@ -267,7 +267,7 @@ impl Registry {
                 return self.error_reply(&p, e.xmpp_condition(), e.to_string());
             }
         };
-        let watcher = p.from.to_bare();
+        let watcher = p.from_bare();
         let watcher_uri = match self.mapper.xmpp_to_sip(&watcher) {
             Ok(u) => u,
             Err(e) => {
@@ -475,7 +475,7 @@ impl Registry {
             | PresenceType::Subscribed
             | PresenceType::Unsubscribed
             | PresenceType::Error => {
-                let x = p.from.to_bare();
+                let x = p.from_bare();
                 match self.cfg.mode {
                     Mode::Notifier => {
                         // The shard creates X for anything but an error (which needs state).

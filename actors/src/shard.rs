@@ -13,6 +13,7 @@
 //! the To URI still reaches the pair; the last shard asked answers 481 (case 73).
 
 use crate::deadlines::{Deadlines, Due};
+use crate::idhash::IdMap;
 use crate::messages::*;
 use crate::registry::Registry;
 use crate::store::StoreOp;
@@ -22,7 +23,6 @@ use hashbrown::HashTable;
 use pua_xmpp::sip::{Method, OutResponse};
 use pua_xmpp::stanza::{DefinedCondition, OutPresence};
 use pua_xmpp::subscriber::{self, SubscriberConfig, Subscription};
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -84,7 +84,7 @@ pub struct SubscriberShard {
     /// (deadline, slot), earliest first: one armed wake-up serves every pair of the shard.
     timers: Deadlines,
     /// Pairs per watcher (by hash of the bare JID), for `max_subscriptions_per_user`.
-    per_watcher: HashMap<u64, u32>,
+    per_watcher: IdMap<u64, u32>,
     outstanding: Outstanding,
     hasher: std::hash::RandomState,
     seed: u64,
@@ -109,7 +109,7 @@ impl SubscriberShard {
             by_pair: HashTable::new(),
             by_call: HashTable::new(),
             timers: Deadlines::default(),
-            per_watcher: HashMap::new(),
+            per_watcher: IdMap::default(),
             outstanding: Outstanding::default(),
             hasher: std::hash::RandomState::new(),
             seed,

@@ -5,6 +5,7 @@
 //! The actors own the clock (`Instant::now()`, wall time for RPID) and one wake-up timer each;
 //! every protocol decision is in the core.
 
+use crate::idhash::IdMap;
 use crate::messages::*;
 use crate::registry::{Registry, RegistryEvent};
 use crate::store::{StoreHandle, StoreOp};
@@ -14,7 +15,6 @@ use pua_xmpp::pua::{self, PuaConfig, PuaPresentity};
 use pua_xmpp::sip::{Method, OutRequest};
 use pua_xmpp::stanza::BareJid;
 use pua_xmpp::subscriber;
-use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Where translators send what the core asks for.
@@ -108,7 +108,7 @@ pub(crate) fn observe_latency(method: &Method, sent: Instant) {
 /// Requests of a translator awaiting their outcome: key → (Call-ID, CSeq, method, sent at).
 #[derive(Default)]
 pub(crate) struct Outstanding {
-    txns: HashMap<u64, (String, u32, Method, Instant)>,
+    txns: IdMap<u64, (String, u32, Method, Instant)>,
     next_key: u64,
 }
 
@@ -136,7 +136,7 @@ impl Outstanding {
         let (call_id, cseq, method, sent) = self.txns.remove(&msg.key)?;
         if self.txns.is_empty() {
             // A translator is idle nearly all its life: keep no table room between requests.
-            self.txns = HashMap::new();
+            self.txns = IdMap::default();
         }
         if matches!(msg.result, TxnResult::Response(_)) {
             observe_latency(&method, sent);

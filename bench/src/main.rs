@@ -96,7 +96,10 @@ fn run(args: Args) -> Result<(), String> {
         run: format!("{:x}", nanos ^ std::process::id()),
         shared: Shared::new(args.n, updates as usize),
         sock,
-        dialogs: Mutex::new(peer::Dialogs::default()),
+        dialogs: Mutex::new(match args.scenario {
+            Scenario::A => peer::Dialogs::with_capacity(args.n),
+            Scenario::B => peer::Dialogs::default(),
+        }),
         link: Default::default(),
         xmpp_tx: Mutex::new(None),
         b_route: Mutex::new(Route::Udp(args.gateway_sip)),

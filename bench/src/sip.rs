@@ -19,7 +19,7 @@ pub struct Msg<'a> {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// Long form of a compact header name (RFC 3261 §7.3.3, RFC 6665 `o`).
@@ -197,11 +197,15 @@ pub fn frame(buf: &[u8]) -> Frame {
             Frame::Need
         };
     };
-    let head = String::from_utf8_lossy(buf.get(..head_end).unwrap_or_default());
-    let len = head.split("\r\n").skip(1).find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        (long_name(n.trim()).eq_ignore_ascii_case("content-length"))
-            .then(|| v.trim().parse::<usize>().ok())
+    let head = buf.get(..head_end).unwrap_or_default();
+    let len = head.split(|&b| b == b'\n').skip(1).find_map(|l| {
+        let colon = l.iter().position(|&b| b == b':')?;
+        let name = std::str::from_utf8(l.get(..colon)?).ok()?;
+        (long_name(name.trim()).eq_ignore_ascii_case("content-length"))
+            .then(|| {
+                let v = std::str::from_utf8(l.get(colon + 1..)?).ok()?;
+                v.trim().parse::<usize>().ok()
+            })
             .flatten()
     });
     match len {

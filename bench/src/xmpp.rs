@@ -30,7 +30,7 @@ pub struct Scanner {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// Index of the `>` closing the tag that starts at `tag[0] == '<'`, skipping quoted values.
@@ -202,12 +202,16 @@ pub fn child_text<'a>(el: &'a [u8], child: &str) -> Option<Cow<'a, str>> {
     let body_start = tag_end(el)? + 1;
     let mut from = body_start;
     loop {
-        let at = from + find(el.get(from..)?, format!("<{child}").as_bytes())?;
-        let after = *el.get(at + 1 + child.len())?;
-        from = at + 1;
+        let name_at = from + find(el.get(from..)?, child.as_bytes())?;
+        from = name_at + 1;
+        let after = *el.get(name_at + child.len())?;
+        if name_at == 0 || el.get(name_at - 1) != Some(&b'<') {
+            continue;
+        }
         if !(after == b'>' || after == b'/' || after.is_ascii_whitespace()) {
             continue;
         }
+        let at = name_at - 1;
         let gt = at + tag_end(el.get(at..)?)?;
         if el.get(gt - 1) == Some(&b'/') {
             return Some(Cow::Borrowed(""));
@@ -338,6 +342,12 @@ mod tests {
         assert_eq!(attr_str(el, "type"), None);
         assert_eq!(child_text(el, "status").as_deref(), Some("n5 & more"));
         assert_eq!(child_text(el, "priority"), None);
+        // The name as text or as a longer element name is not the child.
+        let el =
+            b"<presence><x>status</x><statusx>a</statusx><status/><status>b</status></presence>";
+        assert_eq!(child_text(el, "status").as_deref(), Some(""));
+        let el = b"<presence><x>status</x><statusx>a</statusx><status>b</status></presence>";
+        assert_eq!(child_text(el, "status").as_deref(), Some("b"));
         assert_eq!(
             text_of(b"<handshake>abc</handshake>").as_deref(),
             Some("abc")

@@ -14,6 +14,7 @@ mod io;
 mod txn;
 mod udp;
 
+use crate::idhash::IdMap;
 use actix::prelude::*;
 use pua_xmpp::sip::encode::{encode_request, encode_response, uri_host_port, via_branch};
 use pua_xmpp::sip::{Destination, Method, OutRequest, OutResponse, SipResponse};
@@ -146,11 +147,11 @@ pub struct SipTransport {
     /// New requests of the batch being handled, sent by [`SipTransport::flush_inbound`].
     pending_in: Vec<SipRequestIn>,
     server: ServerTxns,
-    clients: HashMap<u64, ClientTxn>,
+    clients: IdMap<u64, ClientTxn>,
     timers: Timers,
     branches: BranchGen,
     next_client: u64,
-    conns: HashMap<u64, Conn>,
+    conns: IdMap<u64, Conn>,
     /// Reusable connection per peer address (outbound ones, and inbound ones by source).
     conn_by_peer: HashMap<SocketAddr, u64>,
     next_conn: u64,
@@ -252,11 +253,11 @@ impl SipTransport {
             inbound_batches: batches,
             pending_in: Vec::new(),
             server: ServerTxns::default(),
-            clients: HashMap::new(),
+            clients: IdMap::default(),
             timers: Timers::default(),
             branches: BranchGen::new(),
             next_client: 1,
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             conn_by_peer: HashMap::new(),
             next_conn: 1,
             tcp_io: actix_rt::Arbiter::new(),

@@ -1,12 +1,13 @@
 //! Transaction tables and timer queues of the SIP transport (RFC 3261 §17.1.2, §17.2.2),
 //! kept compact: the gateway may have many transactions in flight.
 
+use crate::idhash::IdMap;
 use actix::Recipient;
 use pua_xmpp::sip::encode::via_branch;
 use pua_xmpp::sip::{reason_phrase, Method, NameAddr, OutResponse, SipRequest};
 use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -227,8 +228,8 @@ enum Entry {
 /// completed ones by key only (nothing refers to them by id any more).
 #[derive(Default)]
 pub struct ServerTxns {
-    by_key: HashMap<TxnKey, Entry>,
-    trying: HashMap<ServerTxnId, TryingTxn>,
+    by_key: IdMap<TxnKey, Entry>,
+    trying: IdMap<ServerTxnId, TryingTxn>,
     next: ServerTxnId,
 }
 
