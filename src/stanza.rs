@@ -403,21 +403,10 @@ impl InPresence {
         if e.name() != "presence" {
             return Err(StanzaError::NotPresence(e.name().to_owned()));
         }
-        let jid = |attr: &'static str| -> Result<Jid, StanzaError> {
-            let v = e.attr(attr).ok_or(if attr == "from" {
-                StanzaError::MissingFrom
-            } else {
-                StanzaError::MissingTo
-            })?;
-            Jid::new(v).map_err(|_| StanzaError::BadJid {
-                attr,
-                value: v.chars().take(200).collect(),
-            })
-        };
-        let from = jid("from")?;
-        let to = jid("to")?;
-        let kind = PresenceType::parse(e.attr("type"));
-        let lang = xml_lang(e);
+        let mut p = InPresence::from_attrs(
+            [e.attr("from"), e.attr("to"), e.attr("type"), e.attr("id")],
+            xml_lang(e),
+        )?;
         let ns = e.ns();
         let mut body = Availability::default();
         let mut invalid_show = None;
@@ -460,16 +449,44 @@ impl InPresence {
                 }
             }
         }
+        p.body = body;
+        p.invalid_show = invalid_show;
+        p.invalid_priority = invalid_priority;
+        p.error = error;
+        Ok(p)
+    }
+
+    /// A presence without children or text, from its attributes alone: `from`, `to`, `type`
+    /// and `id`, and its `xml:lang`. The component's stream parser reads the common childless
+    /// stanzas (subscription requests, probes) this way without building a tree;
+    /// [`InPresence::from_element`] gives the same result for the same element.
+    pub fn from_attrs(
+        [from, to, typ, id]: [Option<&str>; 4],
+        lang: Option<String>,
+    ) -> Result<InPresence, StanzaError> {
+        let jid = |v: Option<&str>, name: &'static str| -> Result<Jid, StanzaError> {
+            let v = v.ok_or(if name == "from" {
+                StanzaError::MissingFrom
+            } else {
+                StanzaError::MissingTo
+            })?;
+            Jid::new(v).map_err(|_| StanzaError::BadJid {
+                attr: name,
+                value: v.chars().take(200).collect(),
+            })
+        };
+        let from = jid(from, "from")?;
+        let to = jid(to, "to")?;
         Ok(InPresence {
             from,
             to,
-            kind,
-            id: e.attr("id").map(str::to_owned),
+            kind: PresenceType::parse(typ),
+            id: id.map(str::to_owned),
             lang,
-            body,
-            invalid_show,
-            invalid_priority,
-            error,
+            body: Availability::default(),
+            invalid_show: None,
+            invalid_priority: None,
+            error: None,
         })
     }
 

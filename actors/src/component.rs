@@ -495,12 +495,68 @@ pub enum StreamEvent {
     Header { id: Option<String> },
     /// A complete top-level element (stanza, `<handshake/>`, `<stream:error/>`).
     Element(Element),
+    /// A top-level `<presence/>` without children or text, read without building a tree.
+    Presence(PresenceHead),
     /// `</stream:stream>`.
     End,
 }
 
+/// The attributes of a childless top-level `<presence/>` (unprefixed names, plus `xml:lang`).
+#[derive(Debug, Default, PartialEq)]
+pub struct PresenceHead {
+    attrs: Vec<(String, String)>,
+    lang: Option<String>,
+}
+
+impl PresenceHead {
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The same [`InPresence`] (or error) as `InPresence::from_element` of the element.
+    pub fn parse(&self) -> Result<InPresence, pua_xmpp::stanza::StanzaError> {
+        let a = |n| self.attr(n);
+        InPresence::from_attrs([a("from"), a("to"), a("type"), a("id")], self.lang.clone())
+    }
+
+    /// The head's attributes when the tree would read them the same way: unprefixed names
+    /// (a default-namespace declaration is skipped) and `xml:lang`, each at most once.
+    /// Anything else (other prefixes, duplicates) goes through the tree, which decides.
+    fn of_events(events: &[rxml::RawEvent]) -> Option<PresenceHead> {
+        let mut head = PresenceHead::default();
+        for ev in events {
+            let rxml::RawEvent::Attribute(_, (prefix, name), value) = ev else {
+                continue;
+            };
+            match prefix.as_ref().map(|p| p.as_str()) {
+                None if name.as_str() == "xmlns" => {}
+                None => {
+                    if head.attr(name.as_str()).is_some() {
+                        return None;
+                    }
+                    head.attrs
+                        .push((name.as_str().to_owned(), value.to_string()));
+                }
+                Some("xml") if name.as_str() == "lang" && head.lang.is_none() => {
+                    head.lang = Some(value.to_string());
+                }
+                Some(_) => return None,
+            }
+        }
+        Some(head)
+    }
+}
+
 /// Incremental parser for the server side of the stream: rxml raw events into minidom
 /// elements, one per top-level child of `<stream:stream>`.
+///
+/// Fast path (issue 7): the head of a top-level `<presence>` is held back from the tree; if
+/// the element ends right after its head (no child, no text), it becomes a
+/// [`StreamEvent::Presence`] read from its attributes, with no tree built and dropped. A child,
+/// text or an attribute the fast path does not read replays the held events into the tree.
 pub struct StreamParser {
     parser: rxml::RawParser,
     tree: TreeBuilder,
@@ -508,6 +564,9 @@ pub struct StreamParser {
     stanza_bytes: usize,
     max_stanza: usize,
     events: VecDeque<StreamEvent>,
+    /// The held-back head of a top-level `<presence>` (open, attributes, close).
+    held: Vec<rxml::RawEvent>,
+    holding: bool,
 }
 
 impl Default for StreamParser {
@@ -530,7 +589,18 @@ impl StreamParser {
             stanza_bytes: 0,
             max_stanza,
             events: VecDeque::new(),
+            held: Vec::new(),
+            holding: false,
         }
+    }
+
+    /// Hands the held-back presence head to the tree (the element is not childless after all).
+    fn replay(&mut self) -> Result<(), String> {
+        self.holding = false;
+        for ev in std::mem::take(&mut self.held) {
+            self.tree.process_event(ev).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// Feeds bytes; complete events are queued for [`StreamParser::next_event`]. An error means
@@ -563,6 +633,33 @@ impl StreamParser {
 
     fn on_event(&mut self, ev: rxml::RawEvent) -> Result<(), String> {
         use rxml::RawEvent as E;
+        if self.holding {
+            match ev {
+                E::Attribute(..) | E::ElementHeadClose(..) => {
+                    self.held.push(ev);
+                    return Ok(());
+                }
+                E::ElementFoot(..) => {
+                    if let Some(head) = PresenceHead::of_events(&self.held) {
+                        self.holding = false;
+                        self.held.clear();
+                        self.depth = self.depth.saturating_sub(1);
+                        self.events.push_back(StreamEvent::Presence(head));
+                        return Ok(());
+                    }
+                    self.replay()?;
+                }
+                _ => self.replay()?,
+            }
+        } else if let E::ElementHeadOpen(_, (None, name)) = &ev {
+            if self.depth == 1 && name.as_str() == "presence" {
+                self.depth = 2;
+                self.stanza_bytes = 0;
+                self.holding = true;
+                self.held.push(ev);
+                return Ok(());
+            }
+        }
         match ev {
             E::XmlDeclaration(..) => Ok(()),
             E::ElementHeadOpen(..) => {
@@ -653,20 +750,36 @@ fn service_unavailable(kind: &str, el: &Element, from: &str) -> String {
     s
 }
 
+/// A parsed inbound presence (from the tree or [`PresenceHead`]): case 47, a bad presence is
+/// dropped and logged; so is one addressed outside the component's domain.
+pub fn classify_presence(
+    domain: &str,
+    parsed: Result<InPresence, pua_xmpp::stanza::StanzaError>,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Inbound {
+    match parsed {
+        Err(e) => {
+            tracing::warn!(error = %e, from = ?from, to = ?to, "dropping inbound presence");
+            Inbound::Ignore
+        }
+        Ok(p) if !p.to.domain().as_str().eq_ignore_ascii_case(domain) => {
+            tracing::warn!(to = %p.to, component = domain, "dropping presence addressed outside the component domain");
+            Inbound::Ignore
+        }
+        Ok(p) => Inbound::Presence(Box::new(p)),
+    }
+}
+
 /// Classifies an inbound element (case 47: bad presence dropped; case 96: disco#info).
 pub fn classify_inbound(domain: &str, el: &Element) -> Inbound {
     match el.name() {
-        "presence" => match InPresence::from_element(el) {
-            Err(e) => {
-                tracing::warn!(error = %e, from = ?el.attr("from"), to = ?el.attr("to"), "dropping inbound presence");
-                Inbound::Ignore
-            }
-            Ok(p) if !p.to.domain().as_str().eq_ignore_ascii_case(domain) => {
-                tracing::warn!(to = %p.to, component = domain, "dropping presence addressed outside the component domain");
-                Inbound::Ignore
-            }
-            Ok(p) => Inbound::Presence(Box::new(p)),
-        },
+        "presence" => classify_presence(
+            domain,
+            InPresence::from_element(el),
+            el.attr("from"),
+            el.attr("to"),
+        ),
         "iq" => {
             let Some(from) = el.attr("from") else {
                 tracing::warn!("dropping iq without 'from'");
@@ -932,35 +1045,20 @@ async fn run_session(
                 let mut end = None;
                 let mut presences = Vec::new();
                 while let Some(ev) = s.parser.next_event() {
-                    match ev {
+                    let inbound = match ev {
                         StreamEvent::Element(el) => {
                             if let Some((condition, text)) = stream_error_of(&el) {
                                 end = Some(LinkError::StreamError { condition, text });
                                 break;
                             }
-                            match classify_inbound(&link.cfg.domain, &el) {
-                                Inbound::Presence(p) if link.control.draining.load(Ordering::SeqCst) => {
-                                    let n = link.control.dropped_inbound.fetch_add(1, Ordering::SeqCst);
-                                    if n == 0 {
-                                        tracing::info!(from = %p.from, to = %p.to, "shutting down: inbound presence no longer forwarded");
-                                    } else {
-                                        tracing::debug!(from = %p.from, to = %p.to, "shutting down: inbound presence dropped");
-                                    }
-                                }
-                                Inbound::Presence(p) => {
-                                    let kind = match &p.kind {
-                                        Ok(k) => k.as_attr().unwrap_or("available"),
-                                        Err(_) => "unknown",
-                                    };
-                                    in_counters.inc(kind, |k| {
-                                        metrics::counter!("pua_xmpp_stanzas_in_total", "type" => k)
-                                    });
-                                    presences.push(*p);
-                                }
-                                Inbound::Reply(r) => replies.push_str(&r),
-                                Inbound::Ignore => {}
-                            }
+                            classify_inbound(&link.cfg.domain, &el)
                         }
+                        StreamEvent::Presence(h) => classify_presence(
+                            &link.cfg.domain,
+                            h.parse(),
+                            h.attr("from"),
+                            h.attr("to"),
+                        ),
                         StreamEvent::End => {
                             end = Some(LinkError::Closed);
                             break;
@@ -969,6 +1067,28 @@ async fn run_session(
                             end = Some(LinkError::Protocol("second stream header".into()));
                             break;
                         }
+                    };
+                    match inbound {
+                        Inbound::Presence(p) if link.control.draining.load(Ordering::SeqCst) => {
+                            let n = link.control.dropped_inbound.fetch_add(1, Ordering::SeqCst);
+                            if n == 0 {
+                                tracing::info!(from = %p.from, to = %p.to, "shutting down: inbound presence no longer forwarded");
+                            } else {
+                                tracing::debug!(from = %p.from, to = %p.to, "shutting down: inbound presence dropped");
+                            }
+                        }
+                        Inbound::Presence(p) => {
+                            let kind = match &p.kind {
+                                Ok(k) => k.as_attr().unwrap_or("available"),
+                                Err(_) => "unknown",
+                            };
+                            in_counters.inc(kind, |k| {
+                                metrics::counter!("pua_xmpp_stanzas_in_total", "type" => k)
+                            });
+                            presences.push(*p);
+                        }
+                        Inbound::Reply(r) => replies.push_str(&r),
+                        Inbound::Ignore => {}
                     }
                 }
                 match &link.inbound_batches {
@@ -1019,6 +1139,9 @@ async fn close_session(link: &Link, s: &mut Session, wait: Duration) -> CloseOut
                     StreamEvent::Element(el) if el.name() == "presence" => {
                         link.control.dropped_inbound.fetch_add(1, Ordering::SeqCst);
                     }
+                    StreamEvent::Presence(_) => {
+                        link.control.dropped_inbound.fetch_add(1, Ordering::SeqCst);
+                    }
                     _ => {}
                 }
             }
@@ -1058,6 +1181,9 @@ fn unexpected(ev: StreamEvent) -> LinkError {
             Some((condition, text)) => LinkError::StreamError { condition, text },
             None => LinkError::Protocol(format!("unexpected <{}> during handshake", el.name())),
         },
+        StreamEvent::Presence(_) => {
+            LinkError::Protocol("unexpected <presence> during handshake".into())
+        }
         StreamEvent::End => LinkError::Closed,
         StreamEvent::Header { .. } => LinkError::Protocol("second stream header".into()),
     }

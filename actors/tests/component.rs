@@ -584,6 +584,7 @@ fn stream_parser_yields_header_elements_and_end_from_byte_chunks() {
         got.push(match ev {
             StreamEvent::Header { id } => format!("header {id:?}"),
             StreamEvent::Element(e) => format!("{} {}", e.name(), e.ns()),
+            StreamEvent::Presence(h) => format!("presence head {:?}", h.attr("from")),
             StreamEvent::End => "end".into(),
         });
     }
@@ -597,6 +598,68 @@ fn stream_parser_yields_header_elements_and_end_from_byte_chunks() {
             "end"
         ]
     );
+}
+
+/// Issue 7 fast path: a childless top-level presence is read from its attributes (no tree);
+/// it must give exactly what the tree gives, and anything else must still take the tree.
+#[test]
+fn childless_presences_read_without_a_tree_equal_the_tree_reading() {
+    use pua_xmpp::stanza::StanzaError;
+    let cases: &[(&str, bool)] = &[
+        ("<presence from='w1@x.test/r' to='p1*s.test@gw.test' type='subscribe'/>", true),
+        ("<presence from='w1@x.test' to='p1*s.test@gw.test' type='probe' id='a1' xml:lang='de'></presence>", true),
+        ("<presence xmlns='jabber:component:accept' from='w@x.test' to='p@gw.test'/>", true),
+        ("<presence from='w@x.test' to='p@gw.test' type='unavailable' xml:lang='en'/>", true),
+        ("<presence to='p@gw.test' type='subscribe'/>", true),
+        ("<presence from='w@x.test' type='subscribe'/>", true),
+        ("<presence from='a&amp;b@x.test' to='p@gw.test'/>", true),
+        ("<presence from='w@x.test' to='p@gw.test' type='bogus'/>", true),
+        ("<presence from='w@x.test' to='p@gw.test'><show>away</show><status>n1</status></presence>", false),
+        ("<presence from='w@x.test' to='p@gw.test'> </presence>", false),
+        ("<presence xmlns:foo='urn:x' foo:bar='1' from='w@x.test' to='p@gw.test'/>", false),
+        ("<presence from='w@x.test' to='p@gw.test' type='error'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>", false),
+    ];
+    let header = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:component:accept' id='1'>";
+    for (xml, fast) in cases {
+        let mut p = StreamParser::new();
+        p.feed(header.as_bytes()).unwrap();
+        // Byte by byte: the held head must survive any split.
+        for b in xml.as_bytes().chunks(1) {
+            p.feed(b).unwrap();
+        }
+        assert!(matches!(p.next_event(), Some(StreamEvent::Header { .. })));
+        let (took_fast, got): (bool, Result<InPresence, StanzaError>) = match p.next_event() {
+            Some(StreamEvent::Presence(h)) => (true, h.parse()),
+            Some(StreamEvent::Element(e)) => (false, InPresence::from_element(&e)),
+            other => panic!("{xml}: {other:?}"),
+        };
+        assert!(p.next_event().is_none());
+        let wrapped = if xml.split('>').next().unwrap_or("").contains("xmlns=") {
+            xml.to_string()
+        } else {
+            xml.replacen("<presence", "<presence xmlns='jabber:component:accept'", 1)
+        };
+        let tree: minidom::Element = wrapped.parse().unwrap();
+        assert_eq!(got, InPresence::from_element(&tree), "{xml}");
+        assert_eq!(took_fast, *fast, "{xml}");
+    }
+    // A duplicate attribute is left to the tree, which decides as before.
+    let mut p = StreamParser::new();
+    p.feed(header.as_bytes()).unwrap();
+    let r = p.feed(b"<presence from='w@x.test' to='p@gw.test' from='v@x.test'/>");
+    let _ = p.next_event();
+    assert!(r.is_err() || !matches!(p.next_event(), Some(StreamEvent::Presence(_))));
+    // The stream goes on after a fast presence: the next element and the end still come.
+    let mut p = StreamParser::new();
+    p.feed(header.as_bytes()).unwrap();
+    p.feed(
+        b"<presence from='w@x.test' to='p@gw.test' type='subscribe'/><handshake/></stream:stream>",
+    )
+    .unwrap();
+    let _ = p.next_event();
+    assert!(matches!(p.next_event(), Some(StreamEvent::Presence(_))));
+    assert!(matches!(p.next_event(), Some(StreamEvent::Element(e)) if e.name() == "handshake"));
+    assert!(matches!(p.next_event(), Some(StreamEvent::End)));
 }
 
 #[test]
