@@ -20,8 +20,9 @@
 //!
 //! - Each table gets a `shard SMALLINT NOT NULL` column = `hash(X) mod 1024` (a fixed number
 //!   of virtual shards, independent of the instance count), and the table is `PARTITION BY
-//!   LIST (shard)` or simply indexed on `shard`. Primary keys stay as in SQLite:
-//!   `subscription (watcher, presentity)`, `watcher_relation (presentity, watcher)`,
+//!   LIST (shard)` or simply indexed on `shard`. Primary keys: `subscription (watcher,
+//!   presentity)` (SQLite keys it by a row id, see below; a server database with its own
+//!   buffer pool can key it by the pair), `watcher_relation (presentity, watcher)`,
 //!   `notifier_dialog (call_id)`, `publication (presentity)`, `winfo (presentity)`.
 //! - A `shard_owner (shard PRIMARY KEY, instance, lease_until)` table assigns shards to
 //!   instances; an instance renews its lease periodically, loads `WHERE shard = ANY($owned)` at
@@ -37,10 +38,12 @@
 //! # SQLite layout
 //!
 //! WAL mode, `synchronous=NORMAL` (a power cut may lose the last batches, never corrupts),
-//! `WITHOUT ROWID` tables keyed by their natural key (no second copy of the key in an index;
-//! measured: 336 bytes of file per subscription with a dialog and two routes, so about
-//! 340 MB for the target of 1,000,000 per instance), enums as small integers, route sets as JSON text (NULL when empty). Schema changes are numbered entries
-//! of [`MIGRATIONS`], applied in order at open and recorded in `schema_version`.
+//! `WITHOUT ROWID` tables keyed by their natural key (no second copy of the key in an index),
+//! except `subscription`: the table a set-up burst fills is keyed by a row id the writer hands
+//! out in order (schema 3), so new rows append whatever their JIDs, and the writer keeps
+//! pair → row id in memory (a keyed 128-bit hash, ~30 bytes per pair). Enums are small
+//! integers, route sets JSON text (NULL when empty). Schema changes are numbered entries of
+//! [`MIGRATIONS`], applied in order at open and recorded in `schema_version`.
 
 use pua_xmpp::notifier::{DialogState, NotifierDialog, PersistOp, WatcherRelation};
 use pua_xmpp::publisher::PublicationRecord;
@@ -48,6 +51,7 @@ use pua_xmpp::subscriber::{Dialog, Pair, Relation, SubscriptionRecord};
 use rusqlite::{params, CachedStatement, Connection, Row};
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
@@ -55,6 +59,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use xmpp_parsers::jid::BareJid;
+
+use crate::idhash::IdMap;
 
 /// One change to persist.
 #[derive(Clone, Debug, PartialEq)]
@@ -325,7 +331,7 @@ pub trait Store: Send + 'static {
 
 /// Schema migrations, applied in order: `(version, SQL)`. Add a change as the next entry;
 /// never edit an applied one.
-pub const MIGRATIONS: &[(u32, &str)] = &[(1, MIGRATION_1), (2, MIGRATION_2)];
+pub const MIGRATIONS: &[(u32, &str)] = &[(1, MIGRATION_1), (2, MIGRATION_2), (3, MIGRATION_3)];
 
 const MIGRATION_1: &str = "
 CREATE TABLE subscription (
@@ -389,18 +395,46 @@ ALTER TABLE publication ADD COLUMN lease_left INTEGER;
 ALTER TABLE publication ADD COLUMN expires_at INTEGER;
 ";
 
-const PUT_SUBSCRIPTION: &str = "INSERT INTO subscription (watcher, presentity, watcher_uri,
-    presentity_uri, relation, lease_left, expires_at, call_id, local_tag, remote_tag, local_cseq,
-    remote_cseq, remote_target, route_set, requested)
-  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-  ON CONFLICT (watcher, presentity) DO UPDATE SET watcher_uri = excluded.watcher_uri,
-    presentity_uri = excluded.presentity_uri, relation = excluded.relation,
-    lease_left = excluded.lease_left, expires_at = excluded.expires_at,
-    call_id = excluded.call_id, local_tag = excluded.local_tag,
-    remote_tag = excluded.remote_tag, local_cseq = excluded.local_cseq,
-    remote_cseq = excluded.remote_cseq, remote_target = excluded.remote_target,
-    route_set = excluded.route_set, requested = excluded.requested";
-const DELETE_SUBSCRIPTION: &str = "DELETE FROM subscription WHERE watcher = ?1 AND presentity = ?2";
+/// Issue 7: subscriber pairs arrive in no particular key order, and a B-tree keyed by the two
+/// JIDs dirtied one page per new row, so every batch rewrote about as many 4 KB pages as it had
+/// rows (WAL, then checkpoint): 29 µs of CPU per row in random order against 4 µs in key
+/// order (200,000 rows, batches of 1,000). Keyed by a row id the writer hands out in order,
+/// new rows append to the last page whatever their JIDs: 3.3 µs in either order. The pair's
+/// uniqueness is kept by the writer's map (pair → row id) and by the shards' own tables.
+const MIGRATION_3: &str = "
+CREATE TABLE subscription_v3 (
+    id INTEGER PRIMARY KEY,
+    watcher TEXT NOT NULL,
+    presentity TEXT NOT NULL,
+    watcher_uri TEXT NOT NULL,
+    presentity_uri TEXT NOT NULL,
+    relation INTEGER NOT NULL,
+    lease_left INTEGER,
+    expires_at INTEGER,
+    call_id TEXT,
+    local_tag TEXT,
+    remote_tag TEXT,
+    local_cseq INTEGER,
+    remote_cseq INTEGER,
+    remote_target TEXT,
+    route_set TEXT,
+    requested INTEGER
+);
+INSERT INTO subscription_v3 (watcher, presentity, watcher_uri, presentity_uri, relation,
+    lease_left, expires_at, call_id, local_tag, remote_tag, local_cseq, remote_cseq,
+    remote_target, route_set, requested)
+  SELECT watcher, presentity, watcher_uri, presentity_uri, relation, lease_left, expires_at,
+    call_id, local_tag, remote_tag, local_cseq, remote_cseq, remote_target, route_set, requested
+  FROM subscription ORDER BY watcher, presentity;
+DROP TABLE subscription;
+ALTER TABLE subscription_v3 RENAME TO subscription;
+";
+
+const PUT_SUBSCRIPTION: &str = "INSERT OR REPLACE INTO subscription (id, watcher, presentity,
+    watcher_uri, presentity_uri, relation, lease_left, expires_at, call_id, local_tag,
+    remote_tag, local_cseq, remote_cseq, remote_target, route_set, requested)
+  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+const DELETE_SUBSCRIPTION: &str = "DELETE FROM subscription WHERE id = ?1";
 const PUT_RELATION: &str = "INSERT INTO watcher_relation (presentity, watcher, state)
   VALUES (?1, ?2, ?3) ON CONFLICT (presentity, watcher) DO UPDATE SET state = excluded.state";
 const PUT_DIALOG: &str = "INSERT INTO notifier_dialog (call_id, presentity, local_tag,
@@ -475,6 +509,57 @@ impl<'c> BatchStatements<'c> {
 /// The SQLite backend (one file per gateway instance).
 pub struct SqliteStore {
     conn: Connection,
+    /// Row id of each stored subscriber pair, by a keyed 128-bit hash of (watcher, presentity):
+    /// ~30 bytes per pair instead of the JIDs (2^-128 per pair of pairs to collide, not
+    /// aimable: the keys are random per process).
+    rows: RowIds,
+}
+
+/// Subscriber pair → row id of the `subscription` table, and the next id to hand out.
+struct RowIds {
+    by_pair: IdMap<(u64, u64), i64>,
+    next: i64,
+    a: std::hash::RandomState,
+    b: std::hash::RandomState,
+}
+
+impl RowIds {
+    fn key(&self, watcher: &BareJid, presentity: &BareJid) -> (u64, u64) {
+        let parts = (watcher.as_str(), presentity.as_str());
+        (self.a.hash_one(parts), self.b.hash_one(parts))
+    }
+
+    /// Reads every row's id and pair. A pair stored twice (not written by this code, which
+    /// keeps one row per pair) keeps its newest row; the older ones are deleted.
+    fn load(conn: &Connection) -> Result<RowIds, StoreError> {
+        let mut rows = RowIds {
+            by_pair: IdMap::default(),
+            next: 1,
+            a: std::hash::RandomState::new(),
+            b: std::hash::RandomState::new(),
+        };
+        let mut stale = Vec::new();
+        {
+            let mut stmt =
+                conn.prepare("SELECT id, watcher, presentity FROM subscription ORDER BY id")?;
+            let mut q = stmt.query([])?;
+            while let Some(r) = q.next()? {
+                let id: i64 = r.get(0)?;
+                let (w, p): (String, String) = (r.get(1)?, r.get(2)?);
+                let parts = (w.as_str(), p.as_str());
+                let key = (rows.a.hash_one(parts), rows.b.hash_one(parts));
+                if let Some(old) = rows.by_pair.insert(key, id) {
+                    stale.push(old);
+                }
+                rows.next = rows.next.max(id.saturating_add(1));
+            }
+        }
+        for id in stale {
+            tracing::warn!(id, "subscription stored twice; the older row is deleted");
+            conn.execute(DELETE_SUBSCRIPTION, [id])?;
+        }
+        Ok(rows)
+    }
 }
 
 impl SqliteStore {
@@ -513,7 +598,8 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.set_prepared_statement_cache_capacity(32);
         migrate(&mut conn)?;
-        Ok(SqliteStore { conn })
+        let rows = RowIds::load(&conn)?;
+        Ok(SqliteStore { conn, rows })
     }
 
     /// The schema version recorded in the database.
@@ -620,6 +706,10 @@ fn col<T: rusqlite::types::FromSql>(row: &Row<'_>, idx: usize, name: &str) -> Re
 
 impl Store for SqliteStore {
     fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        let rows = &mut self.rows;
+        // Pairs deleted by this batch leave the map only once it commits (a failed batch is
+        // retried and must find them again). Ids handed out to a failed batch are not reused.
+        let mut gone: Vec<(u64, u64)> = Vec::new();
         let tx = self.conn.transaction()?;
         let mut stmts = BatchStatements::new(&tx);
         for op in ops {
@@ -633,7 +723,16 @@ impl Store for SqliteStore {
                         Some(d) => encode_routes(&d.route_set)?,
                         None => None,
                     };
+                    let key = rows.key(&rec.pair.watcher, &rec.pair.presentity);
+                    gone.retain(|k| *k != key);
+                    let next = &mut rows.next;
+                    let id = *rows.by_pair.entry(key).or_insert_with(|| {
+                        let id = *next;
+                        *next += 1;
+                        id
+                    });
                     stmts.get(S_PUT_SUBSCRIPTION)?.execute(params![
+                        id,
                         rec.pair.watcher.as_str(),
                         rec.pair.presentity.as_str(),
                         rec.pair.watcher_uri,
@@ -655,9 +754,11 @@ impl Store for SqliteStore {
                     watcher,
                     presentity,
                 } => {
-                    stmts
-                        .get(S_DELETE_SUBSCRIPTION)?
-                        .execute(params![watcher.as_str(), presentity.as_str()])?;
+                    let key = rows.key(watcher, presentity);
+                    if let Some(&id) = rows.by_pair.get(&key) {
+                        stmts.get(S_DELETE_SUBSCRIPTION)?.execute(params![id])?;
+                        gone.push(key);
+                    }
                 }
                 StoreOp::PutRelation {
                     presentity,
@@ -717,6 +818,9 @@ impl Store for SqliteStore {
         }
         drop(stmts);
         tx.commit()?;
+        for key in gone {
+            rows.by_pair.remove(&key);
+        }
         Ok(())
     }
 

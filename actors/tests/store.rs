@@ -599,8 +599,8 @@ fn issue_6_coalesce_keeps_the_last_op_per_key_in_order() {
 fn issue_6_schema_version_table_lists_every_migration_and_reopen_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gw.sqlite");
-    assert_eq!(open(&path).schema_version().unwrap(), 2);
-    assert_eq!(open(&path).schema_version().unwrap(), 2);
+    assert_eq!(open(&path).schema_version().unwrap(), 3);
+    assert_eq!(open(&path).schema_version().unwrap(), 3);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let versions: Vec<u32> = conn
         .prepare("SELECT version FROM schema_version ORDER BY version")
@@ -609,7 +609,7 @@ fn issue_6_schema_version_table_lists_every_migration_and_reopen_keeps_it() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -631,7 +631,7 @@ fn issue_6_a_schema_newer_than_the_binary_is_refused() {
     match SqliteStore::open(&path) {
         Err(e) => assert_eq!(
             e.to_string(),
-            "store schema version 7 is newer than this binary knows (2)"
+            "store schema version 7 is newer than this binary knows (3)"
         ),
         Ok(_) => panic!("opened a newer schema"),
     }
@@ -955,7 +955,7 @@ fn issue_6_migration_2_keeps_schema_1_publications_without_body() {
         .unwrap();
     }
     let mut store = open(&path);
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), 3);
     assert_eq!(
         store.load().unwrap().publications,
         vec![(
@@ -1005,4 +1005,134 @@ fn issue_6_pua_publication_with_its_last_document_survives_a_crash() {
         vec![(romeo, closed, Some(1_795_001_900))]
     );
     assert_eq!(lease_left_at(Some(1_795_001_900), 1_795_001_000), Some(900));
+}
+
+/// Issue 7, schema 3: a store written by schema 2 (subscriptions keyed by the two JIDs) opens
+/// migrated; its rows load as before, and a later write of the same pair replaces its row
+/// (no second row), a delete removes it.
+#[test]
+fn issue_7_migration_3_keeps_schema_2_subscriptions_and_writes_them_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY,
+                applied_at INTEGER NOT NULL);
+             INSERT INTO schema_version VALUES (1, 0), (2, 0);",
+        )
+        .unwrap();
+        for (_, sql) in pua_xmpp_actors::store::MIGRATIONS.iter().take(2) {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO subscription (watcher, presentity, watcher_uri, presentity_uri, relation,
+                lease_left, expires_at)
+               VALUES ('benvolio@example.net', 'tybalt*example.com@sip.example.net',
+                 'sip:benvolio*example.net@xmpp.example.com', 'sip:tybalt@example.com', 0, NULL,
+                 NULL);",
+        )
+        .unwrap();
+    }
+    let mut store = open(&path);
+    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(
+        store.load().unwrap().subscriptions,
+        vec![(sub_without_dialog(), None)]
+    );
+    let mut changed = sub_without_dialog();
+    changed.relation = Relation::Approved;
+    apply(
+        &mut store,
+        &[StoreOp::subscription(changed.clone(), 1_795_000_000)],
+    );
+    drop(store);
+    let rows: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM subscription", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1);
+    assert_eq!(load(&path).subscriptions, vec![(changed, None)]);
+    let mut store = open(&path);
+    let p = sub_without_dialog().pair;
+    apply(
+        &mut store,
+        &[StoreOp::DeleteSubscription {
+            watcher: p.watcher,
+            presentity: p.presentity,
+        }],
+    );
+    assert_eq!(load(&path).subscriptions, vec![]);
+}
+
+/// Issue 7: pairs written in no particular order, across reopenings of the store (the writer
+/// rebuilds pair -> row id at open), updated and deleted: the table holds exactly one row per
+/// live pair with its last record, and new rows take increasing ids.
+#[test]
+fn issue_7_row_ids_survive_reopening_and_keep_one_row_per_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.sqlite");
+    let n = 2000u32;
+    // A spread order of the pairs (i * 7919 mod n visits every i once).
+    let order: Vec<u32> = (0..n).map(|i| (i * 7919) % n).collect();
+    {
+        let mut s = open(&path);
+        let ops: Vec<StoreOp> = order
+            .iter()
+            .map(|&i| StoreOp::subscription(numbered_sub(i), 1_795_000_000))
+            .collect();
+        apply(&mut s, &ops);
+    }
+    let mut expected: std::collections::BTreeMap<u32, SubscriptionRecord> =
+        (0..n).map(|i| (i, numbered_sub(i))).collect();
+    {
+        let mut s = open(&path);
+        let mut ops = Vec::new();
+        for &i in order.iter().filter(|&&i| i % 2 == 0) {
+            let mut r = numbered_sub(i);
+            r.relation = Relation::Approved;
+            expected.insert(i, r.clone());
+            ops.push(StoreOp::subscription(r, 1_795_000_000));
+        }
+        for &i in order.iter().filter(|&&i| i % 4 == 1) {
+            let p = numbered_sub(i).pair;
+            expected.remove(&i);
+            ops.push(StoreOp::DeleteSubscription {
+                watcher: p.watcher,
+                presentity: p.presentity,
+            });
+        }
+        apply(&mut s, &ops);
+    }
+    let max_before: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT MAX(id) FROM subscription", [], |r| r.get(0))
+        .unwrap();
+    {
+        // Deleted pairs come back as new rows, appended after the last.
+        let mut s = open(&path);
+        apply(
+            &mut s,
+            &[StoreOp::subscription(numbered_sub(1), 1_795_000_000)],
+        );
+        expected.insert(1, numbered_sub(1));
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (rows, max_id): (i64, i64) = conn
+        .query_row("SELECT COUNT(*), MAX(id) FROM subscription", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(rows, expected.len() as i64);
+    assert_eq!(max_id, max_before + 1, "the re-added pair took the next id");
+    let mut got: Vec<SubscriptionRecord> = load(&path)
+        .subscriptions
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    let mut want: Vec<SubscriptionRecord> = expected.into_values().collect();
+    let key = |r: &SubscriptionRecord| (r.pair.watcher.to_string(), r.pair.presentity.to_string());
+    got.sort_by_key(key);
+    want.sort_by_key(key);
+    assert_eq!(got, want);
 }

@@ -32,6 +32,9 @@ OPTIONS (defaults in brackets):
     --step-secs S          duration of one ladder step [5]
     --grace-secs S         wait after a step before counting losses [2]
     --setup-window W       subscriptions in flight during set-up [100]
+    --setup-order O        spread or seq: scenario a subscribes watcher w(i*P mod N) i-th
+                           (spread: JIDs arrive in no particular order, as in production) or
+                           w0, w1, ... (seq: sorted keys, kind to the gateway's store) [spread]
     --setup-timeout S      give up the set-up after S seconds [60]
     --connect-timeout S    wait this long for the gateway's component connection [30]
     --tick-ms MS           pacing tick [1]
@@ -39,6 +42,19 @@ OPTIONS (defaults in brackets):
                            are summed: a multi-process server such as Kamailio)
     --json FILE            also write the results as JSON
 ";
+
+/// A prime larger than any N the tool accepts: i -> i*P mod N is then a bijection of 0..N.
+const SPREAD: u128 = 2_654_435_761;
+
+impl Args {
+    /// The watcher index subscribed `i`-th during the set-up of scenario a.
+    pub fn setup_index(&self, i: usize) -> usize {
+        if !self.setup_spread || self.n == 0 {
+            return i;
+        }
+        ((i as u128 * SPREAD) % self.n as u128) as usize
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Scenario {
@@ -64,6 +80,8 @@ pub struct Args {
     pub step_secs: f64,
     pub grace_secs: f64,
     pub setup_window: usize,
+    /// Scenario a: subscribe in a spread (production-like) order rather than w0, w1, ...
+    pub setup_spread: bool,
     pub setup_timeout_secs: f64,
     pub connect_timeout_secs: f64,
     pub tick_ms: u64,
@@ -90,6 +108,7 @@ impl Default for Args {
             step_secs: 5.0,
             grace_secs: 2.0,
             setup_window: 100,
+            setup_spread: true,
             setup_timeout_secs: 60.0,
             connect_timeout_secs: 30.0,
             tick_ms: 1,
@@ -206,6 +225,13 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
                     return Err("--setup-window: must be at least 1".into());
                 }
             }
+            "--setup-order" => {
+                a.setup_spread = match v {
+                    "spread" => true,
+                    "seq" => false,
+                    _ => return Err("--setup-order: spread or seq".into()),
+                }
+            }
             "--setup-timeout" => a.setup_timeout_secs = secs(&key, v, 3600.0)?,
             "--connect-timeout" => a.connect_timeout_secs = secs(&key, v, 3600.0)?,
             "--tick-ms" => {
@@ -233,6 +259,36 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_order_visits_every_watcher_once() {
+        for n in [1usize, 2, 7, 1000, 100_000] {
+            let a = Args {
+                n,
+                ..Args::default()
+            };
+            let mut seen = vec![false; n];
+            for i in 0..n {
+                let j = a.setup_index(i);
+                assert!(!seen[j], "n={n} i={i} j={j}");
+                seen[j] = true;
+            }
+        }
+        let a = Args {
+            n: 1000,
+            ..Args::default()
+        };
+        assert_ne!(
+            (0..5).map(|i| a.setup_index(i)).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
+        let seq = Args {
+            n: 1000,
+            setup_spread: false,
+            ..Args::default()
+        };
+        assert_eq!(seq.setup_index(3), 3);
+    }
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_owned).collect()

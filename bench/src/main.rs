@@ -283,7 +283,7 @@ fn send_setup(ctx: &Ctx, from: usize, to: usize, sip_buf: &mut Vec<u8>) {
     match a.scenario {
         Scenario::A => {
             let mut s = String::with_capacity((to - from) * 120);
-            for i in from..to {
+            for i in (from..to).map(|i| a.setup_index(i)) {
                 s.push_str("<presence type='subscribe' from='w");
                 s.push_str(&format!("{i}@{}' to='", a.xmpp_domain));
                 xmpp::escape(&mut s, &ctx.a_presentity_jid(i));
