@@ -932,6 +932,25 @@ Content-Length: 0\r\n\r\n";
     );
 }
 
+/// A database as an older binary left it: the migrations up to `version`, recorded.
+fn db_at_schema(path: &Path, version: u32) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY,
+            applied_at INTEGER NOT NULL);",
+    )
+    .unwrap();
+    for (v, sql) in pua_xmpp_actors::store::MIGRATIONS
+        .iter()
+        .filter(|m| m.0 <= version)
+    {
+        conn.execute_batch(sql).unwrap();
+        conn.execute("INSERT INTO schema_version VALUES (?1, 0)", [v])
+            .unwrap();
+    }
+    conn
+}
+
 /// Issue 6, PUA mode: a database of schema 1 (publication without body or lease) is migrated
 /// to 2 at open; its rows load with no body and no lease, so nothing is refreshed for them.
 #[test]
@@ -939,15 +958,7 @@ fn issue_6_migration_2_keeps_schema_1_publications_without_body() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gw.sqlite");
     {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY,
-                applied_at INTEGER NOT NULL);
-             INSERT INTO schema_version VALUES (1, 0);",
-        )
-        .unwrap();
-        conn.execute_batch(pua_xmpp_actors::store::MIGRATIONS[0].1)
-            .unwrap();
+        let conn = db_at_schema(&path, 1);
         conn.execute_batch(
             "INSERT INTO publication VALUES ('romeo@example.net',
                 'sip:romeo*example.net@xmpp.example.com', 'etag-5', 'pub-1@gw.example.com', 4);",
@@ -1015,16 +1026,7 @@ fn issue_7_migration_3_keeps_schema_2_subscriptions_and_writes_them_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gw.sqlite");
     {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY,
-                applied_at INTEGER NOT NULL);
-             INSERT INTO schema_version VALUES (1, 0), (2, 0);",
-        )
-        .unwrap();
-        for (_, sql) in pua_xmpp_actors::store::MIGRATIONS.iter().take(2) {
-            conn.execute_batch(sql).unwrap();
-        }
+        let conn = db_at_schema(&path, 2);
         conn.execute_batch(
             "INSERT INTO subscription (watcher, presentity, watcher_uri, presentity_uri, relation,
                 lease_left, expires_at)
