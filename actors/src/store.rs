@@ -21,9 +21,9 @@
 //! - Each table gets a `shard SMALLINT NOT NULL` column = `hash(X) mod 1024` (a fixed number
 //!   of virtual shards, independent of the instance count), and the table is `PARTITION BY
 //!   LIST (shard)` or simply indexed on `shard`. Primary keys: `subscription (watcher,
-//!   presentity)` (SQLite keys it by a row id, see below; a server database with its own
-//!   buffer pool can key it by the pair), `watcher_relation (presentity, watcher)`,
-//!   `notifier_dialog (call_id)`, `publication (presentity)`, `winfo (presentity)`.
+//!   presentity)`, `watcher_relation (presentity, watcher)`, `notifier_dialog (call_id)`
+//!   (SQLite keys these three by a row id, see below; a server database with its own buffer
+//!   pool can key them naturally), `publication (presentity)`, `winfo (presentity)`.
 //! - A `shard_owner (shard PRIMARY KEY, instance, lease_until)` table assigns shards to
 //!   instances; an instance renews its lease periodically, loads `WHERE shard = ANY($owned)` at
 //!   start, and takes over the shards of an instance whose lease ran out (after loading them).
@@ -39,10 +39,11 @@
 //!
 //! WAL mode, `synchronous=NORMAL` (a power cut may lose the last batches, never corrupts),
 //! `WITHOUT ROWID` tables keyed by their natural key (no second copy of the key in an index),
-//! except `subscription`: the table a set-up burst fills is keyed by a row id the writer hands
-//! out in order (schema 3), so new rows append whatever their JIDs, and the writer keeps
-//! pair → row id in memory (a keyed 128-bit hash, ~30 bytes per pair). Enums are small
-//! integers, route sets JSON text (NULL when empty). Schema changes are numbered entries of
+//! except the three that set-up bursts fill (`subscription`, schema 3; `watcher_relation` and
+//! `notifier_dialog`, schema 4): those are keyed by a row id the writer hands out in order, so
+//! new rows append whatever their JIDs or Call-IDs, and the writer keeps natural key → row id in
+//! memory (a keyed 128-bit hash, ~30 bytes per row). Enums are small integers, route sets JSON
+//! text (NULL when empty). Schema changes are numbered entries of
 //! [`MIGRATIONS`], applied in order at open and recorded in `schema_version`.
 
 use pua_xmpp::notifier::{DialogState, NotifierDialog, PersistOp, WatcherRelation};
@@ -331,7 +332,12 @@ pub trait Store: Send + 'static {
 
 /// Schema migrations, applied in order: `(version, SQL)`. Add a change as the next entry;
 /// never edit an applied one.
-pub const MIGRATIONS: &[(u32, &str)] = &[(1, MIGRATION_1), (2, MIGRATION_2), (3, MIGRATION_3)];
+pub const MIGRATIONS: &[(u32, &str)] = &[
+    (1, MIGRATION_1),
+    (2, MIGRATION_2),
+    (3, MIGRATION_3),
+    (4, MIGRATION_4),
+];
 
 const MIGRATION_1: &str = "
 CREATE TABLE subscription (
@@ -430,25 +436,58 @@ DROP TABLE subscription;
 ALTER TABLE subscription_v3 RENAME TO subscription;
 ";
 
+/// The notifier's tables, as schema 3 did for `subscription`: SIP watchers arrive in no order
+/// of Call-ID or JID either, and each set-up writes one row of each.
+const MIGRATION_4: &str = "
+CREATE TABLE watcher_relation_v4 (
+    id INTEGER PRIMARY KEY,
+    presentity TEXT NOT NULL,
+    watcher TEXT NOT NULL,
+    state INTEGER NOT NULL
+);
+INSERT INTO watcher_relation_v4 (presentity, watcher, state)
+  SELECT presentity, watcher, state FROM watcher_relation ORDER BY presentity, watcher;
+DROP TABLE watcher_relation;
+ALTER TABLE watcher_relation_v4 RENAME TO watcher_relation;
+CREATE TABLE notifier_dialog_v4 (
+    id INTEGER PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    presentity TEXT NOT NULL,
+    local_tag TEXT NOT NULL,
+    remote_tag TEXT NOT NULL,
+    remote_uri TEXT NOT NULL,
+    remote_display TEXT,
+    watcher TEXT NOT NULL,
+    remote_target TEXT NOT NULL,
+    route_set TEXT,
+    local_cseq INTEGER NOT NULL,
+    remote_cseq INTEGER NOT NULL,
+    event_id TEXT,
+    active INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+INSERT INTO notifier_dialog_v4 (call_id, presentity, local_tag, remote_tag, remote_uri,
+    remote_display, watcher, remote_target, route_set, local_cseq, remote_cseq, event_id,
+    active, expires_at)
+  SELECT call_id, presentity, local_tag, remote_tag, remote_uri, remote_display, watcher,
+    remote_target, route_set, local_cseq, remote_cseq, event_id, active, expires_at
+  FROM notifier_dialog ORDER BY call_id;
+DROP TABLE notifier_dialog;
+ALTER TABLE notifier_dialog_v4 RENAME TO notifier_dialog;
+";
+
 const PUT_SUBSCRIPTION: &str = "INSERT OR REPLACE INTO subscription (id, watcher, presentity,
     watcher_uri, presentity_uri, relation, lease_left, expires_at, call_id, local_tag,
     remote_tag, local_cseq, remote_cseq, remote_target, route_set, requested)
   VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
 const DELETE_SUBSCRIPTION: &str = "DELETE FROM subscription WHERE id = ?1";
-const PUT_RELATION: &str = "INSERT INTO watcher_relation (presentity, watcher, state)
-  VALUES (?1, ?2, ?3) ON CONFLICT (presentity, watcher) DO UPDATE SET state = excluded.state";
-const PUT_DIALOG: &str = "INSERT INTO notifier_dialog (call_id, presentity, local_tag,
-    remote_tag, remote_uri, remote_display, watcher, remote_target, route_set, local_cseq,
-    remote_cseq, event_id, active, expires_at)
-  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-  ON CONFLICT (call_id) DO UPDATE SET presentity = excluded.presentity,
-    local_tag = excluded.local_tag, remote_tag = excluded.remote_tag,
-    remote_uri = excluded.remote_uri, remote_display = excluded.remote_display,
-    watcher = excluded.watcher, remote_target = excluded.remote_target,
-    route_set = excluded.route_set, local_cseq = excluded.local_cseq,
-    remote_cseq = excluded.remote_cseq, event_id = excluded.event_id,
-    active = excluded.active, expires_at = excluded.expires_at";
-const DELETE_DIALOG: &str = "DELETE FROM notifier_dialog WHERE call_id = ?1";
+const PUT_RELATION: &str = "INSERT OR REPLACE INTO watcher_relation (id, presentity, watcher,
+    state) VALUES (?1, ?2, ?3, ?4)";
+const PUT_DIALOG: &str = "INSERT OR REPLACE INTO notifier_dialog (id, call_id, presentity,
+    local_tag, remote_tag, remote_uri, remote_display, watcher, remote_target, route_set,
+    local_cseq, remote_cseq, event_id, active, expires_at)
+  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+const DELETE_DIALOG: &str = "DELETE FROM notifier_dialog WHERE id = ?1";
 const PUT_PUBLICATION: &str = "INSERT INTO publication (presentity, uri, etag, call_id, cseq,
     body, available, lease_left, expires_at)
   VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (presentity) DO UPDATE SET
@@ -509,54 +548,76 @@ impl<'c> BatchStatements<'c> {
 /// The SQLite backend (one file per gateway instance).
 pub struct SqliteStore {
     conn: Connection,
-    /// Row id of each stored subscriber pair, by a keyed 128-bit hash of (watcher, presentity):
-    /// ~30 bytes per pair instead of the JIDs (2^-128 per pair of pairs to collide, not
-    /// aimable: the keys are random per process).
-    rows: RowIds,
+    /// Row ids of the tables keyed by a row id (schema 3 and 4), by a keyed 128-bit hash of
+    /// the natural key: ~30 bytes per row instead of the key text (2^-128 per pair of keys to
+    /// collide, not aimable: the hash keys are random per process).
+    subscriptions: RowIds,
+    relations: RowIds,
+    dialogs: RowIds,
 }
 
-/// Subscriber pair → row id of the `subscription` table, and the next id to hand out.
+/// Natural key → row id of one table, and the next id to hand out.
 struct RowIds {
-    by_pair: IdMap<(u64, u64), i64>,
+    by_key: IdMap<(u64, u64), i64>,
     next: i64,
     a: std::hash::RandomState,
     b: std::hash::RandomState,
 }
 
 impl RowIds {
-    fn key(&self, watcher: &BareJid, presentity: &BareJid) -> (u64, u64) {
-        let parts = (watcher.as_str(), presentity.as_str());
+    fn key(&self, parts: &[&str]) -> (u64, u64) {
         (self.a.hash_one(parts), self.b.hash_one(parts))
     }
 
-    /// Reads every row's id and pair. A pair stored twice (not written by this code, which
-    /// keeps one row per pair) keeps its newest row; the older ones are deleted.
-    fn load(conn: &Connection) -> Result<RowIds, StoreError> {
+    /// The row id of `key`, a new one (after every id in use) for a new key.
+    fn id_for(&mut self, key: (u64, u64)) -> i64 {
+        let next = &mut self.next;
+        *self.by_key.entry(key).or_insert_with(|| {
+            let id = *next;
+            *next += 1;
+            id
+        })
+    }
+
+    /// Reads the id and natural key (`key_columns`, text) of every row of `table`. A key
+    /// stored twice (not written by this code, which keeps one row per key) keeps its newest
+    /// row; the older ones are deleted.
+    fn load(conn: &Connection, table: &str, key_columns: &[&str]) -> Result<RowIds, StoreError> {
         let mut rows = RowIds {
-            by_pair: IdMap::default(),
+            by_key: IdMap::default(),
             next: 1,
             a: std::hash::RandomState::new(),
             b: std::hash::RandomState::new(),
         };
         let mut stale = Vec::new();
         {
-            let mut stmt =
-                conn.prepare("SELECT id, watcher, presentity FROM subscription ORDER BY id")?;
+            let sql = format!(
+                "SELECT id, {} FROM {table} ORDER BY id",
+                key_columns.join(", ")
+            );
+            let mut stmt = conn.prepare(&sql)?;
             let mut q = stmt.query([])?;
+            let mut texts: Vec<String> = Vec::with_capacity(key_columns.len());
             while let Some(r) = q.next()? {
                 let id: i64 = r.get(0)?;
-                let (w, p): (String, String) = (r.get(1)?, r.get(2)?);
-                let parts = (w.as_str(), p.as_str());
-                let key = (rows.a.hash_one(parts), rows.b.hash_one(parts));
-                if let Some(old) = rows.by_pair.insert(key, id) {
+                texts.clear();
+                for i in 1..=key_columns.len() {
+                    texts.push(r.get(i)?);
+                }
+                let parts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                if let Some(old) = rows.by_key.insert(rows.key(&parts), id) {
                     stale.push(old);
                 }
                 rows.next = rows.next.max(id.saturating_add(1));
             }
         }
         for id in stale {
-            tracing::warn!(id, "subscription stored twice; the older row is deleted");
-            conn.execute(DELETE_SUBSCRIPTION, [id])?;
+            tracing::warn!(
+                table,
+                id,
+                "row stored twice under one key; the older is deleted"
+            );
+            conn.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id])?;
         }
         Ok(rows)
     }
@@ -598,8 +659,12 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.set_prepared_statement_cache_capacity(32);
         migrate(&mut conn)?;
-        let rows = RowIds::load(&conn)?;
-        Ok(SqliteStore { conn, rows })
+        Ok(SqliteStore {
+            subscriptions: RowIds::load(&conn, "subscription", &["watcher", "presentity"])?,
+            relations: RowIds::load(&conn, "watcher_relation", &["presentity", "watcher"])?,
+            dialogs: RowIds::load(&conn, "notifier_dialog", &["call_id"])?,
+            conn,
+        })
     }
 
     /// The schema version recorded in the database.
@@ -706,10 +771,15 @@ fn col<T: rusqlite::types::FromSql>(row: &Row<'_>, idx: usize, name: &str) -> Re
 
 impl Store for SqliteStore {
     fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
-        let rows = &mut self.rows;
-        // Pairs deleted by this batch leave the map only once it commits (a failed batch is
+        let (subs, relations, dialogs) = (
+            &mut self.subscriptions,
+            &mut self.relations,
+            &mut self.dialogs,
+        );
+        // Keys deleted by this batch leave the maps only once it commits (a failed batch is
         // retried and must find them again). Ids handed out to a failed batch are not reused.
-        let mut gone: Vec<(u64, u64)> = Vec::new();
+        let mut subs_gone: Vec<(u64, u64)> = Vec::new();
+        let mut dialogs_gone: Vec<(u64, u64)> = Vec::new();
         let tx = self.conn.transaction()?;
         let mut stmts = BatchStatements::new(&tx);
         for op in ops {
@@ -723,14 +793,9 @@ impl Store for SqliteStore {
                         Some(d) => encode_routes(&d.route_set)?,
                         None => None,
                     };
-                    let key = rows.key(&rec.pair.watcher, &rec.pair.presentity);
-                    gone.retain(|k| *k != key);
-                    let next = &mut rows.next;
-                    let id = *rows.by_pair.entry(key).or_insert_with(|| {
-                        let id = *next;
-                        *next += 1;
-                        id
-                    });
+                    let key = subs.key(&[rec.pair.watcher.as_str(), rec.pair.presentity.as_str()]);
+                    subs_gone.retain(|k| *k != key);
+                    let id = subs.id_for(key);
                     stmts.get(S_PUT_SUBSCRIPTION)?.execute(params![
                         id,
                         rec.pair.watcher.as_str(),
@@ -754,10 +819,10 @@ impl Store for SqliteStore {
                     watcher,
                     presentity,
                 } => {
-                    let key = rows.key(watcher, presentity);
-                    if let Some(&id) = rows.by_pair.get(&key) {
+                    let key = subs.key(&[watcher.as_str(), presentity.as_str()]);
+                    if let Some(&id) = subs.by_key.get(&key) {
                         stmts.get(S_DELETE_SUBSCRIPTION)?.execute(params![id])?;
-                        gone.push(key);
+                        subs_gone.push(key);
                     }
                 }
                 StoreOp::PutRelation {
@@ -765,7 +830,10 @@ impl Store for SqliteStore {
                     watcher,
                     state,
                 } => {
+                    let id =
+                        relations.id_for(relations.key(&[presentity.as_str(), watcher.as_str()]));
                     stmts.get(S_PUT_RELATION)?.execute(params![
+                        id,
                         presentity.as_str(),
                         watcher.as_str(),
                         watcher_code(*state)
@@ -773,7 +841,11 @@ impl Store for SqliteStore {
                 }
                 StoreOp::PutNotifierDialog { presentity, dialog } => {
                     let d = dialog;
+                    let key = dialogs.key(&[d.call_id.as_str()]);
+                    dialogs_gone.retain(|k| *k != key);
+                    let id = dialogs.id_for(key);
                     stmts.get(S_PUT_DIALOG)?.execute(params![
+                        id,
                         d.call_id,
                         presentity.as_str(),
                         d.local_tag,
@@ -791,7 +863,11 @@ impl Store for SqliteStore {
                     ])?;
                 }
                 StoreOp::DeleteNotifierDialog { call_id } => {
-                    stmts.get(S_DELETE_DIALOG)?.execute([call_id])?;
+                    let key = dialogs.key(&[call_id.as_str()]);
+                    if let Some(&id) = dialogs.by_key.get(&key) {
+                        stmts.get(S_DELETE_DIALOG)?.execute(params![id])?;
+                        dialogs_gone.push(key);
+                    }
                 }
                 StoreOp::PutPublication {
                     presentity,
@@ -818,8 +894,11 @@ impl Store for SqliteStore {
         }
         drop(stmts);
         tx.commit()?;
-        for key in gone {
-            rows.by_pair.remove(&key);
+        for key in subs_gone {
+            subs.by_key.remove(&key);
+        }
+        for key in dialogs_gone {
+            dialogs.by_key.remove(&key);
         }
         Ok(())
     }

@@ -599,8 +599,8 @@ fn issue_6_coalesce_keeps_the_last_op_per_key_in_order() {
 fn issue_6_schema_version_table_lists_every_migration_and_reopen_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gw.sqlite");
-    assert_eq!(open(&path).schema_version().unwrap(), 3);
-    assert_eq!(open(&path).schema_version().unwrap(), 3);
+    assert_eq!(open(&path).schema_version().unwrap(), 4);
+    assert_eq!(open(&path).schema_version().unwrap(), 4);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let versions: Vec<u32> = conn
         .prepare("SELECT version FROM schema_version ORDER BY version")
@@ -609,7 +609,7 @@ fn issue_6_schema_version_table_lists_every_migration_and_reopen_keeps_it() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -631,7 +631,7 @@ fn issue_6_a_schema_newer_than_the_binary_is_refused() {
     match SqliteStore::open(&path) {
         Err(e) => assert_eq!(
             e.to_string(),
-            "store schema version 7 is newer than this binary knows (3)"
+            "store schema version 7 is newer than this binary knows (4)"
         ),
         Ok(_) => panic!("opened a newer schema"),
     }
@@ -823,7 +823,7 @@ fn issue_6_a_row_with_a_bad_jid_is_skipped_and_the_rest_loads() {
     conn.execute_batch(
         "INSERT INTO subscription (watcher, presentity, watcher_uri, presentity_uri, relation)
            VALUES ('@bad@', 'x@y', 'sip:a@b', 'sip:c@d', 0);
-         INSERT INTO watcher_relation VALUES ('alice@xmpp.test', 'c@x', 9);
+         INSERT INTO watcher_relation (presentity, watcher, state) VALUES ('alice@xmpp.test', 'c@x', 9);
          INSERT INTO winfo VALUES ('');",
     )
     .unwrap();
@@ -966,7 +966,7 @@ fn issue_6_migration_2_keeps_schema_1_publications_without_body() {
         .unwrap();
     }
     let mut store = open(&path);
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(store.schema_version().unwrap(), 4);
     assert_eq!(
         store.load().unwrap().publications,
         vec![(
@@ -1037,7 +1037,7 @@ fn issue_7_migration_3_keeps_schema_2_subscriptions_and_writes_them_in_place() {
         .unwrap();
     }
     let mut store = open(&path);
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(store.schema_version().unwrap(), 4);
     assert_eq!(
         store.load().unwrap().subscriptions,
         vec![(sub_without_dialog(), None)]
@@ -1137,4 +1137,158 @@ fn issue_7_row_ids_survive_reopening_and_keep_one_row_per_pair() {
     got.sort_by_key(key);
     want.sort_by_key(key);
     assert_eq!(got, want);
+}
+
+/// Issue 7, schema 4: a store of schema 3 (watcher relations keyed by the two JIDs, notifier
+/// dialogs by Call-ID) opens migrated; its rows load as before, and later writes of the same
+/// keys replace their rows, a dialog delete removes its row.
+#[test]
+fn issue_7_migration_4_keeps_schema_3_relations_and_dialogs_and_writes_them_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.sqlite");
+    {
+        let conn = db_at_schema(&path, 3);
+        conn.execute_batch(
+            "INSERT INTO watcher_relation VALUES ('alice@xmpp.test', 'carol*sip.test@sip-xmpp.test', 0);
+             INSERT INTO notifier_dialog VALUES ('d1@sip.test', 'alice@xmpp.test', 'gw-77', 'c4r01',
+               'sip:carol@sip.test', 'Carol \"C\" Smith', 'carol*sip.test@sip-xmpp.test',
+               'sip:carol@127.0.0.2:5071', '[\"<sip:127.0.0.2;lr;ftag=c4r01>\"]', 3, 1, 'ev1', 1,
+               1795000600);",
+        )
+        .unwrap();
+    }
+    let alice = jid("alice@xmpp.test");
+    let carol = jid("carol*sip.test@sip-xmpp.test");
+    let mut store = open(&path);
+    assert_eq!(store.schema_version().unwrap(), 4);
+    let snap = store.load().unwrap();
+    assert_eq!(
+        snap.relations,
+        vec![(alice.clone(), carol.clone(), WatcherRelation::Pending)]
+    );
+    assert_eq!(
+        snap.notifier_dialogs,
+        vec![(alice.clone(), stored_dialog("d1@sip.test"))]
+    );
+    let mut refreshed = stored_dialog("d1@sip.test");
+    refreshed.local_cseq = 4;
+    apply(
+        &mut store,
+        &[
+            StoreOp::PutRelation {
+                presentity: alice.clone(),
+                watcher: carol.clone(),
+                state: WatcherRelation::Approved,
+            },
+            StoreOp::PutNotifierDialog {
+                presentity: alice.clone(),
+                dialog: refreshed.clone(),
+            },
+        ],
+    );
+    drop(store);
+    let count = |table: &str| -> i64 {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(
+        (count("watcher_relation"), count("notifier_dialog")),
+        (1, 1)
+    );
+    let snap = load(&path);
+    assert_eq!(
+        snap.relations,
+        vec![(alice.clone(), carol, WatcherRelation::Approved)]
+    );
+    assert_eq!(snap.notifier_dialogs, vec![(alice, refreshed)]);
+    let mut store = open(&path);
+    apply(
+        &mut store,
+        &[StoreOp::DeleteNotifierDialog {
+            call_id: "d1@sip.test".to_owned(),
+        }],
+    );
+    assert_eq!(load(&path).notifier_dialogs, vec![]);
+}
+
+/// Issue 7: notifier dialogs and relations written in no particular order, across reopenings
+/// (the writer rebuilds key -> row id at open), rewritten and deleted: one row per live key.
+#[test]
+fn issue_7_notifier_rows_survive_reopening_and_keep_one_row_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.sqlite");
+    let n = 1000u32;
+    let order: Vec<u32> = (0..n).map(|i| (i * 7919) % n).collect();
+    let alice = jid("alice@xmpp.test");
+    let watcher = |i: u32| jid(&format!("w{i}*sip.test@sip-xmpp.test"));
+    let dialog = |i: u32, cseq: u32| StoredNotifierDialog {
+        local_cseq: cseq,
+        watcher: watcher(i),
+        ..stored_dialog(&format!("call-{i}@sip.test"))
+    };
+    let put = |i: u32, cseq: u32, state| {
+        [
+            StoreOp::PutRelation {
+                presentity: alice.clone(),
+                watcher: watcher(i),
+                state,
+            },
+            StoreOp::PutNotifierDialog {
+                presentity: alice.clone(),
+                dialog: dialog(i, cseq),
+            },
+        ]
+    };
+    {
+        let mut s = open(&path);
+        let ops: Vec<StoreOp> = order
+            .iter()
+            .flat_map(|&i| put(i, 1, WatcherRelation::Pending))
+            .collect();
+        apply(&mut s, &ops);
+    }
+    {
+        let mut s = open(&path);
+        let mut ops: Vec<StoreOp> = order
+            .iter()
+            .filter(|&&i| i % 2 == 0)
+            .flat_map(|&i| put(i, 2, WatcherRelation::Approved))
+            .collect();
+        ops.extend(
+            order
+                .iter()
+                .filter(|&&i| i % 4 == 1)
+                .map(|&i| StoreOp::DeleteNotifierDialog {
+                    call_id: format!("call-{i}@sip.test"),
+                }),
+        );
+        apply(&mut s, &ops);
+    }
+    let snap = load(&path);
+    assert_eq!(snap.relations.len(), n as usize);
+    for (p, w, state) in &snap.relations {
+        assert_eq!(p, &alice);
+        let i: u32 = w.as_str()[1..w.as_str().find('*').unwrap()]
+            .parse()
+            .unwrap();
+        let want = if i.is_multiple_of(2) {
+            WatcherRelation::Approved
+        } else {
+            WatcherRelation::Pending
+        };
+        assert_eq!(*state, want, "{w}");
+    }
+    let mut want: Vec<(BareJid, StoredNotifierDialog)> = (0..n)
+        .filter(|i| i % 4 != 1)
+        .map(|i| {
+            (
+                alice.clone(),
+                dialog(i, if i.is_multiple_of(2) { 2 } else { 1 }),
+            )
+        })
+        .collect();
+    want.sort_by(|a, b| a.1.call_id.cmp(&b.1.call_id));
+    assert_eq!(snap.notifier_dialogs, want);
 }

@@ -32,9 +32,10 @@ OPTIONS (defaults in brackets):
     --step-secs S          duration of one ladder step [5]
     --grace-secs S         wait after a step before counting losses [2]
     --setup-window W       subscriptions in flight during set-up [100]
-    --setup-order O        spread or seq: scenario a subscribes watcher w(i*P mod N) i-th
-                           (spread: JIDs arrive in no particular order, as in production) or
-                           w0, w1, ... (seq: sorted keys, kind to the gateway's store) [spread]
+    --setup-order O        spread or seq: watcher w(i*P mod N) subscribes i-th (spread:
+                           JIDs and Call-IDs arrive in no particular order, as in production)
+                           or w0, w1, ... (seq: sorted keys, kind to the gateway's store)
+                           [spread]
     --setup-timeout S      give up the set-up after S seconds [60]
     --connect-timeout S    wait this long for the gateway's component connection [30]
     --tick-ms MS           pacing tick [1]
@@ -47,7 +48,7 @@ OPTIONS (defaults in brackets):
 const SPREAD: u128 = 2_654_435_761;
 
 impl Args {
-    /// The watcher index subscribed `i`-th during the set-up of scenario a.
+    /// The watcher index subscribed `i`-th during the set-up.
     pub fn setup_index(&self, i: usize) -> usize {
         if !self.setup_spread || self.n == 0 {
             return i;
@@ -80,7 +81,7 @@ pub struct Args {
     pub step_secs: f64,
     pub grace_secs: f64,
     pub setup_window: usize,
-    /// Scenario a: subscribe in a spread (production-like) order rather than w0, w1, ...
+    /// Set-up in a spread (production-like) order rather than w0, w1, ...
     pub setup_spread: bool,
     pub setup_timeout_secs: f64,
     pub connect_timeout_secs: f64,

@@ -299,7 +299,7 @@ fn send_setup(ctx: &Ctx, from: usize, to: usize, sip_buf: &mut Vec<u8>) {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            for i in from..to {
+            for i in (from..to).map(|i| a.setup_index(i)) {
                 ctx.write_subscribe(sip_buf, i, route.proto());
                 ctx.shared.mark_setup_sent(i);
                 ctx.send_sip(sip_buf, &route);
@@ -308,11 +308,13 @@ fn send_setup(ctx: &Ctx, from: usize, to: usize, sip_buf: &mut Vec<u8>) {
     }
 }
 
-/// Resends due, unanswered SUBSCRIBEs (T1 doubling up to T2, at most 10 times).
+/// Resends due, unanswered SUBSCRIBEs (T1 doubling up to T2, at most 10 times). `state` is
+/// in sending order: its k-th entry is watcher `setup_index(k)`.
 fn retransmit_subscribes(ctx: &Ctx, state: &mut [(u8, Instant)], buf: &mut Vec<u8>) {
     let now = Instant::now();
     let route = Route::Udp(ctx.args.gateway_sip);
-    for (i, (tries, due)) in state.iter_mut().enumerate() {
+    for (k, (tries, due)) in state.iter_mut().enumerate() {
+        let i = ctx.args.setup_index(k);
         if *tries >= 10 || *due > now || ctx.shared.is_answered(i) {
             continue;
         }
