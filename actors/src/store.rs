@@ -560,6 +560,9 @@ pub struct SqliteStore {
 struct RowIds {
     by_key: IdMap<(u64, u64), i64>,
     next: i64,
+    /// Keys removed by the open batch: put back if it fails (the retry must find them again).
+    /// Ids handed out to a failed batch stay assigned; its retry writes them.
+    removed: Vec<((u64, u64), i64)>,
     a: std::hash::RandomState,
     b: std::hash::RandomState,
 }
@@ -579,6 +582,22 @@ impl RowIds {
         })
     }
 
+    /// The row id of `key` if it has one; the key is forgotten (undone by `rollback`).
+    fn remove(&mut self, key: (u64, u64)) -> Option<i64> {
+        let id = self.by_key.remove(&key)?;
+        self.removed.push((key, id));
+        Some(id)
+    }
+
+    /// The open batch committed (`true`) or failed.
+    fn finish_batch(&mut self, committed: bool) {
+        for (key, id) in self.removed.drain(..) {
+            if !committed {
+                self.by_key.insert(key, id);
+            }
+        }
+    }
+
     /// Reads the id and natural key (`key_columns`, text) of every row of `table`. A key
     /// stored twice (not written by this code, which keeps one row per key) keeps its newest
     /// row; the older ones are deleted.
@@ -586,6 +605,7 @@ impl RowIds {
         let mut rows = RowIds {
             by_key: IdMap::default(),
             next: 1,
+            removed: Vec::new(),
             a: std::hash::RandomState::new(),
             b: std::hash::RandomState::new(),
         };
@@ -771,15 +791,30 @@ fn col<T: rusqlite::types::FromSql>(row: &Row<'_>, idx: usize, name: &str) -> Re
 
 impl Store for SqliteStore {
     fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        let r = self.apply_batch(ops);
+        for rows in [
+            &mut self.subscriptions,
+            &mut self.relations,
+            &mut self.dialogs,
+        ] {
+            rows.finish_batch(r.is_ok());
+        }
+        r
+    }
+
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        load_all(&self.conn)
+    }
+}
+
+impl SqliteStore {
+    /// One transaction for `ops`; the row-id maps are settled by the caller.
+    fn apply_batch(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
         let (subs, relations, dialogs) = (
             &mut self.subscriptions,
             &mut self.relations,
             &mut self.dialogs,
         );
-        // Keys deleted by this batch leave the maps only once it commits (a failed batch is
-        // retried and must find them again). Ids handed out to a failed batch are not reused.
-        let mut subs_gone: Vec<(u64, u64)> = Vec::new();
-        let mut dialogs_gone: Vec<(u64, u64)> = Vec::new();
         let tx = self.conn.transaction()?;
         let mut stmts = BatchStatements::new(&tx);
         for op in ops {
@@ -793,9 +828,9 @@ impl Store for SqliteStore {
                         Some(d) => encode_routes(&d.route_set)?,
                         None => None,
                     };
-                    let key = subs.key(&[rec.pair.watcher.as_str(), rec.pair.presentity.as_str()]);
-                    subs_gone.retain(|k| *k != key);
-                    let id = subs.id_for(key);
+                    let id = subs.id_for(
+                        subs.key(&[rec.pair.watcher.as_str(), rec.pair.presentity.as_str()]),
+                    );
                     stmts.get(S_PUT_SUBSCRIPTION)?.execute(params![
                         id,
                         rec.pair.watcher.as_str(),
@@ -819,10 +854,10 @@ impl Store for SqliteStore {
                     watcher,
                     presentity,
                 } => {
-                    let key = subs.key(&[watcher.as_str(), presentity.as_str()]);
-                    if let Some(&id) = subs.by_key.get(&key) {
+                    if let Some(id) =
+                        subs.remove(subs.key(&[watcher.as_str(), presentity.as_str()]))
+                    {
                         stmts.get(S_DELETE_SUBSCRIPTION)?.execute(params![id])?;
-                        subs_gone.push(key);
                     }
                 }
                 StoreOp::PutRelation {
@@ -841,9 +876,7 @@ impl Store for SqliteStore {
                 }
                 StoreOp::PutNotifierDialog { presentity, dialog } => {
                     let d = dialog;
-                    let key = dialogs.key(&[d.call_id.as_str()]);
-                    dialogs_gone.retain(|k| *k != key);
-                    let id = dialogs.id_for(key);
+                    let id = dialogs.id_for(dialogs.key(&[d.call_id.as_str()]));
                     stmts.get(S_PUT_DIALOG)?.execute(params![
                         id,
                         d.call_id,
@@ -863,10 +896,8 @@ impl Store for SqliteStore {
                     ])?;
                 }
                 StoreOp::DeleteNotifierDialog { call_id } => {
-                    let key = dialogs.key(&[call_id.as_str()]);
-                    if let Some(&id) = dialogs.by_key.get(&key) {
+                    if let Some(id) = dialogs.remove(dialogs.key(&[call_id.as_str()])) {
                         stmts.get(S_DELETE_DIALOG)?.execute(params![id])?;
-                        dialogs_gone.push(key);
                     }
                 }
                 StoreOp::PutPublication {
@@ -894,79 +925,73 @@ impl Store for SqliteStore {
         }
         drop(stmts);
         tx.commit()?;
-        for key in subs_gone {
-            subs.by_key.remove(&key);
-        }
-        for key in dialogs_gone {
-            dialogs.by_key.remove(&key);
-        }
         Ok(())
     }
+}
 
-    fn load(&mut self) -> Result<Snapshot, StoreError> {
-        let conn = &self.conn;
-        Ok(Snapshot {
-            subscriptions: load_rows(
-                conn,
-                "subscription",
-                "SELECT watcher, presentity, watcher_uri, presentity_uri, relation, lease_left,
+/// Every table, for the restore at start.
+fn load_all(conn: &Connection) -> Result<Snapshot, StoreError> {
+    Ok(Snapshot {
+        subscriptions: load_rows(
+            conn,
+            "subscription",
+            "SELECT watcher, presentity, watcher_uri, presentity_uri, relation, lease_left,
                    expires_at, call_id, local_tag, remote_tag, local_cseq, remote_cseq,
                    remote_target, route_set, requested
                  FROM subscription ORDER BY watcher, presentity",
-                subscription_row,
-            )?,
-            relations: load_rows(
-                conn,
-                "watcher_relation",
-                "SELECT presentity, watcher, state FROM watcher_relation
+            subscription_row,
+        )?,
+        relations: load_rows(
+            conn,
+            "watcher_relation",
+            "SELECT presentity, watcher, state FROM watcher_relation
                  ORDER BY presentity, watcher",
-                |r| {
-                    Ok((
-                        jid(r, 0, "presentity")?,
-                        jid(r, 1, "watcher")?,
-                        watcher_from(col(r, 2, "state")?)?,
-                    ))
-                },
-            )?,
-            notifier_dialogs: load_rows(
-                conn,
-                "notifier_dialog",
-                "SELECT call_id, presentity, local_tag, remote_tag, remote_uri, remote_display,
+            |r| {
+                Ok((
+                    jid(r, 0, "presentity")?,
+                    jid(r, 1, "watcher")?,
+                    watcher_from(col(r, 2, "state")?)?,
+                ))
+            },
+        )?,
+        notifier_dialogs: load_rows(
+            conn,
+            "notifier_dialog",
+            "SELECT call_id, presentity, local_tag, remote_tag, remote_uri, remote_display,
                    watcher, remote_target, route_set, local_cseq, remote_cseq, event_id, active,
                    expires_at
                  FROM notifier_dialog ORDER BY call_id",
-                dialog_row,
-            )?,
-            publications: load_rows(
-                conn,
-                "publication",
-                "SELECT presentity, uri, etag, call_id, cseq, body, available, lease_left,
+            dialog_row,
+        )?,
+        publications: load_rows(
+            conn,
+            "publication",
+            "SELECT presentity, uri, etag, call_id, cseq, body, available, lease_left,
                    expires_at
                  FROM publication ORDER BY presentity",
-                |r| {
-                    Ok((
-                        jid(r, 0, "presentity")?,
-                        PublicationRecord {
-                            uri: col(r, 1, "uri")?,
-                            etag: col(r, 2, "etag")?,
-                            call_id: col(r, 3, "call_id")?,
-                            cseq: col(r, 4, "cseq")?,
-                            body: col(r, 5, "body")?,
-                            available: col(r, 6, "available")?,
-                            lease_left: col(r, 7, "lease_left")?,
-                        },
-                        col(r, 8, "expires_at")?,
-                    ))
-                },
-            )?,
-            winfo: load_rows(
-                conn,
-                "winfo",
-                "SELECT presentity FROM winfo ORDER BY presentity",
-                |r| jid(r, 0, "presentity"),
-            )?,
-        })
-    }
+            |r| {
+                Ok((
+                    jid(r, 0, "presentity")?,
+                    PublicationRecord {
+                        uri: col(r, 1, "uri")?,
+                        etag: col(r, 2, "etag")?,
+                        call_id: col(r, 3, "call_id")?,
+                        cseq: col(r, 4, "cseq")?,
+                        body: col(r, 5, "body")?,
+                        available: col(r, 6, "available")?,
+                        lease_left: col(r, 7, "lease_left")?,
+                    },
+                    col(r, 8, "expires_at")?,
+                ))
+            },
+        )?,
+        winfo: load_rows(
+            conn,
+            "winfo",
+            "SELECT presentity FROM winfo ORDER BY presentity",
+            |r| jid(r, 0, "presentity"),
+        )?,
+    })
 }
 
 /// Runs `sql` and converts each row; a row that does not convert is logged and skipped so
@@ -1429,6 +1454,45 @@ mod tests {
             Ok(j) => j,
             Err(e) => panic!("test JID {s}: {e}"),
         }
+    }
+
+    /// A batch that fails after deleting a pair rolls back; its retry must still find the pair
+    /// (the row-id map puts it back) and delete the row.
+    #[test]
+    fn a_failed_batch_keeps_the_row_ids_of_what_it_deleted() {
+        let mut store = SqliteStore::open_in_memory().unwrap();
+        store
+            .apply(&[StoreOp::subscription(record(1, true), 1000)])
+            .unwrap();
+        let p = record(1, true).pair;
+        let batch = [
+            StoreOp::DeleteSubscription {
+                watcher: p.watcher,
+                presentity: p.presentity,
+            },
+            StoreOp::PutWinfo {
+                presentity: jid("alice@xmpp.test"),
+                wanted: true,
+            },
+        ];
+        store
+            .conn
+            .execute_batch("ALTER TABLE winfo RENAME TO winfo_away")
+            .unwrap();
+        assert!(store.apply(&batch).is_err());
+        let rows: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM subscription", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
+        store
+            .conn
+            .execute_batch("ALTER TABLE winfo_away RENAME TO winfo")
+            .unwrap();
+        store.apply(&batch).unwrap();
+        let snap = store.load().unwrap();
+        assert_eq!(snap.subscriptions, vec![]);
+        assert_eq!(snap.winfo, vec![jid("alice@xmpp.test")]);
     }
 
     fn record(i: u32, dialog: bool) -> SubscriptionRecord {

@@ -932,6 +932,20 @@ Content-Length: 0\r\n\r\n";
     );
 }
 
+/// Rows of `table` in the store file.
+fn rows_in(path: &Path, table: &str) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+/// 0..n in a spread order, as keys arrive in production (i * 7919 mod n visits every i once
+/// when n shares no factor with the prime 7919).
+fn spread(n: u32) -> Vec<u32> {
+    (0..n).map(|i| (i * 7919) % n).collect()
+}
+
 /// A database as an older binary left it: the migrations up to `version`, recorded.
 fn db_at_schema(path: &Path, version: u32) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(path).unwrap();
@@ -1049,11 +1063,7 @@ fn issue_7_migration_3_keeps_schema_2_subscriptions_and_writes_them_in_place() {
         &[StoreOp::subscription(changed.clone(), 1_795_000_000)],
     );
     drop(store);
-    let rows: i64 = rusqlite::Connection::open(&path)
-        .unwrap()
-        .query_row("SELECT COUNT(*) FROM subscription", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(rows, 1);
+    assert_eq!(rows_in(&path, "subscription"), 1);
     assert_eq!(load(&path).subscriptions, vec![(changed, None)]);
     let mut store = open(&path);
     let p = sub_without_dialog().pair;
@@ -1075,8 +1085,7 @@ fn issue_7_row_ids_survive_reopening_and_keep_one_row_per_pair() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gw.sqlite");
     let n = 2000u32;
-    // A spread order of the pairs (i * 7919 mod n visits every i once).
-    let order: Vec<u32> = (0..n).map(|i| (i * 7919) % n).collect();
+    let order = spread(n);
     {
         let mut s = open(&path);
         let ops: Vec<StoreOp> = order
@@ -1187,14 +1196,11 @@ fn issue_7_migration_4_keeps_schema_3_relations_and_dialogs_and_writes_them_in_p
         ],
     );
     drop(store);
-    let count = |table: &str| -> i64 {
-        rusqlite::Connection::open(&path)
-            .unwrap()
-            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap()
-    };
     assert_eq!(
-        (count("watcher_relation"), count("notifier_dialog")),
+        (
+            rows_in(&path, "watcher_relation"),
+            rows_in(&path, "notifier_dialog")
+        ),
         (1, 1)
     );
     let snap = load(&path);
@@ -1220,7 +1226,7 @@ fn issue_7_notifier_rows_survive_reopening_and_keep_one_row_per_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gw.sqlite");
     let n = 1000u32;
-    let order: Vec<u32> = (0..n).map(|i| (i * 7919) % n).collect();
+    let order = spread(n);
     let alice = jid("alice@xmpp.test");
     let watcher = |i: u32| jid(&format!("w{i}*sip.test@sip-xmpp.test"));
     let dialog = |i: u32, cseq: u32| StoredNotifierDialog {

@@ -103,6 +103,7 @@ fn run(args: Args) -> Result<(), String> {
         link: Default::default(),
         xmpp_tx: Mutex::new(None),
         b_route: Mutex::new(Route::Udp(args.gateway_sip)),
+        suffixes: peer::Suffixes::of(&args),
         args,
     });
     let mut notes = Vec::new();

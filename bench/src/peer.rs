@@ -232,6 +232,24 @@ pub struct Ctx {
     pub xmpp_tx: Mutex<Option<Sender<Vec<u8>>>>,
     /// Scenario b: where our SUBSCRIBEs go (UDP to `--gateway-sip`, or our TCP connection).
     pub b_route: Mutex<Route>,
+    pub suffixes: Suffixes,
+}
+
+/// The fixed tails of the addresses the tool numbers, built once (not per stanza).
+pub struct Suffixes {
+    /// Scenario a's SIP presentities at the component: `*sip.bench@component`.
+    a_presentity: String,
+    /// Scenario b's XMPP users: `@xmpp.bench`.
+    b_user: String,
+}
+
+impl Suffixes {
+    pub fn of(a: &Args) -> Suffixes {
+        Suffixes {
+            a_presentity: format!("{}{}@{}", a.separator, a.sip_domain, a.component),
+            b_user: format!("@{}", a.xmpp_domain),
+        }
+    }
 }
 
 impl Ctx {
@@ -241,20 +259,6 @@ impl Ctx {
     pub fn a_presentity_jid(&self, i: usize) -> String {
         let a = &self.args;
         format!("p{i}{}{}@{}", a.separator, a.sip_domain, a.component)
-    }
-    /// Index `i` of `p{i}*sip.bench@component` (no allocation: one per stanza showed).
-    fn a_presentity_index(&self, jid: &str) -> Option<usize> {
-        let a = &self.args;
-        let rest = jid.strip_prefix('p')?;
-        let end = rest.bytes().position(|b| !b.is_ascii_digit())?;
-        let (num, tail) = rest.split_at(end);
-        let tail = tail
-            .strip_prefix(a.separator)?
-            .strip_prefix(a.sip_domain.as_str())?;
-        if tail.strip_prefix('@')? != a.component {
-            return None;
-        }
-        num.parse().ok()
     }
 
     // ---- sending -----------------------------------------------------------------------
@@ -999,7 +1003,7 @@ fn on_stanza(ctx: &Ctx, el: &[u8], reply: &mut String) {
         Some("subscribed") => {
             s.inc(C::stanza_subscribed_rx);
             if a.scenario == Scenario::A {
-                if let Some(i) = ctx.a_presentity_index(from) {
+                if let Some(i) = index_of(from, "p", &ctx.suffixes.a_presentity) {
                     s.mark_setup_done(i);
                 }
             }
@@ -1009,7 +1013,7 @@ fn on_stanza(ctx: &Ctx, el: &[u8], reply: &mut String) {
             // Scenario b: the SIP watcher asks the XMPP user; the user approves at once and
             // its server pushes its current presence, as a real server would.
             let user = to.split('/').next().unwrap_or("");
-            if let Some(i) = index_of(user, "u", &format!("@{}", a.xmpp_domain)) {
+            if let Some(i) = index_of(user, "u", &ctx.suffixes.b_user) {
                 let _ = write!(
                     reply,
                     "<presence type='subscribed' from='{user}' to='{}'/>",
@@ -1022,7 +1026,7 @@ fn on_stanza(ctx: &Ctx, el: &[u8], reply: &mut String) {
         Some("probe") => {
             s.inc(C::stanza_probe_rx);
             let user = to.split('/').next().unwrap_or("");
-            if let Some(i) = index_of(user, "u", &format!("@{}", a.xmpp_domain)) {
+            if let Some(i) = index_of(user, "u", &ctx.suffixes.b_user) {
                 ctx.write_b_presence(reply, i, "init", 0);
                 s.inc(C::stanza_tx);
             }
@@ -1049,6 +1053,7 @@ mod tests {
             link: AtomicU8::new(LINK_WAITING),
             xmpp_tx: Mutex::new(None),
             b_route: Mutex::new(Route::Udp(args.gateway_sip)),
+            suffixes: Suffixes::of(&args),
             args,
         })
     }
