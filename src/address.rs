@@ -482,6 +482,16 @@ fn host_to_ascii(host: &str) -> Result<String, MapError> {
     if host.is_empty() || host.len() > 253 {
         return Err(MapError::BadHost);
     }
+    // Nearly every host is a valid lowercase A-label name already: one pass, no IDNA.
+    if valid_plain_host(host) {
+        return Ok(host.to_owned());
+    }
+    host_to_ascii_general(host)
+}
+
+/// [`host_to_ascii`] for any host (IP literals, upper case, U-labels), trailing dot and length
+/// already checked.
+fn host_to_ascii_general(host: &str) -> Result<String, MapError> {
     if host.parse::<Ipv4Addr>().is_ok() {
         return Ok(host.to_string());
     }
@@ -524,6 +534,31 @@ fn plain_a_label_host(host: &str) -> bool {
     host.bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
         && !host.split('.').any(|l| l.starts_with("xn--"))
+}
+
+/// Whether `host` is what [`host_to_ascii`] would return unchanged by its general path:
+/// labels of lower-case letters, digits, `-` and `_`, 1 to 63 octets, no leading or trailing
+/// `-`, no `xn--` label (IDNA checks those). Dotted digits (IPv4) qualify too.
+fn valid_plain_host(host: &str) -> bool {
+    let label_ok = |l: &[u8]| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.first() != Some(&b'-')
+            && l.last() != Some(&b'-')
+            && !l.starts_with(b"xn--")
+    };
+    let mut label_start = 0;
+    for (i, &b) in host.as_bytes().iter().enumerate() {
+        if b == b'.' {
+            if !label_ok(host.as_bytes().get(label_start..i).unwrap_or_default()) {
+                return false;
+            }
+            label_start = i + 1;
+        } else if !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
+            return false;
+        }
+    }
+    label_ok(host.as_bytes().get(label_start..).unwrap_or_default())
 }
 
 /// A lowercase A-label host → the U-label form JIDs carry; IP literals unchanged.
@@ -1221,6 +1256,17 @@ mod tests {
                     Ok(a) => prop_assert_eq!(a, host.clone()),
                     Err(_) => prop_assert_eq!(host_to_ascii(&host), Err(MapError::BadHost)),
                 }
+            }
+        }
+
+        /// The one-pass shortcut of `host_to_ascii` answers exactly as the general path:
+        /// where it applies, the general path returns the host unchanged.
+        #[test]
+        fn valid_plain_hosts_are_what_the_general_path_gives(
+            host in "(xn--)?[a-z0-9_.A-Z-]{0,70}|[0-9]{1,3}(\\.[0-9]{1,3}){3}"
+        ) {
+            if valid_plain_host(&host) {
+                prop_assert_eq!(host_to_ascii_general(&host), Ok(host.clone()));
             }
         }
 

@@ -309,9 +309,16 @@ impl Presentity {
     /// Releases spare capacity once the outputs are drained. A presentity spends its life idle
     /// between events; a drained queue that once held a few outputs (~700 bytes each) and a
     /// dialog list grown by doubling would otherwise dominate its memory.
-    pub fn shrink(&mut self) {
+    ///
+    /// The output buffer goes to `spare` if that has none, for the next
+    /// [`Self::lend_queue`]: one buffer per shard instead of an allocation per event.
+    pub fn shrink(&mut self, spare: &mut VecDeque<Output>) {
         if self.out.is_empty() {
-            self.out = VecDeque::new();
+            if spare.capacity() == 0 {
+                std::mem::swap(&mut self.out, spare);
+            } else {
+                self.out = VecDeque::new();
+            }
         }
         if self.dialogs.capacity() >= 2 * self.dialogs.len() + 2 {
             self.dialogs.shrink_to_fit();
@@ -342,6 +349,14 @@ impl Presentity {
             })
             .flatten()
             .min()
+    }
+
+    /// Gives the machine `spare`'s empty buffer for its output queue if it has none (see
+    /// [`Self::shrink`]). Only memory moves: the outputs are the same either way.
+    pub fn lend_queue(&mut self, spare: &mut VecDeque<Output>) {
+        if self.out.capacity() == 0 && spare.is_empty() {
+            std::mem::swap(&mut self.out, spare);
+        }
     }
 
     pub fn handle_input(&mut self, input: Input<'_>, now: Instant) {

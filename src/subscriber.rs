@@ -410,10 +410,24 @@ impl Subscription {
 
     /// Releases the memory of the drained output queue. A machine spends nearly all its life
     /// idle between events; keeping a queue's capacity (four requests, ~1.4 KB) per pair would
-    /// dominate the memory of a million subscriptions.
-    pub fn shrink(&mut self) {
+    /// dominate the memory of a million subscriptions. The buffer goes to `spare` if that has
+    /// none, for the next [`Self::lend_queue`]: one buffer per shard instead of an allocation
+    /// (and its growth) per event.
+    pub fn shrink(&mut self, spare: &mut VecDeque<Output>) {
         if self.out.is_empty() {
-            self.out = VecDeque::new();
+            if spare.capacity() == 0 {
+                std::mem::swap(&mut self.out, spare);
+            } else {
+                self.out = VecDeque::new();
+            }
+        }
+    }
+
+    /// Gives the machine `spare`'s empty buffer for its output queue if it has none (see
+    /// [`Self::shrink`]). Only memory moves: the outputs are the same either way.
+    pub fn lend_queue(&mut self, spare: &mut VecDeque<Output>) {
+        if self.out.capacity() == 0 && spare.is_empty() {
+            std::mem::swap(&mut self.out, spare);
         }
     }
 

@@ -1020,6 +1020,8 @@ async fn run_session(
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; 16 * 1024];
     let mut in_counters = TypeCounters::default();
+    // The presences of one read, handed on as one batch (room kept from the last).
+    let mut presences = Vec::new();
     loop {
         // Flush whatever is queued as one write (coalescing: one syscall per batch).
         let batch = link.outbox.take_all();
@@ -1043,7 +1045,6 @@ async fn run_session(
                 }
                 let mut replies = String::new();
                 let mut end = None;
-                let mut presences = Vec::new();
                 while let Some(ev) = s.parser.next_event() {
                     let inbound = match ev {
                         StreamEvent::Element(el) => {
@@ -1092,9 +1093,11 @@ async fn run_session(
                     }
                 }
                 match &link.inbound_batches {
-                    Some(b) if presences.len() > 1 => b.do_send(StanzasIn(presences)),
+                    Some(b) if presences.len() > 1 => {
+                        b.do_send(StanzasIn(crate::batch::take_sized(&mut presences)))
+                    }
                     _ => {
-                        for p in presences {
+                        for p in presences.drain(..) {
                             link.inbound.do_send(StanzaIn(p));
                         }
                     }

@@ -2,6 +2,7 @@
 //! state machines of the `pua_xmpp` core. See ARCHITECTURE.md for the message flow.
 
 pub mod backlog;
+mod batch;
 pub mod component;
 pub mod config;
 mod deadlines;

@@ -17,7 +17,7 @@ use pua_xmpp::address::AddressMapper;
 use pua_xmpp::notifier::{self, NotifierConfig, Presentity};
 use pua_xmpp::sip::{Method, OutResponse};
 use pua_xmpp::stanza::BareJid;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -86,6 +86,8 @@ pub struct NotifierShard {
     next_key: u64,
     seed: u64,
     wakeup: Wakeup,
+    /// The output buffer lent to the presentity being fed (`Presentity::lend_queue`).
+    spare_out: VecDeque<notifier::Output>,
 }
 
 impl NotifierShard {
@@ -109,6 +111,7 @@ impl NotifierShard {
             next_key: 0,
             seed,
             wakeup: Wakeup::default(),
+            spare_out: VecDeque::new(),
         }
     }
 
@@ -150,6 +153,7 @@ impl NotifierShard {
             return;
         };
         let before = dialog_counts(&slot.machine);
+        slot.machine.lend_queue(&mut self.spare_out);
         slot.machine.handle_input(input, Instant::now());
         self.drain(idx, txn, ctx);
         if let Some(slot) = self.slots.get(idx as usize) {
@@ -199,7 +203,7 @@ impl NotifierShard {
         let Some(slot) = self.slots.get_mut(idx as usize) else {
             return;
         };
-        slot.machine.shrink();
+        slot.machine.shrink(&mut self.spare_out);
         let next = slot.machine.poll_timeout();
         if self.timers.reschedule(idx, &mut slot.due, next) {
             self.rearm(ctx);

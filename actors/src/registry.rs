@@ -438,7 +438,7 @@ impl Registry {
     /// message per shard at the end.
     fn route_stanzas(&mut self, list: Vec<InPresence>, ctx: &mut Context<Self>) {
         let mut to_shards: Vec<Vec<ToSubscriber>> =
-            self.shards.iter().map(|_| Vec::new()).collect();
+            crate::batch::shard_lists(self.shards.len(), list.len());
         for p in list {
             self.on_stanza(p, ctx, &mut to_shards);
         }
@@ -564,7 +564,7 @@ impl Registry {
 impl Handler<SipRequestIn> for Registry {
     type Result = ();
     fn handle(&mut self, msg: SipRequestIn, _: &mut Context<Self>) {
-        let mut to_shards: Vec<Vec<ShardNotify>> = self.shards.iter().map(|_| Vec::new()).collect();
+        let mut to_shards: Vec<Vec<ShardNotify>> = crate::batch::shard_lists(self.shards.len(), 1);
         self.route(msg, &mut to_shards);
         self.send_to_shards(to_shards);
     }
@@ -574,7 +574,8 @@ impl Handler<SipRequestIn> for Registry {
 impl Handler<SipRequestsIn> for Registry {
     type Result = ();
     fn handle(&mut self, msg: SipRequestsIn, _: &mut Context<Self>) {
-        let mut to_shards: Vec<Vec<ShardNotify>> = self.shards.iter().map(|_| Vec::new()).collect();
+        let mut to_shards: Vec<Vec<ShardNotify>> =
+            crate::batch::shard_lists(self.shards.len(), msg.0.len());
         for m in msg.0 {
             self.route(m, &mut to_shards);
         }

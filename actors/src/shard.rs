@@ -23,6 +23,7 @@ use hashbrown::HashTable;
 use pua_xmpp::sip::{Method, OutResponse};
 use pua_xmpp::stanza::{DefinedCondition, OutPresence};
 use pua_xmpp::subscriber::{self, SubscriberConfig, Subscription};
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -97,6 +98,8 @@ pub struct SubscriberShard {
     /// written together `persist_delay` after the first: a set-up asks three to four times
     /// within milliseconds and becomes one row write instead of four records built and sent.
     dirty: Vec<u32>,
+    /// The output buffer lent to the pair being fed (`Subscription::lend_queue`).
+    spare_out: VecDeque<subscriber::Output>,
 }
 
 impl SubscriberShard {
@@ -117,6 +120,7 @@ impl SubscriberShard {
             out_responses: Vec::new(),
             out_stanzas: Vec::new(),
             dirty: Vec::new(),
+            spare_out: VecDeque::new(),
         }
     }
 
@@ -278,6 +282,7 @@ impl SubscriberShard {
             return;
         };
         let before = phase_label(slot.sub.phase());
+        slot.sub.lend_queue(&mut self.spare_out);
         slot.sub.handle_input(input, now);
         let after = self.drain(idx, txn, ctx);
         gauge_move("xmpp_to_sip", Some(before), after);
@@ -334,7 +339,7 @@ impl SubscriberShard {
             }
         }
         let slot = self.slots.get_mut(idx as usize).and_then(Option::as_mut)?;
-        slot.sub.shrink();
+        slot.sub.shrink(&mut self.spare_out);
         if slot.sub.is_done() {
             self.remove(idx);
             self.rearm(ctx);
@@ -360,7 +365,7 @@ impl SubscriberShard {
                 }
             }
             _ => {
-                let batch = std::mem::take(&mut self.out_stanzas);
+                let batch = crate::batch::take_sized(&mut self.out_stanzas);
                 self.links.stanza_batches.do_send(SendPresences(batch));
             }
         }
@@ -375,7 +380,7 @@ impl SubscriberShard {
                 }
             }
             _ => {
-                let batch = std::mem::take(&mut self.out_responses);
+                let batch = crate::batch::take_sized(&mut self.out_responses);
                 self.links.response_batches.do_send(SendResponses(batch));
             }
         }

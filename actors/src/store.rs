@@ -178,10 +178,13 @@ enum Key<'a> {
 }
 
 /// Keeps only the last op per key, in their original order: the final state is the same and
-/// a NOTIFY burst on one pair becomes one row write.
+/// a NOTIFY burst on one pair becomes one row write. The set hashes with foldhash (seeded, and
+/// cheaper than SipHash on JIDs): it lives for one batch, so even keys crafted to collide
+/// cost time bounded by the batch size.
 pub fn coalesce(ops: Vec<StoreOp>) -> Vec<StoreOp> {
     let keep: Vec<bool> = {
-        let mut seen = HashSet::with_capacity(ops.len());
+        let mut seen: HashSet<_, foldhash::fast::RandomState> =
+            HashSet::with_capacity_and_hasher(ops.len(), Default::default());
         let mut keep: Vec<bool> = ops.iter().rev().map(|op| seen.insert(op.key())).collect();
         keep.reverse();
         keep
@@ -1341,7 +1344,7 @@ impl Writer {
             // Every handle dropped without close: commit what we have and stop.
             stop |= inbox.disconnected && inbox.backlog.is_empty();
             inbox.closing |= stop;
-            self.commit(std::mem::take(&mut batch), &mut inbox);
+            self.commit(crate::batch::take_sized(&mut batch), &mut inbox);
             for w in waiters.drain(..) {
                 let _ = w.send(());
             }

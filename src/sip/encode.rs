@@ -208,13 +208,34 @@ pub fn uri_host_port(uri: &str) -> Option<HostPort> {
     })
 }
 
-/// The `branch` parameter of a Via value.
+/// The `branch` parameter of a Via value. Read for every message (transaction matching), so
+/// the parameters are cut at ASCII delimiters by byte position, not by `str` pattern searches.
 pub fn via_branch(via: &str) -> Option<&str> {
-    via.split(';').skip(1).find_map(|p| {
-        let (n, v) = p.split_once('=')?;
-        let v = v.split(',').next().unwrap_or("").trim();
-        (n.trim().eq_ignore_ascii_case("branch") && !v.is_empty()).then_some(v)
-    })
+    let len = via.len();
+    let mut start = byte_pos(via, b';')? + 1;
+    loop {
+        let end = via
+            .get(start..)
+            .and_then(|r| byte_pos(r, b';'))
+            .map_or(len, |e| start + e);
+        let p = via.get(start..end)?;
+        if let Some(eq) = byte_pos(p, b'=') {
+            let (n, v) = (p.get(..eq)?, p.get(eq + 1..)?);
+            let v = v.get(..byte_pos(v, b',').unwrap_or(v.len()))?.trim();
+            if n.trim().eq_ignore_ascii_case("branch") && !v.is_empty() {
+                return Some(v);
+            }
+        }
+        if end == len {
+            return None;
+        }
+        start = end + 1;
+    }
+}
+
+/// Position of an ASCII delimiter (always a char boundary).
+fn byte_pos(s: &str, c: u8) -> Option<usize> {
+    s.bytes().position(|b| b == c)
 }
 
 #[cfg(test)]
@@ -439,5 +460,14 @@ pub(crate) mod tests {
         );
         assert_eq!(via_branch("SIP/2.0/UDP 127.0.0.2;rport"), None);
         assert_eq!(via_branch("SIP/2.0/UDP 127.0.0.2;branch="), None);
+        // The sent-by part is not a parameter; an empty branch is skipped for a later one; a
+        // value ends at a comma (a second Via value in the same header line).
+        assert_eq!(via_branch("branch=z9hG4bKx"), None);
+        assert_eq!(
+            via_branch("SIP/2.0/TCP h;branch= ;x=1;branch=z9hG4bK2,SIP/2.0/UDP g"),
+            Some("z9hG4bK2")
+        );
+        assert_eq!(via_branch("SIP/2.0/UDP h;rport;branch"), None);
+        assert_eq!(via_branch("SIP/2.0/UDP h;"), None);
     }
 }

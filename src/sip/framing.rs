@@ -69,6 +69,12 @@ fn content_length(head: &[u8]) -> Result<Option<usize>, FrameError> {
             None => (rest, &[][..]),
         };
         rest = next;
+        // Only a line whose name starts with `c` or `l` can be Content-Length: the others are
+        // skipped without searching them for the colon (most of the cost of framing).
+        let first = line.iter().find(|&&b| b != b' ' && b != b'\t');
+        if !matches!(first, Some(b'c' | b'C' | b'l' | b'L')) {
+            continue;
+        }
         let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };

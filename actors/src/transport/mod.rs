@@ -501,7 +501,7 @@ impl SipTransport {
         }
         match &self.inbound_batches {
             Some(b) if self.pending_in.len() > 1 => {
-                let batch = std::mem::take(&mut self.pending_in);
+                let batch = crate::batch::take_sized(&mut self.pending_in);
                 b.do_send(crate::messages::SipRequestsIn(batch));
             }
             _ => {
