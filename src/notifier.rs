@@ -153,8 +153,10 @@ pub enum PersistOp {
         state: WatcherRelation,
     },
     Dialog(Box<NotifierDialog>),
+    /// A dialog ended; `watcher` (S') lets the runtime count what each watcher still has.
     DialogGone {
         call_id: String,
+        watcher: BareJid,
     },
 }
 
@@ -293,6 +295,13 @@ impl Presentity {
     }
     pub fn dialogs(&self) -> &[NotifierDialog] {
         &self.dialogs
+    }
+    /// Whether `watcher` (S') still has a dialog with X that has not ended: what the runtime's
+    /// per-watcher subscription limit counts.
+    pub fn watched_by(&self, watcher: &BareJid) -> bool {
+        self.dialogs
+            .iter()
+            .any(|d| !d.closed && d.watcher == *watcher)
     }
     pub fn relation(&self, watcher: &BareJid) -> Option<WatcherRelation> {
         self.relations.get(watcher).map(|r| r.state)
@@ -748,13 +757,13 @@ impl Presentity {
             body: body.map(String::into_bytes).unwrap_or_default(),
             destination: Destination::InDialog,
         };
-        let call_id = d.call_id.clone();
+        let (call_id, watcher) = (d.call_id.clone(), d.watcher.clone());
         if reason.is_some() {
             // The final NOTIFY: the dialog ends here; its response is not needed.
             d.closed = true;
             self.out.push_back(Output::Request(req));
             self.out
-                .push_back(Output::Persist(PersistOp::DialogGone { call_id }));
+                .push_back(Output::Persist(PersistOp::DialogGone { call_id, watcher }));
         } else {
             d.inflight = Some(d.local_cseq);
             self.out.push_back(Output::Request(req));
@@ -777,9 +786,9 @@ impl Presentity {
                 let d = &mut self.dialogs[idx];
                 d.closed = true;
                 tracing::info!(call_id = %d.call_id, status, "SIP watcher gone, dialog removed");
-                let call_id = d.call_id.clone();
+                let (call_id, watcher) = (d.call_id.clone(), d.watcher.clone());
                 self.out
-                    .push_back(Output::Persist(PersistOp::DialogGone { call_id }));
+                    .push_back(Output::Persist(PersistOp::DialogGone { call_id, watcher }));
                 return;
             }
             _ => {

@@ -454,8 +454,13 @@ fn case_052_refresh_gets_200_and_full_state_with_new_expiry() {
 fn case_053_unsubscribe_ends_dialog_without_stanza_and_keeps_relation() {
     let mut t = T::approved();
     t.active();
+    assert!(t.p.watched_by(&jid(S)));
     let tag = t.local_tag();
     let out = t.subscribe(&refresh_text(&tag, 21, 0));
+    assert!(
+        !t.p.watched_by(&jid(S)),
+        "the ended dialog no longer counts"
+    );
     assert_eq!(responses(&out)[0].status, 200);
     assert_eq!(responses(&out)[0].header("Expires"), Some("0"));
     let reqs = requests(&out);
@@ -466,7 +471,8 @@ fn case_053_unsubscribe_ends_dialog_without_stanza_and_keeps_relation() {
     assert!(stanzas(&out).is_empty());
     assert!(t.p.dialogs().is_empty());
     assert!(out.contains(&Output::Persist(PersistOp::DialogGone {
-        call_id: "3f9a0c55e1@ua7.example.com".to_owned()
+        call_id: "3f9a0c55e1@ua7.example.com".to_owned(),
+        watcher: jid(S),
     })));
     assert_eq!(t.p.relation(&jid(S)), Some(WatcherRelation::Approved));
     // The dialog is gone: a further refresh is 481.
@@ -707,7 +713,8 @@ fn notify_answered_481_or_timing_out_removes_the_dialog_silently() {
     assert_eq!(
         out,
         vec![Output::Persist(PersistOp::DialogGone {
-            call_id: "3f9a0c55e1@ua7.example.com".to_owned()
+            call_id: "3f9a0c55e1@ua7.example.com".to_owned(),
+            watcher: jid(S),
         })]
     );
     assert!(t.p.dialogs().is_empty());
@@ -1152,7 +1159,8 @@ fn case_048_error_bounce_ends_pending_dialog_with_noresource() {
     assert!(stanzas(&out).is_empty());
     assert!(t.p.dialogs().is_empty());
     assert!(out.contains(&Output::Persist(PersistOp::DialogGone {
-        call_id: "3f9a0c55e1@ua7.example.com".to_owned()
+        call_id: "3f9a0c55e1@ua7.example.com".to_owned(),
+        watcher: jid(S),
     })));
 }
 

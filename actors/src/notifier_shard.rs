@@ -219,19 +219,37 @@ impl NotifierShard {
                     self.links.registry.do_send(RegistryEvent::DialogXmpp {
                         call_id: d.call_id.clone(),
                         shard: self.index,
+                        watcher: d.watcher.clone(),
+                        presentity: x.clone(),
                     });
                 }
             }
-            notifier::PersistOp::DialogGone { call_id } => {
+            notifier::PersistOp::DialogGone { call_id, watcher } => {
                 tracing::info!(%call_id, presentity = %x, "SIP watcher subscription ended");
                 self.by_call.remove(&call_id);
                 self.links
                     .registry
                     .do_send(RegistryEvent::DialogGone { call_id });
+                self.watch_gone_unless_watched(idx, watcher, x);
             }
             notifier::PersistOp::Relation { watcher, state } => {
                 tracing::info!(%watcher, presentity = %x, ?state, "watcher relation");
             }
+        }
+    }
+
+    /// Tells the registry that `watcher` no longer watches X (slot `idx`) unless it still has a
+    /// dialog with X (another device, or the dialog just made).
+    fn watch_gone_unless_watched(&mut self, idx: u32, watcher: BareJid, x: &BareJid) {
+        let watched = self
+            .slots
+            .get(idx as usize)
+            .is_some_and(|s| s.machine.watched_by(&watcher));
+        if !watched {
+            self.links.registry.do_send(RegistryEvent::WatchGone {
+                watcher,
+                presentity: x.clone(),
+            });
         }
     }
 
@@ -270,7 +288,7 @@ impl NotifierShard {
             if left.is_zero() {
                 continue;
             }
-            restored.push(d.call_id.clone());
+            restored.push((d.call_id.clone(), d.watcher.clone()));
             let dialog = notifier::NotifierDialog::stored(
                 d.call_id,
                 d.local_tag,
@@ -292,11 +310,14 @@ impl NotifierShard {
             slot.machine.restore_dialog(dialog, left, now);
         }
         slot.machine.probe_after_restart();
-        for call_id in restored {
+        let x = slot.machine.jid().clone();
+        for (call_id, watcher) in restored {
             self.by_call.insert(call_id.clone(), idx);
             self.links.registry.do_send(RegistryEvent::DialogXmpp {
                 call_id,
                 shard: self.index,
+                watcher,
+                presentity: x.clone(),
             });
         }
         self.drain(idx, None, ctx);
@@ -351,6 +372,7 @@ impl Handler<ToNotifier> for NotifierShard {
                     return self.links.responses.do_send(SendResponse { txn, resp });
                 };
                 // In-dialog refreshes carry no mapped watcher; the dialog knows it.
+                let initial = watcher.is_some();
                 let watcher = match watcher {
                     Some(w) => w,
                     None => match self.slots.get(idx as usize) {
@@ -363,6 +385,17 @@ impl Handler<ToNotifier> for NotifierShard {
                     watcher: &watcher,
                 };
                 self.input(idx, input, Some(txn), ctx);
+                // An initial SUBSCRIBE that made no dialog (refused, or a fetch) leaves the
+                // watcher's count at once; one that did leaves it with its last dialog.
+                if initial {
+                    let x = self
+                        .slots
+                        .get(idx as usize)
+                        .map(|s| s.machine.jid().clone());
+                    if let Some(x) = x {
+                        self.watch_gone_unless_watched(idx, watcher, &x);
+                    }
+                }
             }
             NotifierEvent::Stanza(p) => {
                 if let Some(idx) = idx {

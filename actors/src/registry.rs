@@ -76,9 +76,12 @@ enum Owner {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum RegistryEvent {
+    /// A notifier dialog of SIP watcher `watcher` (S') with XMPP presentity `presentity`.
     DialogXmpp {
         call_id: String,
         shard: usize,
+        watcher: BareJid,
+        presentity: BareJid,
     },
     DialogPua {
         call_id: String,
@@ -86,6 +89,12 @@ pub enum RegistryEvent {
     },
     DialogGone {
         call_id: String,
+    },
+    /// `watcher` has no dialog left with `presentity` (ended, refused, or a fetch): it no
+    /// longer counts against the watcher's subscription limit.
+    WatchGone {
+        watcher: BareJid,
+        presentity: BareJid,
     },
 }
 
@@ -122,7 +131,9 @@ pub struct Registry {
     next_worker: usize,
     /// Notifier dialogs in `dialogs` (for the limits).
     sip_to_xmpp: usize,
-    /// SIP watcher S' → XMPP presentities X it subscribed to (notifier mode).
+    /// SIP watcher S' → XMPP presentities X it has a dialog with, or a SUBSCRIBE on its way to
+    /// one (notifier mode): what `max_subscriptions_per_user` counts. Entries leave with the
+    /// watcher's last dialog with X (`RegistryEvent::WatchGone`).
     /// A list, not a set: most SIP watchers watch a few XMPP users, and an empty hash set
     /// alone costs more than a short list (the per-user limit bounds the scan).
     sip_watching: HashMap<BareJid, Vec<BareJid>>,
@@ -587,9 +598,20 @@ impl Handler<RegistryEvent> for Registry {
     type Result = ();
     fn handle(&mut self, ev: RegistryEvent, _ctx: &mut Context<Self>) {
         match ev {
-            RegistryEvent::DialogXmpp { call_id, shard } => {
+            RegistryEvent::DialogXmpp {
+                call_id,
+                shard,
+                watcher,
+                presentity,
+            } => {
                 if self.dialogs.insert(call_id, Owner::Xmpp(shard)).is_none() {
                     self.sip_to_xmpp += 1;
+                }
+                // Restored dialogs are counted here (live ones already at their SUBSCRIBE).
+                let list = self.sip_watching.entry(watcher).or_default();
+                if !list.contains(&presentity) {
+                    list.push(presentity);
+                    list.shrink_to_fit();
                 }
             }
             RegistryEvent::DialogPua { call_id, owner } => {
@@ -598,6 +620,17 @@ impl Handler<RegistryEvent> for Registry {
             RegistryEvent::DialogGone { call_id } => {
                 if let Some(Owner::Xmpp(_)) = self.dialogs.remove(&call_id) {
                     self.sip_to_xmpp = self.sip_to_xmpp.saturating_sub(1);
+                }
+            }
+            RegistryEvent::WatchGone {
+                watcher,
+                presentity,
+            } => {
+                if let Some(list) = self.sip_watching.get_mut(&watcher) {
+                    list.retain(|x| *x != presentity);
+                    if list.is_empty() {
+                        self.sip_watching.remove(&watcher);
+                    }
                 }
             }
         }

@@ -139,7 +139,7 @@ impl StoreOp {
                 presentity: presentity.clone(),
                 dialog: StoredNotifierDialog::from_dialog(d, now, now_unix),
             },
-            PersistOp::DialogGone { call_id } => StoreOp::DeleteNotifierDialog {
+            PersistOp::DialogGone { call_id, .. } => StoreOp::DeleteNotifierDialog {
                 call_id: call_id.clone(),
             },
         }

@@ -1801,6 +1801,48 @@ async fn subscriptions_beyond_the_per_user_limit_get_resource_constraint() {
     gw.proxy.quiet().await;
 }
 
+/// Issue 6, SIP side: one SIP watcher may watch at most `max_subscriptions_per_user` XMPP
+/// users at a time; the next is refused 503 with Retry-After. A subscription that ended no
+/// longer counts: after an unsubscribe the same watcher may watch someone else.
+#[actix_rt::test]
+async fn sip_watcher_beyond_the_per_user_limit_gets_503_until_one_subscription_ends() {
+    let mut gw = start_with(|c| c.limits.max_subscriptions_per_user = 1).await;
+    let p = gw.proxy.addr;
+    let gw_tag = establish_d2_pending(&mut gw).await;
+    let mercutio_uri = "sip:mercutio*example.net@xmpp.example.com";
+    let second = |branch: &str| {
+        juliet_subscribe(p, mercutio_uri, branch, "presence")
+            .replace("3f9a0c55e1@ua7.example.com", "6d2b90c4@ua7.example.com")
+    };
+    let (resp, raw) = gw.proxy.transact(&second("z9hG4bK-ua-5501")).await;
+    assert_eq!(
+        (resp.status, resp.reason.as_str()),
+        (503, "Too Many Subscriptions"),
+        "{raw}"
+    );
+    assert_eq!(header_values(&raw, "Retry-After"), ["3600"]);
+    gw.xmpp.quiet().await;
+
+    // Juliet unsubscribes from romeo: 200 Expires: 0, NOTIFY terminated.
+    let unsub = juliet_in_dialog(&gw, "3f9a0c55e1@ua7.example.com", &gw_tag, 21, 0);
+    let (resp, raw) = gw.proxy.transact(&unsub).await;
+    assert_eq!((resp.status, resp.expires), (200, Some(0)), "{raw}");
+    let (_, state) = d2_notify(&gw, &gw_tag, 2).await;
+    assert_eq!(state.state, SubState::Terminated);
+
+    // Now the subscription to mercutio is accepted: 200, pending NOTIFY, `subscribe` stanza.
+    let (resp, raw) = gw.proxy.transact(&second("z9hG4bK-ua-5502")).await;
+    assert_eq!((resp.status, resp.reason.as_str()), (200, "OK"), "{raw}");
+    assert_eq!(resp.call_id, "6d2b90c4@ua7.example.com");
+    let (n, _) = gw.proxy.request(Method::Notify).await;
+    assert_eq!(n.call_id, "6d2b90c4@ua7.example.com");
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        "<presence from='juliet*example.com@sip.example.net' to='mercutio@example.net' \
+         type='subscribe'/>"
+    );
+}
+
 #[actix_rt::test]
 async fn case_097_component_link_back_after_a_drop_probes_xmpp_presentities_again() {
     let mut gw = start().await;
