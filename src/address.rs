@@ -501,22 +501,8 @@ fn host_to_ascii_general(host: &str) -> Result<String, MapError> {
             Err(_) => Err(MapError::BadHost),
         };
     }
-    // Most hosts are already in A-label form: IDNA would give them back unchanged, at a
-    // thousand instructions each, twice per subscription set up.
-    let ascii = if plain_a_label_host(host) {
-        host.to_owned()
-    } else {
-        idna::domain_to_ascii(host).map_err(|_| MapError::BadHost)?
-    };
-    let valid_label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-    };
-    if ascii.is_empty() || ascii.len() > 253 || !ascii.split('.').all(valid_label) {
+    let ascii = idna::domain_to_ascii(host).map_err(|_| MapError::BadHost)?;
+    if ascii.is_empty() || ascii.len() > 253 || !labels(&ascii).all(valid_ascii_label) {
         return Err(MapError::BadHost);
     }
     Ok(ascii)
@@ -527,38 +513,27 @@ fn sip_uri_of(user: &str, host: &str) -> String {
     crate::text::concat(&["sip:", user, "@", host])
 }
 
-/// Whether `idna::domain_to_ascii` would return `host` as it is: lower-case letters, digits,
-/// `-`, `_` and dots only, and no `xn--` label (those it decodes to check). A proptest
-/// compares the two on such hosts.
-fn plain_a_label_host(host: &str) -> bool {
-    host.bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
-        && !host.split('.').any(|l| l.starts_with("xn--"))
+/// Whether `host` is what [`host_to_ascii`] would return unchanged by its general path (IDNA
+/// gives such a host back as it is; a proptest checks both): valid labels and no `xn--` label
+/// (IDNA decodes those to check them). Dotted digits (IPv4) qualify too.
+fn valid_plain_host(host: &str) -> bool {
+    labels(host).all(|l| valid_ascii_label(l) && !l.starts_with(b"xn--"))
 }
 
-/// Whether `host` is what [`host_to_ascii`] would return unchanged by its general path:
-/// labels of lower-case letters, digits, `-` and `_`, 1 to 63 octets, no leading or trailing
-/// `-`, no `xn--` label (IDNA checks those). Dotted digits (IPv4) qualify too.
-fn valid_plain_host(host: &str) -> bool {
-    let label_ok = |l: &[u8]| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.first() != Some(&b'-')
-            && l.last() != Some(&b'-')
-            && !l.starts_with(b"xn--")
-    };
-    let mut label_start = 0;
-    for (i, &b) in host.as_bytes().iter().enumerate() {
-        if b == b'.' {
-            if !label_ok(host.as_bytes().get(label_start..i).unwrap_or_default()) {
-                return false;
-            }
-            label_start = i + 1;
-        } else if !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
-            return false;
-        }
-    }
-    label_ok(host.as_bytes().get(label_start..).unwrap_or_default())
+/// The dot-separated labels of a host, as bytes.
+fn labels(host: &str) -> impl Iterator<Item = &[u8]> {
+    host.as_bytes().split(|&b| b == b'.')
+}
+
+/// One label of a host in A-label form: 1 to 63 octets of lower-case letters, digits, `-`
+/// and `_`, neither starting nor ending with `-`.
+fn valid_ascii_label(l: &[u8]) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.first() != Some(&b'-')
+        && l.last() != Some(&b'-')
+        && l.iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// A lowercase A-label host → the U-label form JIDs carry; IP literals unchanged.
@@ -1247,15 +1222,14 @@ mod tests {
     }
 
     proptest! {
-        /// The A-label shortcut of `host_to_ascii` changes nothing: where it applies, IDNA
-        /// gives the host back unchanged (or refuses it, and then so does the label check).
+        /// The one-pass shortcut of `host_to_ascii` changes nothing: where it applies, IDNA
+        /// gives the host back unchanged; a host IDNA refuses, `host_to_ascii` refuses too.
         #[test]
         fn plain_hosts_are_what_idna_gives(host in "(xn--)?[a-z0-9_.-]{0,20}") {
-            if plain_a_label_host(&host) {
-                match idna::domain_to_ascii(&host) {
-                    Ok(a) => prop_assert_eq!(a, host.clone()),
-                    Err(_) => prop_assert_eq!(host_to_ascii(&host), Err(MapError::BadHost)),
-                }
+            match idna::domain_to_ascii(&host) {
+                Ok(a) if valid_plain_host(&host) => prop_assert_eq!(a, host.clone()),
+                Ok(_) => {}
+                Err(_) => prop_assert_eq!(host_to_ascii(&host), Err(MapError::BadHost)),
             }
         }
 

@@ -585,7 +585,8 @@ impl RowIds {
         })
     }
 
-    /// The row id of `key` if it has one; the key is forgotten (undone by `rollback`).
+    /// The row id of `key` if it has one; the key is forgotten (put back by `finish_batch` if
+    /// the batch fails).
     fn remove(&mut self, key: (u64, u64)) -> Option<i64> {
         let id = self.by_key.remove(&key)?;
         self.removed.push((key, id));

@@ -1,6 +1,7 @@
 //! Writing [`OutRequest`] / [`OutResponse`] as bytes, and the few URI/Via facts the transport
 //! needs (where to send, which branch). Header order is fixed so tests can assert exact bytes.
 
+use super::parse::byte_pos;
 use super::{NameAddr, OutRequest, OutResponse};
 
 fn line(out: &mut Vec<u8>, name: &str, value: &str) {
@@ -231,11 +232,6 @@ pub fn via_branch(via: &str) -> Option<&str> {
         }
         start = end + 1;
     }
-}
-
-/// Position of an ASCII delimiter (always a char boundary).
-fn byte_pos(s: &str, c: u8) -> Option<usize> {
-    s.bytes().position(|b| b == c)
 }
 
 #[cfg(test)]

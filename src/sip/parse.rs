@@ -344,7 +344,7 @@ fn tag_param(params: &str) -> Option<String> {
 
 /// Byte position of an ASCII delimiter in a short header piece: a plain loop, cheaper than
 /// `str::find`'s searcher set-up on a few dozen octets. ASCII octets are char boundaries.
-fn byte_pos(s: &str, c: u8) -> Option<usize> {
+pub(super) fn byte_pos(s: &str, c: u8) -> Option<usize> {
     s.bytes().position(|b| b == c)
 }
 
