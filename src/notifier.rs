@@ -315,6 +315,18 @@ impl Presentity {
         self.out.pop_front()
     }
 
+    /// Whether the queued outputs must wait until what they persist is durable (issue 14):
+    /// they include a [`Output::Persist`] and tell a peer about it (a response, such as the 200
+    /// to an initial SUBSCRIBE, or a stanza). The runtime then sends all of them, in order,
+    /// once it is committed. A NOTIFY that only moves a dialog's CSeq is not held.
+    pub fn awaits_durable(&self) -> bool {
+        self.out.iter().any(|o| matches!(o, Output::Persist(_)))
+            && self
+                .out
+                .iter()
+                .any(|o| matches!(o, Output::Response(_) | Output::Stanza(_)))
+    }
+
     /// Releases spare capacity once the outputs are drained. A presentity spends its life idle
     /// between events; a drained queue that once held a few outputs (~700 bytes each) and a
     /// dialog list grown by doubling would otherwise dominate its memory.
@@ -655,6 +667,20 @@ impl Presentity {
             watcher: watcher.clone(),
             state,
         }));
+    }
+
+    /// Ends X's dialogs after a fault in handling X (issue 14: a fault stays where it
+    /// happened): what the failed input left queued is dropped and every open dialog gets
+    /// `terminated;reason=deactivated`, so its watcher subscribes again at once (RFC 6665
+    /// §4.1.3) and starts from a fresh dialog.
+    pub fn abort(&mut self, now: Instant) {
+        self.out.clear();
+        for i in 0..self.dialogs.len() {
+            if !self.dialogs[i].closed {
+                self.dialogs[i].terminate = Some(("deactivated", None));
+                self.send_notify(i, now);
+            }
+        }
     }
 
     fn terminate_watcher(

@@ -104,7 +104,11 @@ impl PuaPresentity {
         mapper: AddressMapper,
         seed: u64,
     ) -> PuaPresentity {
-        let publication = Publication::new(cfg.publisher.clone(), uri.clone(), seed ^ 0x5555);
+        let publication = Publication::new(
+            cfg.publisher.clone(),
+            uri.clone(),
+            crate::ids::sub_stream(seed, 1),
+        );
         PuaPresentity {
             agg: XmppAggregate::with_max_status_chars(cfg.max_status_chars),
             cfg,
@@ -144,7 +148,8 @@ impl PuaPresentity {
         if !self.publication.is_unused() {
             return;
         }
-        let seed = self.rng.next_u64();
+        // A stream of its own: the replaced publication's generator must not be replayed.
+        let seed = crate::ids::fresh_stream();
         self.publication = Publication::restore(self.cfg.publisher.clone(), rec, seed, now);
     }
 

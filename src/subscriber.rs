@@ -161,6 +161,9 @@ pub enum Output {
     /// What the store must hold for this pair changed: write [`Subscription::record`]. The
     /// runtime may do so later and once for several of these (a set-up asks three to four
     /// times within milliseconds), as long as it writes before it deletes or shuts down.
+    /// The responses and stanzas queued with it ([`Subscription::awaits_durable`]) tell a peer
+    /// about the change (`subscribed`, the first presence, the 200 to the NOTIFY that
+    /// activated the dialog): the runtime sends them only once the record is durable.
     Persist,
     /// The relation is gone: delete it from the store.
     Forget,
@@ -431,6 +434,15 @@ impl Subscription {
         }
     }
 
+    /// Ends the pair after a fault in handling it (issue 14: a fault stays in its pair): what
+    /// the failed input left queued is dropped, X is told `unavailable` for what it was
+    /// announced, the SIP dialog is unsubscribed (`Expires: 0`) and the record forgotten.
+    pub fn abort(&mut self, now: Instant) {
+        self.out.clear();
+        self.probe_waiters = None;
+        self.unsubscribe(now);
+    }
+
     /// True once the machine has finished and can be dropped.
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done
@@ -458,6 +470,17 @@ impl Subscription {
 
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
+    }
+
+    /// Whether the queued outputs must wait until the record is durable (issue 14): they
+    /// include a [`Output::Persist`] and tell a peer about it (a response or a stanza). The
+    /// runtime then sends all of them, in order, once the record is committed.
+    pub fn awaits_durable(&self) -> bool {
+        self.out.iter().any(|o| matches!(o, Output::Persist))
+            && self
+                .out
+                .iter()
+                .any(|o| matches!(o, Output::Response(_) | Output::Stanza(_)))
     }
 
     /// The earliest instant at which [`Input::Timeout`] must be fed.
@@ -879,8 +902,11 @@ impl Subscription {
         self.respond(req, 200, None);
         self.timers.set(TIMER_N, None);
 
+        // No body in an `active` or `pending` NOTIFY: the notifier has no document for the
+        // presentity now (Kamailio, once a publication expired or was removed): it has no
+        // presence, like a PIDF without tuples (issue 14, no stale presence).
         let view = if req.body.is_empty() {
-            None
+            Some(Vec::new())
         } else {
             match pidf::parse(&req.body, self.cfg.max_body) {
                 Ok(doc) => Some(presence::view_pidf_with(
@@ -931,12 +957,16 @@ impl Subscription {
                     self.set_lease(e, now);
                 }
                 self.answer_probes(PresenceType::Unavailable);
+                // Back to pending (no longer authorised): what X was told is no longer true.
+                self.drop_announced();
                 self.persist();
             }
             SubState::Terminated => {
                 if self.phase == Phase::Unsubscribing {
                     return self.finish();
                 }
+                // A final NOTIFY without a body carries no state (a fetch not answered).
+                let view = view.filter(|_| !req.body.is_empty());
                 self.on_terminated(&state, view, was_fetch, now);
             }
         }

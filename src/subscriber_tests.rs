@@ -794,3 +794,125 @@ fn case_025_only_subscribe_and_probe_start_a_new_pair() {
     }
     assert_eq!(Relation::for_new_pair(&Err("bogus".to_owned())), None);
 }
+
+const DESK_GONE: &str =
+    "<presence from='juliet*example.com@sip.example.net/t-desk' to='romeo@example.net' type='unavailable'/>";
+
+/// Issue 14: Kamailio's NOTIFY once the presentity's publication expired: `active`, no body.
+#[test]
+fn active_notify_without_body_withdraws_what_was_announced() {
+    let mut t = T::new(Relation::Pending);
+    t.active();
+    let out = t.notify(103, "active;expires=1700", None);
+    assert_eq!(responses(&out), vec![200]);
+    assert_eq!(stanzas(&out), vec![DESK_GONE.to_owned()]);
+    // Said once: the next empty NOTIFY adds nothing.
+    let out = t.notify(104, "active;expires=1690", None);
+    assert_eq!(responses(&out), vec![200]);
+    assert!(stanzas(&out).is_empty());
+    // A probe is answered from the (empty) state: unavailable, no SIP.
+    let out = t.stanza("probe");
+    assert!(requests(&out).is_empty());
+    assert_eq!(
+        stanzas(&out),
+        vec![
+            "<presence from='juliet*example.com@sip.example.net' to='romeo@example.net' type='unavailable'/>"
+                .to_owned()
+        ]
+    );
+    // And the next publication is announced again.
+    let out = t.notify(105, "active;expires=1680", Some(PIDF_42));
+    assert_eq!(stanzas(&out), vec![DESK_DND.to_owned()]);
+}
+
+#[test]
+fn pidf_without_tuples_withdraws_what_was_announced() {
+    let mut t = T::new(Relation::Pending);
+    t.active();
+    let empty = r#"<?xml version="1.0"?><presence xmlns="urn:ietf:params:xml:ns:pidf" entity="pres:juliet@example.com"/>"#;
+    let out = t.notify(103, "active;expires=1700", Some(empty));
+    assert_eq!(responses(&out), vec![200]);
+    assert_eq!(stanzas(&out), vec![DESK_GONE.to_owned()]);
+}
+
+#[test]
+fn back_to_pending_withdraws_what_was_announced() {
+    let mut t = T::new(Relation::Pending);
+    t.active();
+    let out = t.notify(103, "pending;expires=1700", None);
+    assert_eq!(responses(&out), vec![200]);
+    assert_eq!(stanzas(&out), vec![DESK_GONE.to_owned()]);
+}
+
+/// Issue 14, durable before acknowledged: the outputs that tell a peer about a set-up come
+/// with a `Persist` (the runtime holds them until it is committed); a NOTIFY that changes only
+/// the presence does not ask for a write, so it is never held.
+#[test]
+fn the_activating_notify_asks_for_a_write_and_later_updates_do_not() {
+    let mut t = T::new(Relation::Pending);
+    t.stanza("subscribe");
+    t.respond(200, "Expires: 1800\r\n");
+    let d = t.dialog();
+    let text = notify_text(
+        &d.call_id,
+        &d.local_tag,
+        102,
+        "active;expires=1740",
+        "application/pidf+xml",
+        Some(PIDF_42),
+    );
+    let req = request(&text);
+    t.sub.handle_input(
+        Input::Notify {
+            req: &req,
+            now_unix: 1_800_000_000,
+        },
+        t.now,
+    );
+    assert!(t.sub.awaits_durable());
+    let out: Vec<Output> = std::iter::from_fn(|| t.sub.poll_output()).collect();
+    assert!(out.contains(&Output::Persist));
+    assert_eq!(
+        stanzas(&out),
+        vec![SUBSCRIBED.to_owned(), DESK_DND.to_owned()]
+    );
+    let busy = PIDF_42.replace("On the balcony", "Busy");
+    let text = notify_text(
+        &d.call_id,
+        &d.local_tag,
+        103,
+        "active;expires=1700",
+        "application/pidf+xml",
+        Some(&busy),
+    );
+    let req = request(&text);
+    t.sub.handle_input(
+        Input::Notify {
+            req: &req,
+            now_unix: 1_800_000_000,
+        },
+        t.now,
+    );
+    assert!(!t.sub.awaits_durable());
+    let out: Vec<Output> = std::iter::from_fn(|| t.sub.poll_output()).collect();
+    assert_eq!(responses(&out), vec![200]);
+    assert_eq!(stanzas(&out).len(), 1);
+}
+
+/// Issue 14: a pair whose handling failed is ended cleanly: X told `unavailable`, the SIP
+/// dialog unsubscribed, the record forgotten; nothing of the failed input leaks out.
+#[test]
+fn abort_ends_the_pair_cleanly() {
+    let mut t = T::new(Relation::Pending);
+    t.active();
+    let d = t.dialog();
+    t.sub.abort(t.now);
+    let out: Vec<Output> = std::iter::from_fn(|| t.sub.poll_output()).collect();
+    assert_eq!(stanzas(&out), vec![DESK_GONE.to_owned()]);
+    assert!(out.contains(&Output::Forget));
+    let reqs = requests(&out);
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].method, Method::Subscribe);
+    assert_eq!(reqs[0].call_id, d.call_id);
+    assert_eq!(header(reqs[0], "Expires"), Some("0"));
+}

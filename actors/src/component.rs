@@ -151,6 +151,9 @@ impl Backoff {
 pub struct Outbox {
     inner: Mutex<OutboxInner>,
     notify: Notify,
+    /// `pua_xmpp_xmpp_outbox_stanzas` and `pua_xmpp_xmpp_stanzas_dropped_total`.
+    queued_gauge: metrics::Gauge,
+    dropped_counter: metrics::Counter,
 }
 
 struct OutboxInner {
@@ -168,6 +171,8 @@ impl Outbox {
                 dropped: 0,
             }),
             notify: Notify::new(),
+            queued_gauge: metrics::gauge!("pua_xmpp_xmpp_outbox_stanzas"),
+            dropped_counter: metrics::counter!("pua_xmpp_xmpp_stanzas_dropped_total"),
         }
     }
 
@@ -183,6 +188,7 @@ impl Outbox {
             if g.queue.len() >= g.limit {
                 g.queue.pop_front();
                 g.dropped += 1;
+                self.dropped_counter.increment(1);
                 let dropped = g.dropped;
                 if dropped % 1000 == 1 {
                     tracing::warn!(
@@ -193,13 +199,16 @@ impl Outbox {
                 }
             }
             g.queue.push_back(stanza);
+            self.queued_gauge.set(g.queue.len() as f64);
         }
         self.notify.notify_one();
     }
 
     /// Takes everything queued, oldest first.
     fn take_all(&self) -> Vec<String> {
-        self.lock().queue.drain(..).collect()
+        let all = self.lock().queue.drain(..).collect();
+        self.queued_gauge.set(0.0);
+        all
     }
 
     /// Puts back a batch that could not be written, ahead of newer stanzas (limit still holds).
@@ -208,10 +217,12 @@ impl Outbox {
         for s in batch.into_iter().rev() {
             if g.queue.len() >= g.limit {
                 g.dropped += 1;
+                self.dropped_counter.increment(1);
                 continue;
             }
             g.queue.push_front(s);
         }
+        self.queued_gauge.set(g.queue.len() as f64);
     }
 
     pub fn len(&self) -> usize {

@@ -16,7 +16,7 @@ use pua_xmpp::publisher::PublisherConfig;
 use pua_xmpp::subscriber::SubscriberConfig;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
@@ -63,6 +63,7 @@ impl Handler<ComponentStatus> for LinkStatus {
     fn handle(&mut self, msg: ComponentStatus, _: &mut Context<Self>) {
         if msg.online != self.online {
             tracing::info!(online = msg.online, "XMPP component link");
+            metrics::gauge!("pua_xmpp_component_up").set(if msg.online { 1.0 } else { 0.0 });
         }
         if let Some(registry) = &self.registry {
             registry.do_send(msg);
@@ -86,12 +87,15 @@ async fn resolve_sip_uri(uri: &str) -> io::Result<SocketAddr> {
     first.ok_or_else(|| invalid(format!("sip.server_address: {uri} does not resolve")))
 }
 
-fn seed() -> u64 {
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    t ^ (u64::from(std::process::id()) << 32)
+/// Gives the identifier generators of this process their key, from the OS (issue 14: Call-IDs,
+/// tags and branches must be unpredictable and never repeat across restarts).
+pub fn install_id_key() -> io::Result<()> {
+    let mut buf = [0u8; 16];
+    getrandom::fill(&mut buf).map_err(|e| io::Error::other(format!("OS randomness: {e}")))?;
+    let (a, b) = buf.split_at(8);
+    let word = |s: &[u8]| s.iter().fold(0u64, |w, &x| (w << 8) | u64::from(x));
+    pua_xmpp::ids::install_key(word(a), word(b));
+    Ok(())
 }
 
 /// What the caller keeps of a started gateway: what [`shutdown`] needs.
@@ -106,6 +110,7 @@ pub struct Running {
 
 /// Starts every actor inside the current actix system, after restoring the persisted state.
 pub async fn start(config: &Config) -> io::Result<Running> {
+    install_id_key()?;
     crate::http::install_metrics();
     let store_path = std::path::Path::new(&config.store.path);
     let snapshot = load_snapshot(store_path).map_err(|e| invalid(format!("store.path: {e}")))?;
@@ -218,7 +223,6 @@ pub async fn start(config: &Config) -> io::Result<Running> {
             subscriber,
             notifier,
             pua,
-            seed: seed(),
             persist_delay: Duration::from_millis(config.store.coalesce_ms),
             limits: crate::registry::Limits {
                 trusted_peers: config
@@ -259,7 +263,7 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         .listen
         .parse()
         .map_err(|e| invalid(format!("http.listen: {e}")))?;
-    crate::http::start(http_listen, registry, status.clone())?;
+    crate::http::start(http_listen, registry, status.clone(), store.clone())?;
     tracing::info!(%http_listen, "HTTP listening");
     Ok(Running {
         store,

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 struct State {
     registry: Addr<Registry>,
     link: Addr<LinkStatus>,
+    store: crate::store::StoreHandle,
 }
 
 /// The Prometheus recorder of this process (installed once; tests start several gateways).
@@ -39,6 +40,175 @@ fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     })
 }
 
+/// Every metric family with its help text, exported from the start (at zero) so that
+/// dashboards and alerts see them before the first event: (kind, name, help, labels of the
+/// series made at zero).
+const FAMILIES: &[(&str, &str, &str, &[(&str, &str)])] = &[
+    (
+        "gauge",
+        "pua_xmpp_subscriptions",
+        "Live subscriptions by direction and state.",
+        &[("direction", "xmpp_to_sip"), ("state", "active")],
+    ),
+    (
+        "counter",
+        "pua_xmpp_sip_requests_in_total",
+        "SIP requests received, by method.",
+        &[("method", "NOTIFY")],
+    ),
+    (
+        "counter",
+        "pua_xmpp_sip_requests_out_total",
+        "SIP requests sent, by method.",
+        &[("method", "SUBSCRIBE")],
+    ),
+    (
+        "counter",
+        "pua_xmpp_sip_responses_in_total",
+        "SIP responses received, by code.",
+        &[("code", "200")],
+    ),
+    (
+        "counter",
+        "pua_xmpp_sip_responses_out_total",
+        "SIP responses sent, by code.",
+        &[("code", "200")],
+    ),
+    (
+        "counter",
+        "pua_xmpp_stanzas_in_total",
+        "Presence stanzas received, by type.",
+        &[("type", "available")],
+    ),
+    (
+        "counter",
+        "pua_xmpp_stanzas_out_total",
+        "Presence stanzas sent, by type.",
+        &[("type", "available")],
+    ),
+    (
+        "counter",
+        "pua_xmpp_translation_errors_total",
+        "NOTIFY bodies refused, by kind.",
+        &[("kind", "pidf_not_well_formed")],
+    ),
+    (
+        "counter",
+        "pua_xmpp_component_reconnects_total",
+        "XEP-0114 link losses.",
+        &[],
+    ),
+    (
+        "gauge",
+        "pua_xmpp_component_up",
+        "1 while the XEP-0114 component link is up.",
+        &[],
+    ),
+    (
+        "gauge",
+        "pua_xmpp_xmpp_outbox_stanzas",
+        "Stanzas queued for the XMPP server (they wait here while the link is down).",
+        &[],
+    ),
+    (
+        "counter",
+        "pua_xmpp_xmpp_stanzas_dropped_total",
+        "Stanzas dropped because the outbound queue was full (xmpp.queue_limit).",
+        &[],
+    ),
+    (
+        "counter",
+        "pua_xmpp_limit_refusals_total",
+        "Subscriptions refused by limits.*, by direction.",
+        &[("direction", "xmpp_to_sip")],
+    ),
+    (
+        "counter",
+        "pua_xmpp_store_refusals_total",
+        "Subscriptions refused because the store was not writing, by direction.",
+        &[("direction", "xmpp_to_sip")],
+    ),
+    (
+        "counter",
+        "pua_xmpp_sip_read_pauses_total",
+        "Times the SIP TCP readers paused under overload.",
+        &[],
+    ),
+    (
+        "counter",
+        "pua_xmpp_faults_contained_total",
+        "Faults caught at a pair or presentity and ended there, by kind.",
+        &[("kind", "subscriber")],
+    ),
+    (
+        "gauge",
+        "pua_xmpp_store_queue_depth",
+        "Store ops sent and not yet committed.",
+        &[],
+    ),
+    (
+        "gauge",
+        "pua_xmpp_store_writable",
+        "1 while the store commits, 0 while its writes fail.",
+        &[],
+    ),
+    (
+        "counter",
+        "pua_xmpp_store_failures_total",
+        "Failed store commit attempts.",
+        &[],
+    ),
+    (
+        "histogram",
+        "pua_xmpp_store_commit_seconds",
+        "Time to commit one store batch.",
+        &[],
+    ),
+    (
+        "histogram",
+        "pua_xmpp_notify_latency_seconds",
+        "NOTIFY sent to final response.",
+        &[],
+    ),
+    (
+        "histogram",
+        "pua_xmpp_publish_latency_seconds",
+        "PUBLISH sent to final response.",
+        &[],
+    ),
+    (
+        "histogram",
+        "pua_xmpp_subscribe_latency_seconds",
+        "SUBSCRIBE sent to final response.",
+        &[],
+    ),
+];
+
+/// Describes every family and makes its first series at zero (idempotent).
+fn register_families() {
+    for &(kind, name, help, labels) in FAMILIES {
+        let labels: Vec<metrics::Label> = labels
+            .iter()
+            .map(|&(k, v)| metrics::Label::new(k, v))
+            .collect();
+        match kind {
+            "counter" => {
+                metrics::describe_counter!(name, help);
+                metrics::counter!(name, labels).increment(0);
+            }
+            "gauge" => {
+                metrics::describe_gauge!(name, help);
+                metrics::gauge!(name, labels).increment(0.0);
+            }
+            _ => {
+                metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+                let _ = metrics::histogram!(name, labels);
+            }
+        }
+    }
+    metrics::gauge!("pua_xmpp_store_writable").set(1.0);
+}
+
 /// Installs the metrics recorder; call before any actor records anything.
 ///
 /// Also starts the recorder's upkeep: a histogram keeps every sample until the next upkeep or
@@ -47,6 +217,7 @@ fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
 pub fn install_metrics() {
     static UPKEEP: std::sync::Once = std::sync::Once::new();
     let _ = prometheus();
+    register_families();
     UPKEEP.call_once(|| {
         let spawned = std::thread::Builder::new()
             .name("metrics-upkeep".to_owned())
@@ -60,7 +231,9 @@ pub fn install_metrics() {
     });
 }
 
-async fn metrics_page() -> HttpResponse {
+async fn metrics_page(state: web::Data<State>) -> HttpResponse {
+    let store = state.store.health();
+    metrics::gauge!("pua_xmpp_store_queue_depth").set(store.queued as f64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(prometheus().render())
@@ -119,14 +292,63 @@ async fn req_winfo(
     }
 }
 
+/// 200 while the gateway keeps its promises: the XMPP link is up, the store writes, and every
+/// actor runs (the registry answers within 2 s and no shard's thread died). Otherwise 503 with
+/// the first failing check as `reason`. `checks` has each one.
 async fn health(state: web::Data<State>) -> HttpResponse {
-    match state.link.send(GetLinkStatus).await {
-        Ok(true) => HttpResponse::Ok().json(serde_json::json!({"status": "ok"})),
-        Ok(false) => HttpResponse::ServiceUnavailable().json(
-            serde_json::json!({"status": "unavailable", "reason": "XMPP component not connected"}),
-        ),
-        Err(_) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"status": "unavailable", "reason": "shutting down"})),
+    const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+    let link = match state.link.send(GetLinkStatus).await {
+        Ok(up) => up,
+        Err(_) => {
+            return HttpResponse::ServiceUnavailable()
+                .json(serde_json::json!({"status": "unavailable", "reason": "shutting down"}))
+        }
+    };
+    let store = state.store.health();
+    let dead = match tokio::time::timeout(
+        ANSWER_WITHIN,
+        state.registry.send(crate::messages::GetLiveness),
+    )
+    .await
+    {
+        Ok(Ok(dead)) => dead,
+        Ok(Err(_)) => vec!["registry".to_owned()],
+        Err(_) => vec!["registry (no answer within 2 s)".to_owned()],
+    };
+    let store_text = if !store.writer_alive {
+        "writer stopped".to_owned()
+    } else if store.failing {
+        format!(
+            "not writable: {}",
+            store.last_error.as_deref().unwrap_or("error")
+        )
+    } else {
+        "ok".to_owned()
+    };
+    let actors_text = if dead.is_empty() {
+        "ok".to_owned()
+    } else {
+        format!("stopped: {}", dead.join(", "))
+    };
+    let checks = serde_json::json!({
+        "xmpp": if link { "up" } else { "down" },
+        "store": store_text,
+        "store_queued": store.queued,
+        "actors": actors_text,
+    });
+    let reason = if !link {
+        Some("XMPP component not connected".to_owned())
+    } else if store_text != "ok" {
+        Some(format!("store {store_text}"))
+    } else if !dead.is_empty() {
+        Some(format!("actors {actors_text}"))
+    } else {
+        None
+    };
+    match reason {
+        None => HttpResponse::Ok().json(serde_json::json!({"status": "ok", "checks": checks})),
+        Some(reason) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "unavailable", "reason": reason, "checks": checks})),
     }
 }
 
@@ -163,8 +385,13 @@ pub fn start(
     listen: SocketAddr,
     registry: Addr<Registry>,
     link: Addr<LinkStatus>,
+    store: crate::store::StoreHandle,
 ) -> std::io::Result<()> {
-    let data = web::Data::new(State { registry, link });
+    let data = web::Data::new(State {
+        registry,
+        link,
+        store,
+    });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())

@@ -6,6 +6,8 @@ mod batch;
 pub mod component;
 pub mod config;
 mod deadlines;
+mod durable;
+pub mod fault;
 pub mod gateway;
 pub mod http;
 pub mod idhash;

@@ -230,3 +230,15 @@ pub struct DumpPairs {
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct FlushPersists;
+
+/// Asks the registry which of the actors it started are gone (their thread died): the
+/// answer names them, empty when all run. `/health` reports it.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Vec<String>")]
+pub struct GetLiveness;
+
+/// The store committed every record a translator sent before its commit marker number `.0`
+/// ([`crate::durable::Gate`]): the outputs held for it may go.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Durable(pub u64);

@@ -7,6 +7,7 @@
 //! task, mailbox or timer per presentity (issue 7, the same pattern as [`crate::shard`]).
 
 use crate::deadlines::{Deadlines, Due};
+use crate::durable::{send_released, Gate, Held};
 use crate::idhash::IdMap;
 use crate::messages::*;
 use crate::registry::{ProbeAfterReconnect, RegistryEvent};
@@ -15,6 +16,7 @@ use crate::translator::{unix_now, Links, Wakeup};
 use actix::prelude::*;
 use pua_xmpp::address::AddressMapper;
 use pua_xmpp::notifier::{self, NotifierConfig, Presentity};
+use pua_xmpp::sip::OutRequest;
 use pua_xmpp::sip::{Method, OutResponse};
 use pua_xmpp::stanza::BareJid;
 use std::collections::{HashMap, VecDeque};
@@ -84,10 +86,14 @@ pub struct NotifierShard {
     timers: Deadlines,
     pending: IdMap<u64, Pending>,
     next_key: u64,
-    seed: u64,
     wakeup: Wakeup,
     /// The output buffer lent to the presentity being fed (`Presentity::lend_queue`).
     spare_out: VecDeque<notifier::Output>,
+    /// Responses and stanzas waiting for their presentity's records to be committed, and the
+    /// presentities that have some (issue 14: durable before acknowledged).
+    gate: Gate,
+    held: IdMap<u32, u64>,
+    me: Option<Recipient<Durable>>,
 }
 
 impl NotifierShard {
@@ -96,7 +102,6 @@ impl NotifierShard {
         cfg: NotifierConfig,
         mapper: AddressMapper,
         links: Links,
-        seed: u64,
     ) -> NotifierShard {
         NotifierShard {
             index,
@@ -109,9 +114,11 @@ impl NotifierShard {
             timers: Deadlines::default(),
             pending: IdMap::default(),
             next_key: 0,
-            seed,
             wakeup: Wakeup::default(),
             spare_out: VecDeque::new(),
+            gate: Gate::default(),
+            held: IdMap::default(),
+            me: None,
         }
     }
 
@@ -131,8 +138,8 @@ impl NotifierShard {
                 return None;
             }
         };
-        self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let machine = Presentity::new(Arc::clone(&self.cfg), x.clone(), sip_uri, self.seed);
+        let stream = pua_xmpp::ids::fresh_stream();
+        let machine = Presentity::new(Arc::clone(&self.cfg), x.clone(), sip_uri, stream);
         let idx = self.slots.len() as u32;
         self.slots.push(Slot {
             machine: Box::new(machine),
@@ -154,14 +161,54 @@ impl NotifierShard {
         };
         let before = dialog_counts(&slot.machine);
         slot.machine.lend_queue(&mut self.spare_out);
-        slot.machine.handle_input(input, Instant::now());
-        self.drain(idx, txn, ctx);
+        let request = match &input {
+            notifier::Input::Subscribe { req, .. } => Some(*req),
+            _ => None,
+        };
+        let now = Instant::now();
+        if crate::fault::contain("notifier", &mut *slot.machine, presentity_key, |p| {
+            p.handle_input(input, now)
+        })
+        .is_err()
+        {
+            if let (Some(req), Some(txn)) = (request, txn) {
+                let resp = OutResponse::to_request(req, 500, None);
+                self.links.responses.do_send(SendResponse { txn, resp });
+            }
+            let ended =
+                crate::fault::contain("notifier_abort", &mut *slot.machine, presentity_key, |p| {
+                    p.abort(now)
+                });
+            if ended.is_err() {
+                // Nothing sensible left to send for X: drop what the failures left queued.
+                while slot.machine.poll_output().is_some() {}
+            }
+            self.drain(idx, None, ctx);
+        } else {
+            self.drain(idx, txn, ctx);
+        }
         if let Some(slot) = self.slots.get(idx as usize) {
             gauge_dialogs(before, dialog_counts(&slot.machine));
         }
     }
 
     fn drain(&mut self, idx: u32, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
+        // The responses and stanzas of an input that persisted something wait for its commit
+        // (the records are sent below, the marker after them), and so do the later ones of a
+        // presentity that still has some waiting.
+        let hold = match self.slots.get(idx as usize) {
+            Some(s) if s.machine.awaits_durable() => {
+                let t = self.gate.ticket();
+                self.held.insert(idx, t);
+                Some(t)
+            }
+            Some(_) => self
+                .held
+                .get(&idx)
+                .copied()
+                .filter(|&t| !self.gate.passed(t)),
+            None => None,
+        };
         loop {
             let Some(slot) = self.slots.get_mut(idx as usize) else {
                 return;
@@ -171,27 +218,25 @@ impl NotifierShard {
             };
             match out {
                 notifier::Output::Request(req) => {
-                    self.next_key += 1;
-                    let key = self.next_key;
-                    self.pending.insert(
-                        key,
-                        Pending {
-                            slot: idx,
-                            call_id: req.call_id.clone(),
-                            cseq: req.cseq,
-                            method: req.method.clone(),
-                            sent: Instant::now(),
-                        },
-                    );
-                    let reply_to = ctx.address().recipient();
-                    crate::translator::send_request(&self.links, req, key, reply_to);
+                    if let Some(t) = hold {
+                        self.gate.hold(t, Held::Request(idx, req));
+                        continue;
+                    }
+                    self.send_request(idx, req, ctx);
                 }
                 notifier::Output::Response(resp) => {
                     if let Some(txn) = txn {
-                        self.links.responses.do_send(SendResponse { txn, resp });
+                        let r = SendResponse { txn, resp };
+                        match hold {
+                            Some(t) => self.gate.hold(t, Held::Response(r)),
+                            None => self.links.responses.do_send(r),
+                        }
                     }
                 }
-                notifier::Output::Stanza(p) => self.links.stanzas.do_send(SendPresence(p)),
+                notifier::Output::Stanza(p) => match hold {
+                    Some(t) => self.gate.hold(t, Held::Stanza(p)),
+                    None => self.links.stanzas.do_send(SendPresence(p)),
+                },
                 notifier::Output::Persist(op) => {
                     let x = slot.machine.jid().clone();
                     let store_op = StoreOp::from_persist(&x, &op, Instant::now(), unix_now());
@@ -199,6 +244,9 @@ impl NotifierShard {
                     self.index_op(idx, &x, op);
                 }
             }
+        }
+        if let Some(me) = &self.me {
+            self.gate.seal(&self.links.store, me);
         }
         let Some(slot) = self.slots.get_mut(idx as usize) else {
             return;
@@ -208,6 +256,24 @@ impl NotifierShard {
         if self.timers.reschedule(idx, &mut slot.due, next) {
             self.rearm(ctx);
         }
+    }
+
+    /// Starts a client transaction for the presentity in slot `idx`.
+    fn send_request(&mut self, idx: u32, req: OutRequest, ctx: &mut Context<Self>) {
+        self.next_key += 1;
+        let key = self.next_key;
+        self.pending.insert(
+            key,
+            Pending {
+                slot: idx,
+                call_id: req.call_id.clone(),
+                cseq: req.cseq,
+                method: req.method.clone(),
+                sent: Instant::now(),
+            },
+        );
+        let reply_to = ctx.address().recipient();
+        crate::translator::send_request(&self.links, req, key, reply_to);
     }
 
     /// Keeps the Call-ID indexes (this shard's and the registry's) in step with the dialogs.
@@ -327,6 +393,11 @@ impl NotifierShard {
     }
 }
 
+/// How a presentity is named in fault logs and by the fault-injection hook: X.
+fn presentity_key(p: &Presentity) -> &str {
+    p.jid().as_str()
+}
+
 /// (pending, active) dialogs, for the `pua_xmpp_subscriptions` gauge.
 fn dialog_counts(p: &Presentity) -> (i64, i64) {
     p.dialogs().iter().fold((0, 0), |(pe, a), d| match d.state {
@@ -349,6 +420,27 @@ fn gauge_dialogs(before: (i64, i64), after: (i64, i64)) {
 
 impl Actor for NotifierShard {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address().recipient());
+    }
+}
+
+impl Handler<Durable> for NotifierShard {
+    type Result = ();
+    fn handle(&mut self, msg: Durable, ctx: &mut Context<Self>) {
+        let released: Vec<Held> = self.gate.release(msg.0).collect();
+        let mut requests = Vec::new();
+        send_released(released, &self.links, |slot, req| {
+            requests.push((slot, req))
+        });
+        // Requests leave after the released responses (the core queues a response first).
+        for (slot, req) in requests {
+            self.send_request(slot, req, ctx);
+        }
+        let gate = &self.gate;
+        self.held.retain(|_, t| !gate.passed(*t));
+    }
 }
 
 impl Handler<ToNotifier> for NotifierShard {

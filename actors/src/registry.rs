@@ -37,7 +37,6 @@ pub struct RegistryConfig {
     pub subscriber: SubscriberConfig,
     pub notifier: NotifierConfig,
     pub pua: PuaConfig,
-    pub seed: u64,
     pub limits: Limits,
     /// How long a subscriber pair's changed record waits for more changes before it is
     /// written (`store.coalesce_ms`).
@@ -137,7 +136,6 @@ pub struct Registry {
     /// A list, not a set: most SIP watchers watch a few XMPP users, and an empty hash set
     /// alone costs more than a short list (the per-user limit bounds the scan).
     sip_watching: HashMap<BareJid, Vec<BareJid>>,
-    seed: u64,
     /// The component link has been up at least once, and went down since it was last up:
     /// the XMPP server may have restarted and forgotten every presence it had (§6.3).
     link_was_up: bool,
@@ -159,7 +157,6 @@ impl Registry {
         store: StoreHandle,
     ) -> Registry {
         Registry {
-            seed: cfg.seed,
             cfg,
             mapper,
             requests: peers.requests,
@@ -212,14 +209,6 @@ impl Registry {
         }
     }
 
-    fn next_seed(&mut self) -> u64 {
-        self.seed = self
-            .seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.seed
-    }
-
     fn respond(&self, txn: ServerTxnId, resp: OutResponse) {
         self.responses.do_send(SendResponse { txn, resp });
     }
@@ -253,14 +242,13 @@ impl Registry {
             return Ok(a.clone());
         }
         let uri = self.mapper.xmpp_to_sip(x).map_err(|e| e.to_string())?;
-        let seed = self.next_seed();
         let t = PuaTranslator::new(
             x.clone(),
             uri,
             self.cfg.pua.clone(),
             self.mapper.clone(),
             self.links(ctx),
-            seed,
+            pua_xmpp::ids::fresh_stream(),
         );
         let addr = self.spawn(t);
         self.pua_presentities.insert(x.clone(), addr.clone());
@@ -350,6 +338,16 @@ impl Registry {
                 .with_header("Retry-After", "3600");
             return self.respond(txn, resp);
         }
+        if !known && !self.store.accepting() {
+            // Issue 14: no promise the store cannot keep (disk full, read-only, far behind).
+            tracing::warn!(%watcher, %presentity, "SUBSCRIBE refused: the store is not writing");
+            metrics::counter!("pua_xmpp_store_refusals_total", "direction" => "sip_to_xmpp")
+                .increment(1);
+            let resp = OutResponse::to_request(&req, 503, None)
+                .with_reason("Store Unavailable")
+                .with_header("Retry-After", "60");
+            return self.respond(txn, resp);
+        }
         if !known {
             let list = self.sip_watching.entry(watcher.clone()).or_default();
             list.push(presentity.clone());
@@ -385,7 +383,7 @@ impl Actor for Registry {
         };
         let subscriber_shards = self.workers.len().max(2);
         for i in 0..subscriber_shards {
-            let shard = SubscriberShard::new(cfg.clone(), self.links(ctx), self.next_seed());
+            let shard = SubscriberShard::new(cfg.clone(), self.links(ctx));
             let addr = match self.workers.get(i % self.workers.len().max(1)) {
                 Some(w) => SubscriberShard::start_in_arbiter(w, move |_| shard),
                 None => shard.start(),
@@ -399,7 +397,6 @@ impl Actor for Registry {
                 self.cfg.notifier.clone(),
                 self.mapper.clone(),
                 self.links(ctx),
-                self.next_seed(),
             );
             let addr = match self.workers.get(i) {
                 Some(w) => NotifierShard::start_in_arbiter(w, move |_| shard),
@@ -691,6 +688,27 @@ impl Handler<ComponentStatus> for Registry {
         for shard in &self.notifier_shards {
             shard.do_send(ProbeAfterReconnect);
         }
+    }
+}
+
+impl Handler<GetLiveness> for Registry {
+    type Result = MessageResult<GetLiveness>;
+    fn handle(&mut self, _: GetLiveness, _: &mut Context<Self>) -> Self::Result {
+        let shards = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !a.connected());
+        let mut dead: Vec<String> = shards
+            .map(|(i, _)| format!("subscriber shard {i}"))
+            .collect();
+        let notifiers = self.notifier_shards.iter().enumerate();
+        dead.extend(
+            notifiers
+                .filter(|(_, a)| !a.connected())
+                .map(|(i, _)| format!("notifier shard {i}")),
+        );
+        MessageResult(dead)
     }
 }
 

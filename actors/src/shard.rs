@@ -13,6 +13,7 @@
 //! the To URI still reaches the pair; the last shard asked answers 481 (case 73).
 
 use crate::deadlines::{Deadlines, Due};
+use crate::durable::{Gate, Held};
 use crate::idhash::IdMap;
 use crate::messages::*;
 use crate::registry::Registry;
@@ -70,6 +71,11 @@ struct Slot {
 
 const NO_CALL: u64 = 0;
 
+/// How a pair is named in fault logs and by the fault-injection hook: its SIP presentity S'.
+fn pair_key(s: &Subscription) -> &str {
+    s.presentity().as_str()
+}
+
 /// The live slot `i` of a slab (the hash tables' closures borrow the slab, not the shard).
 fn slot_at(slots: &[Option<Slot>], i: u32) -> Option<&Slot> {
     slots.get(i as usize).and_then(Option::as_ref)
@@ -88,7 +94,6 @@ pub struct SubscriberShard {
     per_watcher: IdMap<u64, u32>,
     outstanding: Outstanding,
     hasher: std::hash::RandomState,
-    seed: u64,
     wakeup: Wakeup,
     /// Responses and stanzas of the batch being handled, sent as one message each by
     /// [`SubscriberShard::flush`] when the handler ends.
@@ -100,10 +105,18 @@ pub struct SubscriberShard {
     dirty: Vec<u32>,
     /// The output buffer lent to the pair being fed (`Subscription::lend_queue`).
     spare_out: VecDeque<subscriber::Output>,
+    /// Responses and stanzas waiting for their pair's record to be committed (issue 14).
+    gate: Gate,
+    /// Pairs with outputs in the gate, and the marker they wait for: their later outputs
+    /// queue behind (few at a time: a set-up's, for a few milliseconds).
+    held: IdMap<u32, u64>,
+    /// Pairs whose record must be written at the end of this handler, before the marker.
+    urgent: Vec<u32>,
+    me: Option<Recipient<Durable>>,
 }
 
 impl SubscriberShard {
-    pub fn new(cfg: ShardConfig, links: Links, seed: u64) -> SubscriberShard {
+    pub fn new(cfg: ShardConfig, links: Links) -> SubscriberShard {
         SubscriberShard {
             cfg,
             links,
@@ -115,12 +128,43 @@ impl SubscriberShard {
             per_watcher: IdMap::default(),
             outstanding: Outstanding::default(),
             hasher: std::hash::RandomState::new(),
-            seed,
             wakeup: Wakeup::default(),
             out_responses: Vec::new(),
             out_stanzas: Vec::new(),
             dirty: Vec::new(),
             spare_out: VecDeque::new(),
+            gate: Gate::default(),
+            held: IdMap::default(),
+            urgent: Vec::new(),
+            me: None,
+        }
+    }
+
+    /// Writes the records of the pairs whose outputs wait in the gate, now rather than after
+    /// the coalescing delay, then queues the commit marker behind them.
+    fn seal(&mut self) {
+        if !self.gate.is_due() {
+            return;
+        }
+        let mut urgent = std::mem::take(&mut self.urgent);
+        urgent.sort_unstable();
+        urgent.dedup();
+        let (now, unix) = (Instant::now(), unix_now());
+        for &i in &urgent {
+            if let Some(s) = slot_at(&self.slots, i) {
+                self.links
+                    .store
+                    .send(StoreOp::subscription(s.sub.record(now), unix));
+            }
+        }
+        if !self.dirty.is_empty() {
+            // Written now: the coalescing timer must not write them again.
+            self.dirty.retain(|i| urgent.binary_search(i).is_err());
+        }
+        urgent.clear();
+        self.urgent = urgent;
+        if let Some(me) = &self.me {
+            self.gate.seal(&self.links.store, me);
         }
     }
 
@@ -251,6 +295,8 @@ impl SubscriberShard {
             // The slot may be reused before the write: it must not write the next pair early.
             self.dirty.retain(|&i| i != idx);
         }
+        self.urgent.retain(|&i| i != idx);
+        self.held.remove(&idx);
         let Some(mut slot) = self.slots.get_mut(idx as usize).and_then(Option::take) else {
             return;
         };
@@ -283,9 +329,51 @@ impl SubscriberShard {
         };
         let before = phase_label(slot.sub.phase());
         slot.sub.lend_queue(&mut self.spare_out);
-        slot.sub.handle_input(input, now);
+        let request = match &input {
+            subscriber::Input::Notify { req, .. } => Some(*req),
+            _ => None,
+        };
+        if crate::fault::contain("subscriber", &mut *slot.sub, pair_key, |s| {
+            s.handle_input(input, now)
+        })
+        .is_err()
+        {
+            // The request that failed still gets its answer; then the pair ends cleanly.
+            if let (Some(req), Some(txn)) = (request, txn) {
+                let resp = OutResponse::to_request(req, 500, None);
+                self.out_responses.push(SendResponse { txn, resp });
+            }
+            return self.abort(idx, before, now, ctx);
+        }
         let after = self.drain(idx, txn, ctx);
         gauge_move("xmpp_to_sip", Some(before), after);
+    }
+
+    /// Ends the pair in `idx` after a fault (its SIP dialog unsubscribed, X told
+    /// `unavailable`, its record deleted); if ending it fails too, drops it and its record.
+    fn abort(&mut self, idx: u32, before: &'static str, now: Instant, ctx: &mut Context<Self>) {
+        let Some(slot) = self.slots.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if crate::fault::contain("subscriber_abort", &mut *slot.sub, pair_key, |s| {
+            s.abort(now)
+        })
+        .is_ok()
+        {
+            let after = self.drain(idx, None, ctx);
+            return gauge_move("xmpp_to_sip", Some(before), after);
+        }
+        let Some(slot) = self.slots.get(idx as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        let op = StoreOp::DeleteSubscription {
+            watcher: slot.sub.watcher().clone(),
+            presentity: slot.sub.presentity().clone(),
+        };
+        self.links.store.send(op);
+        self.remove(idx);
+        self.rearm(ctx);
+        gauge_move("xmpp_to_sip", Some(before), None);
     }
 
     /// Drains the pair's outputs; returns its phase label, or `None` if it ended.
@@ -295,6 +383,22 @@ impl SubscriberShard {
         txn: Option<ServerTxnId>,
         ctx: &mut Context<Self>,
     ) -> Option<&'static str> {
+        // Durable before acknowledged: the responses and stanzas of an input that changed the
+        // record wait for its commit, and so do those of a pair that still has some waiting.
+        let hold = match self.slot(idx) {
+            Some(s) if s.sub.awaits_durable() => {
+                let t = self.gate.ticket();
+                self.held.insert(idx, t);
+                self.urgent.push(idx);
+                Some(t)
+            }
+            Some(_) => self
+                .held
+                .get(&idx)
+                .copied()
+                .filter(|&t| !self.gate.passed(t)),
+            None => None,
+        };
         loop {
             let slot = self.slots.get_mut(idx as usize).and_then(Option::as_mut)?;
             let Some(out) = slot.sub.poll_output() else {
@@ -302,19 +406,30 @@ impl SubscriberShard {
             };
             match out {
                 subscriber::Output::Request(req) => {
+                    self.index_call(idx, &req.call_id);
+                    if let Some(t) = hold {
+                        self.gate.hold(t, Held::Request(idx, req));
+                        continue;
+                    }
                     // Keep the order the core asked for: responses produced before this
                     // request leave first (both go to the transport).
                     self.flush_responses();
-                    self.index_call(idx, &req.call_id);
                     let reply_to = ctx.address().recipient();
                     self.outstanding.send(&self.links, req, reply_to);
                 }
                 subscriber::Output::Response(resp) => {
                     if let Some(txn) = txn {
-                        self.out_responses.push(SendResponse { txn, resp });
+                        let r = SendResponse { txn, resp };
+                        match hold {
+                            Some(t) => self.gate.hold(t, Held::Response(r)),
+                            None => self.out_responses.push(r),
+                        }
                     }
                 }
-                subscriber::Output::Stanza(p) => self.out_stanzas.push(p),
+                subscriber::Output::Stanza(p) => match hold {
+                    Some(t) => self.gate.hold(t, Held::Stanza(p)),
+                    None => self.out_stanzas.push(p),
+                },
                 subscriber::Output::Persist => {
                     if self.dirty.is_empty() {
                         ctx.run_later(self.cfg.persist_delay, |a, _| a.write_dirty());
@@ -354,8 +469,10 @@ impl SubscriberShard {
     }
 
     /// Sends what the handled batch produced: one message per peer actor, however many
-    /// NOTIFYs the batch held (a cross-thread hand-off costs a wake-up, not the data).
+    /// NOTIFYs the batch held (a cross-thread hand-off costs a wake-up, not the data); and
+    /// the records and commit marker that held outputs wait for.
     fn flush(&mut self) {
+        self.seal();
         self.flush_responses();
         match self.out_stanzas.len() {
             0 => {}
@@ -407,22 +524,21 @@ impl SubscriberShard {
     }
 
     /// The error for a stanza over the limits, in order with the batch's other stanzas.
-    fn refuse(&mut self, p: &pua_xmpp::stanza::InPresence) {
+    fn refuse(&mut self, p: &pua_xmpp::stanza::InPresence, why: &str) {
         self.out_stanzas.push(OutPresence::error_reply(
             p,
             DefinedCondition::ResourceConstraint,
-            Some("too many subscriptions".to_owned()),
+            Some(why.to_owned()),
         ));
-    }
-
-    fn next_seed(&mut self) -> u64 {
-        self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        self.seed
     }
 }
 
 impl Actor for SubscriberShard {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address().recipient());
+    }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.write_dirty();
@@ -481,12 +597,23 @@ impl SubscriberShard {
                         );
                         metrics::counter!("pua_xmpp_limit_refusals_total", "direction" => "xmpp_to_sip")
                             .increment(1);
-                        return self.refuse(&msg.stanza);
+                        return self.refuse(&msg.stanza, "too many subscriptions");
+                    }
+                    if !self.links.store.accepting() {
+                        // Issue 14: no promise the store cannot keep.
+                        tracing::warn!(
+                            watcher = w,
+                            presentity = s,
+                            "subscription refused: the store is not writing"
+                        );
+                        metrics::counter!("pua_xmpp_store_refusals_total", "direction" => "xmpp_to_sip")
+                            .increment(1);
+                        return self.refuse(&msg.stanza, "store unavailable, retry later");
                     }
                 }
                 tracing::info!(watcher = w, presentity = s, sip = %msg.pair.presentity_uri, ?relation, "subscription created (XMPP watcher of a SIP user)");
                 self.cfg.total.fetch_add(1, Ordering::Relaxed);
-                let seed = self.next_seed();
+                let seed = pua_xmpp::ids::fresh_stream();
                 let cfg = Arc::clone(&self.cfg.subscriber);
                 let sub = Subscription::new(cfg, msg.pair, relation, seed);
                 gauge_move("xmpp_to_sip", None, Some(phase_label(sub.phase())));
@@ -581,7 +708,7 @@ impl Handler<RestorePairs> for SubscriberShard {
                     continue; // already live (a stanza came first)
                 }
                 a.cfg.total.fetch_add(1, Ordering::Relaxed);
-                let seed = a.next_seed();
+                let seed = pua_xmpp::ids::fresh_stream();
                 let cfg = Arc::clone(&a.cfg.subscriber);
                 let sub = Subscription::restore(cfg, rec, seed, now);
                 let idx = a.insert(sub);
@@ -598,6 +725,27 @@ fn relation_label(r: subscriber::Relation) -> &'static str {
         subscriber::Relation::Pending => "pending",
         subscriber::Relation::Approved => "approved",
         subscriber::Relation::Unknown => "unknown",
+    }
+}
+
+impl Handler<Durable> for SubscriberShard {
+    type Result = ();
+    fn handle(&mut self, msg: Durable, ctx: &mut Context<Self>) {
+        let released: Vec<Held> = self.gate.release(msg.0).collect();
+        for h in released {
+            match h {
+                Held::Response(r) => self.out_responses.push(r),
+                Held::Stanza(s) => self.out_stanzas.push(s),
+                Held::Request(_, req) => {
+                    self.flush_responses();
+                    let reply_to = ctx.address().recipient();
+                    self.outstanding.send(&self.links, req, reply_to);
+                }
+            }
+        }
+        let gate = &self.gate;
+        self.held.retain(|_, t| !gate.passed(*t));
+        self.flush();
     }
 }
 

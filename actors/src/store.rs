@@ -1090,6 +1090,13 @@ pub struct BatchConfig {
     pub max_backoff: Duration,
     /// Attempts for the last batch once [`StoreHandle::close`] was called.
     pub attempts_at_close: u32,
+    /// Commit at most this long after a batch opened when someone waits for it
+    /// ([`StoreHandle::after_commit`]): outputs a peer must not see before their record is
+    /// durable wait this plus the commit (group commit: one transaction for every waiter).
+    pub durable_wait: Duration,
+    /// Ops sent and not yet committed beyond which [`StoreHandle::accepting`] says no: new
+    /// subscriptions are refused instead of queueing promises the store cannot keep.
+    pub max_queued: u64,
 }
 
 impl Default for BatchConfig {
@@ -1100,6 +1107,8 @@ impl Default for BatchConfig {
             min_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_secs(5),
             attempts_at_close: 5,
+            durable_wait: Duration::from_millis(2),
+            max_queued: 200_000,
         }
     }
 }
@@ -1121,6 +1130,27 @@ pub struct StoreStats {
     pub dropped: u64,
 }
 
+/// What `/health` and the admission checks need to know of the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// The writer thread runs (false once it ended, by close or by a panic).
+    pub writer_alive: bool,
+    /// The last attempt to commit failed (disk full, read-only file, ...): the writer retries
+    /// with backoff until it works again.
+    pub failing: bool,
+    /// The error of the last failed attempt, while failing.
+    pub last_error: Option<String>,
+    /// Ops sent and not yet committed (or dropped).
+    pub queued: u64,
+}
+
+impl StoreHealth {
+    /// Whether the store keeps what it is given: alive, writing, and not too far behind.
+    pub fn ok(&self, max_queued: u64) -> bool {
+        self.writer_alive && !self.failing && self.queued <= max_queued
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     sent: AtomicU64,
@@ -1129,6 +1159,21 @@ struct Counters {
     coalesced: AtomicU64,
     failures: AtomicU64,
     dropped: AtomicU64,
+    failing: std::sync::atomic::AtomicBool,
+    writer_alive: std::sync::atomic::AtomicBool,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+/// Marks the writer dead when its thread ends, however it ends (a panic included).
+struct AliveGuard(Arc<Counters>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.writer_alive.store(false, Ordering::Release);
+        if std::thread::panicking() {
+            tracing::error!("store writer thread panicked: nothing is written any more");
+        }
+    }
 }
 
 // Nearly every message is an `Op`: boxing it would cost an allocation per op for nothing.
@@ -1139,6 +1184,8 @@ enum Msg {
     Flush(SyncSender<()>),
     /// Like `Flush`, then stop.
     Close(SyncSender<()>),
+    /// Run once every op sent before it is committed (from the writer thread).
+    AfterCommit(Box<dyn FnOnce() + Send>),
 }
 
 /// A cloneable handle used by actors: [`StoreHandle::send`] never blocks; one writer thread
@@ -1147,6 +1194,7 @@ enum Msg {
 pub struct StoreHandle {
     tx: Sender<Msg>,
     counters: Arc<Counters>,
+    max_queued: u64,
 }
 
 impl StoreHandle {
@@ -1158,6 +1206,7 @@ impl StoreHandle {
     pub fn start_with(store: Box<dyn Store>, cfg: BatchConfig) -> (StoreHandle, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
+        counters.writer_alive.store(true, Ordering::Release);
         let writer = Writer {
             store,
             cfg,
@@ -1166,13 +1215,24 @@ impl StoreHandle {
         // A thread of its own: SQLite calls block and must not stall the actix arbiters.
         let join = std::thread::Builder::new()
             .name("store-writer".to_owned())
-            .spawn(move || writer.run(rx));
+            .spawn(move || {
+                let _alive = AliveGuard(Arc::clone(&writer.counters));
+                writer.run(rx)
+            });
         let join = match join {
             Ok(j) => j,
             // Cannot spawn a thread at startup: nothing sensible to run without one.
             Err(e) => panic!("cannot start the store writer thread: {e}"),
         };
-        (StoreHandle { tx, counters }, join)
+        let max_queued = cfg.max_queued;
+        (
+            StoreHandle {
+                tx,
+                counters,
+                max_queued,
+            },
+            join,
+        )
     }
 
     /// Queues `op`; never blocks. After [`StoreHandle::close`] the op is dropped (logged).
@@ -1182,6 +1242,46 @@ impl StoreHandle {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("store writer stopped; dropping a store op");
         }
+    }
+
+    /// Runs `f` on the writer thread once every op this thread sent before the call is
+    /// committed (group commit: the batch is committed within `durable_wait`). Never runs if
+    /// those ops are given up (close with a failing database, or the writer is gone).
+    pub fn after_commit(&self, f: Box<dyn FnOnce() + Send>) {
+        if self.tx.send(Msg::AfterCommit(f)).is_err() {
+            tracing::warn!("store writer stopped; a commit notification is lost");
+        }
+    }
+
+    /// The store's state, for `/health` and metrics.
+    pub fn health(&self) -> StoreHealth {
+        let c = &self.counters;
+        let sent = c.sent.load(Ordering::Relaxed);
+        let done = c.ops.load(Ordering::Relaxed) + c.dropped.load(Ordering::Relaxed);
+        let failing = c.failing.load(Ordering::Acquire);
+        StoreHealth {
+            writer_alive: c.writer_alive.load(Ordering::Acquire),
+            failing,
+            last_error: if failing {
+                c.last_error.lock().ok().and_then(|e| e.clone())
+            } else {
+                None
+            },
+            queued: sent.saturating_sub(done),
+        }
+    }
+
+    /// Whether new subscriptions may be accepted: the store writes and is not too far behind.
+    /// When not, callers refuse with a retry hint (SIP 503 + Retry-After, XMPP
+    /// `resource-constraint`): nothing is promised that the store could not keep.
+    pub fn accepting(&self) -> bool {
+        let c = &self.counters;
+        if c.failing.load(Ordering::Relaxed) || !c.writer_alive.load(Ordering::Relaxed) {
+            return false;
+        }
+        let sent = c.sent.load(Ordering::Relaxed);
+        let done = c.ops.load(Ordering::Relaxed) + c.dropped.load(Ordering::Relaxed);
+        sent.saturating_sub(done) <= self.max_queued
     }
 
     /// Blocks until every op sent so far (by any clone) is committed.
@@ -1327,16 +1427,21 @@ impl Writer {
             disconnected: false,
         };
         let mut batch: Vec<StoreOp> = Vec::new();
-        let mut waiters: Vec<SyncSender<()>> = Vec::new();
+        let mut waiters = Waiters::default();
         let mut stop = false;
         while !stop {
             // Wait for the first message of a batch, then collect until full, due or flushed.
             let Some(first) = inbox.next(None) else {
                 break;
             };
-            let due = Instant::now() + self.cfg.max_delay;
+            let opened = Instant::now();
+            let mut due = opened + self.cfg.max_delay;
             let mut now = take(first, &mut batch, &mut waiters, &mut stop);
             while !now && batch.len() < self.cfg.max_ops {
+                if !waiters.after_commit.is_empty() {
+                    // Someone holds outputs back until this batch is durable: group commit.
+                    due = due.min(opened + self.cfg.durable_wait);
+                }
                 match inbox.next(Some(due)) {
                     Some(m) => now = take(m, &mut batch, &mut waiters, &mut stop),
                     None => break,
@@ -1345,9 +1450,20 @@ impl Writer {
             // Every handle dropped without close: commit what we have and stop.
             stop |= inbox.disconnected && inbox.backlog.is_empty();
             inbox.closing |= stop;
-            self.commit(crate::batch::take_sized(&mut batch), &mut inbox);
-            for w in waiters.drain(..) {
+            let committed = self.commit(crate::batch::take_sized(&mut batch), &mut inbox);
+            for w in waiters.flush.drain(..) {
                 let _ = w.send(());
+            }
+            if committed {
+                for f in waiters.after_commit.drain(..) {
+                    f();
+                }
+            } else if !waiters.after_commit.is_empty() {
+                tracing::error!(
+                    waiting = waiters.after_commit.len(),
+                    "store batch given up: outputs held for it are never released"
+                );
+                waiters.after_commit.clear();
             }
         }
         let late = inbox
@@ -1364,10 +1480,11 @@ impl Writer {
     }
 
     /// Applies one batch, retrying with backoff until it commits or, once closing, until
-    /// `attempts_at_close` attempts have failed (then the batch is dropped, logged).
-    fn commit(&mut self, batch: Vec<StoreOp>, inbox: &mut Inbox) {
+    /// `attempts_at_close` attempts have failed (then the batch is dropped, logged). Returns
+    /// whether it committed.
+    fn commit(&mut self, batch: Vec<StoreOp>, inbox: &mut Inbox) -> bool {
         if batch.is_empty() {
-            return;
+            return true;
         }
         let received = batch.len() as u64;
         let ops = coalesce(batch);
@@ -1376,8 +1493,15 @@ impl Writer {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
+            let started = Instant::now();
             match self.store.apply(&ops) {
                 Ok(()) => {
+                    metrics::histogram!("pua_xmpp_store_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    if self.counters.failing.swap(false, Ordering::AcqRel) {
+                        tracing::warn!("store writes again: new subscriptions are accepted");
+                        metrics::gauge!("pua_xmpp_store_writable").set(1.0);
+                    }
                     self.counters.batches.fetch_add(1, Ordering::Relaxed);
                     self.counters.ops.fetch_add(received, Ordering::Relaxed);
                     self.counters
@@ -1390,10 +1514,22 @@ impl Writer {
                             "store batch committed after retries"
                         );
                     }
-                    return;
+                    let c = &self.counters;
+                    let queued = c.sent.load(Ordering::Relaxed).saturating_sub(
+                        c.ops.load(Ordering::Relaxed) + c.dropped.load(Ordering::Relaxed),
+                    );
+                    metrics::gauge!("pua_xmpp_store_queue_depth").set(queued as f64);
+                    return true;
                 }
                 Err(e) => {
                     self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("pua_xmpp_store_failures_total").increment(1);
+                    if let Ok(mut last) = self.counters.last_error.lock() {
+                        *last = Some(e.to_string());
+                    }
+                    if !self.counters.failing.swap(true, Ordering::AcqRel) {
+                        metrics::gauge!("pua_xmpp_store_writable").set(0.0);
+                    }
                     if inbox.closing && attempts >= self.cfg.attempts_at_close {
                         tracing::error!(
                             error = %e,
@@ -1402,7 +1538,7 @@ impl Writer {
                             "store write failed while closing; dropping the batch"
                         );
                         self.counters.dropped.fetch_add(received, Ordering::Relaxed);
-                        return;
+                        return false;
                     }
                     tracing::error!(
                         error = %e,
@@ -1419,24 +1555,32 @@ impl Writer {
     }
 }
 
+/// Who waits for the open batch.
+#[derive(Default)]
+struct Waiters {
+    /// [`StoreHandle::flush`] and `close` callers: told when the batch ends, committed or not.
+    flush: Vec<SyncSender<()>>,
+    /// [`StoreHandle::after_commit`]: run only if it committed.
+    after_commit: Vec<Box<dyn FnOnce() + Send>>,
+}
+
 /// Adds a message to the batch; true when the batch must be committed now.
-fn take(
-    msg: Msg,
-    batch: &mut Vec<StoreOp>,
-    waiters: &mut Vec<SyncSender<()>>,
-    stop: &mut bool,
-) -> bool {
+fn take(msg: Msg, batch: &mut Vec<StoreOp>, waiters: &mut Waiters, stop: &mut bool) -> bool {
     match msg {
         Msg::Op(op) => {
             batch.push(op);
             false
         }
+        Msg::AfterCommit(f) => {
+            waiters.after_commit.push(f);
+            false
+        }
         Msg::Flush(w) => {
-            waiters.push(w);
+            waiters.flush.push(w);
             true
         }
         Msg::Close(w) => {
-            waiters.push(w);
+            waiters.flush.push(w);
             *stop = true;
             true
         }

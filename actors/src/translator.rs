@@ -210,6 +210,8 @@ pub struct PuaTranslator {
     /// comes first, so that presence modifies the restored publication instead of creating a
     /// second one next to it.
     pending_restore: Option<pua_xmpp::publisher::PublicationRecord>,
+    /// Responses and stanzas waiting for a publication record to be committed (issue 14).
+    gate: crate::durable::Gate,
 }
 
 impl PuaTranslator {
@@ -228,6 +230,7 @@ impl PuaTranslator {
             winfo_call_id: None,
             wakeup: Wakeup::default(),
             pending_restore: None,
+            gate: crate::durable::Gate::default(),
         }
     }
 
@@ -239,23 +242,62 @@ impl PuaTranslator {
     }
 
     fn input(&mut self, input: pua::Input<'_>, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
-        self.machine.handle_input(input, Instant::now());
+        let request = match &input {
+            pua::Input::Notify(req) => Some(*req),
+            _ => None,
+        };
+        let now = Instant::now();
+        let fed = crate::fault::contain("pua", &mut self.machine, pua_key, |m| {
+            m.handle_input(input, now)
+        });
+        if fed.is_err() {
+            // Contained to this presentity: what the failed input left queued is dropped, the
+            // request answered 500; its publication and winfo dialog keep their last state.
+            while self.machine.poll_output().is_some() {}
+            if let (Some(req), Some(txn)) = (request, txn) {
+                let resp = pua_xmpp::sip::OutResponse::to_request(req, 500, None);
+                self.links.responses.do_send(SendResponse { txn, resp });
+            }
+            return self.drain(None, ctx);
+        }
         self.drain(txn, ctx);
     }
 
     fn drain(&mut self, txn: Option<ServerTxnId>, ctx: &mut Context<Self>) {
-        while let Some(out) = self.machine.poll_output() {
+        use crate::durable::Held;
+        let outs: Vec<pua::Output> = std::iter::from_fn(|| self.machine.poll_output()).collect();
+        // Durable before acknowledged: with a new publication record (a new entity-tag), the
+        // responses and stanzas wait for its commit, and later ones wait behind them.
+        let tells =
+            |o: &pua::Output| matches!(o, pua::Output::Response(_) | pua::Output::Stanza(_));
+        let persists = |o: &pua::Output| matches!(o, pua::Output::Persist(_));
+        let hold = if outs.iter().any(persists) && outs.iter().any(tells) {
+            Some(self.gate.ticket())
+        } else {
+            Some(self.gate.last()).filter(|&t| !self.gate.passed(t))
+        };
+        for out in outs {
             match out {
-                pua::Output::Request(req) => {
-                    let reply_to = ctx.address().recipient();
-                    self.outstanding.send(&self.links, req, reply_to);
-                }
+                pua::Output::Request(req) => match hold {
+                    Some(t) => self.gate.hold(t, Held::Request(0, req)),
+                    None => {
+                        let reply_to = ctx.address().recipient();
+                        self.outstanding.send(&self.links, req, reply_to);
+                    }
+                },
                 pua::Output::Response(resp) => {
                     if let Some(txn) = txn {
-                        self.links.responses.do_send(SendResponse { txn, resp });
+                        let r = SendResponse { txn, resp };
+                        match hold {
+                            Some(t) => self.gate.hold(t, Held::Response(r)),
+                            None => self.links.responses.do_send(r),
+                        }
                     }
                 }
-                pua::Output::Stanza(p) => self.links.stanzas.do_send(SendPresence(p)),
+                pua::Output::Stanza(p) => match hold {
+                    Some(t) => self.gate.hold(t, Held::Stanza(p)),
+                    None => self.links.stanzas.do_send(SendPresence(p)),
+                },
                 pua::Output::Persist(rec) => self.links.store.send(StoreOp::publication(
                     self.machine.jid().clone(),
                     rec,
@@ -263,6 +305,8 @@ impl PuaTranslator {
                 )),
             }
         }
+        self.gate
+            .seal(&self.links.store, &ctx.address().recipient());
         let current = self.machine.winfo_call_id().map(str::to_owned);
         if current != self.winfo_call_id {
             if let Some(old) = self.winfo_call_id.take() {
@@ -286,8 +330,26 @@ impl PuaTranslator {
     }
 }
 
+/// How a PUA presentity is named in fault logs and by the fault-injection hook: X.
+fn pua_key(m: &PuaPresentity) -> &str {
+    m.jid().as_str()
+}
+
 impl Actor for PuaTranslator {
     type Context = Context<Self>;
+}
+
+impl Handler<Durable> for PuaTranslator {
+    type Result = ();
+    fn handle(&mut self, msg: Durable, ctx: &mut Context<Self>) {
+        let released: Vec<crate::durable::Held> = self.gate.release(msg.0).collect();
+        let mut requests = Vec::new();
+        crate::durable::send_released(released, &self.links, |_, req| requests.push(req));
+        for req in requests {
+            let reply_to = ctx.address().recipient();
+            self.outstanding.send(&self.links, req, reply_to);
+        }
+    }
 }
 
 /// Resumes the stored publication of a PUA-mode presentity after `delay` (restarts are

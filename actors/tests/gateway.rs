@@ -1711,7 +1711,12 @@ async fn http_health_subscriptions_and_metrics() {
     let sub = establish_d1(&mut gw).await;
 
     let (status, body) = http_get(&http, "/health").await;
-    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(health["status"], "ok", "{body}");
+    assert_eq!(health["checks"]["xmpp"], "up", "{body}");
+    assert_eq!(health["checks"]["store"], "ok", "{body}");
+    assert_eq!(health["checks"]["actors"], "ok", "{body}");
 
     let (status, body) = http_get(&http, &format!("/subscriptions?user={ROMEO}")).await;
     assert_eq!(status, 200, "{body}");
@@ -2058,4 +2063,196 @@ async fn issue_6_pua_restart_refreshes_the_stored_publication_and_republishes_on
     );
     let end = end.expect("an end");
     assert!((now_unix + 3600..=now_unix + 3610).contains(&end), "{end}");
+}
+
+// ---- issue 14: the gateway's promises -------------------------------------------------------
+
+/// Issue 14, part 1: neighbouring pairs (watchers created one after the other, in one shard or
+/// the next) that open new dialogs again and again never share a Call-ID or a From-tag, and
+/// every NOTIFY reaches its own watcher only.
+#[actix_rt::test]
+async fn issue_14_neighbouring_pairs_resubscribing_never_share_dialog_ids() {
+    let mut gw = start().await;
+    let watchers: Vec<String> = (0..6).map(|i| format!("w{i}@example.net")).collect();
+    let mut subs = Vec::new();
+    for w in &watchers {
+        gw.xmpp
+            .send(&format!(
+                "<presence from='{w}' to='{JULIET_JID}' type='subscribe'/>"
+            ))
+            .await;
+        let (sub, _) = gw.proxy.request(Method::Subscribe).await;
+        gw.proxy.answer(&sub, 200, "OK", &["Expires: 1800"]).await;
+        subs.push(sub);
+    }
+    let mut call_ids = std::collections::HashSet::new();
+    let mut tags = std::collections::HashSet::new();
+    for s in &subs {
+        assert!(call_ids.insert(s.call_id.clone()), "Call-ID reused");
+        assert!(tags.insert(s.from.tag.clone()), "From-tag reused");
+    }
+    // Three rounds: each dialog is ended by the notifier (`deactivated`) and the gateway opens
+    // a new one (case 76): new identifiers every time, none shared with any other pair.
+    for round in 0..3u32 {
+        for s in subs.iter_mut() {
+            let end = gw
+                .proxy
+                .notify(s, 10 + round, "terminated;reason=deactivated", None);
+            let (resp, raw) = gw.proxy.transact(&end).await;
+            assert_eq!(resp.status, 200, "{raw}");
+            let (next, _) = gw.proxy.request(Method::Subscribe).await;
+            assert_eq!(next.from.uri, s.from.uri, "the same watcher re-subscribes");
+            gw.proxy.answer(&next, 200, "OK", &["Expires: 1800"]).await;
+            assert!(
+                call_ids.insert(next.call_id.clone()),
+                "Call-ID reused: {}",
+                next.call_id
+            );
+            assert!(tags.insert(next.from.tag.clone()), "From-tag reused");
+            *s = next;
+        }
+    }
+    assert_eq!(call_ids.len(), 6 * 4);
+    // Each dialog's NOTIFY reaches its own watcher, and only it.
+    for (i, (s, w)) in subs.iter().zip(&watchers).enumerate() {
+        let body = PIDF_BALCONY.replace("On the balcony", &format!("Status {i}"));
+        let n = gw.proxy.notify(s, 100, "active;expires=1700", Some(&body));
+        let (resp, raw) = gw.proxy.transact(&n).await;
+        assert_eq!(resp.status, 200, "{raw}");
+        assert_eq!(
+            gw.xmpp.stanza().await,
+            SUBSCRIBED.replace("romeo@example.net", w)
+        );
+        assert_eq!(
+            gw.xmpp.stanza().await,
+            PRESENCE_BALCONY
+                .replace("romeo@example.net", w)
+                .replace("On the balcony", &format!("Status {i}"))
+        );
+    }
+    gw.xmpp.quiet().await;
+}
+
+const NURSE_JID: &str = "nurse*example.com@sip.example.net";
+
+/// Issue 14, part 4: a fault while handling one pair ends that pair cleanly (the NOTIFY gets
+/// 500, romeo is told `unavailable` for what he was shown, the dialog is unsubscribed) and is
+/// counted; the other pair of the same watcher (so of the same shard) keeps delivering and the
+/// gateway stays healthy.
+#[actix_rt::test]
+async fn issue_14_a_fault_in_one_pair_stays_in_that_pair() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let http = format!("127.0.0.1:{port}");
+    let h = http.clone();
+    let mut gw = start_with(move |c| c.http.listen = h).await;
+    let juliet = establish_d1(&mut gw).await;
+    gw.xmpp
+        .send(&format!(
+            "<presence from='{ROMEO}' to='{NURSE_JID}' type='subscribe'/>"
+        ))
+        .await;
+    let (nurse, _) = gw.proxy.request(Method::Subscribe).await;
+    assert_eq!(nurse.uri, "sip:nurse@example.com");
+    gw.proxy.answer(&nurse, 200, "OK", &["Expires: 1800"]).await;
+    let n = gw
+        .proxy
+        .notify(&nurse, 1, "active;expires=1700", Some(PIDF_BALCONY));
+    let (resp, _) = gw.proxy.transact(&n).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        SUBSCRIBED.replace(JULIET_JID, NURSE_JID)
+    );
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        PRESENCE_BALCONY.replace(JULIET_JID, NURSE_JID)
+    );
+
+    pua_xmpp_actors::fault::inject(NURSE_JID);
+    let busy = PIDF_BALCONY.replace("On the balcony", "Busy");
+    let n = gw
+        .proxy
+        .notify(&nurse, 2, "active;expires=1700", Some(&busy));
+    let (resp, raw) = gw.proxy.transact(&n).await;
+    assert_eq!(resp.status, 500, "{raw}");
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        format!("<presence from='{NURSE_JID}/t-desk' to='{ROMEO}' type='unavailable'/>")
+    );
+    let (unsub, raw) = gw.proxy.request(Method::Subscribe).await;
+    assert_eq!(unsub.call_id, nurse.call_id, "{raw}");
+    assert_eq!(unsub.expires, Some(0), "{raw}");
+    gw.proxy.answer(&unsub, 200, "OK", &["Expires: 0"]).await;
+
+    // The other pair of the same shard carries on.
+    let n = gw
+        .proxy
+        .notify(&juliet, 102, "active;expires=1700", Some(&busy));
+    let (resp, raw) = gw.proxy.transact(&n).await;
+    check_notify_ok(&resp, &raw, &n, 102);
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        PRESENCE_BALCONY.replace("On the balcony", "Busy")
+    );
+    let (status, body) = http_get(&http, "/health").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, metrics) = http_get(&http, "/metrics").await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("pua_xmpp_faults_contained_total{kind=\"subscriber\"}"))
+        .unwrap_or("");
+    assert!(
+        line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) >= Some(1.0),
+        "{line}"
+    );
+    gw.xmpp.quiet().await;
+}
+
+/// Issue 14: every metric family is exported, with HELP and TYPE, from the first scrape.
+#[actix_rt::test]
+async fn issue_14_every_metric_family_is_listed_right_after_start() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let http = format!("127.0.0.1:{port}");
+    let h = http.clone();
+    let _gw = start_with(move |c| c.http.listen = h).await;
+    let (status, metrics) = http_get(&http, "/metrics").await;
+    assert_eq!(status, 200);
+    for (kind, name) in [
+        ("gauge", "pua_xmpp_subscriptions"),
+        ("counter", "pua_xmpp_sip_requests_in_total"),
+        ("counter", "pua_xmpp_sip_requests_out_total"),
+        ("counter", "pua_xmpp_sip_responses_in_total"),
+        ("counter", "pua_xmpp_sip_responses_out_total"),
+        ("counter", "pua_xmpp_stanzas_in_total"),
+        ("counter", "pua_xmpp_stanzas_out_total"),
+        ("counter", "pua_xmpp_translation_errors_total"),
+        ("counter", "pua_xmpp_component_reconnects_total"),
+        ("gauge", "pua_xmpp_component_up"),
+        ("gauge", "pua_xmpp_xmpp_outbox_stanzas"),
+        ("counter", "pua_xmpp_xmpp_stanzas_dropped_total"),
+        ("counter", "pua_xmpp_limit_refusals_total"),
+        ("counter", "pua_xmpp_store_refusals_total"),
+        ("counter", "pua_xmpp_sip_read_pauses_total"),
+        ("counter", "pua_xmpp_faults_contained_total"),
+        ("gauge", "pua_xmpp_store_queue_depth"),
+        ("gauge", "pua_xmpp_store_writable"),
+        ("counter", "pua_xmpp_store_failures_total"),
+        ("histogram", "pua_xmpp_store_commit_seconds"),
+        ("histogram", "pua_xmpp_notify_latency_seconds"),
+        ("histogram", "pua_xmpp_publish_latency_seconds"),
+        ("histogram", "pua_xmpp_subscribe_latency_seconds"),
+    ] {
+        let t = format!("# TYPE {name} {kind}");
+        assert!(metrics.contains(&t), "{t} missing in\n{metrics}");
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "HELP of {name}"
+        );
+    }
 }

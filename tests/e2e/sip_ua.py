@@ -66,6 +66,7 @@ class SipMessage:
 
     def __init__(self, data, addr=None):
         self.data, self.addr = data, addr
+        self.received_at = time.monotonic()  # parsed right after recvfrom() for received ones
         head, sep, rest = data.partition(b"\r\n\r\n")
         lines = head.decode("utf-8", errors="replace").split("\r\n")
         self.first = lines[0]

@@ -56,6 +56,7 @@ class XmppClient:
         self.lock = threading.Condition()
         self.inbox = []          # parsed top-level elements not yet taken by wait()
         self.received = []       # every top-level element ever received (for debugging)
+        self.received_at = []    # time.monotonic() when each of them arrived (same index)
         self.raw = bytearray()   # every byte received (for byte-exact checks)
         self.closed = None       # reason once the stream is gone
         self.jid = None
@@ -87,6 +88,7 @@ class XmppClient:
             if not data:
                 self._set_closed("stream closed by server")
                 return
+            now = time.monotonic()
             with self.lock:
                 self.raw += data
                 try:
@@ -106,6 +108,7 @@ class XmppClient:
                         if self._depth == 1:
                             self.inbox.append(el)
                             self.received.append(el)
+                            self.received_at.append(now)
                             self._detach(el)
                             if is_roster_push(el):
                                 # RFC 6121 2.1.6: acknowledge roster pushes
@@ -185,6 +188,14 @@ class XmppClient:
         with self.lock:
             dropped, self.inbox = self.inbox, []
         return dropped
+
+    def arrived_at(self, el):
+        """time.monotonic() when the bytes that completed this received element came in."""
+        with self.lock:
+            for i in range(len(self.received) - 1, -1, -1):
+                if self.received[i] is el:
+                    return self.received_at[i]
+        raise KeyError("element was not received by this client")
 
     def dump_inbox(self):
         with self.lock:

@@ -18,14 +18,15 @@ use crate::messages::{ServerTxnId, Source, TransactionOutcome, TxnResult};
 const COOKIE: &str = "z9hG4bK";
 
 /// Makes branches that carry the client transaction id, so a response finds its transaction
-/// without a branch → id map: `z9hG4bK` + 16 hex digits random per process + the id in hex.
+/// without a branch → id map: `z9hG4bK` + 16 hex digits keyed per process + the id under the
+/// process's keyed permutation (unique, and no outsider can tell the next one).
 pub struct BranchGen {
     prefix: String,
 }
 
 impl BranchGen {
     pub fn new() -> Self {
-        let seed = RandomState::new().hash_one(std::process::id());
+        let seed = pua_xmpp::ids::prf(0xb7a9_c4, 0);
         BranchGen {
             prefix: format!("{COOKIE}{seed:016x}"),
         }
@@ -34,17 +35,19 @@ impl BranchGen {
     pub fn branch(&self, id: u64) -> String {
         let mut b = String::with_capacity(self.prefix.len() + 16);
         b.push_str(&self.prefix);
-        pua_xmpp::text::push_hex(&mut b, id, 0);
+        pua_xmpp::text::push_hex(&mut b, pua_xmpp::ids::permute(id), 16);
         b
     }
 
     /// The transaction id a branch of ours carries; `None` for anyone else's branch.
     pub fn id_of(&self, branch: &str) -> Option<u64> {
         let rest = branch.strip_prefix(self.prefix.as_str())?;
-        if rest.is_empty() || rest.len() > 16 {
+        if rest.len() != 16 {
             return None;
         }
-        u64::from_str_radix(rest, 16).ok()
+        u64::from_str_radix(rest, 16)
+            .ok()
+            .map(pua_xmpp::ids::unpermute)
     }
 }
 
