@@ -2256,3 +2256,46 @@ async fn issue_14_every_metric_family_is_listed_right_after_start() {
         );
     }
 }
+
+/// Issue 14, part 2: durable before acknowledged. Even with a long coalescing wait, by the
+/// time romeo holds `subscribed` and the first presence (and the presence server the 200 to
+/// the NOTIFY that activated the dialog), the pair and its dialog are committed to the file:
+/// a `kill -9` at that instant loses nothing.
+#[actix_rt::test]
+async fn issue_14_the_pair_is_in_the_file_before_the_watcher_hears_of_it() {
+    let path =
+        std::env::temp_dir().join(format!("pua-xmpp-gwtest-durable-{}.db", std::process::id()));
+    let p = path.display().to_string();
+    let mut gw = start_with(move |c| {
+        c.store.path = p;
+        c.store.coalesce_ms = 10_000;
+    })
+    .await;
+    let sub = establish_d1(&mut gw).await;
+    // Read at once, from another connection, as a restarted gateway would.
+    let snap = pua_xmpp_actors::store::load_snapshot(&path).expect("load");
+    let stored: Vec<(String, String, Option<String>)> = snap
+        .subscriptions
+        .iter()
+        .map(|(rec, _)| {
+            (
+                rec.pair.watcher.to_string(),
+                rec.pair.presentity.to_string(),
+                rec.dialog.as_ref().map(|d| d.call_id.clone()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        [(
+            ROMEO.to_owned(),
+            JULIET_JID.to_owned(),
+            Some(sub.call_id.clone())
+        )]
+    );
+    assert_eq!(
+        snap.subscriptions[0].0.relation,
+        pua_xmpp::subscriber::Relation::Approved
+    );
+    let _ = std::fs::remove_file(&path);
+}

@@ -382,9 +382,11 @@ async fn sigterm_closes_the_stream_flushes_the_subscription_and_exits_0() {
     }
 }
 
-/// A pair's record waits `store.coalesce_ms` for more changes before the shard writes it: with
-/// a long wait nothing is in the file while the subscription is up, and SIGTERM still writes
-/// the record (the shards hand over what they hold back before the store's last flush).
+/// A pair's record waits `store.coalesce_ms` for more changes before the shard writes it while
+/// nobody was told about it (here: the 200 to our SUBSCRIBE, before any NOTIFY): with a long
+/// wait nothing is in the file while the subscription is up, and SIGTERM still writes the
+/// record (the shards hand over what they hold back before the store's last flush). What a
+/// peer is told about is written at once (issue 14; `gateway.rs` tests that).
 #[actix_rt::test]
 async fn sigterm_writes_the_records_the_shards_hold_back() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind xmpp");
@@ -396,12 +398,6 @@ async fn sigterm_writes_the_records_the_shards_hold_back() {
     xmpp.send(&subscribe_stanza(JULIET_JID, "s1")).await;
     let sub = proxy.subscribe().await;
     proxy.send(gw.sip, &Proxy::ok(&sub)).await;
-    proxy.send(gw.sip, &proxy.notify(&sub)).await;
-    xmpp.read_until(&format!(
-        "<presence from='{JULIET_JID}' to='{ROMEO}' type='subscribed'/>"
-    ))
-    .await;
-    xmpp.read_until("On the balcony</status>").await;
     // Well past the store's own 20 ms batch: what is not in the file is held by the shard.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stored_pairs(&gw.store_path()), []);
@@ -416,7 +412,7 @@ async fn sigterm_writes_the_records_the_shards_hold_back() {
         [(
             ROMEO.to_owned(),
             JULIET_JID.to_owned(),
-            Relation::Approved,
+            Relation::Pending,
             Some(sub.call_id.clone())
         )]
     );

@@ -1298,3 +1298,111 @@ fn issue_7_notifier_rows_survive_reopening_and_keep_one_row_per_key() {
     want.sort_by(|a, b| a.1.call_id.cmp(&b.1.call_id));
     assert_eq!(snap.notifier_dialogs, want);
 }
+
+/// Fails every `apply` while `broken` is set (a disk that is full, then has room again).
+struct Switch {
+    inner: SqliteStore,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for Switch {
+    fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend(
+                "database or disk is full (injected)".to_owned(),
+            ));
+        }
+        self.inner.apply(ops)
+    }
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        self.inner.load()
+    }
+}
+
+/// Issue 14, durable before acknowledged: `after_commit` runs once the ops sent before it are
+/// in the file (another connection reads them from inside the callback), within the group
+/// commit wait rather than the 20 ms batch delay.
+#[test]
+fn issue_14_after_commit_runs_once_the_earlier_ops_are_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.sqlite");
+    let (h, join) = start(open(&path), BatchConfig::default());
+    let sent_at = Instant::now();
+    h.send(StoreOp::subscription(sub_with_dialog(), 1_795_000_000));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.clone();
+    h.after_commit(Box::new(move || {
+        let _ = tx.send((load(&p).subscriptions.len(), sent_at.elapsed()));
+    }));
+    let (rows, took) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("callback ran");
+    assert_eq!(
+        rows, 1,
+        "the op sent before the marker is committed when it runs"
+    );
+    assert!(
+        took < Duration::from_millis(15),
+        "group commit waited {took:?}"
+    );
+    h.close();
+    join.join().unwrap();
+}
+
+/// Issue 14: while the store cannot write, it says so (`health`, `accepting`), nothing waiting
+/// for a commit is released, and everything goes on once it writes again.
+#[test]
+fn issue_14_a_store_that_cannot_write_says_so_holds_its_waiters_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.sqlite");
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let store = Switch {
+        inner: open(&path),
+        broken: Arc::clone(&broken),
+    };
+    let cfg = BatchConfig {
+        min_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        ..BatchConfig::default()
+    };
+    let (h, join) = StoreHandle::start_with(Box::new(store), cfg);
+    assert!(h.accepting());
+    h.send(StoreOp::subscription(sub_with_dialog(), 1_795_000_000));
+    let (tx, rx) = std::sync::mpsc::channel();
+    h.after_commit(Box::new(move || {
+        let _ = tx.send(());
+    }));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !h.health().failing && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let health = h.health();
+    assert!(health.failing, "{health:?}");
+    assert!(health.writer_alive);
+    assert_eq!(
+        health.last_error.as_deref(),
+        Some("store backend: database or disk is full (injected)")
+    );
+    assert_eq!(health.queued, 1);
+    assert!(!h.accepting(), "no new promises while the store fails");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "nothing is released before its commit"
+    );
+    broken.store(false, Ordering::SeqCst);
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("released once the batch commits");
+    let health = h.health();
+    assert!(!health.failing && health.last_error.is_none(), "{health:?}");
+    assert_eq!(health.queued, 0);
+    assert!(h.accepting());
+    let probe = h.clone();
+    h.close();
+    join.join().unwrap();
+    assert!(
+        !probe.health().writer_alive,
+        "the writer is gone after close"
+    );
+    assert!(!probe.accepting());
+    assert_eq!(load(&path).subscriptions.len(), 1);
+}
