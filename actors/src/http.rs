@@ -43,7 +43,14 @@ fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
 /// Every metric family with its help text, exported from the start (at zero) so that
 /// dashboards and alerts see them before the first event: (kind, name, help, labels of the
 /// series made at zero).
-const FAMILIES: &[(&str, &str, &str, &[(&str, &str)])] = &[
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+const FAMILIES: &[Family] = &[
     (
         "gauge",
         "pua_xmpp_subscriptions",

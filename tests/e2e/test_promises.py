@@ -260,6 +260,7 @@ def test_durable_before_acknowledged_sip_watcher_of_xmpp_user(gw_notifier, xmpp,
 
         sub.unsubscribe()  # 200, or 481 if the gateway lost the dialog
         alice.presence(to=jid_of(user), typ="unsubscribed")  # keep alice's roster small
+        sub.ua.close()  # one reader thread less competing with the timed kills
     table = report("SIP watcher of alice, kill -9 after the %s (%.0f s)"
                    % ("200 to the SUBSCRIBE" if ack == "200" else "approval's active NOTIFY",
                       time.monotonic() - started), rows)

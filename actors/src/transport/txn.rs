@@ -26,7 +26,7 @@ pub struct BranchGen {
 
 impl BranchGen {
     pub fn new() -> Self {
-        let seed = pua_xmpp::ids::prf(0xb7a9_c4, 0);
+        let seed = pua_xmpp::ids::prf(0x00b7_a9c4, 0);
         BranchGen {
             prefix: format!("{COOKIE}{seed:016x}"),
         }
