@@ -316,15 +316,13 @@ impl Presentity {
     }
 
     /// Whether the queued outputs must wait until what they persist is durable (issue 14):
-    /// they include a [`Output::Persist`] and tell a peer about it (a response, such as the 200
-    /// to an initial SUBSCRIBE, or a stanza). The runtime then sends all of them, in order,
-    /// once it is committed. A NOTIFY that only moves a dialog's CSeq is not held.
+    /// they include a [`Output::Persist`], and everything queued with it tells a peer about
+    /// the change (the 200 to an initial SUBSCRIBE, the `active` NOTIFY of an approval, the
+    /// `subscribe` stanza of a new watcher). The runtime sends them, in order, once it is
+    /// committed. Only set-ups, refreshes, decisions and ends persist: the NOTIFYs of presence
+    /// changes do not, so they are never held.
     pub fn awaits_durable(&self) -> bool {
         self.out.iter().any(|o| matches!(o, Output::Persist(_)))
-            && self
-                .out
-                .iter()
-                .any(|o| matches!(o, Output::Response(_) | Output::Stanza(_)))
     }
 
     /// Releases spare capacity once the outputs are drained. A presentity spends its life idle

@@ -1247,3 +1247,44 @@ fn max_status_chars_cuts_the_note_made_from_the_xmpp_status() {
         )
     );
 }
+
+/// Issue 14, durable before acknowledged: the inputs that persist (a new dialog, X's
+/// approval) hold everything they queue, the `active` NOTIFY of the approval included; a
+/// presence change of an active dialog persists nothing, so its NOTIFY is never held.
+#[test]
+fn approval_awaits_durable_and_presence_changes_do_not() {
+    let mut t = T::new();
+    let req = request(D2);
+    let w = jid(S);
+    t.p.handle_input(
+        Input::Subscribe {
+            req: &req,
+            watcher: &w,
+        },
+        t.now,
+    );
+    assert!(t.p.awaits_durable(), "a new dialog and its 200");
+    let out = t.drain();
+    let pending = requests(&out)[0].clone();
+    t.answer(&pending, 200);
+    let p = InPresence::from_xml(&format!(
+        "<presence from='{X}' to='{S}' type='subscribed'/>"
+    ))
+    .unwrap();
+    t.p.handle_input(Input::Stanza(&p), t.now);
+    assert!(t.p.awaits_durable(), "the approval and its active NOTIFY");
+    let out = t.drain();
+    let active = requests(&out)[0].clone();
+    assert!(state(&active).starts_with("active;"), "{}", state(&active));
+    assert!(out.iter().any(|o| matches!(o, Output::Persist(_))));
+    t.answer(&active, 200);
+    t.now += Duration::from_secs(10);
+    let p = InPresence::from_xml(&format!(
+        "<presence from='{X}/balcony' to='{S}'><show>away</show></presence>"
+    ))
+    .unwrap();
+    t.p.handle_input(Input::Stanza(&p), t.now);
+    assert!(!t.p.awaits_durable(), "a presence change");
+    let out = t.drain();
+    assert_eq!(requests(&out).len(), 1, "{out:?}");
+}

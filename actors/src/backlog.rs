@@ -29,6 +29,27 @@ pub fn handled(n: usize) {
     QUEUED.fetch_sub(isize::try_from(n).unwrap_or(isize::MAX), Ordering::Relaxed);
 }
 
+/// One NOTIFY counted for as long as it is on its way to, or in, a shard: made when the
+/// registry hands the NOTIFY to a shard, dropped when the shard has handled it, or with the
+/// mailbox of a shard that died (issue 14: a dead shard must not leave a count that pauses
+/// every SIP reader for good). Handing the NOTIFY on to the next shard moves the ticket along.
+#[derive(Debug)]
+pub struct Ticket(());
+
+impl Ticket {
+    #[allow(clippy::new_without_default)] // a ticket counts: made on purpose, never by default
+    pub fn new() -> Ticket {
+        queued(1);
+        Ticket(())
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        handled(1);
+    }
+}
+
 /// The NOTIFYs waiting now.
 pub fn waiting() -> isize {
     QUEUED.load(Ordering::Relaxed)

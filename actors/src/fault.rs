@@ -3,40 +3,42 @@
 //! The translators feed each pair's (or presentity's) machine inside [`contain`]: a panic
 //! there ends that pair cleanly (the caller decides how) instead of unwinding through the
 //! actor, which would end the actor and every pair it holds. [`inject`] is the test hook that
-//! makes the next input of one chosen pair panic.
+//! makes the next input of one chosen pair panic; [`tripwire`] is the same hook outside the
+//! containment (a fault that ends a whole shard actor, which the registry's supervisor then
+//! restarts).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 static ARMED: AtomicBool = AtomicBool::new(false);
-static TARGET: Mutex<Option<String>> = Mutex::new(None);
+static TARGETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Test hook: the next input handled for a pair or presentity whose key (the SIP presentity's
-/// JID for subscriber pairs, X for XMPP presentities) equals `key` panics, once.
+/// JID for subscriber pairs, X for XMPP presentities; a NOTIFY's Call-ID for a subscriber
+/// shard's [`tripwire`]) equals `key` panics, once.
 #[doc(hidden)]
 pub fn inject(key: &str) {
-    if let Ok(mut t) = TARGET.lock() {
-        *t = Some(key.to_owned());
+    if let Ok(mut t) = TARGETS.lock() {
+        t.push(key.to_owned());
         ARMED.store(true, Ordering::Release);
     }
 }
 
 /// Panics if [`inject`] armed this key (one relaxed load when nothing is armed).
-fn check(key: &str) {
+pub(crate) fn tripwire(key: &str) {
     if !ARMED.load(Ordering::Acquire) {
         return;
     }
-    let hit = TARGET
+    let hit = TARGETS
         .lock()
-        .map(|mut t| {
-            if t.as_deref() == Some(key) {
-                *t = None;
-                ARMED.store(false, Ordering::Release);
+        .map(|mut t| match t.iter().position(|k| k == key) {
+            Some(i) => {
+                t.swap_remove(i);
+                ARMED.store(!t.is_empty(), Ordering::Release);
                 true
-            } else {
-                false
             }
+            None => false,
         })
         .unwrap_or(false);
     if hit {
@@ -54,7 +56,7 @@ pub(crate) fn contain<T: ?Sized, R>(
     f: impl FnOnce(&mut T) -> R,
 ) -> Result<R, String> {
     catch_unwind(AssertUnwindSafe(|| {
-        check(key(target));
+        tripwire(key(target));
         f(target)
     }))
     .map_err(|payload| {

@@ -147,6 +147,8 @@ pub struct ShardNotify {
     pub first: usize,
     pub tried: usize,
     pub shards: usize,
+    /// Counts the NOTIFY in [`crate::backlog`] until it is dropped, handled or not.
+    pub counted: crate::backlog::Ticket,
 }
 
 /// NOTIFYs for one shard, from one batch of inbound requests.

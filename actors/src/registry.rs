@@ -20,7 +20,7 @@ use pua_xmpp::sip::{Method, OutResponse, SipRequest};
 use pua_xmpp::stanza::{BareJid, DefinedCondition, InPresence, OutPresence, PresenceType};
 use pua_xmpp::subscriber::{Pair, SubscriberConfig};
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,6 +119,8 @@ pub struct Registry {
     shards: Vec<Addr<SubscriberShard>>,
     /// Pairs in the shards (the `max_subscriptions` limit of that direction).
     subscriber_total: Arc<AtomicUsize>,
+    /// Each subscriber shard's part of `subscriber_total` (taken off when it dies).
+    subscriber_live: Vec<Arc<AtomicUsize>>,
     /// The notifier-mode XMPP presentities, by [`shard_for`] of X.
     notifier_shards: Vec<Addr<NotifierShard>>,
     pua_presentities: HashMap<BareJid, Addr<PuaTranslator>>,
@@ -167,6 +169,7 @@ impl Registry {
             store,
             shards: Vec::new(),
             subscriber_total: Arc::new(AtomicUsize::new(0)),
+            subscriber_live: Vec::new(),
             notifier_shards: Vec::new(),
             pua_presentities: HashMap::new(),
             dialogs: HashMap::new(),
@@ -374,35 +377,139 @@ impl Actor for Registry {
     /// delivered). Without workers (`threads = 1`)
     /// everything runs here. The notifier shards: one per worker and one here.
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let subscriber_shards = self.workers.len().max(2);
+        for i in 0..subscriber_shards {
+            let (addr, live) = self.spawn_subscriber_shard(i, ctx);
+            self.shards.push(addr);
+            self.subscriber_live.push(live);
+        }
+        let count = (self.workers.len() + 1).max(2);
+        for i in 0..count {
+            let addr = self.spawn_notifier_shard(i, ctx);
+            self.notifier_shards.push(addr);
+        }
+        ctx.run_interval(SUPERVISE_EVERY, |a, ctx| a.supervise(ctx));
+    }
+}
+
+/// How often the registry looks for shard actors that died.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+
+/// Which stored state a [`Restore`] brings back: all of it at start, or what a restarted
+/// shard held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    SubscriberShard(usize),
+    NotifierShard(usize),
+}
+
+/// The store's state read back for a restarted shard.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Reload {
+    scope: Scope,
+    snapshot: Result<crate::store::Snapshot, crate::store::StoreError>,
+}
+
+impl Handler<Reload> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: Reload, ctx: &mut Context<Self>) {
+        match msg.snapshot {
+            Ok(snap) => self.restore(snap, msg.scope, ctx),
+            Err(e) => tracing::error!(scope = ?msg.scope, error = %e,
+                "restarted shard: its pairs could not be read back from the store"),
+        }
+    }
+}
+
+impl Registry {
+    /// Starts subscriber shard `i` on its worker; returns it and its live-pair count.
+    fn spawn_subscriber_shard(
+        &self,
+        i: usize,
+        ctx: &Context<Self>,
+    ) -> (Addr<SubscriberShard>, Arc<AtomicUsize>) {
+        let live = Arc::new(AtomicUsize::new(0));
         let cfg = ShardConfig {
             subscriber: Arc::new(self.cfg.subscriber.clone()),
             max_per_user: self.cfg.limits.max_per_user,
             max_total: self.cfg.limits.max_subscriptions,
             total: Arc::clone(&self.subscriber_total),
+            live: Arc::clone(&live),
             persist_delay: self.cfg.persist_delay,
         };
-        let subscriber_shards = self.workers.len().max(2);
-        for i in 0..subscriber_shards {
-            let shard = SubscriberShard::new(cfg.clone(), self.links(ctx));
-            let addr = match self.workers.get(i % self.workers.len().max(1)) {
-                Some(w) => SubscriberShard::start_in_arbiter(w, move |_| shard),
-                None => shard.start(),
-            };
-            self.shards.push(addr);
+        let shard = SubscriberShard::new(cfg, self.links(ctx));
+        let addr = match self.workers.get(i % self.workers.len().max(1)) {
+            Some(w) => SubscriberShard::start_in_arbiter(w, move |_| shard),
+            None => shard.start(),
+        };
+        (addr, live)
+    }
+
+    fn spawn_notifier_shard(&self, i: usize, ctx: &Context<Self>) -> Addr<NotifierShard> {
+        let shard = NotifierShard::new(
+            i,
+            self.cfg.notifier.clone(),
+            self.mapper.clone(),
+            self.links(ctx),
+        );
+        match self.workers.get(i) {
+            Some(w) => NotifierShard::start_in_arbiter(w, move |_| shard),
+            None => shard.start(),
         }
-        let count = (self.workers.len() + 1).max(2);
-        for i in 0..count {
-            let shard = NotifierShard::new(
-                i,
-                self.cfg.notifier.clone(),
-                self.mapper.clone(),
-                self.links(ctx),
+    }
+
+    /// The supervisor (OTP's one-for-one): a shard actor that died (a panic outside the
+    /// per-pair containment ends the actor, and its mailbox with it) is started again on its
+    /// thread and given back its pairs from the store. Its NOTIFYs in flight were counted off
+    /// the overload backlog as they were dropped (`backlog::Ticket`).
+    fn supervise(&mut self, ctx: &mut Context<Self>) {
+        for i in 0..self.shards.len() {
+            if self.shards[i].connected() {
+                continue;
+            }
+            let lost = self.subscriber_live[i].swap(0, Ordering::Relaxed);
+            self.subscriber_total.fetch_sub(lost, Ordering::Relaxed);
+            tracing::error!(
+                shard = i,
+                pairs = lost,
+                "subscriber shard died: restarting it and restoring its pairs from the store"
             );
-            let addr = match self.workers.get(i) {
-                Some(w) => NotifierShard::start_in_arbiter(w, move |_| shard),
-                None => shard.start(),
-            };
-            self.notifier_shards.push(addr);
+            metrics::counter!("pua_xmpp_actor_restarts_total", "actor" => "subscriber_shard")
+                .increment(1);
+            let (addr, live) = self.spawn_subscriber_shard(i, ctx);
+            self.shards[i] = addr;
+            self.subscriber_live[i] = live;
+            self.reload(Scope::SubscriberShard(i), ctx);
+        }
+        for i in 0..self.notifier_shards.len() {
+            if self.notifier_shards[i].connected() {
+                continue;
+            }
+            tracing::error!(
+                shard = i,
+                "notifier shard died: restarting it and restoring its dialogs from the store"
+            );
+            metrics::counter!("pua_xmpp_actor_restarts_total", "actor" => "notifier_shard")
+                .increment(1);
+            self.notifier_shards[i] = self.spawn_notifier_shard(i, ctx);
+            self.reload(Scope::NotifierShard(i), ctx);
+        }
+    }
+
+    /// Reads the store back off the actor threads and restores `scope` from it.
+    fn reload(&self, scope: Scope, ctx: &Context<Self>) {
+        let store = self.store.clone();
+        let me = ctx.address();
+        let spawned = std::thread::Builder::new()
+            .name("store-reload".to_owned())
+            .spawn(move || {
+                let snapshot = store.load();
+                me.do_send(Reload { scope, snapshot });
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the store reload thread");
         }
     }
 }
@@ -536,6 +643,7 @@ impl Registry {
                             first,
                             tried: 1,
                             shards,
+                            counted: crate::backlog::Ticket::new(),
                         });
                     }
                 }
@@ -563,7 +671,6 @@ impl Registry {
 
     fn send_to_shards(&self, to_shards: Vec<Vec<ShardNotify>>) {
         for (shard, list) in self.shards.iter().zip(to_shards) {
-            crate::backlog::queued(list.len());
             send_list(shard, list, ShardNotifies);
         }
     }
@@ -641,10 +748,7 @@ impl Handler<ShardNotify> for Registry {
         let next = (msg.first + msg.tried) % self.shards.len().max(1);
         msg.tried += 1;
         match self.shards.get(next) {
-            Some(shard) => {
-                crate::backlog::queued(1);
-                shard.do_send(msg)
-            }
+            Some(shard) => shard.do_send(msg),
             None => self.respond(msg.txn, OutResponse::to_request(&msg.req, 481, None)),
         }
     }
@@ -715,20 +819,29 @@ impl Handler<GetLiveness> for Registry {
 impl Handler<Restore> for Registry {
     type Result = ();
     fn handle(&mut self, Restore(snap): Restore, ctx: &mut Context<Self>) {
+        self.restore(snap, Scope::All, ctx);
+    }
+}
+
+impl Registry {
+    /// Hands the stored state in `scope` to the shards and translators that own it.
+    fn restore(&mut self, snap: crate::store::Snapshot, scope: Scope, ctx: &mut Context<Self>) {
         let now_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         // Subscriber pairs, each to its shard, in batches staggered over a window that grows
         // with their number (§6.3: "SUBSCRIBE again (staggered)").
-        let count = snap.subscriptions.len();
         let shards = self.shards.len().max(1);
         let mut per_shard: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
         for (rec, exp) in snap.subscriptions {
             let left = lease_left_at(exp, now_unix);
             let i = shard_for(&rec.pair.watcher_uri, shards);
-            per_shard[i].push((rec, left));
+            if matches!(scope, Scope::All) || scope == Scope::SubscriberShard(i) {
+                per_shard[i].push((rec, left));
+            }
         }
+        let count = per_shard.iter().map(Vec::len).sum::<usize>();
         const BATCH: usize = 500;
         let window_ms = (count as u64).min(60_000);
         let batches = count.div_ceil(BATCH).max(1) as u64;
@@ -760,6 +873,11 @@ impl Handler<Restore> for Registry {
         let mut xs: Vec<BareJid> = relations.keys().chain(dialogs.keys()).cloned().collect();
         xs.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         xs.dedup();
+        match scope {
+            Scope::All => {}
+            Scope::NotifierShard(i) => xs.retain(|x| self.notifier_shard_of(x) == i),
+            Scope::SubscriberShard(_) => xs.clear(),
+        }
         let notifier_count = xs.len();
         if self.cfg.mode == Mode::Notifier {
             for x in xs {
@@ -772,7 +890,7 @@ impl Handler<Restore> for Registry {
         }
         let winfo = snap.winfo.len();
         let publications = snap.publications.len();
-        if self.cfg.mode == Mode::Pua {
+        if self.cfg.mode == Mode::Pua && scope == Scope::All {
             // PUA publications: refreshed with their stored entity-tag (or published anew with
             // their stored body) without waiting for X's next presence; staggered like pairs
             // (a presence of X arriving first applies its restore at once).

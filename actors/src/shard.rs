@@ -51,6 +51,8 @@ pub struct ShardConfig {
     pub max_total: usize,
     /// The live count behind `max_total`, shared by the shards.
     pub total: Arc<AtomicUsize>,
+    /// This shard's part of `total`: what the registry takes off it if the shard dies.
+    pub live: Arc<AtomicUsize>,
     /// How long a changed record waits for more changes of its pair before it goes to the
     /// store (whose own batch adds at most `store::BatchConfig::max_delay`); shutdown writes
     /// the waiting ones first ([`FlushPersists`]).
@@ -190,6 +192,17 @@ impl SubscriberShard {
         self.dirty = dirty;
     }
 
+    /// Counts a pair in (`1`) or out (`-1`) of `total` and of this shard's `live`.
+    fn count(&self, d: isize) {
+        for c in [&self.cfg.total, &self.cfg.live] {
+            if d > 0 {
+                c.fetch_add(1, Ordering::Relaxed);
+            } else {
+                c.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn registry(&self) -> &Addr<Registry> {
         &self.links.registry
     }
@@ -311,7 +324,7 @@ impl SubscriberShard {
                 self.per_watcher.remove(&wh);
             }
         }
-        self.cfg.total.fetch_sub(1, Ordering::Relaxed);
+        self.count(-1);
         self.free.push(idx);
     }
 
@@ -612,7 +625,7 @@ impl SubscriberShard {
                     }
                 }
                 tracing::info!(watcher = w, presentity = s, sip = %msg.pair.presentity_uri, ?relation, "subscription created (XMPP watcher of a SIP user)");
-                self.cfg.total.fetch_add(1, Ordering::Relaxed);
+                self.count(1);
                 let seed = pua_xmpp::ids::fresh_stream();
                 let cfg = Arc::clone(&self.cfg.subscriber);
                 let sub = Subscription::new(cfg, msg.pair, relation, seed);
@@ -627,6 +640,8 @@ impl SubscriberShard {
 impl SubscriberShard {
     /// One NOTIFY: to its pair, else on to the next shard, else 481.
     fn notify(&mut self, msg: ShardNotify, ctx: &mut Context<Self>) {
+        // Test hook: a fault outside any pair's containment ends this shard actor.
+        crate::fault::tripwire(&msg.req.call_id);
         let found = match msg.req.method {
             Method::Notify => self.find_call(&msg.req.call_id),
             _ => None,
@@ -655,19 +670,16 @@ impl Handler<ShardNotify> for SubscriberShard {
     fn handle(&mut self, msg: ShardNotify, ctx: &mut Context<Self>) {
         self.notify(msg, ctx);
         self.flush();
-        crate::backlog::handled(1);
     }
 }
 
 impl Handler<ShardNotifies> for SubscriberShard {
     type Result = ();
     fn handle(&mut self, msg: ShardNotifies, ctx: &mut Context<Self>) {
-        let n = msg.0.len();
         for one in msg.0 {
             self.notify(one, ctx);
         }
         self.flush();
-        crate::backlog::handled(n);
     }
 }
 
@@ -707,7 +719,7 @@ impl Handler<RestorePairs> for SubscriberShard {
                 {
                     continue; // already live (a stanza came first)
                 }
-                a.cfg.total.fetch_add(1, Ordering::Relaxed);
+                a.count(1);
                 let seed = pua_xmpp::ids::fresh_stream();
                 let cfg = Arc::clone(&a.cfg.subscriber);
                 let sub = Subscription::restore(cfg, rec, seed, now);

@@ -1186,6 +1186,8 @@ enum Msg {
     Close(SyncSender<()>),
     /// Run once every op sent before it is committed (from the writer thread).
     AfterCommit(Box<dyn FnOnce() + Send>),
+    /// Commit what is open, then read everything back (a restarted actor's state).
+    Load(SyncSender<Result<Snapshot, StoreError>>),
 }
 
 /// A cloneable handle used by actors: [`StoreHandle::send`] never blocks; one writer thread
@@ -1251,6 +1253,16 @@ impl StoreHandle {
         if self.tx.send(Msg::AfterCommit(f)).is_err() {
             tracing::warn!("store writer stopped; a commit notification is lost");
         }
+    }
+
+    /// Blocks until the ops sent before the call are committed, then reads the whole store
+    /// back on the writer (what a restarted actor restores). Not for actor threads.
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
+        let (reply, done) = mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::Load(reply))
+            .map_err(|_| StoreError::WriterGone)?;
+        done.recv().map_err(|_| StoreError::WriterGone)?
     }
 
     /// The store's state, for `/health` and metrics.
@@ -1454,6 +1466,9 @@ impl Writer {
             for w in waiters.flush.drain(..) {
                 let _ = w.send(());
             }
+            for w in waiters.load.drain(..) {
+                let _ = w.send(self.store.load());
+            }
             if committed {
                 for f in waiters.after_commit.drain(..) {
                     f();
@@ -1562,6 +1577,8 @@ struct Waiters {
     flush: Vec<SyncSender<()>>,
     /// [`StoreHandle::after_commit`]: run only if it committed.
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
+    /// [`StoreHandle::load`]: read back once the batch ended.
+    load: Vec<SyncSender<Result<Snapshot, StoreError>>>,
 }
 
 /// Adds a message to the batch; true when the batch must be committed now.
@@ -1577,6 +1594,10 @@ fn take(msg: Msg, batch: &mut Vec<StoreOp>, waiters: &mut Waiters, stop: &mut bo
         }
         Msg::Flush(w) => {
             waiters.flush.push(w);
+            true
+        }
+        Msg::Load(w) => {
+            waiters.load.push(w);
             true
         }
         Msg::Close(w) => {

@@ -2299,3 +2299,57 @@ async fn issue_14_the_pair_is_in_the_file_before_the_watcher_hears_of_it() {
     );
     let _ = std::fs::remove_file(&path);
 }
+
+/// Issue 14, part 4: a fault that ends a whole subscriber shard actor (outside the per-pair
+/// containment; injected on one NOTIFY) is noticed by the registry's supervisor, which starts
+/// the shard again and gives it back its pairs from the store: the dialog is refreshed with its
+/// own Call-ID, the retransmitted NOTIFY is answered and delivered, `/health` is 200 again and
+/// the restart is counted.
+#[actix_rt::test]
+async fn issue_14_a_dead_shard_is_restarted_and_restores_its_pairs_from_the_store() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let http = format!("127.0.0.1:{port}");
+    let h = http.clone();
+    let mut gw = start_with(move |c| c.http.listen = h).await;
+    let sub = establish_d1(&mut gw).await;
+
+    pua_xmpp_actors::fault::inject(&sub.call_id);
+    let busy = PIDF_BALCONY.replace("On the balcony", "Busy");
+    let n = gw
+        .proxy
+        .notify(&sub, 102, "active;expires=1700", Some(&busy));
+    gw.proxy.send(&n).await;
+    // The shard died with the NOTIFY: no answer. The supervisor restarts it (within 0.5 s)
+    // and the restored pair refreshes its dialog in-dialog.
+    let (refresh, raw) = gw.proxy.request(Method::Subscribe).await;
+    assert_eq!(refresh.call_id, sub.call_id, "{raw}");
+    assert_eq!(refresh.from.tag, sub.from.tag, "{raw}");
+    assert_eq!(refresh.to.tag.as_deref(), Some(PS_TAG), "{raw}");
+    assert!(refresh.cseq > sub.cseq, "{raw}");
+    gw.proxy
+        .answer(&refresh, 200, "OK", &["Expires: 1800"])
+        .await;
+    // The refresh makes the presence server send the current state (RFC 6665 §4.2.1.2): it is
+    // answered and the change delivered. (The NOTIFY lost with the shard is left to the SIP
+    // transaction layer: its retransmissions are absorbed until 64*T1 drops it.)
+    let n = gw
+        .proxy
+        .notify(&sub, 103, "active;expires=1800", Some(&busy));
+    let (resp, raw) = gw.proxy.transact(&n).await;
+    check_notify_ok(&resp, &raw, &n, 103);
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        PRESENCE_BALCONY.replace("On the balcony", "Busy")
+    );
+    let (status, body) = http_get(&http, "/health").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, metrics) = http_get(&http, "/metrics").await;
+    assert!(
+        metrics.contains("pua_xmpp_actor_restarts_total{actor=\"subscriber_shard\"}"),
+        "{metrics}"
+    );
+    gw.xmpp.quiet().await;
+}
