@@ -143,6 +143,12 @@ const FAMILIES: &[Family] = &[
     ),
     (
         "counter",
+        "pua_xmpp_actor_restarts_total",
+        "Shard actors that died and were started again by the registry, by actor.",
+        &[("actor", "subscriber_shard")],
+    ),
+    (
+        "counter",
         "pua_xmpp_faults_contained_total",
         "Faults caught at a pair or presentity and ended there, by kind.",
         &[("kind", "subscriber")],

@@ -242,7 +242,14 @@ impl Registry {
         ctx: &Context<Self>,
     ) -> Result<Addr<PuaTranslator>, String> {
         if let Some(a) = self.pua_presentities.get(x) {
-            return Ok(a.clone());
+            if a.connected() {
+                return Ok(a.clone());
+            }
+            // Its actor died (a fault outside its containment): a new one serves X from now
+            // on; X's next presence publishes again.
+            tracing::error!(presentity = %x, "PUA translator died: starting a new one");
+            metrics::counter!("pua_xmpp_actor_restarts_total", "actor" => "pua_translator")
+                .increment(1);
         }
         let uri = self.mapper.xmpp_to_sip(x).map_err(|e| e.to_string())?;
         let t = PuaTranslator::new(

@@ -2240,6 +2240,7 @@ async fn issue_14_every_metric_family_is_listed_right_after_start() {
         ("counter", "pua_xmpp_store_refusals_total"),
         ("counter", "pua_xmpp_sip_read_pauses_total"),
         ("counter", "pua_xmpp_faults_contained_total"),
+        ("counter", "pua_xmpp_actor_restarts_total"),
         ("gauge", "pua_xmpp_store_queue_depth"),
         ("gauge", "pua_xmpp_store_writable"),
         ("counter", "pua_xmpp_store_failures_total"),
