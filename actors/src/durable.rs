@@ -107,7 +107,7 @@ impl Gate {
 /// bookkeeping), each after the responses released before it.
 pub(crate) fn send_released(
     released: Vec<Held>,
-    links: &crate::translator::Links,
+    links: &crate::links::Links,
     mut request: impl FnMut(u32, OutRequest),
 ) {
     let (mut rs, mut ss) = (Vec::new(), Vec::new());

@@ -3,7 +3,8 @@
 
 use crate::component::{CloseOutcome, CloseStream, ComponentConfig, StopInbound, XmppComponent};
 use crate::config::Config;
-use crate::messages::ComponentStatus;
+use crate::link_status::LinkStatus;
+use crate::messages::StopLinkStatus;
 use crate::messages::{FlushPersists, Restore};
 use crate::registry::{Mode, Registry, RegistryConfig};
 use crate::store::{load_snapshot, SqliteStore, StoreHandle};
@@ -20,56 +21,6 @@ use std::time::Duration;
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
-}
-
-/// Tracks whether the component link is up (for logs and `GET /health`). Stopped first at
-/// shutdown, so `/health` answers 503 "shutting down" from then on.
-pub struct LinkStatus {
-    pub online: bool,
-    /// Also told every change, to probe XMPP presentities again after a reconnect.
-    pub registry: Option<Recipient<ComponentStatus>>,
-}
-
-/// Stops the [`LinkStatus`] actor (graceful shutdown).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct StopLinkStatus;
-
-impl Handler<StopLinkStatus> for LinkStatus {
-    type Result = ();
-    fn handle(&mut self, _: StopLinkStatus, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
-
-impl Actor for LinkStatus {
-    type Context = Context<Self>;
-}
-
-/// Asks whether the component link is up.
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct GetLinkStatus;
-
-impl Handler<GetLinkStatus> for LinkStatus {
-    type Result = bool;
-    fn handle(&mut self, _: GetLinkStatus, _: &mut Context<Self>) -> bool {
-        self.online
-    }
-}
-
-impl Handler<ComponentStatus> for LinkStatus {
-    type Result = ();
-    fn handle(&mut self, msg: ComponentStatus, _: &mut Context<Self>) {
-        if msg.online != self.online {
-            tracing::info!(online = msg.online, "XMPP component link");
-            metrics::gauge!("pua_xmpp_component_up").set(if msg.online { 1.0 } else { 0.0 });
-        }
-        if let Some(registry) = &self.registry {
-            registry.do_send(msg);
-        }
-        self.online = msg.online;
-    }
 }
 
 /// Resolves `sip:host[:port]` of `sip.server_address` to a socket address.

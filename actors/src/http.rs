@@ -1,7 +1,8 @@
 //! The HTTP listener (`http.listen`): the PUA-mode hook `POST /pua/req_winfo` that a Kamailio
 //! route calls with `http_client_query`, and `GET /health`.
 
-use crate::gateway::{GetLinkStatus, LinkStatus};
+use crate::link_status::LinkStatus;
+use crate::messages::GetLinkStatus;
 use crate::messages::ReqWinfo;
 use crate::registry::Registry;
 use actix::Addr;

@@ -3,14 +3,18 @@
 
 pub mod backlog;
 mod batch;
+mod clock;
 pub mod component;
 pub mod config;
 mod deadlines;
 mod durable;
 pub mod fault;
 pub mod gateway;
+mod gauges;
 pub mod http;
 pub mod idhash;
+pub mod link_status;
+pub mod links;
 pub mod messages;
 pub mod notifier_shard;
 pub mod registry;

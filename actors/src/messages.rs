@@ -3,7 +3,7 @@
 
 use actix::prelude::*;
 use pua_xmpp::sip::{OutRequest, OutResponse, SipRequest, SipResponse};
-use pua_xmpp::stanza::{InPresence, OutPresence};
+use pua_xmpp::stanza::{BareJid, InPresence, OutPresence};
 use std::net::SocketAddr;
 
 /// The transport a SIP message travelled on.
@@ -244,3 +244,95 @@ pub struct GetLiveness;
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct Durable(pub u64);
+
+// ---- to the registry -------------------------------------------------------------------
+
+/// Index updates sent by the translators.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum RegistryEvent {
+    /// A notifier dialog of SIP watcher `watcher` (S') with XMPP presentity `presentity`.
+    DialogXmpp {
+        call_id: String,
+        shard: usize,
+        watcher: BareJid,
+        presentity: BareJid,
+    },
+    DialogPua {
+        call_id: String,
+        owner: Recipient<DialogRequest>,
+    },
+    DialogGone {
+        call_id: String,
+    },
+    /// `watcher` has no dialog left with `presentity` (ended, refused, or a fetch): it no
+    /// longer counts against the watcher's subscription limit.
+    WatchGone {
+        watcher: BareJid,
+        presentity: BareJid,
+    },
+}
+
+/// Tells an XMPP presentity translator that the component link came back after being down:
+/// the server may have restarted, so the presentity is probed again (the core decides from
+/// which watcher: `Presentity::probe_after_restart`).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ProbeAfterReconnect;
+
+// ---- to the notifier shards ------------------------------------------------------------
+
+/// What the registry hands to the shard of X.
+#[derive(Debug)]
+pub enum NotifierEvent {
+    /// An initial SUBSCRIBE (`watcher` = S') or an in-dialog one (`watcher` = None).
+    Sip {
+        req: Box<SipRequest>,
+        txn: ServerTxnId,
+        watcher: Option<BareJid>,
+    },
+    /// A presence stanza from X.
+    Stanza(InPresence),
+    /// Persisted relations and dialogs of X, at start.
+    Restore(RestoreNotifier),
+}
+
+/// An event for the presentity X (created if new); an in-dialog request names none and is
+/// found by its Call-ID.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ToNotifier {
+    pub x: Option<BareJid>,
+    pub event: NotifierEvent,
+}
+
+/// Asks a notifier shard for the dialogs of presentity `x`, optionally of one watcher only.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Vec<SubscriptionInfo>")]
+pub struct DumpNotifier {
+    pub x: BareJid,
+    pub watcher: Option<BareJid>,
+}
+
+// ---- to the PUA translators ------------------------------------------------------------
+
+/// Resumes the stored publication of a PUA-mode presentity after `delay` (restarts are
+/// staggered); `rec.lease_left` is what is left of it now.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct RestorePublication {
+    pub rec: pua_xmpp::publisher::PublicationRecord,
+    pub delay: std::time::Duration,
+}
+
+// ---- to the link status ----------------------------------------------------------------
+
+/// Stops the [`LinkStatus`] actor (graceful shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopLinkStatus;
+
+/// Asks whether the component link is up.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct GetLinkStatus;

@@ -6,13 +6,13 @@
 //! of its dialogs, with one ordered timer queue and one wake-up for the whole shard: no actor,
 //! task, mailbox or timer per presentity (issue 7, the same pattern as [`crate::shard`]).
 
+use crate::clock::{unix_now, Wakeup};
 use crate::deadlines::{Deadlines, Due};
 use crate::durable::{send_released, Gate, Held};
 use crate::idhash::IdMap;
+use crate::links::Links;
 use crate::messages::*;
-use crate::registry::{ProbeAfterReconnect, RegistryEvent};
 use crate::store::StoreOp;
-use crate::translator::{unix_now, Links, Wakeup};
 use actix::prelude::*;
 use pua_xmpp::address::AddressMapper;
 use pua_xmpp::notifier::{self, NotifierConfig, Presentity};
@@ -22,41 +22,6 @@ use pua_xmpp::stanza::BareJid;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// What the registry hands to the shard of X.
-#[derive(Debug)]
-pub enum NotifierEvent {
-    /// An initial SUBSCRIBE (`watcher` = S') or an in-dialog one (`watcher` = None).
-    Sip {
-        req: Box<SipRequest>,
-        txn: ServerTxnId,
-        watcher: Option<BareJid>,
-    },
-    /// A presence stanza from X.
-    Stanza(InPresence),
-    /// Persisted relations and dialogs of X, at start.
-    Restore(RestoreNotifier),
-}
-
-/// An event for the presentity X (created if new); an in-dialog request names none and is
-/// found by its Call-ID.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct ToNotifier {
-    pub x: Option<BareJid>,
-    pub event: NotifierEvent,
-}
-
-/// Asks a notifier shard for the dialogs of presentity `x`, optionally of one watcher only.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Vec<SubscriptionInfo>")]
-pub struct DumpNotifier {
-    pub x: BareJid,
-    pub watcher: Option<BareJid>,
-}
-
-use pua_xmpp::sip::SipRequest;
-use pua_xmpp::stanza::InPresence;
 
 struct Slot {
     machine: Box<Presentity>,
@@ -273,7 +238,7 @@ impl NotifierShard {
             },
         );
         let reply_to = ctx.address().recipient();
-        crate::translator::send_request(&self.links, req, key, reply_to);
+        crate::links::send_request(&self.links, req, key, reply_to);
     }
 
     /// Keeps the Call-ID indexes (this shard's and the registry's) in step with the dialogs.
@@ -514,7 +479,7 @@ impl Handler<TransactionOutcome> for NotifierShard {
         }
         match msg.result {
             TxnResult::Response(r) => {
-                crate::translator::observe_latency(&p.method, p.sent);
+                crate::gauges::observe_latency(&p.method, p.sent);
                 self.input(p.slot, notifier::Input::Response(&r), None, ctx)
             }
             TxnResult::Timeout | TxnResult::TransportError(_) => {

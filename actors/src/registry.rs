@@ -6,11 +6,12 @@
 //! and two indexes for the XMPP presentities: presentity → translator and SIP Call-ID →
 //! translator. It holds no protocol state of its own.
 
+use crate::links::Links;
 use crate::messages::*;
-use crate::notifier_shard::{DumpNotifier, NotifierEvent, NotifierShard, ToNotifier};
+use crate::notifier_shard::NotifierShard;
 use crate::shard::{shard_for, ShardConfig, SubscriberShard};
 use crate::store::{lease_left_at, StoreHandle, StoreOp};
-use crate::translator::{Links, PuaTranslator};
+use crate::translator::PuaTranslator;
 use actix::prelude::*;
 use futures::FutureExt;
 use pua_xmpp::address::AddressMapper;
@@ -68,33 +69,7 @@ impl Default for Limits {
 enum Owner {
     /// A notifier dialog, in this notifier shard.
     Xmpp(usize),
-    Pua(Addr<PuaTranslator>),
-}
-
-/// Index updates sent by the translators.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum RegistryEvent {
-    /// A notifier dialog of SIP watcher `watcher` (S') with XMPP presentity `presentity`.
-    DialogXmpp {
-        call_id: String,
-        shard: usize,
-        watcher: BareJid,
-        presentity: BareJid,
-    },
-    DialogPua {
-        call_id: String,
-        owner: Addr<PuaTranslator>,
-    },
-    DialogGone {
-        call_id: String,
-    },
-    /// `watcher` has no dialog left with `presentity` (ended, refused, or a fetch): it no
-    /// longer counts against the watcher's subscription limit.
-    WatchGone {
-        watcher: BareJid,
-        presentity: BareJid,
-    },
+    Pua(Recipient<DialogRequest>),
 }
 
 /// The actors the registry and its translators send to: the SIP transport and the component.
@@ -143,13 +118,6 @@ pub struct Registry {
     link_was_up: bool,
     link_dropped: bool,
 }
-
-/// Tells an XMPP presentity translator that the component link came back after being down:
-/// the server may have restarted, so the presentity is probed again (the core decides from
-/// which watcher: `Presentity::probe_after_restart`).
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct ProbeAfterReconnect;
 
 impl Registry {
     pub fn new(
@@ -207,7 +175,8 @@ impl Registry {
             stanzas: self.stanzas.clone(),
             response_batches: self.response_batches.clone(),
             stanza_batches: self.stanza_batches.clone(),
-            registry: ctx.address(),
+            registry: ctx.address().recipient(),
+            renotify: ctx.address().recipient(),
             store: self.store.clone(),
         }
     }
@@ -907,7 +876,7 @@ impl Registry {
                 rec.lease_left = lease_left_at(exp, now_unix);
                 let delay = std::time::Duration::from_millis(window_ms * i as u64 / n);
                 if let Ok(a) = self.pua_translator(&x, ctx) {
-                    a.do_send(crate::translator::RestorePublication { rec, delay });
+                    a.do_send(RestorePublication { rec, delay });
                 }
             }
             for x in snap.winfo {

@@ -12,13 +12,14 @@
 //! does not know the Call-ID hands the NOTIFY back for the next shard, so a peer that rewrites
 //! the To URI still reaches the pair; the last shard asked answers 481 (case 73).
 
+use crate::clock::{unix_now, Wakeup};
 use crate::deadlines::{Deadlines, Due};
 use crate::durable::{Gate, Held};
+use crate::gauges::{gauge_move, phase_label};
 use crate::idhash::IdMap;
+use crate::links::{Links, Outstanding};
 use crate::messages::*;
-use crate::registry::Registry;
 use crate::store::StoreOp;
-use crate::translator::{gauge_move, phase_label, unix_now, Links, Outstanding, Wakeup};
 use actix::prelude::*;
 use hashbrown::HashTable;
 use pua_xmpp::sip::{Method, OutResponse};
@@ -201,10 +202,6 @@ impl SubscriberShard {
                 c.fetch_sub(1, Ordering::Relaxed);
             }
         }
-    }
-
-    fn registry(&self) -> &Addr<Registry> {
-        &self.links.registry
     }
 
     fn pair_hash(&self, watcher: &str, presentity: &str) -> u64 {
@@ -654,7 +651,7 @@ impl SubscriberShard {
                 };
                 self.input(idx, input, Some(msg.txn), ctx);
             }
-            None if msg.tried < msg.shards => self.registry().do_send(msg),
+            None if msg.tried < msg.shards => self.links.renotify.do_send(msg),
             None => {
                 // Case 73: a NOTIFY for no subscription.
                 tracing::debug!(call_id = %msg.req.call_id, "NOTIFY for no subscription");

@@ -1,202 +1,20 @@
 //! [`PuaTranslator`]: one actor per XMPP presentity in PUA mode (PUBLISH + presence.winfo), a
-//! thin shell around the core state machine; and what every translator shares (request
-//! bookkeeping, wake-ups, gauges). The XMPP-watches-SIP pairs live in [`crate::shard`], the
-//! notifier-mode XMPP presentities in [`crate::notifier_shard`].
+//! thin shell around the core state machine. The XMPP-watches-SIP pairs live in
+//! [`crate::shard`], the notifier-mode XMPP presentities in [`crate::notifier_shard`]; what
+//! they all share is in [`crate::links`], [`crate::clock`] and [`crate::gauges`].
 //! The actors own the clock (`Instant::now()`, wall time for RPID) and one wake-up timer each;
 //! every protocol decision is in the core.
 
-use crate::idhash::IdMap;
+use crate::clock::{unix_now, Wakeup};
+use crate::links::{Links, Outstanding};
 use crate::messages::*;
-use crate::registry::{Registry, RegistryEvent};
-use crate::store::{StoreHandle, StoreOp};
+use crate::store::StoreOp;
 use actix::prelude::*;
 use pua_xmpp::address::AddressMapper;
 use pua_xmpp::pua::{self, PuaConfig, PuaPresentity};
-use pua_xmpp::sip::{Method, OutRequest};
+use pua_xmpp::sip::Method;
 use pua_xmpp::stanza::BareJid;
-use pua_xmpp::subscriber;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
-/// Where translators send what the core asks for.
-#[derive(Clone)]
-pub struct Links {
-    pub requests: Recipient<SendRequest>,
-    pub responses: Recipient<SendResponse>,
-    pub stanzas: Recipient<SendPresence>,
-    /// The same two, for batches (the subscriber shards' hot path).
-    pub response_batches: Recipient<SendResponses>,
-    pub stanza_batches: Recipient<SendPresences>,
-    pub registry: Addr<Registry>,
-    pub store: StoreHandle,
-}
-
-/// The state label of a subscriber pair, for the `pua_xmpp_subscriptions` gauge.
-pub(crate) fn phase_label(p: subscriber::Phase) -> &'static str {
-    match p {
-        subscriber::Phase::Idle => "idle",
-        subscriber::Phase::Waiting { .. } => "waiting",
-        subscriber::Phase::Pending => "pending",
-        subscriber::Phase::Active => "active",
-        subscriber::Phase::Unsubscribing => "ending",
-        subscriber::Phase::Backoff => "retrying",
-        subscriber::Phase::Done => "done",
-    }
-}
-
-pub(crate) fn gauge_move(
-    direction: &'static str,
-    from: Option<&'static str>,
-    to: Option<&'static str>,
-) {
-    if from == to {
-        return;
-    }
-    if let Some(f) = from {
-        with_gauge(direction, f, |g| g.decrement(1.0));
-    }
-    if let Some(t) = to {
-        with_gauge(direction, t, |g| g.increment(1.0));
-    }
-}
-
-thread_local! {
-    /// This thread's handles of the `pua_xmpp_subscriptions` gauges, by (direction, state):
-    /// `metrics::gauge!` hashes the name and labels and looks the key up in the recorder's
-    /// registry on every call, a few percent of the set-up path when every input moves a pair.
-    static GAUGES: std::cell::RefCell<Vec<(&'static str, &'static str, metrics::Gauge)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-    /// The same for the three latency histograms (NOTIFY, PUBLISH, SUBSCRIBE).
-    static LATENCY: std::cell::OnceCell<[metrics::Histogram; 3]> =
-        const { std::cell::OnceCell::new() };
-}
-
-fn with_gauge(direction: &'static str, state: &'static str, f: impl FnOnce(&metrics::Gauge)) {
-    GAUGES.with_borrow_mut(|cache| {
-        if let Some((_, _, g)) = cache
-            .iter()
-            .find(|(d, s, _)| *d == direction && *s == state)
-        {
-            return f(g);
-        }
-        let g =
-            metrics::gauge!("pua_xmpp_subscriptions", "direction" => direction, "state" => state);
-        f(&g);
-        cache.push((direction, state, g));
-    });
-}
-
-/// Records how long a request of ours took to get its final response.
-pub(crate) fn observe_latency(method: &Method, sent: Instant) {
-    let secs = sent.elapsed().as_secs_f64();
-    let which = match method {
-        Method::Notify => 0,
-        Method::Publish => 1,
-        _ => 2,
-    };
-    LATENCY.with(|h| {
-        let h = h.get_or_init(|| {
-            [
-                metrics::histogram!("pua_xmpp_notify_latency_seconds"),
-                metrics::histogram!("pua_xmpp_publish_latency_seconds"),
-                metrics::histogram!("pua_xmpp_subscribe_latency_seconds"),
-            ]
-        });
-        h[which].record(secs);
-    });
-}
-
-/// Requests of a translator awaiting their outcome: key → (Call-ID, CSeq, method, sent at).
-#[derive(Default)]
-pub(crate) struct Outstanding {
-    txns: IdMap<u64, (String, u32, Method, Instant)>,
-    next_key: u64,
-}
-
-impl Outstanding {
-    pub(crate) fn send(
-        &mut self,
-        links: &Links,
-        req: OutRequest,
-        reply_to: Recipient<TransactionOutcome>,
-    ) {
-        self.next_key += 1;
-        let key = self.next_key;
-        let entry = (
-            req.call_id.clone(),
-            req.cseq,
-            req.method.clone(),
-            Instant::now(),
-        );
-        self.txns.insert(key, entry);
-        send_request(links, req, key, reply_to);
-    }
-
-    /// The (Call-ID, CSeq) an outcome belongs to; records the request's latency.
-    pub(crate) fn finish(&mut self, msg: &TransactionOutcome) -> Option<(String, u32)> {
-        let (call_id, cseq, method, sent) = self.txns.remove(&msg.key)?;
-        if self.txns.is_empty() {
-            // A translator is idle nearly all its life: keep no table room between requests.
-            self.txns = IdMap::default();
-        }
-        if matches!(msg.result, TxnResult::Response(_)) {
-            observe_latency(&method, sent);
-        }
-        Some((call_id, cseq))
-    }
-}
-
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Keeps a single wake-up armed at the earliest deadline of the machines.
-#[derive(Default)]
-pub(crate) struct Wakeup {
-    at: Option<Instant>,
-    handle: Option<SpawnHandle>,
-}
-
-impl Wakeup {
-    /// Called first by the fire function: the armed timer is spent.
-    pub(crate) fn fired(&mut self) {
-        self.at = None;
-        self.handle = None;
-    }
-
-    pub(crate) fn arm<A>(
-        &mut self,
-        next: Option<Instant>,
-        ctx: &mut Context<A>,
-        fire: fn(&mut A, &mut Context<A>),
-    ) where
-        A: Actor<Context = Context<A>>,
-    {
-        if next == self.at {
-            return;
-        }
-        if let Some(h) = self.handle.take() {
-            ctx.cancel_future(h);
-        }
-        self.at = next;
-        if let Some(t) = next {
-            let delay = t.saturating_duration_since(Instant::now());
-            self.handle = Some(ctx.run_later(delay, fire));
-        }
-    }
-}
-
-pub(crate) fn send_request(
-    links: &Links,
-    req: OutRequest,
-    key: u64,
-    reply_to: Recipient<TransactionOutcome>,
-) {
-    tracing::debug!(method = req.method.as_str(), uri = %req.uri, call_id = %req.call_id, cseq = req.cseq, "sending request");
-    links.requests.do_send(SendRequest { req, key, reply_to });
-}
+use std::time::Instant;
 
 // ==== XMPP presentity in PUA mode: PUBLISH + presence.winfo ========================================
 
@@ -317,7 +135,7 @@ impl PuaTranslator {
             if let Some(c) = &current {
                 self.links.registry.do_send(RegistryEvent::DialogPua {
                     call_id: c.clone(),
-                    owner: ctx.address(),
+                    owner: ctx.address().recipient(),
                 });
             }
             self.winfo_call_id = current;
@@ -350,15 +168,6 @@ impl Handler<Durable> for PuaTranslator {
             self.outstanding.send(&self.links, req, reply_to);
         }
     }
-}
-
-/// Resumes the stored publication of a PUA-mode presentity after `delay` (restarts are
-/// staggered); `rec.lease_left` is what is left of it now.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct RestorePublication {
-    pub rec: pua_xmpp::publisher::PublicationRecord,
-    pub delay: std::time::Duration,
 }
 
 impl Handler<RestorePublication> for PuaTranslator {
