@@ -14,6 +14,7 @@
 //! steady stream of NOTIFYs and presences) pass at once, unless their pair still has held
 //! outputs, which they must not overtake.
 
+use crate::idhash::IdMap;
 use crate::messages::{Durable, SendPresence, SendPresences, SendResponse, SendResponses};
 use crate::store::StoreHandle;
 use actix::Recipient;
@@ -41,18 +42,38 @@ pub(crate) struct Gate {
     /// Outputs of this handler wait for the marker `sent + 1`, not sent yet.
     due: bool,
     held: VecDeque<(u64, Held)>,
+    /// The machines (by slot) with outputs held, and the marker their latest ones wait for:
+    /// their later outputs queue behind (few at a time: a set-up's, for a few milliseconds).
+    slots: IdMap<u32, u64>,
 }
 
 impl Gate {
-    /// The marker that outputs depending on records written by this handler wait for.
-    pub(crate) fn ticket(&mut self) -> u64 {
-        self.due = true;
-        self.sent + 1
+    /// Whether the outputs the machine in `slot` just queued must be held, and for which
+    /// marker: all of them if `awaits_durable` (the core says they tell a peer about a change
+    /// it persisted), else only if earlier ones of the same machine still wait.
+    pub(crate) fn hold_for(&mut self, slot: u32, awaits_durable: bool) -> Option<u64> {
+        if awaits_durable {
+            let t = self.ticket();
+            self.slots.insert(slot, t);
+            return Some(t);
+        }
+        let t = self.slots.get(&slot).copied()?;
+        if self.passed(t) {
+            self.slots.remove(&slot);
+            return None;
+        }
+        Some(t)
     }
 
-    /// The marker the latest held outputs wait for (0: none was ever taken).
-    pub(crate) fn last(&self) -> u64 {
-        self.held.back().map_or(0, |(t, _)| *t)
+    /// The machine in `slot` is gone (its slot may be reused).
+    pub(crate) fn forget(&mut self, slot: u32) {
+        self.slots.remove(&slot);
+    }
+
+    /// The marker that outputs depending on records written by this handler wait for.
+    fn ticket(&mut self) -> u64 {
+        self.due = true;
+        self.sent + 1
     }
 
     /// Whether outputs waiting for `ticket` may go now.
@@ -84,6 +105,8 @@ impl Gate {
     /// output held for a later marker keeps the ones behind it waiting (order per peer).
     pub(crate) fn release(&mut self, ticket: u64) -> impl Iterator<Item = Held> + '_ {
         self.committed = self.committed.max(ticket);
+        let committed = self.committed;
+        self.slots.retain(|_, t| *t > committed);
         let n = self
             .held
             .iter()
@@ -188,5 +211,25 @@ mod tests {
         // a late, smaller confirmation does not move the mark back
         assert!(names(g.release(1).collect()).is_empty());
         assert!(g.passed(2));
+    }
+
+    #[test]
+    fn a_machine_with_held_outputs_holds_its_later_ones_until_they_pass() {
+        let mut g = Gate::default();
+        assert_eq!(g.hold_for(7, false), None, "nothing held: pass at once");
+        assert_eq!(g.hold_for(7, true), Some(1));
+        assert_eq!(g.hold_for(8, false), None, "another machine is not held");
+        g.sent = 1;
+        g.due = false;
+        assert_eq!(g.hold_for(7, false), Some(1), "behind its held outputs");
+        let _ = g.release(1).count();
+        assert_eq!(g.hold_for(7, false), None, "its marker passed");
+        assert_eq!(g.hold_for(9, true), Some(2));
+        g.forget(9);
+        assert_eq!(
+            g.hold_for(9, false),
+            None,
+            "a slot reused by another machine"
+        );
     }
 }

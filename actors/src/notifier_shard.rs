@@ -54,10 +54,9 @@ pub struct NotifierShard {
     wakeup: Wakeup,
     /// The output buffer lent to the presentity being fed (`Presentity::lend_queue`).
     spare_out: VecDeque<notifier::Output>,
-    /// Responses and stanzas waiting for their presentity's records to be committed, and the
-    /// presentities that have some (issue 14: durable before acknowledged).
+    /// Outputs waiting for their presentity's records to be committed (issue 14: durable
+    /// before acknowledged).
     gate: Gate,
-    held: IdMap<u32, u64>,
     me: Option<Recipient<Durable>>,
 }
 
@@ -82,7 +81,6 @@ impl NotifierShard {
             wakeup: Wakeup::default(),
             spare_out: VecDeque::new(),
             gate: Gate::default(),
-            held: IdMap::default(),
             me: None,
         }
     }
@@ -161,19 +159,11 @@ impl NotifierShard {
         // The responses and stanzas of an input that persisted something wait for its commit
         // (the records are sent below, the marker after them), and so do the later ones of a
         // presentity that still has some waiting.
-        let hold = match self.slots.get(idx as usize) {
-            Some(s) if s.machine.awaits_durable() => {
-                let t = self.gate.ticket();
-                self.held.insert(idx, t);
-                Some(t)
-            }
-            Some(_) => self
-                .held
-                .get(&idx)
-                .copied()
-                .filter(|&t| !self.gate.passed(t)),
-            None => None,
-        };
+        let awaits = self
+            .slots
+            .get(idx as usize)
+            .is_some_and(|s| s.machine.awaits_durable());
+        let hold = self.gate.hold_for(idx, awaits);
         loop {
             let Some(slot) = self.slots.get_mut(idx as usize) else {
                 return;
@@ -403,8 +393,6 @@ impl Handler<Durable> for NotifierShard {
         for (slot, req) in requests {
             self.send_request(slot, req, ctx);
         }
-        let gate = &self.gate;
-        self.held.retain(|_, t| !gate.passed(*t));
     }
 }
 

@@ -108,11 +108,8 @@ pub struct SubscriberShard {
     dirty: Vec<u32>,
     /// The output buffer lent to the pair being fed (`Subscription::lend_queue`).
     spare_out: VecDeque<subscriber::Output>,
-    /// Responses and stanzas waiting for their pair's record to be committed (issue 14).
+    /// Outputs waiting for their pair's record to be committed (issue 14).
     gate: Gate,
-    /// Pairs with outputs in the gate, and the marker they wait for: their later outputs
-    /// queue behind (few at a time: a set-up's, for a few milliseconds).
-    held: IdMap<u32, u64>,
     /// Pairs whose record must be written at the end of this handler, before the marker.
     urgent: Vec<u32>,
     me: Option<Recipient<Durable>>,
@@ -137,7 +134,6 @@ impl SubscriberShard {
             dirty: Vec::new(),
             spare_out: VecDeque::new(),
             gate: Gate::default(),
-            held: IdMap::default(),
             urgent: Vec::new(),
             me: None,
         }
@@ -306,7 +302,7 @@ impl SubscriberShard {
             self.dirty.retain(|&i| i != idx);
         }
         self.urgent.retain(|&i| i != idx);
-        self.held.remove(&idx);
+        self.gate.forget(idx);
         let Some(mut slot) = self.slots.get_mut(idx as usize).and_then(Option::take) else {
             return;
         };
@@ -395,20 +391,11 @@ impl SubscriberShard {
     ) -> Option<&'static str> {
         // Durable before acknowledged: the responses and stanzas of an input that changed the
         // record wait for its commit, and so do those of a pair that still has some waiting.
-        let hold = match self.slot(idx) {
-            Some(s) if s.sub.awaits_durable() => {
-                let t = self.gate.ticket();
-                self.held.insert(idx, t);
-                self.urgent.push(idx);
-                Some(t)
-            }
-            Some(_) => self
-                .held
-                .get(&idx)
-                .copied()
-                .filter(|&t| !self.gate.passed(t)),
-            None => None,
-        };
+        let awaits = self.slot(idx).is_some_and(|s| s.sub.awaits_durable());
+        if awaits {
+            self.urgent.push(idx);
+        }
+        let hold = self.gate.hold_for(idx, awaits);
         loop {
             let slot = self.slots.get_mut(idx as usize).and_then(Option::as_mut)?;
             let Some(out) = slot.sub.poll_output() else {
@@ -752,8 +739,6 @@ impl Handler<Durable> for SubscriberShard {
                 }
             }
         }
-        let gate = &self.gate;
-        self.held.retain(|_, t| !gate.passed(*t));
         self.flush();
     }
 }

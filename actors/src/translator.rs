@@ -89,11 +89,9 @@ impl PuaTranslator {
         let tells =
             |o: &pua::Output| matches!(o, pua::Output::Response(_) | pua::Output::Stanza(_));
         let persists = |o: &pua::Output| matches!(o, pua::Output::Persist(_));
-        let hold = if outs.iter().any(persists) && outs.iter().any(tells) {
-            Some(self.gate.ticket())
-        } else {
-            Some(self.gate.last()).filter(|&t| !self.gate.passed(t))
-        };
+        let hold = self
+            .gate
+            .hold_for(0, outs.iter().any(persists) && outs.iter().any(tells));
         for out in outs {
             match out {
                 pua::Output::Request(req) => match hold {

@@ -16,7 +16,11 @@ run dir). Then:
 4. alice subscribes to full3: an XMPP error `resource-constraint` ("store unavailable, retry
    later") comes back at once and no SUBSCRIBE for full3 leaves the gateway. Notifier mode:
    a SIP watcher's new SUBSCRIBE to alice gets `503 Store Unavailable` + `Retry-After: 60`
-   (PUA mode: Kamailio's presence server answers those, the gateway is not asked).
+   from the gateway. Through Kamailio (kamailio.log shows the gateway's 503) the watcher
+   gets Kamailio's `500 Service Unavailable` without Retry-After: tm does not relay a 503
+   upstream (RFC 3261 16.7 step 6). Sent straight to the gateway, the watcher gets the 503
+   itself. (PUA mode: Kamailio's presence server answers SIP watchers, the gateway is not
+   asked.)
 5. The filler is deleted. Within 10 s (the writer retries with a backoff of at most 5 s)
    /health is 200 again, alice gets the held `subscribed` and first presence of full2, and
    full3 (and, in notifier mode, the SIP watcher) subscribe normally.
@@ -28,6 +32,7 @@ usual gateway started again on the run dir's own store. The measured times are p
 import errno
 import json
 import os
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -36,8 +41,8 @@ import urllib.request
 import pytest
 
 import conftest
-from conftest import GW_HTTP, _lab_or_fail, tail, wait_until
-from sip_ua import Publication, Subscription, pidf
+from conftest import GW_HTTP, LAB_IP, _lab_or_fail, tail, wait_until
+from sip_ua import Publication, SipUA, Subscription, pidf, tag_of
 from test_sip_watches_xmpp import ALICE_SIP, jid_of, subscribe_request
 from xmpp_client import bare, local, stanza_diff
 
@@ -49,7 +54,9 @@ STORE_LINE = 'path = "{run_dir}/pua-xmpp.db"'
 STORE_FS = "storefs"
 SETUP = 8.0        # a step that normally takes milliseconds
 FAIL_WITHIN = 5.0  # /health turns 503 after the first failed commit (coalesce 20 ms + one attempt)
-QUIET = 2.0        # silence that shows nothing is released while the disk is full
+# the disk stays full this long after full2's subscribe: longer than the writer's backoff
+# takes to reach its 5 s cap (10 ms doubling: 5.1 s), so the recovery shows the cap holds
+FULL_FOR = 6.0
 RECOVER = 10.0     # the writer's backoff is at most 5 s: it commits within about 5 s of the space
 RESTART = 15.0
 AUTH_LINE = b"External component successfully authenticated"
@@ -97,6 +104,31 @@ def fill(fs):
     st = os.statvfs(fs)
     assert st.f_bavail == 0, "the file system still has %d free blocks" % st.f_bavail
     return written
+
+
+def header(msg_text, name):
+    """First value of a header in a logged SIP message (long lowercase name), or ""."""
+    for line in msg_text.replace("\r", "").split("\n")[1:]:
+        if not line:
+            break
+        n, _, v = line.partition(":")
+        if n.strip().lower() == name:
+            return v.strip()
+    return ""
+
+
+def gw_addr():
+    host, port = conftest.GW_ADDR.rsplit(":", 1)
+    return host, int(port)
+
+
+def stored_pairs(db):
+    """(watcher, presentity) of the subscription table, read through a read-only connection."""
+    conn = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=2.0)
+    try:
+        return conn.execute("SELECT watcher, presentity FROM subscription").fetchall()
+    finally:
+        conn.close()
 
 
 def kamailio_offset(lab):
@@ -312,23 +344,47 @@ def test_full_store_holds_acknowledgements_refuses_new_subscriptions_then_recove
                "</text></error></presence>" % (jids["full3"], STANZAS_NS, STANZAS_NS), "full3 while full")
 
     if mode == "notifier":
+        # through Kamailio, as every SIP watcher: the gateway answers 503 Store Unavailable +
+        # Retry-After: 60; Kamailio's tm relays a 503 as 500 (RFC 3261 16.7 step 6: a proxy
+        # does not forward a 503 upstream), without the Retry-After
+        koffw = kamailio_offset(lab)
         watcher = Subscription(sip("fullw"), ALICE_SIP)
         t0 = time.monotonic()
         r = watcher.subscribe(600)
-        times["SIP SUBSCRIBE -> 503"] = time.monotonic() - t0
+        times["SIP SUBSCRIBE via Kamailio -> final"] = time.monotonic() - t0
         assert r is not None, "no answer to the SIP watcher's SUBSCRIBE\n%s" % watcher.ua.dump_log(4)
-        assert (r.code, r.reason, r.h("retry-after")) == (503, "Store Unavailable", "60"), r.text()
+        replies = [(h, m) for h, m in kamailio_messages(lab, koffw) if h.startswith("SIP-REPLY-IN ")
+                   and header(m, "call-id") == watcher.call_id]
+        assert [h for h, _ in replies] == ["SIP-REPLY-IN 503 Store Unavailable (SUBSCRIBE) from udp:%s"
+                                           % conftest.GW_ADDR], replies
+        assert header(replies[0][1], "retry-after") == "60", replies[0][1]
+        assert (r.code, r.reason, r.h("retry-after")) == (500, "Service Unavailable", ""), r.text()
+        print("[%s] SIP watcher via Kamailio: the gateway answered %r, the watcher got %r"
+              % (mode, replies[0][0], r.first))
         assert watcher.ua.collect("NOTIFY", 0.0) == [], "NOTIFY after a refused SUBSCRIBE"
+        # straight to the gateway (no trusted_peers in the test config): its own answer, exactly
+        direct = SipUA("fullwd", LAB_IP, gw_addr())
+        try:
+            sub = Subscription(direct, ALICE_SIP)
+            t0 = time.monotonic()
+            r = sub.subscribe(600)
+            times["SIP SUBSCRIBE direct -> 503"] = time.monotonic() - t0
+            assert r is not None, "no answer from the gateway\n%s" % direct.dump_log(4)
+            assert (r.code, r.reason, r.h("retry-after")) == (503, "Store Unavailable", "60"), r.text()
+            assert tag_of(r.h("to")), r.text()
+            assert direct.collect("NOTIFY", 0.3) == [], "NOTIFY after a refused SUBSCRIBE"
+        finally:
+            direct.close()
 
-    # nothing is released while the disk is full (QUIET s more, then everything received so far)
-    time.sleep(max(0.0, QUIET - (time.monotonic() - t_full)))
+    # nothing is released while the disk is full (FULL_FOR s in all, then all received so far)
+    time.sleep(max(0.0, FULL_FOR - (time.monotonic() - t_full)))
     held = [e.attrib for e in alice.collect(from_jid("full2"), 0.0)]
     assert held == [], "alice got stanzas of full2 while the disk was full: %s" % held
     late3 = [e.attrib for e in alice.collect(from_jid("full3"), 0.0)]
     assert late3 == [], "alice got more stanzas of full3 while the disk was full: %s" % late3
     if mode == "notifier":
-        asked = subscribe_request(alice, "fullw", 0.0)
-        assert asked is None, "alice was asked about the refused SIP watcher"
+        for w in ("fullw", "fullwd"):
+            assert subscribe_request(alice, w, 0.0) is None, "alice was asked about the refused watcher " + w
     msgs = kamailio_messages(lab, koff3)
     assert gateway_subscribes_for(msgs, "full3") == [], "the gateway SUBSCRIBEd to full3 while the disk was full"
     code, doc = health()
@@ -341,6 +397,8 @@ def test_full_store_holds_acknowledgements_refuses_new_subscriptions_then_recove
     el = alice.wait(lambda e: from_jid("full2")(e) and e.get("type") == "subscribed", RECOVER)
     t_subscribed = time.monotonic()
     expect(el, subscribed_xml("full2"), "full2: the held subscribed")
+    rows = stored_pairs(os.path.join(fs, "pua-xmpp.db"))
+    assert (ALICE, jids["full2"]) in rows, "full2's pair is not in the store once acknowledged: %s" % rows
     el = alice.wait(lambda e: from_jid("full2")(e) and e.get("type") is None, SETUP)
     t_presence = time.monotonic()
     expect(el, presence_xml("full2"), "full2: the held first presence")
