@@ -1462,7 +1462,8 @@ impl Writer {
             // Every handle dropped without close: commit what we have and stop.
             stop |= inbox.disconnected && inbox.backlog.is_empty();
             inbox.closing |= stop;
-            let committed = self.commit(crate::batch::take_sized(&mut batch), &mut inbox);
+            let batch_now = crate::batch::take_sized(&mut batch);
+            let committed = self.commit(batch_now, &mut inbox, &mut waiters, &mut stop);
             for w in waiters.flush.drain(..) {
                 let _ = w.send(());
             }
@@ -1496,14 +1497,21 @@ impl Writer {
 
     /// Applies one batch, retrying with backoff until it commits or, once closing, until
     /// `attempts_at_close` attempts have failed (then the batch is dropped, logged). Returns
-    /// whether it committed.
-    fn commit(&mut self, batch: Vec<StoreOp>, inbox: &mut Inbox) -> bool {
+    /// whether it committed. While it fails, what arrives joins the batch (its ops coalesced
+    /// by key, its waiters with the batch's): a store that cannot write holds one op per key,
+    /// so its memory stays bounded by the live state however long the outage.
+    fn commit(
+        &mut self,
+        batch: Vec<StoreOp>,
+        inbox: &mut Inbox,
+        waiters: &mut Waiters,
+        stop: &mut bool,
+    ) -> bool {
         if batch.is_empty() {
             return true;
         }
-        let received = batch.len() as u64;
-        let ops = coalesce(batch);
-        let coalesced = received - ops.len() as u64;
+        let mut received = batch.len() as u64;
+        let mut ops = coalesce(batch);
         let mut delay = self.cfg.min_backoff;
         let mut attempts = 0u32;
         loop {
@@ -1521,7 +1529,7 @@ impl Writer {
                     self.counters.ops.fetch_add(received, Ordering::Relaxed);
                     self.counters
                         .coalesced
-                        .fetch_add(coalesced, Ordering::Relaxed);
+                        .fetch_add(received - ops.len() as u64, Ordering::Relaxed);
                     if attempts > 1 {
                         tracing::warn!(
                             attempts,
@@ -1564,6 +1572,15 @@ impl Writer {
                     );
                     inbox.wait(delay);
                     delay = (delay * 2).min(self.cfg.max_backoff);
+                    let mut more = Vec::new();
+                    while let Some(m) = inbox.backlog.pop_front() {
+                        take(m, &mut more, waiters, stop);
+                    }
+                    if !more.is_empty() {
+                        received += more.len() as u64;
+                        ops.append(&mut more);
+                        ops = coalesce(ops);
+                    }
                 }
             }
         }

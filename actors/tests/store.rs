@@ -1389,12 +1389,26 @@ fn issue_14_a_store_that_cannot_write_says_so_holds_its_waiters_and_recovers() {
         rx.recv_timeout(Duration::from_millis(100)).is_err(),
         "nothing is released before its commit"
     );
+    // What arrives meanwhile joins the failing batch, one op per key: 1,000 changes of one
+    // pair cost one row, not a growing queue.
+    for i in 0..1000 {
+        h.send(StoreOp::subscription(sub_with_dialog(), 1_795_000_000 + i));
+    }
+    std::thread::sleep(Duration::from_millis(100));
     broken.store(false, Ordering::SeqCst);
     rx.recv_timeout(Duration::from_secs(5))
         .expect("released once the batch commits");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.health().queued > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let health = h.health();
     assert!(!health.failing && health.last_error.is_none(), "{health:?}");
     assert_eq!(health.queued, 0);
+    let stats = h.stats();
+    assert_eq!(stats.ops, 1001, "{stats:?}");
+    assert!(stats.coalesced >= 999, "{stats:?}");
+    assert!(stats.batches <= 2, "{stats:?}");
     assert!(h.accepting());
     let probe = h.clone();
     h.close();
@@ -1404,5 +1418,9 @@ fn issue_14_a_store_that_cannot_write_says_so_holds_its_waiters_and_recovers() {
         "the writer is gone after close"
     );
     assert!(!probe.accepting());
-    assert_eq!(load(&path).subscriptions.len(), 1);
+    // The last of the changes is the row.
+    assert_eq!(
+        load(&path).subscriptions,
+        vec![(sub_with_dialog(), Some(1_795_000_999 + 1800))]
+    );
 }
