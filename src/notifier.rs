@@ -280,6 +280,31 @@ impl Presentity {
         }
     }
 
+    /// After a restart, once X's relations and dialogs are restored: X is probed
+    /// ([`Presentity::probe_after_restart`]), and every SIP watcher still waiting for X's
+    /// decision is asked for again and told its state: a crash between the 200 to its
+    /// SUBSCRIBE and the `subscribe` stanza or the first NOTIFY would otherwise leave it
+    /// waiting until its refresh (issue 14), and both are idempotent.
+    pub fn resume_after_restart(&mut self, now: Instant) {
+        self.probe_after_restart();
+        let waiting: Vec<(usize, BareJid)> = self
+            .dialogs
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !d.closed && d.state == DialogState::Pending)
+            .filter(|(_, d)| {
+                self.relations
+                    .get(&d.watcher)
+                    .is_none_or(|r| r.state == WatcherRelation::Pending)
+            })
+            .map(|(i, d)| (i, d.watcher.clone()))
+            .collect();
+        for (i, watcher) in waiting {
+            self.ask(&watcher, now);
+            self.send_notify(i, now);
+        }
+    }
+
     pub fn restore_relation(&mut self, watcher: BareJid, state: WatcherRelation) {
         self.relations.insert(
             watcher,

@@ -1288,3 +1288,50 @@ fn approval_awaits_durable_and_presence_changes_do_not() {
     let out = t.drain();
     assert_eq!(requests(&out).len(), 1, "{out:?}");
 }
+
+/// Issue 14: a gateway killed after the 200 to a SIP watcher's SUBSCRIBE but before the
+/// `subscribe` stanza or the pending NOTIFY left restores the dialog and the pending relation;
+/// it then asks X again and tells the watcher its state, instead of leaving both waiting until
+/// the watcher's refresh.
+#[test]
+fn restart_asks_again_for_a_watcher_still_waiting_and_notifies_it() {
+    let mut t = T::new();
+    let out = t.subscribe(D2);
+    assert_eq!(
+        stanzas(&out),
+        vec![format!("<presence from='{S}' to='{X}' type='subscribe'/>")]
+    );
+    let before = t.p.dialogs()[0].clone();
+    // The restarted gateway: a new machine with what the store held.
+    t.p = Presentity::new(cfg(), jid(X), X_SIP.to_owned(), 43);
+    t.p.restore_relation(jid(S), WatcherRelation::Pending);
+    t.p.restore_dialog(before.clone(), Duration::from_secs(1800), t.now);
+    t.p.resume_after_restart(t.now);
+    let out = t.drain();
+    assert_eq!(
+        stanzas(&out),
+        vec![format!("<presence from='{S}' to='{X}' type='subscribe'/>")]
+    );
+    let n = requests(&out);
+    assert_eq!(n.len(), 1, "{out:?}");
+    assert_eq!(n[0].call_id, before.call_id);
+    assert!(
+        n[0].cseq > before.local_cseq,
+        "a CSeq the watcher has not seen"
+    );
+    assert!(state(n[0]).starts_with("pending;"), "{}", state(n[0]));
+    // An approved watcher is not asked again: X is probed instead.
+    let mut t = T::approved();
+    t.active();
+    let d = t.p.dialogs()[0].clone();
+    t.p = Presentity::new(cfg(), jid(X), X_SIP.to_owned(), 44);
+    t.p.restore_relation(jid(S), WatcherRelation::Approved);
+    t.p.restore_dialog(d, Duration::from_secs(1800), t.now);
+    t.p.resume_after_restart(t.now);
+    let out = t.drain();
+    assert_eq!(
+        stanzas(&out),
+        vec![format!("<presence from='{S}' to='{X}' type='probe'/>")]
+    );
+    assert!(requests(&out).is_empty(), "{out:?}");
+}

@@ -330,7 +330,7 @@ impl NotifierShard {
             );
             slot.machine.restore_dialog(dialog, left, now);
         }
-        slot.machine.probe_after_restart();
+        slot.machine.resume_after_restart(now);
         let x = slot.machine.jid().clone();
         for (call_id, watcher) in restored {
             self.by_call.insert(call_id.clone(), idx);
