@@ -13,12 +13,16 @@
 pub mod address;
 pub mod error_map;
 pub mod ids;
+pub mod im;
+pub mod im_content;
+pub mod message;
 pub mod notifier;
 pub mod packed;
 pub mod pidf;
 pub mod presence;
 pub mod pua;
 pub mod publisher;
+pub mod rate;
 pub mod sip;
 pub mod stanza;
 pub mod subscriber;
