@@ -9,6 +9,9 @@
 //! SIP bytes → [`sip::framing`] → [`sip::parse`] → [`subscriber`] (dialog rules) →
 //! [`pidf`] (body) → [`presence`] (PIDF ⇄ XMPP mapping) → [`stanza`] (typed stanzas) → XMPP.
 //! And back: stanza → [`presence`] aggregate → [`pidf`] → [`notifier`] / [`publisher`] → SIP.
+//!
+//! Instant messages (RFC 7572 page mode): `<message/>` ([`message`]) ⇄ MESSAGE through [`im`],
+//! with the content rules in [`im_content`] and the per-sender limits of [`rate`].
 
 pub mod address;
 pub mod error_map;
