@@ -9,16 +9,23 @@
 //! SIP bytes → [`sip::framing`] → [`sip::parse`] → [`subscriber`] (dialog rules) →
 //! [`pidf`] (body) → [`presence`] (PIDF ⇄ XMPP mapping) → [`stanza`] (typed stanzas) → XMPP.
 //! And back: stanza → [`presence`] aggregate → [`pidf`] → [`notifier`] / [`publisher`] → SIP.
+//!
+//! Instant messages (RFC 7572 page mode): `<message/>` ([`message`]) ⇄ MESSAGE through [`im`],
+//! with the content rules in [`im_content`] and the per-sender limits of [`rate`].
 
 pub mod address;
 pub mod error_map;
 pub mod ids;
+pub mod im;
+pub mod im_content;
+pub mod message;
 pub mod notifier;
 pub mod packed;
 pub mod pidf;
 pub mod presence;
 pub mod pua;
 pub mod publisher;
+pub mod rate;
 pub mod sip;
 pub mod stanza;
 pub mod subscriber;

@@ -111,6 +111,37 @@ fn escape(out: &mut String, s: &str, attr: bool) {
     out.push_str(&s[last..]);
 }
 
+/// [`escape_text`], except that CR is written as `&#13;`: a parser reads a literal CR in
+/// content as LF (XML 1.0 §2.11), so only the reference gives the same text back.
+pub fn escape_text_exact(out: &mut String, s: &str) {
+    let mut parts = s.split('\r');
+    escape_text(out, parts.next().unwrap_or_default());
+    for p in parts {
+        out.push_str("&#13;");
+        escape_text(out, p);
+    }
+}
+
+/// [`escape_attr`], except that tab, LF and CR are written as character references:
+/// attribute-value normalization (XML 1.0 §3.3.3) turns the literal characters into spaces,
+/// so only the references give the same value back (a stanza `id` echoed in an error reply
+/// must match what the client sent).
+pub fn escape_attr_exact(out: &mut String, s: &str) {
+    let mut last = 0;
+    for (i, c) in s.char_indices() {
+        let rep = match c {
+            '\t' => "&#9;",
+            '\n' => "&#10;",
+            '\r' => "&#13;",
+            _ => continue,
+        };
+        escape_attr(out, s.get(last..i).unwrap_or_default());
+        out.push_str(rep);
+        last = i + 1;
+    }
+    escape_attr(out, s.get(last..).unwrap_or_default());
+}
+
 /// Truncates to at most `max` characters, on a character boundary (§4.6: status ≤ 1024 chars).
 pub fn truncate_chars(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
@@ -172,6 +203,16 @@ mod tests {
                 .unwrap_or(s.len().max(from.min(s.len())));
             proptest::prop_assert_eq!(next_special(&s, from.min(s.len())), want);
         }
+    }
+
+    #[test]
+    fn exact_escapes_keep_whitespace_references() {
+        let mut s = String::new();
+        escape_text_exact(&mut s, "a\r\nb\rc<");
+        assert_eq!(s, "a&#13;\nb&#13;c&lt;");
+        let mut s = String::new();
+        escape_attr_exact(&mut s, "\tx\ny\r'");
+        assert_eq!(s, "&#9;x&#10;y&#13;&apos;");
     }
 
     #[test]

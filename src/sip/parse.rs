@@ -1015,6 +1015,50 @@ fn salvage(norm: &[u8], reason: String) -> ParseError {
     e
 }
 
+/// Every header field of a framed message as (name, value), in order: long names as
+/// written (compact forms expanded), values trimmed, folded lines joined, one pair per header
+/// line (commas do not split), invalid UTF-8 replaced.
+///
+/// For the few header fields [`SipRequest`] does not keep, read only for the requests that need
+/// them (MESSAGE: `Subject`, `Content-Language`, `Content-Encoding`, and the parameters of
+/// `Content-Type`), so the common path parses nothing more.
+pub fn header_fields(bytes: &[u8]) -> Vec<(String, String)> {
+    let skip = bytes
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    let bytes = bytes.get(skip..).unwrap_or_default();
+    let head = match header_end(bytes, 0) {
+        Some(end) => bytes.get(..end).unwrap_or_default(),
+        None => bytes,
+    };
+    let Ok(norm) = normalize(head) else {
+        return Vec::new();
+    };
+    norm.split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| {
+            let line = strip_cr(line);
+            let colon = find_byte(line, b':')?;
+            let (n, v) = (line.get(..colon)?, line.get(colon + 1..)?);
+            Some((
+                String::from_utf8_lossy(n).into_owned(),
+                String::from_utf8_lossy(v.trim_ascii()).into_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// The values of every `name` header (a long name, compared case-insensitively) of a framed
+/// message, in order (see [`header_fields`]).
+pub fn header_values(bytes: &[u8], name: &str) -> Vec<String> {
+    header_fields(bytes)
+        .into_iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+        .collect()
+}
+
 /// Parses one framed message.
 ///
 /// The large error type is the agreed contract; errors are the rare path. Leading CRLFs are skipped; the body is everything after the
@@ -1160,6 +1204,17 @@ mod tests {
             uri: uri.into(),
             tag: tag.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn header_values_reads_long_compact_and_folded_forms() {
+        let msg = b"\r\nMESSAGE sip:a@b SIP/2.0\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\n\
+            s: Hello\nSUBJECT :  there,\n  again\ncontent-language: it, en\n\
+            Content-Length: 3\n\nSubject: not a header";
+        assert_eq!(header_values(msg, "Subject"), ["Hello", "there, again"]);
+        assert_eq!(header_values(msg, "Content-Language"), ["it, en"]);
+        assert!(header_values(msg, "Content-Encoding").is_empty());
+        assert!(header_values(b"", "Subject").is_empty());
     }
 
     fn request(bytes: &[u8]) -> SipRequest {
