@@ -79,3 +79,76 @@ pub(crate) fn observe_latency(method: &Method, sent: Instant) {
         h[which].record(secs);
     });
 }
+
+/// The labels of [`phase_label`], in one order.
+const PHASES: [&str; 7] = [
+    "idle", "waiting", "pending", "active", "ending", "retrying", "done",
+];
+
+/// One subscriber shard's share of the `pua_xmpp_subscriptions{direction="xmpp_to_sip"}`
+/// gauges: when the shard dies, the registry takes its pairs off the gauges
+/// ([`ShardGauges::forget`]) before the restarted shard counts the restored ones again.
+#[derive(Default, Debug)]
+pub struct ShardGauges {
+    counts: [std::sync::atomic::AtomicI64; 7],
+}
+
+impl ShardGauges {
+    /// A pair of this shard moved from one phase to another (`None`: created or ended).
+    pub(crate) fn moved(&self, from: Option<&'static str>, to: Option<&'static str>) {
+        if from == to {
+            return;
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        for (label, d) in [(from, -1), (to, 1)] {
+            if let Some(i) = label.and_then(|l| PHASES.iter().position(|p| *p == l)) {
+                self.counts[i].fetch_add(d, Relaxed);
+            }
+        }
+        gauge_move("xmpp_to_sip", from, to);
+    }
+
+    /// Takes every pair this shard counted off the gauges (the shard died).
+    pub(crate) fn forget(&self) {
+        for (i, c) in self.counts.iter().enumerate() {
+            let n = c.swap(0, std::sync::atomic::Ordering::Relaxed);
+            if n > 0 {
+                with_gauge("xmpp_to_sip", PHASES[i], |g| g.decrement(n as f64));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn a_shard_counts_its_pairs_by_phase_and_forgets_them_when_it_dies() {
+        let g = ShardGauges::default();
+        g.moved(None, Some("waiting"));
+        g.moved(None, Some("waiting"));
+        g.moved(Some("waiting"), Some("active"));
+        g.moved(Some("active"), Some("active"));
+        let count = |l: &str| {
+            let i = PHASES.iter().position(|p| *p == l).expect("label");
+            g.counts[i].load(Relaxed)
+        };
+        assert_eq!((count("waiting"), count("active")), (1, 1));
+        g.moved(Some("waiting"), None);
+        assert_eq!((count("waiting"), count("active")), (0, 1));
+        g.forget();
+        assert!(g.counts.iter().all(|c| c.load(Relaxed) == 0));
+        for p in [
+            subscriber::Phase::Idle,
+            subscriber::Phase::Pending,
+            subscriber::Phase::Active,
+            subscriber::Phase::Unsubscribing,
+            subscriber::Phase::Backoff,
+            subscriber::Phase::Done,
+        ] {
+            assert!(PHASES.contains(&phase_label(p)));
+        }
+    }
+}

@@ -94,8 +94,9 @@ pub struct Registry {
     shards: Vec<Addr<SubscriberShard>>,
     /// Pairs in the shards (the `max_subscriptions` limit of that direction).
     subscriber_total: Arc<AtomicUsize>,
-    /// Each subscriber shard's part of `subscriber_total` (taken off when it dies).
-    subscriber_live: Vec<Arc<AtomicUsize>>,
+    /// Each subscriber shard's part of `subscriber_total` and of the subscription gauges
+    /// (taken off when it dies).
+    subscriber_live: Vec<(Arc<AtomicUsize>, Arc<crate::gauges::ShardGauges>)>,
     /// The notifier-mode XMPP presentities, by [`shard_for`] of X.
     notifier_shards: Vec<Addr<NotifierShard>>,
     pua_presentities: HashMap<BareJid, Addr<PuaTranslator>>,
@@ -405,14 +406,19 @@ impl Registry {
         &self,
         i: usize,
         ctx: &Context<Self>,
-    ) -> (Addr<SubscriberShard>, Arc<AtomicUsize>) {
+    ) -> (
+        Addr<SubscriberShard>,
+        (Arc<AtomicUsize>, Arc<crate::gauges::ShardGauges>),
+    ) {
         let live = Arc::new(AtomicUsize::new(0));
+        let gauges = Arc::new(crate::gauges::ShardGauges::default());
         let cfg = ShardConfig {
             subscriber: Arc::new(self.cfg.subscriber.clone()),
             max_per_user: self.cfg.limits.max_per_user,
             max_total: self.cfg.limits.max_subscriptions,
             total: Arc::clone(&self.subscriber_total),
             live: Arc::clone(&live),
+            gauges: Arc::clone(&gauges),
             persist_delay: self.cfg.persist_delay,
         };
         let shard = SubscriberShard::new(cfg, self.links(ctx));
@@ -420,7 +426,7 @@ impl Registry {
             Some(w) => SubscriberShard::start_in_arbiter(w, move |_| shard),
             None => shard.start(),
         };
-        (addr, live)
+        (addr, (live, gauges))
     }
 
     fn spawn_notifier_shard(&self, i: usize, ctx: &Context<Self>) -> Addr<NotifierShard> {
@@ -445,8 +451,10 @@ impl Registry {
             if self.shards[i].connected() {
                 continue;
             }
-            let lost = self.subscriber_live[i].swap(0, Ordering::Relaxed);
+            let (live, gauges) = &self.subscriber_live[i];
+            let lost = live.swap(0, Ordering::Relaxed);
             self.subscriber_total.fetch_sub(lost, Ordering::Relaxed);
+            gauges.forget();
             tracing::error!(
                 shard = i,
                 pairs = lost,

@@ -15,7 +15,7 @@
 use crate::clock::{unix_now, Wakeup};
 use crate::deadlines::{Deadlines, Due};
 use crate::durable::{Gate, Held};
-use crate::gauges::{gauge_move, phase_label};
+use crate::gauges::{phase_label, ShardGauges};
 use crate::idhash::IdMap;
 use crate::links::{Links, Outstanding};
 use crate::messages::*;
@@ -54,6 +54,8 @@ pub struct ShardConfig {
     pub total: Arc<AtomicUsize>,
     /// This shard's part of `total`: what the registry takes off it if the shard dies.
     pub live: Arc<AtomicUsize>,
+    /// This shard's part of the subscription gauges, likewise.
+    pub gauges: Arc<ShardGauges>,
     /// How long a changed record waits for more changes of its pair before it goes to the
     /// store (whose own batch adds at most `store::BatchConfig::max_delay`); shutdown writes
     /// the waiting ones first ([`FlushPersists`]).
@@ -352,7 +354,7 @@ impl SubscriberShard {
             return self.abort(idx, before, now, ctx);
         }
         let after = self.drain(idx, txn, ctx);
-        gauge_move("xmpp_to_sip", Some(before), after);
+        self.cfg.gauges.moved(Some(before), after);
     }
 
     /// Ends the pair in `idx` after a fault (its SIP dialog unsubscribed, X told
@@ -367,7 +369,7 @@ impl SubscriberShard {
         .is_ok()
         {
             let after = self.drain(idx, None, ctx);
-            return gauge_move("xmpp_to_sip", Some(before), after);
+            return self.cfg.gauges.moved(Some(before), after);
         }
         let Some(slot) = self.slots.get(idx as usize).and_then(Option::as_ref) else {
             return;
@@ -379,7 +381,7 @@ impl SubscriberShard {
         self.links.store.send(op);
         self.remove(idx);
         self.rearm(ctx);
-        gauge_move("xmpp_to_sip", Some(before), None);
+        self.cfg.gauges.moved(Some(before), None);
     }
 
     /// Drains the pair's outputs; returns its phase label, or `None` if it ended.
@@ -613,7 +615,7 @@ impl SubscriberShard {
                 let seed = pua_xmpp::ids::fresh_stream();
                 let cfg = Arc::clone(&self.cfg.subscriber);
                 let sub = Subscription::new(cfg, msg.pair, relation, seed);
-                gauge_move("xmpp_to_sip", None, Some(phase_label(sub.phase())));
+                self.cfg.gauges.moved(None, Some(phase_label(sub.phase())));
                 self.insert(sub)
             }
         };
@@ -709,7 +711,7 @@ impl Handler<RestorePairs> for SubscriberShard {
                 let sub = Subscription::restore(cfg, rec, seed, now);
                 let idx = a.insert(sub);
                 let after = a.drain(idx, None, ctx);
-                gauge_move("xmpp_to_sip", None, after);
+                a.cfg.gauges.moved(None, after);
             }
             a.flush();
         });
