@@ -1,5 +1,9 @@
 //! The XEP-0114 component link (spec §8): one TCP connection to the XMPP server, handshake,
-//! inbound presence to the gateway, outbound presence from it, reconnect with backoff.
+//! inbound presence to the gateway, outbound presence from it, reconnect with backoff. With
+//! instant messaging on ([`XmppComponent::start_with_messages`]), `<message/>` stanzas too:
+//! inbound ones parsed leniently (`InMessage::from_element`) and handed on as [`MessageIn`],
+//! outbound ones ([`SendMessage`]) through the same outbox as presence; without it, an inbound
+//! `<message/>` is answered `service-unavailable` here.
 //!
 //! The stream is implemented here on tokio + minidom's incremental parser (`rxml` raw events
 //! fed into minidom's `TreeBuilder`) rather than with tokio-xmpp 6's `Component`, because that
@@ -397,14 +401,8 @@ impl Handler<SendPresence> for XmppComponent {
     fn handle(&mut self, msg: SendPresence, _ctx: &mut Self::Context) {
         // A `from` outside our domain would make the server kill the whole stream
         // (`invalid-from`, §8): drop the one stanza instead.
-        let from_domain = msg.0.from.domain().as_str();
-        let d = &self.cfg.domain;
-        let ours = from_domain.eq_ignore_ascii_case(d)
-            || from_domain
-                .strip_suffix(d.as_str())
-                .is_some_and(|p| p.ends_with('.'));
-        if !ours {
-            tracing::error!(from = %msg.0.from, to = %msg.0.to, component = %d, "not sending presence whose 'from' is outside the component domain");
+        if !self.ours(msg.0.from.domain().as_str()) {
+            tracing::error!(from = %msg.0.from, to = %msg.0.to, component = %self.cfg.domain, "not sending presence whose 'from' is outside the component domain");
             return;
         }
         let mut s = String::with_capacity(160);

@@ -855,9 +855,6 @@ impl Config {
         t.num("max_subscriptions", l.max_subscriptions);
         t.num("max_subscriptions_per_user", l.max_subscriptions_per_user);
         t.num("max_stanza_bytes", l.max_stanza_bytes);
-        t.section("runtime");
-        t.num("shutdown_timeout_secs", self.runtime.shutdown_timeout_secs);
-        t.num("threads", self.runtime.threads);
         let im = &self.im;
         t.section("im");
         t.bool("enabled", im.enabled);
@@ -869,6 +866,9 @@ impl Config {
         t.num("rate_per_sender", im.rate_per_sender);
         t.num("rate_burst", im.rate_burst);
         t.num("queue_per_target", im.queue_per_target);
+        t.section("runtime");
+        t.num("shutdown_timeout_secs", self.runtime.shutdown_timeout_secs);
+        t.num("threads", self.runtime.threads);
         t.out
     }
 

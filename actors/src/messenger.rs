@@ -60,14 +60,35 @@ impl Messenger {
         answer: Option<(u64, ServerTxnId, OutResponse)>,
         ctx: &mut Context<Self>,
     ) {
+        self.input_keyed(input, from, answer, "im", ctx);
+    }
+
+    /// [`Messenger::input`] with the name of the input in fault logs and for the
+    /// fault-injection hook: a MESSAGE's Call-ID, a stanza's id.
+    fn input_keyed(
+        &mut self,
+        input: im::Input<'_>,
+        from: From,
+        answer: Option<(u64, ServerTxnId, OutResponse)>,
+        fault_key: &str,
+        ctx: &mut Context<Self>,
+    ) {
         let now = Instant::now();
+        // The machine serves every message: the fault is named by the input, not the machine.
         let fed = crate::fault::contain(
             "im",
             &mut self.machine,
             |_| "im",
-            |m| m.handle_input(input, now),
+            |m| {
+                crate::fault::tripwire(fault_key);
+                m.handle_input(input, now)
+            },
         );
         if fed.is_err() {
+            tracing::error!(
+                input = fault_key,
+                "instant-messaging fault contained to one input"
+            );
             // What the failed input left queued is dropped; the MESSAGE it was (if any) gets 500.
             while self.machine.poll_output().is_some() {}
             if let Some((key, txn, resp)) = answer {
@@ -144,7 +165,8 @@ impl Actor for Messenger {
 impl Handler<MessageIn> for Messenger {
     type Result = ();
     fn handle(&mut self, MessageIn(m): MessageIn, ctx: &mut Context<Self>) {
-        self.input(im::Input::Stanza(&m), From::Stanza, None, ctx);
+        let key = m.id.clone().unwrap_or_else(|| "im".to_owned());
+        self.input_keyed(im::Input::Stanza(&m), From::Stanza, None, &key, ctx);
     }
 }
 
@@ -161,7 +183,8 @@ impl Handler<SipMessageIn> for Messenger {
             source: msg.source.peer.ip(),
             key,
         };
-        self.input(input, From::Other, Some((key, msg.txn, answer)), ctx);
+        let answer = Some((key, msg.txn, answer));
+        self.input_keyed(input, From::Other, answer, &msg.req.call_id, ctx);
     }
 }
 
@@ -190,7 +213,7 @@ impl Handler<TransactionOutcome> for Messenger {
                 } else {
                     From::Other
                 };
-                self.input(im::Input::Response(&r), from, None, ctx)
+                self.input_keyed(im::Input::Response(&r), from, None, &r.call_id, ctx)
             }
             TxnResult::Timeout => self.input(
                 im::Input::RequestFailed {

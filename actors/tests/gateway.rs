@@ -2365,19 +2365,36 @@ async fn issue_14_a_dead_shard_is_restarted_and_restores_its_pairs_from_the_stor
 /// The gateway with the IM fixtures of §11.0: `sip_domains = ["example.com"]`,
 /// `xmpp_domains = ["example.net"]`; the XMPP link is up when it returns.
 async fn start_im() -> Gw {
-    start_im_with(|_| {}).await
+    start_im_with(|_| {}).await.0
 }
 
-async fn start_im_with(tune: impl FnOnce(&mut Config)) -> Gw {
-    let gw = start_with(|c| {
+/// [`start_im`] with a change to the configuration; also returns `http.listen`.
+async fn start_im_with(tune: impl FnOnce(&mut Config)) -> (Gw, String) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let http = format!("127.0.0.1:{port}");
+    let h = http.clone();
+    let gw = start_with(move |c| {
         c.mapping.allowed_sip_domains = vec!["example.com".into()];
         c.mapping.allowed_xmpp_domains = vec!["example.net".into()];
+        c.http.listen = h;
         tune(c);
     })
     .await;
-    // The link state travels component → link status → registry → messenger.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    gw
+    // The link state travels component → link status → registry → messenger: once /health
+    // says the link is up, the registry has the news queued before anything we send next.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = http_get(&http, "/health").await;
+        if body.contains("\"xmpp\":\"up\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "XMPP link not up: {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (gw, http)
 }
 
 const ROMEO_FULL: &str = "romeo@example.net/orchard";
@@ -2672,7 +2689,7 @@ async fn im_case_115_130_addresses_outside_the_served_domains_are_refused() {
 /// an error stanza matching nothing is never answered.
 #[actix_rt::test]
 async fn im_case_106_107_chat_state_sends_nothing_and_groupchat_gets_an_error() {
-    let mut gw = start_im().await;
+    let (mut gw, http) = start_im_with(|_| {}).await;
     gw.xmpp
         .send(&format!(
             "<message from='{ROMEO_FULL}' to='{JULIET_JID}' type='chat' id='c1'>\
@@ -2695,6 +2712,15 @@ async fn im_case_106_107_chat_state_sends_nothing_and_groupchat_gets_an_error() 
              <text xmlns='{NS_STANZAS}' xml:lang='en'>Groupchat is not supported</text></error></message>"
         )
     );
+    // Counted (the metrics are the process's, shared with the other tests: presence only).
+    let (status, metrics) = http_get(&http, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "pua_xmpp_im_messages_total{direction=\"xmpp_to_sip\",result=\"refused\"}",
+        "pua_xmpp_translation_errors_total{kind=\"im_xmpp_no_body\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
     gw.xmpp
         .send(&format!(
             "<message from='{ROMEO_FULL}' to='{JULIET_JID}' type='error' id='nothing'>\
@@ -2755,7 +2781,7 @@ async fn im_case_112_a_body_over_1300_bytes_goes_over_tcp() {
 /// answered `service-unavailable` at the component's edge (the behaviour before issue 15).
 #[actix_rt::test]
 async fn im_disabled_message_gets_405_and_stanzas_service_unavailable() {
-    let mut gw = start_im_with(|c| c.im.enabled = false).await;
+    let (mut gw, _) = start_im_with(|c| c.im.enabled = false).await;
     let text = juliet_message(
         gw.proxy.addr,
         ROMEO_URI,
@@ -2783,4 +2809,73 @@ async fn im_disabled_message_gets_405_and_stanzas_service_unavailable() {
         )
     );
     gw.proxy.quiet().await;
+}
+
+/// §10.3.1: the gateway takes MESSAGE over TCP as well (the proxy forwards one over 1300
+/// bytes over TCP); the stanza goes out and the 202 comes back on the same connection.
+#[actix_rt::test]
+async fn im_a_message_over_tcp_is_delivered_and_answered_on_its_connection() {
+    let mut gw = start_im().await;
+    let mut conn = TcpStream::connect(gw.proxy.gw).await.expect("connect");
+    let body = "é".repeat(1000);
+    let text = juliet_message(
+        conn.local_addr().expect("addr"),
+        ROMEO_URI,
+        "z9hG4bK-tcp1",
+        "Content-Type: text/plain;charset=UTF-8\r\n",
+        &body,
+    )
+    .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    conn.write_all(text.as_bytes()).await.expect("write");
+    let stanza = gw.xmpp.stanza().await;
+    assert!(
+        stanza.starts_with(&format!(
+            "<message from='{JULIET_JID}' to='{ROMEO}' type='chat' id='sipm-"
+        )) && stanza.ends_with(&format!(
+            "><body>{body}</body><thread>7f1c9e02@ua7.example.com</thread></message>"
+        )),
+        "{stanza}"
+    );
+    let mut pending = Vec::new();
+    let raw = read_tcp_message(&mut conn, &mut pending).await;
+    let SipMessage::Response(resp) = parse_message(raw.as_bytes()).expect("parse") else {
+        panic!("not a response: {raw}")
+    };
+    assert_eq!(
+        (resp.status, resp.cseq_method),
+        (202, Method::Message),
+        "{raw}"
+    );
+    gw.proxy.quiet().await;
+}
+
+/// Issue 14's containment for IM: a fault while the core handles one MESSAGE answers that
+/// MESSAGE 500; the next one is handled normally.
+#[actix_rt::test]
+async fn im_a_fault_on_one_message_answers_it_500_and_the_next_is_served() {
+    let mut gw = start_im().await;
+    let text = juliet_message(
+        gw.proxy.addr,
+        ROMEO_URI,
+        "z9hG4bK-f1",
+        "Content-Type: text/plain\r\n",
+        "boom",
+    )
+    .replace("7f1c9e02@ua7.example.com", "fault-im-7c1d@ua7.example.com");
+    pua_xmpp_actors::fault::inject("fault-im-7c1d@ua7.example.com");
+    let (resp, raw) = gw.proxy.transact(&text).await;
+    assert_eq!(resp.status, 500, "{raw}");
+    gw.xmpp.quiet().await;
+    let text = juliet_message(
+        gw.proxy.addr,
+        ROMEO_URI,
+        "z9hG4bK-f2",
+        "Content-Type: text/plain\r\n",
+        "fine",
+    )
+    .replace("7f1c9e02@ua7.example.com", "fault-im-7c1e@ua7.example.com");
+    gw.proxy.send(&text).await;
+    assert!(gw.xmpp.stanza().await.contains("<body>fine</body>"));
+    let (resp, raw) = gw.proxy.response().await;
+    assert_eq!(resp.status, 202, "{raw}");
 }
