@@ -2879,3 +2879,67 @@ async fn im_a_fault_on_one_message_answers_it_500_and_the_next_is_served() {
     let (resp, raw) = gw.proxy.response().await;
     assert_eq!(resp.status, 202, "{raw}");
 }
+
+/// Case 134: while the component link is down, a MESSAGE gets 503 with `Retry-After: 30` at
+/// once, and nothing of it is delivered once the link is back.
+#[actix_rt::test]
+async fn im_case_134_message_while_the_link_is_down_gets_503_retry_after_30() {
+    let (gw, http) = start_im_with(|_| {}).await;
+    let Gw {
+        listener,
+        xmpp,
+        proxy,
+    } = gw;
+    let mut sock = xmpp.sock;
+    sock.shutdown().await.expect("shutdown");
+    drop(sock);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = http_get(&http, "/health").await;
+        if body.contains("\"xmpp\":\"down\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "XMPP link not down: {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = juliet_message(
+        proxy.addr,
+        ROMEO_URI,
+        "z9hG4bK-down",
+        "Content-Type: text/plain\r\n",
+        "anyone?",
+    );
+    let (resp, raw) = proxy.transact(&text).await;
+    assert_eq!(
+        (resp.status, resp.reason.as_str()),
+        (503, "Service Unavailable"),
+        "{raw}"
+    );
+    assert_eq!(header_values(&raw, "Retry-After"), ["30"]);
+    let mut xmpp = Xmpp::accept(&listener).await;
+    xmpp.quiet().await;
+}
+
+/// Case 105: a MESSAGE that must go over TCP, to a proxy that refuses the connection, gives
+/// `service-unavailable` at once; no retry, nothing over UDP.
+#[actix_rt::test]
+async fn im_case_105_tcp_refused_gives_service_unavailable() {
+    let mut gw = start_im().await;
+    let body = "b".repeat(1400);
+    gw.xmpp
+        .send(&format!(
+            "<message from='{ROMEO_FULL}' to='{JULIET_JID}' id='t1'><body>{body}</body></message>"
+        ))
+        .await;
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        im_error(
+            JULIET_JID,
+            "t1",
+            "service-unavailable",
+            "cancel",
+            "SIP transport failure"
+        )
+    );
+    gw.proxy.quiet().await;
+}
