@@ -1,5 +1,9 @@
 //! The XEP-0114 component link (spec §8): one TCP connection to the XMPP server, handshake,
-//! inbound presence to the gateway, outbound presence from it, reconnect with backoff.
+//! inbound presence to the gateway, outbound presence from it, reconnect with backoff. With
+//! instant messaging on ([`XmppComponent::start_with_messages`]), `<message/>` stanzas too:
+//! inbound ones parsed leniently (`InMessage::from_element`) and handed on as [`MessageIn`],
+//! outbound ones ([`SendMessage`]) through the same outbox as presence; without it, an inbound
+//! `<message/>` is answered `service-unavailable` here.
 //!
 //! The stream is implemented here on tokio + minidom's incremental parser (`rxml` raw events
 //! fed into minidom's `TreeBuilder`) rather than with tokio-xmpp 6's `Component`, because that
@@ -18,11 +22,12 @@
 //! SIP work starts; outbound ones still go out) and [`CloseStream`] (write what is queued, then
 //! `</stream:stream>`, wait briefly for the server's closing tag, end the task).
 
-use crate::messages::{ComponentStatus, SendPresence, StanzaIn, StanzasIn};
+use crate::messages::{ComponentStatus, MessageIn, SendMessage, SendPresence, StanzaIn, StanzasIn};
 use actix::prelude::*;
 use minidom::rxml::{self, Parse as _};
 use minidom::tree_builder::TreeBuilder;
 use minidom::Element;
+use pua_xmpp::message::InMessage;
 use pua_xmpp::stanza::{InPresence, NS_COMPONENT, NS_STANZAS};
 use pua_xmpp::xml::escape_attr;
 use std::collections::VecDeque;
@@ -270,6 +275,9 @@ pub struct XmppComponent {
     outbox: Arc<Outbox>,
     inbound: Recipient<StanzaIn>,
     inbound_batches: Option<Recipient<StanzasIn>>,
+    /// Where inbound `<message/>` stanzas go (instant messaging on); `None`: they are
+    /// answered `service-unavailable` at the edge.
+    messages: Option<Recipient<MessageIn>>,
     status: Recipient<ComponentStatus>,
     control: Arc<Control>,
     /// `Some(wait)` once [`CloseStream`] arrived: close, waiting up to `wait` for the server.
@@ -331,6 +339,18 @@ impl XmppComponent {
         batches: Option<Recipient<StanzasIn>>,
         status: Recipient<ComponentStatus>,
     ) -> Addr<XmppComponent> {
+        XmppComponent::start_with_messages(cfg, inbound, batches, None, status)
+    }
+
+    /// [`XmppComponent::start_batched`], with inbound `<message/>` stanzas parsed
+    /// ([`InMessage::from_element`]) and handed to `messages` when it is given.
+    pub fn start_with_messages(
+        cfg: ComponentConfig,
+        inbound: Recipient<StanzaIn>,
+        batches: Option<Recipient<StanzasIn>>,
+        messages: Option<Recipient<MessageIn>>,
+        status: Recipient<ComponentStatus>,
+    ) -> Addr<XmppComponent> {
         let outbox = Arc::new(Outbox::new(cfg.queue_limit));
         let (close_tx, close_rx) = watch::channel(None);
         XmppComponent {
@@ -338,6 +358,7 @@ impl XmppComponent {
             outbox,
             inbound,
             inbound_batches: batches,
+            messages,
             status,
             control: Arc::new(Control {
                 draining: AtomicBool::new(false),
@@ -361,6 +382,7 @@ impl Actor for XmppComponent {
             outbox: self.outbox.clone(),
             inbound: self.inbound.clone(),
             inbound_batches: self.inbound_batches.clone(),
+            messages: self.messages.clone(),
             status: self.status.clone(),
             control: self.control.clone(),
         };
@@ -379,19 +401,49 @@ impl Handler<SendPresence> for XmppComponent {
     fn handle(&mut self, msg: SendPresence, _ctx: &mut Self::Context) {
         // A `from` outside our domain would make the server kill the whole stream
         // (`invalid-from`, §8): drop the one stanza instead.
-        let from_domain = msg.0.from.domain().as_str();
-        let d = &self.cfg.domain;
-        let ours = from_domain.eq_ignore_ascii_case(d)
-            || from_domain
-                .strip_suffix(d.as_str())
-                .is_some_and(|p| p.ends_with('.'));
-        if !ours {
-            tracing::error!(from = %msg.0.from, to = %msg.0.to, component = %d, "not sending presence whose 'from' is outside the component domain");
+        if !self.ours(msg.0.from.domain().as_str()) {
+            tracing::error!(from = %msg.0.from, to = %msg.0.to, component = %self.cfg.domain, "not sending presence whose 'from' is outside the component domain");
             return;
         }
         let mut s = String::with_capacity(160);
         msg.0.write_xml(&mut s);
         let kind = msg.0.kind.as_attr().unwrap_or("available");
+        self.out_counters.inc(
+            kind,
+            |k| metrics::counter!("pua_xmpp_stanzas_out_total", "type" => k),
+        );
+        self.outbox.push(s);
+    }
+}
+
+impl XmppComponent {
+    /// Whether `from` may be the `from` of a stanza we send: a `from` outside our domain would
+    /// make the server kill the whole stream (`invalid-from`, §8).
+    fn ours(&self, from_domain: &str) -> bool {
+        let d = &self.cfg.domain;
+        from_domain.eq_ignore_ascii_case(d)
+            || from_domain
+                .strip_suffix(d.as_str())
+                .is_some_and(|p| p.ends_with('.'))
+    }
+}
+
+/// A `<message/>` stanza, queued like presence (the same outbox, the same limit).
+impl Handler<SendMessage> for XmppComponent {
+    type Result = ();
+    fn handle(&mut self, msg: SendMessage, _ctx: &mut Self::Context) {
+        let m = msg.0;
+        if !self.ours(m.from.domain().as_str()) {
+            tracing::error!(from = %m.from, to = %m.to, component = %self.cfg.domain, "not sending a message whose 'from' is outside the component domain");
+            return;
+        }
+        let mut s = String::with_capacity(256);
+        m.write_xml(&mut s);
+        let kind = if m.error.is_some() {
+            "message_error"
+        } else {
+            "message"
+        };
         self.out_counters.inc(
             kind,
             |k| metrics::counter!("pua_xmpp_stanzas_out_total", "type" => k),
@@ -847,6 +899,35 @@ pub fn classify_inbound(domain: &str, el: &Element) -> Inbound {
     }
 }
 
+/// Parses an inbound `<message/>` leniently and hands it to instant messaging: one that does
+/// not parse (no `to`, a bad JID) or is addressed outside the component domain is dropped and
+/// logged; while shutting down, messages are dropped like presence.
+fn forward_message(link: &Link, to: &Recipient<MessageIn>, el: &Element) {
+    let m = match InMessage::from_element(el) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, from = ?el.attr("from"), to = ?el.attr("to"), "dropping inbound message");
+            return;
+        }
+    };
+    if !m
+        .to
+        .domain()
+        .as_str()
+        .eq_ignore_ascii_case(&link.cfg.domain)
+    {
+        tracing::warn!(to = %m.to, component = %link.cfg.domain, "dropping message addressed outside the component domain");
+        return;
+    }
+    if link.control.draining.load(Ordering::SeqCst) {
+        link.control.dropped_inbound.fetch_add(1, Ordering::SeqCst);
+        tracing::debug!(to = %m.to, "shutting down: inbound message dropped");
+        return;
+    }
+    metrics::counter!("pua_xmpp_stanzas_in_total", "type" => "message").increment(1);
+    to.do_send(MessageIn(m));
+}
+
 /// Reads the condition and text of a `<stream:error/>`.
 pub fn stream_error_of(el: &Element) -> Option<(String, Option<String>)> {
     if el.name() != "error" || el.ns() != NS_STREAM {
@@ -868,6 +949,7 @@ pub fn stream_error_of(el: &Element) -> Option<(String, Option<String>)> {
 struct Link {
     cfg: Arc<ComponentConfig>,
     outbox: Arc<Outbox>,
+    messages: Option<Recipient<MessageIn>>,
     inbound: Recipient<StanzaIn>,
     inbound_batches: Option<Recipient<StanzasIn>>,
     status: Recipient<ComponentStatus>,
@@ -1063,7 +1145,13 @@ async fn run_session(
                                 end = Some(LinkError::StreamError { condition, text });
                                 break;
                             }
-                            classify_inbound(&link.cfg.domain, &el)
+                            match &link.messages {
+                                Some(to) if el.name() == "message" => {
+                                    forward_message(link, to, &el);
+                                    continue;
+                                }
+                                _ => classify_inbound(&link.cfg.domain, &el),
+                            }
                         }
                         StreamEvent::Presence(h) => classify_presence(
                             &link.cfg.domain,

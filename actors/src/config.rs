@@ -33,6 +33,7 @@ pub struct Config {
     pub log: LogConfig,
     pub limits: LimitsConfig,
     pub runtime: RuntimeConfig,
+    pub im: ImSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -277,6 +278,70 @@ impl Default for LimitsConfig {
             max_subscriptions: 1_000_000,
             max_subscriptions_per_user: 1000,
             max_stanza_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Instant messaging (§10.5): XMPP `<message/>` ⇄ SIP MESSAGE. Which domains and peers are
+/// served is the presence policy (`[mapping]` allow-lists, `sip.trusted_peers`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ImSection {
+    /// `false`: MESSAGE gets 405 and `<message/>` `service-unavailable`.
+    pub enabled: bool,
+    /// Type of the stanzas made from MESSAGEs: `chat` or `normal` (no `type`, RFC 7572 §5).
+    pub inbound_type: String,
+    /// Adds the XMPP sender's resource to our From as `;gr=` (RFC 7572 §4 literally).
+    pub from_gruu: bool,
+    /// A XEP-0184 receipt on a 200 when the stanza asked for one.
+    pub receipts: bool,
+    /// Milliseconds a MESSAGE waits for an error stanza before its 202; 0 answers at once.
+    pub bounce_wait_ms: u64,
+    /// Largest message body, both ways, in octets.
+    pub max_body_bytes: usize,
+    /// Messages a second per sender and direction; 0 turns the limit off.
+    pub rate_per_sender: u32,
+    pub rate_burst: u32,
+    /// MESSAGEs waiting per Request-URI behind the one in flight.
+    pub queue_per_target: usize,
+}
+
+impl Default for ImSection {
+    fn default() -> Self {
+        let d = pua_xmpp::im::ImConfig::default();
+        ImSection {
+            enabled: d.enabled,
+            inbound_type: "chat".into(),
+            from_gruu: d.from_gruu,
+            receipts: d.receipts,
+            bounce_wait_ms: d.bounce_wait.as_millis() as u64,
+            max_body_bytes: d.max_body_bytes,
+            rate_per_sender: d.rate_per_sender,
+            rate_burst: d.rate_burst,
+            queue_per_target: d.queue_per_target,
+        }
+    }
+}
+
+impl ImSection {
+    /// The core's settings; `trusted_sources`, `local_hosts`, `tcp_available` and
+    /// `call_id_host` come from `[sip]` (see [`Config::im_config`]).
+    pub fn core(&self) -> pua_xmpp::im::ImConfig {
+        pua_xmpp::im::ImConfig {
+            enabled: self.enabled,
+            inbound_type: if self.inbound_type == "normal" {
+                pua_xmpp::im::InboundType::Normal
+            } else {
+                pua_xmpp::im::InboundType::Chat
+            },
+            from_gruu: self.from_gruu,
+            receipts: self.receipts,
+            bounce_wait: std::time::Duration::from_millis(self.bounce_wait_ms),
+            max_body_bytes: self.max_body_bytes,
+            rate_per_sender: self.rate_per_sender,
+            rate_burst: self.rate_burst,
+            queue_per_target: self.queue_per_target,
+            ..pua_xmpp::im::ImConfig::default()
         }
     }
 }
@@ -693,7 +758,50 @@ impl Config {
             300,
         )?;
         range("runtime.threads", self.runtime.threads, 0, 256)?;
+        let im = &self.im;
+        one_of("im.inbound_type", &im.inbound_type, &["chat", "normal"])?;
+        range("im.bounce_wait_ms", im.bounce_wait_ms, 0, 10_000)?;
+        range(
+            "im.max_body_bytes",
+            im.max_body_bytes as u64,
+            1,
+            (l.max_sip_message as u64).min(1 << 20),
+        )?;
+        range(
+            "im.rate_per_sender",
+            u64::from(im.rate_per_sender),
+            0,
+            100_000,
+        )?;
+        range("im.rate_burst", u64::from(im.rate_burst), 1, 1_000_000)?;
+        range("im.queue_per_target", im.queue_per_target as u64, 0, 10_000)?;
         Ok(())
+    }
+
+    /// The instant-messaging core's settings: `[im]`, with the trusted sources from
+    /// `sip.trusted_peers` and the hosts that mean the gateway from `sip.listen`.
+    pub fn im_config(&self) -> pua_xmpp::im::ImConfig {
+        let listen = self.sip.listen_addr();
+        let mut local_hosts = vec![listen.ip().to_string().to_ascii_lowercase()];
+        if let Some(hp) =
+            pua_xmpp::sip::encode::uri_host_port(&format!("sip:{}", self.sip.contact()))
+        {
+            let h = hp.host.to_ascii_lowercase();
+            if !local_hosts.contains(&h) {
+                local_hosts.push(h);
+            }
+        }
+        pua_xmpp::im::ImConfig {
+            trusted_sources: self
+                .sip
+                .trusted_peers
+                .iter()
+                .filter_map(|ip| ip.parse().ok())
+                .collect(),
+            local_hosts,
+            call_id_host: listen.ip().to_string(),
+            ..self.im.core()
+        }
     }
 
     /// True when the secret is the shipped default (anyone can impersonate the component).
@@ -747,6 +855,17 @@ impl Config {
         t.num("max_subscriptions", l.max_subscriptions);
         t.num("max_subscriptions_per_user", l.max_subscriptions_per_user);
         t.num("max_stanza_bytes", l.max_stanza_bytes);
+        let im = &self.im;
+        t.section("im");
+        t.bool("enabled", im.enabled);
+        t.str("inbound_type", &im.inbound_type);
+        t.bool("from_gruu", im.from_gruu);
+        t.bool("receipts", im.receipts);
+        t.num("bounce_wait_ms", im.bounce_wait_ms);
+        t.num("max_body_bytes", im.max_body_bytes);
+        t.num("rate_per_sender", im.rate_per_sender);
+        t.num("rate_burst", im.rate_burst);
+        t.num("queue_per_target", im.queue_per_target);
         t.section("runtime");
         t.num("shutdown_timeout_secs", self.runtime.shutdown_timeout_secs);
         t.num("threads", self.runtime.threads);
@@ -767,7 +886,7 @@ impl Config {
             leaf_keys("", &tree, &mut out);
         }
         let tables: BTreeMap<&str, ()> = [
-            "sip", "xmpp", "mapping", "presence", "store", "http", "log", "limits", "runtime",
+            "sip", "xmpp", "mapping", "presence", "store", "http", "log", "limits", "runtime", "im",
         ]
         .into_iter()
         .map(|s| (s, ()))
@@ -815,6 +934,9 @@ impl TomlOut {
         self.out.push_str(" = ");
         self.quoted(v);
         self.out.push('\n');
+    }
+    fn bool(&mut self, k: &str, v: bool) {
+        self.num(k, v);
     }
     fn num(&mut self, k: &str, v: impl fmt::Display) {
         self.out.push_str(&format!("{k} = {v}\n"));

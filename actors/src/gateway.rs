@@ -137,10 +137,13 @@ pub async fn start(config: &Config) -> io::Result<Running> {
     }
     .start();
     let transport_addr = transport.clone();
-    let component = XmppComponent::start_batched(
+    let mut im = config.im_config();
+    im.tcp_available = true;
+    let component = XmppComponent::start_with_messages(
         ComponentConfig::from_xmpp(&config.xmpp).with_max_stanza(config.limits.max_stanza_bytes),
         registry.clone().recipient(),
         Some(registry.clone().recipient()),
+        im.enabled.then(|| registry.clone().recipient()),
         status.clone().recipient(),
     );
     let mut subscriber = SubscriberConfig::new(
@@ -175,6 +178,7 @@ pub async fn start(config: &Config) -> io::Result<Running> {
             notifier,
             pua,
             persist_delay: Duration::from_millis(config.store.coalesce_ms),
+            im,
             limits: crate::registry::Limits {
                 trusted_peers: config
                     .sip
@@ -193,6 +197,7 @@ pub async fn start(config: &Config) -> io::Result<Running> {
             response_batches: transport.recipient(),
             stanzas: component.clone().recipient(),
             stanza_batches: component.clone().recipient(),
+            messages: component.clone().recipient(),
         },
         store.clone(),
     );

@@ -53,6 +53,12 @@ type Family = (
 
 const FAMILIES: &[Family] = &[
     (
+        "counter",
+        "pua_xmpp_im_messages_total",
+        "Instant messages by direction (xmpp_to_sip, sip_to_xmpp) and result (delivered, refused, error).",
+        &[("direction", "xmpp_to_sip"), ("result", "delivered")],
+    ),
+    (
         "gauge",
         "pua_xmpp_subscriptions",
         "Live subscriptions by direction and state.",

@@ -16,6 +16,7 @@ pub mod idhash;
 pub mod link_status;
 pub mod links;
 pub mod messages;
+pub mod messenger;
 pub mod notifier_shard;
 pub mod registry;
 pub mod shard;

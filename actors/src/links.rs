@@ -40,6 +40,17 @@ impl Outstanding {
         req: OutRequest,
         reply_to: Recipient<TransactionOutcome>,
     ) {
+        self.send_over(links, req, reply_to, None);
+    }
+
+    /// [`Outstanding::send`] over `transport` instead of the request's default one.
+    pub(crate) fn send_over(
+        &mut self,
+        links: &Links,
+        req: OutRequest,
+        reply_to: Recipient<TransactionOutcome>,
+        transport: Option<Transport>,
+    ) {
         self.next_key += 1;
         let key = self.next_key;
         let entry = (
@@ -49,7 +60,13 @@ impl Outstanding {
             Instant::now(),
         );
         self.txns.insert(key, entry);
-        send_request(links, req, key, reply_to);
+        tracing::debug!(method = req.method.as_str(), uri = %req.uri, call_id = %req.call_id, cseq = req.cseq, "sending request");
+        links.requests.do_send(SendRequest {
+            req,
+            key,
+            reply_to,
+            transport,
+        });
     }
 
     /// The (Call-ID, CSeq) an outcome belongs to; records the request's latency.
@@ -73,5 +90,10 @@ pub(crate) fn send_request(
     reply_to: Recipient<TransactionOutcome>,
 ) {
     tracing::debug!(method = req.method.as_str(), uri = %req.uri, call_id = %req.call_id, cseq = req.cseq, "sending request");
-    links.requests.do_send(SendRequest { req, key, reply_to });
+    links.requests.do_send(SendRequest {
+        req,
+        key,
+        reply_to,
+        transport: None,
+    });
 }

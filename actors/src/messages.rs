@@ -2,6 +2,8 @@
 //! crosses an actor boundary as one of these.
 
 use actix::prelude::*;
+use pua_xmpp::im_content::MessageHeaders;
+use pua_xmpp::message::{InMessage, OutMessage};
 use pua_xmpp::sip::{OutRequest, OutResponse, SipRequest, SipResponse};
 use pua_xmpp::stanza::{BareJid, InPresence, OutPresence};
 use std::net::SocketAddr;
@@ -33,6 +35,10 @@ pub struct SipRequestIn {
     pub req: SipRequest,
     pub source: Source,
     pub txn: ServerTxnId,
+    /// For a MESSAGE only: what instant messaging reads from the raw request
+    /// (`MessageHeaders::from_raw`), computed where the bytes were parsed. `None` for every
+    /// other method, so the NOTIFY path carries one null pointer.
+    pub im: Option<Box<MessageHeaders>>,
 }
 
 /// Several inbound requests read together (one TCP read or one batch of datagrams): one
@@ -62,6 +68,9 @@ pub struct SendRequest {
     pub req: OutRequest,
     pub key: u64,
     pub reply_to: Recipient<TransactionOutcome>,
+    /// Overrides the transport the request would take (`sip.transport` for the outbound
+    /// proxy): a MESSAGE over 1300 bytes goes over TCP whatever the default.
+    pub transport: Option<Transport>,
 }
 
 /// How a client transaction ended.
@@ -101,6 +110,28 @@ pub struct SendPresence(pub OutPresence);
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct SendPresences(pub Vec<OutPresence>);
+
+/// A `<message/>` received on the component stream, parsed leniently at the edge and
+/// addressed to the component domain.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct MessageIn(pub InMessage);
+
+/// A `<message/>` to send on the component stream (queued while the link is down, like
+/// presence).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SendMessage(pub OutMessage);
+
+/// An inbound SIP MESSAGE for the instant-messaging actor.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct SipMessageIn {
+    pub req: SipRequest,
+    pub txn: ServerTxnId,
+    pub source: Source,
+    pub headers: Box<MessageHeaders>,
+}
 
 /// The component link went up (authenticated) or down.
 #[derive(Message, Debug, Clone, Copy)]

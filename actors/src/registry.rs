@@ -8,6 +8,7 @@
 
 use crate::links::Links;
 use crate::messages::*;
+use crate::messenger::Messenger;
 use crate::notifier_shard::NotifierShard;
 use crate::shard::{shard_for, ShardConfig, SubscriberShard};
 use crate::store::{lease_left_at, StoreHandle, StoreOp};
@@ -42,6 +43,9 @@ pub struct RegistryConfig {
     /// How long a subscriber pair's changed record waits for more changes before it is
     /// written (`store.coalesce_ms`).
     pub persist_delay: Duration,
+    /// Instant messaging (`[im]`): with `enabled`, a [`Messenger`] takes MESSAGE and
+    /// `<message/>`; without, MESSAGE gets 405 (and the component answers `<message/>`).
+    pub im: pua_xmpp::im::ImConfig,
 }
 
 /// What one instance accepts (issue 6): beyond these, new subscriptions are refused with 503 +
@@ -79,7 +83,13 @@ pub struct Peers {
     pub stanzas: Recipient<SendPresence>,
     pub response_batches: Recipient<SendResponses>,
     pub stanza_batches: Recipient<SendPresences>,
+    /// The component, for `<message/>` stanzas.
+    pub messages: Recipient<SendMessage>,
 }
+
+/// The methods of a 405's and an OPTIONS 200's `Allow`.
+const ALLOW: &str = "SUBSCRIBE, NOTIFY, OPTIONS";
+const ALLOW_WITH_IM: &str = "SUBSCRIBE, NOTIFY, OPTIONS, MESSAGE";
 
 pub struct Registry {
     cfg: RegistryConfig,
@@ -89,6 +99,11 @@ pub struct Registry {
     stanzas: Recipient<SendPresence>,
     response_batches: Recipient<SendResponses>,
     stanza_batches: Recipient<SendPresences>,
+    messages: Recipient<SendMessage>,
+    /// The instant-messaging actor, when `[im] enabled`.
+    messenger: Option<Addr<Messenger>>,
+    /// The component link is up (told to a restarted [`Messenger`]).
+    link_up: bool,
     store: StoreHandle,
     /// The XMPP-watches-SIP pairs, by [`shard_for`] of the watcher's SIP URI.
     shards: Vec<Addr<SubscriberShard>>,
@@ -135,6 +150,9 @@ impl Registry {
             stanzas: peers.stanzas,
             response_batches: peers.response_batches,
             stanza_batches: peers.stanza_batches,
+            messages: peers.messages,
+            messenger: None,
+            link_up: false,
             store,
             shards: Vec::new(),
             subscriber_total: Arc::new(AtomicUsize::new(0)),
@@ -365,6 +383,9 @@ impl Actor for Registry {
             let addr = self.spawn_notifier_shard(i, ctx);
             self.notifier_shards.push(addr);
         }
+        if self.cfg.im.enabled {
+            self.messenger = Some(self.spawn_messenger(ctx));
+        }
         ctx.run_interval(SUPERVISE_EVERY, |a, ctx| a.supervise(ctx));
     }
 }
@@ -429,6 +450,32 @@ impl Registry {
         (addr, (live, gauges))
     }
 
+    /// Starts the instant-messaging actor on this thread, told the link state.
+    fn spawn_messenger(&self, ctx: &Context<Self>) -> Addr<Messenger> {
+        let cseq_seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| (d.as_secs() % (1 << 30)) as u32);
+        let machine = pua_xmpp::im::ImGateway::new(
+            self.cfg.im.clone(),
+            self.mapper.clone(),
+            pua_xmpp::ids::fresh_stream(),
+            cseq_seed,
+        );
+        let addr = Messenger::new(machine, self.links(ctx), self.messages.clone()).start();
+        addr.do_send(ComponentStatus {
+            online: self.link_up,
+        });
+        addr
+    }
+
+    fn allow(&self) -> &'static str {
+        if self.messenger.is_some() {
+            ALLOW_WITH_IM
+        } else {
+            ALLOW
+        }
+    }
+
     fn spawn_notifier_shard(&self, i: usize, ctx: &Context<Self>) -> Addr<NotifierShard> {
         let shard = NotifierShard::new(
             i,
@@ -447,6 +494,11 @@ impl Registry {
     /// thread and given back its pairs from the store. Its NOTIFYs in flight were counted off
     /// the overload backlog as they were dropped (`backlog::Ticket`).
     fn supervise(&mut self, ctx: &mut Context<Self>) {
+        if self.messenger.as_ref().is_some_and(|m| !m.connected()) {
+            tracing::error!("instant-messaging actor died: starting a new one");
+            metrics::counter!("pua_xmpp_actor_restarts_total", "actor" => "messenger").increment(1);
+            self.messenger = Some(self.spawn_messenger(ctx));
+        }
         for i in 0..self.shards.len() {
             if self.shards[i].connected() {
                 continue;
@@ -602,7 +654,12 @@ impl Registry {
     /// Routes one inbound request; NOTIFYs for the subscriber shards are collected in
     /// `to_shards` (one list per shard) and sent by the caller, one message per shard.
     fn route(&mut self, msg: SipRequestIn, to_shards: &mut [Vec<ShardNotify>]) {
-        let SipRequestIn { req, txn, source } = msg;
+        let SipRequestIn {
+            req,
+            txn,
+            source,
+            im,
+        } = msg;
         let trusted = &self.cfg.limits.trusted_peers;
         if !trusted.is_empty() && !trusted.contains(&source.peer.ip()) {
             tracing::warn!(peer = %source.peer, method = req.method.as_str(), "SIP request from an untrusted peer refused");
@@ -638,16 +695,26 @@ impl Registry {
                 }
             },
             Method::Subscribe => self.on_subscribe(req, txn),
+            Method::Message if self.messenger.is_some() => {
+                if let Some(m) = &self.messenger {
+                    m.do_send(SipMessageIn {
+                        req,
+                        txn,
+                        source,
+                        headers: im.unwrap_or_default(),
+                    });
+                }
+            }
             Method::Options => {
                 let resp = OutResponse::to_request(&req, 200, None)
-                    .with_header("Allow", "SUBSCRIBE, NOTIFY, OPTIONS")
+                    .with_header("Allow", self.allow())
                     .with_header("Allow-Events", "presence")
                     .with_header("Accept", "application/pidf+xml");
                 self.respond(txn, resp);
             }
             _ => {
-                let resp = OutResponse::to_request(&req, 405, None)
-                    .with_header("Allow", "SUBSCRIBE, NOTIFY, OPTIONS");
+                let resp =
+                    OutResponse::to_request(&req, 405, None).with_header("Allow", self.allow());
                 self.respond(txn, resp);
             }
         }
@@ -764,6 +831,10 @@ impl Handler<ReqWinfo> for Registry {
 impl Handler<ComponentStatus> for Registry {
     type Result = ();
     fn handle(&mut self, msg: ComponentStatus, _: &mut Context<Self>) {
+        self.link_up = msg.online;
+        if let Some(m) = &self.messenger {
+            m.do_send(msg);
+        }
         if !msg.online {
             self.link_dropped |= self.link_was_up;
             return;
@@ -775,6 +846,17 @@ impl Handler<ComponentStatus> for Registry {
         tracing::info!("XMPP component link back: probing XMPP presentities again");
         for shard in &self.notifier_shards {
             shard.do_send(ProbeAfterReconnect);
+        }
+    }
+}
+
+/// A `<message/>` from the component: to the instant-messaging actor.
+impl Handler<MessageIn> for Registry {
+    type Result = ();
+    fn handle(&mut self, msg: MessageIn, _: &mut Context<Self>) {
+        match &self.messenger {
+            Some(m) => m.do_send(msg),
+            None => tracing::debug!(to = %msg.0.to, "message dropped: instant messaging is off"),
         }
     }
 }

@@ -315,3 +315,74 @@ fn debug_output_never_contains_the_secret() {
     assert_eq!(cc.fatal_backoff, std::time::Duration::from_secs(30));
     assert_eq!(cc.reconnect_max, std::time::Duration::from_secs(60));
 }
+
+#[test]
+fn im_section_defaults_env_overrides_validation_and_the_core_settings() {
+    let c = Config::load_with_env(None, no_env()).unwrap();
+    assert!(c.im.enabled);
+    assert_eq!(c.im.inbound_type, "chat");
+    assert_eq!(
+        (
+            c.im.max_body_bytes,
+            c.im.rate_per_sender,
+            c.im.rate_burst,
+            c.im.queue_per_target,
+            c.im.bounce_wait_ms
+        ),
+        (8192, 10, 20, 50, 500)
+    );
+    let c = Config::load_with_env(
+        None,
+        env(&[
+            ("PUA_XMPP__IM__ENABLED", "false"),
+            ("PUA_XMPP__IM__INBOUND_TYPE", "normal"),
+            ("PUA_XMPP__IM__MAX_BODY_BYTES", "4000"),
+            ("PUA_XMPP__IM__RATE_PER_SENDER", "0"),
+            ("PUA_XMPP__IM__RATE_BURST", "5"),
+            ("PUA_XMPP__IM__QUEUE_PER_TARGET", "7"),
+            ("PUA_XMPP__SIP__TRUSTED_PEERS", "127.0.0.2,10.0.0.1"),
+            ("PUA_XMPP__SIP__LISTEN", "127.0.0.3:5080"),
+        ]),
+    )
+    .unwrap();
+    let core = c.im_config();
+    assert!(!core.enabled);
+    assert_eq!(core.inbound_type, pua_xmpp::im::InboundType::Normal);
+    assert_eq!(
+        (
+            core.max_body_bytes,
+            core.rate_per_sender,
+            core.rate_burst,
+            core.queue_per_target
+        ),
+        (4000, 0, 5, 7)
+    );
+    assert_eq!(
+        core.trusted_sources,
+        vec![
+            "127.0.0.2".parse::<std::net::IpAddr>().unwrap(),
+            "10.0.0.1".parse().unwrap()
+        ]
+    );
+    assert_eq!(core.local_hosts, vec!["127.0.0.3".to_owned()]);
+    assert_eq!(
+        load_err("[im]\ninbound_type = \"headline\"\n", "im1.toml"),
+        "im.inbound_type: expected \"chat\" or \"normal\", got \"headline\""
+    );
+    assert_eq!(
+        load_err("[im]\nmax_body_bytes = 0\n", "im2.toml"),
+        "im.max_body_bytes: expected a number from 1 to 65536, got 0"
+    );
+    assert_eq!(
+        load_err("[im]\nrate_burst = 0\n", "im3.toml"),
+        "im.rate_burst: expected a number from 1 to 1000000, got 0"
+    );
+    assert_eq!(
+        load_err("[im]\nbounce_wait_ms = 60000\n", "im4.toml"),
+        "im.bounce_wait_ms: expected a number from 0 to 10000, got 60000"
+    );
+    assert_eq!(
+        load_err("[im]\nenable = true\n", "im5.toml"),
+        "im.enable: unknown key"
+    );
+}

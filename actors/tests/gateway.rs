@@ -992,7 +992,11 @@ async fn case_023_025_046_resubscribe_replays_cache_unknown_unsubscribe_is_silen
     assert_eq!((resp.status, resp.reason.as_str()), (200, "OK"), "{raw}");
     assert_eq!(resp.via, [format!("SIP/2.0/UDP {p};branch=z9hG4bK-opt1")]);
     assert_eq!((resp.cseq, &resp.cseq_method), (1, &Method::Options));
-    assert_eq!(header_values(&raw, "Allow"), ["SUBSCRIBE, NOTIFY, OPTIONS"]);
+    // Instant messaging is on by default: MESSAGE is allowed.
+    assert_eq!(
+        header_values(&raw, "Allow"),
+        ["SUBSCRIBE, NOTIFY, OPTIONS, MESSAGE"]
+    );
     assert_eq!(header_values(&raw, "Allow-Events"), ["presence"]);
     assert_eq!(header_values(&raw, "Accept"), ["application/pidf+xml"]);
     gw.xmpp.quiet().await;
@@ -1318,11 +1322,11 @@ async fn case_013_055_057_and_other_refusals_of_initial_subscribes() {
             Some(("Unsupported", "foo")),
         ),
         (
-            "MESSAGE",
-            base.replace("SUBSCRIBE", "MESSAGE"),
+            "PUBLISH",
+            base.replace("SUBSCRIBE", "PUBLISH"),
             405,
             "Method Not Allowed",
-            Some(("Allow", "SUBSCRIBE, NOTIFY, OPTIONS")),
+            Some(("Allow", "SUBSCRIBE, NOTIFY, OPTIONS, MESSAGE")),
         ),
     ];
     for (i, (what, text, code, reason, header)) in cases.into_iter().enumerate() {
@@ -2241,6 +2245,7 @@ async fn issue_14_every_metric_family_is_listed_right_after_start() {
         ("counter", "pua_xmpp_sip_read_pauses_total"),
         ("counter", "pua_xmpp_faults_contained_total"),
         ("counter", "pua_xmpp_actor_restarts_total"),
+        ("counter", "pua_xmpp_im_messages_total"),
         ("gauge", "pua_xmpp_store_queue_depth"),
         ("gauge", "pua_xmpp_store_writable"),
         ("counter", "pua_xmpp_store_failures_total"),
@@ -2353,4 +2358,588 @@ async fn issue_14_a_dead_shard_is_restarted_and_restores_its_pairs_from_the_stor
         "{metrics}"
     );
     gw.xmpp.quiet().await;
+}
+
+// ---- instant messaging (issue 15, §10-11) ------------------------------------------------------
+
+/// The gateway with the IM fixtures of §11.0: `sip_domains = ["example.com"]`,
+/// `xmpp_domains = ["example.net"]`; the XMPP link is up when it returns.
+async fn start_im() -> Gw {
+    start_im_with(|_| {}).await.0
+}
+
+/// [`start_im`] with a change to the configuration; also returns `http.listen`.
+async fn start_im_with(tune: impl FnOnce(&mut Config)) -> (Gw, String) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let http = format!("127.0.0.1:{port}");
+    let h = http.clone();
+    let gw = start_with(move |c| {
+        c.mapping.allowed_sip_domains = vec!["example.com".into()];
+        c.mapping.allowed_xmpp_domains = vec!["example.net".into()];
+        c.http.listen = h;
+        tune(c);
+    })
+    .await;
+    // The link state travels component → link status → registry → messenger: once /health
+    // says the link is up, the registry has the news queued before anything we send next.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = http_get(&http, "/health").await;
+        if body.contains("\"xmpp\":\"up\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "XMPP link not up: {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (gw, http)
+}
+
+const ROMEO_FULL: &str = "romeo@example.net/orchard";
+const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+
+/// The error stanza of §10.2.3 / 3.4 for `id`, from `from` to romeo's resource.
+fn im_error(from: &str, id: &str, condition: &str, kind: &str, text: &str) -> String {
+    format!(
+        "<message from='{from}' to='{ROMEO_FULL}' type='error' id='{id}'>\
+         <error type='{kind}' by='{COMPONENT}'><{condition} xmlns='{NS_STANZAS}'/>\
+         <text xmlns='{NS_STANZAS}' xml:lang='en'>{text}</text></error></message>"
+    )
+}
+
+/// A MESSAGE from the proxy (juliet's UA behind it) to `uri`.
+fn juliet_message(proxy: SocketAddr, uri: &str, branch: &str, extra: &str, body: &str) -> String {
+    format!(
+        "MESSAGE {uri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {proxy};branch={branch}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <{JULIET_URI}>;tag=ua7-1\r\n\
+         To: <{uri}>\r\n\
+         Call-ID: 7f1c9e02@ua7.example.com\r\n\
+         CSeq: 1 MESSAGE\r\n\
+         {extra}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The MESSAGE as sent, with the values the gateway picks (branch, From-tag, CSeq) replaced
+/// by placeholders.
+fn normalized(raw: &str, req: &SipRequest) -> String {
+    let branch = req.via[0]
+        .split(";branch=")
+        .nth(1)
+        .and_then(|b| b.split(';').next())
+        .expect("branch");
+    let tag = req.from.tag.as_deref().expect("From-tag");
+    raw.replace(branch, "BRANCH")
+        .replace(tag, "TAG")
+        .replace(&format!("CSeq: {} MESSAGE", req.cseq), "CSeq: N MESSAGE")
+}
+
+/// §11.1 cases 98 (without the receipt request), 100 and 101: the exact MESSAGE the proxy
+/// receives, its 200 ends silently, a 404 comes back as the exact error with the stanza's id.
+#[actix_rt::test]
+async fn im_case_098_100_101_stanza_becomes_the_exact_message_200_is_silent_404_is_an_error() {
+    let mut gw = start_im().await;
+    gw.xmpp
+        .send(&format!(
+            "<message from='{ROMEO_FULL}' to='{JULIET_JID}' type='chat' id='m-101' xml:lang='en'>\
+             <body>Meet me at the orchard wall at nine.</body>\
+             <thread>e2b4c6a0-5f7d-4c1a-9d3b-6a1f0c9e2d11</thread>\
+             <active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        ))
+        .await;
+    let (req, raw) = gw.proxy.request(Method::Message).await;
+    assert!(
+        req.from
+            .tag
+            .as_deref()
+            .is_some_and(|t| t.starts_with("im-")),
+        "{raw}"
+    );
+    assert_eq!(
+        normalized(&raw, &req),
+        format!(
+            "MESSAGE {JULIET_URI} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {gw};branch=BRANCH;rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <{ROMEO_URI}>;tag=TAG\r\n\
+             To: <{JULIET_URI}>\r\n\
+             Call-ID: e2b4c6a0-5f7d-4c1a-9d3b-6a1f0c9e2d11\r\n\
+             CSeq: N MESSAGE\r\n\
+             Content-Language: en\r\n\
+             Content-Type: text/plain;charset=UTF-8\r\n\
+             Content-Length: 36\r\n\r\n\
+             Meet me at the orchard wall at nine.",
+            gw = gw.proxy.gw
+        )
+    );
+    assert!(header_values(&raw, "Contact").is_empty());
+    gw.proxy.answer(&req, 200, "OK", &[]).await;
+    // No receipt was asked for: the 200 ends it silently.
+    gw.xmpp.quiet().await;
+    gw.proxy.quiet().await;
+
+    gw.xmpp
+        .send(&format!(
+            "<message from='{ROMEO_FULL}' to='{JULIET_JID}' id='m-102'><body>hi</body></message>"
+        ))
+        .await;
+    let (req2, raw2) = gw.proxy.request(Method::Message).await;
+    assert!(req2.cseq > req.cseq, "{raw2}");
+    assert_ne!(req2.call_id, req.call_id);
+    assert!(header_values(&raw2, "Content-Language").is_empty());
+    gw.proxy.answer(&req2, 404, "Not Found", &[]).await;
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        im_error(
+            JULIET_JID,
+            "m-102",
+            "item-not-found",
+            "cancel",
+            "SIP 404 Not Found"
+        )
+    );
+    gw.proxy.quiet().await;
+}
+
+/// Case 100: a 200 to a stanza that asked for a receipt gives the receipt.
+#[actix_rt::test]
+async fn im_case_100_a_200_gives_the_receipt_asked_for() {
+    let mut gw = start_im().await;
+    gw.xmpp
+        .send(&format!(
+            "<message from='{ROMEO_FULL}' to='{JULIET_JID}' type='chat' id='m-101'>\
+             <body>x</body><request xmlns='urn:xmpp:receipts'/></message>"
+        ))
+        .await;
+    let (req, _) = gw.proxy.request(Method::Message).await;
+    gw.proxy.answer(&req, 200, "OK", &[]).await;
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        format!(
+            "<message from='{JULIET_JID}' to='{ROMEO_FULL}'>\
+             <received xmlns='urn:xmpp:receipts' id='m-101'/></message>"
+        )
+    );
+}
+
+/// §11.2 case 117: a MESSAGE from the proxy becomes the exact stanza at the XMPP server at
+/// once, and is answered 202 after the bounce wait.
+#[actix_rt::test]
+async fn im_case_117_message_becomes_the_exact_stanza_then_202() {
+    let mut gw = start_im().await;
+    let body = "A domani, amore mio. 🌙";
+    let text = juliet_message(
+        gw.proxy.addr,
+        ROMEO_URI,
+        "z9hG4bK-m117",
+        "Content-Type: text/plain;charset=UTF-8\r\nContent-Language: it\r\nSubject: Stasera\r\n",
+        body,
+    );
+    let sent = Instant::now();
+    gw.proxy.send(&text).await;
+    let stanza = gw.xmpp.stanza().await;
+    let id = stanza
+        .split(" id='")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .expect("id")
+        .to_owned();
+    assert!(id.starts_with("sipm-") && id.len() > 8, "{stanza}");
+    assert_eq!(
+        stanza,
+        format!(
+            "<message from='{JULIET_JID}' to='{ROMEO}' type='chat' id='{id}' xml:lang='it'>\
+             <subject>Stasera</subject><body>{body}</body>\
+             <thread>7f1c9e02@ua7.example.com</thread></message>"
+        )
+    );
+    let (resp, raw) = gw.proxy.response().await;
+    let waited = sent.elapsed();
+    assert_eq!(
+        (resp.status, resp.reason.as_str()),
+        (202, "Accepted"),
+        "{raw}"
+    );
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_millis(1500),
+        "202 after {waited:?}"
+    );
+    assert_eq!(
+        resp.via,
+        [format!("SIP/2.0/UDP {};branch=z9hG4bK-m117", gw.proxy.addr)]
+    );
+    assert_eq!((resp.cseq, &resp.cseq_method), (1, &Method::Message));
+    assert!(resp.to.tag.is_some(), "{raw}");
+    assert!(header_values(&raw, "Contact").is_empty(), "{raw}");
+    assert_eq!(header_values(&raw, "Content-Length"), ["0"]);
+    gw.xmpp.quiet().await;
+}
+
+/// Case 119: an error stanza within the bounce wait becomes the MESSAGE's final response.
+#[actix_rt::test]
+async fn im_case_119_a_bounce_within_the_wait_becomes_480() {
+    let mut gw = start_im().await;
+    let text = juliet_message(
+        gw.proxy.addr,
+        ROMEO_URI,
+        "z9hG4bK-m119",
+        "Content-Type: text/plain\r\n",
+        "hi",
+    );
+    gw.proxy.send(&text).await;
+    let stanza = gw.xmpp.stanza().await;
+    let id = stanza
+        .split(" id='")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .expect("id")
+        .to_owned();
+    gw.xmpp
+        .send(&format!(
+            "<message from='{ROMEO}' to='{JULIET_JID}' type='error' id='{id}'>\
+             <error type='cancel'><service-unavailable xmlns='{NS_STANZAS}'/></error></message>"
+        ))
+        .await;
+    let (resp, raw) = gw.proxy.response().await;
+    assert_eq!(
+        (resp.status, resp.reason.as_str()),
+        (480, "Temporarily Unavailable"),
+        "{raw}"
+    );
+    gw.proxy.quiet().await;
+}
+
+/// Case 123: a body that is not text gets 415 with the digest's Accept; no stanza.
+#[actix_rt::test]
+async fn im_case_123_non_text_body_gets_415_with_accept() {
+    let mut gw = start_im().await;
+    let text = juliet_message(
+        gw.proxy.addr,
+        ROMEO_URI,
+        "z9hG4bK-m123",
+        "Content-Type: image/jpeg\r\n",
+        "JFIF",
+    );
+    let (resp, raw) = gw.proxy.transact(&text).await;
+    assert_eq!(
+        (resp.status, resp.reason.as_str()),
+        (415, "Unsupported Media Type"),
+        "{raw}"
+    );
+    assert_eq!(
+        header_values(&raw, "Accept"),
+        ["text/plain, message/cpim, application/im-iscomposing+xml"]
+    );
+    let text = juliet_message(
+        gw.proxy.addr,
+        ROMEO_URI,
+        "z9hG4bK-m123b",
+        "Content-Type: text/plain\r\nContent-Encoding: gzip\r\n",
+        "xx",
+    );
+    let (resp, raw) = gw.proxy.transact(&text).await;
+    assert_eq!(resp.status, 415, "{raw}");
+    assert_eq!(header_values(&raw, "Accept-Encoding"), ["identity"]);
+    gw.xmpp.quiet().await;
+}
+
+/// Cases 115 and 130: no open relay, both ways.
+#[actix_rt::test]
+async fn im_case_115_130_addresses_outside_the_served_domains_are_refused() {
+    let mut gw = start_im().await;
+    gw.xmpp
+        .send(&format!(
+            "<message from='{ROMEO_FULL}' to='mallory*evil.example@{COMPONENT}' id='r1'>\
+             <body>hi</body></message>"
+        ))
+        .await;
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        im_error(
+            &format!("mallory*evil.example@{COMPONENT}"),
+            "r1",
+            "not-allowed",
+            "cancel",
+            "SIP domain not served"
+        )
+    );
+    let text = juliet_message(
+        gw.proxy.addr,
+        &format!("sip:eve*evil.example@{GW_DOMAIN}"),
+        "z9hG4bK-m130",
+        "Content-Type: text/plain\r\n",
+        "hi",
+    );
+    let (resp, raw) = gw.proxy.transact(&text).await;
+    assert_eq!(
+        (resp.status, resp.reason.as_str()),
+        (403, "Forbidden"),
+        "{raw}"
+    );
+    gw.proxy.quiet().await;
+    gw.xmpp.quiet().await;
+}
+
+/// Cases 106 and 107: a chat state alone sends nothing; groupchat gets `service-unavailable`;
+/// an error stanza matching nothing is never answered.
+#[actix_rt::test]
+async fn im_case_106_107_chat_state_sends_nothing_and_groupchat_gets_an_error() {
+    let (mut gw, http) = start_im_with(|_| {}).await;
+    gw.xmpp
+        .send(&format!(
+            "<message from='{ROMEO_FULL}' to='{JULIET_JID}' type='chat' id='c1'>\
+             <composing xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        ))
+        .await;
+    gw.proxy.quiet().await;
+    gw.xmpp.quiet().await;
+    gw.xmpp
+        .send(&format!(
+            "<message from='{ROMEO_FULL}' to='{JULIET_JID}' type='groupchat' id='g1'>\
+             <body>hi all</body></message>"
+        ))
+        .await;
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        format!(
+            "<message from='{JULIET_JID}' to='{ROMEO_FULL}' type='error' id='g1'>\
+             <error type='cancel' by='{COMPONENT}'><service-unavailable xmlns='{NS_STANZAS}'/>\
+             <text xmlns='{NS_STANZAS}' xml:lang='en'>Groupchat is not supported</text></error></message>"
+        )
+    );
+    // Counted (the metrics are the process's, shared with the other tests: presence only).
+    let (status, metrics) = http_get(&http, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "pua_xmpp_im_messages_total{direction=\"xmpp_to_sip\",result=\"refused\"}",
+        "pua_xmpp_translation_errors_total{kind=\"im_xmpp_no_body\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
+    gw.xmpp
+        .send(&format!(
+            "<message from='{ROMEO_FULL}' to='{JULIET_JID}' type='error' id='nothing'>\
+             <error type='cancel'><item-not-found xmlns='{NS_STANZAS}'/></error></message>"
+        ))
+        .await;
+    gw.proxy.quiet().await;
+    gw.xmpp.quiet().await;
+}
+
+/// Case 112: a MESSAGE over 1300 bytes goes to the proxy over TCP (same Via sent-by), with
+/// UDP as the configured transport; nothing over UDP.
+#[actix_rt::test]
+async fn im_case_112_a_body_over_1300_bytes_goes_over_tcp() {
+    let mut gw = start_im().await;
+    let tcp = TcpListener::bind(gw.proxy.addr)
+        .await
+        .expect("bind proxy TCP");
+    let body = "a".repeat(1500);
+    gw.xmpp
+        .send(&format!(
+            "<message from='{ROMEO_FULL}' to='{JULIET_JID}' id='big'><body>{body}</body></message>"
+        ))
+        .await;
+    let (mut conn, _) = tokio::time::timeout(WAIT, tcp.accept())
+        .await
+        .expect("the gateway did not connect over TCP")
+        .expect("accept");
+    let mut pending = Vec::new();
+    let raw = read_tcp_message(&mut conn, &mut pending).await;
+    let SipMessage::Request(req) = parse_message(raw.as_bytes()).expect("parse") else {
+        panic!("not a request: {raw}")
+    };
+    assert_eq!(req.method, Method::Message);
+    assert_eq!(req.uri, JULIET_URI);
+    let prefix = format!("SIP/2.0/TCP {};branch=z9hG4bK", gw.proxy.gw);
+    assert!(req.via[0].starts_with(&prefix), "Via {:?}", req.via);
+    assert_eq!(header_values(&raw, "Content-Length"), ["1500"]);
+    assert_eq!(req.body, body.as_bytes());
+    gw.proxy.quiet().await;
+    let mut ok = "SIP/2.0 200 OK\r\n".to_owned();
+    for v in &req.via {
+        ok.push_str(&format!("Via: {v}\r\n"));
+    }
+    ok.push_str(&format!(
+        "From: <{}>;tag={}\r\nTo: <{JULIET_URI}>;tag=ua-1\r\nCall-ID: {}\r\n\
+         CSeq: {} MESSAGE\r\nContent-Length: 0\r\n\r\n",
+        req.from.uri,
+        req.from.tag.as_deref().unwrap_or(""),
+        req.call_id,
+        req.cseq
+    ));
+    conn.write_all(ok.as_bytes()).await.expect("write");
+    gw.xmpp.quiet().await;
+}
+
+/// `[im] enabled = false`: MESSAGE gets 405 without MESSAGE in `Allow`, and `<message/>` is
+/// answered `service-unavailable` at the component's edge (the behaviour before issue 15).
+#[actix_rt::test]
+async fn im_disabled_message_gets_405_and_stanzas_service_unavailable() {
+    let (mut gw, _) = start_im_with(|c| c.im.enabled = false).await;
+    let text = juliet_message(
+        gw.proxy.addr,
+        ROMEO_URI,
+        "z9hG4bK-off",
+        "Content-Type: text/plain\r\n",
+        "hi",
+    );
+    let (resp, raw) = gw.proxy.transact(&text).await;
+    assert_eq!(
+        (resp.status, resp.reason.as_str()),
+        (405, "Method Not Allowed"),
+        "{raw}"
+    );
+    assert_eq!(header_values(&raw, "Allow"), ["SUBSCRIBE, NOTIFY, OPTIONS"]);
+    gw.xmpp
+        .send(&format!(
+            "<message from='{ROMEO_FULL}' to='{JULIET_JID}' id='off1'><body>hi</body></message>"
+        ))
+        .await;
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        format!(
+            "<message type='error' from='{JULIET_JID}' to='{ROMEO_FULL}' id='off1'>\
+             <error type='cancel'><service-unavailable xmlns='{NS_STANZAS}'/></error></message>"
+        )
+    );
+    gw.proxy.quiet().await;
+}
+
+/// §10.3.1: the gateway takes MESSAGE over TCP as well (the proxy forwards one over 1300
+/// bytes over TCP); the stanza goes out and the 202 comes back on the same connection.
+#[actix_rt::test]
+async fn im_a_message_over_tcp_is_delivered_and_answered_on_its_connection() {
+    let mut gw = start_im().await;
+    let mut conn = TcpStream::connect(gw.proxy.gw).await.expect("connect");
+    let body = "é".repeat(1000);
+    let text = juliet_message(
+        conn.local_addr().expect("addr"),
+        ROMEO_URI,
+        "z9hG4bK-tcp1",
+        "Content-Type: text/plain;charset=UTF-8\r\n",
+        &body,
+    )
+    .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    conn.write_all(text.as_bytes()).await.expect("write");
+    let stanza = gw.xmpp.stanza().await;
+    assert!(
+        stanza.starts_with(&format!(
+            "<message from='{JULIET_JID}' to='{ROMEO}' type='chat' id='sipm-"
+        )) && stanza.ends_with(&format!(
+            "><body>{body}</body><thread>7f1c9e02@ua7.example.com</thread></message>"
+        )),
+        "{stanza}"
+    );
+    let mut pending = Vec::new();
+    let raw = read_tcp_message(&mut conn, &mut pending).await;
+    let SipMessage::Response(resp) = parse_message(raw.as_bytes()).expect("parse") else {
+        panic!("not a response: {raw}")
+    };
+    assert_eq!(
+        (resp.status, resp.cseq_method),
+        (202, Method::Message),
+        "{raw}"
+    );
+    gw.proxy.quiet().await;
+}
+
+/// Issue 14's containment for IM: a fault while the core handles one MESSAGE answers that
+/// MESSAGE 500; the next one is handled normally.
+#[actix_rt::test]
+async fn im_a_fault_on_one_message_answers_it_500_and_the_next_is_served() {
+    let mut gw = start_im().await;
+    let text = juliet_message(
+        gw.proxy.addr,
+        ROMEO_URI,
+        "z9hG4bK-f1",
+        "Content-Type: text/plain\r\n",
+        "boom",
+    )
+    .replace("7f1c9e02@ua7.example.com", "fault-im-7c1d@ua7.example.com");
+    pua_xmpp_actors::fault::inject("fault-im-7c1d@ua7.example.com");
+    let (resp, raw) = gw.proxy.transact(&text).await;
+    assert_eq!(resp.status, 500, "{raw}");
+    gw.xmpp.quiet().await;
+    let text = juliet_message(
+        gw.proxy.addr,
+        ROMEO_URI,
+        "z9hG4bK-f2",
+        "Content-Type: text/plain\r\n",
+        "fine",
+    )
+    .replace("7f1c9e02@ua7.example.com", "fault-im-7c1e@ua7.example.com");
+    gw.proxy.send(&text).await;
+    assert!(gw.xmpp.stanza().await.contains("<body>fine</body>"));
+    let (resp, raw) = gw.proxy.response().await;
+    assert_eq!(resp.status, 202, "{raw}");
+}
+
+/// Case 134: while the component link is down, a MESSAGE gets 503 with `Retry-After: 30` at
+/// once, and nothing of it is delivered once the link is back.
+#[actix_rt::test]
+async fn im_case_134_message_while_the_link_is_down_gets_503_retry_after_30() {
+    let (gw, http) = start_im_with(|_| {}).await;
+    let Gw {
+        listener,
+        xmpp,
+        proxy,
+    } = gw;
+    let mut sock = xmpp.sock;
+    sock.shutdown().await.expect("shutdown");
+    drop(sock);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = http_get(&http, "/health").await;
+        if body.contains("\"xmpp\":\"down\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "XMPP link not down: {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = juliet_message(
+        proxy.addr,
+        ROMEO_URI,
+        "z9hG4bK-down",
+        "Content-Type: text/plain\r\n",
+        "anyone?",
+    );
+    let (resp, raw) = proxy.transact(&text).await;
+    assert_eq!(
+        (resp.status, resp.reason.as_str()),
+        (503, "Service Unavailable"),
+        "{raw}"
+    );
+    assert_eq!(header_values(&raw, "Retry-After"), ["30"]);
+    let mut xmpp = Xmpp::accept(&listener).await;
+    xmpp.quiet().await;
+}
+
+/// Case 105: a MESSAGE that must go over TCP, to a proxy that refuses the connection, gives
+/// `service-unavailable` at once; no retry, nothing over UDP.
+#[actix_rt::test]
+async fn im_case_105_tcp_refused_gives_service_unavailable() {
+    let mut gw = start_im().await;
+    let body = "b".repeat(1400);
+    gw.xmpp
+        .send(&format!(
+            "<message from='{ROMEO_FULL}' to='{JULIET_JID}' id='t1'><body>{body}</body></message>"
+        ))
+        .await;
+    assert_eq!(
+        gw.xmpp.stanza().await,
+        im_error(
+            JULIET_JID,
+            "t1",
+            "service-unavailable",
+            "cancel",
+            "SIP transport failure"
+        )
+    );
+    gw.proxy.quiet().await;
 }

@@ -309,6 +309,7 @@ async fn outbound_udp_request_gets_branch_and_final_response_reaches_reply_to() 
         req: out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]),
         key: 41,
         reply_to,
+        transport: None,
     });
     let (text, from) = recv_udp(&peer, 2000).await.expect("request");
     assert_eq!(from, gw.local, "requests leave from the listening socket");
@@ -355,6 +356,7 @@ async fn response_with_other_method_or_foreign_branch_is_ignored() {
         req: out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]),
         key: 5,
         reply_to,
+        transport: None,
     });
     let (text, _) = recv_udp(&peer, 2000).await.unwrap();
     let req = parse_request(&text);
@@ -381,6 +383,7 @@ async fn unanswered_udp_request_is_retransmitted_with_timer_e_and_times_out_at_t
         req: out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]),
         key: 7,
         reply_to,
+        transport: None,
     });
     let mut arrivals = Vec::new();
     let mut first = None;
@@ -431,6 +434,7 @@ async fn provisional_response_slows_retransmissions_to_t2() {
         req: out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]),
         key: 8,
         reply_to,
+        transport: None,
     });
     let (text, _) = recv_udp(&peer, 2000).await.unwrap();
     let req = parse_request(&text);
@@ -572,6 +576,7 @@ async fn tcp_outbound_connection_has_nodelay_is_reused_and_carries_the_response(
         req: out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]),
         key: 1,
         reply_to: reply_to.clone(),
+        transport: None,
     });
     let (mut s, _) = tokio::time::timeout(Duration::from_secs(2), listener.accept())
         .await
@@ -601,6 +606,7 @@ async fn tcp_outbound_connection_has_nodelay_is_reused_and_carries_the_response(
         req: second,
         key: 2,
         reply_to,
+        transport: None,
     });
     let text = read_tcp_message(&mut s, &mut pending)
         .await
@@ -648,6 +654,7 @@ async fn tcp_connect_failure_is_a_transport_error() {
         req: out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]),
         key: 3,
         reply_to,
+        transport: None,
     });
     let out = next(&mut outcomes, 2000).await.expect("outcome");
     assert_eq!(out.key, 3);
@@ -725,6 +732,7 @@ async fn in_dialog_request_follows_the_first_route() {
         ),
         key: 9,
         reply_to,
+        transport: None,
     });
     let (text, _) = recv_udp(&peer, 2000).await.expect("request at the Route");
     let req = parse_request(&text);
@@ -746,6 +754,7 @@ async fn in_dialog_request_without_route_goes_to_the_request_uri() {
         ),
         key: 10,
         reply_to,
+        transport: None,
     });
     let (text, _) = recv_udp(&peer, 2000)
         .await
@@ -761,6 +770,7 @@ async fn outbound_proxy_destination_without_proxy_is_a_transport_error() {
         req: out_subscribe(Destination::OutboundProxy, "sip:juliet@example.com", vec![]),
         key: 11,
         reply_to,
+        transport: None,
     });
     let out = next(&mut outcomes, 2000).await.expect("outcome");
     assert_eq!(out.key, 11);

@@ -27,6 +27,8 @@ pub(crate) struct InRequest {
     pub key: TxnKey,
     /// [`super::txn::request_fp`] of `req`.
     pub fp: u64,
+    /// A MESSAGE's headers for instant messaging, read from the raw bytes here.
+    pub im: Option<Box<pua_xmpp::im_content::MessageHeaders>>,
 }
 
 /// What the socket streams hand to the actor.
@@ -69,7 +71,10 @@ pub(crate) fn decode(bytes: &[u8], source: Source, keys: &KeyHasher) -> Incoming
                 Transport::Udp => request_fp(&req),
                 Transport::Tcp => 0,
             };
-            Incoming::Request(Box::new(InRequest { req, key, fp }), source)
+            // Only a MESSAGE pays for the second look at its raw bytes.
+            let im = (req.method == pua_xmpp::sip::Method::Message)
+                .then(|| Box::new(pua_xmpp::im_content::MessageHeaders::from_raw(bytes)));
+            Incoming::Request(Box::new(InRequest { req, key, fp, im }), source)
         }
         Ok(SipMessage::Response(r)) => Incoming::Response(Box::new(r), source),
         Err(e) => {

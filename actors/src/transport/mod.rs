@@ -453,7 +453,7 @@ impl SipTransport {
     // ---- inbound -------------------------------------------------------------------------
 
     fn on_request(&mut self, inreq: InRequest, source: Source) {
-        let InRequest { req, key, fp } = inreq;
+        let InRequest { req, key, fp, im } = inreq;
         if req.method == Method::Ack {
             debug!(peer = %source.peer, call_id = %req.call_id, "ACK without INVITE transaction dropped");
             return;
@@ -490,6 +490,7 @@ impl SipTransport {
             req,
             source,
             txn: id,
+            im,
         });
     }
 
@@ -923,7 +924,10 @@ impl Handler<SendRequest> for SipTransport {
     type Result = ();
 
     fn handle(&mut self, msg: SendRequest, ctx: &mut Context<Self>) {
-        match self.target_of(&msg.req) {
+        let target = self
+            .target_of(&msg.req)
+            .map(|(t, default)| (t, msg.transport.unwrap_or(default)));
+        match target {
             Err(e) => {
                 warn!(uri = %msg.req.uri, error = %e, "request not sent");
                 msg.reply_to.do_send(TransactionOutcome {
@@ -1110,6 +1114,7 @@ mod tests {
                 req: subscribe(i),
                 key: u64::from(i),
                 reply_to: sink.clone(),
+                transport: None,
             });
         }
         let accepted = tokio::time::timeout(Duration::from_secs(2), listener.accept()).await;
