@@ -10,8 +10,7 @@
 
 use crate::error_map::default_error_type;
 use crate::stanza::{
-    condition_from_name, condition_name, error_type_str, BareJid, DefinedCondition, Jid,
-    StanzaErrorOut, NS_COMPONENT, NS_STANZAS,
+    condition_from_name, BareJid, DefinedCondition, Jid, StanzaErrorOut, NS_COMPONENT, NS_STANZAS,
 };
 use crate::xml::{escape_attr_exact, escape_text_exact};
 
@@ -352,23 +351,7 @@ impl OutMessage {
             out.push_str("'/>");
         }
         if let Some(e) = &self.error {
-            out.push_str("<error type='");
-            out.push_str(error_type_str(&e.kind));
-            out.push('\'');
-            if let Some(by) = &e.by {
-                out.push_str(" by='");
-                escape_attr_exact(out, by);
-                out.push('\'');
-            }
-            out.push_str("><");
-            out.push_str(condition_name(&e.condition));
-            out.push_str(" xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>");
-            if let Some(text) = &e.text {
-                out.push_str("<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>");
-                escape_text_exact(out, text);
-                out.push_str("</text>");
-            }
-            out.push_str("</error>");
+            e.write_xml(out, escape_text_exact, escape_attr_exact);
         }
         out.push_str("</message>");
     }

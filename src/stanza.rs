@@ -120,6 +120,35 @@ pub struct StanzaErrorOut {
     pub by: Option<String>,
 }
 
+impl StanzaErrorOut {
+    /// Writes the `<error/>` child of a presence or message stanza, escaping with the
+    /// stanza's own text and attribute escapers.
+    pub(crate) fn write_xml(
+        &self,
+        out: &mut String,
+        text_escape: fn(&mut String, &str),
+        attr_escape: fn(&mut String, &str),
+    ) {
+        out.push_str("<error type='");
+        out.push_str(error_type_str(&self.kind));
+        out.push('\'');
+        if let Some(by) = &self.by {
+            out.push_str(" by='");
+            attr_escape(out, by);
+            out.push('\'');
+        }
+        out.push_str("><");
+        out.push_str(condition_name(&self.condition));
+        out.push_str(" xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>");
+        if let Some(text) = &self.text {
+            out.push_str("<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>");
+            text_escape(out, text);
+            out.push_str("</text>");
+        }
+        out.push_str("</error>");
+    }
+}
+
 /// An outgoing presence stanza. `from` is always in the component domain.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutPresence {
@@ -212,23 +241,7 @@ impl OutPresence {
             out.push_str("</priority>");
         }
         if let Some(e) = &self.error {
-            out.push_str("<error type='");
-            out.push_str(error_type_str(&e.kind));
-            out.push('\'');
-            if let Some(by) = &e.by {
-                out.push_str(" by='");
-                escape_attr(out, by);
-                out.push('\'');
-            }
-            out.push_str("><");
-            out.push_str(condition_name(&e.condition));
-            out.push_str(" xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>");
-            if let Some(text) = &e.text {
-                out.push_str("<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>");
-                escape_text(out, text);
-                out.push_str("</text>");
-            }
-            out.push_str("</error>");
+            e.write_xml(out, escape_text, escape_attr);
         }
         out.push_str("</presence>");
     }
