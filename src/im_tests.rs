@@ -1447,16 +1447,7 @@ fn cseq_counter_wraps_below_2_31() {
 
 // ---- escape correctness, both directions ------------------------------------------------
 
-/// What an XML reader gets back for a text of ours.
-fn xml_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '\t' | '\n' | '\r' => c,
-            '\u{0}'..='\u{1f}' | '\u{FFFE}' | '\u{FFFF}' => '\u{FFFD}',
-            _ => c,
-        })
-        .collect()
-}
+use crate::message::tests::xml_safe;
 
 fn message_with(body: &str, subject: &str, thread: &str, lang: &str) -> InMessage {
     let mut m = InMessage::from_xml(&from_x("type='chat' id='p'", "")).unwrap();

@@ -376,7 +376,7 @@ impl OutMessage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -531,8 +531,8 @@ mod tests {
     }
 
     /// What a parser gives back for a text we escaped: characters XML 1.0 cannot carry are
-    /// U+FFFD, everything else is unchanged.
-    fn xml_safe(s: &str) -> String {
+    /// U+FFFD, everything else is unchanged. (The IM tests use it too.)
+    pub(crate) fn xml_safe(s: &str) -> String {
         s.chars()
             .map(|c| match c {
                 '\t' | '\n' | '\r' => c,
