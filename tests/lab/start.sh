@@ -54,7 +54,7 @@ need_cmd prosodyctl prosody
 need_cmd sqlite3 sqlite3
 need_cmd ss iproute2
 need_cmd setsid util-linux
-for m in tm sl rr maxfwd textops siputils pv xlog ctl; do need_file "$KMOD_DIR/$m.so" kamailio; done
+for m in tm sl rr maxfwd textops siputils pv xlog ctl usrloc registrar; do need_file "$KMOD_DIR/$m.so" kamailio; done
 need_file "$KMOD_DIR/presence.so" kamailio-presence-modules
 need_file "$KMOD_DIR/presence_xml.so" kamailio-presence-modules
 need_file "$KMOD_DIR/db_sqlite.so" kamailio-sqlite-modules
