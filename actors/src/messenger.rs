@@ -6,7 +6,9 @@
 //! component link ([`ComponentStatus`]). It maps the core's response keys to the transport's
 //! server transactions, sends the core's MESSAGEs (over TCP when the core says `reliable`),
 //! feeds their outcomes back, and keeps one wake-up at the core's `poll_timeout`. Like the
-//! other translators, every input is fed inside [`crate::fault::contain`].
+//! other translators, every input is fed inside [`crate::fault::contain`]. Its address mapper
+//! is a clone of the registry's; the spellings the registry learns later come as
+//! [`LearnSpelling`].
 
 use crate::clock::Wakeup;
 use crate::links::{Links, Outstanding};
@@ -185,6 +187,22 @@ impl Handler<SipMessageIn> for Messenger {
         };
         let answer = Some((key, msg.txn, answer));
         self.input_keyed(input, From::Other, answer, &msg.req.call_id, ctx);
+    }
+}
+
+/// A SIP URI the registry's address mapper decoded (a SIP watcher's From): the Messenger's
+/// own mapper (a clone made when it started) learns its spelling too, so a message to that
+/// user goes to the URI as the user spelled it (mapping case 9), as presence requests do.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LearnSpelling(pub String);
+
+impl Handler<LearnSpelling> for Messenger {
+    type Result = ();
+    fn handle(&mut self, LearnSpelling(uri): LearnSpelling, _: &mut Context<Self>) {
+        if let Err(e) = self.machine.mapper_mut().sip_to_jid(&uri) {
+            tracing::debug!(%uri, error = %e, "spelling not learned");
+        }
     }
 }
 

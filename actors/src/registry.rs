@@ -8,7 +8,7 @@
 
 use crate::links::Links;
 use crate::messages::*;
-use crate::messenger::Messenger;
+use crate::messenger::{LearnSpelling, Messenger};
 use crate::notifier_shard::NotifierShard;
 use crate::shard::{shard_for, ShardConfig, SubscriberShard};
 use crate::store::{lease_left_at, StoreHandle, StoreOp};
@@ -321,6 +321,9 @@ impl Registry {
                 return self.respond(txn, resp);
             }
         };
+        if let Some(m) = &self.messenger {
+            m.do_send(LearnSpelling(req.from.uri.clone()));
+        }
         let known = self
             .sip_watching
             .get(&watcher)

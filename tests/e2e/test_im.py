@@ -24,7 +24,7 @@ import pytest
 import baresip_ua
 import conftest
 from conftest import LAB_IP, PROXY, REQUIRE_GATEWAY
-from sip_ua import SipMessage, SipUA, rand
+from sip_ua import SipMessage, SipUA, Subscription, rand, uri_of
 from xmpp_client import XML_LANG, local, stanza_diff
 
 pytestmark = pytest.mark.gateway
@@ -218,6 +218,28 @@ def test_im_to_unregistered_sip_user_comes_back_as_error_stanza(gw_lab, xmpp):
     assert diff is None, diff
     # Kamailio's registrar said so
     assert "MESSAGE to sip:nobody@sip.test: no registered contact" in kamailio_log(gw_lab)
+
+
+def test_im_goes_to_the_spelling_the_presence_side_learned(gw_lab, xmpp, sip):
+    """A SIP user spelled `Bobby` (JIDs fold it to `bobby`) watches alice: the gateway's
+    presence side learns that spelling (mapping case 9), and alice's message to
+    bobby*sip.test@sip.xmpp.test goes to sip:Bobby@sip.test, not sip:bobby@sip.test."""
+    if gw_lab.mode != "notifier":
+        pytest.skip("only in notifier mode does the gateway itself take SIP watchers' SUBSCRIBEs")
+    ua = sip("Bobby")
+    r = ua.request("REGISTER", "sip:sip.test", to=ua.aor, extra=("Expires: 60",))
+    assert r is not None and r.code == 200, r
+    alice = xmpp("alice")
+    sub = Subscription(ua, ALICE_SIP)
+    r = sub.subscribe(60)
+    assert r is not None and 200 <= r.code < 300, r
+    alice.send("<message type='chat' to='%s' id='im-case'><body>hi Bobby</body></message>"
+               % jid_of("bobby"))
+    m = ua.wait_request("MESSAGE", 5)
+    assert m is not None, "no MESSAGE; alice got %s" % alice.dump_inbox()
+    assert uri_of(m.h("to")) == "sip:Bobby@sip.test", m.h("to")
+    assert m.body == "hi Bobby"
+    sub.unsubscribe()
 
 
 @pytest.fixture
