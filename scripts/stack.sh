@@ -12,7 +12,8 @@
 #   SECRET=gwsecret            XEP-0114 component secret (Prosody and gateway)
 #   LOG_LEVEL=info             the gateway's log.level
 #   XMPP_USERS="alice:alicepw zoe:zoepw"   accounts created on xmpp.test
-# Addresses are the lab's defaults: 127.0.0.1, SIP 5060 (Kamailio) and 5080 (gateway),
+#   LAB_IP=127.0.0.1           the loopback address everything listens on
+# Ports are the lab's defaults: SIP 5060 (Kamailio) and 5080 (gateway),
 # XMPP 5222 (c2s) and 5347 (component), HTTP 9080 (gateway).
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -22,12 +23,14 @@ MODE="${MODE:-notifier}"
 SECRET="${SECRET:-gwsecret}"
 LOG_LEVEL="${LOG_LEVEL:-info}"
 XMPP_USERS="${XMPP_USERS:-alice:alicepw zoe:zoepw}"
-LAB_IP=127.0.0.1
+LAB_IP="${LAB_IP:-127.0.0.1}"
+case "$LAB_IP" in 127.*) ;; *) echo "stack.sh: LAB_IP must be a loopback address" >&2; exit 1 ;; esac
 GW_ADDR="$LAB_IP:5080"
 GW_HTTP="$LAB_IP:9080"
 # the same list as .ci/run
+# (baresip-core: not needed by the stack; the end-to-end IM tests drive it as a SIP phone)
 PKGS="kamailio kamailio-presence-modules kamailio-sqlite-modules kamailio-utils-modules
-      prosody lua-unbound sqlite3 iproute2"
+      prosody lua-unbound sqlite3 iproute2 baresip-core"
 
 die() { echo "stack.sh: $*" >&2; exit 1; }
 case "$STACK_DIR" in /*) ;; *) die "STACK_DIR must be an absolute path" ;; esac
@@ -88,7 +91,8 @@ up() {
 	local bin busy
 	bin="$(gateway_binary)"
 	case "$bin" in /*) ;; *) bin="$PWD/$bin" ;; esac
-	busy=$(ss -Hlntu 2>/dev/null | awk '$5 ~ "^(127[.]0[.]0[.]1|0[.]0[.]0[.]0|[*]|[[]::[]]):(5080|9080)$" {print $1" "$5}' | tr '\n' ' ')
+	busy=$(ss -Hlntu 2>/dev/null | awk -v ip="${LAB_IP//./[.]}" \
+		'$5 ~ "^("ip"|0[.]0[.]0[.]0|[*]|[[]::[]]):(5080|9080)$" {print $1" "$5}' | tr '\n' ' ')
 	[ -z "$busy" ] || die "gateway ports already in use: $busy"
 	# Prosody + Kamailio; start.sh checks 5060/5222/5347 and wipes only a dir it made
 	GW_MODE="$MODE" LAB_IP="$LAB_IP" GW_ADDR="$GW_ADDR" GW_HTTP="$GW_HTTP" SECRET="$SECRET" \
@@ -146,10 +150,11 @@ pua-xmpp stack up (mode $MODE, run dir $STACK_DIR)
   prosody  pid $(cat "$STACK_DIR/prosody.pid")  kamailio pid $(cat "$STACK_DIR/kamailio.pid")
 
 XMPP client: account alice@xmpp.test, password alicepw (also zoe@xmpp.test / zoepw),
-  server 127.0.0.1 port 5222, no TLS (plaintext, PLAIN auth allowed).
+  server $LAB_IP port 5222, no TLS (plaintext, PLAIN auth allowed).
   Add a SIP user as a contact: bob*sip.test@sip.xmpp.test   (= sip:bob@sip.test)
-SIP phone: domain sip.test, proxy/registrar 127.0.0.1:5060 (UDP or TCP; no authentication,
-  no registrar: PUBLISH + SUBSCRIBE only). Watch the XMPP user sip:alice*xmpp.test@sip-xmpp.test
+SIP phone: account sip:bob@sip.test, proxy and registrar $LAB_IP:5060 (UDP or TCP; no
+  authentication). Watch and message the XMPP user sip:alice*xmpp.test@sip-xmpp.test;
+  messages to bob reach the phone while it is registered.
 Logs:  $STACK_DIR/gateway.log  $STACK_DIR/kamailio.log  $STACK_DIR/prosody.log
 Stop:  $0 down
 MSG
