@@ -10,8 +10,8 @@ regint=0). It runs from a generated config dir (`baresip -f DIR`) with no audio 
   stdio.so     the UI output menu.so prints to (no terminal needed for that)
 Run with -s (SIP trace): every SIP message it sends and receives, bodies included, is
 printed. stdout (line-buffered with stdbuf) goes to DIR/baresip.log, which the tests read.
-The process runs in its own session and is stopped by its PID (SIGTERM: baresip
-unregisters before it exits).
+The process stays in the test run's process group (Ctrl-C stops it too), is stopped by its
+PID (SIGTERM: baresip unregisters before it exits), and quits by itself after LIFETIME s.
 """
 import json
 import os
@@ -20,6 +20,7 @@ import socket
 import subprocess
 import time
 
+LIFETIME = 300  # seconds; no test keeps a phone this long
 BARESIP = os.environ.get("BARESIP_BIN", "/usr/bin/baresip")
 MODULE_DIRS = ("/usr/lib/baresip/modules", "/usr/lib64/baresip/modules", "/usr/local/lib/baresip/modules")
 # a failed request's response as contact.so prints it: ESC[31m<code> <reason>ESC[;m
@@ -65,9 +66,12 @@ class Baresip:
             f.write('"peer" <%s>\n' % peer)
         self.log_path = os.path.join(self.dir, "baresip.log")
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(["stdbuf", "-oL", "-eL", BARESIP, "-s", "-f", self.dir],
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            # -t: a baresip left behind by a killed test run quits by itself
+            self.proc = subprocess.Popen(["stdbuf", "-oL", "-eL", BARESIP, "-s", "-t", str(LIFETIME),
+                                          "-f", self.dir],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        with open(os.path.join(self.dir, "baresip.pid"), "w") as f:
+            f.write("%d\n" % self.proc.pid)
         self.ctrl = None
         self._token = 0
 
