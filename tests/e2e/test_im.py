@@ -150,8 +150,8 @@ def test_im_baresip_and_xmpp_client_exchange_unicode(gw_lab, phone, xmpp):
 
     # XMPP -> SIP: alice replies, the phone receives exactly her text
     reply = "Antwort: " + UNICODE
-    alice.send("<message type='chat' to='%s' id='im-u1'><body>%s</body></message>"
-               % (jid_of("carol"), xml_escape(reply)))
+    alice.send("<message type='chat' to='%s' id='im-u1'><body>%s</body>"
+               "<request xmlns='urn:xmpp:receipts'/></message>" % (jid_of("carol"), xml_escape(reply)))
     m = carol.wait_message(reply, 5)
     assert m is not None, "baresip got no MESSAGE with the reply; traced: %r\n%s" % (
         [t["body"][:80] for t in carol.traced("MESSAGE")], carol.output()[-3000:])
@@ -160,7 +160,12 @@ def test_im_baresip_and_xmpp_client_exchange_unicode(gw_lab, phone, xmpp):
     assert m["headers"]["content-type"] == "text/plain;charset=UTF-8", m["headers"]
     # and shows it to its user
     assert carol.wait_shown(reply, 3), carol.output()[-2000:]
-    # delivered (baresip answers 200): no error stanza comes back to alice
+    # delivered (baresip answers 200): alice gets the XEP-0184 receipt she asked for
+    got = alice.wait(is_message(frm=jid_of("carol")), 5, "the receipt")
+    diff = stanza_diff(got, "<message xmlns='jabber:client' from='%s' to='alice@xmpp.test/e2e'>"
+                            "<received xmlns='urn:xmpp:receipts' id='im-u1'/></message>" % jid_of("carol"),
+                       ignore=("id", XML_LANG))
+    assert diff is None, diff
     assert alice.wait(is_message(typ="error"), 1.0) is None
 
 
