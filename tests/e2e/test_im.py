@@ -225,6 +225,21 @@ def test_im_to_unregistered_sip_user_comes_back_as_error_stanza(gw_lab, xmpp):
     assert "MESSAGE to sip:nobody@sip.test: no registered contact" in kamailio_log(gw_lab)
 
 
+def test_im_to_a_phone_that_unregistered_comes_back_as_error_stanza(gw_lab, phone, xmpp):
+    erin = phone("erin")
+    erin.close()  # baresip unregisters when it stops (SIGTERM)
+    alice = xmpp("alice")
+    alice.send("<message type='chat' to='%s' id='im-gone'><body>still there?</body></message>"
+               % jid_of("erin"))
+    got = alice.wait(is_message(typ="error"), 8, "the error stanza")
+    diff = stanza_diff(got, (
+        "<message xmlns='jabber:client' type='error' id='im-gone' to='alice@xmpp.test/e2e' from='%s'>"
+        "<error type='cancel' by='sip.xmpp.test'><item-not-found xmlns='%s'/>"
+        "<text xmlns='%s' xml:lang='en'>SIP 404 Not Found</text></error></message>"
+        % (jid_of("erin"), NS_STANZAS, NS_STANZAS)), ignore=(XML_LANG,))
+    assert diff is None, diff
+
+
 def test_im_goes_to_the_spelling_the_presence_side_learned(gw_lab, xmpp, sip):
     """A SIP user spelled `Bobby` (JIDs fold it to `bobby`) watches alice: the gateway's
     presence side learns that spelling (mapping case 9), and alice's message to
