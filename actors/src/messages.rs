@@ -367,3 +367,10 @@ pub struct StopLinkStatus;
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct GetLinkStatus;
+
+/// A SIP URI the registry's address mapper decoded (a SIP watcher's From): the Messenger's
+/// own mapper (a clone made when it started) learns its spelling too, so a message to that
+/// user goes to the URI as the user spelled it (mapping case 9), as presence requests do.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LearnSpelling(pub String);

@@ -8,7 +8,7 @@
 
 use crate::links::Links;
 use crate::messages::*;
-use crate::messenger::{LearnSpelling, Messenger};
+use crate::messenger::Messenger;
 use crate::notifier_shard::NotifierShard;
 use crate::shard::{shard_for, ShardConfig, SubscriberShard};
 use crate::store::{lease_left_at, StoreHandle, StoreOp};
