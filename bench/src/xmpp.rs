@@ -254,6 +254,28 @@ pub fn child_text<'a>(el: &'a [u8], child: &str) -> Option<Cow<'a, str>> {
     }
 }
 
+/// The start of the text of the first `<body>` child: its raw bytes up to the next `<`
+/// (not unescaped: the IM scenario only reads the number at its start, and a 4 KB body is
+/// not copied for that).
+pub fn body_raw(el: &[u8]) -> Option<&[u8]> {
+    let mut from = tag_end(el)? + 1;
+    loop {
+        let at = from + find(el.get(from..)?, b"<body")?;
+        from = at + 5;
+        match *el.get(at + 5)? {
+            b'>' | b'/' => {}
+            b if b.is_ascii_whitespace() => {}
+            _ => continue,
+        }
+        let gt = at + tag_end(el.get(at..)?)?;
+        if el.get(gt - 1) == Some(&b'/') {
+            return Some(&[]);
+        }
+        let text = el.get(gt + 1..)?;
+        return text.get(..memchr::memchr(b'<', text)?);
+    }
+}
+
 /// Text content of an element without children (`<handshake>hex</handshake>`).
 pub fn text_of(el: &[u8]) -> Option<Cow<'_, str>> {
     let gt = tag_end(el)?;
@@ -424,6 +446,17 @@ mod tests {
             text_of(b"<handshake>abc</handshake>").as_deref(),
             Some("abc")
         );
+    }
+
+    #[test]
+    fn reads_the_raw_body_of_a_message() {
+        let el = b"<message from='s1*sip.bench@c' to='u1@xmpp.bench' type='chat' id='sipm-1'><body>n42 xx&amp;</body><thread>m42.r@bench</thread></message>";
+        assert_eq!(body_raw(el), Some(&b"n42 xx&amp;"[..]));
+        let el = b"<message a='<body>n1</body>'><bodyx>n2</bodyx><body xml:lang='en'>n3</body></message>";
+        assert_eq!(body_raw(el), Some(&b"n3"[..]));
+        assert_eq!(body_raw(b"<message><body/></message>"), Some(&b""[..]));
+        assert_eq!(body_raw(b"<message><subject>n1</subject></message>"), None);
+        assert_eq!(body_raw(b"<message><body>n1"), None);
     }
 
     #[test]
