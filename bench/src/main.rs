@@ -118,6 +118,7 @@ fn run(args: Args) -> Result<(), String> {
         }),
         link: Default::default(),
         xmpp_tx: Mutex::new(None),
+        xmpp_backlog: Default::default(),
         b_route: Mutex::new(Route::Udp(args.gateway_sip)),
         suffixes: peer::Suffixes::of(&args),
         args,
@@ -172,6 +173,9 @@ fn run(args: Args) -> Result<(), String> {
                 .set_nonblocking(false)
                 .and_then(|_| stream.set_nodelay(true))
                 .and_then(|_| stream.set_read_timeout(Some(Duration::from_millis(100))))
+                // Bounded writes: the writer sees the stop flag even when the gateway no
+                // longer reads (the timeout is the socket's, shared with the clone).
+                .and_then(|_| stream.set_write_timeout(Some(Duration::from_millis(200))))
                 .and_then(|_| stream.try_clone());
             match prepared {
                 Err(e) => Err(format!("component socket: {e}")),
@@ -646,6 +650,14 @@ fn run_ladder(ctx: &Ctx, notes: &mut Vec<String>) -> Vec<Step> {
         while Instant::now() < grace_end {
             std::thread::sleep(Duration::from_millis(100));
             peak = peak.max(procstat::rss_kb_of(pid));
+        }
+        let backlog = ctx.xmpp_backlog.load(Ordering::Relaxed);
+        if backlog > 0 {
+            notes.push(format!(
+                "step {rate}/s: {backlog} octets of stanzas were still queued for the \
+                 component stream after the grace period (the gateway reads it slower than \
+                 the step's rate; their messages count as lost, or late)"
+            ));
         }
         let c1 = s.counters();
         let counters: BTreeMap<String, u64> = C_NAMES

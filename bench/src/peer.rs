@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -233,6 +233,9 @@ pub struct Ctx {
     pub link: AtomicU8,
     /// Component-stream writer queue (set once the gateway connects).
     pub xmpp_tx: Mutex<Option<Sender<Vec<u8>>>>,
+    /// Octets queued for the component stream and not yet written: grows when the gateway
+    /// reads its component stream slower than we send.
+    pub xmpp_backlog: AtomicU64,
     /// Scenario b: where our SUBSCRIBEs go (UDP to `--gateway-sip`, or our TCP connection).
     pub b_route: Mutex<Route>,
     pub suffixes: Suffixes,
@@ -459,8 +462,16 @@ impl Ctx {
     /// Queues bytes on the component stream; false when the link is gone.
     pub fn send_xmpp(&self, bytes: Vec<u8>) -> bool {
         let g = self.xmpp_tx.lock().unwrap_or_else(|e| e.into_inner());
+        let len = bytes.len() as u64;
         match g.as_ref() {
-            Some(tx) => tx.send(bytes).is_ok(),
+            Some(tx) => {
+                self.xmpp_backlog.fetch_add(len, Ordering::Relaxed);
+                let ok = tx.send(bytes).is_ok();
+                if !ok {
+                    self.xmpp_backlog.fetch_sub(len, Ordering::Relaxed);
+                }
+                ok
+            }
             None => false,
         }
     }
@@ -1072,6 +1083,7 @@ pub fn sip_tcp_read_loop(ctx: &Ctx, conn: Arc<TcpConn>, mut stream: TcpStream) {
                 sip::Frame::Skip(k) => used += k,
                 sip::Frame::Message(k) => {
                     ctx.shared.inc(C::sip_rx);
+                    ctx.shared.inc(C::sip_tcp_rx);
                     if let Some(m) = data.get(used..used + k) {
                         handle_sip(ctx, m, &route, &mut out);
                     }
@@ -1121,7 +1133,34 @@ enum Phase {
     Session,
 }
 
+/// Writes all of `bytes`, retrying on the socket's write timeout until the tool stops: a
+/// gateway that no longer reads its component stream must not hang the tool at exit.
+/// False on a write error or when stopping.
+fn write_or_stop(ctx: &Ctx, stream: &mut TcpStream, mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        match stream.write(bytes) {
+            Ok(0) => return false,
+            Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                if ctx.shared.stopping() {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 /// Writes queued bytes on the component stream until the queue closes or the tool stops.
+/// `Ctx::xmpp_backlog` counts what is queued and not yet written.
 pub fn xmpp_writer_loop(ctx: &Ctx, mut stream: TcpStream, rx: Receiver<Vec<u8>>) {
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
@@ -1133,8 +1172,13 @@ pub fn xmpp_writer_loop(ctx: &Ctx, mut stream: TcpStream, rx: Receiver<Vec<u8>>)
                         break;
                     }
                 }
-                if stream.write_all(&bytes).is_err() {
-                    ctx.link.store(LINK_CLOSED, Ordering::Relaxed);
+                let ok = write_or_stop(ctx, &mut stream, &bytes);
+                ctx.xmpp_backlog
+                    .fetch_sub(bytes.len() as u64, Ordering::Relaxed);
+                if !ok {
+                    if !ctx.shared.stopping() {
+                        ctx.link.store(LINK_CLOSED, Ordering::Relaxed);
+                    }
                     return;
                 }
             }
@@ -1318,6 +1362,7 @@ mod tests {
             dialogs: Mutex::new(Dialogs::default()),
             link: AtomicU8::new(LINK_WAITING),
             xmpp_tx: Mutex::new(None),
+            xmpp_backlog: AtomicU64::new(0),
             b_route: Mutex::new(Route::Udp(args.gateway_sip)),
             suffixes: Suffixes::of(&args),
             args,
@@ -1801,6 +1846,7 @@ Call-ID: o1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
         let _ = reader.join();
         let text = String::from_utf8_lossy(&got);
         assert_eq!(c.shared.get(C::sip_rx), 2, "{text}");
+        assert_eq!(c.shared.get(C::sip_tcp_rx), 2);
         assert_eq!(c.shared.get(C::subscribe_rx), 1);
         assert_eq!(c.shared.get(C::other_request_rx), 1);
         assert_eq!(c.shared.get(C::sip_tx), 3);

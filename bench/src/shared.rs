@@ -18,6 +18,7 @@ macro_rules! counters {
 
 counters!(
     sip_rx,
+    sip_tcp_rx,
     sip_tx,
     sip_send_errors,
     sip_unparsed,
