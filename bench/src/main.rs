@@ -220,6 +220,12 @@ fn run(args: Args) -> Result<(), String> {
             (n > 0).then_some((c as u16, n))
         })
         .collect();
+    report.error_conditions = ctx
+        .shared
+        .error_conditions
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
     report::print(&report);
     if let Some(path) = &ctx.args.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| format!("JSON: {e}"))?;
@@ -323,6 +329,7 @@ fn report_shell(ctx: &Ctx, setup: Setup, memory: Memory, steps: Vec<Step>) -> Re
         steps,
         counters: BTreeMap::new(),
         response_codes: BTreeMap::new(),
+        error_conditions: BTreeMap::new(),
         notes: Vec::new(),
     }
 }

@@ -1336,6 +1336,13 @@ fn on_message_stanza(s: &Shared, el: &[u8]) {
     let [typ, id] = xmpp::attrs(el, ["type", "id"]);
     if typ == Some(b"error") {
         s.inc(C::stanza_message_error_rx);
+        let cond = xmpp::error_condition(el).unwrap_or(b"(none)");
+        let cond = String::from_utf8_lossy(cond).into_owned();
+        *s.error_conditions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(cond)
+            .or_default() += 1;
         if let Some(seq) = id.and_then(|v| seq_prefix(v, b'x')) {
             s.mark_error_stanza(seq);
         }
@@ -1794,6 +1801,14 @@ Call-ID: m5.r1@bench\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
         on_message_stanza(&c.shared, b"<message from='s6*sip.bench@sip.bench.local' to='u6@xmpp.bench/r' type='error' id='x6'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>");
         assert_eq!(c.shared.get(C::stanza_message_error_rx), 1);
         assert_eq!(c.shared.resp_code[6].load(Ordering::Relaxed), 1);
+        assert_eq!(
+            c.shared
+                .error_conditions
+                .lock()
+                .map(|m| m.get("item-not-found").copied())
+                .ok(),
+            Some(Some(1))
+        );
     }
 
     /// The TCP reader keeps a partial message across reads, skips keepalive CRLFs, and

@@ -110,6 +110,9 @@ pub struct Report {
     pub counters: BTreeMap<String, u64>,
     /// Response codes the gateway sent to our NOTIFYs (a) or SUBSCRIBEs (b).
     pub response_codes: BTreeMap<u16, u64>,
+    /// IM: the gateway's error stanzas to our messages, by condition.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_conditions: BTreeMap<String, u64>,
     pub notes: Vec<String>,
 }
 
@@ -257,6 +260,14 @@ pub fn print(r: &Report) {
             .map(|(c, n)| format!("{c}x{n}"))
             .collect();
         println!("gateway responses: {}", codes.join(" "));
+    }
+    if !r.error_conditions.is_empty() {
+        let c: Vec<String> = r
+            .error_conditions
+            .iter()
+            .map(|(k, n)| format!("{k}x{n}"))
+            .collect();
+        println!("gateway error stanzas: {}", c.join(" "));
     }
     let nz: Vec<String> = r
         .counters

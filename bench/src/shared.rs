@@ -85,6 +85,8 @@ pub struct Shared {
     /// IM, message `seq`: the final response's code (S->X), or 1 for an error stanza
     /// (X->S); 0 = none.
     pub resp_code: Vec<AtomicU16>,
+    /// IM: error stanzas from the gateway by defined condition.
+    pub error_conditions: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 fn zeroed<T: Default>(n: usize) -> Vec<T> {
@@ -108,6 +110,7 @@ impl Shared {
             codes: zeroed(700),
             resp_us: zeroed(im_updates),
             resp_code: zeroed(im_updates),
+            error_conditions: Default::default(),
         }
     }
 
