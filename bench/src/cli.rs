@@ -168,7 +168,7 @@ impl Args {
     pub fn im_of(&self, seq: u64) -> (ImDir, usize) {
         let n = self.n.max(1) as u64;
         match self.im_dir {
-            ImDir::Both if seq % 2 == 0 => (ImDir::X2s, ((seq / 2) % n) as usize),
+            ImDir::Both if seq.is_multiple_of(2) => (ImDir::X2s, ((seq / 2) % n) as usize),
             ImDir::Both => (ImDir::S2x, ((seq / 2) % n) as usize),
             d => (d, (seq % n) as usize),
         }
