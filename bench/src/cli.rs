@@ -9,13 +9,14 @@ pua-xmpp-bench: load tool for SIP/XMPP presence gateways. It plays the XMPP serv
 component listener) and the SIP presence server, so only the gateway is measured.
 
 USAGE:
-    pua-xmpp-bench --scenario a|b [options]
+    pua-xmpp-bench --scenario a|b|im [options]
 
 Scenario a: SIP presentities -> XMPP watchers (gateway as SIP subscriber; NOTIFY -> stanza).
 Scenario b: XMPP presentities -> SIP watchers (gateway as notifier; stanza -> NOTIFY).
+Scenario im: instant messages (chat <message/> <-> SIP MESSAGE), one or both ways.
 
 OPTIONS (defaults in brackets):
-    --n N                  subscriptions (1:1 pairs) [1000]
+    --n N                  subscriptions, or IM sender/recipient pairs (1:1) [1000]
     --xmpp-listen ADDR     component listener [127.0.0.1:15347]
     --component NAME       component domain the gateway claims [sip.bench.local]
     --secret S             component secret [secret]
@@ -28,7 +29,12 @@ OPTIONS (defaults in brackets):
     --separator C          user/domain separator of encoded addresses [*]
     --sip-transport T      udp or tcp: how scenario b sends its SUBSCRIBEs (we always
                            listen on both; scenario a follows the gateway's choice) [udp]
-    --rates R1,R2,...      ladder of update rates per second [5000,15000,50000]
+    --rates R1,R2,...      ladder of update rates per second (im: messages per second
+                           in each direction measured) [5000,15000,50000]
+    --im-direction D       im only: x2s (stanza -> MESSAGE), s2x (MESSAGE -> stanza)
+                           or both (the rate each way at once) [x2s]
+    --body-bytes B         im only: octets of every message body (1..=65536); a MESSAGE
+                           over 1300 octets goes over TCP, as RFC 3261 §18.1.1 asks [100]
     --step-secs S          duration of one ladder step [5]
     --grace-secs S         wait after a step before counting losses [2]
     --setup-window W       subscriptions in flight during set-up [100]
@@ -61,7 +67,25 @@ impl Args {
 pub enum Scenario {
     A,
     B,
+    /// Instant messages (issue 15).
+    Im,
 }
+
+/// Which way the IM scenario sends messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum ImDir {
+    /// XMPP -> SIP: chat stanzas on the component, MESSAGEs at our SIP side.
+    X2s,
+    /// SIP -> XMPP: MESSAGEs to the gateway, chat stanzas on the component.
+    S2x,
+    /// Both at once, each at the step's rate.
+    Both,
+}
+
+/// Largest SIP request sent over UDP (RFC 3261 §18.1.1); IM MESSAGEs above it go over TCP.
+pub const MAX_UDP_REQUEST: usize = 1300;
+/// Octets of an IM MESSAGE besides its body (headers; about 420 with long domains).
+pub const IM_HEAD_ALLOWANCE: usize = 500;
 
 #[derive(Clone, Debug)]
 pub struct Args {
@@ -88,6 +112,8 @@ pub struct Args {
     pub tick_ms: u64,
     pub gateway_pid: Vec<u32>,
     pub json: Option<PathBuf>,
+    pub im_dir: ImDir,
+    pub body_bytes: usize,
 }
 
 impl Default for Args {
@@ -115,6 +141,36 @@ impl Default for Args {
             tick_ms: 1,
             gateway_pid: Vec::new(),
             json: None,
+            im_dir: ImDir::X2s,
+            body_bytes: 100,
+        }
+    }
+}
+
+impl Args {
+    /// IM: whether our MESSAGEs (S->X) go over TCP: asked for, or too large for UDP.
+    pub fn im_tcp(&self) -> bool {
+        self.sip_tcp || self.body_bytes + IM_HEAD_ALLOWANCE > MAX_UDP_REQUEST
+    }
+
+    /// IM: messages sent per second of a step at `rate` (both directions count).
+    pub fn im_multiplier(&self) -> u64 {
+        if self.im_dir == ImDir::Both {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// IM: direction and pair index of message `seq`. With both directions, even numbers
+    /// go XMPP -> SIP and odd ones SIP -> XMPP; consecutive messages of one direction go to
+    /// consecutive pairs, so each pair sees rate / n messages a second each way.
+    pub fn im_of(&self, seq: u64) -> (ImDir, usize) {
+        let n = self.n.max(1) as u64;
+        match self.im_dir {
+            ImDir::Both if seq.is_multiple_of(2) => (ImDir::X2s, ((seq / 2) % n) as usize),
+            ImDir::Both => (ImDir::S2x, ((seq / 2) % n) as usize),
+            d => (d, (seq % n) as usize),
         }
     }
 }
@@ -177,7 +233,8 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
                 scenario = Some(match v.to_ascii_lowercase().as_str() {
                     "a" => Scenario::A,
                     "b" => Scenario::B,
-                    _ => return Err(format!("--scenario: {v:?} is not a or b")),
+                    "im" => Scenario::Im,
+                    _ => return Err(format!("--scenario: {v:?} is not a, b or im")),
                 })
             }
             "--n" => {
@@ -249,11 +306,25 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
                     .collect::<Result<_, _>>()?
             }
             "--json" => a.json = Some(PathBuf::from(v)),
+            "--im-direction" => {
+                a.im_dir = match v.to_ascii_lowercase().as_str() {
+                    "x2s" => ImDir::X2s,
+                    "s2x" => ImDir::S2x,
+                    "both" => ImDir::Both,
+                    _ => return Err(format!("--im-direction: {v:?} is not x2s, s2x or both")),
+                }
+            }
+            "--body-bytes" => {
+                a.body_bytes = num(&key, v)?;
+                if a.body_bytes == 0 || a.body_bytes > 65536 {
+                    return Err("--body-bytes: must be 1..=65536".into());
+                }
+            }
             _ => return Err(format!("unknown option {key}")),
         }
         i += 1;
     }
-    a.scenario = scenario.ok_or("--scenario a|b is required")?;
+    a.scenario = scenario.ok_or("--scenario a|b|im is required")?;
     Ok(Command::Run(Box::new(a)))
 }
 
@@ -308,6 +379,46 @@ mod tests {
         assert_eq!(a.step_secs, 3.0);
         assert_eq!(a.gateway_pid, vec![42]);
         assert_eq!(a.separator, '%');
+    }
+
+    #[test]
+    fn parses_the_im_options() {
+        let Ok(Command::Run(a)) = parse(&args(
+            "--scenario im --im-direction both --body-bytes 4096 --n 3 --rates 1000",
+        )) else {
+            panic!("parse failed")
+        };
+        assert_eq!(
+            (a.scenario, a.im_dir, a.body_bytes),
+            (Scenario::Im, ImDir::Both, 4096)
+        );
+        assert!(a.im_tcp());
+        assert_eq!(a.im_multiplier(), 2);
+        // Both ways: even numbers x2s, odd s2x, pairs advancing every two messages.
+        let got: Vec<_> = (0..8).map(|s| a.im_of(s)).collect();
+        assert_eq!(
+            got,
+            [
+                (ImDir::X2s, 0),
+                (ImDir::S2x, 0),
+                (ImDir::X2s, 1),
+                (ImDir::S2x, 1),
+                (ImDir::X2s, 2),
+                (ImDir::S2x, 2),
+                (ImDir::X2s, 0),
+                (ImDir::S2x, 0)
+            ]
+        );
+        let Ok(Command::Run(d)) = parse(&args("--scenario im")) else {
+            panic!("parse failed")
+        };
+        assert_eq!(
+            (d.im_dir, d.body_bytes, d.im_tcp()),
+            (ImDir::X2s, 100, false)
+        );
+        assert_eq!(d.im_of(1001), (ImDir::X2s, 1));
+        assert!(parse(&args("--scenario im --body-bytes 0")).is_err());
+        assert!(parse(&args("--scenario im --im-direction up")).is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod shared;
 mod sip;
 mod xmpp;
 
-use cli::{Args, Command, Scenario};
+use cli::{Args, Command, ImDir, Scenario};
 use peer::{Ctx, Route, LINK_CLOSED, LINK_REFUSED, LINK_UP, LINK_WAITING};
 use procstat::CpuMark;
 use report::{percentiles, Memory, Report, Setup, Step};
@@ -76,7 +76,11 @@ fn run(args: Args) -> Result<(), String> {
         .rates
         .iter()
         .map(|&r| (r as f64 * args.step_secs * 1.05) as u64 + 1000)
-        .sum();
+        .sum::<u64>()
+        * match args.scenario {
+            Scenario::Im => args.im_multiplier(),
+            _ => 1,
+        };
     if updates > MAX_UPDATES {
         return Err(format!(
             "the ladder would send {updates} updates; at most {MAX_UPDATES} per run"
@@ -99,14 +103,22 @@ fn run(args: Args) -> Result<(), String> {
         .unwrap_or(0);
     let ctx = Arc::new(Ctx {
         run: format!("{:x}", nanos ^ std::process::id()),
-        shared: Shared::new(args.n, updates as usize),
+        shared: Shared::new(
+            args.n,
+            updates as usize,
+            match args.scenario {
+                Scenario::Im => updates as usize,
+                _ => 0,
+            },
+        ),
         sock,
         dialogs: Mutex::new(match args.scenario {
             Scenario::A => peer::Dialogs::with_capacity(args.n),
-            Scenario::B => peer::Dialogs::default(),
+            Scenario::B | Scenario::Im => peer::Dialogs::default(),
         }),
         link: Default::default(),
         xmpp_tx: Mutex::new(None),
+        xmpp_backlog: Default::default(),
         b_route: Mutex::new(Route::Udp(args.gateway_sip)),
         suffixes: peer::Suffixes::of(&args),
         args,
@@ -136,7 +148,13 @@ fn run(args: Args) -> Result<(), String> {
         std::thread::spawn(move || peer::sip_tcp_accept_loop(c, sip_listener))
     };
     let mut threads = vec![sip_thread, tcp_thread];
-    if ctx.args.scenario == Scenario::B && ctx.args.sip_tcp {
+    let a = &ctx.args;
+    let sip_tcp_out = match a.scenario {
+        Scenario::B => a.sip_tcp,
+        Scenario::Im => a.im_dir != ImDir::X2s && a.im_tcp(),
+        Scenario::A => false,
+    };
+    if sip_tcp_out {
         match peer::sip_tcp_connect(&ctx, &mut threads) {
             Ok(r) => *ctx.b_route.lock().unwrap_or_else(|e| e.into_inner()) = r,
             Err(e) => {
@@ -155,6 +173,9 @@ fn run(args: Args) -> Result<(), String> {
                 .set_nonblocking(false)
                 .and_then(|_| stream.set_nodelay(true))
                 .and_then(|_| stream.set_read_timeout(Some(Duration::from_millis(100))))
+                // Bounded writes: the writer sees the stop flag even when the gateway no
+                // longer reads (the timeout is the socket's, shared with the clone).
+                .and_then(|_| stream.set_write_timeout(Some(Duration::from_millis(200))))
                 .and_then(|_| stream.try_clone());
             match prepared {
                 Err(e) => Err(format!("component socket: {e}")),
@@ -199,6 +220,12 @@ fn run(args: Args) -> Result<(), String> {
             (n > 0).then_some((c as u16, n))
         })
         .collect();
+    report.error_conditions = ctx
+        .shared
+        .error_conditions
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
     report::print(&report);
     if let Some(path) = &ctx.args.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| format!("JSON: {e}"))?;
@@ -219,9 +246,30 @@ fn measure(ctx: &Ctx, notes: &mut Vec<String>) -> Result<Report, String> {
         LINK_REFUSED => return Err("component handshake failed: wrong secret".into()),
         _ => return Err("component stream did not complete the handshake".into()),
     }
-    eprintln!("component connected; setting up {} subscriptions...", a.n);
     let pid = Some(a.gateway_pid.as_slice());
     let rss_before = procstat::rss_kb_of(pid);
+    if a.scenario == Scenario::Im {
+        // No set-up: messages need no subscription. Memory is taken before and after the
+        // ladder (the peak of each step is in its row).
+        let steps = run_ladder(ctx, notes);
+        let unmatched =
+            ctx.shared.get(C::update_unmatched) + ctx.shared.get(C::message_unmatched_rx);
+        if unmatched > 0 {
+            notes.push(format!(
+                "{unmatched} messages arrived whose n<seq> was never sent (foreign or corrupted text)"
+            ));
+        }
+        if ctx.link_state() == LINK_CLOSED {
+            notes.push("the gateway closed the component stream during the run".into());
+        }
+        let memory = Memory {
+            gateway_rss_before_kb: rss_before,
+            gateway_rss_after_run_kb: procstat::rss_kb_of(pid),
+            ..Memory::default()
+        };
+        return Ok(report_shell(ctx, Setup::default(), memory, steps));
+    }
+    eprintln!("component connected; setting up {} subscriptions...", a.n);
     let setup = run_setup(ctx);
     eprintln!(
         "set-up: {}/{} done; letting the gateway settle 1 s",
@@ -238,6 +286,7 @@ fn measure(ctx: &Ctx, notes: &mut Vec<String>) -> Result<Report, String> {
             }
             _ => None,
         },
+        gateway_rss_after_run_kb: None,
     };
     if setup.completed == 0 {
         notes.push("no subscription was set up: ladder skipped".into());
@@ -261,6 +310,16 @@ fn report_shell(ctx: &Ctx, setup: Setup, memory: Memory, steps: Vec<Step>) -> Re
         scenario: match ctx.args.scenario {
             Scenario::A => "a (SIP presentity -> XMPP watcher)".into(),
             Scenario::B => "b (XMPP presentity -> SIP watcher)".into(),
+            Scenario::Im => format!(
+                "im ({}, body {} octets, our MESSAGEs over {})",
+                match ctx.args.im_dir {
+                    ImDir::X2s => "XMPP -> SIP",
+                    ImDir::S2x => "SIP -> XMPP",
+                    ImDir::Both => "both ways",
+                },
+                ctx.args.body_bytes,
+                if ctx.args.im_tcp() { "TCP" } else { "UDP" }
+            ),
         },
         n: ctx.args.n,
         component: ctx.args.component.clone(),
@@ -270,6 +329,7 @@ fn report_shell(ctx: &Ctx, setup: Setup, memory: Memory, steps: Vec<Step>) -> Re
         steps,
         counters: BTreeMap::new(),
         response_codes: BTreeMap::new(),
+        error_conditions: BTreeMap::new(),
         notes: Vec::new(),
     }
 }
@@ -299,6 +359,8 @@ fn send_setup(ctx: &Ctx, from: usize, to: usize, sip_buf: &mut Vec<u8>) {
             ctx.shared.add(C::stanza_tx, (to - from) as u64);
             ctx.send_xmpp(s);
         }
+        // No set-up in the IM scenario (`measure` does not call it).
+        Scenario::Im => {}
         Scenario::B => {
             let route = ctx
                 .b_route
@@ -372,7 +434,7 @@ fn run_setup(ctx: &Ctx) -> Setup {
             match a.scenario {
                 Scenario::A => ctx.retransmit_initial(),
                 Scenario::B if !a.sip_tcp => retransmit_subscribes(ctx, &mut b_retx, &mut buf),
-                Scenario::B => {}
+                Scenario::B | Scenario::Im => {}
             }
         }
         std::thread::sleep(tick);
@@ -422,6 +484,7 @@ fn run_setup(ctx: &Ctx) -> Setup {
 fn send_updates(ctx: &Ctx, targets: &[usize], from: u64, k: u64, buf: &mut Vec<u8>) -> bool {
     match ctx.args.scenario {
         Scenario::A => ctx.send_notify_batch(targets, from, k, buf),
+        Scenario::Im => ctx.send_im_batch(from, k, buf),
         Scenario::B => {
             if targets.is_empty() {
                 return false;
@@ -442,28 +505,70 @@ fn send_updates(ctx: &Ctx, targets: &[usize], from: u64, k: u64, buf: &mut Vec<u
     }
 }
 
-/// Counts, over updates `range`, those delivered, their duplicates and latencies.
-fn tally(s: &Shared, range: std::ops::Range<u64>) -> (u64, u64, u64, Vec<u32>) {
-    let (mut sent, mut dups) = (0u64, 0u64);
-    let mut lats = Vec::new();
+/// What happened to the updates (or IM messages) of one step.
+#[derive(Default)]
+struct Tally {
+    sent: u64,
+    delivered: u64,
+    dups: u64,
+    lats: Vec<u32>,
+    /// IM: error stanzas (X->S) or non-2xx final responses (S->X).
+    errors: u64,
+    /// IM S->X: final responses received, and their latencies.
+    responses: u64,
+    resp_lats: Vec<u32>,
+}
+
+fn dir_name(d: ImDir) -> &'static str {
+    match d {
+        ImDir::X2s => "x2s",
+        ImDir::S2x => "s2x",
+        ImDir::Both => "both",
+    }
+}
+
+/// Counts, over updates `range` (IM: those of direction `dir` only), those delivered, their
+/// duplicates and latencies, and for IM the errors and final responses.
+fn tally(s: &Shared, a: &Args, range: std::ops::Range<u64>, dir: Option<ImDir>) -> Tally {
+    let mut t = Tally::default();
     for seq in range {
+        if dir.is_some_and(|d| a.im_of(seq).0 != d) {
+            continue;
+        }
         let i = seq as usize;
         if s.sent_at
             .get(i)
             .is_some_and(|v| v.load(Ordering::Relaxed) != 0)
         {
-            sent += 1;
+            t.sent += 1;
         }
         if let Some(l) = s.lat_us.get(i).map(|v| v.load(Ordering::Relaxed)) {
             if l != 0 {
-                lats.push(l - 1);
+                t.lats.push(l - 1);
             }
         }
         if let Some(h) = s.hits.get(i).map(|v| v.load(Ordering::Relaxed)) {
-            dups += u64::from(h.saturating_sub(1));
+            t.dups += u64::from(h.saturating_sub(1));
+        }
+        let code = s.resp_code.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+        match dir {
+            Some(ImDir::S2x) if code != 0 => {
+                t.responses += 1;
+                if code >= 300 {
+                    t.errors += 1;
+                }
+                if let Some(l) = s.resp_us.get(i).map(|v| v.load(Ordering::Relaxed)) {
+                    if l != 0 {
+                        t.resp_lats.push(l - 1);
+                    }
+                }
+            }
+            Some(_) if code == 1 => t.errors += 1,
+            _ => {}
         }
     }
-    (sent, lats.len() as u64, dups, lats)
+    t.delivered = t.lats.len() as u64;
+    t
 }
 
 fn run_ladder(ctx: &Ctx, notes: &mut Vec<String>) -> Vec<Step> {
@@ -479,15 +584,27 @@ fn run_ladder(ctx: &Ctx, notes: &mut Vec<String>) -> Vec<Step> {
                 .collect()
         }
         Scenario::B => (0..a.n).filter(|&i| s.is_set_up(i)).collect(),
+        Scenario::Im => Vec::new(),
     };
-    notes.push(format!(
-        "updates go round-robin over {} {}",
-        targets.len(),
-        match a.scenario {
-            Scenario::A => "SIP dialogs (NOTIFY, note n<seq> -> <status>)",
-            Scenario::B => "XMPP users (presence, status n<seq> -> PIDF <note>)",
-        }
-    ));
+    notes.push(match a.scenario {
+        Scenario::A => format!(
+            "updates go round-robin over {} SIP dialogs (NOTIFY, note n<seq> -> <status>)",
+            targets.len()
+        ),
+        Scenario::B => format!(
+            "updates go round-robin over {} XMPP users (presence, status n<seq> -> PIDF <note>)",
+            targets.len()
+        ),
+        Scenario::Im => format!(
+            "messages go round-robin over {} pairs u<i>@{} <-> sip:s<i>@{} (body n<seq> + filler); \
+             the rate is per direction",
+            a.n, a.xmpp_domain, a.sip_domain
+        ),
+    });
+    let mult = match a.scenario {
+        Scenario::Im => a.im_multiplier(),
+        _ => 1,
+    };
     let tick = Duration::from_millis(a.tick_ms);
     let step_dur = Duration::from_secs_f64(a.step_secs);
     let grace = Duration::from_secs_f64(a.grace_secs);
@@ -512,13 +629,13 @@ fn run_ladder(ctx: &Ctx, notes: &mut Vec<String>) -> Vec<Step> {
         let mut peak = procstat::rss_kb_of(pid);
         let mut last_rss = Instant::now();
         let mut truncated = false;
-        let burst = (rate / 50).max(1);
+        let burst = (rate * mult / 50).max(1);
         loop {
             let el = start.elapsed();
             if el >= step_dur {
                 break;
             }
-            let target = (rate as f64 * el.as_secs_f64()) as u64;
+            let target = ((rate * mult) as f64 * el.as_secs_f64()) as u64;
             let k = target.saturating_sub(sent).min(burst);
             if k > 0 {
                 if !send_updates(ctx, &targets, next_seq, k, &mut buf) {
@@ -541,40 +658,61 @@ fn run_ladder(ctx: &Ctx, notes: &mut Vec<String>) -> Vec<Step> {
             std::thread::sleep(Duration::from_millis(100));
             peak = peak.max(procstat::rss_kb_of(pid));
         }
-        let (sent_n, delivered, dups, lats) = tally(s, seq0..next_seq);
-        let lost = sent_n.saturating_sub(delivered);
+        let backlog = ctx.xmpp_backlog.load(Ordering::Relaxed);
+        if backlog > 0 {
+            notes.push(format!(
+                "step {rate}/s: {backlog} octets of stanzas were still queued for the \
+                 component stream after the grace period (the gateway reads it slower than \
+                 the step's rate; their messages count as lost, or late)"
+            ));
+        }
         let c1 = s.counters();
-        let counters = C_NAMES
+        let counters: BTreeMap<String, u64> = C_NAMES
             .iter()
             .zip(c1.iter().zip(c0.iter()))
             .filter(|(_, (x, y))| x > y)
             .map(|(k, (x, y))| ((*k).to_owned(), x - y))
             .collect();
-        ranges.push(seq0..next_seq);
-        steps.push(Step {
-            target_rate: rate,
-            send_secs,
-            sent: sent_n,
-            sent_per_sec: sent_n as f64 / send_secs,
-            delivered,
-            delivered_per_sec: delivered as f64 / send_secs,
-            lost,
-            loss_pct: if sent_n > 0 {
-                100.0 * lost as f64 / sent_n as f64
-            } else {
-                0.0
-            },
-            late: 0,
-            duplicates: dups,
-            latency: percentiles(lats),
-            gateway_cpu_pct: gw0.pct_until(&gw1),
-            gateway_peak_rss_kb: peak,
-            tool_cpu_pct: me0.pct_until(&me1),
-            gateway_udp_drops: delta(drops0.0, drops(a).0),
-            tool_udp_drops: delta(drops0.1, drops(a).1),
-            counters,
-            truncated,
-        });
+        let (gw_drops, tool_drops) = (delta(drops0.0, drops(a).0), delta(drops0.1, drops(a).1));
+        // IM both ways: one row per direction, each with its own half of the messages.
+        let dirs: Vec<Option<ImDir>> = match (a.scenario, a.im_dir) {
+            (Scenario::Im, ImDir::Both) => vec![Some(ImDir::X2s), Some(ImDir::S2x)],
+            (Scenario::Im, d) => vec![Some(d)],
+            _ => vec![None],
+        };
+        for dir in dirs {
+            let t = tally(s, a, seq0..next_seq, dir);
+            let lost = t.sent.saturating_sub(t.delivered);
+            ranges.push((seq0..next_seq, dir));
+            steps.push(Step {
+                direction: dir.map(|d| dir_name(d).to_owned()),
+                target_rate: rate,
+                send_secs,
+                sent: t.sent,
+                sent_per_sec: t.sent as f64 / send_secs,
+                delivered: t.delivered,
+                delivered_per_sec: t.delivered as f64 / send_secs,
+                lost,
+                loss_pct: if t.sent > 0 {
+                    100.0 * lost as f64 / t.sent as f64
+                } else {
+                    0.0
+                },
+                late: 0,
+                duplicates: t.dups,
+                latency: percentiles(t.lats),
+                errors: t.errors,
+                final_responses: (dir == Some(ImDir::S2x)).then_some(t.responses),
+                final_response_latency: (dir == Some(ImDir::S2x)).then(|| percentiles(t.resp_lats)),
+                gateway_cpu_pct: gw0.pct_until(&gw1),
+                gateway_peak_rss_kb: peak,
+                tool_cpu_pct: me0.pct_until(&me1),
+                gateway_udp_drops: gw_drops,
+                tool_udp_drops: tool_drops,
+                counters: counters.clone(),
+                truncated,
+            });
+        }
         if truncated {
             notes.push(format!(
                 "step {rate}/s ended early (send table full or link down)"
@@ -583,9 +721,9 @@ fn run_ladder(ctx: &Ctx, notes: &mut Vec<String>) -> Vec<Step> {
         }
     }
     // Arrivals after a step's grace period: recount now.
-    for (st, r) in steps.iter_mut().zip(ranges) {
-        let (_, delivered, _, _) = tally(s, r);
-        st.late = delivered.saturating_sub(st.delivered);
+    for (st, (r, dir)) in steps.iter_mut().zip(ranges) {
+        let t = tally(s, a, r, dir);
+        st.late = t.delivered.saturating_sub(st.delivered);
     }
     steps
 }

@@ -2,15 +2,15 @@
 //! the XMPP server (the component listener). Each runs on plain threads with blocking sockets
 //! and short read timeouts, so every loop sees the stop flag.
 
-use crate::cli::{Args, Scenario};
-use crate::shared::{index_of, seq_of, Shared, C};
+use crate::cli::{Args, ImDir, Scenario};
+use crate::shared::{index_of, seq_of, seq_prefix, Shared, C};
 use crate::sip::{self, push_all, push_dec, Dec, First, Msg};
 use crate::xmpp::{self, Ev, Scanner};
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -233,6 +233,9 @@ pub struct Ctx {
     pub link: AtomicU8,
     /// Component-stream writer queue (set once the gateway connects).
     pub xmpp_tx: Mutex<Option<Sender<Vec<u8>>>>,
+    /// Octets queued for the component stream and not yet written: grows when the gateway
+    /// reads its component stream slower than we send.
+    pub xmpp_backlog: AtomicU64,
     /// Scenario b: where our SUBSCRIBEs go (UDP to `--gateway-sip`, or our TCP connection).
     pub b_route: Mutex<Route>,
     pub suffixes: Suffixes,
@@ -250,6 +253,12 @@ pub struct Suffixes {
     /// `--sip-listen` as text (Via, Contact): formatting the socket address for every
     /// message was a visible share of the tool's CPU.
     pub sip_listen: String,
+    /// IM: the XMPP users at the gateway, after `u<i>`: `*xmpp.bench@gw.bench.local`.
+    im_gateway_user: String,
+    /// IM: `--body-bytes` filler octets (`x`), cut to size per message.
+    im_pad: String,
+    /// IM: the To-tag of our 200s to the gateway's MESSAGEs.
+    pub im_tag: String,
 }
 
 impl Suffixes {
@@ -262,6 +271,9 @@ impl Suffixes {
             a_presentity_escaped,
             b_user: format!("@{}", a.xmpp_domain),
             sip_listen: a.sip_listen.to_string(),
+            im_gateway_user: format!("{}{}@{}", a.separator, a.xmpp_domain, a.gateway_domain),
+            im_pad: "x".repeat(a.body_bytes),
+            im_tag: "im-bench".into(),
         }
     }
 }
@@ -279,6 +291,142 @@ impl Ctx {
         push_all(out, &["@", &self.args.xmpp_domain, "' to='p"]);
         out.extend_from_slice(dec.as_bytes());
         push_all(out, &[&self.suffixes.a_presentity_escaped, "'/>"]);
+    }
+
+    // ---- IM: messages each way ------------------------------------------------------------
+
+    /// Length of the body of IM message `seq`: `--body-bytes`, or `n<seq>` when longer.
+    pub fn im_body_len(&self, seq: u64) -> usize {
+        self.args.body_bytes.max(1 + digits(seq))
+    }
+
+    /// The body of IM message `seq`: `n<seq> ` then `x` filler up to `--body-bytes` octets
+    /// (nothing to escape, the same text in the stanza and the MESSAGE).
+    fn push_im_body(&self, out: &mut Vec<u8>, seq: u64) {
+        let start = out.len();
+        out.push(b'n');
+        push_dec(out, seq);
+        let used = out.len() - start;
+        if used < self.args.body_bytes {
+            out.push(b' ');
+            let pad = self.args.body_bytes - used - 1;
+            out.extend_from_slice(
+                self.suffixes
+                    .im_pad
+                    .as_bytes()
+                    .get(..pad)
+                    .unwrap_or_default(),
+            );
+        }
+    }
+
+    /// IM XMPP -> SIP: the chat stanza of XMPP user `u<i>` to SIP user `s<i>` (at the
+    /// component `s<i>*sip.bench@component`), id `x<seq>`; appended to `out`.
+    pub fn write_im_stanza(&self, out: &mut Vec<u8>, i: usize, seq: u64) {
+        let dec = Dec::new(i as u64);
+        out.extend_from_slice(b"<message type='chat' from='u");
+        out.extend_from_slice(dec.as_bytes());
+        push_all(out, &["@", &self.args.xmpp_domain, "/r' to='s"]);
+        out.extend_from_slice(dec.as_bytes());
+        push_all(out, &[&self.suffixes.a_presentity_escaped, "' id='x"]);
+        push_dec(out, seq);
+        out.extend_from_slice(b"'><body>");
+        self.push_im_body(out, seq);
+        out.extend_from_slice(b"</body></message>");
+    }
+
+    /// IM SIP -> XMPP: the MESSAGE of SIP user `sip:s<i>@sip.bench` to XMPP user `u<i>` at
+    /// the gateway (`sip:u<i>*xmpp.bench@gw.bench.local`); Call-ID `m<seq>.<run>@bench`
+    /// names the message in the gateway's final response.
+    pub fn write_im_message(&self, out: &mut Vec<u8>, i: usize, seq: u64, proto: &str) {
+        let dec = Dec::new(i as u64);
+        let sq = Dec::new(seq);
+        let (a, sx) = (&self.args, &self.suffixes);
+        out.clear();
+        out.reserve(400 + self.im_body_len(seq));
+        out.extend_from_slice(b"MESSAGE sip:u");
+        out.extend_from_slice(dec.as_bytes());
+        push_all(
+            out,
+            &[&sx.im_gateway_user, " SIP/2.0\r\nVia: SIP/2.0/", proto, " "],
+        );
+        push_all(
+            out,
+            &[
+                &sx.sip_listen,
+                ";branch=z9hG4bKm",
+                sq.as_str(),
+                ".",
+                &self.run,
+            ],
+        );
+        out.extend_from_slice(b";rport\r\nMax-Forwards: 70\r\nFrom: <sip:s");
+        out.extend_from_slice(dec.as_bytes());
+        push_all(
+            out,
+            &["@", &a.sip_domain, ">;tag=s", dec.as_str(), ".", &self.run],
+        );
+        out.extend_from_slice(b"\r\nTo: <sip:u");
+        out.extend_from_slice(dec.as_bytes());
+        push_all(
+            out,
+            &[&sx.im_gateway_user, ">\r\nCall-ID: m", sq.as_str(), "."],
+        );
+        push_all(out, &[&self.run, "@bench\r\nCSeq: 1 MESSAGE\r\n"]);
+        out.extend_from_slice(b"Content-Type: text/plain;charset=UTF-8\r\nContent-Length: ");
+        push_dec(out, self.im_body_len(seq) as u64);
+        out.extend_from_slice(b"\r\n\r\n");
+        self.push_im_body(out, seq);
+    }
+
+    /// Message number of one of our IM Call-IDs (`m<seq>.<run>@bench`).
+    pub fn im_seq(&self, call_id: Option<&str>) -> Option<u64> {
+        let (m, rest) = call_id?.split_once('.')?;
+        if rest.strip_suffix("@bench") != Some(self.run.as_str()) {
+            return None;
+        }
+        let digits = m.strip_prefix('m')?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
+    /// Sends IM messages `from..from+k` (directions and pairs from [`Args::im_of`]): the
+    /// stanzas of the batch in one component write, each MESSAGE on its own. False when
+    /// the send table is full or the component link is gone.
+    pub fn send_im_batch(&self, from: u64, k: u64, buf: &mut Vec<u8>) -> bool {
+        let route = self
+            .b_route
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut stanzas = Vec::new();
+        let mut n_stanzas = 0u64;
+        for seq in from..from + k {
+            if !self.shared.mark_sent(seq) {
+                return false;
+            }
+            match self.args.im_of(seq) {
+                (ImDir::S2x, i) => {
+                    self.write_im_message(buf, i, seq, route.proto());
+                    self.shared.inc(C::message_tx);
+                    self.send_sip(buf, &route);
+                }
+                (_, i) => {
+                    if stanzas.is_empty() {
+                        stanzas.reserve(k as usize * (160 + self.args.body_bytes));
+                    }
+                    self.write_im_stanza(&mut stanzas, i, seq);
+                    n_stanzas += 1;
+                }
+            }
+        }
+        if stanzas.is_empty() {
+            return true;
+        }
+        self.shared.add(C::stanza_tx, n_stanzas);
+        self.send_xmpp(stanzas)
     }
 
     // ---- sending -----------------------------------------------------------------------
@@ -314,8 +462,16 @@ impl Ctx {
     /// Queues bytes on the component stream; false when the link is gone.
     pub fn send_xmpp(&self, bytes: Vec<u8>) -> bool {
         let g = self.xmpp_tx.lock().unwrap_or_else(|e| e.into_inner());
+        let len = bytes.len() as u64;
         match g.as_ref() {
-            Some(tx) => tx.send(bytes).is_ok(),
+            Some(tx) => {
+                self.xmpp_backlog.fetch_add(len, Ordering::Relaxed);
+                let ok = tx.send(bytes).is_ok();
+                if !ok {
+                    self.xmpp_backlog.fetch_sub(len, Ordering::Relaxed);
+                }
+                ok
+            }
             None => false,
         }
     }
@@ -651,6 +807,22 @@ fn handle_sip(ctx: &Ctx, data: &[u8], peer: &Route, out: &mut Vec<u8>) {
                     });
                     ctx.shared.code(code);
                 }
+                Some("MESSAGE") => {
+                    if code < 200 {
+                        return;
+                    }
+                    let first = ctx
+                        .im_seq(m.get("call-id"))
+                        .is_some_and(|seq| ctx.shared.mark_response(seq, code));
+                    if first {
+                        ctx.shared.inc(if ok {
+                            C::response_2xx_to_message
+                        } else {
+                            C::response_other_to_message
+                        });
+                        ctx.shared.code(code);
+                    }
+                }
                 Some("SUBSCRIBE") => {
                     if code >= 200 {
                         if let Some(i) = ctx.b_index(m.get("call-id")) {
@@ -671,7 +843,8 @@ fn handle_sip(ctx: &Ctx, data: &[u8], peer: &Route, out: &mut Vec<u8>) {
             "SUBSCRIBE" => on_subscribe(ctx, &m, peer, out),
             "NOTIFY" => on_notify(ctx, &m, peer),
             "ACK" => {}
-            "OPTIONS" | "MESSAGE" => {
+            "MESSAGE" => on_message(ctx, &m, peer, out),
+            "OPTIONS" => {
                 ctx.shared.inc(C::other_request_rx);
                 respond(ctx, &m, peer, 200, "OK", "");
             }
@@ -806,6 +979,20 @@ fn on_subscribe(ctx: &Ctx, m: &Msg<'_>, peer: &Route, out: &mut Vec<u8>) {
     t.list.push(d);
 }
 
+/// The SIP user's side of an IM MESSAGE from the gateway (XMPP -> SIP): `200 OK` at once,
+/// and the body's `n<seq>` is the delivery. Any MESSAGE is answered, ours or not.
+fn on_message(ctx: &Ctx, m: &Msg<'_>, peer: &Route, out: &mut Vec<u8>) {
+    ctx.shared.inc(C::message_rx);
+    match seq_prefix(m.body, b'n') {
+        Some(seq) => ctx.shared.mark_delivered(seq),
+        None => ctx.shared.inc(C::message_unmatched_rx),
+    }
+    out.clear();
+    sip::write_response(out, m, 200, "OK", Some(&ctx.suffixes.im_tag), "");
+    ctx.send_sip(out, peer);
+    out.clear();
+}
+
 /// The SIP watcher's side of a NOTIFY from the gateway (scenario b).
 fn on_notify(ctx: &Ctx, m: &Msg<'_>, peer: &Route) {
     ctx.shared.inc(C::notify_rx);
@@ -896,6 +1083,7 @@ pub fn sip_tcp_read_loop(ctx: &Ctx, conn: Arc<TcpConn>, mut stream: TcpStream) {
                 sip::Frame::Skip(k) => used += k,
                 sip::Frame::Message(k) => {
                     ctx.shared.inc(C::sip_rx);
+                    ctx.shared.inc(C::sip_tcp_rx);
                     if let Some(m) = data.get(used..used + k) {
                         handle_sip(ctx, m, &route, &mut out);
                     }
@@ -945,7 +1133,34 @@ enum Phase {
     Session,
 }
 
+/// Writes all of `bytes`, retrying on the socket's write timeout until the tool stops: a
+/// gateway that no longer reads its component stream must not hang the tool at exit.
+/// False on a write error or when stopping.
+fn write_or_stop(ctx: &Ctx, stream: &mut TcpStream, mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        match stream.write(bytes) {
+            Ok(0) => return false,
+            Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                if ctx.shared.stopping() {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 /// Writes queued bytes on the component stream until the queue closes or the tool stops.
+/// `Ctx::xmpp_backlog` counts what is queued and not yet written.
 pub fn xmpp_writer_loop(ctx: &Ctx, mut stream: TcpStream, rx: Receiver<Vec<u8>>) {
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
@@ -957,8 +1172,13 @@ pub fn xmpp_writer_loop(ctx: &Ctx, mut stream: TcpStream, rx: Receiver<Vec<u8>>)
                         break;
                     }
                 }
-                if stream.write_all(&bytes).is_err() {
-                    ctx.link.store(LINK_CLOSED, Ordering::Relaxed);
+                let ok = write_or_stop(ctx, &mut stream, &bytes);
+                ctx.xmpp_backlog
+                    .fetch_sub(bytes.len() as u64, Ordering::Relaxed);
+                if !ok {
+                    if !ctx.shared.stopping() {
+                        ctx.link.store(LINK_CLOSED, Ordering::Relaxed);
+                    }
                     return;
                 }
             }
@@ -1048,6 +1268,10 @@ fn text_or_empty(v: Option<&[u8]>) -> &str {
 fn on_stanza(ctx: &Ctx, el: &[u8], reply: &mut String) {
     let s = &ctx.shared;
     s.inc(C::stanza_rx);
+    if xmpp::name_of(el) == b"message" {
+        on_message_stanza(s, el);
+        return;
+    }
     if xmpp::name_of(el) != b"presence" {
         s.inc(C::stanza_non_presence_rx);
         return;
@@ -1106,6 +1330,31 @@ fn on_stanza(ctx: &Ctx, el: &[u8], reply: &mut String) {
     }
 }
 
+/// An IM message from the gateway (SIP -> XMPP): the body's `n<seq>` is the delivery; an
+/// error stanza answering one of ours (id `x<seq>`) marks that message failed.
+fn on_message_stanza(s: &Shared, el: &[u8]) {
+    let [typ, id] = xmpp::attrs(el, ["type", "id"]);
+    if typ == Some(b"error") {
+        s.inc(C::stanza_message_error_rx);
+        let cond = xmpp::error_condition(el).unwrap_or(b"(none)");
+        let cond = String::from_utf8_lossy(cond).into_owned();
+        *s.error_conditions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(cond)
+            .or_default() += 1;
+        if let Some(seq) = id.and_then(|v| seq_prefix(v, b'x')) {
+            s.mark_error_stanza(seq);
+        }
+        return;
+    }
+    s.inc(C::stanza_message_rx);
+    match xmpp::body_raw(el).and_then(|b| seq_prefix(b, b'n')) {
+        Some(seq) => s.mark_delivered(seq),
+        None => s.inc(C::update_unmatched),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1115,11 +1364,12 @@ mod tests {
         let args = Args::default();
         Some(Ctx {
             run: "r1".into(),
-            shared: Shared::new(1, 1),
+            shared: Shared::new(1, 16, 16),
             sock,
             dialogs: Mutex::new(Dialogs::default()),
             link: AtomicU8::new(LINK_WAITING),
             xmpp_tx: Mutex::new(None),
+            xmpp_backlog: AtomicU64::new(0),
             b_route: Mutex::new(Route::Udp(args.gateway_sip)),
             suffixes: Suffixes::of(&args),
             args,
@@ -1438,6 +1688,129 @@ Via: SIP/2.0/UDP 127.0.0.1:15060;branch=z9hG4bKi0.r1\r\n"
         );
     }
 
+    /// IM XMPP -> SIP: the chat stanza the component sends, to the byte; the body is
+    /// `n<seq> ` + filler, `--body-bytes` long.
+    #[test]
+    fn im_stanza_wire_format() {
+        let Some(mut c) = ctx() else { return };
+        c.args.body_bytes = 12;
+        c.suffixes = Suffixes::of(&c.args);
+        let mut out = b"<x/>".to_vec();
+        c.write_im_stanza(&mut out, 7, 42);
+        c.write_im_stanza(&mut out, 0, 1_234_567_890_123);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "<x/><message type='chat' from='u7@xmpp.bench/r' to='s7*sip.bench@sip.bench.local' id='x42'><body>n42 xxxxxxxx</body></message>\
+<message type='chat' from='u0@xmpp.bench/r' to='s0*sip.bench@sip.bench.local' id='x1234567890123'><body>n1234567890123</body></message>"
+        );
+        assert_eq!(c.im_body_len(42), 12);
+        assert_eq!(c.im_body_len(1_234_567_890_123), 14);
+        // Our own reader finds the number again, as in a stanza from the gateway.
+        let el = b"<message from='s7*sip.bench@sip.bench.local' to='u7@xmpp.bench' type='chat' id='sipm-1'><body>n42 xxxxxxxx</body><thread>m42.r1@bench</thread></message>";
+        assert_eq!(
+            xmpp::body_raw(el).and_then(|b| seq_prefix(b, b'n')),
+            Some(42)
+        );
+    }
+
+    /// IM SIP -> XMPP: the MESSAGE we send the gateway, to the byte, and our Call-ID read
+    /// back from a response.
+    #[test]
+    fn im_message_wire_format() {
+        let Some(c) = ctx() else { return };
+        let mut out = b"stale".to_vec();
+        c.write_im_message(&mut out, 3, 99, "UDP");
+        let body = format!("n99 {}", "x".repeat(96));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!(
+                "MESSAGE sip:u3*xmpp.bench@gw.bench.local SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:15060;branch=z9hG4bKm99.r1;rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:s3@sip.bench>;tag=s3.r1\r\n\
+To: <sip:u3*xmpp.bench@gw.bench.local>\r\n\
+Call-ID: m99.r1@bench\r\n\
+CSeq: 1 MESSAGE\r\n\
+Content-Type: text/plain;charset=UTF-8\r\n\
+Content-Length: 100\r\n\r\n{body}"
+            )
+        );
+        let Some(m) = sip::parse(&out) else {
+            panic!("unparseable MESSAGE")
+        };
+        assert_eq!(m.body.len(), 100);
+        assert_eq!(c.im_seq(m.get("call-id")), Some(99));
+        assert_eq!(c.im_seq(Some("m99.r2@bench")), None, "another run");
+        assert_eq!(c.im_seq(Some("b9.r1@bench")), None);
+        assert_eq!(c.im_seq(Some("m.r1@bench")), None);
+        assert_eq!(c.im_seq(Some("m9x.r1@bench")), None);
+        let mut tcp = Vec::new();
+        c.write_im_message(&mut tcp, 3, 99, "TCP");
+        assert!(String::from_utf8_lossy(&tcp).contains("Via: SIP/2.0/TCP 127.0.0.1:15060;"));
+    }
+
+    /// IM XMPP -> SIP at our SIP side: the gateway's MESSAGE gets the exact 200 at once and
+    /// its body's number counts as delivered; the final response to one of our MESSAGEs
+    /// is recorded once; an error stanza marks our stanza failed.
+    #[test]
+    fn im_message_from_the_gateway_is_answered_200_and_counted() {
+        let Some(c) = ctx() else { return };
+        let Ok(gw) = UdpSocket::bind("127.0.0.1:0") else {
+            return;
+        };
+        let _ = gw.set_read_timeout(Some(Duration::from_secs(2)));
+        let Ok(gw_addr) = gw.local_addr() else { return };
+        assert!(c.shared.mark_sent(5));
+        let msg = "MESSAGE sip:s5@sip.bench SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:15080;branch=z9hG4bK-g1;rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:u5*xmpp.bench@gw.bench.local>;tag=im-1\r\n\
+To: <sip:s5@sip.bench>\r\n\
+Call-ID: 4d2@127.0.0.1\r\n\
+CSeq: 7 MESSAGE\r\n\
+Content-Type: text/plain;charset=UTF-8\r\n\
+Content-Length: 8\r\n\r\nn5 xxxxx";
+        let mut out = Vec::new();
+        handle_sip(&c, msg.as_bytes(), &Route::Udp(gw_addr), &mut out);
+        let mut buf = [0u8; 2048];
+        let n = gw.recv(&mut buf).unwrap_or(0);
+        assert_eq!(
+            String::from_utf8_lossy(buf.get(..n).unwrap_or_default()),
+            "SIP/2.0 200 OK\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:15080;branch=z9hG4bK-g1;rport\r\n\
+From: <sip:u5*xmpp.bench@gw.bench.local>;tag=im-1\r\n\
+To: <sip:s5@sip.bench>;tag=im-bench\r\n\
+Call-ID: 4d2@127.0.0.1\r\n\
+CSeq: 7 MESSAGE\r\n\
+Content-Length: 0\r\n\r\n"
+        );
+        assert_eq!(c.shared.get(C::message_rx), 1);
+        assert_ne!(c.shared.lat_us[5].load(Ordering::Relaxed), 0);
+        // The gateway's 202 to our MESSAGE 5, then a stray second answer.
+        let resp = "SIP/2.0 202 Accepted\r\nVia: SIP/2.0/UDP 127.0.0.1:15060;branch=z9hG4bKm5.r1;rport\r\n\
+From: <sip:s5@sip.bench>;tag=s5.r1\r\nTo: <sip:u5*xmpp.bench@gw.bench.local>;tag=g\r\n\
+Call-ID: m5.r1@bench\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        handle_sip(&c, resp.as_bytes(), &Route::Udp(gw_addr), &mut out);
+        handle_sip(&c, resp.as_bytes(), &Route::Udp(gw_addr), &mut out);
+        assert_eq!(c.shared.get(C::response_2xx_to_message), 1);
+        assert_eq!(c.shared.resp_code[5].load(Ordering::Relaxed), 202);
+        assert_ne!(c.shared.resp_us[5].load(Ordering::Relaxed), 0);
+        // Stanzas from the gateway: a delivery (a duplicate of 5 here) and an error.
+        on_message_stanza(&c.shared, b"<message from='s5*sip.bench@sip.bench.local' to='u5@xmpp.bench' type='chat' id='sipm-2'><body>n5 xxxxx</body></message>");
+        assert_eq!(c.shared.get(C::update_duplicate), 1);
+        on_message_stanza(&c.shared, b"<message from='s6*sip.bench@sip.bench.local' to='u6@xmpp.bench/r' type='error' id='x6'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>");
+        assert_eq!(c.shared.get(C::stanza_message_error_rx), 1);
+        assert_eq!(c.shared.resp_code[6].load(Ordering::Relaxed), 1);
+        assert_eq!(
+            c.shared
+                .error_conditions
+                .lock()
+                .map(|m| m.get("item-not-found").copied())
+                .ok(),
+            Some(Some(1))
+        );
+    }
+
     /// The TCP reader keeps a partial message across reads, skips keepalive CRLFs, and
     /// answers every whole message once.
     #[test]
@@ -1488,6 +1861,7 @@ Call-ID: o1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
         let _ = reader.join();
         let text = String::from_utf8_lossy(&got);
         assert_eq!(c.shared.get(C::sip_rx), 2, "{text}");
+        assert_eq!(c.shared.get(C::sip_tcp_rx), 2);
         assert_eq!(c.shared.get(C::subscribe_rx), 1);
         assert_eq!(c.shared.get(C::other_request_rx), 1);
         assert_eq!(c.shared.get(C::sip_tx), 3);

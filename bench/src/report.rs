@@ -52,10 +52,16 @@ pub struct Memory {
     pub gateway_rss_before_kb: Option<u64>,
     pub gateway_rss_after_setup_kb: Option<u64>,
     pub bytes_per_subscription: Option<f64>,
+    /// IM (no set-up): after the last step's grace period.
+    pub gateway_rss_after_run_kb: Option<u64>,
 }
 
 #[derive(Serialize, Default, Debug)]
 pub struct Step {
+    /// IM: `x2s` or `s2x` (the other fields are for this direction's messages only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    /// Per direction for IM.
     pub target_rate: u64,
     pub send_secs: f64,
     pub sent: u64,
@@ -69,6 +75,15 @@ pub struct Step {
     pub late: u64,
     pub duplicates: u64,
     pub latency: Lat,
+    /// IM: error stanzas to our stanzas (x2s) or non-2xx final responses to our MESSAGEs
+    /// (s2x).
+    pub errors: u64,
+    /// IM s2x: final responses to our MESSAGEs, and their latency (the gateway answers 202
+    /// after its bounce wait, `[im] bounce_wait_ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_responses: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_response_latency: Option<Lat>,
     pub gateway_cpu_pct: Option<f64>,
     pub gateway_peak_rss_kb: Option<u64>,
     pub tool_cpu_pct: Option<f64>,
@@ -95,6 +110,9 @@ pub struct Report {
     pub counters: BTreeMap<String, u64>,
     /// Response codes the gateway sent to our NOTIFYs (a) or SUBSCRIBEs (b).
     pub response_codes: BTreeMap<u16, u64>,
+    /// IM: the gateway's error stanzas to our messages, by condition.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_conditions: BTreeMap<String, u64>,
     pub notes: Vec<String>,
 }
 
@@ -102,12 +120,8 @@ fn opt(v: Option<f64>) -> String {
     v.map_or("-".into(), |x| format!("{x:.0}"))
 }
 
-/// The human-readable table.
-pub fn print(r: &Report) {
-    println!(
-        "scenario {} (n={}, component {})",
-        r.scenario, r.n, r.component
-    );
+/// The set-up and memory lines of scenarios a and b.
+fn print_setup(r: &Report) {
     let s = &r.setup;
     println!(
         "set-up: {}/{} in {:.2} s = {:.0} subscriptions/s; latency p50 {:.1} p90 {:.1} p99 {:.1} max {:.1} ms{}",
@@ -149,8 +163,30 @@ pub fn print(r: &Report) {
             .map_or("-".into(), |v| v.to_string()),
         opt(m.bytes_per_subscription)
     );
+}
+
+/// The human-readable table.
+pub fn print(r: &Report) {
     println!(
-        "{:>8} {:>9} {:>9} {:>8} {:>7} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>6} {:>8} {:>8}",
+        "scenario {} (n={}, component {})",
+        r.scenario, r.n, r.component
+    );
+    let im = r.steps.iter().any(|st| st.direction.is_some());
+    if im {
+        let m = &r.memory;
+        println!(
+            "gateway RSS: before {} KiB, after the ladder {} KiB",
+            m.gateway_rss_before_kb
+                .map_or("-".into(), |v| v.to_string()),
+            m.gateway_rss_after_run_kb
+                .map_or("-".into(), |v| v.to_string()),
+        );
+    } else {
+        print_setup(r);
+    }
+    println!(
+        "{}{:>8} {:>9} {:>9} {:>8} {:>7} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>6} {:>8} {:>8}",
+        if im { "dir " } else { "" },
         "target/s",
         "sent/s",
         "deliv/s",
@@ -170,7 +206,10 @@ pub fn print(r: &Report) {
     );
     for st in &r.steps {
         println!(
-            "{:>8} {:>9.0} {:>9.0} {:>8} {:>7.2} {:>5} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>9} {:>6} {:>8} {:>8}{}",
+            "{}{:>8} {:>9.0} {:>9.0} {:>8} {:>7.2} {:>5} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>9} {:>6} {:>8} {:>8}{}",
+            st.direction
+                .as_deref()
+                .map_or(String::new(), |d| format!("{d:<4}")),
             st.target_rate,
             st.sent_per_sec,
             st.delivered_per_sec,
@@ -191,6 +230,29 @@ pub fn print(r: &Report) {
             if st.truncated { " (truncated)" } else { "" }
         );
     }
+    if im {
+        println!(
+            "{:<4}{:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "dir", "target/s", "errors", "finals", "fin p50", "fin p90", "fin p99", "fin max"
+        );
+        for st in &r.steps {
+            let (fin, l) = match (&st.final_responses, &st.final_response_latency) {
+                (Some(n), Some(l)) => (n.to_string(), l.clone()),
+                _ => ("-".into(), Lat::default()),
+            };
+            println!(
+                "{:<4}{:>8} {:>7} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                st.direction.as_deref().unwrap_or(""),
+                st.target_rate,
+                st.errors,
+                fin,
+                l.p50_ms,
+                l.p90_ms,
+                l.p99_ms,
+                l.max_ms
+            );
+        }
+    }
     if !r.response_codes.is_empty() {
         let codes: Vec<String> = r
             .response_codes
@@ -198,6 +260,14 @@ pub fn print(r: &Report) {
             .map(|(c, n)| format!("{c}x{n}"))
             .collect();
         println!("gateway responses: {}", codes.join(" "));
+    }
+    if !r.error_conditions.is_empty() {
+        let c: Vec<String> = r
+            .error_conditions
+            .iter()
+            .map(|(k, n)| format!("{k}x{n}"))
+            .collect();
+        println!("gateway error stanzas: {}", c.join(" "));
     }
     let nz: Vec<String> = r
         .counters

@@ -1,7 +1,9 @@
 //! State shared by the tool's threads: per-update send times and latencies (indexed by the
 //! update's sequence number, lock-free), per-subscription set-up times, and event counters.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 use std::time::Instant;
 
 macro_rules! counters {
@@ -16,6 +18,7 @@ macro_rules! counters {
 
 counters!(
     sip_rx,
+    sip_tcp_rx,
     sip_tx,
     sip_send_errors,
     sip_unparsed,
@@ -48,6 +51,13 @@ counters!(
     update_unmatched,
     update_duplicate,
     stanza_tx,
+    message_rx,
+    message_unmatched_rx,
+    response_2xx_to_message,
+    response_other_to_message,
+    stanza_message_rx,
+    stanza_message_error_rx,
+    message_tx,
 );
 
 /// Shared between the pacer, the SIP receiver and the XMPP reader.
@@ -69,6 +79,14 @@ pub struct Shared {
     counters: Vec<AtomicU64>,
     /// Response codes to our NOTIFYs (scenario a) or SUBSCRIBEs (scenario b), by code.
     pub codes: Vec<AtomicU64>,
+    /// IM, message `seq`: latency of the final response to our MESSAGE (S->X) in µs, plus
+    /// one (0 = none yet). Empty outside the IM scenario.
+    pub resp_us: Vec<AtomicU32>,
+    /// IM, message `seq`: the final response's code (S->X), or 1 for an error stanza
+    /// (X->S); 0 = none.
+    pub resp_code: Vec<AtomicU16>,
+    /// IM: error stanzas from the gateway by defined condition.
+    pub error_conditions: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 fn zeroed<T: Default>(n: usize) -> Vec<T> {
@@ -76,7 +94,8 @@ fn zeroed<T: Default>(n: usize) -> Vec<T> {
 }
 
 impl Shared {
-    pub fn new(pairs: usize, updates: usize) -> Shared {
+    /// `im_updates`: room in the IM response tables (0 outside the IM scenario).
+    pub fn new(pairs: usize, updates: usize, im_updates: usize) -> Shared {
         Shared {
             t0: Instant::now(),
             stop: AtomicBool::new(false),
@@ -89,6 +108,9 @@ impl Shared {
             answered: zeroed(pairs),
             counters: zeroed(C_NAMES.len()),
             codes: zeroed(700),
+            resp_us: zeroed(im_updates),
+            resp_code: zeroed(im_updates),
+            error_conditions: Default::default(),
         }
     }
 
@@ -162,6 +184,33 @@ impl Shared {
         lat.store(us + 1, Ordering::Relaxed);
     }
 
+    /// IM: the final response `code` to our MESSAGE `seq` arrived (first one counts).
+    /// False when `seq` was never sent or already answered.
+    pub fn mark_response(&self, seq: u64, code: u16) -> bool {
+        let (Some(sent), Some(lat), Some(c)) = (
+            self.sent_at.get(seq as usize),
+            self.resp_us.get(seq as usize),
+            self.resp_code.get(seq as usize),
+        ) else {
+            return false;
+        };
+        let s = sent.load(Ordering::Relaxed);
+        if s == 0 || c.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        c.store(code, Ordering::Relaxed);
+        let us = (self.now_ns().saturating_sub(s - 1) / 1000).min(u32::MAX as u64 - 1) as u32;
+        lat.store(us + 1, Ordering::Relaxed);
+        true
+    }
+
+    /// IM: an error stanza came back for our stanza `seq` (X->S).
+    pub fn mark_error_stanza(&self, seq: u64) {
+        if let Some(c) = self.resp_code.get(seq as usize) {
+            c.store(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn mark_setup_sent(&self, i: usize) {
         if let Some(a) = self.setup_sent.get(i) {
             a.store(self.now_ns() + 1, Ordering::Relaxed);
@@ -205,6 +254,22 @@ pub fn seq_of(text: &str) -> Option<u64> {
     text.trim().strip_prefix('n')?.parse().ok()
 }
 
+/// The number at the start of an IM body or id: `n<digits>` (body) or `x<digits>` (our
+/// stanza ids), the digits ending at the first other byte. Reads bytes, so a 4 KB body is
+/// neither copied nor decoded.
+pub fn seq_prefix(text: &[u8], lead: u8) -> Option<u64> {
+    let rest = text.strip_prefix(&[lead])?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    let mut n = 0u64;
+    for &d in rest.get(..digits)? {
+        n = n * 10 + u64::from(d - b'0');
+    }
+    Some(n)
+}
+
 /// Index `i` of an address `prefix i suffix` (e.g. `p17*sip.bench@sip.bench.local`).
 pub fn index_of(addr: &str, prefix: &str, suffix: &str) -> Option<usize> {
     addr.strip_prefix(prefix)?
@@ -219,7 +284,7 @@ mod tests {
 
     #[test]
     fn latency_once_then_duplicates() {
-        let s = Shared::new(1, 4);
+        let s = Shared::new(1, 4, 0);
         assert!(s.mark_sent(2));
         assert!(!s.mark_sent(4));
         s.mark_delivered(2);
@@ -229,6 +294,20 @@ mod tests {
         assert_ne!(s.lat_us[2].load(Ordering::Relaxed), 0);
         assert_eq!(s.get(C::update_duplicate), 1);
         assert_eq!(s.get(C::update_unmatched), 1);
+    }
+
+    #[test]
+    fn first_final_response_counts() {
+        let s = Shared::new(1, 4, 4);
+        assert!(!s.mark_response(1, 202), "never sent");
+        assert!(s.mark_sent(1));
+        assert!(s.mark_response(1, 202));
+        assert!(!s.mark_response(1, 500), "already answered");
+        assert_eq!(s.resp_code[1].load(Ordering::Relaxed), 202);
+        assert_ne!(s.resp_us[1].load(Ordering::Relaxed), 0);
+        assert!(!s.mark_response(9, 200), "outside the table");
+        s.mark_error_stanza(2);
+        assert_eq!(s.resp_code[2].load(Ordering::Relaxed), 1);
     }
 
     #[test]
@@ -244,5 +323,12 @@ mod tests {
         assert_eq!(index_of("q17*sip.bench@x", "p", "*sip.bench@x"), None);
         assert_eq!(seq_of("n123"), Some(123));
         assert_eq!(seq_of("init"), None);
+        assert_eq!(seq_prefix(b"n42 xxxx", b'n'), Some(42));
+        assert_eq!(seq_prefix(b"n7", b'n'), Some(7));
+        assert_eq!(seq_prefix(b"x9", b'x'), Some(9));
+        assert_eq!(seq_prefix(b"x9", b'n'), None);
+        assert_eq!(seq_prefix(b"n xx", b'n'), None);
+        assert_eq!(seq_prefix(b"n99999999999999999999", b'n'), None);
+        assert_eq!(seq_prefix(b"", b'n'), None);
     }
 }

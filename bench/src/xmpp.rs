@@ -254,6 +254,58 @@ pub fn child_text<'a>(el: &'a [u8], child: &str) -> Option<Cow<'a, str>> {
     }
 }
 
+/// The start of the text of the first `<body>` child: its raw bytes up to the next `<`
+/// (not unescaped: the IM scenario only reads the number at its start, and a 4 KB body is
+/// not copied for that).
+pub fn body_raw(el: &[u8]) -> Option<&[u8]> {
+    let mut from = tag_end(el)? + 1;
+    loop {
+        let at = from + find(el.get(from..)?, b"<body")?;
+        from = at + 5;
+        match *el.get(at + 5)? {
+            b'>' | b'/' => {}
+            b if b.is_ascii_whitespace() => {}
+            _ => continue,
+        }
+        let gt = at + tag_end(el.get(at..)?)?;
+        if el.get(gt - 1) == Some(&b'/') {
+            return Some(&[]);
+        }
+        let text = el.get(gt + 1..)?;
+        return text.get(..memchr::memchr(b'<', text)?);
+    }
+}
+
+/// The defined condition of an error stanza: the name of the first child element of its
+/// `<error>` that is not `<text>` (`item-not-found`, `resource-constraint`, ...).
+pub fn error_condition(el: &[u8]) -> Option<&[u8]> {
+    let start = tag_end(el)? + 1;
+    let at = start + find(el.get(start..)?, b"<error")?;
+    let mut from = at + tag_end(el.get(at..)?)? + 1;
+    loop {
+        let lt = from + memchr::memchr(b'<', el.get(from..)?)?;
+        let rest = el.get(lt + 1..)?;
+        if rest.first() == Some(&b'/') {
+            if rest.starts_with(b"/error") {
+                return None;
+            }
+            from = lt + 1;
+            continue;
+        }
+        let len = rest
+            .iter()
+            .position(|&b| b == b'>' || b == b'/' || b.is_ascii_whitespace())?;
+        let name = rest.get(..len)?;
+        if len == 0 {
+            return None;
+        }
+        if name != b"text" {
+            return Some(name);
+        }
+        from = lt + 1 + tag_end(el.get(lt..)?)?;
+    }
+}
+
 /// Text content of an element without children (`<handshake>hex</handshake>`).
 pub fn text_of(el: &[u8]) -> Option<Cow<'_, str>> {
     let gt = tag_end(el)?;
@@ -424,6 +476,30 @@ mod tests {
             text_of(b"<handshake>abc</handshake>").as_deref(),
             Some("abc")
         );
+    }
+
+    #[test]
+    fn reads_the_raw_body_of_a_message() {
+        let el = b"<message from='s1*sip.bench@c' to='u1@xmpp.bench' type='chat' id='sipm-1'><body>n42 xx&amp;</body><thread>m42.r@bench</thread></message>";
+        assert_eq!(body_raw(el), Some(&b"n42 xx&amp;"[..]));
+        let el = b"<message a='<body>n1</body>'><bodyx>n2</bodyx><body xml:lang='en'>n3</body></message>";
+        assert_eq!(body_raw(el), Some(&b"n3"[..]));
+        assert_eq!(body_raw(b"<message><body/></message>"), Some(&b""[..]));
+        assert_eq!(body_raw(b"<message><subject>n1</subject></message>"), None);
+        assert_eq!(body_raw(b"<message><body>n1"), None);
+    }
+
+    #[test]
+    fn reads_the_condition_of_an_error_stanza() {
+        let el = b"<message from='s1*sip.bench@c' to='u1@xmpp.bench/r' type='error' id='x4'><error type='wait' by='c'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>Too many messages queued</text></error></message>";
+        assert_eq!(error_condition(el), Some(&b"resource-constraint"[..]));
+        let el = b"<message type='error'><body>n1</body><error type='cancel'><text>t</text><item-not-found/></error></message>";
+        assert_eq!(error_condition(el), Some(&b"item-not-found"[..]));
+        assert_eq!(
+            error_condition(b"<message type='error'><error/></message>"),
+            None
+        );
+        assert_eq!(error_condition(b"<message type='error'/>"), None);
     }
 
     #[test]
