@@ -119,7 +119,10 @@ pub fn check_token(token: &str) -> Result<(), String> {
 pub fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
     let mut diff = presented.len() ^ expected.len();
     for (i, &p) in presented.iter().enumerate() {
-        let e = expected.get(i % expected.len().max(1)).copied().unwrap_or(0);
+        let e = expected
+            .get(i % expected.len().max(1))
+            .copied()
+            .unwrap_or(0);
         diff |= usize::from(std::hint::black_box(p ^ e));
     }
     std::hint::black_box(diff) == 0
@@ -171,7 +174,9 @@ impl Refusal {
     }
     fn response(self) -> HttpResponse {
         match self {
-            Refusal::Address => HttpResponse::Forbidden().body("forbidden: client address not allowed\n"),
+            Refusal::Address => {
+                HttpResponse::Forbidden().body("forbidden: client address not allowed\n")
+            }
             Refusal::TokenMissing => HttpResponse::Unauthorized()
                 .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"pua-xmpp\""))
                 .body("unauthorized: bearer token required\n"),
@@ -211,7 +216,9 @@ impl Access {
         let Some(token) = &self.token else {
             return Ok(());
         };
-        let presented = authorization.and_then(bearer).ok_or(Refusal::TokenMissing)?;
+        let presented = authorization
+            .and_then(bearer)
+            .ok_or(Refusal::TokenMissing)?;
         if constant_time_eq(presented, token.0.as_bytes()) {
             Ok(())
         } else {
