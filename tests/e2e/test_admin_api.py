@@ -8,17 +8,21 @@ gateway (http.token set through PUA_XMPP__HTTP__TOKEN) serves it only with the r
   wrong / no token:  Kamailio still serves the SUBSCRIBE, but the gateway answers 401, logs
                 the refusal (address, path, reason; never the token) and does nothing:
                 alice is not asked, no PUBLISH, no winfo SUBSCRIBE.
-Also /health stays open and /metrics needs the token, over the real listener.
+Also /health stays open and /metrics needs the token, over the real listener; and with
+http.tls_cert/tls_key the same flow runs over HTTPS (Kamailio started with GW_HTTP_CA).
 """
+import http.client
 import os
 import re
+import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from conftest import GW_HTTP, _lab_or_fail, wait_until
+from conftest import GW_HTTP, LAB_IP, _lab_or_fail, wait_until
 from sip_ua import Subscription, parse_pidf
 from xmpp_client import bare, local, stanza_diff
 
@@ -54,12 +58,14 @@ def read(path):
         return f.read()
 
 
-def http_get(path, token=None):
-    req = urllib.request.Request("http://%s%s" % (GW_HTTP, path))
+def http_get(path, token=None, cafile=None):
+    scheme = "https" if cafile else "http"
+    req = urllib.request.Request("%s://%s%s" % (scheme, GW_HTTP, path))
     if token is not None:
         req.add_header("Authorization", "Bearer " + token)
+    ctx = ssl.create_default_context(cafile=cafile) if cafile else None
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
             return r.status, r.headers, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.headers, e.read().decode()
@@ -167,4 +173,50 @@ def test_wrong_or_missing_token_is_refused_and_nothing_happens(token_lab, xmpp, 
     for name in ("gateway.log", "kamailio.log"):
         text = read(os.path.join(lab.run_dir, name))
         assert TOKEN not in text and WRONG not in text, name
+    sub.unsubscribe()
+
+
+@pytest.fixture
+def https_lab(lab_manager, tmp_path_factory):
+    """PUA mode, gateway on HTTPS with a certificate for LAB_IP (made here with openssl),
+    Kamailio calling https:// and verifying it (GW_HTTP_CA), both with the token."""
+    d = tmp_path_factory.mktemp("https")
+    cert, key = str(d / "gw.crt"), str(d / "gw.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=pua-xmpp e2e",
+                    "-addext", "subjectAltName=IP:%s" % LAB_IP], check=True, capture_output=True)
+    lab_manager.http_token = TOKEN
+    lab_manager.kamailio_http_token = TOKEN
+    lab_manager.http_tls = (cert, key)
+    lab_manager.kamailio_http_ca = cert
+    try:
+        lab = _lab_or_fail(lab_manager, "pua", True)
+        yield lab, cert
+        assert lab.gateway is not None and lab.gateway.poll() is None, "the gateway exited"
+    finally:
+        lab_manager.http_token = lab_manager.kamailio_http_token = None
+        lab_manager.http_tls = lab_manager.kamailio_http_ca = None
+
+
+def test_https_kamailio_calls_req_winfo_over_tls(https_lab, xmpp, sip):
+    lab, cert = https_lab
+    assert http_get("/health", cafile=cert)[0] == 200
+    assert http_get("/metrics", cafile=cert)[0] == 401
+    assert http_get("/metrics", TOKEN, cafile=cert)[0] == 200
+    # plain HTTP gets no HTTP answer (a TLS alert, or the connection closed)
+    with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
+        http_get("/health")
+
+    alice = xmpp("alice")
+    sub = Subscription(sip("erin"), ALICE_SIP)
+    r = sub.subscribe(600)
+    assert r is not None and r.code == 200, r
+    el = alice.wait(lambda e: local(e.tag) == "presence" and e.get("type") == "subscribe"
+                    and bare(e.get("from")) == jid_of("erin"), 8.0)
+    assert el is not None, "alice was not asked: %s\n%s" % (alice.dump_inbox(), req_winfo_lines(lab))
+    assert stanza_diff(el, "<presence type='subscribe' from='%s'/>" % jid_of("erin")) is None
+    lines = req_winfo_lines(lab)
+    assert lines and lines[0][1] == "200", lines
+    assert "https://%s/pua/req_winfo" % GW_HTTP in read(os.path.join(lab.run_dir, "kamailio.log"))
+    assert refusals(lab) == [refusals(lab)[0]] and "path=/metrics" in refusals(lab)[0], refusals(lab)
     sub.unsubscribe()

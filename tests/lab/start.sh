@@ -9,6 +9,8 @@
 #   GW_MODE=notifier        notifier | pua  (who serves SUBSCRIBEs to sip-xmpp.test)
 #   GW_HTTP_TOKEN=          bearer token Kamailio sends to GW_HTTP (the gateway's
 #                           http.token); empty = none. Not written to lab.env.
+#   GW_HTTP_CA=             PEM file: Kamailio calls GW_HTTP over https and verifies
+#                           the gateway's certificate with it; empty = plain http
 #   SECRET=gwsecret         XEP-0114 secret of component sip.xmpp.test
 #   XMPP_USERS="alice:alicepw zoe:zoepw"   accounts created on xmpp.test
 # Packages are NOT installed here (CI does it, see tests/lab/README.md); a missing
@@ -26,6 +28,7 @@ GW_ADDR="${GW_ADDR:-$LAB_IP:5080}"
 GW_HTTP="${GW_HTTP:-$LAB_IP:9080}"
 GW_MODE="${GW_MODE:-notifier}"
 GW_HTTP_TOKEN="${GW_HTTP_TOKEN:-}"
+GW_HTTP_CA="${GW_HTTP_CA:-}"
 SECRET="${SECRET:-gwsecret}"
 XMPP_USERS="${XMPP_USERS:-alice:alicepw zoe:zoepw}"
 KAMAILIO_CFG="$REPO/config/kamailio.cfg"
@@ -97,6 +100,10 @@ KDEFS=(-A "LAB_IP=$LAB_IP" -A "SRV_URI=\"sip:$LAB_IP:5060\"" -A "GW_ADDR=\"$GW_A
 if [ -n "$GW_HTTP_TOKEN" ]; then
 	case "$GW_HTTP_TOKEN" in *[!A-Za-z0-9._~+/=-]*) die "GW_HTTP_TOKEN: only A-Z a-z 0-9 - . _ ~ + / =" ;; esac
 	KDEFS+=(-A "GW_HTTP_TOKEN=\"$GW_HTTP_TOKEN\"")
+fi
+if [ -n "$GW_HTTP_CA" ]; then
+	[ -r "$GW_HTTP_CA" ] || die "GW_HTTP_CA: cannot read $GW_HTTP_CA"
+	KDEFS+=(-A "GW_HTTP_CA=\"$GW_HTTP_CA\"")
 fi
 cat > "$RUN_DIR/lab.env" <<ENV
 LAB_IP=$LAB_IP
