@@ -366,6 +366,6 @@ mod tests {
         );
         assert!(Access::default().is_open());
         assert_eq!(Access::default().check("/metrics", None, None), Ok(()));
-        assert_eq!(format!("{a:?}").contains("0123456789abcdef"), false);
+        assert!(!format!("{a:?}").contains("0123456789abcdef"));
     }
 }
