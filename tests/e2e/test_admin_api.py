@@ -176,19 +176,26 @@ def test_wrong_or_missing_token_is_refused_and_nothing_happens(token_lab, xmpp, 
     sub.unsubscribe()
 
 
-@pytest.fixture
-def https_lab(lab_manager, tmp_path_factory):
-    """PUA mode, gateway on HTTPS with a certificate for LAB_IP (made here with openssl),
-    Kamailio calling https:// and verifying it (GW_HTTP_CA), both with the token."""
-    d = tmp_path_factory.mktemp("https")
-    cert, key = str(d / "gw.crt"), str(d / "gw.key")
+def self_signed(d, name):
+    """A self-signed certificate for LAB_IP (openssl): (cert, key) paths."""
+    cert, key = str(d / (name + ".crt")), str(d / (name + ".key"))
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                     "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=pua-xmpp e2e",
                     "-addext", "subjectAltName=IP:%s" % LAB_IP], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def https_lab(lab_manager, tmp_path_factory, request):
+    """PUA mode, gateway on HTTPS with a certificate for LAB_IP, Kamailio calling https://
+    and verifying it (GW_HTTP_CA), both with the token. request.param "other-ca": Kamailio
+    trusts another certificate only."""
+    d = tmp_path_factory.mktemp("https")
+    cert, key = self_signed(d, "gw")
     lab_manager.http_token = TOKEN
     lab_manager.kamailio_http_token = TOKEN
     lab_manager.http_tls = (cert, key)
-    lab_manager.kamailio_http_ca = cert
+    lab_manager.kamailio_http_ca = self_signed(d, "other")[0] if request.param == "other-ca" else cert
     try:
         lab = _lab_or_fail(lab_manager, "pua", True)
         yield lab, cert
@@ -198,6 +205,7 @@ def https_lab(lab_manager, tmp_path_factory):
         lab_manager.http_tls = lab_manager.kamailio_http_ca = None
 
 
+@pytest.mark.parametrize("https_lab", ["gw-ca"], indirect=True)
 def test_https_kamailio_calls_req_winfo_over_tls(https_lab, xmpp, sip):
     lab, cert = https_lab
     assert http_get("/health", cafile=cert)[0] == 200
@@ -219,4 +227,21 @@ def test_https_kamailio_calls_req_winfo_over_tls(https_lab, xmpp, sip):
     assert lines and lines[0][1] == "200", lines
     assert "https://%s/pua/req_winfo" % GW_HTTP in read(os.path.join(lab.run_dir, "kamailio.log"))
     assert refusals(lab) == [refusals(lab)[0]] and "path=/metrics" in refusals(lab)[0], refusals(lab)
+    sub.unsubscribe()
+
+
+@pytest.mark.parametrize("https_lab", ["other-ca"], indirect=True)
+def test_https_kamailio_refuses_a_gateway_certificate_it_does_not_trust(https_lab, xmpp, sip):
+    lab, _ = https_lab
+    alice = xmpp("alice")
+    sub = Subscription(sip("frank"), ALICE_SIP)
+    r = sub.subscribe(600)
+    assert r is not None and r.code == 200, r
+    assert wait_until(lambda: len(req_winfo_lines(lab)) >= 1, 5), "Kamailio did not call req_winfo"
+    rc = req_winfo_lines(lab)[0][1]
+    assert rc != "200", req_winfo_lines(lab)  # a curl TLS error code, no HTTP status
+    el = alice.wait(lambda e: local(e.tag) == "presence" and e.get("type") == "subscribe"
+                    and bare(e.get("from")) == jid_of("frank"), 4.0)
+    assert el is None, "alice was asked through an unverified TLS connection"
+    assert "sending request method" not in read(lab.gateway_log)
     sub.unsubscribe()
