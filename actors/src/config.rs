@@ -13,8 +13,9 @@ pub const ENV_PREFIX: &str = "PUA_XMPP";
 /// Secret shipped as default; starting with it gets a loud warning.
 pub const DEFAULT_SECRET: &str = "secret";
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 4] = [
+const LIST_KEYS: [&str; 5] = [
     "sip.trusted_peers",
+    "http.allow",
     "mapping.gwmap",
     "mapping.allowed_sip_domains",
     "mapping.allowed_xmpp_domains",
@@ -225,16 +226,100 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+/// The HTTP listener and who may use it. `Debug` is written by hand so the token never reaches
+/// a log line.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct HttpConfig {
     pub listen: String,
+    /// Bearer token required on every endpoint but `/health`; empty = none. Never logged;
+    /// keep it out of files with `PUA_XMPP__HTTP__TOKEN` or `token_file`.
+    pub token: String,
+    /// A file holding the token (surrounding whitespace ignored); exclusive with `token`.
+    pub token_file: String,
+    /// Client IP addresses or CIDR prefixes allowed on every endpoint but `/health`;
+    /// empty = any. Others get 403.
+    pub allow: Vec<String>,
+    /// PEM certificate chain; set with `tls_key` to serve HTTPS instead of HTTP.
+    pub tls_cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: String,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:9080".into(),
+            token: String::new(),
+            token_file: String::new(),
+            allow: Vec::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+        }
+    }
+}
+
+impl fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("token", &redact(&self.token))
+            .field("token_file", &self.token_file)
+            .field("allow", &self.allow)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .finish()
+    }
+}
+
+/// `"<redacted>"` for a set secret, `""` for an unset one (so operators see which it is).
+fn redact(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        ""
+    } else {
+        "<redacted>"
+    }
+}
+
+impl HttpConfig {
+    /// The bearer token from `token` or `token_file`; `None` when neither is set. Errors
+    /// name the key and never contain the token.
+    pub fn bearer_token(&self) -> Result<Option<String>, String> {
+        let (key, token) = if !self.token.is_empty() {
+            ("http.token", self.token.clone())
+        } else if !self.token_file.is_empty() {
+            let text = std::fs::read_to_string(&self.token_file)
+                .map_err(|e| format!("http.token_file: cannot read {:?}: {e}", self.token_file))?;
+            ("http.token_file", text.trim().to_owned())
+        } else {
+            return Ok(None);
+        };
+        crate::http::access::check_token(&token).map_err(|e| format!("{key}: token {e}"))?;
+        Ok(Some(token))
+    }
+
+    /// Checks `[http]`: the listen address comes from the caller's `sock` check; this checks
+    /// the token, the allow-list and the TLS files (read and parsed, so `check-config`
+    /// catches a bad PEM).
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |e: String| match e.split_once(": ") {
+            Some((key, reason)) => invalid(key, reason),
+            None => ConfigError::Other(e),
+        };
+        if !self.token.is_empty() && !self.token_file.is_empty() {
+            return Err(invalid(
+                "http.token_file",
+                "set http.token or http.token_file, not both",
+            ));
+        }
+        crate::http::access_from(self).map_err(err)?;
+        match (self.tls_cert.is_empty(), self.tls_key.is_empty()) {
+            (true, true) => Ok(()),
+            (false, true) => Err(invalid("http.tls_key", "must be set with http.tls_cert")),
+            (true, false) => Err(invalid("http.tls_cert", "must be set with http.tls_key")),
+            (false, false) => crate::http::tls::server_config(&self.tls_cert, &self.tls_key)
+                .map(|_| ())
+                .map_err(err),
         }
     }
 }
@@ -521,6 +606,7 @@ impl Config {
         t.sip.trusted_peers = vec!["127.0.0.1".into()];
         t.mapping.allowed_sip_domains = vec!["a".into()];
         t.mapping.allowed_xmpp_domains = vec!["a".into()];
+        t.http.allow = vec!["127.0.0.1".into()];
         t
     }
 
@@ -704,6 +790,7 @@ impl Config {
         }
         range("store.coalesce_ms", self.store.coalesce_ms, 0, 10_000)?;
         sock("http.listen", &self.http.listen)?;
+        self.http.validate()?;
 
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid(
@@ -809,7 +896,8 @@ impl Config {
         self.xmpp.secret == DEFAULT_SECRET
     }
 
-    /// The effective configuration as TOML, with the secret replaced by `"<redacted>"`.
+    /// The effective configuration as TOML, with the secrets (`xmpp.secret`, `http.token`)
+    /// replaced by `"<redacted>"`.
     pub fn redacted(&self) -> String {
         let mut t = TomlOut::default();
         let s = &self.sip;
@@ -842,8 +930,14 @@ impl Config {
         t.num("notify_min_interval_secs", p.notify_min_interval_secs);
         t.section("store");
         t.str("path", &self.store.path);
+        let h = &self.http;
         t.section("http");
-        t.str("listen", &self.http.listen);
+        t.str("listen", &h.listen);
+        t.str("token", redact(&h.token));
+        t.str("token_file", &h.token_file);
+        t.list("allow", &h.allow);
+        t.str("tls_cert", &h.tls_cert);
+        t.str("tls_key", &h.tls_key);
         t.section("log");
         t.str("level", &self.log.level);
         t.str("format", &self.log.format);

@@ -219,7 +219,13 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         .listen
         .parse()
         .map_err(|e| invalid(format!("http.listen: {e}")))?;
-    crate::http::start(http_listen, registry, status.clone(), store.clone())?;
+    crate::http::start(
+        http_listen,
+        &config.http,
+        registry,
+        status.clone(),
+        store.clone(),
+    )?;
     tracing::info!(%http_listen, "HTTP listening");
     Ok(Running {
         store,

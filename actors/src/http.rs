@@ -1,5 +1,10 @@
 //! The HTTP listener (`http.listen`): the PUA-mode hook `POST /pua/req_winfo` that a Kamailio
-//! route calls with `http_client_query`, and `GET /health`.
+//! route calls with `http_client_query`, `GET /metrics`, `GET /subscriptions` and the open
+//! `GET /health`. Access to all but `/health` is limited by [`access`] (`http.allow`,
+//! `http.token`); [`tls`] serves it over HTTPS when `http.tls_cert` is set.
+
+pub mod access;
+pub mod tls;
 
 use crate::link_status::LinkStatus;
 use crate::messages::GetLinkStatus;
@@ -144,6 +149,12 @@ const FAMILIES: &[Family] = &[
     ),
     (
         "counter",
+        access::REFUSALS,
+        "HTTP requests refused by http.allow (reason address, 403) or http.token (reason token, 401).",
+        &[("reason", "token")],
+    ),
+    (
+        "counter",
         "pua_xmpp_sip_read_pauses_total",
         "Times the SIP TCP readers paused under overload.",
         &[],
@@ -227,6 +238,7 @@ fn register_families() {
         }
     }
     metrics::gauge!("pua_xmpp_store_writable").set(1.0);
+    metrics::counter!(access::REFUSALS, "reason" => "address").increment(0);
 }
 
 /// Installs the metrics recorder; call before any actor records anything.
@@ -400,31 +412,71 @@ fn decode(s: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// Binds and starts the HTTP server on the current actix system.
+/// The access policy of `[http]`: the allow-list and the token (read from `token_file` if
+/// that is where it is). Errors name the key; they never contain the token.
+pub fn access_from(http: &crate::config::HttpConfig) -> Result<access::Access, String> {
+    let allow = http
+        .allow
+        .iter()
+        .map(|a| access::Cidr::parse(a).map_err(|e| format!("http.allow: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let token = http.bearer_token()?.map(access::Secret);
+    Ok(access::Access { allow, token })
+}
+
+/// Binds and starts the HTTP server on the current actix system, with `[http]`'s access
+/// policy and, when `tls_cert` is set, TLS.
 pub fn start(
     listen: SocketAddr,
+    http: &crate::config::HttpConfig,
     registry: Addr<Registry>,
     link: Addr<LinkStatus>,
     store: crate::store::StoreHandle,
 ) -> std::io::Result<()> {
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let policy = access_from(http).map_err(invalid)?;
+    let tls = if http.tls_cert.is_empty() {
+        None
+    } else {
+        Some(tls::server_config(&http.tls_cert, &http.tls_key).map_err(invalid)?)
+    };
+    if policy.is_open() && !listen.ip().is_loopback() {
+        tracing::warn!(
+            %listen,
+            "the HTTP admin API (/metrics, /subscriptions, /pua/req_winfo) is open to anyone \
+             who reaches this address: set http.token and/or http.allow"
+        );
+    }
+    tracing::info!(
+        %listen,
+        tls = tls.is_some(),
+        token = policy.token.is_some(),
+        allow = policy.allow.len(),
+        "HTTP admin API access"
+    );
     let data = web::Data::new(State {
         registry,
         link,
         store,
     });
+    let policy = web::Data::new(policy);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(policy.clone())
+            .wrap(actix_web::middleware::from_fn(access::guard))
             .route("/pua/req_winfo", web::post().to(req_winfo))
             .route("/health", web::get().to(health))
             .route("/metrics", web::get().to(metrics_page))
             .route("/subscriptions", web::get().to(subscriptions))
     })
     .workers(1)
-    .disable_signals()
-    .bind(listen)?
-    .run();
-    actix_rt::spawn(server);
+    .disable_signals();
+    let server = match tls {
+        Some(config) => server.bind_rustls_0_23(listen, config)?,
+        None => server.bind(listen)?,
+    };
+    actix_rt::spawn(server.run());
     Ok(())
 }
 

@@ -44,7 +44,7 @@ pua-xmpp: SIP <-> XMPP presence gateway
 
 USAGE:
     pua-xmpp [--config FILE]        run the gateway
-    pua-xmpp check-config [FILE]    print the effective configuration (secret redacted)
+    pua-xmpp check-config [FILE]    print the effective configuration (secrets redacted)
     pua-xmpp --version
     pua-xmpp --help
 

@@ -120,6 +120,15 @@ class Lab:
         self.gateway = None
         self.gateway_log = None
         self.starts = 0
+        # issue 16: the gateway's http.token (given as PUA_XMPP__HTTP__TOKEN) and the token
+        # Kamailio sends (start.sh GW_HTTP_TOKEN); None = none. A change restarts the lab.
+        self.http_token = None
+        self.kamailio_http_token = None
+        # HTTPS: (cert, key) PEM paths for the gateway's http.tls_cert/tls_key, and the CA
+        # file Kamailio verifies it with (start.sh GW_HTTP_CA; then it calls https://).
+        self.http_tls = None
+        self.kamailio_http_ca = None
+        self._variant = self.variant()
         if os.path.isdir(BASE_DIR):
             if not os.path.exists(os.path.join(BASE_DIR, MARKER)) and os.listdir(BASE_DIR):
                 raise RuntimeError("%s exists and was not made by the e2e tests; set PUA_E2E_DIR" % BASE_DIR)
@@ -150,11 +159,16 @@ class Lab:
 
     def ensure(self, mode, with_gateway):
         """Make the lab run in `mode`, with or without the gateway (restart if needed)."""
-        if self.mode == mode and self.with_gateway == with_gateway and self.alive():
+        if self.mode == mode and self.with_gateway == with_gateway and self.alive() \
+                and self._variant == self.variant():
             return self
         self.stop()
         self.start(mode, with_gateway)
         return self
+
+    def variant(self):
+        """The HTTP security settings the running lab was started with (issue 16)."""
+        return (self.http_token, self.kamailio_http_token, self.http_tls, self.kamailio_http_ca)
 
     def alive(self):
         pids = [self._pid("kamailio"), self._pid("prosody")]
@@ -174,7 +188,9 @@ class Lab:
         self.starts += 1
         self.run_dir = os.path.join(BASE_DIR, "%02d-%s%s" % (self.starts, mode, "-gw" if with_gateway else ""))
         env = dict(os.environ, GW_MODE=mode, LAB_IP=LAB_IP, GW_ADDR=GW_ADDR, GW_HTTP=GW_HTTP, SECRET=SECRET,
-                   XMPP_USERS=" ".join("%s:%s" % kv for kv in USERS.items()))
+                   XMPP_USERS=" ".join("%s:%s" % kv for kv in USERS.items()),
+                   GW_HTTP_TOKEN=self.kamailio_http_token or "", GW_HTTP_CA=self.kamailio_http_ca or "")
+        self._variant = self.variant()
         st = subprocess.run([os.path.join(LAB_DIR, "start.sh"), self.run_dir], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if st.returncode != 0:
@@ -195,6 +211,10 @@ class Lab:
         self.gateway_log = os.path.join(self.run_dir, "gateway.log")
         args = [GATEWAY_BIN] + [a.replace("{config}", cfg) for a in shlex.split(GATEWAY_ARGS)]
         env = dict(os.environ, PUA_XMPP_CONFIG=cfg, RUST_BACKTRACE="1")
+        if self.http_token:
+            env["PUA_XMPP__HTTP__TOKEN"] = self.http_token
+        if self.http_tls:
+            env["PUA_XMPP__HTTP__TLS_CERT"], env["PUA_XMPP__HTTP__TLS_KEY"] = self.http_tls
         env.setdefault("RUST_LOG", "debug")
         with open(self.gateway_log, "wb") as log:
             # own session: the gateway is stopped by PID in stop(), never by group or name
@@ -311,6 +331,10 @@ class Lab:
                  "-A", 'DBURL="sqlite:///%s/kamailio.sqlite"' % self.run_dir,
                  "-A", 'CTL_SOCK="unix:%s/kamailio_ctl"' % self.run_dir,
                  "-A", 'MPATH="%s/"' % kmod_dir, "-A", kmode]
+        if self.kamailio_http_token:
+            kdefs += ["-A", 'GW_HTTP_TOKEN="%s"' % self.kamailio_http_token]
+        if self.kamailio_http_ca:
+            kdefs += ["-A", 'GW_HTTP_CA="%s"' % self.kamailio_http_ca]
         args = ["kamailio", "-DD", "-E", "-f", cfg["KAMAILIO_CFG"]] + kdefs + \
             ["-Y", self.run_dir, "-w", self.run_dir, "-m", "64", "-M", "16"]
         log = os.path.join(self.run_dir, "kamailio.log")

@@ -7,6 +7,10 @@
 #   GW_ADDR=$LAB_IP:5080    where Kamailio relays sip-xmpp.test requests (the gateway's SIP)
 #   GW_HTTP=$LAB_IP:9080    the gateway's HTTP API (PUA mode: POST /pua/req_winfo)
 #   GW_MODE=notifier        notifier | pua  (who serves SUBSCRIBEs to sip-xmpp.test)
+#   GW_HTTP_TOKEN=          bearer token Kamailio sends to GW_HTTP (the gateway's
+#                           http.token); empty = none. Not written to lab.env.
+#   GW_HTTP_CA=             PEM file: Kamailio calls GW_HTTP over https and verifies
+#                           the gateway's certificate with it; empty = plain http
 #   SECRET=gwsecret         XEP-0114 secret of component sip.xmpp.test
 #   XMPP_USERS="alice:alicepw zoe:zoepw"   accounts created on xmpp.test
 # Packages are NOT installed here (CI does it, see tests/lab/README.md); a missing
@@ -23,6 +27,8 @@ LAB_IP="${LAB_IP:-127.0.0.1}"
 GW_ADDR="${GW_ADDR:-$LAB_IP:5080}"
 GW_HTTP="${GW_HTTP:-$LAB_IP:9080}"
 GW_MODE="${GW_MODE:-notifier}"
+GW_HTTP_TOKEN="${GW_HTTP_TOKEN:-}"
+GW_HTTP_CA="${GW_HTTP_CA:-}"
 SECRET="${SECRET:-gwsecret}"
 XMPP_USERS="${XMPP_USERS:-alice:alicepw zoe:zoepw}"
 KAMAILIO_CFG="$REPO/config/kamailio.cfg"
@@ -91,6 +97,14 @@ sed -e "s#@RUN_DIR@#$RUN_DIR#g" -e "s#@LAB_IP@#$LAB_IP#g" -e "s#@SECRET@#$SECRET
 KDEFS=(-A "LAB_IP=$LAB_IP" -A "SRV_URI=\"sip:$LAB_IP:5060\"" -A "GW_ADDR=\"$GW_ADDR\""
 	-A "GW_HTTP=\"$GW_HTTP\"" -A "DBURL=\"sqlite:///$RUN_DIR/kamailio.sqlite\""
 	-A "CTL_SOCK=\"unix:$RUN_DIR/kamailio_ctl\"" -A "MPATH=\"$KMOD_DIR/\"" -A "$KMODE")
+if [ -n "$GW_HTTP_TOKEN" ]; then
+	case "$GW_HTTP_TOKEN" in *[!A-Za-z0-9._~+/=-]*) die "GW_HTTP_TOKEN: only A-Z a-z 0-9 - . _ ~ + / =" ;; esac
+	KDEFS+=(-A "GW_HTTP_TOKEN=\"$GW_HTTP_TOKEN\"")
+fi
+if [ -n "$GW_HTTP_CA" ]; then
+	[ -r "$GW_HTTP_CA" ] || die "GW_HTTP_CA: cannot read $GW_HTTP_CA"
+	KDEFS+=(-A "GW_HTTP_CA=\"$GW_HTTP_CA\"")
+fi
 cat > "$RUN_DIR/lab.env" <<ENV
 LAB_IP=$LAB_IP
 GW_ADDR=$GW_ADDR
