@@ -503,6 +503,7 @@ async fn tcp_inbound_framing_two_in_one_write_and_one_split_in_three() {
         vec![ConnInfo {
             conn_id: got[0].source.conn_id.unwrap(),
             peer: my_addr,
+            transport: Transport::Tcp,
             outbound: false,
             nodelay: true,
         }]
