@@ -517,7 +517,7 @@ impl SipTransport {
         );
         metrics::counter!("pua_xmpp_sip_connections_total", "transport" => transport.label(), "direction" => "outbound").increment(1);
         self.conn_by_peer.insert((peer, transport), conn_id);
-        let fut = TcpStream::connect(peer).into_actor(self).map(
+        let fut = connect_from(self.local.ip(), peer).into_actor(self).map(
             move |res, act: &mut SipTransport, ctx| match res {
                 Ok(stream) => {
                     if !act.conns.contains_key(&conn_id) {
@@ -820,6 +820,23 @@ impl SipTransport {
         self.clients.insert(id, t);
         self.timers.client_f.push_back((now + self.timer_f(), id));
     }
+}
+
+/// Opens a TCP connection to `peer` from our listening IP (any port), so that the peer sees
+/// the address our Via and Contact name rather than whatever the routing table picks (on a
+/// multi-address host, or another loopback address); a wildcard or other-family listen
+/// address leaves the choice to the kernel.
+async fn connect_from(local: IpAddr, peer: SocketAddr) -> std::io::Result<TcpStream> {
+    if local.is_unspecified() || local.is_ipv4() != peer.is_ipv4() {
+        return TcpStream::connect(peer).await;
+    }
+    let sock = if peer.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.bind(SocketAddr::new(local, 0))?;
+    sock.connect(peer).await
 }
 
 /// Gives back most of a timer queue's room once a burst has drained: a set-up burst of
