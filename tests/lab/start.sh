@@ -105,6 +105,7 @@ SRV_URI="sip:$LAB_HOST:5060"
 KDEFS=(-A "LAB_IP=$LAB_HOST" -A "SRV_URI=\"$SRV_URI\"" -A "GW_ADDR=\"$GW_ADDR\""
 	-A "GW_HTTP=\"$GW_HTTP\"" -A "DBURL=\"sqlite:///$RUN_DIR/kamailio.sqlite\""
 	-A "CTL_SOCK=\"unix:$RUN_DIR/kamailio_ctl\"" -A "MPATH=\"$KMOD_DIR/\"" -A "$KMODE")
+case "$LAB_IP" in *:*) KDEFS+=(-A WITH_IPV6) ;; esac
 if [ -n "$TLS_CFG" ]; then
 	KDEFS+=(-A WITH_TLS -A "TLS_CFG=\"$TLS_CFG\"" -A "GW_TLS_ADDR=\"$GW_TLS_ADDR\"")
 fi
@@ -132,7 +133,7 @@ sqlite3 "$RUN_DIR/kamailio.sqlite" < /usr/share/kamailio/db_sqlite/presence-crea
 sqlite3 "$RUN_DIR/kamailio.sqlite" 'PRAGMA journal_mode=WAL;' > /dev/null
 
 listening() { # proto(t|u) ip:port
-	ss -Hln"$1" 2>/dev/null | awk '{print $4}' | grep -qx "$2"
+	ss -Hln"$1" 2>/dev/null | awk '{print $4}' | grep -qxF "$2"
 }
 wait_for() { # description command...
 	local what="$1"; shift
