@@ -218,3 +218,48 @@ def test_kamailio_refuses_a_gateway_certificate_from_an_unknown_ca(tls_lab, pki,
     assert_no_plain_sip_from_gateway(tls_lab)
     # the good certificate back: the next test module gets a working gateway
     restart_gateway(tls_lab, gateway_toml(pki))
+
+
+def test_sighup_reloads_the_certificate_and_keeps_it_when_the_files_are_bad(tls_lab, pki):
+    """SIGHUP: the gateway reads tls_cert/tls_key again; new handshakes present the new
+    certificate. Files that do not load are logged and the old certificate stays."""
+    import shutil
+    import signal
+    import ssl
+    import socket
+
+    def presented_cert():
+        ctx = ssl.create_default_context(cafile=os.path.join(pki, "lab-ca.pem"))
+        with socket.create_connection((LAB_IP, 5081), timeout=5) as s:
+            with ctx.wrap_socket(s, server_hostname="sip-xmpp.test") as t:
+                der = t.getpeercert(binary_form=True)
+        return der
+
+    # the running gateway reads <pki>/gateway.pem; make a second one and swap it in
+    make_leaf(pki, "lab", "gateway2", "IP:%s,DNS:sip-xmpp.test" % LAB_IP)
+    with open(os.path.join(pki, "gateway.pem"), "rb") as f:
+        first_pem = f.read()
+    first = presented_cert()
+    assert ssl.DER_cert_to_PEM_cert(first).strip() == first_pem.decode().strip()
+    saved = os.path.join(pki, "gateway.orig")
+    shutil.copy(os.path.join(pki, "gateway.pem"), saved + ".pem")
+    shutil.copy(os.path.join(pki, "gateway.key"), saved + ".key")
+    try:
+        shutil.copy(os.path.join(pki, "gateway2.pem"), os.path.join(pki, "gateway.pem"))
+        shutil.copy(os.path.join(pki, "gateway2.key"), os.path.join(pki, "gateway.key"))
+        tls_lab.gateway.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "TLS certificate and key reloaded" in gateway_log(tls_lab), 5)
+        second = presented_cert()
+        with open(os.path.join(pki, "gateway2.pem")) as f:
+            assert ssl.DER_cert_to_PEM_cert(second).strip() == f.read().strip()
+        # a broken key: logged, the current certificate stays
+        with open(os.path.join(pki, "gateway.key"), "w") as f:
+            f.write("not a key\n")
+        tls_lab.gateway.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "SIGHUP: TLS certificate or key does not load; keeping the old ones"
+                          in gateway_log(tls_lab), 5), tail(tls_lab.gateway_log)
+        assert presented_cert() == second
+        assert tls_lab.gateway.poll() is None
+    finally:
+        shutil.copy(saved + ".pem", os.path.join(pki, "gateway.pem"))
+        shutil.copy(saved + ".key", os.path.join(pki, "gateway.key"))
