@@ -48,13 +48,24 @@ pub struct SipConfig {
     pub gateway_domain: String,
     /// `host:port` put in Contact; empty means `listen`.
     pub contact_host: String,
-    /// Transport of requests we originate: `udp` or `tcp`.
+    /// Transport of requests we originate: `udp` or `tcp` (a `sips:` or `;transport=tls`
+    /// `server_address` means TLS whatever this says).
     pub transport: String,
     /// IP addresses allowed to send us SIP requests (the Kamailio proxy); empty = anyone.
     /// Requests from others get 403.
     pub trusted_peers: Vec<String>,
     /// RFC 3261 T1 in milliseconds (retransmission and timeout timers scale with it).
     pub t1_ms: u64,
+    /// Address of the SIP-over-TLS listener; empty: none.
+    pub tls_listen: String,
+    /// PEM certificate chain of the TLS listener (reloaded on SIGHUP).
+    pub tls_cert: String,
+    /// PEM private key of the TLS listener (reloaded on SIGHUP).
+    pub tls_key: String,
+    /// PEM CA bundle that peers' certificates are verified against; empty: the system's.
+    pub tls_ca: String,
+    /// Verify peers' certificates on outbound TLS; `false` is for labs only (logged loudly).
+    pub tls_verify: bool,
 }
 
 impl Default for SipConfig {
@@ -67,6 +78,11 @@ impl Default for SipConfig {
             transport: "udp".into(),
             trusted_peers: Vec::new(),
             t1_ms: 500,
+            tls_listen: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_ca: String::new(),
+            tls_verify: true,
         }
     }
 }
@@ -78,9 +94,36 @@ impl SipConfig {
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5080)))
     }
+    /// Requests we originate go over TLS: a `sips:` or `;transport=tls` `server_address`
+    /// (RFC 3261 §26.2, RFC 5630).
+    pub fn outbound_tls(&self) -> bool {
+        pua_xmpp::sip::encode::uri_host_port(&self.server_address)
+            .is_some_and(|hp| hp.sips || hp.transport.as_deref() == Some("tls"))
+    }
+
+    /// The transport of requests we originate: `udp`, `tcp` or `tls`.
+    pub fn effective_transport(&self) -> &str {
+        if self.outbound_tls() {
+            "tls"
+        } else {
+            &self.transport
+        }
+    }
+
+    /// The validated TLS listen address, if one is configured.
+    pub fn tls_listen_addr(&self) -> Option<SocketAddr> {
+        if self.tls_listen.is_empty() {
+            None
+        } else {
+            self.tls_listen.parse().ok()
+        }
+    }
+
     /// `host:port` for Contact headers.
     pub fn contact(&self) -> &str {
-        if self.contact_host.is_empty() {
+        if self.contact_host.is_empty() && self.outbound_tls() && !self.tls_listen.is_empty() {
+            &self.tls_listen
+        } else if self.contact_host.is_empty() {
             &self.listen
         } else {
             &self.contact_host
@@ -706,6 +749,25 @@ impl Config {
             host_port("sip.contact_host", &s.contact_host)?;
         }
         one_of("sip.transport", &s.transport, &["udp", "tcp"])?;
+        if !s.tls_listen.is_empty() {
+            sock("sip.tls_listen", &s.tls_listen)?;
+            if s.tls_cert.is_empty() {
+                return Err(invalid("sip.tls_cert", "required with sip.tls_listen"));
+            }
+            if s.tls_key.is_empty() {
+                return Err(invalid("sip.tls_key", "required with sip.tls_listen"));
+            }
+        }
+        if s.outbound_tls() && s.tls_listen.is_empty() {
+            // Our Contact must then be a TLS address too, or peers would answer in plain text.
+            return Err(invalid(
+                "sip.tls_listen",
+                format!(
+                    "required when requests go over TLS (sip.server_address {:?})",
+                    s.server_address
+                ),
+            ));
+        }
 
         let x = &self.xmpp;
         domain("xmpp.component_domain", &x.component_domain)?;
@@ -909,6 +971,11 @@ impl Config {
         t.str("transport", &s.transport);
         t.list("trusted_peers", &self.sip.trusted_peers);
         t.num("t1_ms", self.sip.t1_ms);
+        t.str("tls_listen", &s.tls_listen);
+        t.str("tls_cert", &s.tls_cert);
+        t.str("tls_key", &s.tls_key);
+        t.str("tls_ca", &s.tls_ca);
+        t.bool("tls_verify", s.tls_verify);
         let x = &self.xmpp;
         t.section("xmpp");
         t.str("component_domain", &x.component_domain);
@@ -1060,6 +1127,57 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect::<Vec<_>>(),
         )
+    }
+
+    /// `[sip]` TLS keys (issue 16): a sips: or ;transport=tls server_address means TLS and
+    /// needs a TLS listener, which needs a certificate and a key; the keys are documented.
+    #[test]
+    fn sip_tls_keys_are_validated_and_a_sips_server_means_tls() {
+        let d = Config::default();
+        assert!(!d.sip.outbound_tls());
+        assert!(d.sip.tls_verify);
+        assert_eq!(d.sip.tls_listen_addr(), None);
+        for key in ["tls_listen", "tls_cert", "tls_key", "tls_ca", "tls_verify"] {
+            assert!(Config::keys().contains(&format!("sip.{key}")), "{key}");
+        }
+        let err = |pairs: &[(&str, &str)]| with_env(pairs).unwrap_err().to_string();
+        assert_eq!(
+            err(&[("PUA_XMPP__SIP__SERVER_ADDRESS", "sips:proxy.example.com")]),
+            "sip.tls_listen: required when requests go over TLS (sip.server_address \"sips:proxy.example.com\")"
+        );
+        assert!(err(&[(
+            "PUA_XMPP__SIP__SERVER_ADDRESS",
+            "sip:[::1]:5061;transport=TLS"
+        )])
+        .starts_with("sip.tls_listen: required"));
+        assert_eq!(
+            err(&[("PUA_XMPP__SIP__TLS_LISTEN", "[::1]:5081")]),
+            "sip.tls_cert: required with sip.tls_listen"
+        );
+        assert_eq!(
+            err(&[
+                ("PUA_XMPP__SIP__TLS_LISTEN", "[::1]:5081"),
+                ("PUA_XMPP__SIP__TLS_CERT", "/c.pem")
+            ]),
+            "sip.tls_key: required with sip.tls_listen"
+        );
+        assert!(err(&[("PUA_XMPP__SIP__TLS_LISTEN", "localhost:5081")])
+            .starts_with("sip.tls_listen: expected an IP address with port"));
+        let c = with_env(&[
+            ("PUA_XMPP__SIP__SERVER_ADDRESS", "sips:[::1]:5061"),
+            ("PUA_XMPP__SIP__LISTEN", "[::1]:5080"),
+            ("PUA_XMPP__SIP__TLS_LISTEN", "[::1]:5081"),
+            ("PUA_XMPP__SIP__TLS_CERT", "/c.pem"),
+            ("PUA_XMPP__SIP__TLS_KEY", "/k.pem"),
+            ("PUA_XMPP__SIP__TLS_VERIFY", "false"),
+        ])
+        .unwrap();
+        assert!(c.sip.outbound_tls());
+        assert_eq!(c.sip.effective_transport(), "tls");
+        assert_eq!(c.sip.contact(), "[::1]:5081");
+        assert!(!c.sip.tls_verify);
+        assert!(c.redacted().contains("tls_listen = \"[::1]:5081\"\n"));
+        assert!(c.redacted().contains("tls_verify = false\n"));
     }
 
     #[test]

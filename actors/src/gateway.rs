@@ -8,7 +8,8 @@ use crate::messages::StopLinkStatus;
 use crate::messages::{FlushPersists, Restore};
 use crate::registry::{Mode, Registry, RegistryConfig};
 use crate::store::{load_snapshot, SqliteStore, StoreHandle};
-use crate::transport::{GetStats, SipTransport, TransportConfig};
+use crate::transport::tls::{self, TlsSettings};
+use crate::transport::{GetStats, ReloadTls, SipTransport, TransportConfig};
 use actix::prelude::*;
 use pua_xmpp::address::{AddressMapper, MappingConfig};
 use pua_xmpp::notifier::NotifierConfig;
@@ -17,14 +18,16 @@ use pua_xmpp::publisher::PublisherConfig;
 use pua_xmpp::subscriber::SubscriberConfig;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
-/// Resolves `sip:host[:port]` of `sip.server_address` to a socket address.
-async fn resolve_sip_uri(uri: &str) -> io::Result<SocketAddr> {
+/// Resolves `sip:host[:port]` of `sip.server_address` to a socket address (port 5061 by
+/// default over TLS, RFC 3261 §19.1.2).
+async fn resolve_sip_uri(uri: &str, tls: bool) -> io::Result<SocketAddr> {
     let hp = pua_xmpp::sip::encode::uri_host_port(uri)
         .ok_or_else(|| invalid(format!("sip.server_address: not a SIP URI: {uri}")))?;
     let host = hp
@@ -32,10 +35,83 @@ async fn resolve_sip_uri(uri: &str) -> io::Result<SocketAddr> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let port = hp.port.unwrap_or(5060);
+    let port = hp.port.unwrap_or(if tls { 5061 } else { 5060 });
     let mut addrs = tokio::net::lookup_host((host.as_str(), port)).await?;
     let first = addrs.next();
     first.ok_or_else(|| invalid(format!("sip.server_address: {uri} does not resolve")))
+}
+
+/// The TLS settings of `[sip]`: the listener's certificate and key (a start-up error naming
+/// the key when they do not load) and how outbound connections verify peers.
+fn tls_settings(sip: &crate::config::SipConfig) -> io::Result<Option<TlsSettings>> {
+    let listen = sip.tls_listen_addr();
+    let server = match listen {
+        Some(_) => Some(
+            tls::server_config(Path::new(&sip.tls_cert), Path::new(&sip.tls_key))
+                .map_err(|e| invalid(format!("sip.tls_cert / sip.tls_key: {e}")))?,
+        ),
+        None => None,
+    };
+    let ca = (!sip.tls_ca.is_empty()).then(|| Path::new(&sip.tls_ca));
+    if !sip.tls_verify {
+        tracing::warn!(
+            "sip.tls_verify = false: the certificates of TLS peers are NOT verified; \
+             anyone on the path can impersonate them (for labs only)"
+        );
+    }
+    let client = match tls::client_config(ca, sip.tls_verify) {
+        Ok(c) => c,
+        Err(e) if sip.outbound_tls() || ca.is_some() => {
+            return Err(invalid(format!("sip.tls_ca: {e}")));
+        }
+        Err(e) => {
+            // Nothing we originate needs it; a route that asks for TLS will fail, saying so.
+            tracing::warn!(error = %e, "no CA certificates for outbound SIP over TLS");
+            match listen {
+                None => return Ok(None),
+                Some(_) => tls::client_config(None, false)
+                    .map_err(|e| invalid(format!("sip.tls_ca: {e}")))?,
+            }
+        }
+    };
+    Ok(Some(TlsSettings {
+        listen,
+        server,
+        client,
+    }))
+}
+
+/// On SIGHUP, reads `sip.tls_cert` and `sip.tls_key` again and hands them to the transport;
+/// when they do not load, the old ones stay (and the error is logged).
+fn spawn_tls_reload(sip: &crate::config::SipConfig, transport: Addr<SipTransport>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let cert = std::path::PathBuf::from(&sip.tls_cert);
+        let key = std::path::PathBuf::from(&sip.tls_key);
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot handle SIGHUP: TLS certificates are not reloadable");
+                return;
+            }
+        };
+        actix_rt::spawn(async move {
+            while hup.recv().await.is_some() {
+                match tls::server_config(&cert, &key) {
+                    Ok(server) => transport.do_send(ReloadTls(server)),
+                    Err(e) => {
+                        metrics::counter!("pua_xmpp_sip_tls_reload_failures_total").increment(1);
+                        tracing::error!(error = %e, "SIGHUP: TLS certificate or key does not load; keeping the old ones");
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (sip, transport);
+    }
 }
 
 /// Gives the identifier generators of this process their key, from the OS (issue 14: Call-IDs,
@@ -94,16 +170,26 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         .listen
         .parse()
         .map_err(|e| invalid(format!("sip.listen: {e}")))?;
-    let proxy = resolve_sip_uri(&config.sip.server_address).await?;
+    let transport_name = config.sip.effective_transport();
+    let proxy = resolve_sip_uri(&config.sip.server_address, transport_name == "tls").await?;
+    let tls = tls_settings(&config.sip)?;
     let contact_host = if config.sip.contact_host.is_empty() {
-        // With TCP chosen, say so in the Contact, or peers would NOTIFY us over UDP (RFC 3263).
-        match config.sip.transport.as_str() {
-            "tcp" => format!("{listen};transport=tcp"),
-            _ => listen.to_string(),
-        }
+        // With TCP or TLS chosen, say so in the Contact, or peers would NOTIFY us over UDP
+        // (RFC 3263); over TLS the Contact is the TLS listener.
+        let at = match (transport_name, tls.as_ref().and_then(|t| t.listen)) {
+            ("tls", Some(tls_listen)) => tls_listen,
+            _ => listen,
+        };
+        pua_xmpp::sip::encode::contact_hostport(at, transport_name)
     } else {
         config.sip.contact_host.clone()
     };
+    let proxy_name = pua_xmpp::sip::encode::uri_host_port(&config.sip.server_address).map(|hp| {
+        hp.host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned()
+    });
     let mode = if config.presence.mode == "pua" {
         Mode::Pua
     } else {
@@ -116,10 +202,12 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         TransportConfig {
             listen,
             outbound_proxy: Some(proxy),
-            request_transport: if config.sip.transport == "tcp" {
-                crate::messages::Transport::Tcp
-            } else {
-                crate::messages::Transport::Udp
+            outbound_proxy_name: proxy_name,
+            tls: tls.clone(),
+            request_transport: match transport_name {
+                "tcp" => crate::messages::Transport::Tcp,
+                "tls" => crate::messages::Transport::Tls,
+                _ => crate::messages::Transport::Udp,
             },
             max_message: config.limits.max_sip_message,
             t1: Duration::from_millis(config.sip.t1_ms),
@@ -130,7 +218,11 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         Some(registry.clone().recipient()),
     )
     .await?;
-    tracing::info!(%listen, proxy = %proxy, "SIP transport listening (UDP and TCP)");
+    tracing::info!(%listen, proxy = %proxy, transport = transport_name, "SIP transport listening (UDP and TCP)");
+    if let Some(tls_listen) = tls.as_ref().and_then(|t| t.listen) {
+        tracing::info!(%tls_listen, "SIP transport listening (TLS)");
+        spawn_tls_reload(&config.sip, transport.clone());
+    }
     let status = LinkStatus {
         online: false,
         registry: Some(registry.clone().recipient()),

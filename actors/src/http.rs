@@ -161,6 +161,24 @@ const FAMILIES: &[Family] = &[
     ),
     (
         "counter",
+        "pua_xmpp_sip_connections_total",
+        "SIP stream connections opened, by transport (tcp, tls) and direction.",
+        &[("transport", "tcp"), ("direction", "outbound")],
+    ),
+    (
+        "counter",
+        "pua_xmpp_sip_tls_handshake_failures_total",
+        "SIP over TLS handshakes that failed (bad or untrusted certificate, timeout), by direction.",
+        &[("direction", "outbound")],
+    ),
+    (
+        "counter",
+        "pua_xmpp_sip_tls_reload_failures_total",
+        "SIGHUP reloads of sip.tls_cert/tls_key that failed (the old ones stay).",
+        &[],
+    ),
+    (
+        "counter",
         "pua_xmpp_actor_restarts_total",
         "Shard actors that died and were started again by the registry, by actor.",
         &[("actor", "subscriber_shard")],

@@ -13,6 +13,33 @@ use std::net::SocketAddr;
 pub enum Transport {
     Udp,
     Tcp,
+    /// TLS over TCP (RFC 3261 §26): a stream like TCP.
+    Tls,
+}
+
+impl Transport {
+    /// The Via protocol token (`SIP/2.0/UDP`, `TCP`, `TLS`).
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+
+    /// A stream transport (TCP or TLS): one connection, no retransmissions.
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
 }
 
 /// Where an inbound SIP message came from.
@@ -20,7 +47,7 @@ pub enum Transport {
 pub struct Source {
     pub transport: Transport,
     pub peer: SocketAddr,
-    /// The TCP connection it arrived on, so the response can use the same one.
+    /// The TCP or TLS connection it arrived on, so the response can use the same one.
     pub conn_id: Option<u64>,
 }
 

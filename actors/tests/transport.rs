@@ -503,6 +503,7 @@ async fn tcp_inbound_framing_two_in_one_write_and_one_split_in_three() {
         vec![ConnInfo {
             conn_id: got[0].source.conn_id.unwrap(),
             peer: my_addr,
+            transport: Transport::Tcp,
             outbound: false,
             nodelay: true,
         }]
@@ -738,6 +739,72 @@ async fn in_dialog_request_follows_the_first_route() {
     let req = parse_request(&text);
     assert_eq!(req.uri, "sip:juliet@127.0.0.1:9;transport=udp");
     assert_eq!(req.call_id, "out-call-1");
+}
+
+/// IPv6 (issue 16): on [::1] the Via sent-by is the bracketed `[::1]:port`, an IPv6
+/// Record-Route (`<sip:[::1]:port;lr>`) is followed, and the peer's response over UDP/IPv6
+/// ends the transaction; an inbound request from [::1] is answered there.
+#[actix_rt::test]
+async fn ipv6_via_route_and_response_on_loopback() {
+    let Ok(peer) = UdpSocket::bind("[::1]:0").await else {
+        return; // no IPv6 on this host
+    };
+    let peer_addr = peer.local_addr().unwrap();
+    let port = peer_addr.port();
+    let mut cfg = config();
+    cfg.listen = "[::1]:0".parse().unwrap();
+    let mut gw = start(cfg).await;
+    assert!(gw.local.is_ipv6());
+    let (reply_to, mut outcomes) = sink::<TransactionOutcome>();
+    gw.addr.do_send(SendRequest {
+        req: out_subscribe(
+            Destination::InDialog,
+            "sip:juliet@[::1]:9",
+            vec![format!("<sip:[::1]:{port};r2=on;lr>")],
+        ),
+        key: 11,
+        reply_to,
+        transport: None,
+    });
+    let (text, from) = recv_udp(&peer, 2000)
+        .await
+        .expect("request at the IPv6 Route");
+    assert_eq!(from, gw.local);
+    let req = parse_request(&text);
+    let via = format!("SIP/2.0/UDP [::1]:{};branch=", gw.local.port());
+    assert!(req.via[0].starts_with(&via), "{}", req.via[0]);
+    assert!(
+        text.starts_with("SUBSCRIBE sip:juliet@[::1]:9 SIP/2.0\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Route: <sip:[::1]:{port};r2=on;lr>\r\n")),
+        "{text}"
+    );
+    peer.send_to(answer(&req, 200, "OK", "v6").as_bytes(), from)
+        .await
+        .unwrap();
+    let out = next(&mut outcomes, 2000).await.expect("outcome");
+    match out.result {
+        TxnResult::Response(r) => assert_eq!(r.status, 200),
+        other => panic!("expected 200, got {other:?}"),
+    }
+    // inbound: a SUBSCRIBE from [::1] with a bracketed Via is delivered and answered there
+    let sent_by = format!("[::1]:{port}");
+    let inbound = subscribe_text("z9hG4bKv6in", "v6-in@example.com", &sent_by);
+    peer.send_to(inbound.as_bytes(), gw.local).await.unwrap();
+    let got = next(&mut gw.inbound, 2000).await.expect("inbound request");
+    assert_eq!(got.source.peer, peer_addr);
+    gw.addr.do_send(SendResponse {
+        txn: got.txn,
+        resp: OutResponse::to_request(&got.req, 200, None),
+    });
+    let (resp, _) = recv_udp(&peer, 2000).await.expect("200 over IPv6");
+    assert!(resp.starts_with("SIP/2.0 200 OK\r\n"), "{resp}");
+    assert!(
+        resp.contains(&format!("Via: SIP/2.0/UDP [::1]:{port};branch=z9hG4bKv6in")),
+        "{resp}"
+    );
 }
 
 #[actix_rt::test]

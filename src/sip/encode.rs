@@ -148,6 +148,29 @@ pub struct HostPort {
     pub port: Option<u16>,
     /// Lowercased `transport` parameter.
     pub transport: Option<String>,
+    /// The scheme is `sips:` (TLS on every hop, RFC 3261 §19.1, RFC 5630).
+    pub sips: bool,
+}
+
+/// A socket address as a SIP `hostport` (Via sent-by, Contact, Record-Route): an IPv6
+/// address in brackets (RFC 3261 §25.1 `IPv6reference`), `[::1]:5080`; a zone id, which SIP
+/// cannot carry, is left out.
+pub fn hostport(addr: std::net::SocketAddr) -> String {
+    match addr {
+        std::net::SocketAddr::V4(a) => a.to_string(),
+        std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+/// The host part of our Contact URI for requests sent on `transport` ("udp", "tcp", "tls"):
+/// the `hostport`, with `;transport=` unless UDP, so that peers reach us back the same way
+/// (RFC 3263 §4.1: without the parameter a `sip:` URI means UDP).
+pub fn contact_hostport(addr: std::net::SocketAddr, transport: &str) -> String {
+    let hp = hostport(addr);
+    match transport {
+        "tcp" | "tls" => format!("{hp};transport={transport}"),
+        _ => hp,
+    }
 }
 
 /// host/port/transport of a SIP URI given as `sip:u@h:p;transport=tcp`, `<sip:h;lr>`,
@@ -161,7 +184,8 @@ pub fn uri_host_port(uri: &str) -> Option<HostPort> {
     }
     let colon = s.find(':')?;
     let scheme = s.get(..colon)?;
-    if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
+    let sips = scheme.eq_ignore_ascii_case("sips");
+    if !(scheme.eq_ignore_ascii_case("sip") || sips) {
         return None;
     }
     let rest = s.get(colon + 1..)?;
@@ -206,6 +230,7 @@ pub fn uri_host_port(uri: &str) -> Option<HostPort> {
         host: host.to_owned(),
         port,
         transport,
+        sips,
     })
 }
 
@@ -408,7 +433,52 @@ pub(crate) mod tests {
             host: host.into(),
             port,
             transport: t.map(str::to_owned),
+            sips: false,
         })
+    }
+
+    /// IPv6 forms (issue 16): bracketed in sent-by and Contact, zone ids left out; the
+    /// Record-Route of a proxy on `[::1]` parses to its bracketed host, port and transport.
+    #[test]
+    fn ipv6_hostport_contact_and_record_route_forms() {
+        use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+        let v6: SocketAddr = "[::1]:5080".parse().unwrap();
+        assert_eq!(hostport(v6), "[::1]:5080");
+        let v4: SocketAddr = "127.0.0.1:5080".parse().unwrap();
+        assert_eq!(hostport(v4), "127.0.0.1:5080");
+        let zoned = SocketAddr::V6(SocketAddrV6::new(
+            "fe80::1".parse::<Ipv6Addr>().unwrap(),
+            5080,
+            0,
+            3,
+        ));
+        assert_eq!(hostport(zoned), "[fe80::1]:5080");
+        assert_eq!(contact_hostport(v6, "udp"), "[::1]:5080");
+        assert_eq!(contact_hostport(v6, "tcp"), "[::1]:5080;transport=tcp");
+        assert_eq!(contact_hostport(v6, "tls"), "[::1]:5080;transport=tls");
+        // What the core makes of it is a URI our own parser reads back.
+        let contact = format!("sip:alice*xmpp.example@{}", contact_hostport(v6, "tls"));
+        assert_eq!(
+            uri_host_port(&contact),
+            hp("[::1]", Some(5080), Some("tls"))
+        );
+        // Kamailio's Record-Route on [::1] (double record-routing: one per transport).
+        assert_eq!(
+            uri_host_port("<sip:[::1]:5061;transport=tls;r2=on;lr;ftag=a1>"),
+            hp("[::1]", Some(5061), Some("tls"))
+        );
+        assert_eq!(
+            uri_host_port("<sip:[::1];r2=on;lr>"),
+            hp("[::1]", None, None)
+        );
+        // A sips: URI says TLS by its scheme.
+        let sips = uri_host_port("sips:[2001:db8::2]:5061").unwrap();
+        assert!(sips.sips);
+        assert_eq!(sips.host, "[2001:db8::2]");
+        // Via of a request we send over TLS on [::1].
+        let via = format!("SIP/2.0/TLS {};branch=z9hG4bK-7;rport", hostport(v6));
+        assert_eq!(via, "SIP/2.0/TLS [::1]:5080;branch=z9hG4bK-7;rport");
+        assert_eq!(via_branch(&via), Some("z9hG4bK-7"));
     }
 
     #[test]
@@ -423,7 +493,10 @@ pub(crate) mod tests {
         );
         assert_eq!(
             uri_host_port("sips:ps1.example.com"),
-            hp("ps1.example.com", None, None)
+            Some(HostPort {
+                sips: true,
+                ..hp("ps1.example.com", None, None).unwrap()
+            })
         );
         assert_eq!(
             uri_host_port("sip:127.0.0.2:5060"),

@@ -130,11 +130,12 @@ class SipUA:
 
     def __init__(self, user, ip, proxy, port=0, domain="sip.test"):
         self.user, self.ip, self.proxy, self.domain = user, ip, proxy, domain
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((ip, port))
         self.port = self.sock.getsockname()[1]
+        self.host = "[%s]" % ip if ":" in ip else ip  # IPv6 reference in Via/Contact
         self.aor = "sip:%s@%s" % (user, domain)
-        self.contact = "sip:%s@%s:%d" % (user, ip, self.port)
+        self.contact = "sip:%s@%s:%d" % (user, self.host, self.port)
         self.answer = lambda m: (200, "OK", [])
         self.requests, self.all_requests = [], []
         self.responses = queue.Queue()
@@ -214,7 +215,7 @@ class SipUA:
         call_id = call_id or "%s@%s" % (rand(16), self.ip)
         frm = frm or self.aor
         lines = ["%s %s SIP/2.0" % (method, ruri),
-                 "Via: SIP/2.0/UDP %s:%d;branch=z9hG4bK%s;rport" % (self.ip, self.port, rand()),
+                 "Via: SIP/2.0/UDP %s:%d;branch=z9hG4bK%s;rport" % (self.host, self.port, rand()),
                  "Max-Forwards: 70"]
         lines += ["Route: %s" % r for r in route]
         lines += ["From: <%s>;tag=%s" % (frm, from_tag or rand()),

@@ -13,6 +13,11 @@
 #                           the gateway's certificate with it; empty = plain http
 #   SECRET=gwsecret         XEP-0114 secret of component sip.xmpp.test
 #   XMPP_USERS="alice:alicepw zoe:zoepw"   accounts created on xmpp.test
+#   TLS_CFG=                Kamailio tls.cfg (certificates made by the caller): set, Kamailio
+#                           also listens tls:$LAB_IP:5061 and relays sip-xmpp.test to
+#                           GW_TLS_ADDR over TLS only (kamailio -A WITH_TLS, issue 16)
+#   GW_TLS_ADDR=$LAB_IP:5081  the gateway's TLS listener (with TLS_CFG)
+#   LAB_IP may also be ::1 (IPv6 lab; Kamailio then listens on [::1])
 # Packages are NOT installed here (CI does it, see tests/lab/README.md); a missing
 # program or module is reported by name. The run dir is wiped and recreated
 # (only if start.sh made it): rendered prosody config, sqlite DB, logs, PID files.
@@ -24,13 +29,17 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 RUN_DIR="${1:-${RUN_DIR:-/tmp/pua-xmpp-lab}}"
 LAB_IP="${LAB_IP:-127.0.0.1}"
-GW_ADDR="${GW_ADDR:-$LAB_IP:5080}"
-GW_HTTP="${GW_HTTP:-$LAB_IP:9080}"
 GW_MODE="${GW_MODE:-notifier}"
 GW_HTTP_TOKEN="${GW_HTTP_TOKEN:-}"
 GW_HTTP_CA="${GW_HTTP_CA:-}"
 SECRET="${SECRET:-gwsecret}"
 XMPP_USERS="${XMPP_USERS:-alice:alicepw zoe:zoepw}"
+TLS_CFG="${TLS_CFG:-}"
+# IPv6: addresses in brackets wherever a port follows ([::1]:5060)
+case "$LAB_IP" in *:*) LAB_HOST="[$LAB_IP]" ;; *) LAB_HOST="$LAB_IP" ;; esac
+GW_ADDR="${GW_ADDR:-$LAB_HOST:5080}"
+GW_HTTP="${GW_HTTP:-$LAB_HOST:9080}"
+GW_TLS_ADDR="${GW_TLS_ADDR:-$LAB_HOST:5081}"
 KAMAILIO_CFG="$REPO/config/kamailio.cfg"
 PROSODY_CFG="$REPO/config/prosody.cfg.lua"
 # Debian multiarch dir (x86_64, aarch64, ...), else the classic locations
@@ -43,7 +52,7 @@ die() { echo "start.sh: $*" >&2; exit 1; }
 case "$GW_MODE" in notifier) KMODE=GW_MODE_NOTIFIER ;; pua) KMODE=GW_MODE_PUA ;;
 	*) die "GW_MODE must be notifier or pua (got '$GW_MODE')" ;; esac
 case "$RUN_DIR" in /*) ;; *) die "RUN_DIR must be an absolute path" ;; esac
-case "$LAB_IP" in 127.*) ;; *) die "LAB_IP must be a loopback address (got '$LAB_IP')" ;; esac
+case "$LAB_IP" in 127.*|::1) ;; *) die "LAB_IP must be a loopback address (got '$LAB_IP')" ;; esac
 
 # ---- prerequisites (installed by CI: see tests/lab/README.md) ---------------
 missing=""
@@ -66,6 +75,8 @@ need_file "$KMOD_DIR/presence_xml.so" kamailio-presence-modules
 need_file "$KMOD_DIR/db_sqlite.so" kamailio-sqlite-modules
 need_file /usr/share/kamailio/db_sqlite/presence-create.sql kamailio-sqlite-modules
 need_file "$KMOD_DIR/http_client.so" kamailio-utils-modules
+[ -z "$TLS_CFG" ] || need_file "$KMOD_DIR/tls.so" kamailio-tls-modules
+[ -z "$TLS_CFG" ] || need_file "$TLS_CFG" "the caller (TLS_CFG)"
 need_file "$KAMAILIO_CFG" "this repository"
 need_file "$PROSODY_CFG" "this repository"
 [ -z "$missing" ] || die "missing prerequisites:$(echo -e "$missing")
@@ -87,14 +98,17 @@ mkdir -p "$RUN_DIR/certs" "$RUN_DIR/prosody-data"
 touch "$RUN_DIR/.pua-xmpp-lab"
 
 # also catches a system-wide prosody/kamailio bound to the wildcard address
-busy=$(ss -Hlntu 2>/dev/null | awk -v ip="$LAB_IP" \
-	'$5 ~ "^("ip"|0[.]0[.]0[.]0|[*]|[[]::[]]):(5060|5222|5347)$" {print $1" "$5}' | tr '\n' ' ')
+busy=$(ss -Hlntu 2>/dev/null | awk -v ip="$LAB_HOST" \
+	'index($5, ip":") == 1 || $5 ~ "^(0[.]0[.]0[.]0|[*]|[[]::[]]):" {split($5, a, ":"); p = a[length(a)]; if (p == 5060 || p == 5061 || p == 5222 || p == 5347) print $1" "$5}' | tr '\n' ' ')
 [ -z "$busy" ] || die "ports already in use: $busy(a system service? e.g. service prosody stop)"
 
 # ---- configs ------------------------------------------------------------------
 sed -e "s#@RUN_DIR@#$RUN_DIR#g" -e "s#@LAB_IP@#$LAB_IP#g" -e "s#@SECRET@#$SECRET#g" \
 	"$PROSODY_CFG" > "$RUN_DIR/prosody.cfg.lua"
-KDEFS=(-A "LAB_IP=$LAB_IP" -A "SRV_URI=\"sip:$LAB_IP:5060\"" -A "GW_ADDR=\"$GW_ADDR\""
+# with TLS the presence server's Contact is its TLS address: in-dialog requests use TLS
+SRV_URI="sip:$LAB_HOST:5060"
+[ -z "$TLS_CFG" ] || SRV_URI="sip:$LAB_HOST:5061;transport=tls"
+KDEFS=(-A "LAB_IP=$LAB_HOST" -A "SRV_URI=\"$SRV_URI\"" -A "GW_ADDR=\"$GW_ADDR\""
 	-A "GW_HTTP=\"$GW_HTTP\"" -A "DBURL=\"sqlite:///$RUN_DIR/kamailio.sqlite\""
 	-A "CTL_SOCK=\"unix:$RUN_DIR/kamailio_ctl\"" -A "MPATH=\"$KMOD_DIR/\"" -A "$KMODE")
 if [ -n "$GW_HTTP_TOKEN" ]; then
@@ -105,11 +119,17 @@ if [ -n "$GW_HTTP_CA" ]; then
 	[ -r "$GW_HTTP_CA" ] || die "GW_HTTP_CA: cannot read $GW_HTTP_CA"
 	KDEFS+=(-A "GW_HTTP_CA=\"$GW_HTTP_CA\"")
 fi
+case "$LAB_IP" in *:*) KDEFS+=(-A WITH_IPV6) ;; esac
+if [ -n "$TLS_CFG" ]; then
+	KDEFS+=(-A WITH_TLS -A "TLS_CFG=\"$TLS_CFG\"" -A "GW_TLS_ADDR=\"$GW_TLS_ADDR\"")
+fi
 cat > "$RUN_DIR/lab.env" <<ENV
 LAB_IP=$LAB_IP
 GW_ADDR=$GW_ADDR
 GW_HTTP=$GW_HTTP
 GW_MODE=$GW_MODE
+GW_TLS_ADDR=$GW_TLS_ADDR
+TLS_CFG=$TLS_CFG
 SECRET=$SECRET
 XMPP_USERS="$XMPP_USERS"
 KAMAILIO_CFG=$KAMAILIO_CFG
@@ -127,7 +147,7 @@ sqlite3 "$RUN_DIR/kamailio.sqlite" < /usr/share/kamailio/db_sqlite/presence-crea
 sqlite3 "$RUN_DIR/kamailio.sqlite" 'PRAGMA journal_mode=WAL;' > /dev/null
 
 listening() { # proto(t|u) ip:port
-	ss -Hln"$1" 2>/dev/null | awk '{print $4}' | grep -qx "$2"
+	ss -Hln"$1" 2>/dev/null | awk '{print $4}' | grep -qxF "$2"
 }
 wait_for() { # description command...
 	local what="$1"; shift
@@ -145,8 +165,8 @@ fail() {
 # lab alone; stop.sh kills by PID.  setsid execs (same PID) when not a group leader.
 setsid prosody -F --config "$RUN_DIR/prosody.cfg.lua" < /dev/null > "$RUN_DIR/prosody.out" 2>&1 &
 echo $! > "$RUN_DIR/prosody.pid"
-wait_for "prosody c2s $LAB_IP:5222" listening t "$LAB_IP:5222" || fail "$RUN_DIR/prosody.log"
-wait_for "prosody component $LAB_IP:5347" listening t "$LAB_IP:5347" || fail "$RUN_DIR/prosody.log"
+wait_for "prosody c2s $LAB_HOST:5222" listening t "$LAB_HOST:5222" || fail "$RUN_DIR/prosody.log"
+wait_for "prosody component $LAB_HOST:5347" listening t "$LAB_HOST:5347" || fail "$RUN_DIR/prosody.log"
 
 # ---- Kamailio ------------------------------------------------------------------
 kamailio -c -f "$KAMAILIO_CFG" "${KDEFS[@]}" > "$RUN_DIR/kamailio-check.out" 2>&1 ||
@@ -154,8 +174,11 @@ kamailio -c -f "$KAMAILIO_CFG" "${KDEFS[@]}" > "$RUN_DIR/kamailio-check.out" 2>&
 setsid kamailio -DD -E -f "$KAMAILIO_CFG" "${KDEFS[@]}" -Y "$RUN_DIR" -w "$RUN_DIR" \
 	-m 64 -M 16 < /dev/null > "$RUN_DIR/kamailio.log" 2>&1 &
 echo $! > "$RUN_DIR/kamailio.pid"
-wait_for "kamailio udp $LAB_IP:5060" listening u "$LAB_IP:5060" || fail "$RUN_DIR/kamailio.log"
-wait_for "kamailio tcp $LAB_IP:5060" listening t "$LAB_IP:5060" || fail "$RUN_DIR/kamailio.log"
+wait_for "kamailio udp $LAB_HOST:5060" listening u "$LAB_HOST:5060" || fail "$RUN_DIR/kamailio.log"
+wait_for "kamailio tcp $LAB_HOST:5060" listening t "$LAB_HOST:5060" || fail "$RUN_DIR/kamailio.log"
+if [ -n "$TLS_CFG" ]; then
+	wait_for "kamailio tls $LAB_HOST:5061" listening t "$LAB_HOST:5061" || fail "$RUN_DIR/kamailio.log"
+fi
 KAMCMD=(kamcmd -s "unix:$RUN_DIR/kamailio_ctl")
 wait_for "kamailio ctl socket" "${KAMCMD[@]}" core.uptime > /dev/null 2>&1 || fail "$RUN_DIR/kamailio.log"
 
@@ -163,7 +186,10 @@ wait_for "kamailio ctl socket" "${KAMCMD[@]}" core.uptime > /dev/null 2>&1 || fa
 # (flag 2 = permanent). Both test domains resolve to this proxy, as real DNS
 # for a gateway domain would; the proxy then relays sip-xmpp.test to GW_ADDR.
 for d in sip.test sip-xmpp.test; do
-	"${KAMCMD[@]}" dns.add_a "$d" 86400 "$LAB_IP" 2 > /dev/null
+	case "$LAB_IP" in
+	*:*) "${KAMCMD[@]}" dns.add_aaaa "$d" 86400 "$LAB_IP" 2 > /dev/null ;;
+	*) "${KAMCMD[@]}" dns.add_a "$d" 86400 "$LAB_IP" 2 > /dev/null ;;
+	esac
 	for t in udp tcp; do
 		"${KAMCMD[@]}" dns.add_srv "_sip._$t.$d" 86400 10 10 5060 "$d" 2 > /dev/null
 	done

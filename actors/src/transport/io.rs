@@ -11,8 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -39,7 +38,11 @@ pub(crate) enum Incoming {
     Reject(Box<OutResponse>, Source),
     /// Nothing to do (keepalive, dropped garbage, a socket error already logged).
     Nothing,
-    Accepted(TcpStream, SocketAddr),
+    /// An accepted connection: on the TLS listener when the flag is set.
+    Accepted(TcpStream, SocketAddr, bool),
+    /// A TLS handshake failed (already logged and counted): the connection is closed and the
+    /// transactions waiting on it fail with this reason.
+    HandshakeFailed(u64, String),
     /// A framing error on a stream: the connection is closed.
     StreamBroken(u64, String),
     /// An oversize message on a stream whose head parsed: answer (413), then close.
@@ -69,7 +72,7 @@ pub(crate) fn decode(bytes: &[u8], source: Source, keys: &KeyHasher) -> Incoming
             // Only completed UDP transactions compare fingerprints (no Timer J on TCP).
             let fp = match source.transport {
                 Transport::Udp => request_fp(&req),
-                Transport::Tcp => 0,
+                Transport::Tcp | Transport::Tls => 0,
             };
             // Only a MESSAGE pays for the second look at its raw bytes.
             let im = (req.method == pua_xmpp::sip::Method::Message)
@@ -122,10 +125,14 @@ pub(crate) fn decode_datagram(
     }
 }
 
-/// Accepted TCP connections. Accept errors (e.g. out of file descriptors) are logged.
-pub(crate) fn accept_stream(listener: TcpListener) -> impl futures::Stream<Item = Incoming> {
+/// Accepted TCP connections (of the TLS listener with `tls`). Accept errors (e.g. out of file
+/// descriptors) are logged.
+pub(crate) fn accept_stream(
+    listener: TcpListener,
+    tls: bool,
+) -> impl futures::Stream<Item = Incoming> {
     futures::stream::poll_fn(move |cx| match listener.poll_accept(cx) {
-        Poll::Ready(Ok((stream, peer))) => Poll::Ready(Some(Incoming::Accepted(stream, peer))),
+        Poll::Ready(Ok((stream, peer))) => Poll::Ready(Some(Incoming::Accepted(stream, peer, tls))),
         Poll::Ready(Err(e)) => {
             warn!(error = %e, "TCP accept failed");
             Poll::Ready(Some(Incoming::Nothing))
@@ -137,10 +144,11 @@ pub(crate) fn accept_stream(listener: TcpListener) -> impl futures::Stream<Item 
 /// Bytes one TCP read may return: large, so that a burst of small messages costs one syscall.
 const TCP_READ_BUFFER: usize = 64 * 1024;
 
-/// The read half of one TCP connection, framed by Content-Length and parsed. It ends after
-/// yielding `Closed` or `StreamBroken`.
-pub(crate) struct TcpReader {
-    rd: OwnedReadHalf,
+/// The read half of one TCP or TLS connection, framed by Content-Length and parsed. It ends
+/// after yielding `Closed` or `StreamBroken`.
+pub(crate) struct TcpReader<R> {
+    rd: R,
+    transport: Transport,
     framer: StreamFramer,
     buf: Box<[u8]>,
     conn: u64,
@@ -154,9 +162,10 @@ pub(crate) struct TcpReader {
 /// How often a paused reader looks at the backlog again.
 const PAUSE_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
-impl TcpReader {
+impl<R: AsyncRead + Unpin> TcpReader<R> {
     pub(crate) fn new(
-        rd: OwnedReadHalf,
+        rd: R,
+        transport: Transport,
         conn: u64,
         peer: SocketAddr,
         max_message: usize,
@@ -164,6 +173,7 @@ impl TcpReader {
     ) -> Self {
         TcpReader {
             rd,
+            transport,
             framer: StreamFramer::new(max_message),
             buf: vec![0u8; TCP_READ_BUFFER].into_boxed_slice(),
             conn,
@@ -175,17 +185,17 @@ impl TcpReader {
     }
 }
 
-impl TcpReader {
+impl<R> TcpReader<R> {
     fn source(&self) -> Source {
         Source {
-            transport: Transport::Tcp,
+            transport: self.transport,
             peer: self.peer,
             conn_id: Some(self.conn),
         }
     }
 }
 
-impl futures::Stream for TcpReader {
+impl<R: AsyncRead + Unpin> futures::Stream for TcpReader<R> {
     type Item = Incoming;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
@@ -262,7 +272,7 @@ impl futures::Stream for TcpReader {
 /// Writes queued messages to one connection, coalescing what is already queued into one
 /// write. Ends when the queue's sender is dropped (the connection is closed by the actor) or a
 /// write fails; dropping the write half then shuts the connection down.
-pub(crate) async fn tcp_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+pub(crate) async fn tcp_writer<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut batch: Vec<u8> = Vec::with_capacity(16 * 1024);
     while let Some(first) = rx.recv().await {
         batch.clear();
@@ -273,11 +283,18 @@ pub(crate) async fn tcp_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Ve
                 Err(_) => break,
             }
         }
-        if let Err(e) = wr.write_all(&batch).await {
+        // TLS buffers records: the flush puts them on the wire (a no-op for TCP).
+        let written = match wr.write_all(&batch).await {
+            Ok(()) => wr.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             debug!(error = %e, "TCP write failed");
             break;
         }
     }
+    // For TLS, a close_notify; for TCP, a FIN (as dropping the write half would).
+    let _ = wr.shutdown().await;
 }
 
 /// What the I/O thread needs to read one connection.
@@ -286,14 +303,31 @@ pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
     pub max_message: usize,
     pub keys: KeyHasher,
+    /// TLS to run over the connection before any SIP.
+    pub tls: Option<TlsRole>,
 }
 
-/// The I/O of one TCP connection on the TCP I/O thread: registers the socket there, starts
-/// its writer, and reads, frames and parses, handing the actor what is ready in one batch.
+/// The TLS side we take on one connection.
+pub(crate) enum TlsRole {
+    /// Accepted on the TLS listener: we present our certificate.
+    Accept(tokio_rustls::TlsAcceptor),
+    /// Opened by us: the peer must present a certificate valid for this name.
+    Connect(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    ),
+}
+
+/// Longest wait for a TLS handshake: a peer that connects and says nothing must not hold the
+/// connection (and the requests queued on it) until Timer F.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The I/O of one TCP connection on the TCP I/O thread: registers the socket there, runs the
+/// TLS handshake when it is a TLS connection, starts its writer, and reads, frames and parses, handing the actor what is ready in one batch.
 /// Ends after `Closed` or `StreamBroken`, or when the actor is gone.
 pub(crate) async fn tcp_connection(
     std: std::net::TcpStream,
-    info: ConnInfo,
+    mut info: ConnInfo,
     out: mpsc::Receiver<Vec<u8>>,
     to_actor: mpsc::Sender<Batch>,
 ) {
@@ -307,9 +341,71 @@ pub(crate) async fn tcp_connection(
             return;
         }
     };
-    let (rd, wr) = stream.into_split();
+    match info.tls.take() {
+        None => {
+            let (rd, wr) = stream.into_split();
+            serve(rd, wr, Transport::Tcp, info, out, to_actor).await;
+        }
+        Some(role) => {
+            let (inbound, shake) = match role {
+                TlsRole::Accept(acceptor) => (
+                    true,
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .map(|r| r.map(|s| s.map(tokio_rustls::TlsStream::Server)))
+                        .boxed(),
+                ),
+                TlsRole::Connect(connector, name) => (
+                    false,
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream))
+                        .map(|r| r.map(|s| s.map(tokio_rustls::TlsStream::Client)))
+                        .boxed(),
+                ),
+            };
+            let direction = if inbound { "inbound" } else { "outbound" };
+            let reason = match shake.await {
+                Ok(Ok(tls)) => {
+                    debug!(peer = %info.peer, direction, "TLS handshake done");
+                    let (rd, wr) = tokio::io::split(tls);
+                    serve(rd, wr, Transport::Tls, info, out, to_actor).await;
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no handshake within {}s", HANDSHAKE_TIMEOUT.as_secs()),
+            };
+            metrics::counter!("pua_xmpp_sip_tls_handshake_failures_total", "direction" => direction)
+                .increment(1);
+            warn!(peer = %info.peer, direction, error = %reason, "TLS handshake failed; connection refused");
+            let _ = to_actor
+                .send(Batch(vec![Incoming::HandshakeFailed(
+                    info.conn,
+                    format!("TLS handshake with {} failed: {reason}", info.peer),
+                )]))
+                .await;
+        }
+    }
+}
+
+/// Reads and writes one established connection (TCP, or TLS after its handshake).
+async fn serve<R, W>(
+    rd: R,
+    wr: W,
+    transport: Transport,
+    info: ConnInfo,
+    out: mpsc::Receiver<Vec<u8>>,
+    to_actor: mpsc::Sender<Batch>,
+) where
+    R: AsyncRead + Unpin + 'static,
+    W: AsyncWrite + Unpin + 'static,
+{
     actix_rt::spawn(tcp_writer(wr, out));
-    let mut reader = TcpReader::new(rd, info.conn, info.peer, info.max_message, info.keys);
+    let mut reader = TcpReader::new(
+        rd,
+        transport,
+        info.conn,
+        info.peer,
+        info.max_message,
+        info.keys,
+    );
     while let Some(first) = reader.next().await {
         let mut batch = vec![first];
         while batch.len() < BATCH_MAX {

@@ -1,4 +1,4 @@
-//! The SIP transport actor: UDP and TCP sockets (RFC 3261 §18) and non-INVITE client and
+//! The SIP transport actor: UDP, TCP and TLS sockets (RFC 3261 §18, §26) and non-INVITE client and
 //! server transactions (§17.1.2, §17.2.2). It owns branches, retransmissions and timers so
 //! the gateway only sees new requests and final responses.
 //!
@@ -11,6 +11,7 @@
 //! order; only Timer E, whose interval doubles, needs a heap.
 
 mod io;
+pub mod tls;
 mod txn;
 mod udp;
 
@@ -44,6 +45,10 @@ pub struct TransportConfig {
     pub listen: SocketAddr,
     /// The resolved `sip.server_address`: where out-of-dialog requests go.
     pub outbound_proxy: Option<SocketAddr>,
+    /// The host of `sip.server_address`: the name its TLS certificate must carry.
+    pub outbound_proxy_name: Option<String>,
+    /// SIP over TLS: the listener and the verification of peers. `None`: no TLS at all.
+    pub tls: Option<tls::TlsSettings>,
     /// Transport for requests we originate, unless a URI says `;transport=`.
     pub request_transport: Transport,
     pub max_message: usize,
@@ -62,6 +67,8 @@ impl TransportConfig {
         TransportConfig {
             listen,
             outbound_proxy: None,
+            outbound_proxy_name: None,
+            tls: None,
             request_transport: Transport::Udp,
             max_message: pua_xmpp::sip::framing::DEFAULT_MAX_MESSAGE,
             t1: Duration::from_millis(500),
@@ -122,9 +129,10 @@ const TCP_QUEUE: usize = 32 * 1024;
 /// connections stop reading and TCP flow control slows the peers.
 const TCP_BATCHES: usize = 64;
 
-/// One TCP connection, accepted or opened by us.
+/// One TCP or TLS connection, accepted or opened by us.
 struct Conn {
     peer: SocketAddr,
+    transport: Transport,
     tx: mpsc::Sender<Vec<u8>>,
     /// What `TcpStream::nodelay()` reported after we set it (false while connecting).
     nodelay: bool,
@@ -142,6 +150,14 @@ pub struct SipTransport {
     udp_tx: UdpSender,
     keys: KeyHasher,
     listener: Option<TcpListener>,
+    /// The TLS listener until `started` adds it as a stream, and its bound address.
+    tls_listener: Option<TcpListener>,
+    tls_local: Option<SocketAddr>,
+    /// The sent-by of TLS requests: the TLS listener's address (else `local_text`).
+    tls_local_text: String,
+    /// Handshakes of accepted TLS connections (replaced on SIGHUP by [`ReloadTls`]).
+    tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    tls_connector: Option<tokio_rustls::TlsConnector>,
     inbound: Recipient<SipRequestIn>,
     inbound_batches: Option<Recipient<crate::messages::SipRequestsIn>>,
     /// New requests of the batch being handled, sent by [`SipTransport::flush_inbound`].
@@ -152,8 +168,9 @@ pub struct SipTransport {
     branches: BranchGen,
     next_client: u64,
     conns: IdMap<u64, Conn>,
-    /// Reusable connection per peer address (outbound ones, and inbound ones by source).
-    conn_by_peer: HashMap<SocketAddr, u64>,
+    /// Reusable connection per peer address and transport (outbound ones, and inbound ones by
+    /// source).
+    conn_by_peer: HashMap<(SocketAddr, Transport), u64>,
     next_conn: u64,
     /// One thread for the I/O of every TCP connection: reading, framing and parsing happen
     /// off the actor's thread, as for UDP.
@@ -239,16 +256,44 @@ impl SipTransport {
     ) -> std::io::Result<Addr<SipTransport>> {
         let (udp, listener) = bind_pair(cfg.listen).await?;
         let local = udp.local_addr()?;
+        let (tls_listener, tls_local) = match cfg.tls.as_ref().and_then(|t| t.listen) {
+            Some(at) => {
+                let l = TcpListener::bind(at).await?;
+                let a = l.local_addr()?;
+                (Some(l), Some(a))
+            }
+            None => (None, None),
+        };
+        let tls_acceptor = cfg
+            .tls
+            .as_ref()
+            .and_then(|t| t.server.clone())
+            .map(tokio_rustls::TlsAcceptor::from);
+        if tls_listener.is_some() && tls_acceptor.is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a TLS listener needs a certificate and key",
+            ));
+        }
+        let tls_connector = cfg
+            .tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsConnector::from(t.client.clone()));
         let udp = Arc::new(udp);
         let udp_tx = UdpSender::spawn(udp.clone())?;
         let (tcp_in, tcp_in_rx) = mpsc::channel(TCP_BATCHES);
         let actor = SipTransport {
             local,
-            local_text: local.to_string(),
+            local_text: pua_xmpp::sip::encode::hostport(local),
             udp,
             udp_tx,
             keys: KeyHasher::new(),
             listener: Some(listener),
+            tls_listener,
+            tls_local,
+            tls_local_text: pua_xmpp::sip::encode::hostport(tls_local.unwrap_or(local)),
+            tls_acceptor,
+            tls_connector,
             inbound,
             inbound_batches: batches,
             pending_in: Vec::new(),
@@ -275,6 +320,11 @@ impl SipTransport {
         self.local
     }
 
+    /// The bound address of the TLS listener, if any.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local
+    }
+
     fn tick_interval(&self) -> Duration {
         (self.cfg.t1 / 4).clamp(Duration::from_millis(1), Duration::from_millis(50))
     }
@@ -293,17 +343,18 @@ impl SipTransport {
 
     fn send_conn(&mut self, conn_id: u64, bytes: Vec<u8>) -> Result<(), String> {
         let Some(conn) = self.conns.get(&conn_id) else {
-            return Err(format!("TCP connection {conn_id} is closed"));
+            return Err(format!("connection {conn_id} is closed"));
         };
+        let proto = conn.transport.via_token();
         match conn.tx.try_send(bytes) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                Err(format!("TCP connection to {} is congested", conn.peer))
+                Err(format!("{proto} connection to {} is congested", conn.peer))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 let peer = conn.peer;
                 self.drop_conn(conn_id);
-                Err(format!("TCP connection to {peer} is closed"))
+                Err(format!("{proto} connection to {peer} is closed"))
             }
         }
     }
@@ -311,14 +362,16 @@ impl SipTransport {
     /// Sends a datagram (UDP) or its encoding (TCP) to where `source` came from.
     fn send_datagram(&mut self, datagram: Datagram, source: &Source) -> Result<(), String> {
         match (source.transport, source.conn_id) {
-            (Transport::Tcp, Some(id)) => self.send_conn(id, datagram.into_bytes()),
+            (Transport::Tcp | Transport::Tls, Some(id)) => {
+                self.send_conn(id, datagram.into_bytes())
+            }
             _ => self.udp_tx.send(datagram, source.peer),
         }
     }
 
     fn send_to_source(&mut self, bytes: Vec<u8>, source: &Source) -> Result<(), String> {
         match (source.transport, source.conn_id) {
-            (Transport::Tcp, Some(id)) => self.send_conn(id, bytes),
+            (Transport::Tcp | Transport::Tls, Some(id)) => self.send_conn(id, bytes),
             _ => self.send_udp(bytes, source.peer),
         }
     }
@@ -330,21 +383,30 @@ impl SipTransport {
         stream: TcpStream,
         peer: SocketAddr,
         conn_id: u64,
-        outbound: bool,
+        tls: Option<io::TlsRole>,
         ctx: &mut Context<Self>,
     ) {
         let (tx, rx) = mpsc::channel(TCP_QUEUE);
-        let nodelay = self.start_tcp_io(stream, peer, conn_id, rx, ctx);
+        let transport = if tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        };
+        let nodelay = self.start_tcp_io(stream, peer, conn_id, rx, tls, ctx);
         self.conns.insert(
             conn_id,
             Conn {
                 peer,
+                transport,
                 tx,
                 nodelay,
-                outbound,
+                outbound: false,
             },
         );
-        self.conn_by_peer.entry(peer).or_insert(conn_id);
+        metrics::counter!("pua_xmpp_sip_connections_total", "transport" => transport.label(), "direction" => "inbound").increment(1);
+        self.conn_by_peer
+            .entry((peer, transport))
+            .or_insert(conn_id);
     }
 
     /// Sets TCP_NODELAY (returns it as read back) and moves the connection's reading
@@ -356,6 +418,7 @@ impl SipTransport {
         peer: SocketAddr,
         conn_id: u64,
         out: mpsc::Receiver<Vec<u8>>,
+        tls: Option<io::TlsRole>,
         ctx: &mut Context<Self>,
     ) -> bool {
         if let Err(e) = stream.set_nodelay(true) {
@@ -373,6 +436,7 @@ impl SipTransport {
                     peer,
                     max_message,
                     keys: keys.clone(),
+                    tls,
                 },
                 out,
                 to_actor,
@@ -387,11 +451,17 @@ impl SipTransport {
     }
 
     fn drop_conn(&mut self, conn_id: u64) {
+        self.drop_conn_because(conn_id, "connection closed before a final response");
+    }
+
+    /// Closes a connection; the client transactions waiting on it fail with `reason`.
+    fn drop_conn_because(&mut self, conn_id: u64, reason: &str) {
         if let Some(conn) = self.conns.remove(&conn_id) {
-            if self.conn_by_peer.get(&conn.peer) == Some(&conn_id) {
-                self.conn_by_peer.remove(&conn.peer);
+            let key = (conn.peer, conn.transport);
+            if self.conn_by_peer.get(&key) == Some(&conn_id) {
+                self.conn_by_peer.remove(&key);
             }
-            debug!(peer = %conn.peer, conn_id, "TCP connection closed");
+            debug!(peer = %conn.peer, conn_id, transport = conn.transport.label(), "connection closed");
         }
         let failed: Vec<u64> = self
             .clients
@@ -401,21 +471,37 @@ impl SipTransport {
             .collect();
         for id in failed {
             if let Some(t) = self.clients.remove(&id) {
-                t.finish(TxnResult::TransportError(
-                    "TCP connection closed before a final response".to_owned(),
-                ));
+                t.finish(TxnResult::TransportError(reason.to_owned()));
             }
         }
     }
 
-    /// The connection to `peer`, opening one when there is none. Messages queue while it
-    /// connects; a failed connect fails the transactions waiting on it.
-    fn conn_to(&mut self, peer: SocketAddr, ctx: &mut Context<Self>) -> u64 {
-        if let Some(id) = self.conn_by_peer.get(&peer) {
+    /// The connection to `peer`, opening one when there is none (for TLS, verified against
+    /// `tls_name`). Messages queue while it connects; a failed connect or handshake fails the
+    /// transactions waiting on it.
+    fn conn_to(
+        &mut self,
+        peer: SocketAddr,
+        transport: Transport,
+        tls_name: Option<&str>,
+        ctx: &mut Context<Self>,
+    ) -> Result<u64, String> {
+        if let Some(id) = self.conn_by_peer.get(&(peer, transport)) {
             if self.conns.contains_key(id) {
-                return *id;
+                return Ok(*id);
             }
         }
+        let tls = match transport {
+            Transport::Tls => {
+                let connector = self.tls_connector.clone().ok_or_else(|| {
+                    format!("cannot reach {peer} over TLS: SIP over TLS is not configured")
+                })?;
+                let host = tls_name.map_or_else(|| peer.ip().to_string(), str::to_owned);
+                let name = tls::server_name(&host)?;
+                Some(io::TlsRole::Connect(connector, name))
+            }
+            _ => None,
+        };
         let conn_id = self.next_conn;
         self.next_conn += 1;
         let (tx, rx) = mpsc::channel(TCP_QUEUE);
@@ -423,31 +509,33 @@ impl SipTransport {
             conn_id,
             Conn {
                 peer,
+                transport,
                 tx,
                 nodelay: false,
                 outbound: true,
             },
         );
-        self.conn_by_peer.insert(peer, conn_id);
-        let fut = TcpStream::connect(peer).into_actor(self).map(
+        metrics::counter!("pua_xmpp_sip_connections_total", "transport" => transport.label(), "direction" => "outbound").increment(1);
+        self.conn_by_peer.insert((peer, transport), conn_id);
+        let fut = connect_from(self.local.ip(), peer).into_actor(self).map(
             move |res, act: &mut SipTransport, ctx| match res {
                 Ok(stream) => {
                     if !act.conns.contains_key(&conn_id) {
                         return; // closed meanwhile
                     }
-                    let nodelay = act.start_tcp_io(stream, peer, conn_id, rx, ctx);
+                    let nodelay = act.start_tcp_io(stream, peer, conn_id, rx, tls, ctx);
                     if let Some(c) = act.conns.get_mut(&conn_id) {
                         c.nodelay = nodelay;
                     }
                 }
                 Err(e) => {
                     warn!(%peer, error = %e, "TCP connect failed");
-                    act.drop_conn(conn_id);
+                    act.drop_conn_because(conn_id, &format!("TCP connect to {peer} failed: {e}"));
                 }
             },
         );
         ctx.spawn(fut);
-        conn_id
+        Ok(conn_id)
     }
 
     // ---- inbound -------------------------------------------------------------------------
@@ -609,6 +697,9 @@ impl SipTransport {
             let Some(bytes) = t.retransmit.as_ref() else {
                 continue;
             };
+            if t.conn_id.is_some() {
+                continue; // streams are reliable: no Timer E
+            }
             if let Err(e) = self.udp_tx.send(Datagram::Bytes(bytes.to_vec()), t.target) {
                 debug!(target = %t.target, error = %e, "retransmission failed");
             }
@@ -625,7 +716,10 @@ impl SipTransport {
     fn target_of(&self, req: &OutRequest) -> Result<(Target, Transport), String> {
         match req.destination {
             Destination::OutboundProxy => match self.cfg.outbound_proxy {
-                Some(addr) => Ok((Target::Addr(addr), self.cfg.request_transport)),
+                Some(addr) => Ok((
+                    Target::Addr(addr, self.cfg.outbound_proxy_name.clone()),
+                    self.cfg.request_transport,
+                )),
                 None => Err("no outbound proxy configured (sip.server_address)".to_owned()),
             },
             Destination::InDialog => {
@@ -635,16 +729,24 @@ impl SipTransport {
                 };
                 let hp = uri_host_port(strip_brackets(uri))
                     .ok_or_else(|| format!("cannot route to {uri:?}: no host in the URI"))?;
+                // A sips: URI or ;transport=tls means TLS (RFC 3261 §26.2, RFC 5630).
                 let transport = match hp.transport.as_deref() {
-                    Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
-                    Some(t) if t.eq_ignore_ascii_case("udp") => Transport::Udp,
+                    _ if hp.sips => Transport::Tls,
+                    Some("tls") => Transport::Tls,
+                    Some("tcp") => Transport::Tcp,
+                    Some("udp") => Transport::Udp,
                     _ => self.cfg.request_transport,
                 };
-                let port = hp.port.unwrap_or(5060);
+                let default_port = if transport == Transport::Tls {
+                    5061
+                } else {
+                    5060
+                };
+                let port = hp.port.unwrap_or(default_port);
                 let host = hp.host.trim_start_matches('[').trim_end_matches(']');
                 let target = match host.parse::<IpAddr>() {
-                    Ok(ip) => Target::Addr(SocketAddr::new(ip, port)),
-                    Err(_) => Target::Name(format!("{host}:{port}")),
+                    Ok(ip) => Target::Addr(SocketAddr::new(ip, port), Some(host.to_owned())),
+                    Err(_) => Target::Name(format!("{host}:{port}"), host.to_owned()),
                 };
                 Ok((target, transport))
             }
@@ -656,19 +758,20 @@ impl SipTransport {
         msg: SendRequest,
         target: SocketAddr,
         transport: Transport,
+        tls_name: Option<&str>,
         ctx: &mut Context<Self>,
     ) {
         let id = self.next_client;
         self.next_client += 1;
-        let proto = match transport {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
+        let sent_by = match transport {
+            Transport::Tls => &self.tls_local_text,
+            _ => &self.local_text,
         };
         let via = pua_xmpp::text::concat(&[
             "SIP/2.0/",
-            proto,
+            transport.via_token(),
             " ",
-            &self.local_text,
+            sent_by,
             ";branch=",
             &self.branches.branch(id),
             ";rport",
@@ -699,10 +802,14 @@ impl SipTransport {
                 self.timers.retx.push(std::cmp::Reverse((at, id)));
                 r
             }
-            Transport::Tcp => {
-                let conn = self.conn_to(target, ctx);
-                t.conn_id = Some(conn);
-                self.send_conn(conn, bytes)
+            Transport::Tcp | Transport::Tls => {
+                match self.conn_to(target, transport, tls_name, ctx) {
+                    Ok(conn) => {
+                        t.conn_id = Some(conn);
+                        self.send_conn(conn, bytes)
+                    }
+                    Err(e) => Err(e),
+                }
             }
         };
         if let Err(e) = sent {
@@ -715,6 +822,23 @@ impl SipTransport {
     }
 }
 
+/// Opens a TCP connection to `peer` from our listening IP (any port), so that the peer sees
+/// the address our Via and Contact name rather than whatever the routing table picks (on a
+/// multi-address host, or another loopback address); a wildcard or other-family listen
+/// address leaves the choice to the kernel.
+async fn connect_from(local: IpAddr, peer: SocketAddr) -> std::io::Result<TcpStream> {
+    if local.is_unspecified() || local.is_ipv4() != peer.is_ipv4() {
+        return TcpStream::connect(peer).await;
+    }
+    let sock = if peer.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.bind(SocketAddr::new(local, 0))?;
+    sock.connect(peer).await
+}
+
 /// Gives back most of a timer queue's room once a burst has drained: a set-up burst of
 /// 100,000 transactions must not pin megabytes for the life of the process.
 fn release_spare<T>(q: &mut std::collections::VecDeque<T>) {
@@ -723,9 +847,21 @@ fn release_spare<T>(q: &mut std::collections::VecDeque<T>) {
     }
 }
 
+/// The transport of one request: the override asked for (a large MESSAGE asks for TCP) or the
+/// route's. An override never downgrades TLS: a request that wants a reliable transport on a
+/// TLS route stays on TLS.
+fn chosen_transport(asked: Option<Transport>, route: Transport) -> Transport {
+    match (asked, route) {
+        (_, Transport::Tls) => Transport::Tls,
+        (Some(t), _) => t,
+        (None, r) => r,
+    }
+}
+
+/// A request's next hop, with the host its TLS certificate must name.
 enum Target {
-    Addr(SocketAddr),
-    Name(String),
+    Addr(SocketAddr, Option<String>),
+    Name(String, String),
 }
 
 fn strip_brackets(s: &str) -> &str {
@@ -798,7 +934,10 @@ impl Actor for SipTransport {
             ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
         }
         if let Some(listener) = self.listener.take() {
-            ctx.add_stream(io::accept_stream(listener));
+            ctx.add_stream(io::accept_stream(listener, false));
+        }
+        if let Some(listener) = self.tls_listener.take() {
+            ctx.add_stream(io::accept_stream(listener, true));
         }
         ctx.run_interval(self.tick_interval(), |act, _| act.on_tick());
     }
@@ -817,11 +956,19 @@ impl SipTransport {
                 }
             }
             Incoming::Nothing => {}
-            Incoming::Accepted(stream, peer) => {
+            Incoming::Accepted(stream, peer, tls) => {
                 let conn_id = self.next_conn;
                 self.next_conn += 1;
-                debug!(%peer, conn_id, "TCP connection accepted");
-                self.register_stream(stream, peer, conn_id, false, ctx);
+                let role = match (tls, &self.tls_acceptor) {
+                    (false, _) => None,
+                    (true, Some(a)) => Some(io::TlsRole::Accept(a.clone())),
+                    (true, None) => return, // never: bind refuses a listener without a key
+                };
+                debug!(%peer, conn_id, tls, "connection accepted");
+                self.register_stream(stream, peer, conn_id, role, ctx);
+            }
+            Incoming::HandshakeFailed(conn_id, reason) => {
+                self.drop_conn_because(conn_id, &reason);
             }
             Incoming::RejectAndClose(resp, source, reason) => {
                 let conn_id = source.conn_id;
@@ -837,7 +984,7 @@ impl SipTransport {
             }
             Incoming::StreamBroken(conn_id, reason) => {
                 let peer = self.conns.get(&conn_id).map(|c| c.peer);
-                warn!(?peer, %reason, "SIP framing error; closing the TCP connection");
+                warn!(?peer, %reason, "SIP framing error; closing the connection");
                 self.drop_conn(conn_id);
             }
             Incoming::Closed(conn_id) => self.drop_conn(conn_id),
@@ -926,7 +1073,7 @@ impl Handler<SendRequest> for SipTransport {
     fn handle(&mut self, msg: SendRequest, ctx: &mut Context<Self>) {
         let target = self
             .target_of(&msg.req)
-            .map(|(t, default)| (t, msg.transport.unwrap_or(default)));
+            .map(|(t, default)| (t, chosen_transport(msg.transport, default)));
         match target {
             Err(e) => {
                 warn!(uri = %msg.req.uri, error = %e, "request not sent");
@@ -935,8 +1082,10 @@ impl Handler<SendRequest> for SipTransport {
                     result: TxnResult::TransportError(e),
                 });
             }
-            Ok((Target::Addr(addr), transport)) => self.start_client(msg, addr, transport, ctx),
-            Ok((Target::Name(name), transport)) => {
+            Ok((Target::Addr(addr, host), transport)) => {
+                self.start_client(msg, addr, transport, host.as_deref(), ctx)
+            }
+            Ok((Target::Name(name, host), transport)) => {
                 // Prefer an address of our socket's family: a v4 socket cannot reach ::1.
                 let want_v4 = self.local.is_ipv4();
                 let fut = async move {
@@ -952,7 +1101,7 @@ impl Handler<SendRequest> for SipTransport {
                         .ok_or(format!("{name} has no address"))
                 };
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
-                    Ok(addr) => act.start_client(msg, addr, transport, ctx),
+                    Ok(addr) => act.start_client(msg, addr, transport, Some(&host), ctx),
                     Err(e) => {
                         warn!(error = %e, "request not sent");
                         msg.reply_to.do_send(TransactionOutcome {
@@ -983,6 +1132,8 @@ impl Handler<GetLocalAddr> for SipTransport {
 pub struct ConnInfo {
     pub conn_id: u64,
     pub peer: SocketAddr,
+    /// TCP or TLS.
+    pub transport: Transport,
     /// We opened it (else it was accepted).
     pub outbound: bool,
     /// TCP_NODELAY as read back from the socket.
@@ -1003,12 +1154,39 @@ impl Handler<GetConnections> for SipTransport {
             .map(|(id, c)| ConnInfo {
                 conn_id: *id,
                 peer: c.peer,
+                transport: c.transport,
                 outbound: c.outbound,
                 nodelay: c.nodelay,
             })
             .collect();
         v.sort_by_key(|c| c.conn_id);
         MessageResult(v)
+    }
+}
+
+/// Debug/test query: the bound address of the TLS listener.
+#[derive(Message, Debug)]
+#[rtype(result = "Option<SocketAddr>")]
+pub struct GetTlsAddr;
+
+impl Handler<GetTlsAddr> for SipTransport {
+    type Result = MessageResult<GetTlsAddr>;
+    fn handle(&mut self, _: GetTlsAddr, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.tls_local)
+    }
+}
+
+/// Replaces the TLS listener's certificate and key (SIGHUP). Connections already up keep
+/// theirs; new handshakes use the new ones.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReloadTls(pub Arc<rustls::ServerConfig>);
+
+impl Handler<ReloadTls> for SipTransport {
+    type Result = ();
+    fn handle(&mut self, msg: ReloadTls, _: &mut Context<Self>) {
+        self.tls_acceptor = Some(tokio_rustls::TlsAcceptor::from(msg.0));
+        tracing::info!("TLS certificate and key reloaded");
     }
 }
 
