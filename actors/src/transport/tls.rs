@@ -58,19 +58,29 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// Reads the private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("{}: no usable PEM private key: {e}", path.display()))
+}
+
+/// A server configuration (no client certificates) for a chain and its key: the SIP TLS
+/// listener's and the HTTP listener's (`http::tls`).
+pub fn server_config_of(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ServerConfig, rustls::Error> {
+    ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+}
+
 /// The listener's configuration from a certificate chain and a private key (PEM files).
 /// Fails, naming the file, when either does not load or the key does not match.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
-    let chain = load_certs(cert)?;
-    let key_path = key;
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|e| format!("{}: {e}", key_path.display()))?;
-    let cfg = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("{} with {}: {e}", cert.display(), key_path.display()))?;
+    let cfg = server_config_of(load_certs(cert)?, load_key(key)?)
+        .map_err(|e| format!("{} with {}: {e}", cert.display(), key.display()))?;
     Ok(Arc::new(cfg))
 }
 
