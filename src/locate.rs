@@ -633,7 +633,11 @@ impl Locator {
             self.refresh_at = Some(now + self.cfg.retry);
             return;
         }
-        tracing::info!(host = %self.host, targets = ?list, "sip.server_address located");
+        if list == self.current {
+            tracing::debug!(host = %self.host, "sip.server_address located again: unchanged");
+        } else {
+            tracing::info!(host = %self.host, targets = ?list, "sip.server_address located");
+        }
         self.current = list;
         self.refresh_at = Some(now + self.run_ttl.unwrap_or(self.cfg.retry));
     }

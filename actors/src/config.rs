@@ -13,8 +13,9 @@ pub const ENV_PREFIX: &str = "PUA_XMPP";
 /// Secret shipped as default; starting with it gets a loud warning.
 pub const DEFAULT_SECRET: &str = "secret";
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 4] = [
+const LIST_KEYS: [&str; 5] = [
     "sip.trusted_peers",
+    "sip.dns_servers",
     "mapping.gwmap",
     "mapping.allowed_sip_domains",
     "mapping.allowed_xmpp_domains",
@@ -54,6 +55,9 @@ pub struct SipConfig {
     pub trusted_peers: Vec<String>,
     /// RFC 3261 T1 in milliseconds (retransmission and timeout timers scale with it).
     pub t1_ms: u64,
+    /// DNS servers (`ip` or `ip:port`) for locating a `server_address` given as a name
+    /// (RFC 3263); empty = the system's resolv.conf.
+    pub dns_servers: Vec<String>,
 }
 
 impl Default for SipConfig {
@@ -66,8 +70,19 @@ impl Default for SipConfig {
             transport: "udp".into(),
             trusted_peers: Vec::new(),
             t1_ms: 500,
+            dns_servers: Vec::new(),
         }
     }
+}
+
+/// A `sip.dns_servers` entry: `ip`, `ip:port` or `[v6]:port` (port 53 by default).
+pub fn parse_dns_server(s: &str) -> Option<SocketAddr> {
+    let s = s.trim();
+    s.parse::<SocketAddr>().ok().or_else(|| {
+        s.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
 }
 
 impl SipConfig {
@@ -519,6 +534,7 @@ impl Config {
         let mut t = Config::default();
         t.mapping.gwmap = vec!["a=b".into()];
         t.sip.trusted_peers = vec!["127.0.0.1".into()];
+        t.sip.dns_servers = vec!["127.0.0.1".into()];
         t.mapping.allowed_sip_domains = vec!["a".into()];
         t.mapping.allowed_xmpp_domains = vec!["a".into()];
         t
@@ -614,6 +630,20 @@ impl Config {
                 "sip.server_address",
                 format!("expected a sip: URI with a host, got {sa:?}"),
             ));
+        }
+        if pua_xmpp::sip::encode::uri_host_port(sa).is_none() {
+            return Err(invalid(
+                "sip.server_address",
+                format!("expected sip:host[:port][;transport=udp|tcp] (host: a name or an IP literal), got {sa:?}"),
+            ));
+        }
+        for d in &s.dns_servers {
+            if parse_dns_server(d).is_none() {
+                return Err(invalid(
+                    "sip.dns_servers",
+                    format!("expected ip or ip:port, got {d:?}"),
+                ));
+            }
         }
         domain("sip.gateway_domain", &s.gateway_domain)?;
         if !s.contact_host.is_empty() {
@@ -821,6 +851,7 @@ impl Config {
         t.str("transport", &s.transport);
         t.list("trusted_peers", &self.sip.trusted_peers);
         t.num("t1_ms", self.sip.t1_ms);
+        t.list("dns_servers", &self.sip.dns_servers);
         let x = &self.xmpp;
         t.section("xmpp");
         t.str("component_domain", &x.component_domain);

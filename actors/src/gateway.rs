@@ -23,19 +23,30 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
-/// Resolves `sip:host[:port]` of `sip.server_address` to a socket address.
-async fn resolve_sip_uri(uri: &str) -> io::Result<SocketAddr> {
-    let hp = pua_xmpp::sip::encode::uri_host_port(uri)
-        .ok_or_else(|| invalid(format!("sip.server_address: not a SIP URI: {uri}")))?;
-    let host = hp
-        .host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = hp.port.unwrap_or(5060);
-    let mut addrs = tokio::net::lookup_host((host.as_str(), port)).await?;
-    let first = addrs.next();
-    first.ok_or_else(|| invalid(format!("sip.server_address: {uri} does not resolve")))
+/// The RFC 3263 locator settings of `sip.server_address` (a name or an IP literal).
+fn locator_config(config: &Config, listen: SocketAddr) -> crate::locator::LocatorConfig {
+    use pua_xmpp::locate::{LocateConfig, Proto};
+    let transports = if config.sip.transport == "tcp" {
+        vec![Proto::Tcp, Proto::Udp]
+    } else {
+        vec![Proto::Udp, Proto::Tcp]
+    };
+    let mut locate = LocateConfig::new(&config.sip.server_address, transports);
+    // The transport sends from its one socket: only addresses of its family are reachable.
+    let any = listen.ip().is_unspecified();
+    locate.ipv4 = listen.is_ipv4() || any;
+    locate.ipv6 = listen.is_ipv6();
+    // A failed target stays at the back for a Timer F.
+    locate.blacklist_for = Duration::from_millis(config.sip.t1_ms) * 64;
+    crate::locator::LocatorConfig {
+        locate,
+        dns_servers: config
+            .sip
+            .dns_servers
+            .iter()
+            .filter_map(|d| crate::config::parse_dns_server(d))
+            .collect(),
+    }
 }
 
 /// Gives the identifier generators of this process their key, from the OS (issue 14: Call-IDs,
@@ -94,7 +105,8 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         .listen
         .parse()
         .map_err(|e| invalid(format!("sip.listen: {e}")))?;
-    let proxy = resolve_sip_uri(&config.sip.server_address).await?;
+    let (located, targets) = crate::locator::Locator::prime(locator_config(config, listen)).await?;
+    let proxy = targets.first().copied();
     let contact_host = if config.sip.contact_host.is_empty() {
         // With TCP chosen, say so in the Contact, or peers would NOTIFY us over UDP (RFC 3263).
         match config.sip.transport.as_str() {
@@ -115,11 +127,11 @@ pub async fn start(config: &Config) -> io::Result<Running> {
     let transport = SipTransport::bind_batched(
         TransportConfig {
             listen,
-            outbound_proxy: Some(proxy),
-            request_transport: if config.sip.transport == "tcp" {
-                crate::messages::Transport::Tcp
-            } else {
-                crate::messages::Transport::Udp
+            outbound_proxy: proxy.map(|p| p.0),
+            request_transport: match proxy {
+                Some((_, t)) => t,
+                None if config.sip.transport == "tcp" => crate::messages::Transport::Tcp,
+                None => crate::messages::Transport::Udp,
             },
             max_message: config.limits.max_sip_message,
             t1: Duration::from_millis(config.sip.t1_ms),
@@ -130,7 +142,8 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         Some(registry.clone().recipient()),
     )
     .await?;
-    tracing::info!(%listen, proxy = %proxy, "SIP transport listening (UDP and TCP)");
+    tracing::info!(%listen, proxy = ?proxy, "SIP transport listening (UDP and TCP)");
+    crate::locator::Locator::start_with(located, transport.clone().recipient());
     let status = LinkStatus {
         online: false,
         registry: Some(registry.clone().recipient()),

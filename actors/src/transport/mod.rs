@@ -28,7 +28,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::messages::{
-    SendRequest, SendResponse, SipRequestIn, Source, TransactionOutcome, Transport, TxnResult,
+    SendRequest, SendResponse, SetTargets, SipRequestIn, Source, TargetOutcome, TargetReport,
+    TransactionOutcome, Transport, TxnResult,
 };
 use io::Batch;
 use io::{InRequest, Incoming};
@@ -166,6 +167,39 @@ pub struct SipTransport {
     /// buffer per request is a large-bin request for glibc's malloc, which then consolidates
     /// its fast bins every time (measured: a few % of the gateway's CPU during set-up).
     scratch: Vec<u8>,
+    /// RFC 3263 targets of out-of-dialog requests, in order ([`SetTargets`]); empty: use
+    /// `cfg.outbound_proxy`.
+    proxy_targets: Vec<(SocketAddr, Transport)>,
+    /// Where per-target failures go (the locator).
+    target_reports: Option<Recipient<TargetReport>>,
+}
+
+impl Handler<SetTargets> for SipTransport {
+    type Result = ();
+    fn handle(&mut self, msg: SetTargets, _: &mut Context<Self>) {
+        self.proxy_targets = msg.targets;
+        self.target_reports = msg.report_to;
+    }
+}
+
+impl SipTransport {
+    /// Tells the locator how a request to `addr` went, if `addr` is one of its targets. An
+    /// answer is only worth reporting from a target that is not first (it may be back).
+    fn report_target(&self, addr: SocketAddr, outcome: TargetOutcome) {
+        let Some(to) = &self.target_reports else {
+            return;
+        };
+        let known = match outcome {
+            TargetOutcome::Answered => {
+                self.proxy_targets.first().is_some_and(|f| f.0 != addr)
+                    && self.proxy_targets.iter().any(|t| t.0 == addr)
+            }
+            _ => self.proxy_targets.iter().any(|t| t.0 == addr),
+        };
+        if known {
+            to.do_send(TargetReport { addr, outcome });
+        }
+    }
 }
 
 /// Closes a connection that could not be set up (sent to ourselves).
@@ -265,6 +299,8 @@ impl SipTransport {
             tcp_in_rx: Some(tcp_in_rx),
             counters: Counters::default(),
             scratch: Vec::with_capacity(2048),
+            proxy_targets: Vec::new(),
+            target_reports: None,
             cfg,
         };
         Ok(actor.start())
@@ -401,6 +437,7 @@ impl SipTransport {
             .collect();
         for id in failed {
             if let Some(t) = self.clients.remove(&id) {
+                self.report_target(t.target, TargetOutcome::Refused);
                 t.finish(TxnResult::TransportError(
                     "TCP connection closed before a final response".to_owned(),
                 ));
@@ -548,6 +585,7 @@ impl SipTransport {
             return;
         }
         if let Some(t) = self.clients.remove(&id) {
+            self.report_target(t.target, TargetOutcome::Answered);
             t.finish(TxnResult::Response(Box::new(resp)));
         }
     }
@@ -587,6 +625,7 @@ impl SipTransport {
                     break;
                 }
                 if let Some(t) = self.clients.remove(&id) {
+                    self.report_target(t.target, TargetOutcome::Timeout);
                     t.finish(TxnResult::Timeout);
                 }
             }
@@ -624,10 +663,19 @@ impl SipTransport {
     /// Where a request goes: (host, port, transport).
     fn target_of(&self, req: &OutRequest) -> Result<(Target, Transport), String> {
         match req.destination {
-            Destination::OutboundProxy => match self.cfg.outbound_proxy {
-                Some(addr) => Ok((Target::Addr(addr), self.cfg.request_transport)),
-                None => Err("no outbound proxy configured (sip.server_address)".to_owned()),
-            },
+            Destination::OutboundProxy => {
+                match (self.proxy_targets.first(), self.cfg.outbound_proxy) {
+                    (Some(&(addr, transport)), _) => Ok((Target::Addr(addr), transport)),
+                    // Located by name (RFC 3263) and nothing found yet.
+                    (None, _) if self.target_reports.is_some() => {
+                        Err("sip.server_address: no target located (DNS)".to_owned())
+                    }
+                    (None, Some(addr)) => Ok((Target::Addr(addr), self.cfg.request_transport)),
+                    (None, None) => {
+                        Err("no outbound proxy configured (sip.server_address)".to_owned())
+                    }
+                }
+            }
             Destination::InDialog => {
                 let uri = match req.route.first() {
                     Some(route) => route.as_str(),
@@ -707,6 +755,7 @@ impl SipTransport {
         };
         if let Err(e) = sent {
             warn!(%target, error = %e, "request send failed");
+            self.report_target(target, TargetOutcome::Refused);
             t.finish(TxnResult::TransportError(e));
             return;
         }
