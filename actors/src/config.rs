@@ -1037,4 +1037,41 @@ mod tests {
             "runtime.threads: expected a number from 0 to 256, got 257"
         );
     }
+
+    #[test]
+    fn dns_servers_and_named_server_address() {
+        let c = with_env(&[
+            ("PUA_XMPP__SIP__SERVER_ADDRESS", "sip:sip.example.com"),
+            ("PUA_XMPP__SIP__DNS_SERVERS", "127.0.0.16:10053,192.0.2.53"),
+        ])
+        .unwrap();
+        let parsed: Vec<_> = c
+            .sip
+            .dns_servers
+            .iter()
+            .filter_map(|d| parse_dns_server(d))
+            .collect();
+        assert_eq!(
+            parsed,
+            vec![
+                "127.0.0.16:10053".parse::<SocketAddr>().unwrap(),
+                "192.0.2.53:53".parse().unwrap()
+            ]
+        );
+        assert!(c
+            .redacted()
+            .contains("\ndns_servers = [\"127.0.0.16:10053\", \"192.0.2.53\"]\n"));
+        assert_eq!(
+            with_env(&[("PUA_XMPP__SIP__DNS_SERVERS", "ns.example.com")])
+                .unwrap_err()
+                .to_string(),
+            "sip.dns_servers: expected ip or ip:port, got \"ns.example.com\""
+        );
+        assert!(
+            with_env(&[("PUA_XMPP__SIP__SERVER_ADDRESS", "sip:bad_host")])
+                .unwrap_err()
+                .to_string()
+                .starts_with("sip.server_address: ")
+        );
+    }
 }

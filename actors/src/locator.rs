@@ -314,3 +314,94 @@ impl Handler<TargetReport> for Locator {
         self.drain(ctx);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::proto::rr::rdata::{A, CNAME, NAPTR, SRV};
+    use hickory_resolver::proto::rr::{Name, Record};
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    #[test]
+    fn hickory_records_become_typed_answers_with_the_smallest_ttl() {
+        let recs = vec![
+            Record::from_rdata(
+                name("sip.test."),
+                300,
+                RData::NAPTR(NAPTR::new(
+                    10,
+                    20,
+                    b"S".to_vec().into(),
+                    b"SIP+D2T".to_vec().into(),
+                    b"".to_vec().into(),
+                    name("_sip._tcp.sip.test."),
+                )),
+            ),
+            // A CNAME on the way is skipped, and its TTL does not count.
+            Record::from_rdata(name("x.test."), 5, RData::CNAME(CNAME(name("sip.test.")))),
+        ];
+        assert_eq!(
+            to_answer(RecordType::Naptr, &recs),
+            Answer::Records {
+                records: Records::Naptr(vec![Naptr {
+                    order: 10,
+                    preference: 20,
+                    flags: "S".into(),
+                    services: "SIP+D2T".into(),
+                    replacement: "_sip._tcp.sip.test.".into(),
+                }]),
+                ttl: 300,
+            }
+        );
+        let srv = vec![
+            Record::from_rdata(
+                name("_sip._tcp.sip.test."),
+                120,
+                RData::SRV(SRV::new(10, 5, 5060, name("kam1.sip.test."))),
+            ),
+            Record::from_rdata(
+                name("_sip._tcp.sip.test."),
+                60,
+                RData::SRV(SRV::new(20, 0, 5061, name("kam2.sip.test."))),
+            ),
+        ];
+        match to_answer(RecordType::Srv, &srv) {
+            Answer::Records {
+                records: Records::Srv(v),
+                ttl,
+            } => {
+                assert_eq!(ttl, 60);
+                assert_eq!(
+                    v[1],
+                    Srv {
+                        priority: 20,
+                        weight: 0,
+                        port: 5061,
+                        target: "kam2.sip.test.".into()
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let a = vec![Record::from_rdata(
+            name("kam1.sip.test."),
+            30,
+            RData::A(A("127.0.0.14".parse().unwrap())),
+        )];
+        assert_eq!(
+            to_answer(RecordType::A, &a),
+            Answer::Records {
+                records: Records::Addrs(vec!["127.0.0.14".parse().unwrap()]),
+                ttl: 30
+            }
+        );
+        // Records of another type than asked: no records.
+        assert_eq!(
+            to_answer(RecordType::Aaaa, &a),
+            Answer::NoRecords { ttl: None }
+        );
+    }
+}
