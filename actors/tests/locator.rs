@@ -108,24 +108,134 @@ async fn refusing_addr() -> SocketAddr {
         .unwrap()
 }
 
+/// A response to `req` as a peer would write it, copying its Via.
+fn answer(req: &SipRequest, status: u16) -> String {
+    let mut s = format!("SIP/2.0 {status} OK\r\n");
+    for v in &req.via {
+        s.push_str(&format!("Via: {v}\r\n"));
+    }
+    s.push_str(&format!(
+        "From: <{}>;tag={}\r\nTo: <{}>;tag=ps\r\nCall-ID: {}\r\nCSeq: {} {}\r\n\
+         Expires: 600\r\nContent-Length: 0\r\n\r\n",
+        req.from.uri,
+        req.from.tag.as_deref().unwrap_or(""),
+        req.to.uri,
+        req.call_id,
+        req.cseq,
+        req.method.as_str()
+    ));
+    s
+}
+
 #[actix_rt::test]
-async fn requests_go_to_the_first_target_and_failures_are_reported_per_target() {
-    let (gw, _) = start().await;
+async fn a_refused_request_is_sent_again_to_the_next_target_and_the_refusal_reported() {
+    let (gw, local) = start().await;
     let refused = refusing_addr().await;
     let live = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let live_addr = live.local_addr().unwrap();
     let (reports_to, mut reports) = sink::<TargetReport>();
     let (reply_to, mut outcomes) = sink::<TransactionOutcome>();
-
-    // The first target refuses (TCP): the transaction fails and the target is reported.
     gw.do_send(SetTargets {
         targets: vec![(refused, Transport::Tcp), (live_addr, Transport::Udp)],
-        report_to: Some(reports_to.clone()),
+        report_to: Some(reports_to),
     });
     gw.do_send(SendRequest {
         req: subscribe("c1"),
         key: 1,
-        reply_to: reply_to.clone(),
+        reply_to,
+        transport: None,
+    });
+    // The first target refuses (TCP connect): reported, and no outcome for the TU yet.
+    let rep = next(&mut reports, 2000).await.expect("report");
+    assert_eq!((rep.addr, rep.outcome), (refused, TargetOutcome::Refused));
+    // RFC 3263 §4.3: the same request as a new transaction (new branch) to the next
+    // target, over that target's transport.
+    let text = recv_udp(&live, 2000)
+        .await
+        .expect("request at the next target");
+    let req = parse_request(&text);
+    assert_eq!((req.call_id.as_str(), req.cseq), ("c1", 1));
+    assert!(req.via[0].starts_with("SIP/2.0/UDP "), "{:?}", req.via);
+    assert!(next(&mut outcomes, 50).await.is_none());
+    live.send_to(answer(&req, 200).as_bytes(), local)
+        .await
+        .unwrap();
+    let out = next(&mut outcomes, 2000).await.expect("outcome");
+    assert_eq!(out.key, 1);
+    match out.result {
+        TxnResult::Response(r) => assert_eq!(r.status, 200),
+        other => panic!("{other:?}"),
+    }
+    // The live target was not first: its answer is reported (it may have been blacklisted).
+    let rep = next(&mut reports, 1000).await.expect("report");
+    assert_eq!(
+        (rep.addr, rep.outcome),
+        (live_addr, TargetOutcome::Answered)
+    );
+}
+
+#[actix_rt::test]
+async fn with_every_target_tried_the_failure_reaches_the_tu() {
+    let (gw, _) = start().await;
+    let refused = refusing_addr().await;
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let (reports_to, mut reports) = sink::<TargetReport>();
+    let (reply_to, mut outcomes) = sink::<TransactionOutcome>();
+    gw.do_send(SetTargets {
+        targets: vec![(silent_addr, Transport::Udp), (refused, Transport::Tcp)],
+        report_to: Some(reports_to),
+    });
+    gw.do_send(SendRequest {
+        req: subscribe("c2"),
+        key: 2,
+        reply_to,
+        transport: None,
+    });
+    let text = recv_udp(&silent, 2000)
+        .await
+        .expect("request at the first target");
+    assert_eq!(parse_request(&text).call_id, "c2");
+    // Unanswered: Timer F (64*T1); the timeout is reported and the request goes to the
+    // second target, which refuses; then the TU gets the last failure.
+    let rep = next(&mut reports, 64 * T1_MS + 2000).await.expect("report");
+    assert_eq!(
+        (rep.addr, rep.outcome),
+        (silent_addr, TargetOutcome::Timeout)
+    );
+    let rep = next(&mut reports, 2000).await.expect("report");
+    assert_eq!((rep.addr, rep.outcome), (refused, TargetOutcome::Refused));
+    let out = next(&mut outcomes, 2000).await.expect("outcome");
+    assert_eq!(out.key, 2);
+    assert!(
+        matches!(out.result, TxnResult::TransportError(_)),
+        "{:?}",
+        out.result
+    );
+    assert!(next(&mut outcomes, 100).await.is_none());
+}
+
+#[actix_rt::test]
+async fn in_dialog_requests_are_not_failed_over() {
+    let (gw, _) = start().await;
+    let refused = refusing_addr().await;
+    let live = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (reports_to, mut reports) = sink::<TargetReport>();
+    let (reply_to, mut outcomes) = sink::<TransactionOutcome>();
+    gw.do_send(SetTargets {
+        targets: vec![
+            (refused, Transport::Tcp),
+            (live.local_addr().unwrap(), Transport::Udp),
+        ],
+        report_to: Some(reports_to),
+    });
+    let mut req = subscribe("c3");
+    req.destination = Destination::InDialog;
+    req.uri = format!("sip:{refused};transport=tcp");
+    gw.do_send(SendRequest {
+        req,
+        key: 3,
+        reply_to,
         transport: None,
     });
     let out = next(&mut outcomes, 2000).await.expect("outcome");
@@ -134,40 +244,13 @@ async fn requests_go_to_the_first_target_and_failures_are_reported_per_target() 
         "{:?}",
         out.result
     );
+    // Its remote target is one of the located servers: the refusal is still reported.
     let rep = next(&mut reports, 1000).await.expect("report");
     assert_eq!((rep.addr, rep.outcome), (refused, TargetOutcome::Refused));
     assert!(
-        recv_udp(&live, 100).await.is_none(),
-        "nothing to the second target yet"
+        recv_udp(&live, 200).await.is_none(),
+        "no failover in dialog"
     );
-
-    // The locator's new order: the next request goes to the live target, over its UDP.
-    gw.do_send(SetTargets {
-        targets: vec![(live_addr, Transport::Udp), (refused, Transport::Tcp)],
-        report_to: Some(reports_to.clone()),
-    });
-    gw.do_send(SendRequest {
-        req: subscribe("c2"),
-        key: 2,
-        reply_to: reply_to.clone(),
-        transport: None,
-    });
-    let text = recv_udp(&live, 2000)
-        .await
-        .expect("request at the live target");
-    let req = parse_request(&text);
-    assert_eq!(req.call_id, "c2");
-    assert!(req.via[0].starts_with("SIP/2.0/UDP "), "{:?}", req.via);
-
-    // Unanswered: Timer F (64*T1) fails it, and the timeout is reported for that target.
-    let out = next(&mut outcomes, 64 * T1_MS + 2000)
-        .await
-        .expect("outcome");
-    assert_eq!(out.key, 2);
-    assert!(matches!(out.result, TxnResult::Timeout), "{:?}", out.result);
-    let rep = next(&mut reports, 1000).await.expect("report");
-    assert_eq!((rep.addr, rep.outcome), (live_addr, TargetOutcome::Timeout));
-    assert!(next(&mut reports, 100).await.is_none());
 }
 
 #[actix_rt::test]

@@ -172,6 +172,45 @@ pub struct SipTransport {
     proxy_targets: Vec<(SocketAddr, Transport)>,
     /// Where per-target failures go (the locator).
     target_reports: Option<Recipient<TargetReport>>,
+    /// Out-of-dialog requests in flight while there is a target to fail over to, by client id.
+    failovers: IdMap<u64, Failover>,
+    /// Ourselves, for [`Resend`] from the failure paths (weak: must not keep the actor alive).
+    me: Option<actix::WeakAddr<SipTransport>>,
+}
+
+/// An out-of-dialog request kept while its transaction runs, to be sent again as a new
+/// transaction (new branch) to the next target if this one times out or refuses
+/// (RFC 3263 §4.3).
+struct Failover {
+    req: OutRequest,
+    key: u64,
+    reply_to: Recipient<TransactionOutcome>,
+    transport: Option<Transport>,
+    tried: Vec<SocketAddr>,
+}
+
+/// Sends a failed-over request to the given address over the given transport (sent to
+/// ourselves: the failure paths have no context to start a transaction with).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Resend(Box<Failover>, SocketAddr, Transport);
+
+impl Handler<Resend> for SipTransport {
+    type Result = ();
+    fn handle(&mut self, Resend(f, addr, transport): Resend, ctx: &mut Context<Self>) {
+        let mut f = *f;
+        f.tried.push(addr);
+        let msg = SendRequest {
+            req: f.req.clone(),
+            key: f.key,
+            reply_to: f.reply_to.clone(),
+            transport: f.transport,
+        };
+        let transport = f.transport.unwrap_or(transport);
+        // `start_client` takes the next client id.
+        self.failovers.insert(self.next_client, f);
+        self.start_client(msg, addr, transport, ctx);
+    }
 }
 
 impl Handler<SetTargets> for SipTransport {
@@ -199,6 +238,26 @@ impl SipTransport {
         if known {
             to.do_send(TargetReport { addr, outcome });
         }
+    }
+
+    /// Client transaction `id` failed at `t.target`: reported, then sent again to the next
+    /// untried target if it was out of dialog (RFC 3263 §4.3); else the TU hears of it.
+    fn client_failed(&mut self, id: u64, t: ClientTxn, result: TxnResult, outcome: TargetOutcome) {
+        self.report_target(t.target, outcome);
+        if let Some(f) = self.failovers.remove(&id) {
+            let next = self
+                .proxy_targets
+                .iter()
+                .find(|(a, _)| !f.tried.contains(a))
+                .copied();
+            let me = self.me.as_ref().and_then(|m| m.upgrade());
+            if let (Some((addr, transport)), Some(me)) = (next, me) {
+                warn!(failed = %t.target, ?outcome, next = %addr, "out-of-dialog request failed; sending it again to the next server (RFC 3263 §4.3)");
+                me.do_send(Resend(Box::new(f), addr, transport));
+                return;
+            }
+        }
+        t.finish(result);
     }
 }
 
@@ -301,6 +360,8 @@ impl SipTransport {
             scratch: Vec::with_capacity(2048),
             proxy_targets: Vec::new(),
             target_reports: None,
+            failovers: IdMap::default(),
+            me: None,
             cfg,
         };
         Ok(actor.start())
@@ -437,10 +498,8 @@ impl SipTransport {
             .collect();
         for id in failed {
             if let Some(t) = self.clients.remove(&id) {
-                self.report_target(t.target, TargetOutcome::Refused);
-                t.finish(TxnResult::TransportError(
-                    "TCP connection closed before a final response".to_owned(),
-                ));
+                let e = "TCP connection closed before a final response".to_owned();
+                self.client_failed(id, t, TxnResult::TransportError(e), TargetOutcome::Refused);
             }
         }
     }
@@ -586,6 +645,7 @@ impl SipTransport {
         }
         if let Some(t) = self.clients.remove(&id) {
             self.report_target(t.target, TargetOutcome::Answered);
+            self.failovers.remove(&id);
             t.finish(TxnResult::Response(Box::new(resp)));
         }
     }
@@ -625,8 +685,7 @@ impl SipTransport {
                     break;
                 }
                 if let Some(t) = self.clients.remove(&id) {
-                    self.report_target(t.target, TargetOutcome::Timeout);
-                    t.finish(TxnResult::Timeout);
+                    self.client_failed(id, t, TxnResult::Timeout, TargetOutcome::Timeout);
                 }
             }
             self.timers.client_f.pop_front();
@@ -755,8 +814,7 @@ impl SipTransport {
         };
         if let Err(e) = sent {
             warn!(%target, error = %e, "request send failed");
-            self.report_target(target, TargetOutcome::Refused);
-            t.finish(TxnResult::TransportError(e));
+            self.client_failed(id, t, TxnResult::TransportError(e), TargetOutcome::Refused);
             return;
         }
         self.clients.insert(id, t);
@@ -837,6 +895,7 @@ impl Actor for SipTransport {
     }
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address().downgrade());
         match udp::spawn_reader(self.udp.clone(), self.cfg.max_message, self.keys.clone()) {
             Ok(mut rx) => {
                 ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
@@ -984,7 +1043,21 @@ impl Handler<SendRequest> for SipTransport {
                     result: TxnResult::TransportError(e),
                 });
             }
-            Ok((Target::Addr(addr), transport)) => self.start_client(msg, addr, transport, ctx),
+            Ok((Target::Addr(addr), transport)) => {
+                if matches!(msg.req.destination, Destination::OutboundProxy)
+                    && self.proxy_targets.len() > 1
+                {
+                    let f = Failover {
+                        req: msg.req.clone(),
+                        key: msg.key,
+                        reply_to: msg.reply_to.clone(),
+                        transport: msg.transport,
+                        tried: vec![addr],
+                    };
+                    self.failovers.insert(self.next_client, f);
+                }
+                self.start_client(msg, addr, transport, ctx)
+            }
             Ok((Target::Name(name), transport)) => {
                 // Prefer an address of our socket's family: a v4 socket cannot reach ::1.
                 let want_v4 = self.local.is_ipv4();
