@@ -242,3 +242,34 @@ def test_named_server_address_fails_over_to_the_next_srv_target(located, xmpp):
     finally:
         bob1.close()
         bob2.close()
+
+
+def test_a_refused_subscribe_goes_at_once_to_the_next_target(located, xmpp):
+    """kam1 dies before the gateway has sent it anything, so it is still first in the list:
+    the initial SUBSCRIBE is refused (TCP) and sent again at once, as a new transaction, to
+    kam2 (RFC 3263 §4.3), with no retry backoff: alice gets bob's state in seconds."""
+    lab, extra = located
+    kill_kam1(lab)
+    bob2 = SipUA("bob", LAB_IP, (KAM2_IP, 5060))
+    try:
+        pub2 = Publication(bob2, "sip:bob@sip.test")
+        r = pub2.publish(pidf("sip:bob@sip.test", "open", "Only on kam2", tuple_id="t-bob"))
+        assert r is not None and r.code == 200, r
+        alice = xmpp("alice")
+        started = time.monotonic()
+        alice.presence(to=BOB, typ="subscribe")
+        expect(alice, is_presence(BOB, "subscribed"), "<presence type='subscribed' from='%s'/>" % BOB)
+        expect_bob(alice, "<presence from='%s'><status>Only on kam2</status></presence>" % BOB_RES,
+                   "Only on kam2")
+        took = time.monotonic() - started
+        print("immediate failover: bob's state reached alice %.1f s after the subscribe" % took)
+        log = gateway_log(lab)
+        line = re.search(r"out-of-dialog request failed; sending it again to the next server[^\n]*", log)
+        assert line, "no §4.3 retry in the gateway log:\n" + tail(lab.gateway_log)
+        assert "failed=%s:5060" % LAB_IP in line.group(0) and "next=%s:5060" % KAM2_IP in line.group(0), \
+            line.group(0)
+        assert tcp_peers_5060() == {KAM2_IP}, tcp_peers_5060()
+        alice.presence(to=BOB, typ="unsubscribe")
+        time.sleep(0.5)
+    finally:
+        bob2.close()
