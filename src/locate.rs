@@ -314,8 +314,9 @@ impl Locator {
         Ok(loc)
     }
 
-    /// The transport used without NAPTR/SRV guidance (§4.1: UDP for sip, TLS for sips, unless
-    /// the gateway cannot; then its preferred one).
+    /// The transport used without NAPTR/SRV guidance: the URI's `transport=`, TLS for sips,
+    /// else the gateway's preferred one (`sip.transport`, as before RFC 3263 support; §4.1
+    /// would say UDP, which is the default preference).
     fn plain_proto(&self) -> Proto {
         if let Some(p) = self.forced {
             return p;
