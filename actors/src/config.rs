@@ -13,9 +13,10 @@ pub const ENV_PREFIX: &str = "PUA_XMPP";
 /// Secret shipped as default; starting with it gets a loud warning.
 pub const DEFAULT_SECRET: &str = "secret";
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 5] = [
+const LIST_KEYS: [&str; 6] = [
     "sip.trusted_peers",
     "http.allow",
+    "sip.dns_servers",
     "mapping.gwmap",
     "mapping.allowed_sip_domains",
     "mapping.allowed_xmpp_domains",
@@ -66,6 +67,9 @@ pub struct SipConfig {
     pub tls_ca: String,
     /// Verify peers' certificates on outbound TLS; `false` is for labs only (logged loudly).
     pub tls_verify: bool,
+    /// DNS servers (`ip` or `ip:port`) for locating a `server_address` given as a name
+    /// (RFC 3263); empty = the system's resolv.conf.
+    pub dns_servers: Vec<String>,
 }
 
 impl Default for SipConfig {
@@ -83,8 +87,19 @@ impl Default for SipConfig {
             tls_key: String::new(),
             tls_ca: String::new(),
             tls_verify: true,
+            dns_servers: Vec::new(),
         }
     }
+}
+
+/// A `sip.dns_servers` entry: `ip`, `ip:port` or `[v6]:port` (port 53 by default).
+pub fn parse_dns_server(s: &str) -> Option<SocketAddr> {
+    let s = s.trim();
+    s.parse::<SocketAddr>().ok().or_else(|| {
+        s.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
 }
 
 impl SipConfig {
@@ -647,6 +662,7 @@ impl Config {
         let mut t = Config::default();
         t.mapping.gwmap = vec!["a=b".into()];
         t.sip.trusted_peers = vec!["127.0.0.1".into()];
+        t.sip.dns_servers = vec!["127.0.0.1".into()];
         t.mapping.allowed_sip_domains = vec!["a".into()];
         t.mapping.allowed_xmpp_domains = vec!["a".into()];
         t.http.allow = vec!["127.0.0.1".into()];
@@ -743,6 +759,20 @@ impl Config {
                 "sip.server_address",
                 format!("expected a sip: URI with a host, got {sa:?}"),
             ));
+        }
+        if pua_xmpp::sip::encode::uri_host_port(sa).is_none() {
+            return Err(invalid(
+                "sip.server_address",
+                format!("expected sip:host[:port][;transport=udp|tcp] (host: a name or an IP literal), got {sa:?}"),
+            ));
+        }
+        for d in &s.dns_servers {
+            if parse_dns_server(d).is_none() {
+                return Err(invalid(
+                    "sip.dns_servers",
+                    format!("expected ip or ip:port, got {d:?}"),
+                ));
+            }
         }
         domain("sip.gateway_domain", &s.gateway_domain)?;
         if !s.contact_host.is_empty() {
@@ -976,6 +1006,7 @@ impl Config {
         t.str("tls_key", &s.tls_key);
         t.str("tls_ca", &s.tls_ca);
         t.bool("tls_verify", s.tls_verify);
+        t.list("dns_servers", &self.sip.dns_servers);
         let x = &self.xmpp;
         t.section("xmpp");
         t.str("component_domain", &x.component_domain);
@@ -1216,6 +1247,43 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "runtime.threads: expected a number from 0 to 256, got 257"
+        );
+    }
+
+    #[test]
+    fn dns_servers_and_named_server_address() {
+        let c = with_env(&[
+            ("PUA_XMPP__SIP__SERVER_ADDRESS", "sip:sip.example.com"),
+            ("PUA_XMPP__SIP__DNS_SERVERS", "127.0.0.16:10053,192.0.2.53"),
+        ])
+        .unwrap();
+        let parsed: Vec<_> = c
+            .sip
+            .dns_servers
+            .iter()
+            .filter_map(|d| parse_dns_server(d))
+            .collect();
+        assert_eq!(
+            parsed,
+            vec![
+                "127.0.0.16:10053".parse::<SocketAddr>().unwrap(),
+                "192.0.2.53:53".parse().unwrap()
+            ]
+        );
+        assert!(c
+            .redacted()
+            .contains("\ndns_servers = [\"127.0.0.16:10053\", \"192.0.2.53\"]\n"));
+        assert_eq!(
+            with_env(&[("PUA_XMPP__SIP__DNS_SERVERS", "ns.example.com")])
+                .unwrap_err()
+                .to_string(),
+            "sip.dns_servers: expected ip or ip:port, got \"ns.example.com\""
+        );
+        assert!(
+            with_env(&[("PUA_XMPP__SIP__SERVER_ADDRESS", "sip:bad_host")])
+                .unwrap_err()
+                .to_string()
+                .starts_with("sip.server_address: ")
         );
     }
 }

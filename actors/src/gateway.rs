@@ -25,20 +25,35 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
-/// Resolves `sip:host[:port]` of `sip.server_address` to a socket address (port 5061 by
-/// default over TLS, RFC 3261 §19.1.2).
-async fn resolve_sip_uri(uri: &str, tls: bool) -> io::Result<SocketAddr> {
-    let hp = pua_xmpp::sip::encode::uri_host_port(uri)
-        .ok_or_else(|| invalid(format!("sip.server_address: not a SIP URI: {uri}")))?;
-    let host = hp
-        .host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = hp.port.unwrap_or(if tls { 5061 } else { 5060 });
-    let mut addrs = tokio::net::lookup_host((host.as_str(), port)).await?;
-    let first = addrs.next();
-    first.ok_or_else(|| invalid(format!("sip.server_address: {uri} does not resolve")))
+/// The RFC 3263 locator settings of `sip.server_address` (a name or an IP literal).
+fn locator_config(config: &Config, listen: SocketAddr) -> crate::locator::LocatorConfig {
+    use pua_xmpp::locate::{LocateConfig, Proto};
+    let mut transports = match config.sip.effective_transport() {
+        "tls" => vec![Proto::Tls],
+        "tcp" => vec![Proto::Tcp, Proto::Udp],
+        _ => vec![Proto::Udp, Proto::Tcp],
+    };
+    // TLS targets (NAPTR `SIPS+D2T`, `_sips._tcp`) only with a TLS listener for their
+    // in-dialog requests back to us.
+    if config.sip.tls_listen_addr().is_some() && !transports.contains(&Proto::Tls) {
+        transports.push(Proto::Tls);
+    }
+    let mut locate = LocateConfig::new(&config.sip.server_address, transports);
+    // The transport sends from its one socket: only addresses of its family are reachable.
+    let any = listen.ip().is_unspecified();
+    locate.ipv4 = listen.is_ipv4() || any;
+    locate.ipv6 = listen.is_ipv6();
+    // A failed target stays at the back for a Timer F.
+    locate.blacklist_for = Duration::from_millis(config.sip.t1_ms) * 64;
+    crate::locator::LocatorConfig {
+        locate,
+        dns_servers: config
+            .sip
+            .dns_servers
+            .iter()
+            .filter_map(|d| crate::config::parse_dns_server(d))
+            .collect(),
+    }
 }
 
 /// The TLS settings of `[sip]`: the listener's certificate and key (a start-up error naming
@@ -171,7 +186,8 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         .parse()
         .map_err(|e| invalid(format!("sip.listen: {e}")))?;
     let transport_name = config.sip.effective_transport();
-    let proxy = resolve_sip_uri(&config.sip.server_address, transport_name == "tls").await?;
+    let (located, targets) = crate::locator::Locator::prime(locator_config(config, listen)).await?;
+    let proxy = targets.first().copied();
     let tls = tls_settings(&config.sip)?;
     let contact_host = if config.sip.contact_host.is_empty() {
         // With TCP or TLS chosen, say so in the Contact, or peers would NOTIFY us over UDP
@@ -201,13 +217,14 @@ pub async fn start(config: &Config) -> io::Result<Running> {
     let transport = SipTransport::bind_batched(
         TransportConfig {
             listen,
-            outbound_proxy: Some(proxy),
+            outbound_proxy: proxy.map(|p| p.0),
             outbound_proxy_name: proxy_name,
             tls: tls.clone(),
-            request_transport: match transport_name {
-                "tcp" => crate::messages::Transport::Tcp,
-                "tls" => crate::messages::Transport::Tls,
-                _ => crate::messages::Transport::Udp,
+            request_transport: match proxy {
+                Some((_, t)) => t,
+                None if transport_name == "tcp" => crate::messages::Transport::Tcp,
+                None if transport_name == "tls" => crate::messages::Transport::Tls,
+                None => crate::messages::Transport::Udp,
             },
             max_message: config.limits.max_sip_message,
             t1: Duration::from_millis(config.sip.t1_ms),
@@ -218,11 +235,12 @@ pub async fn start(config: &Config) -> io::Result<Running> {
         Some(registry.clone().recipient()),
     )
     .await?;
-    tracing::info!(%listen, proxy = %proxy, transport = transport_name, "SIP transport listening (UDP and TCP)");
+    tracing::info!(%listen, proxy = ?proxy, transport = transport_name, "SIP transport listening (UDP and TCP)");
     if let Some(tls_listen) = tls.as_ref().and_then(|t| t.listen) {
         tracing::info!(%tls_listen, "SIP transport listening (TLS)");
         spawn_tls_reload(&config.sip, transport.clone());
     }
+    crate::locator::Locator::start_with(located, transport.clone().recipient());
     let status = LinkStatus {
         online: false,
         registry: Some(registry.clone().recipient()),

@@ -15,6 +15,7 @@ pub mod http;
 pub mod idhash;
 pub mod link_status;
 pub mod links;
+pub mod locator;
 pub mod messages;
 pub mod messenger;
 pub mod notifier_shard;

@@ -401,3 +401,32 @@ pub struct GetLinkStatus;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct LearnSpelling(pub String);
+
+/// The ordered targets of out-of-dialog requests (RFC 3263), from the locator to the SIP
+/// transport: the first gets the next request. Replaces `outbound_proxy` once received.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct SetTargets {
+    pub targets: Vec<(SocketAddr, Transport)>,
+    /// Where to report how requests to these targets went ([`TargetReport`]).
+    pub report_to: Option<Recipient<TargetReport>>,
+}
+
+/// How a request to one of the [`SetTargets`] addresses went, as far as location cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetOutcome {
+    /// Timer F fired with no response.
+    Timeout,
+    /// Connection refused or closed under the request, or the send failed.
+    Refused,
+    /// A response came back (the target is alive).
+    Answered,
+}
+
+/// From the SIP transport to the locator: one request's fate at a target of the list.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct TargetReport {
+    pub addr: SocketAddr,
+    pub outcome: TargetOutcome,
+}

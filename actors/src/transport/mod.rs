@@ -29,7 +29,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::messages::{
-    SendRequest, SendResponse, SipRequestIn, Source, TransactionOutcome, Transport, TxnResult,
+    SendRequest, SendResponse, SetTargets, SipRequestIn, Source, TargetOutcome, TargetReport,
+    TransactionOutcome, Transport, TxnResult,
 };
 use io::Batch;
 use io::{InRequest, Incoming};
@@ -183,6 +184,99 @@ pub struct SipTransport {
     /// buffer per request is a large-bin request for glibc's malloc, which then consolidates
     /// its fast bins every time (measured: a few % of the gateway's CPU during set-up).
     scratch: Vec<u8>,
+    /// RFC 3263 targets of out-of-dialog requests, in order ([`SetTargets`]); empty: use
+    /// `cfg.outbound_proxy`.
+    proxy_targets: Vec<(SocketAddr, Transport)>,
+    /// Where per-target failures go (the locator).
+    target_reports: Option<Recipient<TargetReport>>,
+    /// Out-of-dialog requests in flight while there is a target to fail over to, by client id.
+    failovers: IdMap<u64, Failover>,
+    /// Ourselves, for [`Resend`] from the failure paths (weak: must not keep the actor alive).
+    me: Option<actix::WeakAddr<SipTransport>>,
+}
+
+/// An out-of-dialog request kept while its transaction runs, to be sent again as a new
+/// transaction (new branch) to the next target if this one times out or refuses
+/// (RFC 3263 §4.3).
+struct Failover {
+    req: OutRequest,
+    key: u64,
+    reply_to: Recipient<TransactionOutcome>,
+    transport: Option<Transport>,
+    tried: Vec<SocketAddr>,
+}
+
+/// Sends a failed-over request to the given address over the given transport (sent to
+/// ourselves: the failure paths have no context to start a transaction with).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Resend(Box<Failover>, SocketAddr, Transport);
+
+impl Handler<Resend> for SipTransport {
+    type Result = ();
+    fn handle(&mut self, Resend(f, addr, transport): Resend, ctx: &mut Context<Self>) {
+        let mut f = *f;
+        f.tried.push(addr);
+        let msg = SendRequest {
+            req: f.req.clone(),
+            key: f.key,
+            reply_to: f.reply_to.clone(),
+            transport: f.transport,
+        };
+        let transport = chosen_transport(f.transport, transport);
+        // `start_client` takes the next client id.
+        self.failovers.insert(self.next_client, f);
+        let name = self.cfg.outbound_proxy_name.clone();
+        self.start_client(msg, addr, transport, name.as_deref(), ctx);
+    }
+}
+
+impl Handler<SetTargets> for SipTransport {
+    type Result = ();
+    fn handle(&mut self, msg: SetTargets, _: &mut Context<Self>) {
+        self.proxy_targets = msg.targets;
+        self.target_reports = msg.report_to;
+    }
+}
+
+impl SipTransport {
+    /// Tells the locator how a request to `addr` went, if `addr` is one of its targets. An
+    /// answer is only worth reporting from a target that is not first (it may be back).
+    fn report_target(&self, addr: SocketAddr, outcome: TargetOutcome) {
+        let Some(to) = &self.target_reports else {
+            return;
+        };
+        let known = match outcome {
+            TargetOutcome::Answered => {
+                self.proxy_targets.first().is_some_and(|f| f.0 != addr)
+                    && self.proxy_targets.iter().any(|t| t.0 == addr)
+            }
+            _ => self.proxy_targets.iter().any(|t| t.0 == addr),
+        };
+        if known {
+            to.do_send(TargetReport { addr, outcome });
+        }
+    }
+
+    /// Client transaction `id` failed at `t.target`: reported, then sent again to the next
+    /// untried target if it was out of dialog (RFC 3263 §4.3); else the TU hears of it.
+    fn client_failed(&mut self, id: u64, t: ClientTxn, result: TxnResult, outcome: TargetOutcome) {
+        self.report_target(t.target, outcome);
+        if let Some(f) = self.failovers.remove(&id) {
+            let next = self
+                .proxy_targets
+                .iter()
+                .find(|(a, _)| !f.tried.contains(a))
+                .copied();
+            let me = self.me.as_ref().and_then(|m| m.upgrade());
+            if let (Some((addr, transport)), Some(me)) = (next, me) {
+                warn!(failed = %t.target, ?outcome, next = %addr, "out-of-dialog request failed; sending it again to the next server (RFC 3263 §4.3)");
+                me.do_send(Resend(Box::new(f), addr, transport));
+                return;
+            }
+        }
+        t.finish(result);
+    }
 }
 
 /// Closes a connection that could not be set up (sent to ourselves).
@@ -310,6 +404,10 @@ impl SipTransport {
             tcp_in_rx: Some(tcp_in_rx),
             counters: Counters::default(),
             scratch: Vec::with_capacity(2048),
+            proxy_targets: Vec::new(),
+            target_reports: None,
+            failovers: IdMap::default(),
+            me: None,
             cfg,
         };
         Ok(actor.start())
@@ -471,7 +569,8 @@ impl SipTransport {
             .collect();
         for id in failed {
             if let Some(t) = self.clients.remove(&id) {
-                t.finish(TxnResult::TransportError(reason.to_owned()));
+                let e = TxnResult::TransportError(reason.to_owned());
+                self.client_failed(id, t, e, TargetOutcome::Refused);
             }
         }
     }
@@ -636,6 +735,8 @@ impl SipTransport {
             return;
         }
         if let Some(t) = self.clients.remove(&id) {
+            self.report_target(t.target, TargetOutcome::Answered);
+            self.failovers.remove(&id);
             t.finish(TxnResult::Response(Box::new(resp)));
         }
     }
@@ -675,7 +776,7 @@ impl SipTransport {
                     break;
                 }
                 if let Some(t) = self.clients.remove(&id) {
-                    t.finish(TxnResult::Timeout);
+                    self.client_failed(id, t, TxnResult::Timeout, TargetOutcome::Timeout);
                 }
             }
             self.timers.client_f.pop_front();
@@ -715,13 +816,23 @@ impl SipTransport {
     /// Where a request goes: (host, port, transport).
     fn target_of(&self, req: &OutRequest) -> Result<(Target, Transport), String> {
         match req.destination {
-            Destination::OutboundProxy => match self.cfg.outbound_proxy {
-                Some(addr) => Ok((
-                    Target::Addr(addr, self.cfg.outbound_proxy_name.clone()),
-                    self.cfg.request_transport,
-                )),
-                None => Err("no outbound proxy configured (sip.server_address)".to_owned()),
-            },
+            Destination::OutboundProxy => {
+                let name = || self.cfg.outbound_proxy_name.clone();
+                match (self.proxy_targets.first(), self.cfg.outbound_proxy) {
+                    // Located targets (RFC 3263) keep the URI host as the TLS name (RFC 5922).
+                    (Some(&(addr, transport)), _) => Ok((Target::Addr(addr, name()), transport)),
+                    // Located by name (RFC 3263) and nothing found yet.
+                    (None, _) if self.target_reports.is_some() => {
+                        Err("sip.server_address: no target located (DNS)".to_owned())
+                    }
+                    (None, Some(addr)) => {
+                        Ok((Target::Addr(addr, name()), self.cfg.request_transport))
+                    }
+                    (None, None) => {
+                        Err("no outbound proxy configured (sip.server_address)".to_owned())
+                    }
+                }
+            }
             Destination::InDialog => {
                 let uri = match req.route.first() {
                     Some(route) => route.as_str(),
@@ -814,7 +925,7 @@ impl SipTransport {
         };
         if let Err(e) = sent {
             warn!(%target, error = %e, "request send failed");
-            t.finish(TxnResult::TransportError(e));
+            self.client_failed(id, t, TxnResult::TransportError(e), TargetOutcome::Refused);
             return;
         }
         self.clients.insert(id, t);
@@ -924,6 +1035,7 @@ impl Actor for SipTransport {
     }
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address().downgrade());
         match udp::spawn_reader(self.udp.clone(), self.cfg.max_message, self.keys.clone()) {
             Ok(mut rx) => {
                 ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
@@ -1083,6 +1195,18 @@ impl Handler<SendRequest> for SipTransport {
                 });
             }
             Ok((Target::Addr(addr, host), transport)) => {
+                if matches!(msg.req.destination, Destination::OutboundProxy)
+                    && self.proxy_targets.len() > 1
+                {
+                    let f = Failover {
+                        req: msg.req.clone(),
+                        key: msg.key,
+                        reply_to: msg.reply_to.clone(),
+                        transport: msg.transport,
+                        tried: vec![addr],
+                    };
+                    self.failovers.insert(self.next_client, f);
+                }
                 self.start_client(msg, addr, transport, host.as_deref(), ctx)
             }
             Ok((Target::Name(name, host), transport)) => {
