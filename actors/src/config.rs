@@ -12,6 +12,8 @@ use std::path::Path;
 pub const ENV_PREFIX: &str = "PUA_XMPP";
 /// Secret shipped as default; starting with it gets a loud warning.
 pub const DEFAULT_SECRET: &str = "secret";
+/// `store.path` when none is given.
+pub const DEFAULT_STORE_PATH: &str = "pua-xmpp.db";
 /// Keys whose environment value is a comma-separated list.
 const LIST_KEYS: [&str; 4] = [
     "sip.trusted_peers",
@@ -209,7 +211,11 @@ impl PresenceConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct StoreConfig {
+    /// The SQLite file; used when `url` is empty.
     pub path: String,
+    /// A PostgreSQL connection string (`postgres://user:password@host:port/db`); when set,
+    /// the store is there and `path` must be empty or left at its default.
+    pub url: String,
     /// Milliseconds a subscriber pair's changed record waits for more changes before it is
     /// written (a set-up changes it three to four times within milliseconds). Shutdown writes
     /// what waits; a crash loses at most this plus the store's 20 ms batch.
@@ -219,7 +225,8 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            path: "pua-xmpp.db".into(),
+            path: DEFAULT_STORE_PATH.into(),
+            url: String::new(),
             coalesce_ms: 20,
         }
     }
@@ -699,8 +706,33 @@ impl Config {
             3600,
         )?;
 
-        if self.store.path.is_empty() {
-            return Err(invalid("store.path", "must not be empty"));
+        let st = &self.store;
+        if st.url.is_empty() && st.path.is_empty() {
+            return Err(invalid(
+                "store.path",
+                "must not be empty (or set store.url for PostgreSQL)",
+            ));
+        }
+        if !st.url.is_empty() {
+            if !st.path.is_empty() && st.path != DEFAULT_STORE_PATH {
+                return Err(invalid(
+                    "store.url",
+                    format!(
+                        "set either store.path (SQLite) or store.url (PostgreSQL), not both \
+                         (store.path is {:?})",
+                        st.path
+                    ),
+                ));
+            }
+            if let Err(e) = st.url.parse::<tokio_postgres::Config>() {
+                return Err(invalid(
+                    "store.url",
+                    format!(
+                        "not a PostgreSQL connection string ({e}): {:?}",
+                        crate::store::postgres::redact_url(&st.url)
+                    ),
+                ));
+            }
         }
         range("store.coalesce_ms", self.store.coalesce_ms, 0, 10_000)?;
         sock("http.listen", &self.http.listen)?;
@@ -842,6 +874,7 @@ impl Config {
         t.num("notify_min_interval_secs", p.notify_min_interval_secs);
         t.section("store");
         t.str("path", &self.store.path);
+        t.str("url", &crate::store::postgres::redact_url(&self.store.url));
         t.section("http");
         t.str("listen", &self.http.listen);
         t.section("log");

@@ -7,7 +7,7 @@ use crate::link_status::LinkStatus;
 use crate::messages::StopLinkStatus;
 use crate::messages::{FlushPersists, Restore};
 use crate::registry::{Mode, Registry, RegistryConfig};
-use crate::store::{load_snapshot, SqliteStore, StoreHandle};
+use crate::store::{open_configured, StoreHandle};
 use crate::transport::{GetStats, SipTransport, TransportConfig};
 use actix::prelude::*;
 use pua_xmpp::address::{AddressMapper, MappingConfig};
@@ -63,10 +63,16 @@ pub struct Running {
 pub async fn start(config: &Config) -> io::Result<Running> {
     install_id_key()?;
     crate::http::install_metrics();
-    let store_path = std::path::Path::new(&config.store.path);
-    let snapshot = load_snapshot(store_path).map_err(|e| invalid(format!("store.path: {e}")))?;
-    let sqlite = SqliteStore::open(store_path).map_err(|e| invalid(format!("store.path: {e}")))?;
-    let (store, _writer) = StoreHandle::start(Box::new(sqlite));
+    let (backend, snapshot) =
+        open_configured(&config.store.path, &config.store.url).map_err(|e| {
+            let key = if config.store.url.is_empty() {
+                "store.path"
+            } else {
+                "store.url"
+            };
+            invalid(format!("{key}: {e}"))
+        })?;
+    let (store, _writer) = StoreHandle::start(backend);
     let mapping = MappingConfig {
         separator: config
             .mapping
