@@ -6,7 +6,8 @@
 //! one writer thread applies the ops in batches, one transaction per batch, so a burst of
 //! NOTIFYs costs one fsync, not one per NOTIFY. Within a batch only the last op per key is
 //! applied (coalescing). A failed batch is logged and retried with backoff; the gateway keeps
-//! running on its in-memory state. [`Store`] is the seam for other backends.
+//! running on its in-memory state. [`Store`] is the seam between the writer and a backend:
+//! [`SqliteStore`] here, [`PostgresStore`] in [`postgres`] (`store.url`, issue 17).
 //!
 //! # Several instances on one PostgreSQL store
 //!
