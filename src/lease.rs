@@ -281,7 +281,7 @@ impl Lease {
         let until = after(sent, self.cfg.ttl.saturating_sub(self.cfg.margin));
         match self.state {
             State::Active { fence: ours } if ours == fence => {
-                if self.valid_until.map_or(true, |v| until > v) {
+                if self.valid_until.is_none_or(|v| until > v) {
                     self.valid_until = Some(until);
                 }
                 self.next_at = after(sent, self.cfg.renew_every);
@@ -313,7 +313,7 @@ impl Lease {
         match self.state {
             State::Lost => {}
             State::Active { fence } => {
-                if self.valid_until.map_or(true, |v| now >= v) {
+                if self.valid_until.is_none_or(|v| now >= v) {
                     self.step_down(fence, StepDownReason::Expired);
                     return;
                 }

@@ -244,7 +244,7 @@ pub fn redact_url(url: &str) -> String {
             let q: Vec<String> = query
                 .split('&')
                 .map(|kv| match kv.split_once('=') {
-                    Some((k, _)) if k == "password" => "password=<redacted>".to_owned(),
+                    Some(("password", _)) => "password=<redacted>".to_owned(),
                     _ => kv.to_owned(),
                 })
                 .collect();
@@ -254,7 +254,7 @@ pub fn redact_url(url: &str) -> String {
     }
     url.split_whitespace()
         .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k == "password" => "password=<redacted>".to_owned(),
+            Some(("password", _)) => "password=<redacted>".to_owned(),
             _ => kv.to_owned(),
         })
         .collect::<Vec<_>>()
