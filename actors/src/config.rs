@@ -216,6 +216,11 @@ pub struct StoreConfig {
     /// A PostgreSQL connection string (`postgres://user:password@host:port/db`); when set,
     /// the store is there and `path` must be empty or left at its default.
     pub url: String,
+    /// Active/standby on `url` (issue 17): serve only while holding the lease named after
+    /// `xmpp.component_domain`; a standby binds and connects nothing until then.
+    pub lease: bool,
+    /// This instance's name in the lease row; empty: host, pid and start time.
+    pub instance: String,
     /// Milliseconds a subscriber pair's changed record waits for more changes before it is
     /// written (a set-up changes it three to four times within milliseconds). Shutdown writes
     /// what waits; a crash loses at most this plus the store's 20 ms batch.
@@ -227,6 +232,8 @@ impl Default for StoreConfig {
         StoreConfig {
             path: DEFAULT_STORE_PATH.into(),
             url: String::new(),
+            lease: false,
+            instance: String::new(),
             coalesce_ms: 20,
         }
     }
@@ -713,6 +720,12 @@ impl Config {
                 "must not be empty (or set store.url for PostgreSQL)",
             ));
         }
+        if st.lease && st.url.is_empty() {
+            return Err(invalid(
+                "store.lease",
+                "needs store.url: the lease lives in the shared PostgreSQL database",
+            ));
+        }
         if !st.url.is_empty() {
             if !st.path.is_empty() && st.path != DEFAULT_STORE_PATH {
                 return Err(invalid(
@@ -875,6 +888,8 @@ impl Config {
         t.section("store");
         t.str("path", &self.store.path);
         t.str("url", &crate::store::postgres::redact_url(&self.store.url));
+        t.bool("lease", self.store.lease);
+        t.str("instance", &self.store.instance);
         t.section("http");
         t.str("listen", &self.http.listen);
         t.section("log");

@@ -64,6 +64,7 @@ use xmpp_parsers::jid::BareJid;
 
 use crate::idhash::IdMap;
 
+pub mod lease_driver;
 pub mod postgres;
 pub use postgres::{Fence, PostgresStore};
 
@@ -1096,7 +1097,12 @@ pub fn load_snapshot(path: &Path) -> Result<Snapshot, StoreError> {
 /// file `store.path`), opened and migrated, with what it holds now: for startup. PostgreSQL is
 /// opened on a thread of its own (its client runs a runtime, which cannot start inside the
 /// caller's actix one).
-pub fn open_configured(path: &str, url: &str) -> Result<(Box<dyn Store>, Snapshot), StoreError> {
+/// With `fence` (active/standby), every PostgreSQL batch carries it.
+pub fn open_configured(
+    path: &str,
+    url: &str,
+    fence: Option<Fence>,
+) -> Result<(Box<dyn Store>, Snapshot), StoreError> {
     if url.is_empty() {
         let path = Path::new(path);
         let snapshot = load_snapshot(path)?;
@@ -1107,6 +1113,9 @@ pub fn open_configured(path: &str, url: &str) -> Result<(Box<dyn Store>, Snapsho
         .name("store-open".to_owned())
         .spawn(move || {
             let mut store = PostgresStore::open(&url)?;
+            if let Some(f) = fence {
+                store = store.with_fence(f);
+            }
             let snapshot = store.load()?;
             Ok::<(Box<dyn Store>, Snapshot), StoreError>((Box::new(store), snapshot))
         })
