@@ -682,6 +682,23 @@ fn issue_17_store_url_selects_postgresql_and_excludes_another_path() {
         with_env(&[("PUA_XMPP__STORE__PATH", "")]).unwrap_err(),
         "store.path: must not be empty (or set store.url for PostgreSQL)"
     );
+    assert_eq!(
+        with_env(&[("PUA_XMPP__STORE__LEASE", "true")]).unwrap_err(),
+        "store.lease: needs store.url: the lease lives in the shared PostgreSQL database"
+    );
+    let c = with_env(&[
+        ("PUA_XMPP__STORE__URL", "postgres://db/pua"),
+        ("PUA_XMPP__STORE__LEASE", "true"),
+        ("PUA_XMPP__STORE__INSTANCE", "gw-a"),
+    ])
+    .unwrap();
+    assert!(c.store.lease);
+    assert!(
+        c.redacted()
+            .contains("url = \"postgres://db/pua\"\nlease = true\ninstance = \"gw-a\"\n"),
+        "{}",
+        c.redacted()
+    );
     let e = with_env(&[("PUA_XMPP__STORE__URL", "postgres://u:pw@db:notaport/x")]).unwrap_err();
     assert!(
         e.starts_with("store.url: not a PostgreSQL connection string"),
