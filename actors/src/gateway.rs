@@ -386,7 +386,7 @@ pub async fn shutdown(running: &Running, timeout: Duration) -> ShutdownReport {
 /// by a second, exits the process at once with status 1.
 pub fn run(config: Config) -> io::Result<()> {
     // Active/standby: a standby binds and connects nothing until it holds the lease.
-    let fence = if config.store.lease {
+    let (fence, lease) = if config.store.lease {
         let holder = if config.store.instance.is_empty() {
             crate::store::lease_driver::holder_name()
         } else {
@@ -399,9 +399,9 @@ pub fn run(config: Config) -> io::Result<()> {
             pua_xmpp::lease::LeaseConfig::default(),
         )
         .map_err(|e| invalid(format!("store.lease: {e}")))?;
-        Some(f)
+        (Some(f.0), Some(f.1))
     } else {
-        None
+        (None, None)
     };
     let sys = actix_rt::System::new();
     let timeout = config.runtime.shutdown_timeout();
@@ -432,7 +432,12 @@ pub fn run(config: Config) -> io::Result<()> {
         });
         Ok::<(), io::Error>(())
     })?;
-    sys.run()
+    let r = sys.run();
+    // After the shutdown flushed the store: the standby may take over at once.
+    if let Some(lease) = lease {
+        lease.release(Duration::from_secs(2));
+    }
+    r
 }
 
 /// SIGTERM and SIGINT, registered when created.

@@ -111,12 +111,9 @@ def ha_lab(lab_manager, monkeypatch):
         pg.stop()
 
 
-def test_standby_takes_over_within_5_s_of_kill9_and_traffic_resumes(ha_lab, xmpp, bob):
-    lab, standby = ha_lab
-    a_log = lab.gateway_log
-    assert "lease acquired: this instance is active" in _read(a_log), tail(a_log)
-
-    # B: the same binary, configuration and environment. It waits, connecting nothing.
+def _start_standby(lab, standby):
+    """B: the same binary, configuration and environment as A. It waits, connecting nothing."""
+    assert "lease acquired: this instance is active" in _read(lab.gateway_log), tail(lab.gateway_log)
     b_log = os.path.join(lab.run_dir, "gateway-b.log")
     cfg = os.path.join(lab.run_dir, "pua-xmpp.toml")
     env = dict(os.environ, PUA_XMPP_CONFIG=cfg, RUST_LOG="info")
@@ -130,6 +127,12 @@ def test_standby_takes_over_within_5_s_of_kill9_and_traffic_resumes(ha_lab, xmpp
     assert b.poll() is None, tail(b_log)
     assert "lease acquired" not in _read(b_log), tail(b_log)
     assert _auths(lab) == auths, "the standby connected its component"
+    return b, b_log, auths
+
+
+def test_standby_takes_over_within_5_s_of_kill9_and_traffic_resumes(ha_lab, xmpp, bob):
+    lab, standby = ha_lab
+    b, b_log, auths = _start_standby(lab, standby)
 
     # A serves: alice watches bob.
     bob.publish("open", "Before the takeover")
@@ -158,3 +161,32 @@ def test_standby_takes_over_within_5_s_of_kill9_and_traffic_resumes(ha_lab, xmpp
     alice.presence(to=BOB, typ="unsubscribe")
     time.sleep(0.5)
     print("takeover: component authenticated %.2f s after kill -9 of the active gateway" % took)
+
+
+def test_a_graceful_stop_hands_the_lease_over_at_once(ha_lab, xmpp, bob):
+    lab, standby = ha_lab
+    b, b_log, auths = _start_standby(lab, standby)
+    bob.publish("open", "Before the handover")
+    alice = xmpp("alice")
+    alice.presence(to=BOB, typ="subscribe")
+    expect(alice, is_presence(BOB, "subscribed"), "<presence type='subscribed' from='%s'/>" % BOB)
+    expect_bob(alice, "<presence from='%s'><status>Before the handover</status></presence>" % BOB_RES,
+               "Before the handover")
+
+    lab.gateway.terminate()  # SIGTERM: flush, release the lease, exit 0
+    stopped = time.monotonic()
+    assert lab.gateway.wait(15) == 0, tail(lab.gateway_log)
+    assert "stopping: giving the lease up" in _read(lab.gateway_log), tail(lab.gateway_log)
+    assert wait_until(lambda: _auths(lab) > auths or b.poll() is not None, 10), tail(b_log)
+    took = time.monotonic() - stopped
+    assert b.poll() is None, tail(b_log)
+    # Released, not expired: the standby's next acquire (every 0.5 s) gets it.
+    assert took < 2.0, "component back %.2f s after SIGTERM" % took
+    lab.gateway, lab.gateway_log = b, b_log
+
+    bob.publish("open", "After the handover")
+    expect_bob(alice, "<presence from='%s'><status>After the handover</status></presence>" % BOB_RES,
+               "After the handover", timeout=10)
+    alice.presence(to=BOB, typ="unsubscribe")
+    time.sleep(0.5)
+    print("handover: component authenticated %.2f s after SIGTERM of the active gateway" % took)

@@ -2,11 +2,12 @@
 //! a standby instance blocks in [`wait_until_active`] before it binds or connects anything
 //! (Prosody takes one connection per component, and the SIP address is the active one's);
 //! once active, a thread of its own keeps renewing, and the process exits (code 3) the moment
-//! the lease is lost, so a supervisor starts it again as a standby with fresh state.
+//! the lease is lost, so a supervisor starts it again as a standby with fresh state. A graceful
+//! stop releases the lease after the store's last flush ([`LeaseHandle::release`]).
 
 use super::postgres::{Fence, LeaseAnswer, PgLease};
 use super::StoreError;
-use pua_xmpp::lease::{Input, Lease, LeaseConfig, Output};
+use pua_xmpp::lease::{Input, Lease, LeaseConfig, Output, StepDownReason};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,22 @@ pub fn holder_name() -> String {
     format!("{host}:{}:{nanos:x}", std::process::id())
 }
 
+/// The running lease of the active instance.
+pub struct LeaseHandle {
+    stop: mpsc::Sender<mpsc::SyncSender<()>>,
+}
+
+impl LeaseHandle {
+    /// Gives the lease up (after the graceful shutdown flushed the store), so the standby
+    /// takes over at once instead of at the lease's expiry. Waits at most `timeout`.
+    pub fn release(self, timeout: Duration) {
+        let (done, wait) = mpsc::sync_channel(1);
+        if self.stop.send(done).is_ok() {
+            let _ = wait.recv_timeout(timeout);
+        }
+    }
+}
+
 /// Blocks until this instance holds the lease `name`, and returns the fence the store must
 /// carry. The lease thread goes on renewing; losing the lease exits the process.
 pub fn wait_until_active(
@@ -31,8 +48,9 @@ pub fn wait_until_active(
     name: &str,
     holder: &str,
     cfg: LeaseConfig,
-) -> Result<Fence, StoreError> {
+) -> Result<(Fence, LeaseHandle), StoreError> {
     cfg.check().map_err(StoreError::Backend)?;
+    let (stop, stops) = mpsc::channel();
     let fence = Fence::new(name);
     tracing::info!(lease = %name, holder = %holder, "standby: waiting for the lease");
     let (tx, rx) = mpsc::sync_channel(1);
@@ -44,12 +62,12 @@ pub fn wait_until_active(
     );
     std::thread::Builder::new()
         .name("lease".to_owned())
-        .spawn(move || drive(&url, &name, &holder, cfg, &f, tx))
+        .spawn(move || drive(&url, &name, &holder, cfg, &f, tx, stops))
         .map_err(|e| StoreError::Backend(format!("cannot start the lease thread: {e}")))?;
 
     rx.recv()
         .map_err(|_| StoreError::Backend("the lease thread stopped".to_owned()))?;
-    Ok(fence)
+    Ok((fence, LeaseHandle { stop }))
 }
 
 fn drive(
@@ -59,7 +77,9 @@ fn drive(
     cfg: LeaseConfig,
     fence: &Fence,
     active: mpsc::SyncSender<()>,
+    stops: mpsc::Receiver<mpsc::SyncSender<()>>,
 ) {
+    let mut stopped: Option<mpsc::SyncSender<()>> = None;
     // The database may be away at start: keep trying, as a standby does anyway.
     let mut db = loop {
         match PgLease::open(url, name, holder) {
@@ -81,6 +101,14 @@ fn drive(
                     fence.set(f);
                     tracing::info!(lease = %name, fence = f, "lease acquired: this instance is active");
                     let _ = active.try_send(());
+                    None
+                }
+                Output::StepDown {
+                    reason: StepDownReason::Stopped,
+                    ..
+                } => {
+                    fence.set(0);
+                    tracing::info!(lease = %name, "stopping: giving the lease up");
                     None
                 }
                 Output::StepDown { fence: f, reason } => {
@@ -112,10 +140,26 @@ fn drive(
                 lease.handle_input(input, Instant::now());
             }
         }
+        if let Some(done) = stopped.take() {
+            let _ = done.send(());
+            return;
+        }
         let wake = lease
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_millis(100));
-        std::thread::sleep(wake.saturating_duration_since(Instant::now()));
-        lease.handle_input(Input::Timeout, Instant::now());
+        match stops.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            Ok(done) => {
+                stopped = Some(done);
+                lease.handle_input(Input::Stop, Instant::now());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                lease.handle_input(Input::Timeout, Instant::now())
+            }
+            // The handle is gone without a release: keep the lease until the process ends.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+                lease.handle_input(Input::Timeout, Instant::now());
+            }
+        }
     }
 }
