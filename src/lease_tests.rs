@@ -454,15 +454,26 @@ struct Sim {
     lease: Lease,
     /// (due, input) not yet delivered; at most a few.
     pending: Vec<(Instant, Input)>,
-    /// (execute at, request) waiting for the database.
-    at_db: Vec<(Instant, Output, Option<u64>)>,
+    /// (execute at, request, answer delay, process generation) waiting for the database.
+    at_db: Vec<(Instant, Output, Option<u64>, usize)>,
     paused_until: Instant,
+    /// Restarts so far: a `Lost` instance exits and its supervisor starts it again 1 s later,
+    /// a new process with a new holder name, to which no answer of the old one is delivered.
+    generation: usize,
+    restart_at: Option<Instant>,
+}
+
+impl Sim {
+    /// The holder name of instance `who` in its current process.
+    fn holder(&self, who: usize) -> usize {
+        who * 1000 + self.generation
+    }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
-    /// Two instances, a database that delays, loses and drops requests, and pauses of either
-    /// process: at no 10 ms step do both count themselves active, an instance that counts
+    /// Two instances, a database that delays, loses and drops requests, pauses of either
+    /// process, and restarts of an instance that lost the lease: at no 10 ms step do both count themselves active, an instance that counts
     /// itself active holds the database's current number with an unexpired row, and writes
     /// land only with the current number.
     #[test]
@@ -479,6 +490,8 @@ proptest! {
                 pending: Vec::new(),
                 at_db: Vec::new(),
                 paused_until: t0,
+                generation: 0,
+                restart_at: None,
             })
             .collect();
         let mut fates = fates.into_iter().cycle();
@@ -493,17 +506,31 @@ proptest! {
                 }
             }
             for (who, s) in sims.iter_mut().enumerate() {
-                // The database executes what reached it, whether or not the sender is paused.
+                if s.restart_at.is_some_and(|t| t <= now) {
+                    s.restart_at = None;
+                    s.generation += 1;
+                    s.lease = Lease::new(c, now);
+                    s.pending.clear();
+                }
+                // The database executes what reached it, whether or not the sender is paused
+                // or gone; only the process that sent a request hears its answer.
                 let mut answers = Vec::new();
-                s.at_db.retain(|(at, req, back)| {
+                let generation = s.generation;
+                s.at_db.retain(|(at, req, back, sender)| {
                     if *at > now {
                         return true;
                     }
+                    let holder = who * 1000 + sender;
                     let (id, got) = match *req {
-                        Output::Acquire { id, ttl } => (id, db.acquire(who, now, ttl)),
-                        Output::Renew { id, fence, ttl } => (id, db.renew(who, fence, now, ttl)),
+                        Output::Acquire { id, ttl } => (id, db.acquire(holder, now, ttl)),
+                        Output::Renew { id, fence, ttl } => {
+                            (id, db.renew(holder, fence, now, ttl))
+                        }
                         _ => return false,
                     };
+                    if *sender != generation {
+                        return false;
+                    }
                     let input = match got {
                         Some(fence) => Input::Held { id, fence },
                         None => Input::NotHeld { id },
@@ -540,11 +567,13 @@ proptest! {
                                         now + Duration::from_millis(exec),
                                         out,
                                         Some(back),
+                                        s.generation,
                                     )),
                                     Fate::Lost { exec } => s.at_db.push((
                                         now + Duration::from_millis(exec),
                                         out,
                                         None,
+                                        s.generation,
                                     )),
                                     Fate::Dropped { after } => s.pending.push((
                                         now + Duration::from_millis(after),
@@ -560,8 +589,11 @@ proptest! {
                 // What an active, running instance writes this step.
                 if let Some(f) = s.lease.fence() {
                     if s.lease.may_serve(now) {
-                        prop_assert!(db.write(who, f), "active {} with stale fence {} at {:?}", who, f, now - t0);
+                        prop_assert!(db.write(s.holder(who), f), "active {} with stale fence {} at {:?}", who, f, now - t0);
                     }
+                }
+                if s.lease.state() == State::Lost && s.restart_at.is_none() {
+                    s.restart_at = Some(now + Duration::from_secs(1));
                 }
             }
             let serving: Vec<usize> = (0..2)
@@ -572,7 +604,7 @@ proptest! {
                 let f = sims.get(i).and_then(|s| s.lease.fence());
                 prop_assert_eq!(f, Some(db.fence));
                 prop_assert!(db.expires_at > now);
-                prop_assert_eq!(db.holder, Some(i));
+                prop_assert_eq!(db.holder, sims.get(i).map(|s| s.holder(i)));
             }
         }
         prop_assert!(activations >= 1);
