@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import GATEWAY_BIN, LAB_IP, _lab_or_fail, tail, wait_until
+from conftest import GATEWAY_BIN, GW_ADDR, GW_HTTP, LAB_IP, _lab_or_fail, tail, wait_until
 from test_restart import STORE_SETTLE
 from test_xmpp_watches_sip import BOB, BOB_RES, expect, expect_bob
 from xmpp_client import is_presence
@@ -190,3 +190,54 @@ def test_a_graceful_stop_hands_the_lease_over_at_once(ha_lab, xmpp, bob):
     alice.presence(to=BOB, typ="unsubscribe")
     time.sleep(0.5)
     print("handover: component authenticated %.2f s after SIGTERM of the active gateway" % took)
+
+
+def test_a_paused_leader_is_replaced_and_exits_when_it_resumes(ha_lab, xmpp, bob):
+    """SIGSTOP of the active gateway (a frozen VM, a long GC): the standby takes the lease over
+    at its expiry; when the old one resumes, its first look at the clock steps it down and it
+    exits with code 3, freeing the component for the new one."""
+    import signal
+    lab, standby = ha_lab
+    # The frozen A keeps its sockets: B needs addresses of its own (in production each
+    # instance has its own address behind the proxy's dispatcher). B retries Prosody every
+    # second: Prosody refuses a second connection of the component while A's is open.
+    host, port = GW_ADDR.rsplit(":", 1)
+    b_env = {"PUA_XMPP__XMPP__RECONNECT_MAX_SECS": "1",
+             "PUA_XMPP__SIP__LISTEN": "%s:%d" % (host, int(port) + 1),
+             "PUA_XMPP__HTTP__LISTEN": "%s:%d" % (host, int(GW_HTTP.rsplit(":", 1)[1]) + 1)}
+    os.environ.update(b_env)
+    try:
+        b, b_log, auths = _start_standby(lab, standby)
+    finally:
+        for k in b_env:
+            del os.environ[k]
+    bob.publish("open", "Before the pause")
+    alice = xmpp("alice")
+    alice.presence(to=BOB, typ="subscribe")
+    expect(alice, is_presence(BOB, "subscribed"), "<presence type='subscribed' from='%s'/>" % BOB)
+    expect_bob(alice, "<presence from='%s'><status>Before the pause</status></presence>" % BOB_RES,
+               "Before the pause")
+    time.sleep(STORE_SETTLE)
+
+    a = lab.gateway
+    os.kill(a.pid, signal.SIGSTOP)
+    assert wait_until(lambda: "lease acquired: this instance is active" in _read(b_log), 10), tail(b_log)
+    time.sleep(1.0)
+    assert a.poll() is None
+    os.kill(a.pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    assert a.wait(5) == 3, tail(lab.gateway_log)
+    assert "lease lost" in _read(lab.gateway_log), tail(lab.gateway_log)
+    exited = time.monotonic() - resumed
+    # B met Prosody's "Component already connected" while A was frozen with its connection
+    # open; the component waits 30 s after a conflict before it tries again (component.rs).
+    assert wait_until(lambda: _auths(lab) > auths or b.poll() is not None, 40), tail(b_log)
+    assert b.poll() is None, tail(b_log)
+    lab.gateway, lab.gateway_log = b, b_log
+
+    bob.publish("open", "After the pause")
+    expect_bob(alice, "<presence from='%s'><status>After the pause</status></presence>" % BOB_RES,
+               "After the pause", timeout=10)
+    alice.presence(to=BOB, typ="unsubscribe")
+    time.sleep(0.5)
+    print("paused leader exited %.2f s after SIGCONT" % exited)
