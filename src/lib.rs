@@ -18,6 +18,7 @@ pub mod error_map;
 pub mod ids;
 pub mod im;
 pub mod im_content;
+pub mod lease;
 pub mod locate;
 pub mod message;
 pub mod notifier;

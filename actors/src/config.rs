@@ -12,6 +12,8 @@ use std::path::Path;
 pub const ENV_PREFIX: &str = "PUA_XMPP";
 /// Secret shipped as default; starting with it gets a loud warning.
 pub const DEFAULT_SECRET: &str = "secret";
+/// `store.path` when none is given.
+pub const DEFAULT_STORE_PATH: &str = "pua-xmpp.db";
 /// Keys whose environment value is a comma-separated list.
 const LIST_KEYS: [&str; 6] = [
     "sip.trusted_peers",
@@ -268,7 +270,16 @@ impl PresenceConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct StoreConfig {
+    /// The SQLite file; used when `url` is empty.
     pub path: String,
+    /// A PostgreSQL connection string (`postgres://user:password@host:port/db`); when set,
+    /// the store is there and `path` must be empty or left at its default.
+    pub url: String,
+    /// Active/standby on `url` (issue 17): serve only while holding the lease named after
+    /// `xmpp.component_domain`; a standby binds and connects nothing until then.
+    pub lease: bool,
+    /// This instance's name in the lease row; empty: host, pid and start time.
+    pub instance: String,
     /// Milliseconds a subscriber pair's changed record waits for more changes before it is
     /// written (a set-up changes it three to four times within milliseconds). Shutdown writes
     /// what waits; a crash loses at most this plus the store's 20 ms batch.
@@ -278,7 +289,10 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            path: "pua-xmpp.db".into(),
+            path: DEFAULT_STORE_PATH.into(),
+            url: String::new(),
+            lease: false,
+            instance: String::new(),
             coalesce_ms: 20,
         }
     }
@@ -877,8 +891,39 @@ impl Config {
             3600,
         )?;
 
-        if self.store.path.is_empty() {
-            return Err(invalid("store.path", "must not be empty"));
+        let st = &self.store;
+        if st.url.is_empty() && st.path.is_empty() {
+            return Err(invalid(
+                "store.path",
+                "must not be empty (or set store.url for PostgreSQL)",
+            ));
+        }
+        if st.lease && st.url.is_empty() {
+            return Err(invalid(
+                "store.lease",
+                "needs store.url: the lease lives in the shared PostgreSQL database",
+            ));
+        }
+        if !st.url.is_empty() {
+            if !st.path.is_empty() && st.path != DEFAULT_STORE_PATH {
+                return Err(invalid(
+                    "store.url",
+                    format!(
+                        "set either store.path (SQLite) or store.url (PostgreSQL), not both \
+                         (store.path is {:?})",
+                        st.path
+                    ),
+                ));
+            }
+            if let Err(e) = st.url.parse::<tokio_postgres::Config>() {
+                return Err(invalid(
+                    "store.url",
+                    format!(
+                        "not a PostgreSQL connection string ({e}): {:?}",
+                        crate::store::postgres::redact_url(&st.url)
+                    ),
+                ));
+            }
         }
         range("store.coalesce_ms", self.store.coalesce_ms, 0, 10_000)?;
         sock("http.listen", &self.http.listen)?;
@@ -1028,6 +1073,9 @@ impl Config {
         t.num("notify_min_interval_secs", p.notify_min_interval_secs);
         t.section("store");
         t.str("path", &self.store.path);
+        t.str("url", &crate::store::postgres::redact_url(&self.store.url));
+        t.bool("lease", self.store.lease);
+        t.str("instance", &self.store.instance);
         let h = &self.http;
         t.section("http");
         t.str("listen", &h.listen);

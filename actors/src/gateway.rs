@@ -7,7 +7,7 @@ use crate::link_status::LinkStatus;
 use crate::messages::StopLinkStatus;
 use crate::messages::{FlushPersists, Restore};
 use crate::registry::{Mode, Registry, RegistryConfig};
-use crate::store::{load_snapshot, SqliteStore, StoreHandle};
+use crate::store::{open_configured, Fence, StoreHandle};
 use crate::transport::tls::{self, TlsSettings};
 use crate::transport::{GetStats, ReloadTls, SipTransport, TransportConfig};
 use actix::prelude::*;
@@ -152,12 +152,24 @@ pub struct Running {
 
 /// Starts every actor inside the current actix system, after restoring the persisted state.
 pub async fn start(config: &Config) -> io::Result<Running> {
+    start_fenced(config, None).await
+}
+
+/// [`start`] for the active instance of an active/standby pair: every store batch carries
+/// `fence` (`store.lease`, issue 17).
+pub async fn start_fenced(config: &Config, fence: Option<Fence>) -> io::Result<Running> {
     install_id_key()?;
     crate::http::install_metrics();
-    let store_path = std::path::Path::new(&config.store.path);
-    let snapshot = load_snapshot(store_path).map_err(|e| invalid(format!("store.path: {e}")))?;
-    let sqlite = SqliteStore::open(store_path).map_err(|e| invalid(format!("store.path: {e}")))?;
-    let (store, _writer) = StoreHandle::start(Box::new(sqlite));
+    let (backend, snapshot) = open_configured(&config.store.path, &config.store.url, fence)
+        .map_err(|e| {
+            let key = if config.store.url.is_empty() {
+                "store.path"
+            } else {
+                "store.url"
+            };
+            invalid(format!("{key}: {e}"))
+        })?;
+    let (store, _writer) = StoreHandle::start(backend);
     let mapping = MappingConfig {
         separator: config
             .mapping
@@ -489,13 +501,31 @@ pub async fn shutdown(running: &Running, timeout: Duration) -> ShutdownReport {
 /// `runtime.shutdown_timeout_secs`. A second signal, or a shutdown that overruns the budget
 /// by a second, exits the process at once with status 1.
 pub fn run(config: Config) -> io::Result<()> {
+    // Active/standby: a standby binds and connects nothing until it holds the lease.
+    let (fence, lease) = if config.store.lease {
+        let holder = if config.store.instance.is_empty() {
+            crate::store::lease_driver::holder_name()
+        } else {
+            config.store.instance.clone()
+        };
+        let f = crate::store::lease_driver::wait_until_active(
+            &config.store.url,
+            &config.xmpp.component_domain,
+            &holder,
+            pua_xmpp::lease::LeaseConfig::default(),
+        )
+        .map_err(|e| invalid(format!("store.lease: {e}")))?;
+        (Some(f.0), Some(f.1))
+    } else {
+        (None, None)
+    };
     let sys = actix_rt::System::new();
     let timeout = config.runtime.shutdown_timeout();
     sys.block_on(async {
         // Installed before anything starts: a signal during start-up must not kill the
         // process with the default action.
         let mut signals = Signals::install();
-        let running = start(&config).await?;
+        let running = start_fenced(&config, fence).await?;
         actix_rt::spawn(async move {
             signals.recv().await;
             tracing::info!("signal received: shutting down");
@@ -518,7 +548,12 @@ pub fn run(config: Config) -> io::Result<()> {
         });
         Ok::<(), io::Error>(())
     })?;
-    sys.run()
+    let r = sys.run();
+    // After the shutdown flushed the store: the standby may take over at once.
+    if let Some(lease) = lease {
+        lease.release(Duration::from_secs(2));
+    }
+    r
 }
 
 /// SIGTERM and SIGINT, registered when created.

@@ -6,7 +6,8 @@
 //! one writer thread applies the ops in batches, one transaction per batch, so a burst of
 //! NOTIFYs costs one fsync, not one per NOTIFY. Within a batch only the last op per key is
 //! applied (coalescing). A failed batch is logged and retried with backoff; the gateway keeps
-//! running on its in-memory state. [`Store`] is the seam for other backends.
+//! running on its in-memory state. [`Store`] is the seam between the writer and a backend:
+//! [`SqliteStore`] here, [`PostgresStore`] in [`postgres`] (`store.url`, issue 17).
 //!
 //! # Several instances on one PostgreSQL store
 //!
@@ -62,6 +63,10 @@ use std::time::{Duration, Instant};
 use xmpp_parsers::jid::BareJid;
 
 use crate::idhash::IdMap;
+
+pub mod lease_driver;
+pub mod postgres;
+pub use postgres::{Fence, PostgresStore};
 
 /// One change to persist.
 #[derive(Clone, Debug, PartialEq)]
@@ -286,6 +291,11 @@ pub enum StoreError {
     WriterGone,
     /// [`StoreHandle::flush_timeout`] ran out before the ops were committed.
     FlushTimeout,
+    /// The batch carried fencing number `fence`, and the lease has moved on (or is not held):
+    /// another instance is active, and nothing of the batch was written.
+    Fenced {
+        fence: i64,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -306,6 +316,11 @@ impl fmt::Display for StoreError {
             StoreError::Backend(e) => write!(f, "store backend: {e}"),
             StoreError::WriterGone => write!(f, "the store writer thread has stopped"),
             StoreError::FlushTimeout => write!(f, "the store did not commit in time"),
+            StoreError::Fenced { fence } => write!(
+                f,
+                "fenced: the lease is no longer held with fencing number {fence} (another \
+                 instance is active); the batch was not written"
+            ),
         }
     }
 }
@@ -1076,6 +1091,36 @@ fn dialog_row(r: &Row<'_>) -> Result<(BareJid, StoredNotifierDialog), String> {
 /// Opens the store at `path` (creating and migrating it if needed) and loads it: for startup.
 pub fn load_snapshot(path: &Path) -> Result<Snapshot, StoreError> {
     SqliteStore::open(path)?.load()
+}
+
+/// The backend the configuration names (`store.url` non-empty: PostgreSQL, else the SQLite
+/// file `store.path`), opened and migrated, with what it holds now: for startup. PostgreSQL is
+/// opened on a thread of its own (its client runs a runtime, which cannot start inside the
+/// caller's actix one).
+/// With `fence` (active/standby), every PostgreSQL batch carries it.
+pub fn open_configured(
+    path: &str,
+    url: &str,
+    fence: Option<Fence>,
+) -> Result<(Box<dyn Store>, Snapshot), StoreError> {
+    if url.is_empty() {
+        let path = Path::new(path);
+        let snapshot = load_snapshot(path)?;
+        return Ok((Box::new(SqliteStore::open(path)?), snapshot));
+    }
+    let url = url.to_owned();
+    let opened = std::thread::Builder::new()
+        .name("store-open".to_owned())
+        .spawn(move || {
+            let mut store = PostgresStore::open(&url)?;
+            if let Some(f) = fence {
+                store = store.with_fence(f);
+            }
+            let snapshot = store.load()?;
+            Ok::<(Box<dyn Store>, Snapshot), StoreError>((Box::new(store), snapshot))
+        })
+        .map_err(|e| StoreError::Backend(format!("cannot start a thread: {e}")))?;
+    opened.join().unwrap_or(Err(StoreError::WriterGone))
 }
 
 /// When the writer commits a batch.
