@@ -37,3 +37,9 @@ step "end-to-end tests with real Prosody and Kamailio"
 export PUA_XMPP_BIN="${PUA_XMPP_BIN:-$PWD/target/release/pua-xmpp}"
 export PUA_E2E_REQUIRE_GATEWAY=1
 python3 -m pytest -q -rs tests/e2e
+
+# IPv6 (issue 16): the same lab on ::1, for the tests that are about IPv6 (they skip in the
+# IPv4 run above). A machine without IPv6 loopback fails here, loudly, rather than skipping.
+step "end-to-end tests on IPv6 loopback (LAB_IP=::1)"
+ip -6 addr show dev lo | grep -q 'inet6 ::1/' || { echo "no ::1 on lo: cannot run the IPv6 tests" >&2; exit 1; }
+LAB_IP=::1 python3 -m pytest -q -rs tests/e2e/test_ipv6.py
