@@ -1,0 +1,168 @@
+"""Issue 17: SIP routing across an active/standby pair (Kamailio with -A WITH_HA).
+
+Two gateways on one PostgreSQL store (store.lease = true), on two addresses: A on GW_ADDR,
+B on GW2_ADDR (LAB_IP + 1). Kamailio's dispatcher probes both with OPTIONS and relays
+sip-xmpp.test to the one that answers (the standby binds nothing). A SIP watcher (carol)
+watches alice (notifier mode: the gateway is the notifier, its Contact is its own address)
+and alice watches bob (SIP). kill -9 of the active: the standby takes over, carol's in-dialog
+re-SUBSCRIBE toward the dead instance's Contact reaches the new one through Kamailio, and the
+next change of each relation reaches its watcher exactly once. Then the first instance comes
+back as a standby, the second is killed, and the same holds.
+"""
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from conftest import GATEWAY_BIN, GW_ADDR, GW_HTTP, LAB_IP, _lab_or_fail, tail, wait_until
+from sip_ua import Subscription
+from test_ha import Postgres, _auths, _pg_bin, _read
+from test_restart import STORE_SETTLE
+from test_sip_watches_xmpp import ALICE_SIP, UPDATE, approved_watcher, assert_pidf, note_is
+from test_xmpp_watches_sip import BOB, BOB_RES, expect, expect_bob, from_bob
+from xmpp_client import is_presence
+
+pytestmark = pytest.mark.gateway
+
+
+def _second_ip():
+    parts = LAB_IP.split(".")
+    if len(parts) != 4:
+        pytest.skip("the HA routing lab needs an IPv4 LAB_IP")
+    return ".".join(parts[:3] + [str(int(parts[3]) + 1)])
+
+
+GW2_ADDR = "%s:%s" % (_second_ip(), GW_ADDR.rsplit(":", 1)[1])
+GW2_HTTP = "%s:%s" % (_second_ip(), GW_HTTP.rsplit(":", 1)[1])
+
+
+@pytest.fixture
+def ha_pair(lab_manager, monkeypatch):
+    if _pg_bin() is None:
+        pytest.skip("no /usr/lib/postgresql/*/bin/initdb (install the postgresql package)")
+    pg = Postgres()
+    pg.start()
+    monkeypatch.setenv("PUA_XMPP__STORE__URL", pg.url())
+    monkeypatch.setenv("PUA_XMPP__STORE__PATH", "")
+    monkeypatch.setenv("PUA_XMPP__STORE__LEASE", "true")
+    # Prosody refuses a second connection of the component while a frozen one is open
+    monkeypatch.setenv("PUA_XMPP__XMPP__RECONNECT_MAX_SECS", "1")
+    # start.sh: Kamailio with -A WITH_HA and a dispatcher list of both gateways
+    monkeypatch.setenv("GW2_ADDR", GW2_ADDR)
+    monkeypatch.setenv("GW2_HTTP", GW2_HTTP)
+    lab_manager.stop()
+    lab = _lab_or_fail(lab_manager, "notifier", True)
+    procs = []
+    try:
+        yield lab, procs
+    finally:
+        for p in procs:
+            if p.poll() is None and p is not lab.gateway:
+                p.kill()
+                p.wait(5)
+        lab_manager.stop()
+        pg.stop()
+
+
+def _spawn(lab, procs, name, sip_listen, http_listen):
+    """An instance with the lab's configuration on its own addresses."""
+    log_path = os.path.join(lab.run_dir, "gateway-%s.log" % name)
+    cfg = os.path.join(lab.run_dir, "pua-xmpp.toml")
+    env = dict(os.environ, PUA_XMPP_CONFIG=cfg, RUST_LOG="info",
+               PUA_XMPP__SIP__LISTEN=sip_listen, PUA_XMPP__HTTP__LISTEN=http_listen)
+    with open(log_path, "wb") as log:
+        p = subprocess.Popen([GATEWAY_BIN, "--config", cfg], stdin=subprocess.DEVNULL, stdout=log,
+                             stderr=subprocess.STDOUT, env=env, cwd=lab.run_dir, start_new_session=True)
+    procs.append(p)
+    assert wait_until(lambda: "standby: waiting for the lease" in _read(log_path), 10), tail(log_path)
+    return p, log_path
+
+
+def _dispatcher(lab):
+    """{uri: flags} of Kamailio's dispatcher set ("AP" = active and probed, "IP" = inactive)."""
+    env = dict(os.environ, PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    out = subprocess.run(["kamcmd", "-s", "unix:%s/kamailio_ctl" % lab.run_dir, "dispatcher.list"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env).stdout
+    return dict(re.findall(r"URI:\s*(\S+)\s+FLAGS:\s*(\S+)", out))
+
+
+def _only_active(lab, addr):
+    flags = _dispatcher(lab)
+    return flags.get("sip:" + addr, "").startswith("A") and all(
+        not f.startswith("A") for u, f in flags.items() if u != "sip:" + addr)
+
+
+def _kill_active_and_wait(lab, active, standby_log, new_addr):
+    auths = _auths(lab)
+    active.kill()
+    killed = time.monotonic()
+    active.wait(5)
+    assert wait_until(lambda: _auths(lab) > auths, 15), tail(standby_log)
+    took = time.monotonic() - killed
+    # the dispatcher saw it: the new one answers the OPTIONS probes, the dead one does not
+    assert wait_until(lambda: _only_active(lab, new_addr), 6), _dispatcher(lab)
+    routed = time.monotonic() - killed
+    assert "lease acquired: this instance is active" in _read(standby_log), tail(standby_log)
+    return took, routed
+
+
+def _check_relations(lab, alice, carol, bob, label):
+    """After a takeover: carol's re-SUBSCRIBE (remote target = the dead instance's Contact)
+    gets 200 from the new active one through Kamailio; alice's next change reaches carol in
+    exactly one NOTIFY, bob's next PUBLISH reaches alice in exactly one presence."""
+    r = carol.refresh(600)
+    assert r is not None and r.code == 200, "re-SUBSCRIBE after the takeover: %r\n%s" % (
+        r, carol.ua.dump_log(6))
+    carol.discard()
+    alice.drain()
+
+    note = "Away %s" % label
+    alice.presence(show="away", status=note)
+    n = carol.wait_notify(UPDATE, note_is(note))
+    assert_pidf(n, "open", note, ["away"])
+    # no second NOTIFY with that change (nor a stale one after it)
+    later = carol.notifies(6.0)
+    assert later == [], "duplicate NOTIFYs: %s" % [m.text() for m in later]
+
+    status = "Bob %s" % label
+    bob.publish("open", status)
+    expect_bob(alice, "<presence from='%s'><status>%s</status></presence>" % (BOB_RES, status), status,
+               timeout=10)
+    dups = alice.collect(from_bob, 4.0)
+    assert dups == [], "duplicate presence from bob: %s" % dups
+
+
+def test_sip_and_xmpp_watchers_follow_two_takeovers(ha_pair, xmpp, sip, bob):
+    lab, procs = ha_pair
+    a = lab.gateway
+    host_a, http_a = GW_ADDR, GW_HTTP
+    b, b_log = _spawn(lab, procs, "b", GW2_ADDR, GW2_HTTP)
+    assert wait_until(lambda: _only_active(lab, GW_ADDR), 5), _dispatcher(lab)
+
+    # both relations through A
+    alice = xmpp("alice")
+    carol = approved_watcher(sip, alice, "carol", "notifier")
+    assert carol.route, "Kamailio record-routed the SUBSCRIBE"
+    bob.publish("open", "Bob before")
+    alice.presence(to=BOB, typ="subscribe")
+    expect(alice, is_presence(BOB, "subscribed"), "<presence type='subscribed' from='%s'/>" % BOB)
+    expect_bob(alice, "<presence from='%s'><status>Bob before</status></presence>" % BOB_RES, "Bob before")
+    alice.presence(show="away", status="Before")
+    assert_pidf(carol.wait_notify(UPDATE, note_is("Before")), "open", "Before", ["away"])
+    time.sleep(STORE_SETTLE)
+
+    # 1: kill -9 of A, B takes over
+    took1 = _kill_active_and_wait(lab, a, b_log, GW2_ADDR)
+    lab.gateway, lab.gateway_log = b, b_log
+    _check_relations(lab, alice, carol, bob, "after B")
+
+    # 2: A comes back as a standby, then B is killed
+    a2, a2_log = _spawn(lab, procs, "a2", host_a, http_a)
+    time.sleep(STORE_SETTLE)
+    took2 = _kill_active_and_wait(lab, b, a2_log, host_a)
+    lab.gateway, lab.gateway_log = a2, a2_log
+    _check_relations(lab, alice, carol, bob, "after A")
+    print("takeovers (component back, dispatcher switched): %.2f/%.2f s, %.2f/%.2f s"
+          % (took1 + took2))
