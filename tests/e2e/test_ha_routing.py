@@ -9,10 +9,13 @@ re-SUBSCRIBE toward the dead instance's Contact reaches the new one through Kama
 next change of each relation reaches its watcher exactly once. Then the first instance comes
 back as a standby, the second is killed, and the same holds.
 """
+import json
 import os
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -80,6 +83,27 @@ def _spawn(lab, procs, name, sip_listen, http_listen):
     return p, log_path
 
 
+def _get(addr, path):
+    """(status, parsed JSON body) of GET http://addr/path."""
+    try:
+        with urllib.request.urlopen("http://%s%s" % (addr, path), timeout=3) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _assert_roles(active_http, standby_http):
+    """The active's /health: 200, role active with its fence; the standby's: 200 with the
+    standby body exactly, and 503 for anything else (req_winfo goes to the other one)."""
+    code, body = _get(active_http, "/health")
+    assert code == 200 and body["status"] == "ok" and body["role"] == "active", body
+    assert isinstance(body["fence"], int) and body["fence"] > 0, body
+    assert _get(standby_http, "/health") == (200, {"status": "standby", "role": "standby"})
+    code, body = _get(standby_http, "/subscriptions")
+    assert (code, body["status"]) == (503, "standby"), body
+    return _get(active_http, "/health")[1]["fence"]
+
+
 def _dispatcher(lab):
     """{uri: flags} of Kamailio's dispatcher set ("AP" = active and probed, "IP" = inactive)."""
     env = dict(os.environ, PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
@@ -108,14 +132,19 @@ def _kill_active_and_wait(lab, active, standby_log, new_addr):
     return took, routed
 
 
-def _check_relations(lab, alice, carol, bob, label):
+def _check_relations(lab, alice, carol, bob, label, prev_note):
     """After a takeover: carol's re-SUBSCRIBE (remote target = the dead instance's Contact)
     gets 200 from the new active one through Kamailio; alice's next change reaches carol in
     exactly one NOTIFY, bob's next PUBLISH reaches alice in exactly one presence."""
     r = carol.refresh(600)
     assert r is not None and r.code == 200, "re-SUBSCRIBE after the takeover: %r\n%s" % (
         r, carol.ua.dump_log(6))
-    carol.discard()
+    # RFC 6665 4.2.1.2: a NOTIFY follows the refresh, with the state of before the kill (the
+    # new instance restored it from the store); so may the new instance's target refresh.
+    refreshed = carol.notifies(2.0)
+    assert refreshed, "no NOTIFY after the re-SUBSCRIBE\n%s" % carol.ua.dump_log(6)
+    for n in refreshed:
+        assert_pidf(n, "open", prev_note, ["away"])
     alice.drain()
 
     note = "Away %s" % label
@@ -140,6 +169,7 @@ def test_sip_and_xmpp_watchers_follow_two_takeovers(ha_pair, xmpp, sip, bob):
     host_a, http_a = GW_ADDR, GW_HTTP
     b, b_log = _spawn(lab, procs, "b", GW2_ADDR, GW2_HTTP)
     assert wait_until(lambda: _only_active(lab, GW_ADDR), 5), _dispatcher(lab)
+    fence1 = _assert_roles(http_a, GW2_HTTP)
 
     # both relations through A
     alice = xmpp("alice")
@@ -156,13 +186,19 @@ def test_sip_and_xmpp_watchers_follow_two_takeovers(ha_pair, xmpp, sip, bob):
     # 1: kill -9 of A, B takes over
     took1 = _kill_active_and_wait(lab, a, b_log, GW2_ADDR)
     lab.gateway, lab.gateway_log = b, b_log
-    _check_relations(lab, alice, carol, bob, "after B")
+    _check_relations(lab, alice, carol, bob, "after B", "Before")
+    # (A is dead: nothing on its address) B is active under a newer fence
+    code, body = _get(GW2_HTTP, "/health")
+    assert code == 200 and body["role"] == "active" and body["fence"] > fence1, body
 
     # 2: A comes back as a standby, then B is killed
     a2, a2_log = _spawn(lab, procs, "a2", host_a, http_a)
     time.sleep(STORE_SETTLE)
+    _assert_roles(GW2_HTTP, http_a)
     took2 = _kill_active_and_wait(lab, b, a2_log, host_a)
     lab.gateway, lab.gateway_log = a2, a2_log
-    _check_relations(lab, alice, carol, bob, "after A")
+    _check_relations(lab, alice, carol, bob, "after A", "Away after B")
+    code, body = _get(http_a, "/health")
+    assert code == 200 and body["role"] == "active" and body["fence"] > fence1 + 1, body
     print("takeovers (component back, dispatcher switched): %.2f/%.2f s, %.2f/%.2f s"
           % (took1 + took2))
