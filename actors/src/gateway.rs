@@ -263,7 +263,16 @@ pub async fn start_fenced(config: &Config, fence: Option<Fence>) -> io::Result<R
     let mut im = config.im_config();
     im.tcp_available = true;
     let component = XmppComponent::start_with_messages(
-        ComponentConfig::from_xmpp(&config.xmpp).with_max_stanza(config.limits.max_stanza_bytes),
+        {
+            let c = ComponentConfig::from_xmpp(&config.xmpp)
+                .with_max_stanza(config.limits.max_stanza_bytes);
+            // a lease holder retries a `conflict` (the old leader's connection) within seconds
+            if config.store.lease {
+                c.with_lease()
+            } else {
+                c
+            }
+        },
         registry.clone().recipient(),
         Some(registry.clone().recipient()),
         im.enabled.then(|| registry.clone().recipient()),
