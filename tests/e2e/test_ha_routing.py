@@ -7,7 +7,10 @@ watches alice (notifier mode: the gateway is the notifier, its Contact is its ow
 and alice watches bob (SIP). kill -9 of the active: the standby takes over, carol's in-dialog
 re-SUBSCRIBE toward the dead instance's Contact reaches the new one through Kamailio, and the
 next change of each relation reaches its watcher exactly once. Then the first instance comes
-back as a standby, the second is killed, and the same holds.
+back as a standby, the second is killed, and the same holds. PUA mode too: Kamailio serves the
+SIP watcher, the active gateway PUBLISHes alice's presence (recognised as the gateway's by
+`ds_is_from_list`), and a new watcher's req_winfo POST reaches the active one (GW_HTTP first,
+then GW2_HTTP).
 """
 import json
 import os
@@ -23,7 +26,8 @@ from conftest import GATEWAY_BIN, GW_ADDR, GW_HTTP, LAB_IP, _lab_or_fail, tail, 
 from sip_ua import Subscription
 from test_ha import Postgres, _auths, _pg_bin, _read
 from test_restart import STORE_SETTLE
-from test_sip_watches_xmpp import ALICE_SIP, UPDATE, approved_watcher, assert_pidf, note_is
+from test_sip_watches_xmpp import (ALICE_SIP, UPDATE, approved_watcher, assert_pidf, note_is,
+                                   subscribe_request)
 from test_xmpp_watches_sip import BOB, BOB_RES, expect, expect_bob, from_bob
 from xmpp_client import is_presence
 
@@ -41,8 +45,8 @@ GW2_ADDR = "%s:%s" % (_second_ip(), GW_ADDR.rsplit(":", 1)[1])
 GW2_HTTP = "%s:%s" % (_second_ip(), GW_HTTP.rsplit(":", 1)[1])
 
 
-@pytest.fixture
-def ha_pair(lab_manager, monkeypatch):
+@pytest.fixture(params=["notifier", "pua"])
+def ha_pair(request, lab_manager, monkeypatch):
     if _pg_bin() is None:
         pytest.skip("no /usr/lib/postgresql/*/bin/initdb (install the postgresql package)")
     pg = Postgres()
@@ -56,7 +60,7 @@ def ha_pair(lab_manager, monkeypatch):
     monkeypatch.setenv("GW2_ADDR", GW2_ADDR)
     monkeypatch.setenv("GW2_HTTP", GW2_HTTP)
     lab_manager.stop()
-    lab = _lab_or_fail(lab_manager, "notifier", True)
+    lab = _lab_or_fail(lab_manager, request.param, True)
     procs = []
     try:
         yield lab, procs
@@ -173,8 +177,10 @@ def test_sip_and_xmpp_watchers_follow_two_takeovers(ha_pair, xmpp, sip, bob):
 
     # both relations through A
     alice = xmpp("alice")
-    carol = approved_watcher(sip, alice, "carol", "notifier")
-    assert carol.route, "Kamailio record-routed the SUBSCRIBE"
+    mode = lab.mode
+    carol = approved_watcher(sip, alice, "carol", mode)
+    if mode == "notifier":
+        assert carol.route, "Kamailio record-routed the SUBSCRIBE"
     bob.publish("open", "Bob before")
     alice.presence(to=BOB, typ="subscribe")
     expect(alice, is_presence(BOB, "subscribed"), "<presence type='subscribed' from='%s'/>" % BOB)
@@ -190,6 +196,13 @@ def test_sip_and_xmpp_watchers_follow_two_takeovers(ha_pair, xmpp, sip, bob):
     # (A is dead: nothing on its address) B is active under a newer fence
     code, body = _get(GW2_HTTP, "/health")
     assert code == 200 and body["role"] == "active" and body["fence"] > fence1, body
+    if mode == "pua":
+        # a new watcher: Kamailio's req_winfo to GW_HTTP (dead) fails, GW2_HTTP (B) asks alice
+        dave = Subscription(sip("dave"), ALICE_SIP)
+        r = dave.subscribe(600)
+        assert r is not None and r.code == 200, r
+        assert subscribe_request(alice, "dave", 6.0) is not None, alice.dump_inbox()
+        dave.unsubscribe()
 
     # 2: A comes back as a standby, then B is killed
     a2, a2_log = _spawn(lab, procs, "a2", host_a, http_a)
