@@ -69,6 +69,11 @@ pub struct ComponentConfig {
     pub reconnect_initial: Duration,
     /// Minimum delay after `not-authorized` / `host-unknown` / `conflict` (30 s in production).
     pub fatal_backoff: Duration,
+    /// `conflict` retried sooner: (first delay, cap), doubling in between. Set for an instance
+    /// that holds the store lease (issue 17): the `conflict` then comes from the old leader's
+    /// connection, which Prosody drops soon (the old one exits on resume, or its TCP dies);
+    /// the new leader must not wait 30 s on top. `None`: `conflict` waits `fatal_backoff`.
+    pub conflict_retry: Option<(Duration, Duration)>,
     /// Limit for TCP connect, and separately for the server's header and handshake reply.
     pub connect_timeout: Duration,
     /// Largest inbound stanza accepted; a larger one ends the session (`limits.max_stanza_bytes`).
@@ -86,6 +91,7 @@ impl fmt::Debug for ComponentConfig {
             .field("reconnect_max", &self.reconnect_max)
             .field("reconnect_initial", &self.reconnect_initial)
             .field("fatal_backoff", &self.fatal_backoff)
+            .field("conflict_retry", &self.conflict_retry)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
@@ -103,9 +109,17 @@ impl ComponentConfig {
             reconnect_max: Duration::from_secs(x.reconnect_max_secs.max(1)),
             reconnect_initial: Duration::from_secs(1),
             fatal_backoff: Duration::from_secs(30),
+            conflict_retry: None,
             connect_timeout: Duration::from_secs(30),
             max_stanza: MAX_STANZA_BYTES,
         }
+    }
+
+    /// The settings of a lease-holding instance (`store.lease`): a `conflict` is retried
+    /// after 1 s, doubling up to 5 s (see [`ComponentConfig::conflict_retry`]).
+    pub fn with_lease(mut self) -> ComponentConfig {
+        self.conflict_retry = Some((Duration::from_secs(1), Duration::from_secs(5)));
+        self
     }
 
     /// The same with the stanza size limit of `limits.max_stanza_bytes`.
@@ -122,6 +136,8 @@ pub struct Backoff {
     initial: Duration,
     max: Duration,
     fatal: Duration,
+    /// `conflict_retry`: (next delay, first, cap).
+    conflict: Option<(Duration, Duration, Duration)>,
 }
 
 impl Backoff {
@@ -132,6 +148,22 @@ impl Backoff {
             initial,
             max: cfg.reconnect_max.max(initial),
             fatal: cfg.fatal_backoff,
+            conflict: cfg
+                .conflict_retry
+                .map(|(first, cap)| (first, first, cap.max(first))),
+        }
+    }
+
+    /// The delay after `err`: a `conflict` under `conflict_retry` backs off on its own short
+    /// scale; everything else as [`Backoff::next_delay`].
+    pub fn delay_after(&mut self, conflict: bool, fatal: bool) -> Duration {
+        match (&mut self.conflict, conflict) {
+            (Some((next, _, cap)), true) => {
+                let d = *next;
+                *next = (*next * 2).min(*cap);
+                d
+            }
+            _ => self.next_delay(fatal),
         }
     }
     /// The delay before the next attempt; doubles up to the cap. Fatal causes wait at least
@@ -148,6 +180,9 @@ impl Backoff {
     /// After a session that stayed up for a while.
     pub fn reset(&mut self) {
         self.next = self.initial;
+        if let Some((next, first, _)) = &mut self.conflict {
+            *next = *first;
+        }
     }
 }
 
@@ -1013,7 +1048,9 @@ impl Link {
             }
             metrics::counter!("pua_xmpp_component_reconnects_total").increment(1);
             let fatal = err.is_fatal();
-            let delay = backoff.next_delay(fatal);
+            let conflict =
+                matches!(&err, LinkError::StreamError { condition, .. } if condition == "conflict");
+            let delay = backoff.delay_after(conflict, fatal);
             self.log_end(&err, delay);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -1038,6 +1075,11 @@ impl Link {
             }
             LinkError::StreamError { condition, .. } if condition == "host-unknown" => {
                 tracing::error!(component = %domain, %server, retry_secs, server_text, "XMPP server has no component named {domain} (host-unknown): check xmpp.component_domain and the server's Component definition")
+            }
+            LinkError::StreamError { condition, .. }
+                if condition == "conflict" && self.cfg.conflict_retry.is_some() =>
+            {
+                tracing::warn!(component = %domain, %server, retry_secs, server_text, "component {domain} still served by another connection (conflict): the previous active instance's, until the server drops it; retrying")
             }
             LinkError::StreamError { condition, .. } if condition == "conflict" => {
                 tracing::error!(component = %domain, %server, retry_secs, server_text, "another connection already serves component {domain} (conflict): is a second pua-xmpp running?")

@@ -160,6 +160,7 @@ pub async fn start(config: &Config) -> io::Result<Running> {
 pub async fn start_fenced(config: &Config, fence: Option<Fence>) -> io::Result<Running> {
     install_id_key()?;
     crate::http::install_metrics();
+    let http_fence = fence.clone();
     let (backend, snapshot) = open_configured(&config.store.path, &config.store.url, fence)
         .map_err(|e| {
             let key = if config.store.url.is_empty() {
@@ -262,7 +263,16 @@ pub async fn start_fenced(config: &Config, fence: Option<Fence>) -> io::Result<R
     let mut im = config.im_config();
     im.tcp_available = true;
     let component = XmppComponent::start_with_messages(
-        ComponentConfig::from_xmpp(&config.xmpp).with_max_stanza(config.limits.max_stanza_bytes),
+        {
+            let c = ComponentConfig::from_xmpp(&config.xmpp)
+                .with_max_stanza(config.limits.max_stanza_bytes);
+            // a lease holder retries a `conflict` (the old leader's connection) within seconds
+            if config.store.lease {
+                c.with_lease()
+            } else {
+                c
+            }
+        },
         registry.clone().recipient(),
         Some(registry.clone().recipient()),
         im.enabled.then(|| registry.clone().recipient()),
@@ -347,6 +357,7 @@ pub async fn start_fenced(config: &Config, fence: Option<Fence>) -> io::Result<R
         registry,
         status.clone(),
         store.clone(),
+        http_fence,
     )?;
     tracing::info!(%http_listen, "HTTP listening");
     Ok(Running {
@@ -508,6 +519,17 @@ pub fn run(config: Config) -> io::Result<()> {
         } else {
             config.store.instance.clone()
         };
+        // A standby answers GET /health only (plain HTTP: not when http.tls_cert is set),
+        // so a container health check keeps it; stopped before the real API binds.
+        let standby_health =
+            match config.http.listen.parse() {
+                Ok(listen) if config.http.tls_cert.is_empty() => crate::http::StandbyHealth::serve(
+                    listen,
+                )
+                .map_err(|e| tracing::warn!(%listen, error = %e, "standby: cannot serve /health"))
+                .ok(),
+                _ => None,
+            };
         let f = crate::store::lease_driver::wait_until_active(
             &config.store.url,
             &config.xmpp.component_domain,
@@ -515,6 +537,9 @@ pub fn run(config: Config) -> io::Result<()> {
             pua_xmpp::lease::LeaseConfig::default(),
         )
         .map_err(|e| invalid(format!("store.lease: {e}")))?;
+        if let Some(h) = standby_health {
+            h.stop();
+        }
         (Some(f.0), Some(f.1))
     } else {
         (None, None)

@@ -19,6 +19,8 @@ struct State {
     registry: Addr<Registry>,
     link: Addr<LinkStatus>,
     store: crate::store::StoreHandle,
+    /// The lease fence of an active instance (`store.lease`, issue 17); `/health` shows it.
+    fence: Option<crate::store::postgres::Fence>,
 }
 
 /// The Prometheus recorder of this process (installed once; tests start several gateways).
@@ -395,11 +397,109 @@ async fn health(state: web::Data<State>) -> HttpResponse {
     } else {
         None
     };
-    match reason {
-        None => HttpResponse::Ok().json(serde_json::json!({"status": "ok", "checks": checks})),
-        Some(reason) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"status": "unavailable", "reason": reason, "checks": checks})),
+    let mut body = match &reason {
+        None => serde_json::json!({"status": "ok", "checks": checks}),
+        Some(reason) => {
+            serde_json::json!({"status": "unavailable", "reason": reason, "checks": checks})
+        }
+    };
+    // active/standby (issue 17): which role, under which fence (0 once the lease is lost)
+    if let (Some(fence), Some(obj)) = (&state.fence, body.as_object_mut()) {
+        obj.insert("role".to_owned(), serde_json::json!("active"));
+        obj.insert("fence".to_owned(), serde_json::json!(fence.get()));
     }
+    match reason {
+        None => HttpResponse::Ok().json(body),
+        Some(_) => HttpResponse::ServiceUnavailable().json(body),
+    }
+}
+
+/// The answer of a standby (issue 17) to `GET /health`: 200, so a container health check
+/// keeps it (it is meant to run), with a body that tells it from an active instance.
+pub const STANDBY_HEALTH: &str = r#"{"status":"standby","role":"standby"}"#;
+
+/// A standby's only HTTP service: `GET /health` answers [`STANDBY_HEALTH`], anything else
+/// 503 (so Kamailio's req_winfo call moves on to the other instance). Plain HTTP on a
+/// thread of its own, before any actix system exists; stopped (the port freed) before the
+/// instance, now active, binds the real API on the same address.
+pub struct StandbyHealth {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StandbyHealth {
+    /// Binds `listen` and serves until [`StandbyHealth::stop`].
+    pub fn serve(listen: SocketAddr) -> std::io::Result<StandbyHealth> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("standby-health".to_owned())
+            .spawn(move || {
+                while !flag.load(Ordering::Acquire) {
+                    match listener.accept() {
+                        Ok((conn, _)) => standby_answer(conn),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "standby /health: accept failed");
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                    }
+                }
+            })?;
+        tracing::info!(%listen, "standby: serving GET /health only");
+        Ok(StandbyHealth {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops serving and frees the address (waits for the thread).
+    pub fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One request of a standby's health service: the request line decides, the rest is read
+/// only as far as the first blank line (at most 8 KiB, 1 s).
+fn standby_answer(mut conn: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+    let _ = conn.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while buf.len() < 8192 && !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, path) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
+    let (status, body) = if method == b"GET" && path == b"/health" {
+        ("200 OK", STANDBY_HEALTH.to_owned())
+    } else {
+        (
+            "503 Service Unavailable",
+            r#"{"status":"standby","reason":"standby instance: only GET /health is served"}"#
+                .to_owned(),
+        )
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = conn.write_all(reply.as_bytes());
 }
 
 /// `a=b&c=d` with percent-decoding and `+` as space.
@@ -450,6 +550,7 @@ pub fn start(
     registry: Addr<Registry>,
     link: Addr<LinkStatus>,
     store: crate::store::StoreHandle,
+    fence: Option<crate::store::postgres::Fence>,
 ) -> std::io::Result<()> {
     let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
     let policy = access_from(http).map_err(invalid)?;
@@ -476,6 +577,7 @@ pub fn start(
         registry,
         link,
         store,
+        fence,
     });
     let policy = web::Data::new(policy);
     let server = HttpServer::new(move || {

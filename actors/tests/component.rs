@@ -80,6 +80,7 @@ fn test_config(server: String, secret: &str) -> ComponentConfig {
         reconnect_max: Duration::from_millis(400),
         reconnect_initial: Duration::from_millis(50),
         fatal_backoff: Duration::from_millis(300),
+        conflict_retry: None,
         connect_timeout: Duration::from_secs(5),
         max_stanza: 1 << 20,
     }
@@ -476,6 +477,34 @@ fn backoff_doubles_to_the_cap_and_fatal_causes_wait_at_least_the_fatal_minimum()
     // Case 94/95: even after reset, a rejection never retries within 30 s.
     b.reset();
     assert_eq!(b.next_delay(true), Duration::from_secs(30));
+}
+
+/// Issue 17: a lease holder retries a `conflict` after 1 s, doubling to 5 s, while the
+/// other rejections keep the 30 s minimum and the normal delays their own scale.
+#[test]
+fn with_lease_a_conflict_is_retried_within_1_to_5_s() {
+    let cfg = ComponentConfig {
+        reconnect_initial: Duration::from_secs(1),
+        reconnect_max: Duration::from_secs(60),
+        fatal_backoff: Duration::from_secs(30),
+        ..test_config("127.0.0.1:1".into(), SECRET)
+    }
+    .with_lease();
+    let mut b = Backoff::new(&cfg);
+    let got: Vec<u64> = (0..5)
+        .map(|_| b.delay_after(true, true).as_secs())
+        .collect();
+    assert_eq!(got, [1, 2, 4, 5, 5]);
+    assert_eq!(b.delay_after(false, true), Duration::from_secs(30));
+    assert_eq!(b.delay_after(false, false), Duration::from_secs(2));
+    b.reset();
+    assert_eq!(b.delay_after(true, true), Duration::from_secs(1));
+    // without the lease, a conflict is one of the fatal causes (case 95)
+    let mut plain = Backoff::new(&ComponentConfig {
+        conflict_retry: None,
+        ..cfg
+    });
+    assert_eq!(plain.delay_after(true, true), Duration::from_secs(30));
 }
 
 #[actix_rt::test]

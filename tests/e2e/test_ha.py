@@ -230,9 +230,13 @@ def test_a_paused_leader_is_replaced_and_exits_when_it_resumes(ha_lab, xmpp, bob
     assert "lease lost" in _read(lab.gateway_log), tail(lab.gateway_log)
     exited = time.monotonic() - resumed
     # B met Prosody's "Component already connected" while A was frozen with its connection
-    # open; the component waits 30 s after a conflict before it tries again (component.rs).
-    assert wait_until(lambda: _auths(lab) > auths or b.poll() is not None, 40), tail(b_log)
+    # open; a lease holder retries a conflict after 1 s, doubling to 5 s (component.rs), so
+    # it is back within one 5 s step of A's exit.
+    assert wait_until(lambda: _auths(lab) > auths or b.poll() is not None, 10), tail(b_log)
+    back = time.monotonic() - resumed
     assert b.poll() is None, tail(b_log)
+    assert back < 7.0, "component back %.2f s after the old leader resumed" % back
+    assert "still served by another connection (conflict)" in _read(b_log), tail(b_log)
     lab.gateway, lab.gateway_log = b, b_log
 
     bob.publish("open", "After the pause")
@@ -240,4 +244,4 @@ def test_a_paused_leader_is_replaced_and_exits_when_it_resumes(ha_lab, xmpp, bob
                "After the pause", timeout=10)
     alice.presence(to=BOB, typ="unsubscribe")
     time.sleep(0.5)
-    print("paused leader exited %.2f s after SIGCONT" % exited)
+    print("paused leader exited %.2f s after SIGCONT, component back after %.2f s" % (exited, back))

@@ -17,6 +17,12 @@
 #                           also listens tls:$LAB_IP:5061 and relays sip-xmpp.test to
 #                           GW_TLS_ADDR over TLS only (kamailio -A WITH_TLS, issue 16)
 #   GW_TLS_ADDR=$LAB_IP:5081  the gateway's TLS listener (with TLS_CFG)
+#   GW2_ADDR=               a second gateway's SIP address (issue 17, active/standby): set,
+#                           Kamailio runs with -A WITH_HA and dispatches sip-xmpp.test to
+#                           whichever of GW_ADDR / GW2_ADDR answers its OPTIONS probes
+#                           (list in RUN_DIR/dispatcher.list); not with TLS_CFG
+#   GW2_HTTP=               the second gateway's HTTP API (with GW2_ADDR; PUA mode req_winfo
+#                           tries GW_HTTP, then GW2_HTTP)
 #   LAB_IP may also be ::1 (IPv6 lab; Kamailio then listens on [::1])
 # Packages are NOT installed here (CI does it, see tests/lab/README.md); a missing
 # program or module is reported by name. The run dir is wiped and recreated
@@ -35,6 +41,8 @@ GW_HTTP_CA="${GW_HTTP_CA:-}"
 SECRET="${SECRET:-gwsecret}"
 XMPP_USERS="${XMPP_USERS:-alice:alicepw zoe:zoepw}"
 TLS_CFG="${TLS_CFG:-}"
+GW2_ADDR="${GW2_ADDR:-}"
+GW2_HTTP="${GW2_HTTP:-}"
 # IPv6: addresses in brackets wherever a port follows ([::1]:5060)
 case "$LAB_IP" in *:*) LAB_HOST="[$LAB_IP]" ;; *) LAB_HOST="$LAB_IP" ;; esac
 GW_ADDR="${GW_ADDR:-$LAB_HOST:5080}"
@@ -51,6 +59,8 @@ KMOD_DIR="${KMOD_DIR:-/usr/lib/x86_64-linux-gnu/kamailio/modules}"
 die() { echo "start.sh: $*" >&2; exit 1; }
 case "$GW_MODE" in notifier) KMODE=GW_MODE_NOTIFIER ;; pua) KMODE=GW_MODE_PUA ;;
 	*) die "GW_MODE must be notifier or pua (got '$GW_MODE')" ;; esac
+[ -z "$GW2_ADDR" ] || [ -z "$TLS_CFG" ] || die "GW2_ADDR (HA) and TLS_CFG cannot be combined"
+[ -z "$GW2_ADDR" ] || [ -n "$GW2_HTTP" ] || die "GW2_ADDR needs GW2_HTTP"
 case "$RUN_DIR" in /*) ;; *) die "RUN_DIR must be an absolute path" ;; esac
 case "$LAB_IP" in 127.*|::1) ;; *) die "LAB_IP must be a loopback address (got '$LAB_IP')" ;; esac
 
@@ -76,6 +86,7 @@ need_file "$KMOD_DIR/db_sqlite.so" kamailio-sqlite-modules
 need_file /usr/share/kamailio/db_sqlite/presence-create.sql kamailio-sqlite-modules
 need_file "$KMOD_DIR/http_client.so" kamailio-utils-modules
 [ -z "$TLS_CFG" ] || need_file "$KMOD_DIR/tls.so" kamailio-tls-modules
+[ -z "$GW2_ADDR" ] || need_file "$KMOD_DIR/dispatcher.so" kamailio
 [ -z "$TLS_CFG" ] || need_file "$TLS_CFG" "the caller (TLS_CFG)"
 need_file "$KAMAILIO_CFG" "this repository"
 need_file "$PROSODY_CFG" "this repository"
@@ -123,12 +134,21 @@ case "$LAB_IP" in *:*) KDEFS+=(-A WITH_IPV6) ;; esac
 if [ -n "$TLS_CFG" ]; then
 	KDEFS+=(-A WITH_TLS -A "TLS_CFG=\"$TLS_CFG\"" -A "GW_TLS_ADDR=\"$GW_TLS_ADDR\"")
 fi
+if [ -n "$GW2_ADDR" ]; then
+	# dispatcher set 1: both gateways, GW_ADDR first (algorithm 8 prefers it while both answer)
+	printf '# setid destination flags priority\n1 sip:%s 0 10\n1 sip:%s 0 5\n' "$GW_ADDR" "$GW2_ADDR" \
+		> "$RUN_DIR/dispatcher.list"
+	KDEFS+=(-A WITH_HA -A "DS_LIST=\"$RUN_DIR/dispatcher.list\"" -A "GW2_ADDR=\"$GW2_ADDR\""
+		-A "GW2_HTTP=\"$GW2_HTTP\"")
+fi
 cat > "$RUN_DIR/lab.env" <<ENV
 LAB_IP=$LAB_IP
 GW_ADDR=$GW_ADDR
 GW_HTTP=$GW_HTTP
 GW_MODE=$GW_MODE
 GW_TLS_ADDR=$GW_TLS_ADDR
+GW2_ADDR=$GW2_ADDR
+GW2_HTTP=$GW2_HTTP
 TLS_CFG=$TLS_CFG
 SECRET=$SECRET
 XMPP_USERS="$XMPP_USERS"

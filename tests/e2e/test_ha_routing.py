@@ -1,0 +1,217 @@
+"""Issue 17: SIP routing across an active/standby pair (Kamailio with -A WITH_HA).
+
+Two gateways on one PostgreSQL store (store.lease = true), on two addresses: A on GW_ADDR,
+B on GW2_ADDR (LAB_IP + 1). Kamailio's dispatcher probes both with OPTIONS and relays
+sip-xmpp.test to the one that answers (the standby binds nothing). A SIP watcher (carol)
+watches alice (notifier mode: the gateway is the notifier, its Contact is its own address)
+and alice watches bob (SIP). kill -9 of the active: the standby takes over, carol's in-dialog
+re-SUBSCRIBE toward the dead instance's Contact reaches the new one through Kamailio, and the
+next change of each relation reaches its watcher exactly once. Then the first instance comes
+back as a standby, the second is killed, and the same holds. PUA mode too: Kamailio serves the
+SIP watcher, the active gateway PUBLISHes alice's presence (recognised as the gateway's by
+`ds_is_from_list`), and a new watcher's req_winfo POST reaches the active one (GW_HTTP first,
+then GW2_HTTP).
+"""
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import GATEWAY_BIN, GW_ADDR, GW_HTTP, LAB_IP, _lab_or_fail, tail, wait_until
+from sip_ua import Subscription
+from test_ha import Postgres, _auths, _pg_bin, _read
+from test_restart import STORE_SETTLE
+from test_sip_watches_xmpp import (ALICE_SIP, UPDATE, approved_watcher, assert_pidf, note_is,
+                                   subscribe_request)
+from test_xmpp_watches_sip import BOB, BOB_RES, expect, expect_bob, from_bob
+from xmpp_client import is_presence
+
+pytestmark = pytest.mark.gateway
+
+
+def _second_ip():
+    parts = LAB_IP.split(".")
+    if len(parts) != 4:
+        pytest.skip("the HA routing lab needs an IPv4 LAB_IP")
+    return ".".join(parts[:3] + [str(int(parts[3]) + 1)])
+
+
+GW2_ADDR = "%s:%s" % (_second_ip(), GW_ADDR.rsplit(":", 1)[1])
+GW2_HTTP = "%s:%s" % (_second_ip(), GW_HTTP.rsplit(":", 1)[1])
+
+
+@pytest.fixture(params=["notifier", "pua"])
+def ha_pair(request, lab_manager, monkeypatch):
+    if _pg_bin() is None:
+        pytest.skip("no /usr/lib/postgresql/*/bin/initdb (install the postgresql package)")
+    pg = Postgres()
+    pg.start()
+    monkeypatch.setenv("PUA_XMPP__STORE__URL", pg.url())
+    monkeypatch.setenv("PUA_XMPP__STORE__PATH", "")
+    monkeypatch.setenv("PUA_XMPP__STORE__LEASE", "true")
+    # Prosody refuses a second connection of the component while a frozen one is open
+    monkeypatch.setenv("PUA_XMPP__XMPP__RECONNECT_MAX_SECS", "1")
+    # start.sh: Kamailio with -A WITH_HA and a dispatcher list of both gateways
+    monkeypatch.setenv("GW2_ADDR", GW2_ADDR)
+    monkeypatch.setenv("GW2_HTTP", GW2_HTTP)
+    lab_manager.stop()
+    lab = _lab_or_fail(lab_manager, request.param, True)
+    procs = []
+    try:
+        yield lab, procs
+    finally:
+        for p in procs:
+            if p.poll() is None and p is not lab.gateway:
+                p.kill()
+                p.wait(5)
+        lab_manager.stop()
+        pg.stop()
+
+
+def _spawn(lab, procs, name, sip_listen, http_listen):
+    """An instance with the lab's configuration on its own addresses."""
+    log_path = os.path.join(lab.run_dir, "gateway-%s.log" % name)
+    cfg = os.path.join(lab.run_dir, "pua-xmpp.toml")
+    env = dict(os.environ, PUA_XMPP_CONFIG=cfg, RUST_LOG="info",
+               PUA_XMPP__SIP__LISTEN=sip_listen, PUA_XMPP__HTTP__LISTEN=http_listen)
+    with open(log_path, "wb") as log:
+        p = subprocess.Popen([GATEWAY_BIN, "--config", cfg], stdin=subprocess.DEVNULL, stdout=log,
+                             stderr=subprocess.STDOUT, env=env, cwd=lab.run_dir, start_new_session=True)
+    procs.append(p)
+    assert wait_until(lambda: "standby: waiting for the lease" in _read(log_path), 10), tail(log_path)
+    return p, log_path
+
+
+def _get(addr, path):
+    """(status, parsed JSON body) of GET http://addr/path."""
+    try:
+        with urllib.request.urlopen("http://%s%s" % (addr, path), timeout=3) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _assert_roles(active_http, standby_http):
+    """The active's /health: 200, role active with its fence; the standby's: 200 with the
+    standby body exactly, and 503 for anything else (req_winfo goes to the other one)."""
+    code, body = _get(active_http, "/health")
+    assert code == 200 and body["status"] == "ok" and body["role"] == "active", body
+    assert isinstance(body["fence"], int) and body["fence"] > 0, body
+    assert _get(standby_http, "/health") == (200, {"status": "standby", "role": "standby"})
+    code, body = _get(standby_http, "/subscriptions")
+    assert (code, body["status"]) == (503, "standby"), body
+    return _get(active_http, "/health")[1]["fence"]
+
+
+def _dispatcher(lab):
+    """{uri: flags} of Kamailio's dispatcher set ("AP" = active and probed, "IP" = inactive)."""
+    env = dict(os.environ, PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    out = subprocess.run(["kamcmd", "-s", "unix:%s/kamailio_ctl" % lab.run_dir, "dispatcher.list"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env).stdout
+    return dict(re.findall(r"URI:\s*(\S+)\s+FLAGS:\s*(\S+)", out))
+
+
+def _only_active(lab, addr):
+    flags = _dispatcher(lab)
+    return flags.get("sip:" + addr, "").startswith("A") and all(
+        not f.startswith("A") for u, f in flags.items() if u != "sip:" + addr)
+
+
+def _kill_active_and_wait(lab, active, standby_log, new_addr):
+    auths = _auths(lab)
+    active.kill()
+    killed = time.monotonic()
+    active.wait(5)
+    assert wait_until(lambda: _auths(lab) > auths, 15), tail(standby_log)
+    took = time.monotonic() - killed
+    # the dispatcher saw it: the new one answers the OPTIONS probes, the dead one does not
+    assert wait_until(lambda: _only_active(lab, new_addr), 6), _dispatcher(lab)
+    routed = time.monotonic() - killed
+    assert "lease acquired: this instance is active" in _read(standby_log), tail(standby_log)
+    return took, routed
+
+
+def _check_relations(lab, alice, carol, bob, label, prev_note):
+    """After a takeover: carol's re-SUBSCRIBE (remote target = the dead instance's Contact)
+    gets 200 from the new active one through Kamailio; alice's next change reaches carol in
+    exactly one NOTIFY, bob's next PUBLISH reaches alice in exactly one presence."""
+    r = carol.refresh(600)
+    assert r is not None and r.code == 200, "re-SUBSCRIBE after the takeover: %r\n%s" % (
+        r, carol.ua.dump_log(6))
+    # RFC 6665 4.2.1.2: a NOTIFY follows the refresh, with the state of before the kill (the
+    # new instance restored it from the store); so may the new instance's target refresh.
+    refreshed = carol.notifies(2.0)
+    assert refreshed, "no NOTIFY after the re-SUBSCRIBE\n%s" % carol.ua.dump_log(6)
+    for n in refreshed:
+        assert_pidf(n, "open", prev_note, ["away"])
+    alice.drain()
+
+    note = "Away %s" % label
+    alice.presence(show="away", status=note)
+    n = carol.wait_notify(UPDATE, note_is(note))
+    assert_pidf(n, "open", note, ["away"])
+    # no second NOTIFY with that change (nor a stale one after it)
+    later = carol.notifies(6.0)
+    assert later == [], "duplicate NOTIFYs: %s" % [m.text() for m in later]
+
+    status = "Bob %s" % label
+    bob.publish("open", status)
+    expect_bob(alice, "<presence from='%s'><status>%s</status></presence>" % (BOB_RES, status), status,
+               timeout=10)
+    dups = alice.collect(from_bob, 4.0)
+    assert dups == [], "duplicate presence from bob: %s" % dups
+
+
+def test_sip_and_xmpp_watchers_follow_two_takeovers(ha_pair, xmpp, sip, bob):
+    lab, procs = ha_pair
+    a = lab.gateway
+    host_a, http_a = GW_ADDR, GW_HTTP
+    b, b_log = _spawn(lab, procs, "b", GW2_ADDR, GW2_HTTP)
+    assert wait_until(lambda: _only_active(lab, GW_ADDR), 5), _dispatcher(lab)
+    fence1 = _assert_roles(http_a, GW2_HTTP)
+
+    # both relations through A
+    alice = xmpp("alice")
+    mode = lab.mode
+    carol = approved_watcher(sip, alice, "carol", mode)
+    if mode == "notifier":
+        assert carol.route, "Kamailio record-routed the SUBSCRIBE"
+    bob.publish("open", "Bob before")
+    alice.presence(to=BOB, typ="subscribe")
+    expect(alice, is_presence(BOB, "subscribed"), "<presence type='subscribed' from='%s'/>" % BOB)
+    expect_bob(alice, "<presence from='%s'><status>Bob before</status></presence>" % BOB_RES, "Bob before")
+    alice.presence(show="away", status="Before")
+    assert_pidf(carol.wait_notify(UPDATE, note_is("Before")), "open", "Before", ["away"])
+    time.sleep(STORE_SETTLE)
+
+    # 1: kill -9 of A, B takes over
+    took1 = _kill_active_and_wait(lab, a, b_log, GW2_ADDR)
+    lab.gateway, lab.gateway_log = b, b_log
+    _check_relations(lab, alice, carol, bob, "after B", "Before")
+    # (A is dead: nothing on its address) B is active under a newer fence
+    code, body = _get(GW2_HTTP, "/health")
+    assert code == 200 and body["role"] == "active" and body["fence"] > fence1, body
+    if mode == "pua":
+        # a new watcher: Kamailio's req_winfo to GW_HTTP (dead) fails, GW2_HTTP (B) asks alice
+        dave = Subscription(sip("dave"), ALICE_SIP)
+        r = dave.subscribe(600)
+        assert r is not None and r.code == 200, r
+        assert subscribe_request(alice, "dave", 6.0) is not None, alice.dump_inbox()
+        dave.unsubscribe()
+
+    # 2: A comes back as a standby, then B is killed
+    a2, a2_log = _spawn(lab, procs, "a2", host_a, http_a)
+    time.sleep(STORE_SETTLE)
+    _assert_roles(GW2_HTTP, http_a)
+    took2 = _kill_active_and_wait(lab, b, a2_log, host_a)
+    lab.gateway, lab.gateway_log = a2, a2_log
+    _check_relations(lab, alice, carol, bob, "after A", "Away after B")
+    code, body = _get(http_a, "/health")
+    assert code == 200 and body["role"] == "active" and body["fence"] > fence1 + 1, body
+    print("takeovers (component back, dispatcher switched): %.2f/%.2f s, %.2f/%.2f s"
+          % (took1 + took2))
