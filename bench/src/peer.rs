@@ -1138,11 +1138,9 @@ pub fn sip_tcp_read_loop(ctx: &Ctx, conn: Arc<TcpConn>, mut stream: TcpStream) {
     let mut filled = 0;
     let mut out = Vec::with_capacity(2048);
     // TLS: records land here first; their plaintext is appended to `buf`.
-    let mut raw = if route_tls(&route) {
-        vec![0u8; READ]
-    } else {
-        Vec::new()
-    };
+    let raw_tls = route_tls(&route);
+    let mut handshake_counted = false;
+    let mut raw = if raw_tls { vec![0u8; READ] } else { Vec::new() };
     while !ctx.shared.stopping() {
         if buf.len() - filled < READ {
             buf.resize(filled + READ, 0);
@@ -1167,6 +1165,10 @@ pub fn sip_tcp_read_loop(ctx: &Ctx, conn: Arc<TcpConn>, mut stream: TcpStream) {
                 }
                 let got = buf.len() - filled;
                 filled += got;
+                if got > 0 && !handshake_counted {
+                    handshake_counted = true;
+                    ctx.shared.inc(C::sip_tls_sessions);
+                }
                 if got == 0 {
                     continue;
                 }
@@ -1189,6 +1191,9 @@ pub fn sip_tcp_read_loop(ctx: &Ctx, conn: Arc<TcpConn>, mut stream: TcpStream) {
                 sip::Frame::Message(k) => {
                     ctx.shared.inc(C::sip_rx);
                     ctx.shared.inc(C::sip_tcp_rx);
+                    if raw_tls {
+                        ctx.shared.inc(C::sip_tls_rx);
+                    }
                     if let Some(m) = data.get(used..used + k) {
                         handle_sip(ctx, m, &route, &mut out);
                     }
@@ -2030,6 +2035,8 @@ Call-ID: o1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
         let text = String::from_utf8_lossy(&got);
         assert_eq!(c.shared.get(C::subscribe_rx), 1, "{text}");
         assert_eq!(c.shared.get(C::sip_tcp_rx), 1);
+        assert_eq!(c.shared.get(C::sip_tls_rx), 1);
+        assert_eq!(c.shared.get(C::sip_tls_sessions), 1);
         assert!(text.starts_with("SIP/2.0 200 OK\r\n"), "{text}");
         assert_eq!(text.matches("NOTIFY sip:").count(), 1, "{text}");
         assert!(text.contains("\r\nVia: SIP/2.0/TLS "), "{text}");
