@@ -29,6 +29,13 @@ OPTIONS (defaults in brackets):
     --separator C          user/domain separator of encoded addresses [*]
     --sip-transport T      udp or tcp: how scenario b sends its SUBSCRIBEs (we always
                            listen on both; scenario a follows the gateway's choice) [udp]
+    --sip-tls-listen ADDR  also accept SIP over TLS there (scenario a with the gateway's
+                           server_address = sips:ADDR); certificates from --tls-dir
+    --tls-dir DIR          ca.pem, bench.pem/.key (ours), gw.pem/.key (the gateway's), all
+                           made on first use for 127.0.0.1 and the listen IPs [bench-tls]
+    --tls-init DIR         make DIR's certificates (if absent) for the IPs of the other
+                           options and exit (run before the gateway starts: its tls_ca,
+                           tls_cert and tls_key point there)
     --rates R1,R2,...      ladder of update rates per second (im: messages per second
                            in each direction measured) [5000,15000,50000]
     --im-direction D       im only: x2s (stanza -> MESSAGE), s2x (MESSAGE -> stanza)
@@ -114,6 +121,10 @@ pub struct Args {
     pub json: Option<PathBuf>,
     pub im_dir: ImDir,
     pub body_bytes: usize,
+    /// SIP over TLS listener (scenario a: the gateway's `sips:` server_address).
+    pub sip_tls_listen: Option<SocketAddr>,
+    /// Where the bench CA and the tool's and the gateway's certificates live (made if absent).
+    pub tls_dir: PathBuf,
 }
 
 impl Default for Args {
@@ -143,6 +154,8 @@ impl Default for Args {
             json: None,
             im_dir: ImDir::X2s,
             body_bytes: 100,
+            sip_tls_listen: None,
+            tls_dir: PathBuf::from("bench-tls"),
         }
     }
 }
@@ -179,6 +192,8 @@ impl Args {
 pub enum Command {
     Run(Box<Args>),
     Help,
+    /// Make the TLS files and exit.
+    TlsInit(Box<Args>),
 }
 
 fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
@@ -211,6 +226,7 @@ fn loopback(key: &str, v: &str) -> Result<SocketAddr, String> {
 pub fn parse(argv: &[String]) -> Result<Command, String> {
     let mut a = Args::default();
     let mut scenario = None;
+    let mut tls_init = false;
     let mut i = 0;
     while let Some(arg) = argv.get(i) {
         if arg == "--help" || arg == "-h" {
@@ -306,6 +322,12 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
                     .collect::<Result<_, _>>()?
             }
             "--json" => a.json = Some(PathBuf::from(v)),
+            "--sip-tls-listen" => a.sip_tls_listen = Some(loopback(&key, v)?),
+            "--tls-dir" => a.tls_dir = PathBuf::from(v),
+            "--tls-init" => {
+                a.tls_dir = PathBuf::from(v);
+                tls_init = true;
+            }
             "--im-direction" => {
                 a.im_dir = match v.to_ascii_lowercase().as_str() {
                     "x2s" => ImDir::X2s,
@@ -323,6 +345,9 @@ pub fn parse(argv: &[String]) -> Result<Command, String> {
             _ => return Err(format!("unknown option {key}")),
         }
         i += 1;
+    }
+    if tls_init {
+        return Ok(Command::TlsInit(Box::new(a)));
     }
     a.scenario = scenario.ok_or("--scenario a|b|im is required")?;
     Ok(Command::Run(Box::new(a)))

@@ -9,6 +9,7 @@ mod procstat;
 mod report;
 mod shared;
 mod sip;
+mod tls;
 mod xmpp;
 
 use cli::{Args, Command, ImDir, Scenario};
@@ -41,6 +42,22 @@ fn main() -> ExitCode {
             print!("{}", cli::USAGE);
             return ExitCode::SUCCESS;
         }
+        Ok(Command::TlsInit(a)) => {
+            return match tls::ensure(&a.tls_dir, &tls_ips(&a)) {
+                Ok(made) => {
+                    eprintln!(
+                        "{}: {}",
+                        a.tls_dir.display(),
+                        if made { "certificates made" } else { "kept" }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pua-xmpp-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Err(e) => {
             eprintln!("pua-xmpp-bench: {e}\n\n{}", cli::USAGE);
             return ExitCode::from(2);
@@ -53,6 +70,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The IPs the bench certificates name: ours and the gateway's (and 127.0.0.1).
+fn tls_ips(a: &Args) -> Vec<std::net::IpAddr> {
+    let mut v = vec![std::net::IpAddr::from([127, 0, 0, 1]), a.sip_listen.ip()];
+    v.extend(a.sip_tls_listen.map(|s| s.ip()));
+    v.push(a.gateway_sip.ip());
+    v
 }
 
 fn bind_udp(args: &Args) -> Result<UdpSocket, String> {
@@ -92,6 +117,17 @@ fn run(args: Args) -> Result<(), String> {
     sip_listener
         .set_nonblocking(true)
         .map_err(|e| format!("SIP listener: {e}"))?;
+    let tls_listener = match args.sip_tls_listen {
+        None => None,
+        Some(addr) => {
+            tls::ensure(&args.tls_dir, &tls_ips(&args))?;
+            let cfg = tls::server_config(&args.tls_dir)?;
+            let l = TcpListener::bind(addr).map_err(|e| format!("--sip-tls-listen {addr}: {e}"))?;
+            l.set_nonblocking(true)
+                .map_err(|e| format!("SIP TLS listener: {e}"))?;
+            Some((l, cfg))
+        }
+    };
     let listener = TcpListener::bind(args.xmpp_listen)
         .map_err(|e| format!("--xmpp-listen {}: {e}", args.xmpp_listen))?;
     listener
@@ -145,9 +181,15 @@ fn run(args: Args) -> Result<(), String> {
     };
     let tcp_thread = {
         let c = ctx.clone();
-        std::thread::spawn(move || peer::sip_tcp_accept_loop(c, sip_listener))
+        std::thread::spawn(move || peer::sip_tcp_accept_loop(c, sip_listener, None))
     };
     let mut threads = vec![sip_thread, tcp_thread];
+    if let Some((l, cfg)) = tls_listener {
+        let c = ctx.clone();
+        threads.push(std::thread::spawn(move || {
+            peer::sip_tcp_accept_loop(c, l, Some(cfg))
+        }));
+    }
     let a = &ctx.args;
     let sip_tcp_out = match a.scenario {
         Scenario::B => a.sip_tcp,

@@ -30,18 +30,88 @@ const MAX_RETX: u8 = 10;
 /// Longest Expires we grant (scenario a).
 const MAX_EXPIRES: u64 = 3600;
 
-/// A SIP TCP connection (either direction); writes are serialized by the mutex.
+/// A SIP TCP or TLS connection (either direction); writes are serialized by the mutex.
 pub struct TcpConn {
     pub peer: SocketAddr,
-    stream: Mutex<TcpStream>,
+    /// TLS: `Via: SIP/2.0/TLS`, and every byte goes through the rustls session.
+    pub tls: bool,
+    io: Mutex<ConnIo>,
+}
+
+/// The write half of the socket and, over TLS, the session both halves share: the reader
+/// thread reads the socket on its own clone, then feeds the records in under this lock.
+struct ConnIo {
+    stream: TcpStream,
+    tls: Option<rustls::Connection>,
 }
 
 impl TcpConn {
     pub fn new(stream: TcpStream) -> std::io::Result<TcpConn> {
+        Self::with_tls(stream, None)
+    }
+
+    pub fn with_tls(
+        stream: TcpStream,
+        mut tls: Option<rustls::Connection>,
+    ) -> std::io::Result<TcpConn> {
+        if let Some(t) = tls.as_mut() {
+            // The tool writes bursts (a cork of answers, a tick's NOTIFYs): no plaintext cap,
+            // every write is flushed to the socket at once.
+            t.set_buffer_limit(None);
+        }
         Ok(TcpConn {
             peer: stream.peer_addr()?,
-            stream: Mutex::new(stream),
+            tls: tls.is_some(),
+            io: Mutex::new(ConnIo { stream, tls }),
         })
+    }
+
+    /// Writes all of `bytes` (encrypted over TLS, in as few records as rustls makes).
+    pub fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+        let ConnIo { stream, tls } = &mut *io;
+        match tls {
+            None => stream.write_all(bytes),
+            Some(t) => {
+                t.writer().write_all(bytes)?;
+                while t.wants_write() {
+                    t.write_tls(stream)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// TLS: feeds `raw` (as read from the socket) to the session, appends the plaintext it
+    /// yields to `plain`, and sends what the session has to send (handshake records).
+    fn decrypt(&self, mut raw: &[u8], plain: &mut Vec<u8>) -> std::io::Result<()> {
+        let mut io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+        let ConnIo { stream, tls } = &mut *io;
+        let Some(t) = tls else {
+            plain.extend_from_slice(raw);
+            return Ok(());
+        };
+        while !raw.is_empty() {
+            t.read_tls(&mut raw)?;
+            let state = t
+                .process_new_packets()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            let mut left = state.plaintext_bytes_to_read();
+            while left > 0 {
+                let at = plain.len();
+                plain.resize(at + left, 0);
+                let n = t.reader().read(plain.get_mut(at..).unwrap_or_default())?;
+                plain.truncate(at + n);
+                if n == 0 {
+                    break;
+                }
+                left -= n.min(left);
+            }
+        }
+        while t.wants_write() {
+            t.write_tls(stream)?;
+        }
+        Ok(())
     }
 }
 
@@ -96,12 +166,7 @@ impl<'a> Cork<'a> {
             });
             return;
         }
-        let r = self
-            .conn
-            .stream
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_all(&buf);
+        let r = self.conn.write_all(&buf);
         self.ctx.shared.add(
             if r.is_ok() {
                 C::sip_tx
@@ -139,6 +204,7 @@ impl Route {
     pub fn proto(&self) -> &'static str {
         match self {
             Route::Udp(_) => "UDP",
+            Route::Tcp(c) if c.tls => "TLS",
             Route::Tcp(_) => "TCP",
         }
     }
@@ -447,11 +513,7 @@ impl Ctx {
                 return;
             }
             Route::Udp(a) => self.sock.send_to(bytes, a).map(|_| ()),
-            Route::Tcp(c) => c
-                .stream
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write_all(bytes),
+            Route::Tcp(c) => c.write_all(bytes),
         };
         match r {
             Ok(()) => self.shared.inc(C::sip_tx),
@@ -1016,14 +1078,20 @@ fn on_notify(ctx: &Ctx, m: &Msg<'_>, peer: &Route) {
     }
 }
 
-/// Accepts SIP TCP connections on `--sip-listen` until stopped; one reader thread each.
-pub fn sip_tcp_accept_loop(ctx: Arc<Ctx>, listener: std::net::TcpListener) {
+/// Accepts SIP TCP connections on `--sip-listen` (or TLS ones on `--sip-tls-listen` when
+/// `tls` is given) until stopped; one reader thread each.
+pub fn sip_tcp_accept_loop(
+    ctx: Arc<Ctx>,
+    listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let mut threads = Vec::new();
     while !ctx.shared.stopping() {
         match listener.accept() {
             Ok((stream, _)) => {
                 let c = ctx.clone();
-                threads.push(std::thread::spawn(move || sip_tcp_start(&c, stream)));
+                let tls = tls.clone();
+                threads.push(std::thread::spawn(move || sip_tcp_start(&c, stream, tls)));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
@@ -1033,8 +1101,9 @@ pub fn sip_tcp_accept_loop(ctx: Arc<Ctx>, listener: std::net::TcpListener) {
     }
 }
 
-/// Prepares an accepted or connected SIP TCP stream and reads it until stopped.
-pub fn sip_tcp_start(ctx: &Ctx, stream: TcpStream) {
+/// Prepares an accepted or connected SIP TCP stream (a TLS server session over it when `tls`
+/// is given) and reads it until stopped.
+pub fn sip_tcp_start(ctx: &Ctx, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
     let setup = stream
         .set_nonblocking(false)
         .and_then(|_| stream.set_nodelay(true))
@@ -1043,7 +1112,15 @@ pub fn sip_tcp_start(ctx: &Ctx, stream: TcpStream) {
     let Ok(writer) = setup else {
         return;
     };
-    let Ok(conn) = TcpConn::new(writer) else {
+    let session = match tls.map(rustls::ServerConnection::new) {
+        None => None,
+        Some(Ok(s)) => Some(rustls::Connection::Server(s)),
+        Some(Err(_)) => {
+            ctx.shared.inc(C::sip_send_errors);
+            return;
+        }
+    };
+    let Ok(conn) = TcpConn::with_tls(writer, session) else {
         return;
     };
     sip_tcp_read_loop(ctx, Arc::new(conn), stream);
@@ -1060,12 +1137,42 @@ pub fn sip_tcp_read_loop(ctx: &Ctx, conn: Arc<TcpConn>, mut stream: TcpStream) {
     let mut buf = vec![0u8; READ];
     let mut filled = 0;
     let mut out = Vec::with_capacity(2048);
+    // TLS: records land here first; their plaintext is appended to `buf`.
+    let raw_tls = route_tls(&route);
+    let mut handshake_counted = false;
+    let mut raw = if raw_tls { vec![0u8; READ] } else { Vec::new() };
     while !ctx.shared.stopping() {
         if buf.len() - filled < READ {
             buf.resize(filled + READ, 0);
         }
-        match stream.read(buf.get_mut(filled..).unwrap_or_default()) {
+        let target = if raw.is_empty() {
+            buf.get_mut(filled..).unwrap_or_default()
+        } else {
+            raw.as_mut_slice()
+        };
+        match stream.read(target) {
             Ok(0) => return,
+            Ok(n) if !raw.is_empty() => {
+                buf.truncate(filled);
+                let Route::Tcp(c) = &route else {
+                    return;
+                };
+                if c.decrypt(raw.get(..n).unwrap_or_default(), &mut buf)
+                    .is_err()
+                {
+                    ctx.shared.inc(C::sip_unparsed);
+                    return;
+                }
+                let got = buf.len() - filled;
+                filled += got;
+                if got > 0 && !handshake_counted {
+                    handshake_counted = true;
+                    ctx.shared.inc(C::sip_tls_sessions);
+                }
+                if got == 0 {
+                    continue;
+                }
+            }
             Ok(n) => filled += n,
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
@@ -1084,6 +1191,9 @@ pub fn sip_tcp_read_loop(ctx: &Ctx, conn: Arc<TcpConn>, mut stream: TcpStream) {
                 sip::Frame::Message(k) => {
                     ctx.shared.inc(C::sip_rx);
                     ctx.shared.inc(C::sip_tcp_rx);
+                    if raw_tls {
+                        ctx.shared.inc(C::sip_tls_rx);
+                    }
                     if let Some(m) = data.get(used..used + k) {
                         handle_sip(ctx, m, &route, &mut out);
                     }
@@ -1099,6 +1209,11 @@ pub fn sip_tcp_read_loop(ctx: &Ctx, conn: Arc<TcpConn>, mut stream: TcpStream) {
         buf.copy_within(used..filled, 0);
         filled -= used;
     }
+}
+
+/// Whether the route is a TLS connection.
+fn route_tls(r: &Route) -> bool {
+    matches!(r, Route::Tcp(c) if c.tls)
 }
 
 /// Scenario b over TCP: connects to the gateway and returns the route for our SUBSCRIBEs;
@@ -1867,5 +1982,63 @@ Call-ID: o1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(c.shared.get(C::sip_tx), 3);
         assert_eq!(text.matches("SIP/2.0 200 OK\r\n").count(), 2, "{text}");
         assert_eq!(text.matches("NOTIFY sip:").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn tls_listener_answers_over_tls_with_a_tls_via() {
+        let Some(c) = ctx() else { return };
+        let c = Arc::new(c);
+        let dir = std::env::temp_dir().join(format!("bench-tls-peer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ip: std::net::IpAddr = [127, 0, 0, 1].into();
+        assert_eq!(crate::tls::ensure(&dir, &[ip]), Ok(true));
+        let cfg = crate::tls::server_config(&dir).expect("server config");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let tcp = TcpStream::connect(addr).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        let reader = {
+            let c = c.clone();
+            std::thread::spawn(move || sip_tcp_start(&c, server, Some(cfg)))
+        };
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let session = rustls::ClientConnection::new(crate::tls::tests::client_config(&dir), name)
+            .expect("client");
+        let mut client = rustls::StreamOwned::new(session, tcp);
+        let _ = client
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(200)));
+        // Split across two records, as the framing must join them.
+        let sub = SUBSCRIBE.as_bytes();
+        let (a, b) = sub.split_at(sub.len() / 2);
+        client.write_all(a).expect("write");
+        client.flush().expect("flush");
+        std::thread::sleep(Duration::from_millis(50));
+        client.write_all(b).expect("write");
+        client.flush().expect("flush");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !got.windows(7).any(|w| w == b"NOTIFY ") && Instant::now() < deadline {
+            if let Ok(n) = client.read(&mut buf) {
+                got.extend_from_slice(buf.get(..n).unwrap_or_default());
+            }
+        }
+        // The rest of the NOTIFY, if it came in another record.
+        std::thread::sleep(Duration::from_millis(50));
+        if let Ok(n) = client.read(&mut buf) {
+            got.extend_from_slice(buf.get(..n).unwrap_or_default());
+        }
+        c.shared.stop.store(true, Ordering::Relaxed);
+        let _ = reader.join();
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(c.shared.get(C::subscribe_rx), 1, "{text}");
+        assert_eq!(c.shared.get(C::sip_tcp_rx), 1);
+        assert_eq!(c.shared.get(C::sip_tls_rx), 1);
+        assert_eq!(c.shared.get(C::sip_tls_sessions), 1);
+        assert!(text.starts_with("SIP/2.0 200 OK\r\n"), "{text}");
+        assert_eq!(text.matches("NOTIFY sip:").count(), 1, "{text}");
+        assert!(text.contains("\r\nVia: SIP/2.0/TLS "), "{text}");
     }
 }

@@ -19,6 +19,8 @@ macro_rules! counters {
 counters!(
     sip_rx,
     sip_tcp_rx,
+    sip_tls_rx,
+    sip_tls_sessions,
     sip_tx,
     sip_send_errors,
     sip_unparsed,
