@@ -208,6 +208,21 @@ def test_postgres_restart_under_load_loses_nothing(pg_lab, xmpp, sip):
         except BaseException as ex:  # noqa: BLE001 - reported by the main thread
             errors.append("publisher: %r" % ex)
 
+    alice_last = {}
+
+    def alice_loop():
+        # alice's own presence changes all the time too (NOTIFYs to the SIP watchers; in PUA
+        # mode PUBLISHes of the gateway)
+        i = 0
+        try:
+            while not stop.is_set():
+                alice_last["note"] = "alice load %d" % i
+                alice.presence(show="away", status=alice_last["note"])
+                i += 1
+                time.sleep(0.3)
+        except BaseException as ex:  # noqa: BLE001
+            errors.append("alice: %r" % ex)
+
     def subscribe_loop():
         # one new set-up every 0.25 s, never waiting for the answer: some fall into the outage
         try:
@@ -221,7 +236,8 @@ def test_postgres_restart_under_load_loses_nothing(pg_lab, xmpp, sip):
             errors.append("subscriber: %r" % ex)
 
     threads = [threading.Thread(target=publish_loop, daemon=True),
-               threading.Thread(target=subscribe_loop, daemon=True)]
+               threading.Thread(target=subscribe_loop, daemon=True),
+               threading.Thread(target=alice_loop, daemon=True)]
     for t in threads:
         t.start()
     time.sleep(1.0)
@@ -321,6 +337,12 @@ def test_postgres_restart_under_load_loses_nothing(pg_lab, xmpp, sip):
     missing = {u: (lasts[u], pub.last[u]) for u in WATCHED if lasts[u] != pub.last[u]}
     assert not missing, "alice's last presence is not the last PUBLISH: %s" % missing
     zoe.collect(lambda e: True, 0.0)  # first presences of her new relations
+    # alice's last change under load reached every SIP watcher (rate-limited, not lost)
+    for w, sub in subs.items():
+        n = sub.wait_notify(UPDATE, note_is(alice_last["note"]))
+        assert n is not None, "%s never got alice's last change %r\n%s" % (w, alice_last["note"], sub.ua.dump_log(4))
+        assert_pidf(n, "open", alice_last["note"], ["away"])
+        sub.discard()
 
     # in the database
     rows = {tuple(r) for r in pg.query("SELECT watcher, presentity FROM subscription")}
