@@ -1,20 +1,27 @@
 """Issue 17: "restart PostgreSQL under load, nothing lost", end to end.
 
 One gateway on the PostgreSQL store (a server of the test: initdb in a temp dir, LAB_IP, a
-free port), real Prosody + Kamailio, notifier mode. Load:
+free port; `store.url` set, `store.path` empty), real Prosody + Kamailio, notifier and PUA
+mode. Load:
 
 * alice watches 20 SIP users (pgr01..pgr20, all published on Kamailio by one UA);
-* 3 SIP watchers (pgw1..pgw3) watch alice through Kamailio (notifier mode);
-* a background thread PUBLISHes new notes for pgr01..pgr20 all the time;
-* a background thread has zoe subscribe to new SIP users (pgn01..) one after the other.
+* 3 SIP watchers (pgw1..pgw3) watch alice through Kamailio;
+* a background thread PUBLISHes new notes for pgr01..pgr20 all the time (~20/s);
+* alice changes her status every 0.3 s;
+* a background thread has zoe subscribe to a new SIP user (pgn01..) every 0.25 s, without
+  waiting for the answers (collected afterwards: `subscribed` or the refusal, exactly one).
 
 While that runs PostgreSQL is stopped `-m immediate`; the test waits for /health 503 with the
-store check failing, checks the documented refusals (XMPP `resource-constraint`, SIP 503 +
-Retry-After: 60 straight from the gateway), starts PostgreSQL again and waits for /health 200.
-Then: every relation established before, and every one acknowledged during, is in the
-database; the last note of each pgrNN reached alice; the next change of every relation
-reaches its watcher exactly once; refused set-ups succeed when retried. Finally `kill -9` of
-the gateway and a restart on the same database: every relation works again.
+store check failing, checks the documented refusals (XMPP `resource-constraint`; notifier
+mode: SIP 503 + Retry-After: 60 straight from the gateway, 500 through Kamailio), keeps it
+down DOWN_FOR s, starts it again and waits for /health 200. Then: every relation established
+before, and every one acknowledged during, is in the database (subscription,
+watcher_relation + notifier_dialog / publication tables), no refused one is; the last note of
+each pgrNN and alice's last status reached their watchers; refused set-ups succeed when
+retried; the next change of every relation reaches its watcher exactly once. Finally
+`kill -9` of the gateway and a restart on the same database: only the current state is
+re-sent, and the next change of every relation reaches its watcher exactly once again.
+Run time: about 30 s (notifier) + 20 s (PUA).
 """
 import json
 import os
@@ -38,7 +45,7 @@ ALICE = "alice@xmpp.test"
 ZOE = "zoe@xmpp.test"
 N_WATCHED = 20
 WATCHED = ["pgr%02d" % i for i in range(1, N_WATCHED + 1)]
-NEW = ["pgn%02d" % i for i in range(1, 41)]       # zoe's set-ups during the load
+NEW = ["pgn%02d" % i for i in range(1, 81)]       # zoe's set-ups during the load (until stopped)
 SIP_WATCHERS = ["pgw1", "pgw2", "pgw3"]
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 SETUP = 8.0
@@ -114,6 +121,7 @@ class Publisher:
         self.ua = ua
         self.pubs = {}
         self.last = {}
+        self.hiccups = 0
         self.lock = threading.Lock()
 
     def publish(self, user, note):
@@ -121,7 +129,13 @@ class Publisher:
             aor = "sip:%s@sip.test" % user
             if user not in self.pubs:
                 self.pubs[user] = Publication(self.ua, aor)
-            r = self.pubs[user].publish(pidf(aor, "open", note, tuple_id="t-" + user))
+            body = pidf(aor, "open", note, tuple_id="t-" + user)
+            r = self.pubs[user].publish(body)
+            if r is None:
+                # no answer from Kamailio within 5 s (a starved CPU): once more, same etag;
+                # if the first one did arrive, Kamailio answers 412 and a new publication starts
+                self.hiccups += 1
+                r = self.pubs[user].publish(body)
             assert r is not None and r.code == 200 and r.h("sip-etag"), "PUBLISH %s: %r" % (user, r)
             self.last[user] = note
 
@@ -173,8 +187,6 @@ def test_postgres_restart_under_load_loses_nothing(pg_lab, xmpp, sip):
     pub = Publisher(sip("pgrpub"))
     for u in WATCHED:
         pub.publish(u, "%s initial" % u)
-    for u in NEW:
-        pub.publish(u, "%s here" % u)
 
     # relations before the restart
     alice = xmpp("alice")
@@ -204,7 +216,7 @@ def test_postgres_restart_under_load_loses_nothing(pg_lab, xmpp, sip):
                 u = WATCHED[i % N_WATCHED]
                 pub.publish(u, "%s load %d" % (u, i))
                 i += 1
-                time.sleep(0.02)
+                time.sleep(0.04)
         except BaseException as ex:  # noqa: BLE001 - reported by the main thread
             errors.append("publisher: %r" % ex)
 
@@ -229,6 +241,7 @@ def test_postgres_restart_under_load_loses_nothing(pg_lab, xmpp, sip):
             for u in NEW:
                 if stop.is_set():
                     return
+                pub.publish(u, "%s here" % u)
                 zoe.presence(to=jid(u), typ="subscribe")
                 sent.append((u, time.monotonic()))
                 time.sleep(0.25)
@@ -391,6 +404,7 @@ def test_postgres_restart_under_load_loses_nothing(pg_lab, xmpp, sip):
                 assert diff is None, "stale state of %s re-sent after kill -9: %s" % (user, diff)
     final_round(pub, relations, "after kill -9")
     sip_watchers_get(alice, subs, "away", "alice after kill -9")
-    print("relations checked: %d XMPP->SIP (%d set up under load, %d retried), %d SIP->XMPP; whole test %.1f s"
-          % (sum(len(c) for c in relations.values()), len(acked), len(refused), len(subs),
+    print("relations checked: %d XMPP->SIP (%d set up under load, %d retried), %d SIP->XMPP; "
+          "%d PUBLISHes sent twice (no answer in 5 s); whole test %.1f s"
+          % (sum(len(c) for c in relations.values()), len(acked), len(refused), len(subs), pub.hiccups,
              time.monotonic() - t_start))
