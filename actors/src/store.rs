@@ -49,7 +49,7 @@
 
 use pua_xmpp::notifier::{DialogState, NotifierDialog, PersistOp, WatcherRelation};
 use pua_xmpp::publisher::PublicationRecord;
-use pua_xmpp::subscriber::{Dialog, Pair, Relation, SubscriptionRecord};
+use pua_xmpp::subscriber::{Relation, SubscriptionRecord};
 use rusqlite::{params, CachedStatement, Connection, Row};
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -66,6 +66,7 @@ use crate::idhash::IdMap;
 
 pub mod lease_driver;
 pub mod postgres;
+mod rows;
 pub use postgres::{Fence, PostgresStore};
 
 /// One change to persist.
@@ -799,15 +800,6 @@ fn decode_routes(text: Option<String>) -> Result<Vec<String>, String> {
     }
 }
 
-fn jid(row: &Row<'_>, idx: usize, name: &str) -> Result<BareJid, String> {
-    let text: String = col(row, idx, name)?;
-    BareJid::new(&text).map_err(|e| format!("{name} {text:?} is not a bare JID: {e}"))
-}
-
-fn col<T: rusqlite::types::FromSql>(row: &Row<'_>, idx: usize, name: &str) -> Result<T, String> {
-    row.get(idx).map_err(|e| format!("column {name}: {e}"))
-}
-
 impl Store for SqliteStore {
     fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
         let r = self.apply_batch(ops);
@@ -958,20 +950,14 @@ fn load_all(conn: &Connection) -> Result<Snapshot, StoreError> {
                    expires_at, call_id, local_tag, remote_tag, local_cseq, remote_cseq,
                    remote_target, route_set, requested
                  FROM subscription ORDER BY watcher, presentity",
-            subscription_row,
+            |r| rows::subscription(r),
         )?,
         relations: load_rows(
             conn,
             "watcher_relation",
             "SELECT presentity, watcher, state FROM watcher_relation
                  ORDER BY presentity, watcher",
-            |r| {
-                Ok((
-                    jid(r, 0, "presentity")?,
-                    jid(r, 1, "watcher")?,
-                    watcher_from(col(r, 2, "state")?)?,
-                ))
-            },
+            |r| rows::relation(r),
         )?,
         notifier_dialogs: load_rows(
             conn,
@@ -980,7 +966,7 @@ fn load_all(conn: &Connection) -> Result<Snapshot, StoreError> {
                    watcher, remote_target, route_set, local_cseq, remote_cseq, event_id, active,
                    expires_at
                  FROM notifier_dialog ORDER BY call_id",
-            dialog_row,
+            |r| rows::dialog(r),
         )?,
         publications: load_rows(
             conn,
@@ -988,27 +974,13 @@ fn load_all(conn: &Connection) -> Result<Snapshot, StoreError> {
             "SELECT presentity, uri, etag, call_id, cseq, body, available, lease_left,
                    expires_at
                  FROM publication ORDER BY presentity",
-            |r| {
-                Ok((
-                    jid(r, 0, "presentity")?,
-                    PublicationRecord {
-                        uri: col(r, 1, "uri")?,
-                        etag: col(r, 2, "etag")?,
-                        call_id: col(r, 3, "call_id")?,
-                        cseq: col(r, 4, "cseq")?,
-                        body: col(r, 5, "body")?,
-                        available: col(r, 6, "available")?,
-                        lease_left: col(r, 7, "lease_left")?,
-                    },
-                    col(r, 8, "expires_at")?,
-                ))
-            },
+            |r| rows::publication(r),
         )?,
         winfo: load_rows(
             conn,
             "winfo",
             "SELECT presentity FROM winfo ORDER BY presentity",
-            |r| jid(r, 0, "presentity"),
+            |r| rows::winfo(r),
         )?,
     })
 }
@@ -1034,58 +1006,6 @@ fn load_rows<T>(
         }
     }
     Ok(out)
-}
-
-fn subscription_row(r: &Row<'_>) -> Result<(SubscriptionRecord, Option<i64>), String> {
-    let call_id: Option<String> = col(r, 7, "call_id")?;
-    let dialog = match call_id {
-        None => None,
-        Some(call_id) => Some(Dialog {
-            call_id,
-            local_tag: col(r, 8, "local_tag")?,
-            remote_tag: col(r, 9, "remote_tag")?,
-            local_cseq: col(r, 10, "local_cseq")?,
-            remote_cseq: col(r, 11, "remote_cseq")?,
-            remote_target: col(r, 12, "remote_target")?,
-            route_set: decode_routes(col(r, 13, "route_set")?)?,
-            requested: col(r, 14, "requested")?,
-        }),
-    };
-    Ok((
-        SubscriptionRecord {
-            pair: Pair {
-                watcher: jid(r, 0, "watcher")?,
-                presentity: jid(r, 1, "presentity")?,
-                watcher_uri: col(r, 2, "watcher_uri")?,
-                presentity_uri: col(r, 3, "presentity_uri")?,
-            },
-            relation: relation_from(col(r, 4, "relation")?)?,
-            dialog,
-            lease_left: col(r, 5, "lease_left")?,
-        },
-        col(r, 6, "expires_at")?,
-    ))
-}
-
-fn dialog_row(r: &Row<'_>) -> Result<(BareJid, StoredNotifierDialog), String> {
-    Ok((
-        jid(r, 1, "presentity")?,
-        StoredNotifierDialog {
-            call_id: col(r, 0, "call_id")?,
-            local_tag: col(r, 2, "local_tag")?,
-            remote_tag: col(r, 3, "remote_tag")?,
-            remote_uri: col(r, 4, "remote_uri")?,
-            remote_display: col(r, 5, "remote_display")?,
-            watcher: jid(r, 6, "watcher")?,
-            remote_target: col(r, 7, "remote_target")?,
-            route_set: decode_routes(col(r, 8, "route_set")?)?,
-            local_cseq: col(r, 9, "local_cseq")?,
-            remote_cseq: col(r, 10, "remote_cseq")?,
-            event_id: col(r, 11, "event_id")?,
-            active: col(r, 12, "active")?,
-            expires_at_unix: col(r, 13, "expires_at")?,
-        },
-    ))
 }
 
 /// Opens the store at `path` (creating and migrating it if needed) and loads it: for startup.
@@ -1679,6 +1599,7 @@ pub fn lease_left_at(expires_at_unix: Option<i64>, now_unix: i64) -> Option<u32>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pua_xmpp::subscriber::{Dialog, Pair};
 
     fn jid(s: &str) -> BareJid {
         match BareJid::new(s) {

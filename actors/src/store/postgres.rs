@@ -17,17 +17,13 @@
 //! paused old leader can never write over the new one.
 
 use super::{
-    decode_routes, encode_routes, relation_code, relation_from, watcher_code, watcher_from,
-    Snapshot, Store, StoreError, StoreOp, StoredNotifierDialog,
+    encode_routes, relation_code, rows, watcher_code, Snapshot, Store, StoreError, StoreOp,
 };
-use pua_xmpp::publisher::PublicationRecord;
-use pua_xmpp::subscriber::{Dialog, Pair, SubscriptionRecord};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
-use xmpp_parsers::jid::BareJid;
 
 /// How long one batch (or one load) may take before the connection is presumed dead: a
 /// network split leaves a socket that neither answers nor fails.
@@ -652,31 +648,11 @@ async fn load_all(client: &Client) -> Result<Snapshot, tokio_postgres::Error> {
     )
     .await?;
     Ok(Snapshot {
-        subscriptions: convert("subscription", &subs, subscription_row),
-        relations: convert("watcher_relation", &rels, |r| {
-            Ok((
-                jid(r, 0, "presentity")?,
-                jid(r, 1, "watcher")?,
-                watcher_from(i64::from(col::<i16>(r, 2, "state")?))?,
-            ))
-        }),
-        notifier_dialogs: convert("notifier_dialog", &dialogs, dialog_row),
-        publications: convert("publication", &pubs, |r| {
-            Ok((
-                jid(r, 0, "presentity")?,
-                PublicationRecord {
-                    uri: col(r, 1, "uri")?,
-                    etag: col(r, 2, "etag")?,
-                    call_id: col(r, 3, "call_id")?,
-                    cseq: u32_col(r, 4, "cseq")?,
-                    body: col(r, 5, "body")?,
-                    available: col(r, 6, "available")?,
-                    lease_left: opt_u32_col(r, 7, "lease_left")?,
-                },
-                col(r, 8, "expires_at")?,
-            ))
-        }),
-        winfo: convert("winfo", &winfo, |r| jid(r, 0, "presentity")),
+        subscriptions: convert("subscription", &subs, rows::subscription),
+        relations: convert("watcher_relation", &rels, rows::relation),
+        notifier_dialogs: convert("notifier_dialog", &dialogs, rows::dialog),
+        publications: convert("publication", &pubs, rows::publication),
+        winfo: convert("winfo", &winfo, rows::winfo),
     })
 }
 
@@ -693,82 +669,6 @@ fn convert<T>(table: &str, rows: &[Row], f: impl Fn(&Row) -> Result<T, String>) 
         }
     }
     out
-}
-
-fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
-    row: &'a Row,
-    idx: usize,
-    name: &str,
-) -> Result<T, String> {
-    row.try_get(idx).map_err(|e| format!("column {name}: {e}"))
-}
-
-fn u32_col(row: &Row, idx: usize, name: &str) -> Result<u32, String> {
-    let v: i64 = col(row, idx, name)?;
-    u32::try_from(v).map_err(|_| format!("column {name}: {v} is out of range"))
-}
-
-fn opt_u32_col(row: &Row, idx: usize, name: &str) -> Result<Option<u32>, String> {
-    let v: Option<i64> = col(row, idx, name)?;
-    v.map(|v| u32::try_from(v).map_err(|_| format!("column {name}: {v} is out of range")))
-        .transpose()
-}
-
-fn jid(row: &Row, idx: usize, name: &str) -> Result<BareJid, String> {
-    let text: String = col(row, idx, name)?;
-    BareJid::new(&text).map_err(|e| format!("{name} {text:?} is not a bare JID: {e}"))
-}
-
-fn subscription_row(r: &Row) -> Result<(SubscriptionRecord, Option<i64>), String> {
-    let call_id: Option<String> = col(r, 7, "call_id")?;
-    let dialog = match call_id {
-        None => None,
-        Some(call_id) => Some(Dialog {
-            call_id,
-            local_tag: col::<Option<String>>(r, 8, "local_tag")?.unwrap_or_default(),
-            remote_tag: col(r, 9, "remote_tag")?,
-            local_cseq: opt_u32_col(r, 10, "local_cseq")?.unwrap_or(0),
-            remote_cseq: opt_u32_col(r, 11, "remote_cseq")?,
-            remote_target: col(r, 12, "remote_target")?,
-            route_set: decode_routes(col(r, 13, "route_set")?)?,
-            requested: opt_u32_col(r, 14, "requested")?.unwrap_or(0),
-        }),
-    };
-    Ok((
-        SubscriptionRecord {
-            pair: Pair {
-                watcher: jid(r, 0, "watcher")?,
-                presentity: jid(r, 1, "presentity")?,
-                watcher_uri: col(r, 2, "watcher_uri")?,
-                presentity_uri: col(r, 3, "presentity_uri")?,
-            },
-            relation: relation_from(i64::from(col::<i16>(r, 4, "relation")?))?,
-            dialog,
-            lease_left: opt_u32_col(r, 5, "lease_left")?,
-        },
-        col(r, 6, "expires_at")?,
-    ))
-}
-
-fn dialog_row(r: &Row) -> Result<(BareJid, StoredNotifierDialog), String> {
-    Ok((
-        jid(r, 1, "presentity")?,
-        StoredNotifierDialog {
-            call_id: col(r, 0, "call_id")?,
-            local_tag: col(r, 2, "local_tag")?,
-            remote_tag: col(r, 3, "remote_tag")?,
-            remote_uri: col(r, 4, "remote_uri")?,
-            remote_display: col(r, 5, "remote_display")?,
-            watcher: jid(r, 6, "watcher")?,
-            remote_target: col(r, 7, "remote_target")?,
-            route_set: decode_routes(col(r, 8, "route_set")?)?,
-            local_cseq: u32_col(r, 9, "local_cseq")?,
-            remote_cseq: u32_col(r, 10, "remote_cseq")?,
-            event_id: col(r, 11, "event_id")?,
-            active: col(r, 12, "active")?,
-            expires_at_unix: col(r, 13, "expires_at")?,
-        },
-    ))
 }
 
 /// The lease operations on a connection of its own (the lease driver's, not the writer's, so
