@@ -15,29 +15,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
-struct Sink<M: Send>(mpsc::UnboundedSender<M>);
-
-impl<M: Send + Unpin + 'static> Actor for Sink<M> {
-    type Context = Context<Self>;
-}
-
-impl<M> Handler<M> for Sink<M>
-where
-    M: Message<Result = ()> + Send + Unpin + 'static,
-{
-    type Result = ();
-    fn handle(&mut self, msg: M, _: &mut Context<Self>) {
-        let _ = self.0.send(msg);
-    }
-}
-
-fn sink<M>() -> (Recipient<M>, mpsc::UnboundedReceiver<M>)
-where
-    M: Message<Result = ()> + Send + Unpin + 'static,
-{
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Sink(tx).start().recipient(), rx)
-}
+mod common;
+use common::sink;
 
 const T1_MS: u64 = 20;
 

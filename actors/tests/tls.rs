@@ -25,29 +25,8 @@ use tokio::sync::mpsc;
 
 // ---- harness ------------------------------------------------------------------------------
 
-struct Sink<M: Send>(mpsc::UnboundedSender<M>);
-
-impl<M: Send + Unpin + 'static> Actor for Sink<M> {
-    type Context = Context<Self>;
-}
-
-impl<M> Handler<M> for Sink<M>
-where
-    M: Message<Result = ()> + Send + Unpin + 'static,
-{
-    type Result = ();
-    fn handle(&mut self, msg: M, _: &mut Context<Self>) {
-        let _ = self.0.send(msg);
-    }
-}
-
-fn sink<M>() -> (Recipient<M>, mpsc::UnboundedReceiver<M>)
-where
-    M: Message<Result = ()> + Send + Unpin + 'static,
-{
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Sink(tx).start().recipient(), rx)
-}
+mod common;
+use common::sink;
 
 async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>, ms: u64) -> Option<T> {
     tokio::time::timeout(Duration::from_millis(ms), rx.recv())
