@@ -294,6 +294,12 @@ impl AddressMapper {
         Ok(jid)
     }
 
+    /// The spelling learned for `jid`, if it differs from what the algorithm gives back: what
+    /// another mapper (the IM side's) needs to be told, and only then.
+    pub fn learned_spelling(&self, jid: &BareJid) -> Option<&str> {
+        self.learned.get(jid).map(String::as_str)
+    }
+
     /// A JID addressed to the component (`bob*sip.example@component`) → the real SIP URI.
     /// The learned spelling wins; otherwise the algorithm of §2.3. Resource ignored.
     pub fn jid_to_sip(&self, jid: &BareJid) -> Result<String, MapError> {
@@ -870,8 +876,11 @@ mod tests {
         let mut m = mapper();
         let _ = m.sip_to_jid("sip:juliet@example.com");
         assert_eq!(m.learned.len(), 0);
+        let j = jid("juliet*example.com@sip.example.net");
+        assert_eq!(m.learned_spelling(&j), None);
         let _ = m.sip_to_jid("sip:Juliet@example.com");
         assert_eq!(m.learned.len(), 1);
+        assert_eq!(m.learned_spelling(&j), Some("sip:Juliet@example.com"));
         // Spelled canonically again: the old spelling is forgotten, the algorithm answers.
         let _ = m.sip_to_jid("sip:juliet@example.com");
         assert_eq!(m.learned.len(), 0);

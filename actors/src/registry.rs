@@ -321,8 +321,10 @@ impl Registry {
                 return self.respond(txn, resp);
             }
         };
-        if let Some(m) = &self.messenger {
-            m.do_send(LearnSpelling(req.from.uri.clone()));
+        // Only a spelling the algorithm cannot give back is news to the Messenger's mapper
+        // (most watchers are spelled canonically: no message per SUBSCRIBE).
+        if let (Some(m), Some(uri)) = (&self.messenger, self.mapper.learned_spelling(&watcher)) {
+            m.do_send(LearnSpelling(uri.to_owned()));
         }
         let known = self
             .sip_watching
