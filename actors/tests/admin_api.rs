@@ -150,39 +150,60 @@ fn free_tcp_port(ip: &str) -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-/// Starts the whole gateway in PUA mode with its HTTP listener on `http_ip` and `tune`.
-async fn start(http_ip: &str, tune: impl FnOnce(&mut Config)) -> Gw {
+/// Starts the whole gateway in PUA mode with its HTTP listener on `http_ip` and `tune`. The
+/// ports are picked free and released before the gateway binds them, so another test's
+/// outgoing connection may take one meanwhile: then the start is tried again on new ports
+/// and a new XMPP listener (the failed attempt's component may already be connecting).
+async fn start(http_ip: &str, tune: impl Fn(&mut Config)) -> Gw {
     let _ = logs();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind xmpp");
     let sip_peer = UdpSocket::bind("127.0.0.1:0").await.expect("bind sip");
-    let sip_port = {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        s.local_addr().expect("addr").port()
+    let mut attempt = 0;
+    let (listener, http, plain) = loop {
+        attempt += 1;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind xmpp");
+        let sip_port = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            s.local_addr().expect("addr").port()
+        };
+        let http: SocketAddr = format!("{http_ip}:{}", free_tcp_port(http_ip))
+            .parse()
+            .expect("http addr");
+        let mut cfg = Config::default();
+        cfg.xmpp.component_domain = COMPONENT.into();
+        cfg.xmpp.server = listener.local_addr().expect("xmpp addr").to_string();
+        cfg.xmpp.secret = SECRET.into();
+        cfg.sip.gateway_domain = GW_DOMAIN.into();
+        cfg.sip.server_address = format!("sip:{}", sip_peer.local_addr().expect("sip addr"));
+        cfg.sip.listen = format!("127.0.0.1:{sip_port}");
+        cfg.presence.mode = "pua".into();
+        cfg.http.listen = http.to_string();
+        cfg.store.path = std::env::temp_dir()
+            .join(format!(
+                "pua-xmpp-admintest-{}-{}.db",
+                std::process::id(),
+                http.port()
+            ))
+            .display()
+            .to_string();
+        tune(&mut cfg);
+        assert_eq!(cfg.validate(), Ok(()));
+        match gateway::start(&cfg).await {
+            Ok(_) => break (listener, http, cfg.http.tls_cert.is_empty()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < 5 => continue,
+            Err(e) => panic!("gateway::start: {e}"),
+        }
     };
-    let http: SocketAddr = format!("{http_ip}:{}", free_tcp_port(http_ip))
-        .parse()
-        .expect("http addr");
-    let mut cfg = Config::default();
-    cfg.xmpp.component_domain = COMPONENT.into();
-    cfg.xmpp.server = listener.local_addr().expect("xmpp addr").to_string();
-    cfg.xmpp.secret = SECRET.into();
-    cfg.sip.gateway_domain = GW_DOMAIN.into();
-    cfg.sip.server_address = format!("sip:{}", sip_peer.local_addr().expect("sip addr"));
-    cfg.sip.listen = format!("127.0.0.1:{sip_port}");
-    cfg.presence.mode = "pua".into();
-    cfg.http.listen = http.to_string();
-    cfg.store.path = std::env::temp_dir()
-        .join(format!(
-            "pua-xmpp-admintest-{}-{}.db",
-            std::process::id(),
-            http.port()
-        ))
-        .display()
-        .to_string();
-    tune(&mut cfg);
-    assert_eq!(cfg.validate(), Ok(()));
-    gateway::start(&cfg).await.expect("gateway::start");
     let xmpp = Xmpp::accept(&listener).await;
+    // The handshake is answered; the gateway counts the link up once it has read that answer
+    // (over HTTPS the test waits itself).
+    let deadline = Instant::now() + WAIT;
+    while plain && get(http, "/health", None).await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the component link never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Gw {
         http,
         xmpp,
@@ -512,7 +533,14 @@ async fn https_with_a_test_certificate() {
         c.http.token = TOKEN.into();
     })
     .await;
-    let r = https(gw.http, &der, "/health", None).await.expect("https");
+    let deadline = Instant::now() + WAIT;
+    let r = loop {
+        let r = https(gw.http, &der, "/health", None).await.expect("https");
+        if r.status == 200 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(r.status, 200, "{r:?}");
     let r = https(gw.http, &der, "/metrics", None).await.expect("https");
     assert_eq!(r.status, 401, "{r:?}");
