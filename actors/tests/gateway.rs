@@ -384,7 +384,22 @@ async fn start_with(tune: impl FnOnce(&mut Config)) -> Gw {
     tune(&mut cfg);
     assert_eq!(cfg.validate(), Ok(()));
     assert!(!cfg.uses_default_secret());
-    gateway::start(&cfg).await.expect("gateway::start");
+    // `sip.listen` was found free and released: another test's outgoing TCP connection may
+    // take the port before the gateway binds it (UDP and TCP). Then try another port; the SIP
+    // transport binds before the component connects, so the failed attempt left no connection.
+    let mut gw = gw;
+    for attempt in 1.. {
+        match gateway::start(&cfg).await {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < 5 => {
+                if cfg.sip.listen == gw.to_string() {
+                    gw.set_port(free_port().await);
+                    cfg.sip.listen = gw.to_string();
+                }
+            }
+            Err(e) => panic!("gateway::start: {e}"),
+        }
+    }
     let xmpp = Xmpp::accept(&listener).await;
     Gw {
         listener,
