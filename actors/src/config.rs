@@ -461,6 +461,9 @@ pub struct ImSection {
     pub rate_burst: u32,
     /// MESSAGEs waiting per Request-URI behind the one in flight.
     pub queue_per_target: usize,
+    /// MESSAGEs queued or in flight, all targets together; beyond it a message is refused
+    /// (503 / `resource-constraint`). Bounds the memory a burst toward slow phones can take.
+    pub queue_total: usize,
 }
 
 impl Default for ImSection {
@@ -476,6 +479,7 @@ impl Default for ImSection {
             rate_per_sender: d.rate_per_sender,
             rate_burst: d.rate_burst,
             queue_per_target: d.queue_per_target,
+            queue_total: d.queue_total,
         }
     }
 }
@@ -498,6 +502,7 @@ impl ImSection {
             rate_per_sender: self.rate_per_sender,
             rate_burst: self.rate_burst,
             queue_per_target: self.queue_per_target,
+            queue_total: self.queue_total,
             ..pua_xmpp::im::ImConfig::default()
         }
     }
@@ -999,6 +1004,7 @@ impl Config {
         )?;
         range("im.rate_burst", u64::from(im.rate_burst), 1, 1_000_000)?;
         range("im.queue_per_target", im.queue_per_target as u64, 0, 10_000)?;
+        range("im.queue_total", im.queue_total as u64, 1, 10_000_000)?;
         Ok(())
     }
 
@@ -1106,6 +1112,7 @@ impl Config {
         t.num("rate_per_sender", im.rate_per_sender);
         t.num("rate_burst", im.rate_burst);
         t.num("queue_per_target", im.queue_per_target);
+        t.num("queue_total", im.queue_total);
         t.section("runtime");
         t.num("shutdown_timeout_secs", self.runtime.shutdown_timeout_secs);
         t.num("threads", self.runtime.threads);

@@ -327,9 +327,10 @@ fn im_section_defaults_env_overrides_validation_and_the_core_settings() {
             c.im.rate_per_sender,
             c.im.rate_burst,
             c.im.queue_per_target,
+            c.im.queue_total,
             c.im.bounce_wait_ms
         ),
-        (8192, 10, 20, 50, 500)
+        (8192, 10, 20, 50, 10_000, 500)
     );
     let c = Config::load_with_env(
         None,
@@ -340,6 +341,7 @@ fn im_section_defaults_env_overrides_validation_and_the_core_settings() {
             ("PUA_XMPP__IM__RATE_PER_SENDER", "0"),
             ("PUA_XMPP__IM__RATE_BURST", "5"),
             ("PUA_XMPP__IM__QUEUE_PER_TARGET", "7"),
+            ("PUA_XMPP__IM__QUEUE_TOTAL", "300"),
             ("PUA_XMPP__SIP__TRUSTED_PEERS", "127.0.0.2,10.0.0.1"),
             ("PUA_XMPP__SIP__LISTEN", "127.0.0.3:5080"),
         ]),
@@ -353,9 +355,10 @@ fn im_section_defaults_env_overrides_validation_and_the_core_settings() {
             core.max_body_bytes,
             core.rate_per_sender,
             core.rate_burst,
-            core.queue_per_target
+            core.queue_per_target,
+            core.queue_total
         ),
-        (4000, 0, 5, 7)
+        (4000, 0, 5, 7, 300)
     );
     assert_eq!(
         core.trusted_sources,
@@ -380,6 +383,10 @@ fn im_section_defaults_env_overrides_validation_and_the_core_settings() {
     assert_eq!(
         load_err("[im]\nbounce_wait_ms = 60000\n", "im4.toml"),
         "im.bounce_wait_ms: expected a number from 0 to 10000, got 60000"
+    );
+    assert_eq!(
+        load_err("[im]\nqueue_total = 0\n", "im6.toml"),
+        "im.queue_total: expected a number from 1 to 10000000, got 0"
     );
     assert_eq!(
         load_err("[im]\nenable = true\n", "im5.toml"),
