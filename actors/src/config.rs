@@ -66,6 +66,7 @@ pub struct SipConfig {
     /// PEM private key of the TLS listener (reloaded on SIGHUP).
     pub tls_key: String,
     /// PEM CA bundle that peers' certificates are verified against; empty: the system's.
+    /// When set, reloaded on SIGHUP (new outbound handshakes use it).
     pub tls_ca: String,
     /// Verify peers' certificates on outbound TLS; `false` is for labs only (logged loudly).
     pub tls_verify: bool,

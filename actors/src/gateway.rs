@@ -96,14 +96,25 @@ fn tls_settings(sip: &crate::config::SipConfig) -> io::Result<Option<TlsSettings
     }))
 }
 
-/// On SIGHUP, reads `sip.tls_cert` and `sip.tls_key` again and hands them to the transport;
-/// when they do not load, the old ones stay (and the error is logged).
+/// On SIGHUP, reads again what the TLS side was built from: `sip.tls_cert` and `sip.tls_key`
+/// (with a TLS listener) and `sip.tls_ca` (when set: a renewed CA bundle for outbound
+/// connections), and hands them to the transport. Whatever does not load keeps its old
+/// version (and the error is logged); the rest is replaced.
 fn spawn_tls_reload(sip: &crate::config::SipConfig, transport: Addr<SipTransport>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let cert = std::path::PathBuf::from(&sip.tls_cert);
-        let key = std::path::PathBuf::from(&sip.tls_key);
+        let listener = sip.tls_listen_addr().map(|_| {
+            (
+                std::path::PathBuf::from(&sip.tls_cert),
+                std::path::PathBuf::from(&sip.tls_key),
+            )
+        });
+        let ca = (!sip.tls_ca.is_empty()).then(|| std::path::PathBuf::from(&sip.tls_ca));
+        let verify = sip.tls_verify;
+        if listener.is_none() && ca.is_none() {
+            return;
+        }
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => s,
             Err(e) => {
@@ -113,12 +124,24 @@ fn spawn_tls_reload(sip: &crate::config::SipConfig, transport: Addr<SipTransport
         };
         actix_rt::spawn(async move {
             while hup.recv().await.is_some() {
-                match tls::server_config(&cert, &key) {
-                    Ok(server) => transport.do_send(ReloadTls(server)),
-                    Err(e) => {
-                        metrics::counter!("pua_xmpp_sip_tls_reload_failures_total").increment(1);
-                        tracing::error!(error = %e, "SIGHUP: TLS certificate or key does not load; keeping the old ones");
-                    }
+                let server = listener.as_ref().and_then(|(cert, key)| {
+                    tls::server_config(cert, key)
+                        .map_err(|e| {
+                            metrics::counter!("pua_xmpp_sip_tls_reload_failures_total").increment(1);
+                            tracing::error!(error = %e, "SIGHUP: TLS certificate or key does not load; keeping the old ones");
+                        })
+                        .ok()
+                });
+                let client = ca.as_ref().and_then(|ca| {
+                    tls::client_config(Some(ca), verify)
+                        .map_err(|e| {
+                            metrics::counter!("pua_xmpp_sip_tls_reload_failures_total").increment(1);
+                            tracing::error!(error = %e, "SIGHUP: sip.tls_ca does not load; keeping the old CA certificates");
+                        })
+                        .ok()
+                });
+                if server.is_some() || client.is_some() {
+                    transport.do_send(ReloadTls { server, client });
                 }
             }
         });
@@ -251,6 +274,8 @@ pub async fn start_fenced(config: &Config, fence: Option<Fence>) -> io::Result<R
     tracing::info!(%listen, proxy = ?proxy, transport = transport_name, "SIP transport listening (UDP and TCP)");
     if let Some(tls_listen) = tls.as_ref().and_then(|t| t.listen) {
         tracing::info!(%tls_listen, "SIP transport listening (TLS)");
+    }
+    if tls.is_some() {
         spawn_tls_reload(&config.sip, transport.clone());
     }
     crate::locator::Locator::start_with(located, transport.clone().recipient());

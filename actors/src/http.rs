@@ -176,7 +176,7 @@ const FAMILIES: &[Family] = &[
     (
         "counter",
         "pua_xmpp_sip_tls_reload_failures_total",
-        "SIGHUP reloads of sip.tls_cert/tls_key that failed (the old ones stay).",
+        "SIGHUP reloads of sip.tls_cert/tls_key/tls_ca that failed (the old ones stay).",
         &[],
     ),
     (

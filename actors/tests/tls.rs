@@ -442,9 +442,12 @@ async fn reloaded_certificate_is_presented_by_new_handshakes() {
     let first = presented_cert(&pki.ca(), tls_at).await;
     let want1 = rustls::pki_types::pem::PemObject::from_pem_file(&c1).unwrap();
     assert_eq!(first, want1);
-    gw.send(ReloadTls(server_config(&c2, &k2).unwrap()))
-        .await
-        .unwrap();
+    gw.send(ReloadTls {
+        server: Some(server_config(&c2, &k2).unwrap()),
+        client: None,
+    })
+    .await
+    .unwrap();
     let second = presented_cert(&pki.ca(), tls_at).await;
     let want2: CertificateDer<'static> =
         rustls::pki_types::pem::PemObject::from_pem_file(&c2).unwrap();
@@ -458,4 +461,55 @@ async fn reloaded_certificate_is_presented_by_new_handshakes() {
     let garbage = pki.dir.path().join("garbage.key");
     std::fs::write(&garbage, "not a key").unwrap();
     assert!(server_config(&c2, &garbage).is_err());
+}
+
+/// A renewed CA bundle (`sip.tls_ca`, re-read on SIGHUP) decides the next outbound
+/// handshakes: a peer whose CA the gateway did not trust is refused, then reached once the
+/// bundle that holds its CA is loaded; the listener's certificate is untouched.
+#[actix_rt::test]
+async fn reloaded_ca_bundle_verifies_new_outbound_handshakes() {
+    let pki = Pki::new("ca-old");
+    let renewed = Pki::new("ca-new");
+    let (gw_cert, gw_key) = pki.leaf("gw", &["127.0.0.1"], "gw");
+    let (peer_cert, peer_key) = renewed.leaf("peer", &["127.0.0.1"], "proxy");
+    let (gw, tls_at, _inbound) = start_gateway(&gw_cert, &gw_key, &pki.ca()).await;
+    let (peer_at, _accepted) = tls_peer(&peer_cert, &peer_key).await;
+    let uri = format!("sip:juliet@{peer_at};transport=tls");
+    match notify_outcome(&gw, &uri).await {
+        TxnResult::TransportError(e) => assert!(e.contains("UnknownIssuer"), "{e}"),
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+    gw.send(ReloadTls {
+        server: None,
+        client: Some(client_config(Some(&renewed.ca()), true).unwrap()),
+    })
+    .await
+    .unwrap();
+    // The peer answers nothing, so the NOTIFY times out (T1 = 20 ms): what matters is that
+    // the handshake now succeeds, which the connection list shows.
+    let (reply_to, _outcomes) = outcome_sink();
+    gw.do_send(SendRequest {
+        req: notify_to(&uri),
+        key: 10,
+        reply_to,
+        transport: None,
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let conns = gw.send(GetConnections).await.unwrap();
+        if conns
+            .iter()
+            .any(|c| c.peer == peer_at && c.transport == Transport::Tls)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no TLS connection: {conns:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let want: CertificateDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_file(&gw_cert).unwrap();
+    assert_eq!(presented_cert(&pki.ca(), tls_at).await, want);
 }

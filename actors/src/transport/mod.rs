@@ -1300,17 +1300,27 @@ impl Handler<GetTlsAddr> for SipTransport {
     }
 }
 
-/// Replaces the TLS listener's certificate and key (SIGHUP). Connections already up keep
-/// theirs; new handshakes use the new ones.
+/// What SIGHUP re-read: the TLS listener's certificate and key, and the CA certificates that
+/// outbound connections verify servers against. Connections already up keep what they
+/// negotiated; new handshakes use the new ones. `None`: keep the current one.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ReloadTls(pub Arc<rustls::ServerConfig>);
+pub struct ReloadTls {
+    pub server: Option<Arc<rustls::ServerConfig>>,
+    pub client: Option<Arc<rustls::ClientConfig>>,
+}
 
 impl Handler<ReloadTls> for SipTransport {
     type Result = ();
     fn handle(&mut self, msg: ReloadTls, _: &mut Context<Self>) {
-        self.tls_acceptor = Some(tokio_rustls::TlsAcceptor::from(msg.0));
-        tracing::info!("TLS certificate and key reloaded");
+        if let Some(server) = msg.server {
+            self.tls_acceptor = Some(tokio_rustls::TlsAcceptor::from(server));
+            tracing::info!("TLS certificate and key reloaded");
+        }
+        if let Some(client) = msg.client {
+            self.tls_connector = Some(tokio_rustls::TlsConnector::from(client));
+            tracing::info!("TLS CA certificates for outbound connections reloaded");
+        }
     }
 }
 
