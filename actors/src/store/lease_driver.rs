@@ -337,8 +337,12 @@ impl Driver {
             };
             match events.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(Event::Answer(id, r)) => {
-                    if out.is_some_and(|(o, _)| o == id) {
+                    let current = out.is_some_and(|(o, _)| o == id);
+                    if current {
                         out = None;
+                    } else if r.is_err() {
+                        // A late failure of a request given up on says nothing new.
+                        continue;
                     }
                     let input = match r {
                         Ok(LeaseAnswer::Held(f)) => {
