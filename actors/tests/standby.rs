@@ -224,3 +224,50 @@ fn issue_17_a_standby_with_https_configured_serves_health_over_https() {
     assert_eq!(https(addr, ck.cert.der(), GET_HEALTH).0, "HTTP/1.1 200 OK");
     h.stop();
 }
+
+/// A "database" that accepts connections and never says a word (a blackholed route behind a
+/// relay): the lease thread gives each request up after the lease's usable part, the status
+/// says why, and the instance never becomes active. A refused port says so at once.
+#[test]
+fn issue_17_a_standby_whose_database_hangs_or_refuses_reports_it_and_stays_standby() {
+    use pua_xmpp::lease::LeaseConfig;
+    use pua_xmpp_actors::store::lease_driver::wait_until_active;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let refused = free_addr();
+    let cfg = LeaseConfig::from_millis(1500, 500, 250);
+    let start = |addr: SocketAddr| {
+        let status = LeaseStatus::new(cfg.ttl);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = status.clone();
+        std::thread::spawn(move || {
+            let url = format!("postgres://pua@{addr}/pua");
+            let r = wait_until_active(&url, "sip.test", "standby-test", cfg, s);
+            let _ = tx.send(r.is_ok());
+        });
+        (status, rx)
+    };
+    let (hang, hang_active) = start(silent_addr);
+    let (refuse, refuse_active) = start(refused);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        hang.unreachable().as_deref(),
+        Some("database not reached yet")
+    );
+    let r = refuse.unreachable().unwrap_or_default();
+    assert!(r.starts_with("database unreachable: "), "{r}");
+    // The first request is given up 1.25 s after it left.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        hang.unreachable().as_deref(),
+        Some("database unreachable: no answer within 1250 ms")
+    );
+    assert!(hang_active.try_recv().is_err());
+    assert!(refuse_active.try_recv().is_err());
+}
