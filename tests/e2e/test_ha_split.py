@@ -22,17 +22,22 @@ The takeover time is split from the logs (lease expiry wait, restore, component 
 printed.
 """
 import datetime
+import http.client
+import json
 import os
 import re
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
 from conftest import GATEWAY_BIN, GW_ADDR, GW_HTTP, LAB_IP, _lab_or_fail, tail, wait_until
 from tcp_cut import TcpCut
 from test_ha import Postgres, _auths, _pg_bin, _read
-from test_ha_routing import _check_relations, _dispatcher, _get, _only_active
+from test_ha_routing import _check_relations, _dispatcher, _only_active
 from test_restart import STORE_SETTLE
 from test_sip_watches_xmpp import UPDATE, approved_watcher, assert_pidf, note_is
 from test_xmpp_watches_sip import BOB, BOB_RES, expect, expect_bob
@@ -103,34 +108,58 @@ def split_pair(lab_manager, monkeypatch):
         pg.stop()
 
 
-def _spawn_b(pair, name="b"):
-    """B: the lab's configuration on GW2_ADDR/GW2_HTTP, PostgreSQL through cut_b."""
+def _spawn_b(pair, name="b", tls=None):
+    """B: the lab's configuration on GW2_ADDR/GW2_HTTP, PostgreSQL through cut_b; with tls
+    (cert, key) its HTTP listener is HTTPS (standby and active alike)."""
     lab = pair.lab
     log_path = os.path.join(lab.run_dir, "gateway-%s.log" % name)
     cfg = os.path.join(lab.run_dir, "pua-xmpp.toml")
     env = dict(os.environ, PUA_XMPP_CONFIG=cfg, RUST_LOG="info",
                PUA_XMPP__SIP__LISTEN=GW2_ADDR, PUA_XMPP__HTTP__LISTEN=GW2_HTTP,
                PUA_XMPP__STORE__URL=_url(pair.cut_b))
+    if tls is not None:
+        env["PUA_XMPP__HTTP__TLS_CERT"], env["PUA_XMPP__HTTP__TLS_KEY"] = tls
     with open(log_path, "wb") as log:
         p = subprocess.Popen([GATEWAY_BIN, "--config", cfg], stdin=subprocess.DEVNULL, stdout=log,
                              stderr=subprocess.STDOUT, env=env, cwd=lab.run_dir, start_new_session=True)
     pair.procs.append(p)
     assert wait_until(lambda: "standby: waiting for the lease" in _read(log_path), 10), tail(log_path)
     # it reached the database: a healthy standby
-    assert wait_until(lambda: _health(GW2_HTTP) == (200, {"status": "standby", "role": "standby"}), 5), \
-        (_health(GW2_HTTP), tail(log_path))
+    ca = tls[0] if tls else None
+    assert wait_until(lambda: _health(GW2_HTTP, ca) == (200, {"status": "standby", "role": "standby"}), 5), \
+        (_health(GW2_HTTP, ca), tail(log_path))
     return p, log_path
 
 
-def _health(addr):
+def _get(addr, path, cafile=None):
+    """(status, parsed JSON body) of GET http://addr/path, or https:// verified by cafile."""
+    url = "%s://%s%s" % ("https" if cafile else "http", addr, path)
+    ctx = ssl.create_default_context(cafile=cafile) if cafile else None
     try:
-        return _get(addr, "/health")
-    except OSError as e:
+        with urllib.request.urlopen(url, timeout=3, context=ctx) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _health(addr, cafile=None):
+    try:
+        return _get(addr, "/health", cafile)
+    except (OSError, ValueError, http.client.HTTPException) as e:
         return (None, str(e))
 
 
-def _active_fence(addr):
-    code, body = _get(addr, "/health")
+def _self_signed(d, ip):
+    """A self-signed certificate for ip (openssl): (cert, key) paths."""
+    cert, key = os.path.join(d, "gw2.crt"), os.path.join(d, "gw2.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=pua-xmpp e2e",
+                    "-addext", "subjectAltName=IP:%s" % ip], check=True, capture_output=True)
+    return cert, key
+
+
+def _active_fence(addr, cafile=None):
+    code, body = _get(addr, "/health", cafile)
     assert code == 200 and body["role"] == "active", body
     assert isinstance(body["fence"], int) and body["fence"] > 0, body
     return body["fence"]
@@ -232,11 +261,17 @@ def test_active_cut_from_the_database_steps_down_and_the_standby_takes_over(spli
              linked - restored, linked - cut_wall, b_component, routed))
 
 
-@pytest.mark.parametrize("how", ["rst", "blackhole"])
-def test_standby_cut_from_the_database_says_so_and_recovers(split_pair, how, xmpp, sip, bob):
+@pytest.mark.parametrize("how,scheme", [("rst", "http"), ("blackhole", "http"), ("rst", "https")])
+def test_standby_cut_from_the_database_says_so_and_recovers(split_pair, how, scheme, xmpp, sip, bob, tmp_path):
+    """With "https", B's HTTP listener has a certificate: its standby /health is HTTPS (the
+    same check as once it is active)."""
     pair, lab = split_pair, split_pair.lab
     a, a_log = lab.gateway, lab.gateway_log
-    b, b_log = _spawn_b(pair)
+    tls = _self_signed(str(tmp_path), _gw2_ip()) if scheme == "https" else None
+    ca = tls[0] if tls else None
+    b, b_log = _spawn_b(pair, tls=tls)
+    if tls:
+        assert _health(GW2_HTTP)[0] is None, "plain HTTP got an HTTP answer from the HTTPS standby"
     assert wait_until(lambda: _only_active(lab, GW_ADDR), 6), _dispatcher(lab)
     fence_a = _active_fence(GW_HTTP)
     alice, carol = _relations_through_a(lab, xmpp, sip, bob)
@@ -245,9 +280,9 @@ def test_standby_cut_from_the_database_says_so_and_recovers(split_pair, how, xmp
     t0 = time.monotonic()
     getattr(pair.cut_b, "cut_" + how)()
     # B cannot take over any more: 503 with the reason, within a lease.
-    assert wait_until(lambda: _health(GW2_HTTP)[0] == 503, 5), _health(GW2_HTTP)
+    assert wait_until(lambda: _health(GW2_HTTP, ca)[0] == 503, 5), _health(GW2_HTTP, ca)
     said = time.monotonic() - t0
-    code, body = _health(GW2_HTTP)
+    code, body = _health(GW2_HTTP, ca)
     assert code == 503 and body["status"] == "unavailable" and body["role"] == "standby", body
     assert body["reason"].startswith("database unreachable") and body["reason"].endswith(
         ": cannot take over"), body
@@ -263,15 +298,15 @@ def test_standby_cut_from_the_database_says_so_and_recovers(split_pair, how, xmp
     assert carol.notifies(1.0, note_is("B is cut")) == []
     assert a.poll() is None and b.poll() is None, (tail(a_log), tail(b_log))
     assert _active_fence(GW_HTTP) == fence_a
-    assert _health(GW2_HTTP)[0] == 503
+    assert _health(GW2_HTTP, ca)[0] == 503
     assert "lease acquired" not in _read(b_log)
     assert _auths(lab) == auths, "no component reconnect"
 
     # Healed: B is a healthy standby again, A unchanged.
     pair.cut_b.heal()
     t1 = time.monotonic()
-    assert wait_until(lambda: _health(GW2_HTTP) == (200, {"status": "standby", "role": "standby"}), 6), \
-        (_health(GW2_HTTP), tail(b_log))
+    assert wait_until(lambda: _health(GW2_HTTP, ca) == (200, {"status": "standby", "role": "standby"}), 6), \
+        (_health(GW2_HTTP, ca), tail(b_log))
     healed = time.monotonic() - t1
     assert _active_fence(GW_HTTP) == fence_a
     assert "lease acquired" not in _read(b_log)
@@ -285,8 +320,9 @@ def test_standby_cut_from_the_database_says_so_and_recovers(split_pair, how, xmp
     assert acquired <= TTL + RETRY + 0.5, "B active %.2f s after kill -9 of A" % acquired
     assert wait_until(lambda: _auths(lab) > auths, 10), tail(b_log)
     lab.gateway, lab.gateway_log = b, b_log
-    assert _active_fence(GW2_HTTP) > fence_a
+    assert wait_until(lambda: _health(GW2_HTTP, ca)[0] == 200, 5), _health(GW2_HTTP, ca)
+    assert _active_fence(GW2_HTTP, ca) > fence_a
     linked = _when(b_log, "XMPP component link up")
-    print("\n[%s] standby /health 503 %.2f s after its cut, 200 %.2f s after the heal; "
+    print("\n[%s, %s] standby /health 503 %.2f s after its cut, 200 %.2f s after the heal; "
           "kill -9 of A -> B lease %.2f s, component link %.3f s"
-          % (how, said, healed, acquired, linked - killed_wall))
+          % (how, scheme, said, healed, acquired, linked - killed_wall))
