@@ -13,7 +13,9 @@ nor fails).
   (A's is gone with A), Kamailio's probes switch to it, and the next change of an
   XMPP-watches-SIP and of a SIP-watches-XMPP relation each reaches its watcher exactly once.
   A SIP subscription A acknowledged just before the cut (the gateway answers 200 only after
-  the store committed it) is still there under B.
+  the store committed it) is still there under B; a SUBSCRIBE that reaches A at the cut is
+  either not acknowledged (A cannot commit it) or, if it got a 200, known to the new active
+  instance.
 - The standby cut off: A keeps serving unchanged under the same fence; B's /health answers 503
   with the reason (a standby that cannot take over is not a healthy standby) and 200 again once
   the relay heals; then a kill -9 of A shows B can take over with the short lease.
@@ -28,6 +30,7 @@ import os
 import re
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -39,7 +42,9 @@ from tcp_cut import TcpCut
 from test_ha import Postgres, _auths, _pg_bin, _read
 from test_ha_routing import _check_relations, _dispatcher, _only_active
 from test_restart import STORE_SETTLE
-from test_sip_watches_xmpp import UPDATE, approved_watcher, assert_pidf, note_is
+from sip_ua import Subscription
+from test_sip_watches_xmpp import (ALICE_SIP, UPDATE, approved_watcher, assert_pidf, closed_doc,
+                                   jid_of, note_is, subscribe_request)
 from test_xmpp_watches_sip import BOB, BOB_RES, expect, expect_bob
 from xmpp_client import is_presence
 
@@ -208,8 +213,14 @@ def test_active_cut_from_the_database_steps_down_and_the_standby_takes_over(spli
     # the NOTIFY with alice's state. No settling time.
     dave = approved_watcher(sip, alice, "dave", "notifier")
     auths = _auths(lab)
+    erin = Subscription(sip("erin"), ALICE_SIP)
+    erin_first = {}
     cut_wall, t0 = time.time(), time.monotonic()
     getattr(pair.cut_a, "cut_" + how)()
+    # In flight at the cut: erin's SUBSCRIBE reaches A, which cannot commit it. Whatever
+    # final response erin gets, a 200 must mean the active instance knows the subscription.
+    sender = threading.Thread(target=lambda: erin_first.setdefault("r", erin.subscribe(600)))
+    sender.start()
 
     # A: serves until its lease end, then exits with code 3. The last confirmed renewal
     # left at most RENEW (+ its round trip) before the cut, and counts USABLE from its
@@ -239,6 +250,22 @@ def test_active_cut_from_the_database_steps_down_and_the_standby_takes_over(spli
     fence_b = _active_fence(GW2_HTTP)
     assert fence_b > fence_a, (fence_a, fence_b)
 
+    sender.join(10)
+    first = erin_first.get("r")
+    answered = "none" if first is None else "%d from %s" % (first.code, first.h("contact") or "?")
+    r = first
+    for _ in range(3):
+        if r is not None and r.code == 200:
+            break
+        time.sleep(1)
+        r = erin.subscribe(600)  # refused or unanswered during the takeover: a new one
+    assert r is not None and r.code == 200, (answered, r)
+    if subscribe_request(alice, "erin", 4.0) is not None:
+        alice.presence(to=jid_of("erin"), typ="subscribed")
+    n = erin.wait_notify(UPDATE, lambda m: m.body_bytes != b"" and not closed_doc(m))
+    assert n is not None, "erin: no open NOTIFY (first answer %s)\n%s" % (answered, erin.ua.dump_log(8))
+    erin.discard()
+
     # The next change of each relation reaches its watcher exactly once.
     _check_relations(lab, alice, carol, bob, "after the %s split" % how, "Before")
     # dave's subscription, acknowledged by A just before the cut, was not lost.
@@ -247,6 +274,9 @@ def test_active_cut_from_the_database_steps_down_and_the_standby_takes_over(spli
     assert n is not None, "dave lost his subscription\n%s" % dave.ua.dump_log(8)
     assert_pidf(n, "open", note, ["away"])
     assert dave.notifies(2.0, note_is(note)) == []
+    n = erin.wait_notify(UPDATE, note_is(note))
+    assert n is not None, "erin missed the change\n%s" % erin.ua.dump_log(8)
+    assert erin.notifies(1.0, note_is(note)) == []
 
     # The takeover, split from the logs (seconds after the cut).
     lost = _when(a_log, "lease lost")
@@ -256,9 +286,10 @@ def test_active_cut_from_the_database_steps_down_and_the_standby_takes_over(spli
     assert None not in (lost, acquired, restored, linked), tail(b_log)
     print("\n[%s] cut -> A steps down %.3f s (exit seen %.2f s); -> B lease acquired %.3f s "
           "(expiry wait); restore %.3f s; component link %.3f s; B active with component "
-          "%.3f s after the cut (seen %.2f s); Kamailio routes to B %.2f s"
+          "%.3f s after the cut (seen %.2f s); Kamailio routes to B %.2f s; erin's SUBSCRIBE "
+          "sent at the cut: %s"
           % (how, lost - cut_wall, a_gone, acquired - cut_wall, restored - acquired,
-             linked - restored, linked - cut_wall, b_component, routed))
+             linked - restored, linked - cut_wall, b_component, routed, answered))
 
 
 @pytest.mark.parametrize("how,scheme", [("rst", "http"), ("blackhole", "http"), ("rst", "https")])
