@@ -48,10 +48,30 @@ impl Default for LeaseConfig {
 }
 
 impl LeaseConfig {
+    /// The timing as configured (`store.lease_ttl_ms`, `lease_renew_ms`, `lease_retry_ms`):
+    /// the margin is a sixth of the lease (the default's 500 ms of 3 s), as both what it
+    /// covers, clock-rate difference and scheduling slack, grow with a longer lease less
+    /// than it does but must not eat a short one.
+    pub fn from_millis(ttl_ms: u64, renew_ms: u64, retry_ms: u64) -> LeaseConfig {
+        let ttl = Duration::from_millis(ttl_ms);
+        LeaseConfig {
+            ttl,
+            renew_every: Duration::from_millis(renew_ms),
+            retry_every: Duration::from_millis(retry_ms),
+            margin: ttl / 6,
+        }
+    }
+
+    /// How long after its last confirmed request's departure an active instance stops
+    /// serving if nothing more is confirmed: `ttl - margin`.
+    pub fn usable(&self) -> Duration {
+        self.ttl.saturating_sub(self.margin)
+    }
+
     /// Whether the timing can keep a lease: a renewal (and one retry) must fit in what a
     /// confirmed lease is counted valid.
     pub fn check(&self) -> Result<(), String> {
-        let usable = self.ttl.saturating_sub(self.margin);
+        let usable = self.usable();
         if self.renew_every.is_zero() || self.retry_every.is_zero() {
             return Err("renew_every and retry_every must be positive".into());
         }

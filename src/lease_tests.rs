@@ -317,6 +317,111 @@ fn issue_17_timings_that_cannot_keep_a_lease_are_refused() {
     assert!(zero.check().is_err());
 }
 
+/// `store.lease_ttl_ms = 1500`, `lease_renew_ms = 500`, `lease_retry_ms = 250`: the e2e
+/// split test's short lease.
+fn short() -> LeaseConfig {
+    LeaseConfig::from_millis(1500, 500, 250)
+}
+
+#[test]
+fn issue_17_configured_timings_keep_the_default_and_check_the_rest() {
+    assert_eq!(
+        LeaseConfig::from_millis(3000, 1000, 500),
+        LeaseConfig::default()
+    );
+    let s = short();
+    assert_eq!(s.margin, 250 * MS);
+    assert_eq!(s.usable(), 1250 * MS);
+    assert_eq!(s.check(), Ok(()));
+    assert_eq!(
+        LeaseConfig::from_millis(60_000, 10_000, 2_000).margin,
+        10_000 * MS
+    );
+    // A renewal and one retry must fit in ttl - ttl/6.
+    assert!(LeaseConfig::from_millis(1500, 1000, 250).check().is_err());
+    assert!(LeaseConfig::from_millis(1500, 1000, 249).check().is_ok());
+    assert!(LeaseConfig::from_millis(1000, 1000, 100).check().is_err());
+    assert!(LeaseConfig::from_millis(1500, 0, 250).check().is_err());
+    assert!(LeaseConfig::from_millis(1500, 500, 0).check().is_err());
+    assert!(LeaseConfig::from_millis(0, 0, 0).check().is_err());
+}
+
+#[test]
+fn issue_17_a_short_lease_activates_renews_and_retries_on_its_own_timing() {
+    let t0 = Instant::now();
+    let mut l = Lease::new(short(), t0);
+    l.handle_input(Input::Timeout, t0);
+    let id = match drain(&mut l).as_slice() {
+        [Output::Acquire { id, ttl }] if *ttl == 1500 * MS => *id,
+        other => panic!("expected Acquire for 1.5 s, got {other:?}"),
+    };
+    // Refused: asked again after 250 ms, not the default 500.
+    l.handle_input(Input::NotHeld { id }, t0 + 5 * MS);
+    assert_eq!(l.poll_timeout(), Some(t0 + 255 * MS));
+    let t1 = t0 + 255 * MS;
+    l.handle_input(Input::Timeout, t1);
+    let id = match drain(&mut l).as_slice() {
+        [Output::Acquire { id, .. }] => *id,
+        other => panic!("expected Acquire, got {other:?}"),
+    };
+    l.handle_input(Input::Held { id, fence: 4 }, t1 + 10 * MS);
+    assert_eq!(drain(&mut l), vec![Output::Activate { fence: 4 }]);
+    // Valid for 1.5 s - 0.25 s from the acquire's departure; renewed 0.5 s after it.
+    assert!(l.may_serve(t1 + 1249 * MS));
+    assert!(!l.may_serve(t1 + 1250 * MS));
+    assert_eq!(l.poll_timeout(), Some(t1 + 500 * MS));
+    let t2 = t1 + 500 * MS;
+    l.handle_input(Input::Timeout, t2);
+    let id = match drain(&mut l).as_slice() {
+        [Output::Renew { id, fence: 4, ttl }] if *ttl == 1500 * MS => *id,
+        other => panic!("expected Renew, got {other:?}"),
+    };
+    assert_eq!(l.poll_timeout(), Some(t1 + 1250 * MS));
+    l.handle_input(Input::Held { id, fence: 4 }, t2 + 100 * MS);
+    assert!(l.may_serve(t2 + 1249 * MS));
+    assert!(!l.may_serve(t2 + 1250 * MS));
+    assert_eq!(l.poll_timeout(), Some(t2 + 500 * MS));
+}
+
+#[test]
+fn issue_17_a_short_lease_whose_renewals_hang_steps_down_at_its_own_end() {
+    // The database blackholed: the renewal neither answers nor fails. The shell must deliver
+    // the Timeout at the lease end even while the request is still out.
+    let t0 = Instant::now();
+    let mut l = Lease::new(short(), t0);
+    l.handle_input(Input::Timeout, t0);
+    let id = acquire_id_any(&drain(&mut l));
+    l.handle_input(Input::Held { id, fence: 9 }, t0 + 3 * MS);
+    assert_eq!(drain(&mut l), vec![Output::Activate { fence: 9 }]);
+    l.handle_input(Input::Timeout, t0 + 500 * MS);
+    assert!(matches!(
+        drain(&mut l).as_slice(),
+        [Output::Renew { fence: 9, .. }]
+    ));
+    assert_eq!(l.poll_timeout(), Some(t0 + 1250 * MS));
+    l.handle_input(Input::Timeout, t0 + 1249 * MS);
+    assert!(drain(&mut l).is_empty());
+    assert!(l.may_serve(t0 + 1249 * MS));
+    l.handle_input(Input::Timeout, t0 + 1250 * MS);
+    assert_eq!(
+        drain(&mut l),
+        vec![Output::StepDown {
+            fence: 9,
+            reason: StepDownReason::Expired
+        }]
+    );
+    // The database's own expiry (1.5 s after it ran the acquire, at >= t0) is later still.
+    assert!(t0 + 1250 * MS < t0 + short().ttl);
+}
+
+/// The id of the one `Acquire` in `out`, whatever its ttl.
+fn acquire_id_any(out: &[Output]) -> u64 {
+    match out {
+        [Output::Acquire { id, .. }] => *id,
+        other => panic!("expected one Acquire, got {other:?}"),
+    }
+}
+
 /// The lease row as the database keeps it: expiry by the database's clock (here the scripted
 /// one), a new number on every granted acquire.
 #[derive(Debug)]
@@ -472,16 +577,16 @@ impl Sim {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
-    /// Two instances, a database that delays, loses and drops requests, pauses of either
+    /// Two instances (default, short and long timings), a database that delays, loses and drops requests, pauses of either
     /// process, and restarts of an instance that lost the lease: at no 10 ms step do both count themselves active, an instance that counts
     /// itself active holds the database's current number with an unexpired row, and writes
     /// land only with the current number.
     #[test]
     fn issue_17_two_instances_never_serve_at_once(
+        c in prop_oneof![Just(cfg()), Just(short()), Just(LeaseConfig::from_millis(6000, 2000, 1000))],
         fates in proptest::collection::vec(fate(), 200),
         pauses in proptest::collection::vec((0usize..2, 0u64..60_000, 0u64..8_000), 0..6),
     ) {
-        let c = cfg();
         let t0 = Instant::now();
         let mut db = Row { holder: None, fence: 0, expires_at: t0, last_write: None };
         let mut sims: Vec<Sim> = (0..2)

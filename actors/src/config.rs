@@ -281,6 +281,15 @@ pub struct StoreConfig {
     pub lease: bool,
     /// This instance's name in the lease row; empty: host, pid and start time.
     pub instance: String,
+    /// Milliseconds an acquire or renewal holds the lease (the database's clock); an active
+    /// instance stops serving 5/6 of this after its last confirmed renewal left, and a
+    /// standby takes over within about this plus `lease_retry_ms` of the active one's death.
+    pub lease_ttl_ms: u64,
+    /// Milliseconds between renewals while active.
+    pub lease_renew_ms: u64,
+    /// Milliseconds between a standby's acquire attempts, and between retries of a failed
+    /// request.
+    pub lease_retry_ms: u64,
     /// Milliseconds a subscriber pair's changed record waits for more changes before it is
     /// written (a set-up changes it three to four times within milliseconds). Shutdown writes
     /// what waits; a crash loses at most this plus the store's 20 ms batch.
@@ -294,8 +303,41 @@ impl Default for StoreConfig {
             url: String::new(),
             lease: false,
             instance: String::new(),
+            lease_ttl_ms: 3000,
+            lease_renew_ms: 1000,
+            lease_retry_ms: 500,
             coalesce_ms: 20,
         }
+    }
+}
+
+impl StoreConfig {
+    /// The lease machine's timing (issue 17).
+    pub fn lease_config(&self) -> pua_xmpp::lease::LeaseConfig {
+        pua_xmpp::lease::LeaseConfig::from_millis(
+            self.lease_ttl_ms,
+            self.lease_renew_ms,
+            self.lease_retry_ms,
+        )
+    }
+
+    /// The lease keys (each already in range): a renewal plus one retry inside the part of the
+    /// lease an active instance counts on (5/6 of it), so one lost request does not end it.
+    fn check_lease_timing(&self) -> Result<(), ConfigError> {
+        let usable = self.lease_config().usable().as_millis();
+        let need = u128::from(self.lease_renew_ms) + u128::from(self.lease_retry_ms);
+        if need >= usable {
+            return Err(invalid(
+                "store.lease_renew_ms",
+                format!(
+                    "{} + store.lease_retry_ms {} must be under {} (5/6 of \
+                     store.lease_ttl_ms {}): a renewal and one retry must fit before the \
+                     lease counts as lost",
+                    self.lease_renew_ms, self.lease_retry_ms, usable, self.lease_ttl_ms
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -932,6 +974,10 @@ impl Config {
             }
         }
         range("store.coalesce_ms", self.store.coalesce_ms, 0, 10_000)?;
+        range("store.lease_ttl_ms", st.lease_ttl_ms, 300, 600_000)?;
+        range("store.lease_renew_ms", st.lease_renew_ms, 50, 600_000)?;
+        range("store.lease_retry_ms", st.lease_retry_ms, 50, 600_000)?;
+        st.check_lease_timing()?;
         sock("http.listen", &self.http.listen)?;
         self.http.validate()?;
 
@@ -1083,6 +1129,9 @@ impl Config {
         t.str("url", &crate::store::postgres::redact_url(&self.store.url));
         t.bool("lease", self.store.lease);
         t.str("instance", &self.store.instance);
+        t.num("lease_ttl_ms", self.store.lease_ttl_ms);
+        t.num("lease_renew_ms", self.store.lease_renew_ms);
+        t.num("lease_retry_ms", self.store.lease_retry_ms);
         let h = &self.http;
         t.section("http");
         t.str("listen", &h.listen);

@@ -544,22 +544,29 @@ pub fn run(config: Config) -> io::Result<()> {
         } else {
             config.store.instance.clone()
         };
-        // A standby answers GET /health only (plain HTTP: not when http.tls_cert is set),
-        // so a container health check keeps it; stopped before the real API binds.
-        let standby_health =
-            match config.http.listen.parse() {
-                Ok(listen) if config.http.tls_cert.is_empty() => crate::http::StandbyHealth::serve(
-                    listen,
-                )
+        // A standby answers GET /health only (over HTTPS when http.tls_cert is set), from
+        // what the lease thread hears of the database; stopped before the real API binds.
+        let lease_cfg = config.store.lease_config();
+        let status = crate::store::lease_driver::LeaseStatus::new(lease_cfg.ttl);
+        let tls = if config.http.tls_cert.is_empty() {
+            None
+        } else {
+            let c = crate::http::tls::server_config(&config.http.tls_cert, &config.http.tls_key)
+                .map_err(invalid)?;
+            Some(std::sync::Arc::new(c))
+        };
+        let standby_health = match config.http.listen.parse() {
+            Ok(listen) => crate::http::StandbyHealth::serve(listen, tls, status.clone())
                 .map_err(|e| tracing::warn!(%listen, error = %e, "standby: cannot serve /health"))
                 .ok(),
-                _ => None,
-            };
+            Err(_) => None,
+        };
         let f = crate::store::lease_driver::wait_until_active(
             &config.store.url,
             &config.xmpp.component_domain,
             &holder,
-            pua_xmpp::lease::LeaseConfig::default(),
+            lease_cfg,
+            status,
         )
         .map_err(|e| invalid(format!("store.lease: {e}")))?;
         if let Some(h) = standby_health {

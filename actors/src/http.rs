@@ -414,33 +414,43 @@ async fn health(state: web::Data<State>) -> HttpResponse {
     }
 }
 
-/// The answer of a standby (issue 17) to `GET /health`: 200, so a container health check
-/// keeps it (it is meant to run), with a body that tells it from an active instance.
+/// The answer of a standby (issue 17) to `GET /health` while it reaches the database (so it
+/// could take over): 200, so a container health check keeps it (it is meant to run), with a
+/// body that tells it from an active instance.
 pub const STANDBY_HEALTH: &str = r#"{"status":"standby","role":"standby"}"#;
 
-/// A standby's only HTTP service: `GET /health` answers [`STANDBY_HEALTH`], anything else
-/// 503 (so Kamailio's req_winfo call moves on to the other instance). Plain HTTP on a
-/// thread of its own, before any actix system exists; stopped (the port freed) before the
-/// instance, now active, binds the real API on the same address.
+/// A standby's only HTTP service: `GET /health` answers [`STANDBY_HEALTH`] while the lease
+/// requests get answers, 503 with the reason while they do not (a standby that cannot take
+/// over is not a healthy standby), anything else 503 (so Kamailio's req_winfo call moves on
+/// to the other instance). Plain HTTP, or HTTPS with the configured `http.tls_cert` (a health
+/// check works the same on both roles), on a thread of its own, before any actix system
+/// exists; stopped (the port freed) before the instance, now active, binds the real API on
+/// the same address.
 pub struct StandbyHealth {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl StandbyHealth {
-    /// Binds `listen` and serves until [`StandbyHealth::stop`].
-    pub fn serve(listen: SocketAddr) -> std::io::Result<StandbyHealth> {
+    /// Binds `listen` and serves until [`StandbyHealth::stop`], over TLS when `tls` is given,
+    /// answering `/health` from `status`.
+    pub fn serve(
+        listen: SocketAddr,
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+        status: crate::store::lease_driver::LeaseStatus,
+    ) -> std::io::Result<StandbyHealth> {
         use std::sync::atomic::{AtomicBool, Ordering};
         let listener = std::net::TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let https = tls.is_some();
         let thread = std::thread::Builder::new()
             .name("standby-health".to_owned())
             .spawn(move || {
                 while !flag.load(Ordering::Acquire) {
                     match listener.accept() {
-                        Ok((conn, _)) => standby_answer(conn),
+                        Ok((conn, _)) => standby_conn(conn, tls.as_ref(), &status),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::sleep(std::time::Duration::from_millis(50));
                         }
@@ -451,7 +461,7 @@ impl StandbyHealth {
                     }
                 }
             })?;
-        tracing::info!(%listen, "standby: serving GET /health only");
+        tracing::info!(%listen, https, "standby: serving GET /health only");
         Ok(StandbyHealth {
             stop,
             thread: Some(thread),
@@ -467,13 +477,36 @@ impl StandbyHealth {
     }
 }
 
-/// One request of a standby's health service: the request line decides, the rest is read
-/// only as far as the first blank line (at most 8 KiB, 1 s).
-fn standby_answer(mut conn: std::net::TcpStream) {
-    use std::io::{Read, Write};
+/// One connection of a standby's health service, plain or TLS (the handshake bounded by the
+/// same 1 s timeouts as the request).
+fn standby_conn(
+    conn: std::net::TcpStream,
+    tls: Option<&std::sync::Arc<rustls::ServerConfig>>,
+    status: &crate::store::lease_driver::LeaseStatus,
+) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(1)));
     let _ = conn.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+    match tls {
+        None => standby_answer(conn, status),
+        Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
+            Ok(server) => {
+                let mut stream = rustls::StreamOwned::new(server, conn);
+                standby_answer(&mut stream, status);
+                stream.conn.send_close_notify();
+                let _ = stream.conn.complete_io(&mut stream.sock);
+            }
+            Err(e) => tracing::debug!(error = %e, "standby /health: TLS setup failed"),
+        },
+    }
+}
+
+/// One request of a standby's health service: the request line decides, the rest is read
+/// only as far as the first blank line (at most 8 KiB, 1 s).
+fn standby_answer(
+    mut conn: impl std::io::Read + std::io::Write,
+    status: &crate::store::lease_driver::LeaseStatus,
+) {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while buf.len() < 8192 && !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -482,24 +515,41 @@ fn standby_answer(mut conn: std::net::TcpStream) {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-    let line = buf.split(|b| *b == b'\n').next().unwrap_or(&[]);
-    let mut parts = line.split(|b| *b == b' ');
-    let (method, path) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
-    let (status, body) = if method == b"GET" && path == b"/health" {
-        ("200 OK", STANDBY_HEALTH.to_owned())
-    } else {
-        (
-            "503 Service Unavailable",
-            r#"{"status":"standby","reason":"standby instance: only GET /health is served"}"#
-                .to_owned(),
-        )
-    };
+    let (status, body) = standby_reply(&buf, status.unreachable());
     let reply = format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
          connection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = conn.write_all(reply.as_bytes());
+    let _ = conn.flush();
+}
+
+/// The status line and body a standby answers to `request` (its head), given why it could
+/// not take over now (`None`: it could).
+pub fn standby_reply(request: &[u8], unreachable: Option<String>) -> (&'static str, String) {
+    let line = request.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, path) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
+    if method != b"GET" || path != b"/health" {
+        return (
+            "503 Service Unavailable",
+            r#"{"status":"standby","reason":"standby instance: only GET /health is served"}"#
+                .to_owned(),
+        );
+    }
+    match unreachable {
+        None => ("200 OK", STANDBY_HEALTH.to_owned()),
+        Some(reason) => (
+            "503 Service Unavailable",
+            serde_json::json!({
+                "status": "unavailable",
+                "role": "standby",
+                "reason": format!("{reason}: cannot take over"),
+            })
+            .to_string(),
+        ),
+    }
 }
 
 /// `a=b&c=d` with percent-decoding and `+` as space.
