@@ -149,7 +149,7 @@ if [ -n "$GW2_ADDR" ]; then
 	printf '# setid destination flags priority\n1 %s 0 10\n1 %s 0 5\n' "$DS1" "$DS2" \
 		> "$RUN_DIR/dispatcher.list"
 	KDEFS+=(-A WITH_HA -A "DS_LIST=\"$RUN_DIR/dispatcher.list\"" -A "GW2_ADDR=\"$GW2_ADDR\""
-		-A "GW2_HTTP=\"$GW2_HTTP\"" -A "GW2_TLS_ADDR=\"$GW2_TLS_ADDR\"")
+		-A "GW2_HTTP=\"$GW2_HTTP\"" -A "GW2_TLS_ADDR=\"$GW2_TLS_ADDR\"" -A "RPC_FIFO=\"$RUN_DIR/kamailio_rpc.fifo\"")
 fi
 cat > "$RUN_DIR/lab.env" <<ENV
 LAB_IP=$LAB_IP
