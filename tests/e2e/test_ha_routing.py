@@ -37,6 +37,9 @@ pytestmark = pytest.mark.gateway
 
 
 def _second_ip():
+    """The second gateway's address: $GW2_IP, else LAB_IP + 1."""
+    if os.environ.get("GW2_IP"):
+        return os.environ["GW2_IP"]
     parts = LAB_IP.split(".")
     if len(parts) != 4:
         pytest.skip("the HA routing lab needs an IPv4 LAB_IP")
@@ -354,18 +357,20 @@ def takeover_window(lab, procs, active, standby, standby_addr, spawn_args, label
 
 @pytest.mark.parametrize("ha_pair", ["notifier"], indirect=True)
 def test_takeover_window_seen_by_a_sip_peer(ha_pair):
-    """route[HA_SELECT] waits for the next probe to find the new leader instead of
-    answering 503, and failure_route[HA_FAILOVER] re-selects once the dead one failed:
-    a SIP peer sending a request every 50 ms across a kill -9 takeover gets no 503 and
-    no request without a final answer; only requests relayed to the dead instance before
-    its probe failed may end in 408 (UDP gives no sign of a dead peer but silence)."""
+    """A SIP peer sending a request every 50 ms across a kill -9 takeover gets a 200 for
+    each: a request relayed to the dead instance (UDP: silence) fails over at fr_timer to
+    the active one, or to the pair's other address (failure_route[HA_FAILOVER]); one
+    arriving while no gateway is active waits for the new leader (route[HA_WAIT])
+    instead of a 503."""
     lab, procs = ha_pair
     b = _spawn(lab, procs, "b", GW2_ADDR, GW2_HTTP)
     assert wait_until(lambda: _only_active(lab, GW_ADDR), 5), _dispatcher(lab)
     time.sleep(STORE_SETTLE)
     counts, slowest = takeover_window(lab, procs, lab.gateway, b, GW2_ADDR, None, "UDP")
     lab.gateway, lab.gateway_log = b
-    assert counts.get(503, 0) == 0 and counts.get("none", 0) == 0, counts
-    assert set(counts) <= {200, 408}, counts
-    assert counts.get(408, 0) <= 20 * 2.5, counts  # at most what was sent before the probe failed
-    assert slowest < 4.5, slowest
+    # measured (120 requests from the kill on): before, 408 for every request sent in the
+    # first ~3 s (relayed to the dead instance, no failover target); now all 200, the
+    # slowest ~3.5 s (waited for the new leader). Only one in flight at the very kill may fail.
+    non_200 = sum(n for code, n in counts.items() if code != 200)
+    assert counts.get(503, 0) == 0 and counts.get("none", 0) == 0 and non_200 <= 2, counts
+    assert slowest < 6.0, slowest
