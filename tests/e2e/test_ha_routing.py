@@ -374,3 +374,35 @@ def test_takeover_window_seen_by_a_sip_peer(ha_pair):
     non_200 = sum(n for code, n in counts.items() if code != 200)
     assert counts.get(503, 0) == 0 and counts.get("none", 0) == 0 and non_200 <= 2, counts
     assert slowest < 6.0, slowest
+
+
+def test_no_gateway_at_all_gets_503_not_a_hang(lab_manager, monkeypatch):
+    """Both gateways down (no gateway started): the first request waits up to HA_WAIT_MS
+    (5 s) for one, then every request, the queued ones too, gets 503 (Retry-After: 1),
+    later ones at once (route[HA_SELECT]: a wait ended with none less than 10 s ago);
+    none is left without a final answer."""
+    monkeypatch.setenv("GW2_ADDR", GW2_ADDR)
+    monkeypatch.setenv("GW2_HTTP", GW2_HTTP)
+    lab_manager.stop()
+    lab = _lab_or_fail(lab_manager, "notifier", False)
+    try:
+        # both fail their probes (2 s timeout each)
+        assert wait_until(lambda: len(_dispatcher(lab)) == 2 and all(
+            f.startswith("I") for f in _dispatcher(lab).values()), 10), _dispatcher(lab)
+        prober = Prober(timeout=12.0)
+        prober.start()
+        time.sleep(7.0)
+        prober.stop()
+        res = prober.results()
+        counts, _ = summarize(res, 0)
+        print("no gateway: %d requests, answers %s, slowest %.2f s"
+              % (len(res), counts, max(took for _, _, took in res if took is not None)))
+        assert counts == {503: len(res)}, counts
+        assert max(took for _, _, took in res) < 6.5
+        late = [took for t0, _, took in res if t0 - res[0][0] > 6.0]
+        assert late and max(late) < 0.5, late
+        with open(os.path.join(lab.run_dir, "kamailio.log"), encoding="utf-8", errors="replace") as f:
+            log = f.read()
+        assert "failed to suspend" not in log and "failed to reply stateful" not in log
+    finally:
+        lab_manager.stop()
