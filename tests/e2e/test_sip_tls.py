@@ -7,6 +7,11 @@ LAB_IP:5061, requests for sip-xmpp.test relayed to the gateway's TLS listener on
 gateway's server_address is "sip:LAB_IP:5061;transport=tls" and it verifies Kamailio
 against the lab CA (the URI host is an IP, so the IP SAN is what is checked).
 
+PUA mode too (GW_MODE_PUA): Kamailio's presence server serves the SIP watcher of an XMPP
+user, the gateway PUBLISHes over TLS and SUBSCRIBEs presence.winfo over TLS, and Kamailio
+recognises both as the gateway's (route[FROM_GW]: source IP + top Via sent-by ==
+GW_TLS_ADDR); the XMPP watcher of a SIP user works as in notifier mode.
+
 Asserted: presence both ways over TLS only (Kamailio's log shows every request from the
 gateway arriving on tls:, its relays to the gateway and their answers on TLS, and no
 SIP from the gateway's UDP/TCP address), and a wrong certificate refused with a clear
@@ -98,20 +103,26 @@ def pki(lab_manager):
     return d
 
 
-@pytest.fixture(scope="module")
-def tls_lab(lab_manager, pki):
-    """The lab (notifier mode) with Kamailio's TLS listener and the gateway on TLS only."""
+@pytest.fixture(scope="module", params=["notifier", "pua"])
+def tls_lab(request, lab_manager, pki):
+    """The lab (each mode in turn) with Kamailio's TLS listener and the gateway on TLS only."""
     lab_manager.stop()
     os.environ["TLS_CFG"] = os.path.join(pki, "tls.cfg")
     lab_manager.gateway_toml = gateway_toml(pki)
     try:
-        lab_manager.start("notifier", True)
+        lab_manager.start(request.param, True)
     except RuntimeError as ex:
         pytest.fail(str(ex), pytrace=False)
     yield lab_manager
     lab_manager.stop()
     del os.environ["TLS_CFG"]
     del lab_manager.gateway_toml
+
+
+def notifier_only(lab):
+    """The certificate tests do not depend on the mode: run once, in notifier mode."""
+    if lab.mode != "notifier":
+        pytest.skip("mode-independent; runs in notifier mode")
 
 
 def kamailio_log(lab):
@@ -158,12 +169,42 @@ def test_xmpp_user_watches_sip_user_over_tls(tls_lab, xmpp, bob):
     assert "handshake failed" not in gateway_log(tls_lab)
 
 
+def sip_in_blocks(log, method):
+    """(first line, message) of each SIP-IN log entry of this method (the xlog of
+    request_route prints the whole request between >>>> and <<<<)."""
+    return re.findall(r"(SIP-IN %s [^\n]*)\n>>>>\n(.*?)<<<<" % method, log, re.S)
+
+
 def test_sip_user_watches_xmpp_user_over_tls(tls_lab, xmpp, sip):
     alice = xmpp("alice")
-    sub = approved_watcher(sip, alice, "carol", "notifier")
+    sub = approved_watcher(sip, alice, "carol", tls_lab.mode)
     alice.presence(show="away", status="TLS lunch")
     assert_pidf(sub.wait_notify(12.0, note_is("TLS lunch")), "open", "TLS lunch", ["away"])
     log = kamailio_log(tls_lab)
+    if tls_lab.mode == "pua":
+        # Kamailio's presence server sent that NOTIFY: it accepted the gateway's PUBLISH of
+        # alice's presence, which came in over TLS from the gateway's TLS address
+        pubs = [(line, m) for line, m in sip_in_blocks(log, "PUBLISH")
+                if line.startswith("SIP-IN PUBLISH sip:alice*xmpp.test@sip-xmpp.test ")]
+        assert pubs, tail(os.path.join(tls_lab.run_dir, "kamailio.log"))
+        for line, m in pubs:
+            assert re.search(r" from tls:%s:\d+$" % SI, line), line
+            assert "Via: SIP/2.0/TLS %s;" % GW_TLS in m, m
+        assert any("TLS lunch" in m for _, m in pubs), "no PUBLISH with the new note"
+        assert re.search(r"SIP-LOCAL-OUT NOTIFY sip:carol@", log), "the NOTIFY is not Kamailio's own"
+        # the gateway's presence.winfo SUBSCRIBE for alice, also over TLS, was served here
+        winfo = [(line, m) for line, m in sip_in_blocks(log, "SUBSCRIBE")
+                 if re.search(r"^Event: presence\.winfo", m, re.M | re.I)]
+        assert winfo, "no presence.winfo SUBSCRIBE from the gateway"
+        for line, _ in winfo:
+            assert re.search(r" from tls:%s:\d+$" % SI, line), line
+        assert re.search(r"SIP-LOCAL-OUT NOTIFY sip:[^ ]*@%s;transport=tls" % re.escape(GW_TLS), log), \
+            "no winfo NOTIFY to the gateway's TLS Contact"
+        # nothing for sip-xmpp.test was relayed to the gateway (Kamailio served it all)
+        assert not re.search(r"SIP-REPLY-IN \d+ [^\n]*\((?:PUBLISH|SUBSCRIBE)\) from tls:%s:5081\b" % SI, log)
+        assert_no_plain_sip_from_gateway(tls_lab)
+        sub.unsubscribe()
+        return
     # Kamailio relayed carol's SUBSCRIBE to the gateway's TLS listener and got its 200 there;
     # the gateway's NOTIFYs (following the Record-Route) came in on TLS
     assert re.search(r"SIP-REPLY-IN 200 OK \(SUBSCRIBE\) from tls:%s:5081\b" % SI, log), \
@@ -191,6 +232,7 @@ def restart_gateway(lab, toml):
 def test_gateway_refuses_a_kamailio_certificate_it_cannot_verify(tls_lab, pki, xmpp, bob):
     """The gateway trusts only the rogue CA: Kamailio's certificate is refused, with a log
     line naming the peer and the reason, and no SUBSCRIBE reaches Kamailio."""
+    notifier_only(tls_lab)
     restart_gateway(tls_lab, gateway_toml(pki, ca="rogue"))
     before = len(re.findall(r"SIP-IN SUBSCRIBE sip:bob@sip.test", kamailio_log(tls_lab)))
     bob.publish("open", "Unreachable")
@@ -210,6 +252,7 @@ def test_kamailio_refuses_a_gateway_certificate_from_an_unknown_ca(tls_lab, pki,
     """The gateway presents a certificate of the rogue CA: Kamailio (verify_certificate=yes
     against the lab CA) refuses the TLS connection to it, so a SIP watcher's SUBSCRIBE
     for an XMPP user fails and nothing reaches the gateway in plain text."""
+    notifier_only(tls_lab)
     restart_gateway(tls_lab, gateway_toml(pki, cert="rogue-gateway"))
     xmpp("alice")
     sub = Subscription(sip("dave"), ALICE_SIP)
@@ -228,6 +271,7 @@ def test_kamailio_refuses_a_gateway_certificate_from_an_unknown_ca(tls_lab, pki,
 def test_sighup_reloads_the_certificate_and_keeps_it_when_the_files_are_bad(tls_lab, pki):
     """SIGHUP: the gateway reads tls_cert/tls_key again; new handshakes present the new
     certificate. Files that do not load are logged and the old certificate stays."""
+    notifier_only(tls_lab)
     import shutil
     import signal
     import ssl

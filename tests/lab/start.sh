@@ -20,7 +20,10 @@
 #   GW2_ADDR=               a second gateway's SIP address (issue 17, active/standby): set,
 #                           Kamailio runs with -A WITH_HA and dispatches sip-xmpp.test to
 #                           whichever of GW_ADDR / GW2_ADDR answers its OPTIONS probes
-#                           (list in RUN_DIR/dispatcher.list); not with TLS_CFG
+#                           (list in RUN_DIR/dispatcher.list); with TLS_CFG the list names
+#                           their TLS listeners GW_TLS_ADDR / GW2_TLS_ADDR (;transport=tls)
+#   GW2_TLS_ADDR=           the second gateway's TLS listener (GW2_ADDR and TLS_CFG set):
+#                           default GW2_ADDR's host, port 5081
 #   GW2_HTTP=               the second gateway's HTTP API (with GW2_ADDR; PUA mode req_winfo
 #                           tries GW_HTTP, then GW2_HTTP)
 #   LAB_IP may also be ::1 (IPv6 lab; Kamailio then listens on [::1])
@@ -48,6 +51,8 @@ case "$LAB_IP" in *:*) LAB_HOST="[$LAB_IP]" ;; *) LAB_HOST="$LAB_IP" ;; esac
 GW_ADDR="${GW_ADDR:-$LAB_HOST:5080}"
 GW_HTTP="${GW_HTTP:-$LAB_HOST:9080}"
 GW_TLS_ADDR="${GW_TLS_ADDR:-$LAB_HOST:5081}"
+GW2_TLS_ADDR="${GW2_TLS_ADDR:-}"
+[ -z "$GW2_ADDR" ] || [ -n "$GW2_TLS_ADDR" ] || GW2_TLS_ADDR="${GW2_ADDR%:*}:5081"
 KAMAILIO_CFG="$REPO/config/kamailio.cfg"
 PROSODY_CFG="$REPO/config/prosody.cfg.lua"
 # Debian multiarch dir (x86_64, aarch64, ...), else the classic locations
@@ -59,7 +64,6 @@ KMOD_DIR="${KMOD_DIR:-/usr/lib/x86_64-linux-gnu/kamailio/modules}"
 die() { echo "start.sh: $*" >&2; exit 1; }
 case "$GW_MODE" in notifier) KMODE=GW_MODE_NOTIFIER ;; pua) KMODE=GW_MODE_PUA ;;
 	*) die "GW_MODE must be notifier or pua (got '$GW_MODE')" ;; esac
-[ -z "$GW2_ADDR" ] || [ -z "$TLS_CFG" ] || die "GW2_ADDR (HA) and TLS_CFG cannot be combined"
 [ -z "$GW2_ADDR" ] || [ -n "$GW2_HTTP" ] || die "GW2_ADDR needs GW2_HTTP"
 case "$RUN_DIR" in /*) ;; *) die "RUN_DIR must be an absolute path" ;; esac
 case "$LAB_IP" in 127.*|::1) ;; *) die "LAB_IP must be a loopback address (got '$LAB_IP')" ;; esac
@@ -135,11 +139,17 @@ if [ -n "$TLS_CFG" ]; then
 	KDEFS+=(-A WITH_TLS -A "TLS_CFG=\"$TLS_CFG\"" -A "GW_TLS_ADDR=\"$GW_TLS_ADDR\"")
 fi
 if [ -n "$GW2_ADDR" ]; then
-	# dispatcher set 1: both gateways, GW_ADDR first (algorithm 8 prefers it while both answer)
-	printf '# setid destination flags priority\n1 sip:%s 0 10\n1 sip:%s 0 5\n' "$GW_ADDR" "$GW2_ADDR" \
+	# dispatcher set 1: both gateways, GW_ADDR first (algorithm 8 prefers it while both
+	# answer); with TLS their TLS listeners, so probes and relays use TLS only
+	if [ -n "$TLS_CFG" ]; then
+		DS1="sip:$GW_TLS_ADDR;transport=tls" DS2="sip:$GW2_TLS_ADDR;transport=tls"
+	else
+		DS1="sip:$GW_ADDR" DS2="sip:$GW2_ADDR"
+	fi
+	printf '# setid destination flags priority\n1 %s 0 10\n1 %s 0 5\n' "$DS1" "$DS2" \
 		> "$RUN_DIR/dispatcher.list"
 	KDEFS+=(-A WITH_HA -A "DS_LIST=\"$RUN_DIR/dispatcher.list\"" -A "GW2_ADDR=\"$GW2_ADDR\""
-		-A "GW2_HTTP=\"$GW2_HTTP\"")
+		-A "GW2_HTTP=\"$GW2_HTTP\"" -A "GW2_TLS_ADDR=\"$GW2_TLS_ADDR\"" -A "RPC_FIFO=\"$RUN_DIR/kamailio_rpc.fifo\"")
 fi
 cat > "$RUN_DIR/lab.env" <<ENV
 LAB_IP=$LAB_IP
@@ -149,6 +159,7 @@ GW_MODE=$GW_MODE
 GW_TLS_ADDR=$GW_TLS_ADDR
 GW2_ADDR=$GW2_ADDR
 GW2_HTTP=$GW2_HTTP
+GW2_TLS_ADDR=$GW2_TLS_ADDR
 TLS_CFG=$TLS_CFG
 SECRET=$SECRET
 XMPP_USERS="$XMPP_USERS"
