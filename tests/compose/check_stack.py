@@ -13,16 +13,19 @@ containers): it reuses the e2e clients, tests/e2e/xmpp_client.py and tests/e2e/s
 - XMPP -> SIP: carol SUBSCRIBEs to alice through Kamailio, alice approves, and each change
   of alice's presence must reach carol as a NOTIFY with the exact PIDF facts.
 - --ha: both gateways' /health (127.0.0.1:9081 and :9082) must show one active and one
-  standby. The active container is killed (podman/docker kill -s KILL); the standby must become
-  active, the relations set up before must carry presence again (carol's in-dialog
-  re-SUBSCRIBE to the dead instance's Contact, then one change each way), and
-  `restart: always` must bring the killed container back as the standby. Then the new
+  standby. The active instance is killed (SIGKILL to the container's main process, as in a
+  crash: `podman kill` counts as a stop by the user, which the restart policy leaves
+  stopped); the standby must become active under a newer fence, the relations set up before
+  must carry presence again (carol's in-dialog re-SUBSCRIBE to the dead instance's Contact,
+  then one change each way), and `restart: always` must bring the killed container back as
+  the standby. Then the new
   active one is killed and the first takes over again. The takeover times are printed.
 Exit status 0 when every check passed, 1 otherwise (the failed assertion is printed).
 """
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -255,31 +258,50 @@ def container_of(project, service):
     return out[0]
 
 
+def inspect(cid, fmt):
+    return subprocess.run(ENGINE + ["inspect", "--format", fmt, cid], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True, check=False).stdout.strip()
+
+
 def restarts(cid):
-    out = subprocess.run(ENGINE + ["inspect", "--format", "{{.RestartCount}}", cid],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=False).stdout
-    return int(out.strip()) if out.strip().isdigit() else -1
+    out = inspect(cid, "{{.RestartCount}}")
+    return int(out) if out.isdigit() else -1
+
+
+def fence(port):
+    code, body = get_json(port, "/health")
+    return body.get("fence") if code == 200 and isinstance(body, dict) else None
 
 
 def takeover(project, killed_svc, killed_port, new_port):
-    """kill -9 of the active container; returns the seconds until the other one's /health
-    says active, and waits for `restart: always` to bring the killed one back as standby."""
+    """A crash of the active instance: SIGKILL to the container's main process (pua-xmpp
+    itself: the entrypoint execs it) from the host. Not `podman kill` / `docker kill`: the
+    engines count that as a stop by the user, and `restart: always` then leaves the container
+    stopped. Returns the seconds until the standby's /health says active (under a newer
+    fence), then waits for `restart: always` to bring the killed one back as the standby."""
     cid = container_of(project, killed_svc)
-    before = restarts(cid)
-    step("%s kill -s KILL %s (%s, active)" % (ENGINE[0], cid, killed_svc))
-    subprocess.run(ENGINE + ["kill", "-s", "KILL", cid], check=True, stdout=subprocess.DEVNULL)
+    before, old_fence = restarts(cid), fence(killed_port)
+    pid = inspect(cid, "{{.State.Pid}}")
+    check(pid.isdigit() and int(pid) > 1, "main pid of %s: %r" % (killed_svc, pid))
+    step("kill -KILL %s (main process of %s %s, the active one, fence %s)" % (pid, killed_svc, cid, old_fence))
+    os.kill(int(pid), signal.SIGKILL)
     t0 = time.monotonic()
     check(wait_until(lambda: role(new_port) == "active", 30.0, 0.1),
           "the standby on :%d did not become active: %r" % (new_port, get_json(new_port, "/health")))
     took = time.monotonic() - t0
-    step("takeover: :%d active %.1f s after the kill" % (new_port, took))
+    new_fence = fence(new_port)
+    check(isinstance(new_fence, int) and isinstance(old_fence, int) and new_fence > old_fence,
+          "fence %r after %r" % (new_fence, old_fence))
+    step("takeover: :%d active (fence %d) %.1f s after the kill" % (new_port, new_fence, took))
     check(wait_until(lambda: role(killed_port) == "standby", 60.0, 0.5),
-          "%s did not come back as the standby: %r (restarts %d -> %d)"
-          % (killed_svc, get_json(killed_port, "/health"), before, restarts(cid)))
+          "%s did not come back as the standby: %r (restarts %d -> %d, %s)"
+          % (killed_svc, get_json(killed_port, "/health"), before, restarts(cid),
+             inspect(cid, "{{.State.Status}} {{.State.ExitCode}}")))
     back = time.monotonic() - t0
-    step("%s back as the standby %.1f s after the kill (RestartCount %d -> %d)"
-         % (killed_svc, back, before, restarts(cid)))
-    check(role(new_port) == "active", "two actives? %r" % (get_json(new_port, "/health"),))
+    check(restarts(cid) == before + 1, "RestartCount %d -> %d" % (before, restarts(cid)))
+    step("%s restarted by its policy, standby %.1f s after the kill" % (killed_svc, back))
+    check(role(new_port) == "active" and fence(new_port) == new_fence,
+          "the new active one changed: %r" % (get_json(new_port, "/health"),))
     return took
 
 
