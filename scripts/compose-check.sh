@@ -31,13 +31,31 @@ BUILD="$WORK/src"
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-pua-xmpp}"
 export PUA_SUBNET="${PUA_SUBNET:-172.28.53}"
 say() { echo "[compose-check $(date +%H:%M:%S)] $*"; }
-PIDS=()
+PIDS=()   # background helpers (podman service, health loop), killed at exit
+ALL=()
+cleanup() {
+	rc=$?
+	set +e
+	if [ "$KEEP" = 0 ] && [ "${#ALL[@]}" -gt 0 ] && [ -f "$BUILD/docker-compose.yml" ]; then
+		say "down -v"
+		"${ALL[@]}" down -v > "$WORK/down.log" 2>&1
+	fi
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+	[ "$KEEP" = 1 ] || rm -rf "$BUILD"   # --keep: the bind-mounted config lives there
+	[ "$rc" = 0 ] && [ "$KEEP" = 0 ] && rm -rf "$WORK"
+	[ "$rc" = 0 ] || say "FAILED (rc $rc); logs in $WORK"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # --- engine
-if command -v docker > /dev/null && [ -z "${DOCKER_HOST:-}" ]; then
+if [ -z "${DOCKER_HOST:-}" ] && docker info > /dev/null 2>&1; then
 	ENGINE=docker
-else
+	if docker compose version > /dev/null 2>&1; then COMPOSE=(docker compose); else COMPOSE=(docker-compose); fi
+elif command -v podman > /dev/null; then
 	ENGINE=podman
+	COMPOSE=(docker-compose)   # Debian's 1.29 (podman-compose 1.0.3 cannot read the file)
 	if [ -z "${DOCKER_HOST:-}" ]; then
 		sock="$WORK/podman.sock"
 		podman system service --time=0 "unix://$sock" > "$WORK/podman-service.log" 2>&1 &
@@ -54,11 +72,9 @@ else
 		sleep 3
 	done &
 	PIDS+=($!)
-fi
-if docker compose version > /dev/null 2>&1; then
-	COMPOSE=(docker compose)
 else
-	COMPOSE=(docker-compose)
+	echo "compose-check: no container engine (docker daemon or podman)" >&2
+	exit 1
 fi
 COMPOSE+=(-f "$BUILD/docker-compose.yml")
 ALL=("${COMPOSE[@]}" --profile ha)   # down: every service of either stack
@@ -67,22 +83,6 @@ if [ "$HA" = 1 ]; then
 else
 	UP=("${COMPOSE[@]}" up --build -d)
 fi
-
-cleanup() {
-	rc=$?
-	set +e
-	if [ "$KEEP" = 0 ] && [ -f "$BUILD/docker-compose.yml" ]; then
-		say "down -v"
-		"${ALL[@]}" down -v > "$WORK/down.log" 2>&1
-	fi
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-	rm -rf "$BUILD"
-	[ "$rc" = 0 ] && [ "$KEEP" = 0 ] && rm -rf "$WORK"
-	[ "$rc" = 0 ] || say "FAILED (rc $rc); logs in $WORK"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # --- build context: the work tree (committed or not, without ignored files) + vendored crates
 say "build copy in $BUILD"
