@@ -331,6 +331,9 @@ def test_sip_and_xmpp_watchers_follow_two_takeovers(ha_pair, xmpp, sip, bob):
           % (took1 + took2))
 
 
+IN_FLIGHT = 0.2
+
+
 def takeover_window(lab, procs, active, standby, standby_addr, spawn_args, label):
     """A SIP peer sends an OPTIONS for sip-xmpp.test every 50 ms from 1 s before a kill -9
     of the active gateway until 3 s after Kamailio routes to the new leader; returns the
@@ -344,11 +347,14 @@ def takeover_window(lab, procs, active, standby, standby_addr, spawn_args, label
     time.sleep(3.0)
     prober.stop()
     res = prober.results()
-    before, _ = summarize([r for r in res if r[0] < killed], 0)
-    assert before == {200: len([r for r in res if r[0] < killed])}, before
-    counts, slowest = summarize(res, killed)
+    # A request sent within IN_FLIGHT before the kill may still be on its way to A when A
+    # dies (its relay, over TLS a 477, counts in the window); every earlier one got its 200.
+    since = killed - IN_FLIGHT
+    before, _ = summarize([r for r in res if r[0] < since], 0)
+    assert before == {200: len([r for r in res if r[0] < since])}, before
+    counts, slowest = summarize(res, since)
     timeline = " ".join("%+.2f:%s%s" % (t0 - killed, code, "" if took is None else "(%.1f)" % took)
-                        for t0, code, took in res if t0 >= killed and code != 200)
+                        for t0, code, took in res if t0 >= since and code != 200)
     print("%s takeover window: %d requests from the kill on, answers %s, slowest 200 %.2f s; "
           "component back %.2f s, dispatcher switched %.2f s after the kill; non-200: %s"
           % (label, sum(counts.values()), counts, slowest, took, routed, timeline))
