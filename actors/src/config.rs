@@ -284,6 +284,9 @@ pub struct StoreConfig {
     /// written (a set-up changes it three to four times within milliseconds). Shutdown writes
     /// what waits; a crash loses at most this plus the store's 20 ms batch.
     pub coalesce_ms: u64,
+    /// PostgreSQL connections of the store (`url`): a takeover loads its snapshot over all of
+    /// them, and a large batch is split over them by record key. 1 to 64.
+    pub pool_size: usize,
 }
 
 impl Default for StoreConfig {
@@ -294,6 +297,7 @@ impl Default for StoreConfig {
             lease: false,
             instance: String::new(),
             coalesce_ms: 20,
+            pool_size: 4,
         }
     }
 }
@@ -926,6 +930,7 @@ impl Config {
             }
         }
         range("store.coalesce_ms", self.store.coalesce_ms, 0, 10_000)?;
+        range("store.pool_size", self.store.pool_size as u64, 1, 64)?;
         sock("http.listen", &self.http.listen)?;
         self.http.validate()?;
 
@@ -1076,6 +1081,7 @@ impl Config {
         t.str("url", &crate::store::postgres::redact_url(&self.store.url));
         t.bool("lease", self.store.lease);
         t.str("instance", &self.store.instance);
+        t.num("pool_size", self.store.pool_size);
         let h = &self.http;
         t.section("http");
         t.str("listen", &h.listen);
