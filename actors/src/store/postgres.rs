@@ -871,6 +871,7 @@ impl Store for PostgresStore {
     fn load(&mut self) -> Result<Snapshot, StoreError> {
         let n = self.size;
         let pool = &self.pool;
+        let started = std::time::Instant::now();
         let r = self.rt.block_on(async {
             tokio::time::timeout(
                 LOAD_TIMEOUT,
@@ -883,6 +884,7 @@ impl Store for PostgresStore {
             Ok(Err(e)) => return Err(self.lost("load", e)),
             Err(_) => return Err(self.lost("load", "timed out")),
         };
+        let fetched = started.elapsed();
         let mut decoded = if n == 1 {
             parts.iter().map(decode).collect::<Vec<_>>()
         } else {
@@ -895,10 +897,20 @@ impl Store for PostgresStore {
             })
             .map_err(|_| backend("load", "a decoding thread panicked"))?
         };
-        if decoded.len() == 1 {
-            return decoded.pop().ok_or_else(|| backend("load", "no part"));
-        }
-        Ok(merge(decoded))
+        let snap = if decoded.len() == 1 {
+            decoded.pop().ok_or_else(|| backend("load", "no part"))?
+        } else {
+            merge(decoded)
+        };
+        // What a takeover spends before it serves (its target is 5 s in all).
+        tracing::info!(
+            connections = n,
+            subscriptions = snap.subscriptions.len(),
+            fetch_ms = fetched.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "postgresql store loaded"
+        );
+        Ok(snap)
     }
 
     fn probe(&mut self) -> Option<Result<(), StoreError>> {
