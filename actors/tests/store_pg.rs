@@ -1012,9 +1012,12 @@ fn issue_17_pg_load_200k_with_pool_1_and_4() {
         .map(|i| StoreOp::subscription(numbered_dialog_sub(i), 1_795_000_000))
         .collect();
     // Writes in batches of 1,000 (the writer's largest): pool 1 (one multi-row statement per
-    // batch) and pool 4 (split in 3 parts of ≥ 256), into an emptied table each time.
+    // batch) and pool 4 split in 3 parts of ≥ 256 ops (the default keeps such batches whole),
+    // into an emptied table each time.
     for size in [1, 4, 1, 4] {
-        let mut w = PostgresStore::open_pooled(&pg.url(), size).unwrap();
+        let mut w = PostgresStore::open_pooled(&pg.url(), size)
+            .unwrap()
+            .with_split_min_ops(256);
         psql(&pg, "TRUNCATE subscription");
         let started = Instant::now();
         for chunk in ops.chunks(1000) {
