@@ -868,18 +868,22 @@ impl Store for PostgresStore {
         }
     }
 
-    /// Every table, read over the whole pool: part `i` of `n` holds the rows whose first key
-    /// column hashes to `i`, each part is decoded on a thread of its own, and the parts are
-    /// merged back into key order.
+    /// Every table, read over the whole pool: part `i` of `n` holds the rows of the `i`-th
+    /// `n`-th of the table's blocks, each part is decoded on a thread of its own, and the
+    /// parts are merged back into key order.
     fn load(&mut self) -> Result<Snapshot, StoreError> {
         let n = self.size;
         let pool = &self.pool;
         let started = std::time::Instant::now();
         let r = self.rt.block_on(async {
-            tokio::time::timeout(
-                LOAD_TIMEOUT,
-                futures::future::try_join_all((0..n).map(|i| load_part(pool, i, n))),
-            )
+            tokio::time::timeout(LOAD_TIMEOUT, async {
+                let blocks = if n > 1 {
+                    table_blocks(pool).await?
+                } else {
+                    [0; 5]
+                };
+                futures::future::try_join_all((0..n).map(|i| load_part(pool, blocks, i, n))).await
+            })
             .await
         });
         let parts = match r {
@@ -900,6 +904,7 @@ impl Store for PostgresStore {
             })
             .map_err(|_| backend("load", "a decoding thread panicked"))?
         };
+        let decoded_at = started.elapsed();
         let snap = if decoded.len() == 1 {
             decoded.pop().ok_or_else(|| backend("load", "no part"))?
         } else {
@@ -910,6 +915,7 @@ impl Store for PostgresStore {
             connections = n,
             subscriptions = snap.subscriptions.len(),
             fetch_ms = fetched.as_millis() as u64,
+            decoded_ms = decoded_at.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             "postgresql store loaded"
         );
@@ -962,43 +968,82 @@ const LOAD_PUBLICATIONS: &str = "SELECT presentity, uri, etag, call_id, cseq, bo
     lease_left, expires_at FROM publication";
 const LOAD_WINFO: &str = "SELECT presentity FROM winfo";
 
-/// `select` restricted to part `i` of `n` by a hash of `key` (all rows when `n` is 1), in
-/// the key order SQLite gives (byte order: `COLLATE "C"`).
-fn part_query(select: &str, key: &str, order: &str, i: usize, n: usize) -> String {
+/// The size in blocks of each table, in the order of `LOAD_*` (for splitting the load).
+const TABLE_BLOCKS: &str = "SELECT pg_relation_size(t.c) / current_setting('block_size')::bigint
+  FROM unnest(ARRAY['subscription', 'watcher_relation', 'notifier_dialog', 'publication',
+    'winfo']::regclass[]) WITH ORDINALITY AS t(c, i) ORDER BY t.i";
+
+/// The sizes in blocks of the five tables (0 where unknown): one round trip.
+async fn table_blocks(pool: &Pool) -> Result<[u64; 5], String> {
+    let conn = pool.get().await.map_err(|e| format!("connection: {e}"))?;
+    let rows = match conn.query(TABLE_BLOCKS, &[]).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            let _ = Object::take(conn);
+            return Err(e.to_string());
+        }
+    };
+    let mut out = [0u64; 5];
+    for (slot, row) in out.iter_mut().zip(&rows) {
+        let blocks: i64 = row.try_get(0).map_err(|e| e.to_string())?;
+        *slot = u64::try_from(blocks).unwrap_or(0);
+    }
+    Ok(out)
+}
+
+/// `select` restricted to part `i` of `n` of the table's `blocks` blocks, by physical
+/// position (`ctid`: a TID range scan reads only those blocks, so the parts share the scan
+/// instead of each reading the whole table), in the key order SQLite gives (byte order:
+/// `COLLATE "C"`). The first part is open below and the last above, so every row is in
+/// exactly one part whatever the table's size.
+fn part_query(select: &str, order: &str, blocks: u64, i: usize, n: usize) -> String {
     if n <= 1 {
+        return format!("{select} ORDER BY {order}");
+    }
+    let per = blocks.div_ceil(n as u64);
+    let lo = per * i as u64;
+    let hi = lo + per;
+    let mut range = Vec::new();
+    if i > 0 {
+        range.push(format!("ctid >= '({lo},0)'::tid"));
+    }
+    if i + 1 < n {
+        range.push(format!("ctid < '({hi},0)'::tid"));
+    }
+    if range.is_empty() {
         format!("{select} ORDER BY {order}")
     } else {
-        format!("{select} WHERE abs(hashtext({key}) % {n}) = {i} ORDER BY {order}")
+        format!("{select} WHERE {} ORDER BY {order}", range.join(" AND "))
     }
 }
 
 /// Part `i` of `n` of every table, on one pooled connection (the five queries pipelined).
-async fn load_part(pool: &Pool, i: usize, n: usize) -> Result<LoadedPart, String> {
+async fn load_part(
+    pool: &Pool,
+    blocks: [u64; 5],
+    i: usize,
+    n: usize,
+) -> Result<LoadedPart, String> {
     let conn = pool.get().await.map_err(|e| format!("connection: {e}"))?;
+    let [b0, b1, b2, b3, b4] = blocks;
     let q = [
         part_query(
             LOAD_SUBSCRIPTIONS,
-            "watcher",
             "watcher COLLATE \"C\", presentity COLLATE \"C\"",
+            b0,
             i,
             n,
         ),
         part_query(
             LOAD_RELATIONS,
-            "presentity",
             "presentity COLLATE \"C\", watcher COLLATE \"C\"",
+            b1,
             i,
             n,
         ),
-        part_query(LOAD_DIALOGS, "call_id", "call_id COLLATE \"C\"", i, n),
-        part_query(
-            LOAD_PUBLICATIONS,
-            "presentity",
-            "presentity COLLATE \"C\"",
-            i,
-            n,
-        ),
-        part_query(LOAD_WINFO, "presentity", "presentity COLLATE \"C\"", i, n),
+        part_query(LOAD_DIALOGS, "call_id COLLATE \"C\"", b2, i, n),
+        part_query(LOAD_PUBLICATIONS, "presentity COLLATE \"C\"", b3, i, n),
+        part_query(LOAD_WINFO, "presentity COLLATE \"C\"", b4, i, n),
     ];
     let [q0, q1, q2, q3, q4] = &q;
     let r = futures::future::try_join5(
@@ -1034,29 +1079,56 @@ fn decode(p: &LoadedPart) -> Snapshot {
     }
 }
 
-/// The parts of a load, each in key order, as one snapshot in key order (the sort finds the
-/// parts' sorted runs and merges them).
+/// The parts of a load, each in key order, as one snapshot in key order.
 fn merge(parts: Vec<Snapshot>) -> Snapshot {
-    let mut all = Snapshot::default();
+    let mut subs = Vec::with_capacity(parts.len());
+    let mut rels = Vec::with_capacity(parts.len());
+    let mut dialogs = Vec::with_capacity(parts.len());
+    let mut pubs = Vec::with_capacity(parts.len());
+    let mut winfo = Vec::with_capacity(parts.len());
     for p in parts {
-        all.subscriptions.extend(p.subscriptions);
-        all.relations.extend(p.relations);
-        all.notifier_dialogs.extend(p.notifier_dialogs);
-        all.publications.extend(p.publications);
-        all.winfo.extend(p.winfo);
+        subs.push(p.subscriptions);
+        rels.push(p.relations);
+        dialogs.push(p.notifier_dialogs);
+        pubs.push(p.publications);
+        winfo.push(p.winfo);
     }
-    all.subscriptions.sort_by(|(a, _), (b, _)| {
-        (a.pair.watcher.as_str(), a.pair.presentity.as_str())
-            .cmp(&(b.pair.watcher.as_str(), b.pair.presentity.as_str()))
-    });
-    all.relations
-        .sort_by(|a, b| (a.0.as_str(), a.1.as_str()).cmp(&(b.0.as_str(), b.1.as_str())));
-    all.notifier_dialogs
-        .sort_by(|a, b| a.1.call_id.cmp(&b.1.call_id));
-    all.publications
-        .sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-    all.winfo.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    all
+    Snapshot {
+        subscriptions: merge_sorted(subs, |(r, _)| {
+            (r.pair.watcher.as_str(), r.pair.presentity.as_str())
+        }),
+        relations: merge_sorted(rels, |(x, w, _)| (x.as_str(), w.as_str())),
+        notifier_dialogs: merge_sorted(dialogs, |(_, d)| (d.call_id.as_str(), "")),
+        publications: merge_sorted(pubs, |(x, _, _)| (x.as_str(), "")),
+        winfo: merge_sorted(winfo, |x| (x.as_str(), "")),
+    }
+}
+
+/// Merges `runs`, each sorted by `key` (unique keys: the tables' primary keys), into one
+/// sorted list, moving each element once (records are a few hundred bytes: a sort of the
+/// concatenation moved them several times and cost more than decoding them).
+fn merge_sorted<T>(runs: Vec<Vec<T>>, key: fn(&T) -> (&str, &str)) -> Vec<T> {
+    let total = runs.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(total);
+    let mut heads: Vec<std::vec::IntoIter<T>> = runs.into_iter().map(Vec::into_iter).collect();
+    loop {
+        let mut best: Option<(usize, (&str, &str))> = None;
+        for (i, run) in heads.iter().enumerate() {
+            if let Some(k) = run.as_slice().first().map(key) {
+                if best.is_none_or(|(_, b)| k < b) {
+                    best = Some((i, k));
+                }
+            }
+        }
+        let Some((i, _)) = best else {
+            break;
+        };
+        match heads.get_mut(i).and_then(Iterator::next) {
+            Some(v) => out.push(v),
+            None => break,
+        }
+    }
+    out
 }
 async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let tx = client
