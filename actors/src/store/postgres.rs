@@ -15,9 +15,10 @@
 //!
 //! # What the pool is for
 //!
-//! - **Loading** (startup, takeover): each connection reads the rows of every table whose
-//!   first key column hashes to its part (`hashtext`), the parts are decoded on threads of
-//!   their own and merged back into key order.
+//! - **Loading** (startup, takeover): each connection reads its `n`-th of every table's
+//!   blocks (`ctid` ranges: TID range scans, so the parts share one pass over the table),
+//!   sorted by key on the server; the parts are decoded on threads of their own and merged
+//!   back into key order.
 //! - **Large batches** (at least [`SPLIT_MIN_OPS`] ops per part) are split by a hash of the
 //!   record key over up to `pool_size` parts, each its own transaction on its own connection,
 //!   committed in parallel. All ops of one key are in the same part and batches stay
