@@ -17,8 +17,9 @@
 //!
 //! - **Loading** (startup, takeover): each connection reads its `n`-th of every table's
 //!   blocks (`ctid` ranges: TID range scans, so the parts share one pass over the table),
-//!   sorted by key on the server; the parts are decoded on threads of their own and merged
-//!   back into key order.
+//!   sorted by key on the server, all in one snapshot (exported by the first connection,
+//!   imported by the others); the parts are decoded on threads of their own and merged back
+//!   into key order.
 //! - **Large batches** (at least [`SPLIT_MIN_OPS`] ops per part) are split by a hash of the
 //!   record key over up to `pool_size` parts, each its own transaction on its own connection,
 //!   committed in parallel. All ops of one key are in the same part and batches stay
@@ -876,17 +877,9 @@ impl Store for PostgresStore {
         let n = self.size;
         let pool = &self.pool;
         let started = std::time::Instant::now();
-        let r = self.rt.block_on(async {
-            tokio::time::timeout(LOAD_TIMEOUT, async {
-                let blocks = if n > 1 {
-                    table_blocks(pool).await?
-                } else {
-                    [0; 5]
-                };
-                futures::future::try_join_all((0..n).map(|i| load_part(pool, blocks, i, n))).await
-            })
-            .await
-        });
+        let r = self
+            .rt
+            .block_on(async { tokio::time::timeout(LOAD_TIMEOUT, load_parts(pool, n)).await });
         let parts = match r {
             Ok(Ok(parts)) => parts,
             Ok(Err(e)) => return Err(self.lost("load", e)),
@@ -975,15 +968,11 @@ const TABLE_BLOCKS: &str = "SELECT pg_relation_size(t.c) / current_setting('bloc
     'winfo']::regclass[]) WITH ORDINALITY AS t(c, i) ORDER BY t.i";
 
 /// The sizes in blocks of the five tables (0 where unknown): one round trip.
-async fn table_blocks(pool: &Pool) -> Result<[u64; 5], String> {
-    let conn = pool.get().await.map_err(|e| format!("connection: {e}"))?;
-    let rows = match conn.query(TABLE_BLOCKS, &[]).await {
-        Ok(rows) => rows,
-        Err(e) => {
-            let _ = Object::take(conn);
-            return Err(e.to_string());
-        }
-    };
+async fn table_blocks(conn: &Object) -> Result<[u64; 5], String> {
+    let rows = conn
+        .query(TABLE_BLOCKS, &[])
+        .await
+        .map_err(|e| e.to_string())?;
     let mut out = [0u64; 5];
     for (slot, row) in out.iter_mut().zip(&rows) {
         let blocks: i64 = row.try_get(0).map_err(|e| e.to_string())?;
@@ -1018,14 +1007,13 @@ fn part_query(select: &str, order: &str, blocks: u64, i: usize, n: usize) -> Str
     }
 }
 
-/// Part `i` of `n` of every table, on one pooled connection (the five queries pipelined).
+/// Part `i` of `n` of every table, on `conn` (the five queries pipelined).
 async fn load_part(
-    pool: &Pool,
+    conn: &Object,
     blocks: [u64; 5],
     i: usize,
     n: usize,
 ) -> Result<LoadedPart, String> {
-    let conn = pool.get().await.map_err(|e| format!("connection: {e}"))?;
     let [b0, b1, b2, b3, b4] = blocks;
     let q = [
         part_query(
@@ -1063,11 +1051,68 @@ async fn load_part(
             pubs,
             winfo,
         }),
-        Err(e) => {
-            let _ = Object::take(conn);
-            Err(e.to_string())
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Every table over `n` pooled connections. With more than one, they read one snapshot:
+/// the first exports it (`pg_export_snapshot`) and the others import it before any reads,
+/// so a row that a concurrent write moves to another block is neither missed nor read twice.
+/// A connection that failed is dropped, not returned to the pool.
+async fn load_parts(pool: &Pool, n: usize) -> Result<Vec<LoadedPart>, String> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(pool.get().await.map_err(|e| format!("connection: {e}"))?);
+    }
+    let r = if n <= 1 {
+        match conns.first() {
+            Some(c) => load_part(c, [0; 5], 0, 1).await.map(|p| vec![p]),
+            None => Err("no connection".to_owned()),
+        }
+    } else {
+        load_snapshot(&conns).await
+    };
+    if r.is_err() {
+        for c in conns {
+            let _ = Object::take(c);
         }
     }
+    r
+}
+
+const BEGIN_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
+async fn load_snapshot(conns: &[Object]) -> Result<Vec<LoadedPart>, String> {
+    let err = |e: tokio_postgres::Error| e.to_string();
+    let Some(lead) = conns.first() else {
+        return Err("no connection".to_owned());
+    };
+    lead.batch_execute(BEGIN_READ).await.map_err(err)?;
+    let id: String = lead
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(err)?;
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(format!("unexpected snapshot id {id:?}"));
+    }
+    let import = format!("{BEGIN_READ}; SET TRANSACTION SNAPSHOT '{id}'");
+    futures::future::try_join_all(conns.iter().skip(1).map(|c| c.batch_execute(&import)))
+        .await
+        .map_err(err)?;
+    let blocks = table_blocks(lead).await?;
+    let n = conns.len();
+    let parts = futures::future::try_join_all(
+        conns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| load_part(c, blocks, i, n)),
+    )
+    .await?;
+    futures::future::try_join_all(conns.iter().map(|c| c.batch_execute("COMMIT")))
+        .await
+        .map_err(err)?;
+    Ok(parts)
 }
 
 fn decode(p: &LoadedPart) -> Snapshot {
