@@ -1336,7 +1336,6 @@ struct Inbox {
 }
 
 impl Inbox {
-    /// The next message, waiting at most until `due` (`None`: wait without limit).
     /// The first message of a batch, waiting at most `wait` (`None`: without limit); `Ok(None)`
     /// when every handle is gone, `Err(())` when `wait` passed quietly. Blocks in the channel:
     /// no batch is open, so there is no burst to drain.
@@ -1361,6 +1360,7 @@ impl Inbox {
         }
     }
 
+    /// The next message, waiting at most until `due` (`None`: wait without limit).
     fn next(&mut self, due: Option<Instant>) -> Option<Msg> {
         if let Some(m) = self.backlog.pop_front() {
             return Some(m);
