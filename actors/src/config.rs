@@ -294,6 +294,9 @@ pub struct StoreConfig {
     /// written (a set-up changes it three to four times within milliseconds). Shutdown writes
     /// what waits; a crash loses at most this plus the store's 20 ms batch.
     pub coalesce_ms: u64,
+    /// PostgreSQL connections of the store (`url`): a takeover loads its snapshot over all of
+    /// them, and a large batch is split over them by record key. 1 to 64.
+    pub pool_size: usize,
 }
 
 impl Default for StoreConfig {
@@ -307,6 +310,7 @@ impl Default for StoreConfig {
             lease_renew_ms: 1000,
             lease_retry_ms: 500,
             coalesce_ms: 20,
+            pool_size: 4,
         }
     }
 }
@@ -978,6 +982,7 @@ impl Config {
         range("store.lease_renew_ms", st.lease_renew_ms, 50, 600_000)?;
         range("store.lease_retry_ms", st.lease_retry_ms, 50, 600_000)?;
         st.check_lease_timing()?;
+        range("store.pool_size", self.store.pool_size as u64, 1, 64)?;
         sock("http.listen", &self.http.listen)?;
         self.http.validate()?;
 
@@ -1132,6 +1137,7 @@ impl Config {
         t.num("lease_ttl_ms", self.store.lease_ttl_ms);
         t.num("lease_renew_ms", self.store.lease_renew_ms);
         t.num("lease_retry_ms", self.store.lease_retry_ms);
+        t.num("pool_size", self.store.pool_size);
         let h = &self.http;
         t.section("http");
         t.str("listen", &h.listen);

@@ -184,15 +184,20 @@ pub async fn start_fenced(config: &Config, fence: Option<Fence>) -> io::Result<R
     install_id_key()?;
     crate::http::install_metrics();
     let http_fence = fence.clone();
-    let (backend, snapshot) = open_configured(&config.store.path, &config.store.url, fence)
-        .map_err(|e| {
-            let key = if config.store.url.is_empty() {
-                "store.path"
-            } else {
-                "store.url"
-            };
-            invalid(format!("{key}: {e}"))
-        })?;
+    let (backend, snapshot) = open_configured(
+        &config.store.path,
+        &config.store.url,
+        config.store.pool_size,
+        fence,
+    )
+    .map_err(|e| {
+        let key = if config.store.url.is_empty() {
+            "store.path"
+        } else {
+            "store.url"
+        };
+        invalid(format!("{key}: {e}"))
+    })?;
     let (store, _writer) = StoreHandle::start(backend);
     let mapping = MappingConfig {
         separator: config

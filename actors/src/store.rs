@@ -347,6 +347,12 @@ pub trait Store: Send + 'static {
     /// Applies all `ops` atomically (one transaction), in order.
     fn apply(&mut self, ops: &[StoreOp]) -> Result<(), StoreError>;
     fn load(&mut self) -> Result<Snapshot, StoreError>;
+    /// A cheap check that the backend could write now, run by the writer after
+    /// [`BatchConfig::idle_probe`] without a batch, so an outage shows in `/health` without
+    /// waiting for traffic. `None`: this backend has nothing to probe (a local file).
+    fn probe(&mut self) -> Option<Result<(), StoreError>> {
+        None
+    }
 }
 
 /// Schema migrations, applied in order: `(version, SQL)`. Add a change as the next entry;
@@ -1017,10 +1023,12 @@ pub fn load_snapshot(path: &Path) -> Result<Snapshot, StoreError> {
 /// file `store.path`), opened and migrated, with what it holds now: for startup. PostgreSQL is
 /// opened on a thread of its own (its client runs a runtime, which cannot start inside the
 /// caller's actix one).
-/// With `fence` (active/standby), every PostgreSQL batch carries it.
+/// With `fence` (active/standby), every PostgreSQL batch carries it; `pool_size`: the
+/// PostgreSQL connections (`store.pool_size`).
 pub fn open_configured(
     path: &str,
     url: &str,
+    pool_size: usize,
     fence: Option<Fence>,
 ) -> Result<(Box<dyn Store>, Snapshot), StoreError> {
     if url.is_empty() {
@@ -1032,7 +1040,7 @@ pub fn open_configured(
     let opened = std::thread::Builder::new()
         .name("store-open".to_owned())
         .spawn(move || {
-            let mut store = PostgresStore::open(&url)?;
+            let mut store = PostgresStore::open_pooled(&url, pool_size)?;
             if let Some(f) = fence {
                 store = store.with_fence(f);
             }
@@ -1062,6 +1070,8 @@ pub struct BatchConfig {
     /// Ops sent and not yet committed beyond which [`StoreHandle::accepting`] says no: new
     /// subscriptions are refused instead of queueing promises the store cannot keep.
     pub max_queued: u64,
+    /// Without a batch for this long, the writer probes the backend ([`Store::probe`]).
+    pub idle_probe: Duration,
 }
 
 impl Default for BatchConfig {
@@ -1074,6 +1084,7 @@ impl Default for BatchConfig {
             attempts_at_close: 5,
             durable_wait: Duration::from_millis(2),
             max_queued: 200_000,
+            idle_probe: Duration::from_secs(1),
         }
     }
 }
@@ -1325,6 +1336,30 @@ struct Inbox {
 }
 
 impl Inbox {
+    /// The first message of a batch, waiting at most `wait` (`None`: without limit); `Ok(None)`
+    /// when every handle is gone, `Err(())` when `wait` passed quietly. Blocks in the channel:
+    /// no batch is open, so there is no burst to drain.
+    fn first(&mut self, wait: Option<Duration>) -> Result<Option<Msg>, ()> {
+        let Some(wait) = wait else {
+            return Ok(self.next(None));
+        };
+        if let Some(m) = self.backlog.pop_front() {
+            return Ok(Some(m));
+        }
+        if self.disconnected {
+            return Ok(None);
+        }
+        match self.rx.recv_timeout(wait) {
+            Ok(m) => Ok(Some(m)),
+            Err(RecvTimeoutError::Timeout) => Err(()),
+            Err(RecvTimeoutError::Disconnected) => {
+                self.disconnected = true;
+                self.closing = true;
+                Ok(None)
+            }
+        }
+    }
+
     /// The next message, waiting at most until `due` (`None`: wait without limit).
     fn next(&mut self, due: Option<Instant>) -> Option<Msg> {
         if let Some(m) = self.backlog.pop_front() {
@@ -1406,9 +1441,18 @@ impl Writer {
         let mut batch: Vec<StoreOp> = Vec::new();
         let mut waiters = Waiters::default();
         let mut stop = false;
+        // Until the backend says it has nothing to probe.
+        let mut probing = true;
         while !stop {
-            // Wait for the first message of a batch, then collect until full, due or flushed.
-            let Some(first) = inbox.next(None) else {
+            // Wait for the first message of a batch (probing the backend while idle), then
+            // collect until full, due or flushed.
+            let first = loop {
+                match inbox.first(probing.then_some(self.cfg.idle_probe)) {
+                    Ok(m) => break m,
+                    Err(()) => probing = self.probe(),
+                }
+            };
+            let Some(first) = first else {
                 break;
             };
             let opened = Instant::now();
@@ -1458,6 +1502,33 @@ impl Writer {
             self.counters.dropped.fetch_add(late, Ordering::Relaxed);
         }
         tracing::debug!("store writer stopped");
+    }
+
+    /// Probes the idle backend and sets the health it shows (a failed probe counts as a failed
+    /// attempt, a good one clears the failure). Returns whether the backend can be probed.
+    fn probe(&mut self) -> bool {
+        match self.store.probe() {
+            None => false,
+            Some(Ok(())) => {
+                if self.counters.failing.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("store reachable again: new subscriptions are accepted");
+                    metrics::gauge!("pua_xmpp_store_writable").set(1.0);
+                }
+                true
+            }
+            Some(Err(e)) => {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("pua_xmpp_store_failures_total").increment(1);
+                if let Ok(mut last) = self.counters.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+                if !self.counters.failing.swap(true, Ordering::AcqRel) {
+                    metrics::gauge!("pua_xmpp_store_writable").set(0.0);
+                    tracing::error!(error = %e, "store probe failed while idle: not writable");
+                }
+                true
+            }
+        }
     }
 
     /// Applies one batch, retrying with backoff until it commits or, once closing, until

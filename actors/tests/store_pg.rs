@@ -8,7 +8,7 @@ use pua_xmpp::notifier::WatcherRelation;
 use pua_xmpp::publisher::PublicationRecord;
 use pua_xmpp::subscriber::{Dialog, Pair, Relation, SubscriptionRecord};
 use pua_xmpp_actors::config::Config;
-use pua_xmpp_actors::store::postgres::{redact_url, LeaseAnswer, PgLease};
+use pua_xmpp_actors::store::postgres::{part_of, redact_url, LeaseAnswer, PgLease};
 use pua_xmpp_actors::store::{
     BatchConfig, Fence, PostgresStore, SqliteStore, Store, StoreError, StoreHandle, StoreOp,
     StoredNotifierDialog,
@@ -705,4 +705,345 @@ fn issue_17_store_url_selects_postgresql_and_excludes_another_path() {
         "{e}"
     );
     assert!(!e.contains("pw@"), "{e}");
+}
+
+/// A subscription with a dialog, numbered (for the large batches of the pool tests).
+fn numbered_dialog_sub(i: u32) -> SubscriptionRecord {
+    let mut rec = sub_with_dialog();
+    rec.pair = pair(&format!("w{i}@example.net"), &format!("p{i}@example.com"));
+    if let Some(d) = rec.dialog.as_mut() {
+        d.call_id = format!("c{i}@gw.example.com");
+        d.local_cseq = i;
+    }
+    rec
+}
+
+/// Large batches of every kind: 2,000 pairs, relations, dialogs, publications, winfo, then
+/// overwrites, deletes, and puts/deletes of one key within one batch.
+fn large_batches() -> Vec<Vec<StoreOp>> {
+    let mut first = Vec::new();
+    for i in 0..2000u32 {
+        let rec = if i % 2 == 0 {
+            numbered_dialog_sub(i)
+        } else {
+            numbered_sub(i)
+        };
+        first.push(StoreOp::subscription(rec, 1_795_000_000));
+    }
+    for i in 0..500u32 {
+        first.push(StoreOp::PutRelation {
+            presentity: jid(&format!("u{}@example.net", i % 50)),
+            watcher: jid(&format!("s{i}*sip.test@sip-xmpp.test")),
+            state: WatcherRelation::Pending,
+        });
+        first.push(StoreOp::PutNotifierDialog {
+            presentity: jid(&format!("u{}@example.net", i % 50)),
+            dialog: stored_dialog(&format!("d{i}")),
+        });
+    }
+    for i in 0..100u32 {
+        let x = jid(&format!("u{i}@example.net"));
+        first.push(StoreOp::publication(
+            x.clone(),
+            publication(Some(&format!("<presence id='{i}'/>"))),
+            1_795_000_000,
+        ));
+        first.push(StoreOp::PutWinfo {
+            presentity: x,
+            wanted: true,
+        });
+    }
+    let mut second = Vec::new();
+    for i in 0..2000u32 {
+        match i % 3 {
+            0 => second.push(StoreOp::DeleteSubscription {
+                watcher: jid(&format!("w{i}@example.net")),
+                presentity: jid(&format!("p{i}*example.com@sip.example.net")),
+            }),
+            1 => second.push(StoreOp::subscription(numbered_sub(i), 1_795_000_500)),
+            _ => {
+                // Put, delete, put of one key in one batch: the last put stays.
+                second.push(StoreOp::subscription(numbered_sub(i), 1_795_000_600));
+                second.push(StoreOp::DeleteSubscription {
+                    watcher: jid(&format!("w{i}@example.net")),
+                    presentity: jid(&format!("p{i}*example.com@sip.example.net")),
+                });
+                second.push(StoreOp::subscription(numbered_dialog_sub(i), 1_795_000_700));
+            }
+        }
+    }
+    for i in (0..500u32).step_by(2) {
+        second.push(StoreOp::DeleteNotifierDialog {
+            call_id: format!("d{i}"),
+        });
+        second.push(StoreOp::PutRelation {
+            presentity: jid(&format!("u{}@example.net", i % 50)),
+            watcher: jid(&format!("s{i}*sip.test@sip-xmpp.test")),
+            state: WatcherRelation::Approved,
+        });
+    }
+    for i in (0..100u32).step_by(3) {
+        second.push(StoreOp::PutWinfo {
+            presentity: jid(&format!("u{i}@example.net")),
+            wanted: false,
+        });
+    }
+    vec![first, second]
+}
+
+/// `psql -tA -c sql` on the test server: the output, trimmed.
+fn psql(pg: &Pg, sql: &str) -> String {
+    let mut c = pg.tool("psql");
+    c.args([
+        "-h",
+        &pg.ip,
+        "-p",
+        &pg.port.to_string(),
+        "-U",
+        "pua",
+        "-d",
+        "postgres",
+        "-tA",
+        "-c",
+        sql,
+    ]);
+    match c.output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        Ok(o) => panic!("psql {sql}: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("psql: {e}"),
+    }
+}
+
+/// The pool changes nothing of what is stored: large batches split over 4 connections (and
+/// the small ones of `every_kind` not split) read back, over 1 connection and over 4, equal
+/// to SQLite's snapshot of the same batches; the split really used several connections.
+#[test]
+fn issue_17_pg_pool_sizes_1_and_4_give_the_same_snapshot() {
+    let Some(pg) = Pg::start() else { return };
+    let mut four = PostgresStore::open_pooled(&pg.url(), 4)
+        .unwrap()
+        .with_split_min_ops(100);
+    assert_eq!(four.pool_size(), 4);
+    let mut sqlite = SqliteStore::open_in_memory().unwrap();
+    for batch in every_kind().into_iter().chain(large_batches()) {
+        four.apply(&batch).unwrap();
+        sqlite.apply(&batch).unwrap();
+    }
+    let connections = psql(
+        &pg,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pua-xmpp'",
+    );
+    assert_eq!(
+        connections, "4",
+        "the large batches were split over 4 connections"
+    );
+    let expected = sqlite.load().unwrap();
+    // benvolio and romeo of `every_kind` (its w2 is among the 2,000), less every third.
+    assert_eq!(expected.subscriptions.len(), 2 + 2000 - 667);
+    let by_four = four.load().unwrap();
+    let mut one = PostgresStore::open_pooled(&pg.url(), 1).unwrap();
+    let by_one = one.load().unwrap();
+    assert!(by_one == expected, "pool 1 loads what SQLite holds");
+    assert!(by_four == expected, "pool 4 loads what SQLite holds");
+    // A pool of 1 writes the same (no split).
+    drop(four);
+    let pg2 = Pg::start().unwrap();
+    let mut single = PostgresStore::open_pooled(&pg2.url(), 1)
+        .unwrap()
+        .with_split_min_ops(100);
+    for batch in every_kind().into_iter().chain(large_batches()) {
+        single.apply(&batch).unwrap();
+    }
+    assert!(single.load().unwrap() == expected);
+}
+
+/// Two ops whose keys go to different parts of a batch split in two.
+fn ops_in_two_parts() -> (StoreOp, StoreOp) {
+    let ops: Vec<StoreOp> = (100..200)
+        .map(|i| StoreOp::subscription(numbered_sub(i), 1_795_000_000))
+        .collect();
+    let a = ops.iter().find(|op| part_of(op, 2) == 0).cloned().unwrap();
+    let b = ops.iter().find(|op| part_of(op, 2) == 1).cloned().unwrap();
+    (a, b)
+}
+
+/// Each part of a split batch checks the fence on its own: the first part commits, then the
+/// lease is taken over (fence 2), and the second part is refused; the batch is refused as
+/// Fenced (never acknowledged), and only the part written before the takeover is there.
+#[test]
+fn issue_17_pg_a_split_batch_fenced_between_parts_is_refused() {
+    let Some(pg) = Pg::start() else { return };
+    let url = pg.url();
+    let ttl = Duration::from_millis(300);
+    let mut la = PgLease::open(&url, "gw", "a").unwrap();
+    assert_eq!(la.acquire(ttl).unwrap(), LeaseAnswer::Held(1));
+    let fa = Fence::new("gw");
+    fa.set(1);
+    let mut lb = PgLease::open(&url, "gw", "b").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut a = PostgresStore::open_pooled(&url, 2)
+        .unwrap()
+        .with_fence(fa)
+        .with_split_min_ops(1)
+        .with_between_parts(Box::new(move |i| {
+            // Between part 0 and part 1: A's lease runs out and B takes over.
+            std::thread::sleep(ttl + Duration::from_millis(100));
+            let _ = tx.send((i, lb.acquire(ttl)));
+        }));
+    let (first, second) = ops_in_two_parts();
+    match a.apply(&[first.clone(), second.clone()]) {
+        Err(StoreError::Fenced { fence: 1 }) => {}
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    let (i, took) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(i, 1);
+    assert_eq!(took.unwrap(), LeaseAnswer::Held(2));
+    let snap = open_pg(&pg).load().unwrap();
+    let key = |op: &StoreOp| match op {
+        StoreOp::PutSubscription { rec, .. } => rec.pair.watcher.clone(),
+        _ => unreachable!(),
+    };
+    let stored: Vec<BareJid> = snap
+        .subscriptions
+        .iter()
+        .map(|(r, _)| r.pair.watcher.clone())
+        .collect();
+    assert_eq!(
+        stored,
+        vec![key(&first)],
+        "part 0 committed before the takeover"
+    );
+    // The retry of the batch is fenced as a whole again, writing nothing.
+    match a.apply(&[first, second]) {
+        Err(StoreError::Fenced { fence: 1 }) => {}
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    assert_eq!(open_pg(&pg).load().unwrap().subscriptions.len(), 1);
+}
+
+/// An idle gateway notices the database going away without any write: the writer's probe
+/// makes health fail within 2 s (about 1 s), and turns it back once the server is up again;
+/// then every pooled connection reconnects (a batch split over 4 connections commits).
+#[test]
+fn issue_17_pg_an_idle_store_reports_an_outage_and_the_pool_reconnects() {
+    let Some(pg) = Pg::start() else { return };
+    let store = PostgresStore::open_pooled(&pg.url(), 4)
+        .unwrap()
+        .with_split_min_ops(50);
+    let (h, join) = StoreHandle::start_with(Box::new(store), BatchConfig::default());
+    for i in 0..400 {
+        h.send(StoreOp::subscription(numbered_sub(i), 1_795_000_000));
+    }
+    h.flush().unwrap();
+    // Idle past a few probes: still fine.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(h.health().ok(200_000), "{:?}", h.health());
+    let failures = h.stats().failures;
+    pg.crash();
+    let stopped = Instant::now();
+    wait_for("the idle store to fail", Duration::from_secs(2), || {
+        h.health().failing
+    });
+    let noticed = stopped.elapsed();
+    let health = h.health();
+    let err = health.last_error.clone().unwrap_or_default();
+    assert!(err.starts_with("store backend: postgresql probe"), "{err}");
+    assert!(!h.accepting());
+    assert_eq!(h.stats().batches, h.batches());
+    assert!(h.stats().failures > failures);
+    pg.start_again();
+    let started = Instant::now();
+    wait_for("the idle store to recover", Duration::from_secs(3), || {
+        !h.health().failing
+    });
+    let recovered = started.elapsed();
+    assert!(h.health().ok(200_000));
+    assert!(h.accepting());
+    eprintln!("idle outage noticed after {noticed:?}, recovery after {recovered:?}");
+    // Every connection of the pool died with the server: a split batch needs 4 new ones.
+    for i in 0..400 {
+        h.send(StoreOp::subscription(numbered_sub(i), 1_795_001_000));
+    }
+    h.flush_timeout(Duration::from_secs(10)).unwrap();
+    assert!(!h.health().failing);
+    h.close();
+    join.join().unwrap();
+    let snap = open_pg(&pg).load().unwrap();
+    assert_eq!(snap.subscriptions.len(), 400);
+    assert!(snap
+        .subscriptions
+        .iter()
+        .all(|(r, end)| *end == Some(1_795_001_000 + i64::from(r.lease_left.unwrap_or(0)))));
+}
+
+#[test]
+fn issue_17_store_pool_size_is_configured_and_validated() {
+    let c = with_env(&[("PUA_XMPP__STORE__URL", "postgres://db/pua")]).unwrap();
+    assert_eq!(c.store.pool_size, 4);
+    assert!(c.redacted().contains("instance = \"\"\npool_size = 4\n"));
+    let c = with_env(&[
+        ("PUA_XMPP__STORE__URL", "postgres://db/pua"),
+        ("PUA_XMPP__STORE__POOL_SIZE", "8"),
+    ])
+    .unwrap();
+    assert_eq!(c.store.pool_size, 8);
+    assert!(c.redacted().contains("pool_size = 8\n"));
+    assert_eq!(
+        with_env(&[("PUA_XMPP__STORE__POOL_SIZE", "0")]).unwrap_err(),
+        "store.pool_size: expected a number from 1 to 64, got 0"
+    );
+    assert_eq!(
+        with_env(&[("PUA_XMPP__STORE__POOL_SIZE", "65")]).unwrap_err(),
+        "store.pool_size: expected a number from 1 to 64, got 65"
+    );
+}
+
+/// Snapshot load time of 200,000 subscriptions (with dialogs) over 1 and over 4 connections,
+/// interleaved; prints the figures (BENCHMARKS.md). `--ignored`: about a minute.
+#[test]
+#[ignore]
+fn issue_17_pg_load_200k_with_pool_1_and_4() {
+    let Some(pg) = Pg::start() else { return };
+    let n: u32 = std::env::var("PUA_PG_LOAD_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let ops: Vec<StoreOp> = (0..n)
+        .map(|i| StoreOp::subscription(numbered_dialog_sub(i), 1_795_000_000))
+        .collect();
+    // Writes in batches of 1,000 (the writer's largest): pool 1 (one multi-row statement per
+    // batch) and pool 4 split in 3 parts of ≥ 256 ops (the default keeps such batches whole),
+    // into an emptied table each time.
+    for size in [1, 4, 1, 4] {
+        let mut w = PostgresStore::open_pooled(&pg.url(), size)
+            .unwrap()
+            .with_split_min_ops(256);
+        psql(&pg, "TRUNCATE subscription");
+        let started = Instant::now();
+        for chunk in ops.chunks(1000) {
+            w.apply(chunk).unwrap();
+        }
+        let took = started.elapsed();
+        eprintln!(
+            "pool {size}: wrote {n} in {took:?} ({:.0}/s)",
+            f64::from(n) / took.as_secs_f64()
+        );
+    }
+    drop(ops);
+    psql(&pg, "VACUUM ANALYZE");
+    let mut one = PostgresStore::open_pooled(&pg.url(), 1).unwrap();
+    let mut four = PostgresStore::open_pooled(&pg.url(), 4).unwrap();
+    let mut t1 = Vec::new();
+    let mut t4 = Vec::new();
+    for _ in 0..3 {
+        let s = Instant::now();
+        let a = one.load().unwrap();
+        t1.push(s.elapsed());
+        assert_eq!(a.subscriptions.len(), n as usize);
+        let s = Instant::now();
+        let b = four.load().unwrap();
+        t4.push(s.elapsed());
+        assert!(a == b);
+    }
+    eprintln!("load {n}: pool 1 {t1:?}, pool 4 {t4:?}");
 }
