@@ -8,7 +8,9 @@ use pua_xmpp::notifier::WatcherRelation;
 use pua_xmpp::publisher::PublicationRecord;
 use pua_xmpp::subscriber::{Dialog, Pair, Relation, SubscriptionRecord};
 use pua_xmpp_actors::config::Config;
-use pua_xmpp_actors::store::postgres::{part_of, redact_url, LeaseAnswer, PgLease};
+use pua_xmpp_actors::store::postgres::{
+    part_of, redact_url, LeaseAnswer, PgLease, IDLE_IN_TRANSACTION,
+};
 use pua_xmpp_actors::store::{
     BatchConfig, Fence, PostgresStore, SqliteStore, Store, StoreError, StoreHandle, StoreOp,
     StoredNotifierDialog,
@@ -569,6 +571,42 @@ fn issue_17_pg_a_taken_over_leader_is_fenced_out_of_the_store() {
     assert_eq!(la.acquire(ttl).unwrap(), LeaseAnswer::Held(3));
 }
 
+/// A leader cut off in the middle of a batch (its socket silent, its transaction open with
+/// the lease row share-locked) does not hold up the takeover: the server ends the idle
+/// transaction after `IDLE_IN_TRANSACTION`, and the taker-over's acquire, which waits for
+/// that lock, gets the lease then instead of when the server's TCP gives up (minutes).
+#[test]
+fn issue_17_pg_a_leader_cut_off_mid_batch_releases_the_lease_row() {
+    let Some(pg) = Pg::start() else { return };
+    let url = pg.url();
+    let ttl = Duration::from_millis(400);
+    let mut la = PgLease::open(&url, "gw", "a").unwrap();
+    let mut lb = PgLease::open(&url, "gw", "b").unwrap();
+    assert_eq!(la.acquire(ttl).unwrap(), LeaseAnswer::Held(1));
+    let mut a = open_pg(&pg);
+    let (rt, conn) = a.client().unwrap();
+    // What a batch of A does first (the fence check), then A goes silent: its runtime is
+    // never polled again, as if the network between A and the database were cut.
+    rt.block_on(conn.batch_execute(
+        "BEGIN; SELECT fence FROM gateway_lease WHERE name = 'gw' AND fence = 1 FOR SHARE",
+    ))
+    .unwrap();
+    std::thread::sleep(ttl + Duration::from_millis(100));
+    let asked = std::time::Instant::now();
+    assert_eq!(lb.acquire(ttl).unwrap(), LeaseAnswer::Held(2));
+    let waited = asked.elapsed();
+    assert!(
+        waited < IDLE_IN_TRANSACTION + Duration::from_millis(1500),
+        "the acquire waited {waited:?}"
+    );
+    // It did wait for the lock: the row was held, not free.
+    assert!(
+        waited > IDLE_IN_TRANSACTION / 2,
+        "the acquire waited {waited:?}"
+    );
+    drop(conn);
+}
+
 /// The store refuses a database whose schema is newer than it knows, naming both versions.
 #[test]
 fn issue_17_pg_a_schema_newer_than_the_binary_is_refused() {
@@ -980,7 +1018,9 @@ fn issue_17_pg_an_idle_store_reports_an_outage_and_the_pool_reconnects() {
 fn issue_17_store_pool_size_is_configured_and_validated() {
     let c = with_env(&[("PUA_XMPP__STORE__URL", "postgres://db/pua")]).unwrap();
     assert_eq!(c.store.pool_size, 4);
-    assert!(c.redacted().contains("instance = \"\"\npool_size = 4\n"));
+    assert!(c
+        .redacted()
+        .contains("lease_retry_ms = 500\npool_size = 4\n"));
     let c = with_env(&[
         ("PUA_XMPP__STORE__URL", "postgres://db/pua"),
         ("PUA_XMPP__STORE__POOL_SIZE", "8"),

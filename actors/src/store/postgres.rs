@@ -62,6 +62,10 @@ use tokio_postgres::{Client, NoTls, Row};
 const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection attempt may take (the writer retries with back-off).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the server lets a session of ours sit idle inside a transaction before it ends
+/// it, releasing its locks: under the default lease (3 s), so a taker-over never waits for
+/// a vanished leader's batch longer than for the lease itself.
+pub const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(2);
 /// How long reading the whole store may take (a takeover's restore of every pair).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the idle probe (`SELECT 1`) may take: with the writer's 1 s idle interval, an
@@ -322,6 +326,20 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("pua-xmpp");
         }
+        // A client cut off mid-transaction (a network split, a frozen VM) would keep its locks
+        // (a batch's FOR SHARE on the lease row, which a taker-over's UPDATE waits for; the
+        // migration lock) until the server's TCP gives up on it, minutes later. Our
+        // transactions never leave the server waiting for the client's next statement longer
+        // than a round trip, so the server may end one that does after IDLE_IN_TRANSACTION.
+        let limit = format!(
+            "-c idle_in_transaction_session_timeout={}",
+            IDLE_IN_TRANSACTION.as_millis()
+        );
+        let options = match config.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} {limit}"),
+            _ => limit,
+        };
+        config.options(&options);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
