@@ -6,6 +6,7 @@ configuration waits as a standby without connecting anything. `kill -9` of A: B 
 lease over, restores the pairs from the store, authenticates the component and traffic
 resumes, within 5 s of A's death.
 """
+import atexit
 import glob
 import os
 import shutil
@@ -60,8 +61,13 @@ class Postgres:
             f.write("\nlisten_addresses = '%s'\nport = %d\nunix_socket_directories = '%s'\n"
                     "max_connections = 20\nshared_buffers = 16MB\n" % (LAB_IP, self.port, self.dir))
         self._run("pg_ctl", "-D", data, "-l", os.path.join(self.dir, "server.log"), "-w", "start")
+        # A fixture whose lab fails to start never reaches its own stop(): no server is left
+        # running after the session whatever happened (stop() twice is harmless).
+        atexit.register(self.stop)
 
     def stop(self):
+        if not os.path.isdir(self.dir):
+            return
         try:
             self._run("pg_ctl", "-D", os.path.join(self.dir, "data"), "-w", "-m", "immediate", "stop")
         except RuntimeError:

@@ -84,8 +84,20 @@ def split_pair(lab_manager, monkeypatch):
         pytest.skip("no /usr/lib/postgresql/*/bin/initdb (install the postgresql package)")
     pg = Postgres()
     pg.start()
-    cut_a = TcpCut(LAB_IP, (LAB_IP, pg.port))
-    cut_b = TcpCut(LAB_IP, (LAB_IP, pg.port))
+    cut_a = cut_b = None
+    try:
+        cut_a = TcpCut(LAB_IP, (LAB_IP, pg.port))
+        cut_b = TcpCut(LAB_IP, (LAB_IP, pg.port))
+        yield from _split_pair(lab_manager, monkeypatch, pg, cut_a, cut_b)
+    finally:
+        # also when the lab could not start: no database or relay left behind
+        for cut in (cut_a, cut_b):
+            if cut is not None:
+                cut.close()
+        pg.stop()
+
+
+def _split_pair(lab_manager, monkeypatch, pg, cut_a, cut_b):
     # A (the lab's gateway) through its relay; B gets its own in _spawn_b.
     monkeypatch.setenv("PUA_XMPP__STORE__URL", _url(cut_a))
     monkeypatch.setenv("PUA_XMPP__STORE__PATH", "")
@@ -108,9 +120,6 @@ def split_pair(lab_manager, monkeypatch):
                 p.kill()
                 p.wait(5)
         lab_manager.stop()
-        cut_a.close()
-        cut_b.close()
-        pg.stop()
 
 
 def _spawn_b(pair, name="b", tls=None):
