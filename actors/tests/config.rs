@@ -9,21 +9,8 @@ fn no_env() -> Vec<(String, String)> {
     Vec::new()
 }
 
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-/// Writes `body` to a fresh file under the target tmp dir.
-fn file(name: &str, body: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("config-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p
-}
+mod common;
+use common::{env, file};
 
 fn load_err(body: &str, name: &str) -> String {
     let p = file(name, body);

@@ -8,24 +8,11 @@ use pua_xmpp_actors::http::{StandbyHealth, STANDBY_HEALTH};
 use pua_xmpp_actors::store::lease_driver::LeaseStatus;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn file(name: &str, body: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("standby-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p
-}
+mod common;
+use common::{env, file};
 
 const PG: &str = "[store]\nurl = \"postgres://pua@127.0.0.1/pua\"\nlease = true\n";
 

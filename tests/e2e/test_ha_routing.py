@@ -36,14 +36,14 @@ from xmpp_client import is_presence
 pytestmark = pytest.mark.gateway
 
 
-def _second_ip():
-    """The second gateway's address: $GW2_IP, else LAB_IP + 1."""
-    if os.environ.get("GW2_IP"):
-        return os.environ["GW2_IP"]
+def _second_ip(variable="GW2_IP", offset=1):
+    """The second gateway's address: $variable, else LAB_IP's last byte + offset."""
+    if os.environ.get(variable):
+        return os.environ[variable]
     parts = LAB_IP.split(".")
     if len(parts) != 4:
-        pytest.skip("the HA routing lab needs an IPv4 LAB_IP")
-    return ".".join(parts[:3] + [str(int(parts[3]) + 1)])
+        pytest.skip("the HA labs need an IPv4 LAB_IP")
+    return ".".join(parts[:3] + [str(int(parts[3]) + offset)])
 
 
 GW2_ADDR = "%s:%s" % (_second_ip(), GW_ADDR.rsplit(":", 1)[1])
@@ -281,17 +281,11 @@ def _check_relations(lab, alice, carol, bob, label, prev_note):
     assert dups == [], "duplicate presence from bob: %s" % dups
 
 
-def test_sip_and_xmpp_watchers_follow_two_takeovers(ha_pair, xmpp, sip, bob):
-    lab, procs = ha_pair
-    a = lab.gateway
-    host_a, http_a = GW_ADDR, GW_HTTP
-    b, b_log = _spawn(lab, procs, "b", GW2_ADDR, GW2_HTTP)
-    assert wait_until(lambda: _only_active(lab, GW_ADDR), 5), _dispatcher(lab)
-    fence1 = _assert_roles(http_a, GW2_HTTP)
-
-    # both relations through A
+def relations_through_active(xmpp, sip, bob, mode):
+    """alice (XMPP) watches bob (SIP) and carol (SIP) watches alice, both through the active
+    gateway, each having delivered one change; returns (alice, carol) once the store has
+    them (STORE_SETTLE)."""
     alice = xmpp("alice")
-    mode = lab.mode
     carol = approved_watcher(sip, alice, "carol", mode)
     if mode == "notifier":
         assert carol.route, "Kamailio record-routed the SUBSCRIBE"
@@ -302,6 +296,20 @@ def test_sip_and_xmpp_watchers_follow_two_takeovers(ha_pair, xmpp, sip, bob):
     alice.presence(show="away", status="Before")
     assert_pidf(carol.wait_notify(UPDATE, note_is("Before")), "open", "Before", ["away"])
     time.sleep(STORE_SETTLE)
+    return alice, carol
+
+
+def test_sip_and_xmpp_watchers_follow_two_takeovers(ha_pair, xmpp, sip, bob):
+    lab, procs = ha_pair
+    a = lab.gateway
+    host_a, http_a = GW_ADDR, GW_HTTP
+    b, b_log = _spawn(lab, procs, "b", GW2_ADDR, GW2_HTTP)
+    assert wait_until(lambda: _only_active(lab, GW_ADDR), 5), _dispatcher(lab)
+    fence1 = _assert_roles(http_a, GW2_HTTP)
+
+    # both relations through A
+    mode = lab.mode
+    alice, carol = relations_through_active(xmpp, sip, bob, mode)
 
     # 1: kill -9 of A, B takes over
     took1 = _kill_active_and_wait(lab, a, b_log, GW2_ADDR)

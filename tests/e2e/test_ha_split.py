@@ -40,13 +40,12 @@ import pytest
 from conftest import GATEWAY_BIN, GW_ADDR, GW_HTTP, LAB_IP, _lab_or_fail, tail, wait_until
 from tcp_cut import TcpCut
 from test_ha import Postgres, _auths, _pg_bin, _read
-from test_ha_routing import _check_relations, _dispatcher, _only_active
-from test_restart import STORE_SETTLE
+from test_ha_routing import (_check_relations, _dispatcher, _only_active, _second_ip,
+                             relations_through_active)
 from sip_ua import Subscription
 from test_sip_watches_xmpp import (ALICE_SIP, UPDATE, approved_watcher, assert_pidf, closed_doc,
                                    jid_of, note_is, subscribe_request)
-from test_xmpp_watches_sip import BOB, BOB_RES, expect, expect_bob
-from xmpp_client import is_presence
+from test_xmpp_watches_sip import BOB_RES, expect_bob
 
 pytestmark = pytest.mark.gateway
 
@@ -54,18 +53,9 @@ TTL, RENEW, RETRY = 1.5, 0.5, 0.25
 USABLE = TTL - TTL / 6  # an active instance counts a confirmed lease valid this long
 
 
-def _gw2_ip():
-    """The second gateway's address: PUA_E2E_GW2_IP, or LAB_IP's last byte + 10."""
-    if os.environ.get("PUA_E2E_GW2_IP"):
-        return os.environ["PUA_E2E_GW2_IP"]
-    parts = LAB_IP.split(".")
-    if len(parts) != 4:
-        pytest.skip("the HA split lab needs an IPv4 LAB_IP")
-    return ".".join(parts[:3] + [str(int(parts[3]) + 10)])
-
-
-GW2_ADDR = "%s:%s" % (_gw2_ip(), GW_ADDR.rsplit(":", 1)[1])
-GW2_HTTP = "%s:%s" % (_gw2_ip(), GW_HTTP.rsplit(":", 1)[1])
+GW2_IP = _second_ip("PUA_E2E_GW2_IP", 10)
+GW2_ADDR = "%s:%s" % (GW2_IP, GW_ADDR.rsplit(":", 1)[1])
+GW2_HTTP = "%s:%s" % (GW2_IP, GW_HTTP.rsplit(":", 1)[1])
 
 
 class Pair:
@@ -194,21 +184,6 @@ def _when(log_path, text):
     return None
 
 
-def _relations_through_a(lab, xmpp, sip, bob):
-    """alice (XMPP) watches bob (SIP), carol (SIP) watches alice; both deliver through A."""
-    alice = xmpp("alice")
-    carol = approved_watcher(sip, alice, "carol", "notifier")
-    assert carol.route, "Kamailio record-routed the SUBSCRIBE"
-    bob.publish("open", "Bob before")
-    alice.presence(to=BOB, typ="subscribe")
-    expect(alice, is_presence(BOB, "subscribed"), "<presence type='subscribed' from='%s'/>" % BOB)
-    expect_bob(alice, "<presence from='%s'><status>Bob before</status></presence>" % BOB_RES, "Bob before")
-    alice.presence(show="away", status="Before")
-    assert_pidf(carol.wait_notify(UPDATE, note_is("Before")), "open", "Before", ["away"])
-    time.sleep(STORE_SETTLE)
-    return alice, carol
-
-
 @pytest.mark.parametrize("how", ["rst", "blackhole"])
 def test_active_cut_from_the_database_steps_down_and_the_standby_takes_over(split_pair, how, xmpp, sip, bob):
     pair, lab = split_pair, split_pair.lab
@@ -216,7 +191,7 @@ def test_active_cut_from_the_database_steps_down_and_the_standby_takes_over(spli
     b, b_log = _spawn_b(pair)
     assert wait_until(lambda: _only_active(lab, GW_ADDR), 6), _dispatcher(lab)
     fence_a = _active_fence(GW_HTTP)
-    alice, carol = _relations_through_a(lab, xmpp, sip, bob)
+    alice, carol = relations_through_active(xmpp, sip, bob, "notifier")
 
     # Acknowledged by A right before the cut: dave's subscription (200 after the commit) and
     # the NOTIFY with alice's state. No settling time.
@@ -307,14 +282,14 @@ def test_standby_cut_from_the_database_says_so_and_recovers(split_pair, how, sch
     same check as once it is active)."""
     pair, lab = split_pair, split_pair.lab
     a, a_log = lab.gateway, lab.gateway_log
-    tls = _self_signed(str(tmp_path), _gw2_ip()) if scheme == "https" else None
+    tls = _self_signed(str(tmp_path), GW2_IP) if scheme == "https" else None
     ca = tls[0] if tls else None
     b, b_log = _spawn_b(pair, tls=tls)
     if tls:
         assert _health(GW2_HTTP)[0] is None, "plain HTTP got an HTTP answer from the HTTPS standby"
     assert wait_until(lambda: _only_active(lab, GW_ADDR), 6), _dispatcher(lab)
     fence_a = _active_fence(GW_HTTP)
-    alice, carol = _relations_through_a(lab, xmpp, sip, bob)
+    alice, carol = relations_through_active(xmpp, sip, bob, "notifier")
     auths = _auths(lab)
 
     t0 = time.monotonic()

@@ -24,13 +24,10 @@ from sip_ua import Subscription
 from test_ha import Postgres, _pg_bin
 from test_ha_routing import (GW2_HTTP, _assert_roles, _check_relations, _dispatcher, _get,
                              _kill_active_and_wait, _only_active, _second_ip, _spawn,
-                             takeover_window)
+                             relations_through_active, takeover_window)
 from test_restart import STORE_SETTLE
 from test_sip_tls import KAMAILIO_TLS_CFG, gateway_toml, kamailio_log, make_ca, make_leaf
-from test_sip_watches_xmpp import (ALICE_SIP, UPDATE, approved_watcher, assert_pidf, note_is,
-                                   subscribe_request)
-from test_xmpp_watches_sip import BOB, BOB_RES, expect, expect_bob
-from xmpp_client import is_presence
+from test_sip_watches_xmpp import ALICE_SIP, subscribe_request
 
 pytestmark = pytest.mark.gateway
 
@@ -108,18 +105,8 @@ def test_tls_watchers_follow_two_takeovers(ha_tls_pair, xmpp, sip, bob):
     assert set(_dispatcher(lab)) == {"sip:" + DS_A, "sip:" + DS_B}, _dispatcher(lab)
     fence1 = _assert_roles(HTTP_A, GW2_HTTP)
 
-    alice = xmpp("alice")
     mode = lab.mode
-    carol = approved_watcher(sip, alice, "carol", mode)
-    if mode == "notifier":
-        assert carol.route, "Kamailio record-routed the SUBSCRIBE"
-    bob.publish("open", "Bob before")
-    alice.presence(to=BOB, typ="subscribe")
-    expect(alice, is_presence(BOB, "subscribed"), "<presence type='subscribed' from='%s'/>" % BOB)
-    expect_bob(alice, "<presence from='%s'><status>Bob before</status></presence>" % BOB_RES, "Bob before")
-    alice.presence(show="away", status="Before")
-    assert_pidf(carol.wait_notify(UPDATE, note_is("Before")), "open", "Before", ["away"])
-    time.sleep(STORE_SETTLE)
+    alice, carol = relations_through_active(xmpp, sip, bob, mode)
 
     # 1: kill -9 of A while a SIP peer sends a request every 50 ms; B takes over
     counts, slowest = takeover_window(lab, procs, a, (b, b_log), DS_B, None, "TLS (%s)" % mode)

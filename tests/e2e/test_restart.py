@@ -9,8 +9,7 @@ import time
 import pytest
 
 from conftest import _lab_or_fail, wait_until
-from sip_ua import Subscription
-from test_sip_watches_xmpp import ALICE_SIP, UPDATE, approved_watcher, assert_pidf, note_is
+from test_sip_watches_xmpp import UPDATE, approved_watcher, assert_pidf, note_is
 from test_xmpp_watches_sip import BOB, BOB_RES, expect, expect_bob
 from xmpp_client import is_presence
 

@@ -27,7 +27,7 @@ import pytest
 
 from conftest import BASE_DIR, GATEWAY_TOML, LAB_IP, tail, wait_until
 from sip_ua import Subscription
-from test_sip_watches_xmpp import ALICE_SIP, approved_watcher, assert_pidf, jid_of, note_is
+from test_sip_watches_xmpp import ALICE_SIP, approved_watcher, assert_pidf, note_is
 from xmpp_client import is_presence
 from test_xmpp_watches_sip import BOB, BOB_RES, expect, expect_bob
 
