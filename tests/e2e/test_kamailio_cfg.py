@@ -94,6 +94,17 @@ def _prepare(run_dir, combo, certs):
                     % (LAB_IP, 5081 if combo[1] else 5080, t, 5081 if combo[1] else 5080, t))
 
 
+def _group_alive(p):
+    """Whether any process of p's process group is still running (zombies of it reaped)."""
+    p.poll()
+    try:
+        os.killpg(p.pid, 0)
+    except ProcessLookupError:
+        return False
+    out = subprocess.run(["ps", "-o", "stat=", "-g", str(p.pid)], stdout=subprocess.PIPE, text=True).stdout
+    return any(not st.startswith("Z") for st in out.split())
+
+
 @pytest.mark.parametrize("combo", [c for c in COMBOS if not c[3]], ids=combo_id)
 def test_config_starts(combo, cfg_dir):
     """Kamailio starts with this combination (fixups and module init pass), answers on
@@ -118,10 +129,16 @@ def test_config_starts(combo, cfg_dir):
         errors = [e for e in errors if not any(k in e for k in ("tcp_main.c", "forward.h", "uac.c", "t_fwd.c"))]
         assert errors == [], "".join(errors)
     finally:
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGTERM)
+        # The whole process group (its own session): a main process that died or was killed
+        # first must not leave children holding the SIP ports for the next combination.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                break
+            if sig == signal.SIGTERM:
+                wait_until(lambda: not _group_alive(p), 5)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
