@@ -618,19 +618,7 @@ fn issue_17_pg_a_schema_newer_than_the_binary_is_refused() {
     }])
     .unwrap();
     drop(s);
-    let mut c = pg.tool("psql");
-    c.args([
-        "-h",
-        &pg.ip,
-        "-p",
-        &pg.port.to_string(),
-        "-U",
-        "pua",
-        "-d",
-        "postgres",
-    ])
-    .args(["-c", "INSERT INTO pua_schema_version (version) VALUES (99)"]);
-    run(c, "psql");
+    psql(&pg, "INSERT INTO pua_schema_version (version) VALUES (99)");
     match PostgresStore::open(&pg.url()) {
         Err(StoreError::SchemaTooNew {
             found: 99,
